@@ -1,0 +1,1 @@
+"""The flow language: loading, checking and compiling flow files and tool manifests."""

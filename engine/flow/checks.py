@@ -1,0 +1,150 @@
+"""Checks on a flow beyond its schema: the graph, the tools, the templates. Each yields located diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import networkx as nx
+
+from engine.flow.diagnostics import Diagnostic, diagnostic
+from engine.flow.loader import Document
+from engine.flow.manifest import ToolManifest
+from engine.flow.model import Flow, Step
+from engine.flow.schema import suggest
+from engine.flow.templates import template_problems
+
+
+def check_targets(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
+    """FR101: `start`, `next` and branches must name existing steps."""
+    if "start" in _data(doc) and flow.start is not None and flow.start not in flow.steps:
+        yield _unknown_step(doc, ("start",), flow.start, flow, "start")
+    for step in flow.steps.values():
+        if step.next is not None and step.next not in flow.steps:
+            yield _unknown_step(doc, ("steps", step.id, "next"), step.next, flow, "next")
+        for label, target in step.branches.items():
+            if target not in flow.steps:
+                yield _unknown_step(doc, ("steps", step.id, "branches", label), target, flow, f"branch {label!r}")
+
+
+def _unknown_step(doc: Document, path: tuple[str, ...], target: str, flow: Flow, what: str) -> Diagnostic:
+    message = f"{what} leads to {target!r}, which is not a step of this flow{suggest(target, flow.steps)}"
+    return diagnostic("FR101", message, doc.file, doc.position(path))
+
+
+def check_reachability(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
+    """FR102: every step can be reached from the start step."""
+    if flow.start not in flow.steps:
+        return
+    reached = nx.descendants(graph, flow.start) | {flow.start}
+    for step_id in flow.steps:
+        if step_id not in reached:
+            message = f"step {step_id!r} is never reached from the start step {flow.start!r}: link to it or remove it"
+            yield diagnostic("FR102", message, doc.file, doc.position(("steps", step_id), key=True))
+
+
+def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
+    """FR103: from every step some terminal can be reached. Reports where each problem starts, not its upstream."""
+    terminals = [s.id for s in flow.steps.values() if s.kind == "terminal"]
+    if not terminals:
+        if flow.steps:
+            message = "the flow has no terminal step, so no run can finish: add a step with `kind: terminal`"
+            yield diagnostic("FR103", message, doc.file, doc.position(("steps",), key=True))
+        return
+    can_finish = set(terminals)
+    frontier = list(terminals)
+    while frontier:
+        for before in graph.predecessors(frontier.pop()):
+            if before not in can_finish:
+                can_finish.add(before)
+                frontier.append(before)
+    stuck = graph.subgraph(n for n in graph if n not in can_finish)
+    # Steps that cannot finish form a region closed under "next"; its sink components are the causes.
+    condensed = nx.condensation(stuck)
+    order = {step_id: i for i, step_id in enumerate(flow.steps)}
+    for component in condensed:
+        if condensed.out_degree(component):
+            continue
+        members = sorted(condensed.nodes[component]["members"], key=order.__getitem__)
+        first = flow.steps[members[0]]
+        if len(members) == 1 and not graph.has_edge(first.id, first.id):
+            message = _dead_end(first, flow)
+            if message is None:
+                continue
+        else:
+            loop = " -> ".join([*members, members[0]]) if len(members) <= 6 else f"{len(members)} steps"
+            message = f"the loop {loop} has no way out to a terminal step: give one of its steps a way out"
+        yield diagnostic("FR103", message, doc.file, doc.position(("steps", first.id), key=True))
+
+
+def _dead_end(step: Step, flow: Flow) -> str | None:
+    """Why `step` stops the run, or None when an unknown target (FR101) already explains it."""
+    if any(target not in flow.steps for _, target in step.edges()):
+        return None
+    if step.kind == "decision":
+        return f"decision {step.id!r} has no branches, so the run cannot go on: add `branches`"
+    return f"step {step.id!r} has no `next` and is not a terminal: add `next:` or make it `kind: terminal`"
+
+
+def check_labels(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
+    """FR105: branch labels of one decision must differ by more than case and spacing."""
+    for step in flow.steps.values():
+        seen: dict[str, str] = {}
+        for label in step.branches:
+            norm = " ".join(label.split()).casefold()
+            if norm in seen:
+                message = f"branch labels {seen[norm]!r} and {label!r} differ only in case or spacing: merge or rename"
+                yield diagnostic("FR105", message, doc.file, doc.position(("steps", step.id, "branches", label), key=True))
+            seen.setdefault(norm, label)
+
+
+def check_loops(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
+    """FR401: a flow with a loop states its own step bound."""
+    if flow.limits.explicit_max_steps:
+        return
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    source, target, label = cycle[-1]
+    field = ("next",) if label == "next" else ("branches", label)
+    message = (f"the flow loops ({source} -> {target}) but sets no `limits.max_steps`: runs stop after the default "
+               f"{flow.limits.max_steps} steps; set `limits: {{max_steps: N}}` to the most a run should take")
+    yield diagnostic("FR401", message, doc.file, doc.position(("steps", source, *field)))
+
+
+def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
+    """FR201 unknown tool, FR203 a step's tool not declared by the flow, FR202 a declared tool no step uses."""
+    for i, name in enumerate(flow.tools):
+        if name not in tools:
+            yield _unknown_tool(doc, ("tools", i), name, tools)
+    used: set[str] = set()
+    for step in flow.steps.values():
+        for i, name in enumerate(step.used_tools()):
+            used.add(name)
+            path = ("steps", step.id, "tool") if step.tool else ("steps", step.id, "tools", i)
+            if name not in tools:
+                yield _unknown_tool(doc, path, name, tools)
+            elif name not in flow.tools:
+                message = f"step {step.id!r} uses tool {name!r}, which the flow does not list: add it to `tools`"
+                yield diagnostic("FR203", message, doc.file, doc.position(path))
+    for i, name in enumerate(flow.tools):
+        if name in tools and name not in used:
+            message = f"tool {name!r} is declared but no step can use it: name it in a step's `tool` or `tools`"
+            yield diagnostic("FR202", message, doc.file, doc.position(("tools", i)))
+
+
+def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: Mapping[str, object]) -> Diagnostic:
+    message = f"no tool manifest defines {name!r}{suggest(name, tools)}; see `flowrun tools list`"
+    return diagnostic("FR201", message, doc.file, doc.position(path))
+
+
+def check_templates(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
+    """FR301-FR303: every template parses, refers only to what exists, and `decide` renders only labels."""
+    for step in flow.steps.values():
+        for field, text in step.templates():
+            for problem in template_problems(text, flow, step, field):
+                yield diagnostic(problem.code, problem.message, doc.file, doc.position(("steps", step.id, field)))
+
+
+def _data(doc: Document) -> dict[str, object]:
+    return doc.data if isinstance(doc.data, dict) else {}

@@ -1,0 +1,24 @@
+"""Flow -> networkx graph: the structure the interpreter walks."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from engine.flow.model import Flow
+
+
+def compile_flow(flow: Flow) -> nx.MultiDiGraph:
+    """The flow as a graph: one node per step (attribute `step`), one edge per way out, keyed by its label.
+
+    A MultiDiGraph (a networkx DiGraph subclass) because two branches of a decision may lead to the same step.
+    Edges to steps that do not exist are left out; the checks report them. `graph.graph` holds `flow` and `start`.
+    """
+    graph = nx.MultiDiGraph(flow=flow, start=flow.start)
+    for step in flow.steps.values():
+        graph.add_node(step.id, step=step)
+    for step in flow.steps.values():
+        for label, target in step.edges():
+            if target in flow.steps:
+                graph.add_edge(step.id, target, key=label, label=label)
+    return graph
+

@@ -1,0 +1,111 @@
+"""Tool manifests (`<name>.tool.yaml`): reading and checking them, and finding them in directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.flow.diagnostics import Diagnostic, diagnostic
+from engine.flow.loader import load_file
+from engine.flow.schema import schema, schema_diagnostics
+from engine.resources import data_dir
+
+SUFFIXES = (".tool.yaml", ".tool.yml")
+
+
+@dataclass(frozen=True)
+class ToolManifest:
+    """A tool: what it does, its arguments' JSON Schema, the callable, and how it may be called."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    entry: str
+    timeout: float
+    concurrency: int
+    idempotent: bool
+    file: str
+    position: tuple[int, int]  # of its name in `file`
+
+
+@dataclass
+class ToolSet:
+    """Manifests by tool name, and the problems found reading them."""
+
+    tools: dict[str, ToolManifest] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether `path` is named like a tool manifest."""
+    return path.name.endswith(SUFFIXES)
+
+
+def read_manifest(path: Path, file: str | None = None) -> tuple[ToolManifest | None, list[Diagnostic]]:
+    """The manifest at `path` (None when it has errors) and its diagnostics."""
+    doc = load_file(path, file)
+    if doc.diagnostics:
+        return None, doc.diagnostics
+    problems = schema_diagnostics(doc, "tool")
+    if problems:
+        return None, problems
+    defaults = {k: v["default"] for k, v in schema("tool")["properties"].items() if "default" in v}
+    data = {**defaults, **doc.data}
+    manifest = ToolManifest(
+        name=data["name"],
+        description=data["description"],
+        parameters=data["parameters"],
+        entry=data["entry"],
+        timeout=data["timeout"],
+        concurrency=data["concurrency"],
+        idempotent=data["idempotent"],
+        file=doc.file,
+        position=doc.position(("name",)),
+    )
+    return manifest, []
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    """The manifests in `directory` and below, in a stable order."""
+    return sorted(p for suffix in SUFFIXES for p in directory.rglob(f"*{suffix}") if p.is_file())
+
+
+def load_tools(paths: Iterable[Path], *, bundled: bool = True) -> ToolSet:
+    """The tools of the manifests at `paths` (files or directories), over the bundled tools/ when `bundled`.
+
+    A manifest of the user's may shadow a bundled tool of the same name; two of the user's with one name are an error.
+    """
+    found = ToolSet()
+    if bundled:
+        for path in manifest_files(data_dir("tools")):
+            manifest, problems = read_manifest(path)
+            found.diagnostics.extend(problems)
+            if manifest:
+                found.tools[manifest.name] = manifest
+    seen: set[Path] = set()
+    own: dict[str, ToolManifest] = {}
+    for given in paths:
+        for path in manifest_files(given) if given.is_dir() else [given]:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            manifest, problems = read_manifest(path)
+            found.diagnostics.extend(problems)
+            if manifest is None:
+                continue
+            if manifest.name in own:
+                found.diagnostics.append(_duplicate(manifest, own[manifest.name]))
+            own[manifest.name] = manifest
+    found.tools.update(own)
+    return found
+
+
+def _duplicate(manifest: ToolManifest, first: ToolManifest) -> Diagnostic:
+    return diagnostic(
+        "FR204",
+        f"tool {manifest.name!r} is already defined in {first.file}:{first.position[0]}: rename one of them",
+        manifest.file,
+        manifest.position,
+    )

@@ -1,0 +1,121 @@
+"""The Flow model: plain data classes for a flow file, built from loaded YAML data.
+
+`flow_from_data` is tolerant: a field of the wrong type is taken as absent (the schema check reports it), so that
+graph checks still run on a file with schema errors and a user sees all problems in one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MAX_STEPS = 100
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step. `instruction` is set for process and terminal steps, `question` for decisions."""
+
+    id: str
+    kind: str  # "process", "decision" or "terminal"; "" when missing or unknown
+    instruction: str | None = None
+    question: str | None = None
+    next: str | None = None
+    branches: dict[str, str] = field(default_factory=dict)  # label -> step id
+    decide: str | None = None
+    tool: str | None = None
+    tools: tuple[str, ...] = ()
+    output_schema: dict[str, Any] | None = None
+
+    def edges(self) -> list[tuple[str, str]]:
+        """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
+        out = [("next", self.next)] if self.next is not None else []
+        return out + list(self.branches.items())
+
+    def templates(self) -> list[tuple[str, str]]:
+        """(field, text) for each field of this step that is a template."""
+        fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide))
+        return [(name, text) for name, text in fields if text is not None]
+
+    def used_tools(self) -> tuple[str, ...]:
+        """The tools this step may call."""
+        return (self.tool, *self.tools) if self.tool else self.tools
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_visits: int | None = None
+    explicit_max_steps: bool = False  # whether the file set max_steps (a loop without it is warned about)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A flow file's content. `steps` keeps the file's order; `start` is resolved to the first step by default."""
+
+    name: str
+    description: str
+    inputs: dict[str, dict[str, Any]]
+    tools: tuple[str, ...]
+    model: dict[str, Any]
+    limits: Limits
+    start: str | None
+    steps: dict[str, Step]
+
+
+def flow_from_data(data: Any) -> Flow:
+    """The Flow in loaded YAML `data`, taking whatever is well-typed."""
+    data = data if isinstance(data, dict) else {}
+    steps = {sid: _step(sid, raw) for sid, raw in _dict(data.get("steps")).items()}
+    limits = _dict(data.get("limits"))
+    max_steps = limits.get("max_steps")
+    max_visits = limits.get("max_visits")
+    start = data.get("start")
+    return Flow(
+        name=_str(data.get("name")) or "",
+        description=_str(data.get("description")) or "",
+        inputs={k: v for k, v in _dict(data.get("inputs")).items() if isinstance(v, dict)},
+        tools=_names(data.get("tools")),
+        model=_dict(data.get("model")),
+        limits=Limits(
+            max_steps=max_steps if _is_int(max_steps) else DEFAULT_MAX_STEPS,
+            max_visits=max_visits if _is_int(max_visits) else None,
+            explicit_max_steps=_is_int(max_steps),
+        ),
+        start=start if isinstance(start, str) else next(iter(steps), None),
+        steps=steps,
+    )
+
+
+def _step(sid: str, raw: Any) -> Step:
+    raw = _dict(raw)
+    kind = raw.get("kind")
+    schema = raw.get("output_schema")
+    return Step(
+        id=sid,
+        kind=kind if kind in ("process", "decision", "terminal") else "",
+        instruction=_str(raw.get("instruction")),
+        question=_str(raw.get("question")),
+        next=_str(raw.get("next")),
+        branches={label: target for label, target in _dict(raw.get("branches")).items() if isinstance(target, str)},
+        decide=_str(raw.get("decide")),
+        tool=_str(raw.get("tool")),
+        tools=_names(raw.get("tools")),
+        output_schema=schema if isinstance(schema, dict) else None,
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

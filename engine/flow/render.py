@@ -1,0 +1,53 @@
+"""Drawing a compiled flow graph as Mermaid or Graphviz DOT text."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+FORMATS = ("mermaid", "dot")
+
+# Words Mermaid reads as syntax when they stand as a node id.
+_MERMAID_RESERVED = frozenset({"end", "graph", "subgraph", "flowchart", "style", "class", "classdef", "click",
+                               "linkstyle", "direction"})
+
+
+def render_graph(graph: nx.MultiDiGraph, fmt: str) -> str:
+    """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded."""
+    return _mermaid(graph) if fmt == "mermaid" else _dot(graph)
+
+
+def _mermaid(graph: nx.MultiDiGraph) -> str:
+    shapes = {"process": '["{}"]', "decision": '{{"{}"}}', "terminal": '(["{}"])'}
+
+    def node_id(step_id: str) -> str:
+        return f"step_{step_id}" if step_id.lower() in _MERMAID_RESERVED else step_id
+
+    lines = ["flowchart TD"]
+    for step_id, data in graph.nodes(data=True):
+        label = step_id.replace('"', "#quot;")
+        lines.append(f"    {node_id(step_id)}{shapes.get(data['step'].kind, shapes['process']).format(label)}")
+    for source, target, label in graph.edges(keys=True):
+        arrow = "-->" if label == "next" else f'-->|"{label.replace(chr(34), "#quot;")}"|'
+        lines.append(f"    {node_id(source)} {arrow} {node_id(target)}")
+    start = graph.graph.get("start")
+    if start in graph:
+        lines.append(f"    style {node_id(start)} stroke-width:3px")
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dot(graph: nx.MultiDiGraph) -> str:
+    shapes = {"process": "box", "decision": "diamond", "terminal": "box, style=rounded, peripheries=2"}
+    flow = graph.graph.get("flow")
+    lines = [f"digraph {_quote(flow.name if flow else 'flow')} {{", "    rankdir=TB;"]
+    for step_id, data in graph.nodes(data=True):
+        width = ", penwidth=3" if step_id == graph.graph.get("start") else ""
+        lines.append(f"    {_quote(step_id)} [shape={shapes.get(data['step'].kind, 'box')}{width}];")
+    for source, target, label in graph.edges(keys=True):
+        attributes = "" if label == "next" else f" [label={_quote(label)}]"
+        lines.append(f"    {_quote(source)} -> {_quote(target)}{attributes};")
+    lines.append("}")
+    return "\n".join(lines)

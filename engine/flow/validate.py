@@ -1,0 +1,111 @@
+"""Validating flow files and tool manifests: the library behind `flowrun validate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from engine.flow import checks
+from engine.flow.compiler import compile_flow
+from engine.flow.diagnostics import Diagnostic, Severity, diagnostic, has_errors
+from engine.flow.loader import Document, load_file, load_yaml
+from engine.flow.manifest import ToolManifest, is_manifest, load_tools
+from engine.flow.model import Flow, flow_from_data
+from engine.flow.schema import schema_diagnostics
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class CheckedFlow:
+    """A flow file after every check: its model, its graph and its diagnostics (usable when `ok`)."""
+
+    flow: Flow
+    graph: nx.MultiDiGraph
+    diagnostics: list[Diagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+
+def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
+    """Every check of a loaded flow document, given the tools that exist."""
+    found = list(doc.diagnostics)
+    if doc.data is None and not found:
+        message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
+        found.append(diagnostic("FR003", message, doc.file, (1, 1)))
+    if not any(d.code == "FR001" for d in found):
+        found.extend(schema_diagnostics(doc, "flow"))
+    flow = flow_from_data(doc.data)
+    graph = compile_flow(flow)
+    found.extend(checks.check_targets(flow, doc))
+    found.extend(checks.check_reachability(flow, graph, doc))
+    found.extend(checks.check_termination(flow, graph, doc))
+    found.extend(checks.check_labels(flow, doc))
+    found.extend(checks.check_loops(flow, graph, doc))
+    found.extend(checks.check_tools(flow, tools, doc))
+    found.extend(checks.check_templates(flow, doc))
+    return CheckedFlow(flow, graph, sorted(found, key=lambda d: (d.line, d.column, d.code)))
+
+
+def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
+    """`check_flow` of YAML text (for editors, tests and other tools that hold the text)."""
+    return check_flow(load_yaml(text, file), tools)
+
+
+def load_flow(path: Path, tool_paths: Iterable[Path] = ()) -> CheckedFlow:
+    """Read and check the flow at `path` against the bundled tools and those at `tool_paths`."""
+    tools = load_tools(tool_paths)
+    checked = check_flow(load_file(path), tools.tools)
+    checked.diagnostics[:0] = tools.diagnostics
+    return checked
+
+
+@dataclass
+class Report:
+    """What `validate_paths` found: the files it read and every diagnostic, in file order."""
+
+    files: list[str] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for d in self.diagnostics if d.severity is severity)
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """The files to validate: files as given, and the YAML files below directories (hidden ones skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p for p in path.rglob("*")
+                    if p.suffix in YAML_SUFFIXES and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False) -> Report:
+    """Validate every flow and tool manifest at `paths` (files or directories) in one pass.
+
+    Manifests among `paths` and at `tool_paths` are known tools for the flows, besides the bundled ones.
+    With `strict`, warnings are reported as errors.
+    """
+    files = discover(paths)
+    tools = load_tools([*tool_paths, *(f for f in files if is_manifest(f))])
+    report = Report(files=[str(f) for f in files], diagnostics=list(tools.diagnostics))
+    for path in files:
+        if not is_manifest(path):
+            report.diagnostics.extend(check_flow(load_file(path), tools.tools).diagnostics)
+    if strict:
+        report.diagnostics = [dataclasses.replace(d, severity=Severity.ERROR) for d in report.diagnostics]
+    return report
