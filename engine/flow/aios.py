@@ -218,4 +218,4 @@ def to_yaml(data: dict[str, Any], out: Path | None, source: str) -> str:
     base = out.resolve().parent if out else Path.cwd()
     schema_ref = Path(os.path.relpath(schema_file, base)).as_posix()
     header = f"# yaml-language-server: $schema={schema_ref}\n# Imported from {source} by `flowrun import-aios`.\n"
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None)

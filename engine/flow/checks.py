@@ -77,8 +77,8 @@ def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iter
 
 
 def _dead_end(step: Step, flow: Flow) -> str | None:
-    """Why `step` stops the run, or None when an unknown target (FR101) already explains it."""
-    if any(target not in flow.steps for _, target in step.edges()):
+    """Why `step` stops the run, or None when its unknown kind (FR003) or target (FR101) already explains it."""
+    if not step.kind or any(target not in flow.steps for _, target in step.edges()):
         return None
     if step.kind == "decision":
         return f"decision {step.id!r} has no branches, so the run cannot go on: add `branches`"

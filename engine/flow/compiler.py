@@ -17,6 +17,8 @@ def compile_flow(flow: Flow) -> nx.MultiDiGraph:
     for step in flow.steps.values():
         graph.add_node(step.id, step=step)
     for step in flow.steps.values():
+        if step.kind == "terminal":
+            continue  # its `next` or `branches` are a schema error (FR106), not a way the run can go
         for label, target in step.edges():
             if target in flow.steps:
                 graph.add_edge(step.id, target, key=label, label=label)

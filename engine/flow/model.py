@@ -39,7 +39,7 @@ class Step:
 
     def used_tools(self) -> tuple[str, ...]:
         """The tools this step may call."""
-        return (self.tool, *self.tools) if self.tool else self.tools
+        return tuple(dict.fromkeys((self.tool, *self.tools))) if self.tool else self.tools
 
 
 @dataclass(frozen=True)

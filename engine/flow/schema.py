@@ -71,7 +71,8 @@ def _diagnostics(doc: Document, error: ValidationError) -> list[Diagnostic]:
         ]
     if _checks_a_key(error):
         position = doc.position((*path, error.instance), key=True)
-    elif error.validator == "required":
+    elif isinstance(error.instance, dict | list):
+        # A block mapping's value starts at its first child; the key naming it is where a reader looks.
         position = doc.position(path, key=True) if path else (1, 1)
     else:
         position = doc.position(path)

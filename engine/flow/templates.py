@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.flow.model import Flow, Step
 
 NAMES = ("inputs", "steps", "visits")
+_IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 STEP_ATTRIBUTES = ("output",)
 
 environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -43,12 +44,20 @@ def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Pro
         where = f" (template line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
         return [Problem("FR301", f"template does not parse{where}: {exc.message}")]
     problems = [Problem("FR301", message) for message in _unsupported(tree)]
-    for name in sorted(meta.find_undeclared_variables(tree) - set(NAMES)):
+    for name in sorted(_free_names(tree) - set(NAMES)):
         problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(NAMES)}"))
     problems.extend(Problem("FR302", message) for message in _reference_errors(tree, flow))
     if field == "decide":
         problems.extend(Problem("FR303", message) for message in _decide_errors(tree, step))
     return problems
+
+
+def _free_names(tree: nodes.Template) -> set[str]:
+    """Names a template reads but neither sets nor gets from Jinja2 (a scope-blind, cheap find_undeclared_variables)."""
+    loaded, stored = set(), set(_IMPLICIT)
+    for node in tree.find_all(nodes.Name):
+        (loaded if node.ctx == "load" else stored).add(node.name)
+    return loaded - stored - set(environment.globals)
 
 
 def _unsupported(tree: nodes.Template) -> Iterator[str]:
