@@ -77,6 +77,7 @@ def import_aios(doc: Document, tools: Mapping[str, ToolManifest]) -> Imported:
         steps = _legacy_steps(config["flow"], doc, result.diagnostics, known)
     else:
         steps = _workflow_steps(config.get("workflow"), description, known)
+    result.diagnostics.sort(key=lambda d: (d.line, d.column))
     if steps is None:
         return result
     data: dict[str, Any] = {"flowrun": 1, "name": name.strip()}
@@ -124,13 +125,18 @@ def _legacy_steps(
         problem("`flow` must be a non-empty list of \"Step N:::Kind:::instruction:::label::target\" strings")
         return None
     parsed: list[tuple[int, str, str, str, list[tuple[str, str]]]] = []
-    ids: dict[str, str] = {}
+    ids: dict[str, str] = {}  # every named step, even a malformed one, so references to it are not errors too
     for i, entry in enumerate(entries):
         fields = entry.split(":::") if isinstance(entry, str) else []
         if len(fields) < 3:
             problem("a flow entry is \"Step N:::Process|Decision|Terminal:::instruction:::label::target...\"", i)
             continue
         name, kind, instruction = fields[0].strip(), fields[1].strip().lower(), fields[2].strip()
+        key = _name_key(name)
+        if key in ids:
+            problem(f"step {name!r} appears twice (names are case-insensitive)", i)
+            continue
+        ids[key] = _step_id(name, set(ids.values()))
         if kind not in _KINDS:
             problem(f"unknown step kind {fields[1].strip()!r}: use Process, Decision or Terminal", i)
             continue
@@ -143,11 +149,6 @@ def _legacy_steps(
                 problem(f"way out {edge!r} is not \"label::target\"", i)
                 continue
             edges.append((label.strip(), target.strip()))
-        key = _name_key(name)
-        if key in ids:
-            problem(f"step {name!r} appears twice (names are case-insensitive)", i)
-            continue
-        ids[key] = _step_id(name, set(ids.values()))
         parsed.append((i, key, kind, instruction, edges))
 
     steps: dict[str, dict[str, Any]] = {}

@@ -36,11 +36,11 @@ class CheckedFlow:
 def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     """Every check of a loaded flow document, given the tools that exist."""
     found = list(doc.diagnostics)
-    if doc.data is None and not found:
+    if doc.data is not None:
+        found.extend(schema_diagnostics(doc, "flow"))
+    elif not found:
         message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
-    if not any(d.code == "FR001" for d in found):
-        found.extend(schema_diagnostics(doc, "flow"))
     flow = flow_from_data(doc.data)
     graph = compile_flow(flow)
     found.extend(checks.check_targets(flow, doc))
