@@ -104,7 +104,7 @@ def test_broken_legacy_flow_is_reported_at_each_bad_entry(tools) -> None:
 def test_malformed_configs_are_diagnostics_not_exceptions(tools) -> None:
     for text in ("[1, 2]", '{"name": ""}', '{"name": "x", "description": 5}', '{"name": "x", "flow": "nope"}',
                  '{"name": "x", "flow": [7, "a:::b"]}', '{"name": "x", "tool_info": "calculator"}', "{broken"):
-        data, problems = _import_text(text, tools)
+        _, problems = _import_text(text, tools)
         assert problems and all(d.code in ("FR001", "FR501") for d in problems), text
 
 

@@ -79,7 +79,8 @@ steps:
 
 
 def test_unknown_target_is_not_also_called_a_dead_end(tools) -> None:
-    text = "flowrun: 1\nname: X\nsteps:\n  a: {kind: process, instruction: go, next: nope}\n  b: {kind: terminal, instruction: end}\n"
+    text = ("flowrun: 1\nname: X\nsteps:\n  a: {kind: process, instruction: go, next: nope}\n"
+            "  b: {kind: terminal, instruction: end}\n")
     codes = [d.code for d in check_flow_text(text, "x.yaml", tools).diagnostics]
     assert codes == ["FR101", "FR102"]
 

@@ -51,7 +51,8 @@ def test_terminal_edges_are_not_part_of_the_graph() -> None:
 
 
 def test_schema_errors_still_let_graph_checks_run(tools) -> None:
-    text = "flowrun: 1\nname: 5\nsteps:\n  a: {kind: process, instruction: go, next: ghost}\n  b: {kind: terminal, instruction: x}\n"
+    text = ("flowrun: 1\nname: 5\nsteps:\n  a: {kind: process, instruction: go, next: ghost}\n"
+            "  b: {kind: terminal, instruction: x}\n")
     codes = {d.code for d in check_flow_text(text, "x.yaml", tools).diagnostics}
     assert codes == {"FR003", "FR101", "FR102"}
 
@@ -63,7 +64,8 @@ def test_format_version_message_names_the_supported_version(tools) -> None:
 
 
 def test_invalid_step_id_is_located_at_the_key(tools) -> None:
-    text = "flowrun: 1\nname: x\nsteps:\n  ok: {kind: process, instruction: go, next: 2bad}\n  2bad: {kind: terminal, instruction: x}\n"
+    text = ("flowrun: 1\nname: x\nsteps:\n  ok: {kind: process, instruction: go, next: 2bad}\n"
+            "  2bad: {kind: terminal, instruction: x}\n")
     problems = [(d.code, d.line, d.column) for d in check_flow_text(text, "i.yaml", tools).diagnostics]
     assert ("FR003", 5, 3) in problems
 

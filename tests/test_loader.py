@@ -9,7 +9,8 @@ from engine.flow.loader import load_file, load_yaml
 
 
 def test_plain_scalars_follow_yaml_1_2_core_schema() -> None:
-    doc = load_yaml("a: yes\nb: no\nc: on\nd: true\ne: 0x1f\nf: 1.5e3\ng: .inf\nh: ~\ni: '3'\nj: !!str 4\nk: 012\n", "f")
+    text = "a: yes\nb: no\nc: on\nd: true\ne: 0x1f\nf: 1.5e3\ng: .inf\nh: ~\ni: '3'\nj: !!str 4\nk: 012\n"
+    doc = load_yaml(text, "f")
     assert doc.data == {"a": "yes", "b": "no", "c": "on", "d": True, "e": 31, "f": 1500.0, "g": math.inf,
                         "h": None, "i": "3", "j": "4", "k": 12}
     assert not doc.diagnostics

@@ -182,7 +182,8 @@ def _legacy_steps(
 
 def _workflow_steps(workflow: Any, description: str, tools: list[str]) -> dict[str, dict[str, Any]]:
     """Steps for a config without `flow`: its `workflow` instructions in order (or one step), then a terminal."""
-    instructions = [w.strip() for w in workflow if isinstance(w, str) and w.strip()] if isinstance(workflow, list) else []
+    entries = workflow if isinstance(workflow, list) else []
+    instructions = [w.strip() for w in entries if isinstance(w, str) and w.strip()]
     instructions = instructions or ["Work on the task in the inputs as your description says."]
     steps: dict[str, dict[str, Any]] = {}
     for n, instruction in enumerate(instructions, 1):

@@ -93,7 +93,8 @@ def check_labels(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
             norm = " ".join(label.split()).casefold()
             if norm in seen:
                 message = f"branch labels {seen[norm]!r} and {label!r} differ only in case or spacing: merge or rename"
-                yield diagnostic("FR105", message, doc.file, doc.position(("steps", step.id, "branches", label), key=True))
+                where = doc.position(("steps", step.id, "branches", label), key=True)
+                yield diagnostic("FR105", message, doc.file, where)
             seen.setdefault(norm, label)
 
 

@@ -34,7 +34,7 @@ RULES: dict[str, Rule] = {
         Rule("FR005", "unsupported-format", _E, "The file's format version is not one this flowrun reads."),
         Rule("FR101", "unknown-target", _E, "`next`, a branch or `start` names a step that does not exist."),
         Rule("FR102", "unreachable-step", _W, "No path from the start step leads to this step."),
-        Rule("FR103", "no-terminal", _E, "From this step no terminal step can be reached: a dead end or a closed loop."),
+        Rule("FR103", "no-terminal", _E, "No terminal step can be reached from here: a dead end or a closed loop."),
         Rule("FR104", "too-few-branches", _E, "A decision needs at least two branches."),
         Rule("FR105", "repeated-label", _E, "Two branch labels of a decision differ only in case or spacing."),
         Rule("FR106", "terminal-has-edges", _E, "A terminal step ends the run; it cannot have `next` or `branches`."),
@@ -44,10 +44,10 @@ RULES: dict[str, Rule] = {
         Rule("FR204", "duplicate-tool", _E, "Two tool manifests define the same tool name."),
         Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse."),
         Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist."),
-        Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not one of the branch labels."),
+        Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label."),
         Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`."),
         Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read."),
-        Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import leaves it out."),
+        Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import drops it."),
     )
 }
 
