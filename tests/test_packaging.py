@@ -1,0 +1,45 @@
+"""A plain (non-editable) `pip install .` into a fresh venv finds schemas/, flows/ and tools/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def sh(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.mark.slow
+def test_wheel_install_validates_and_draws_bundled_flows(tmp_path: Path) -> None:
+    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", ROOT)
+    (wheel,) = (tmp_path / "dist").glob("flowrun-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in ("engine/_data/schemas/flow.schema.json", "engine/_data/schemas/tool.schema.json",
+                     "engine/_data/flows/travel_agent.yaml", "engine/_data/tools/calculator.tool.yaml"):
+        assert expected in names
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python, flowrun = env_dir / "bin" / "python", env_dir / "bin" / "flowrun"
+    sh(python, "-m", "pip", "install", "-q", wheel)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bundled = sh(python, "-c", "from engine.resources import data_dir; print(data_dir('flows'))", cwd=elsewhere)
+    bundled_flows = Path(bundled.stdout.strip())
+    assert bundled_flows.is_relative_to(env_dir)
+
+    assert "no problems" in sh(flowrun, "validate", bundled_flows, cwd=elsewhere).stdout
+    assert "no problems" in sh(flowrun, "validate", ROOT / "flows", ROOT / "tools", cwd=elsewhere).stdout
+    graph = sh(flowrun, "graph", bundled_flows / "travel_agent.yaml", cwd=elsewhere).stdout
+    assert graph.startswith("flowchart TD") and graph.count("-->") == 29
+    assert "calculator" in sh(flowrun, "tools", "list", cwd=elsewhere).stdout
