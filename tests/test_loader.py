@@ -23,11 +23,12 @@ def test_mapping_keys_are_strings() -> None:
 
 def test_positions_of_keys_and_values() -> None:
     doc = load_yaml("steps:\n  first:\n    next: second\n    tools: [a, b]\n", "f")
-    assert doc.keys[("steps", "first")] == (2, 3)
-    assert doc.values[("steps", "first", "next")] == (3, 11)
-    assert doc.values[("steps", "first", "tools", 1)] == (4, 16)
-    assert doc.position(("steps", "first", "missing", "deeper")) == (3, 5)  # nearest known ancestor
     assert doc.position(("steps", "first"), key=True) == (2, 3)
+    assert doc.position(("steps", "first", "next")) == (3, 11)
+    assert doc.position(("steps", "first", "tools", 1)) == (4, 16)
+    assert doc.position(("steps", "first", "tools", 1), key=True) == (4, 5)  # list items: the list's key
+    assert doc.position(("steps", "first", "missing", "deeper")) == (3, 5)  # the deepest part that exists
+    assert doc.position(("steps", "first", "missing"), key=True) == (2, 3)
 
 
 def test_duplicate_keys_are_errors_at_the_second_key() -> None:
@@ -41,6 +42,13 @@ def test_merge_keys_fill_in_without_overriding() -> None:
     doc = load_yaml("base: &b {kind: process, next: x}\nstep:\n  <<: *b\n  next: y\n", "f")
     assert doc.data["step"] == {"kind": "process", "next": "y"}
     assert not doc.diagnostics
+    assert doc.position(("step", "next")) == (4, 9)  # the written value, not the merged one
+    assert doc.position(("step", "kind")) == (1, 17)  # a merged value is where it was written
+
+
+def test_positions_survive_a_mapping_that_merges_itself() -> None:
+    doc = load_yaml("a: &a {x: 1, <<: *a}\n", "f")
+    assert doc.position(("a", "nope")) == (1, 4)
 
 
 def test_syntax_error_is_located_not_raised() -> None:

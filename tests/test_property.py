@@ -118,3 +118,55 @@ def test_corrupting_yaml_text(name: str, data, tools) -> None:
 @given(text=st.text(max_size=300))
 def test_arbitrary_text(text: str, tools) -> None:
     assert_sane(text, "random.yaml", tools)
+
+
+
+atoms = st.sampled_from([
+    "inputs.days", "visits.a", "steps.a.output.n", "steps['a'].output", "inputs.files[0]", "x", "x.if", "loop.index",
+    "range", "true", "None", "1", "0", "10.5", "'yes'", '"no"', "'a b'", "''",
+    # outside the fast reader's subset, so it must give up on them:
+    "007", "1e3", "1_0", "x.0", "x()", "x|join(',')", "x|a.b", "'a' 'b'", "-1", "not", "if", "x is defined", "[1]",
+    "{'a': 1}", "x[y]", "é", "'\\n'", "a, b", "(x).y", "x ~ y", "x * 2",
+])
+expressions = st.recursive(
+    atoms,
+    lambda e: (
+        st.builds(lambda a, op, b: f"{a} {op} {b}", e, st.sampled_from(["==", "!=", "<", ">=", "and", "or", "+", "-",
+                                                                           "in", "not in"]), e)
+        | st.builds(lambda a, b, c: f"{a} if {b} else {c}", e, e, e)
+        | st.builds(lambda a, b: f"{a} if {b}", e, e)
+        | st.builds(lambda a: f"not {a}", e)
+        | st.builds(lambda a: f"({a})", e)
+        | st.builds(lambda a, f: f"{a} | {f}", e, st.sampled_from(["length", "upper", "nope"]))
+    ),
+    max_leaves=6,
+)
+holes = st.builds(lambda left, e, right: "{{" + left + e + right + "}}", st.sampled_from(["", " ", "  ", "-", "\n"]),
+                  expressions, st.sampled_from(["", " ", "-", "\n"]))
+template_texts = st.lists(holes | st.sampled_from(["text ", " ", "\n", "{", "}", "{%", "{#", "}}", "{{"]),
+                          min_size=1, max_size=4).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=template_texts)
+def test_fast_template_reading_agrees_with_the_jinja_parser(text: str) -> None:
+    from engine.flow import templates
+
+    fast = templates._Reader.facts(text) if templates.is_template(text) else None
+    if fast is None:
+        return
+    try:
+        parsed = templates._walk(templates.environment.parse(text))
+    except Exception as exc:  # the fast reader must never accept what the parser refuses
+        raise AssertionError(f"fast reader accepted {text!r}, which Jinja2 refuses: {exc}") from exc
+    assert (fast.free_names, sorted(fast.references), sorted(fast.unsupported), fast.outcomes) == (
+        parsed.free_names, sorted(parsed.references), sorted(parsed.unsupported), parsed.outcomes), text
+
+
+def test_fast_reader_covers_the_common_shapes() -> None:
+    from engine.flow import templates
+
+    for text in ["Plan {{ inputs.query }} for {{ steps.parse.output.days }} days",
+                 "{{ 'yes' if visits.a >= steps.p.output.days and not visits.b else 'no' }}",
+                 "{{ 'yes' if visits.solve < steps.plan.output.items | length else 'no' }}"]:
+        assert templates._Reader.facts(text) is not None, text

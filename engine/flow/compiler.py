@@ -14,13 +14,13 @@ def compile_flow(flow: Flow) -> nx.MultiDiGraph:
     Edges to steps that do not exist are left out; the checks report them. `graph.graph` holds `flow` and `start`.
     """
     graph = nx.MultiDiGraph(flow=flow, start=flow.start)
-    for step in flow.steps.values():
-        graph.add_node(step.id, step=step)
-    for step in flow.steps.values():
-        if step.kind == "terminal":
-            continue  # its `next` or `branches` are a schema error (FR106), not a way the run can go
-        for label, target in step.edges():
-            if target in flow.steps:
-                graph.add_edge(step.id, target, key=label, label=label)
+    graph.add_nodes_from((step.id, {"step": step}) for step in flow.steps.values())
+    graph.add_edges_from(
+        (step.id, target, label, {"label": label})
+        for step in flow.steps.values()
+        if step.kind != "terminal"  # a terminal's `next` or `branches` are a schema error (FR106), not a way on
+        for label, target in step.edges()
+        if target in flow.steps
+    )
     return graph
 

@@ -1,14 +1,19 @@
-"""YAML text -> plain Python data with a line:column for every mapping key and value.
+"""YAML text -> plain Python data, with the line:column of every mapping key and value on request.
 
 Plain scalars are read by the YAML 1.2 core schema (what editors' YAML servers use): only `true`/`false` are
 booleans, so branch labels such as `yes`, `no`, `on` and `off` stay strings. Mapping keys are always strings, as in
 JSON. `<<` merge keys are honoured. Problems are diagnostics, never exceptions.
+
+Positions are looked up in the composed node tree when a diagnostic needs one, so a valid file pays nothing for them.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ _MAX_NODES = 1_000_000  # what a document may expand to through aliases
 
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_SPECIAL_START = frozenset("0123456789+-.~nNtTfF")  # a plain scalar starting otherwise is a string
 _INT = re.compile(r"[-+]?[0-9]+\Z")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _SPECIAL_FLOATS = {
@@ -62,6 +68,10 @@ class _Loader(_Parser, BaseResolver):
     def __init__(self, stream: str) -> None:
         _Parser.__init__(self, stream)
         BaseResolver.__init__(self)
+        # The composer calls these per node for path resolvers, which we do not use; C no-ops of the same arity
+        # save a Python call each (an eighth of the time to compose).
+        self.descend_resolver = {}.get
+        self.ascend_resolver = [].clear
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is ScalarNode:
@@ -71,6 +81,8 @@ class _Loader(_Parser, BaseResolver):
 
 def resolve_plain(text: str) -> Any:
     """The value of an untagged plain scalar under the YAML 1.2 core schema."""
+    if text and text[0] not in _SPECIAL_START:
+        return text
     if text in _NULLS:
         return None
     if text in _BOOLS:
@@ -91,22 +103,56 @@ def resolve_plain(text: str) -> Any:
 
 @dataclass
 class Document:
-    """A loaded YAML file: its data, where each part of it stands, and what went wrong reading it."""
+    """A loaded YAML file: its data, its composed nodes (for positions), and what went wrong reading it."""
 
     file: str
     data: Any = None
-    values: dict[KeyPath, Position] = field(default_factory=dict)
-    keys: dict[KeyPath, Position] = field(default_factory=dict)
+    root: Node | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    _keys: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict, repr=False)
 
     def position(self, path: KeyPath, *, key: bool = False) -> Position:
-        """Where the value at `path` stands (or its key, with key=True); the nearest known ancestor otherwise."""
-        table = self.keys if key else self.values
-        for end in range(len(path), -1, -1):
-            found = table.get(path[:end])
-            if found is not None:
-                return found
-        return (1, 1)
+        """Where the value at `path` stands (with key=True: the mapping key leading to it).
+
+        Where `path` leads nowhere, the position of the deepest part of it that exists.
+        """
+        node, key_node = self.root, None
+        for part in path:
+            pair = self._child(node, part)
+            if pair is None:
+                break
+            if pair[0] is not None:
+                key_node = pair[0]
+            node = pair[1]
+        target = key_node if key and key_node is not None else node
+        if target is None:
+            return (1, 1)
+        return (target.start_mark.line + 1, target.start_mark.column + 1)
+
+    def _child(self, node: Node | None, part: str | int) -> tuple[Node | None, Node] | None:
+        if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            return None, node.value[part]
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            if id(node) not in self._keys:
+                self._keys[id(node)] = dict(reversed(list(_pairs(node))))  # the first of a key is the one kept
+            return self._keys[id(node)].get(part)
+        return None
+
+
+def _pairs(node: MappingNode, seen: frozenset[int] = frozenset()) -> Iterator[tuple[str, tuple[Node, Node]]]:
+    """(key, (key node, value node)) as the data has them: written keys first, then merged ones not overridden."""
+    seen = seen | {id(node)}
+    merged = []
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            continue
+        if key_node.value == "<<" and key_node.tag == _PLAIN:
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            merged += [s for s in sources if isinstance(s, MappingNode) and id(s) not in seen]
+        else:
+            yield key_node.value, (key_node, value_node)
+    for source in merged:
+        yield from _pairs(source, seen)
 
 
 def load_file(path: Path | str, file: str | None = None) -> Document:
@@ -123,31 +169,45 @@ def load_file(path: Path | str, file: str | None = None) -> Document:
     return load_yaml(text, file)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees what is dropped)."""
+    # Loading and checking make many objects and no cycles; the collector would rescan the growing heap again and
+    # again (it doubles the time to load a 10,000-step flow).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_yaml(text: str, file: str) -> Document:
     """Read one YAML document from `text`; `file` is the name diagnostics carry."""
     doc = Document(file)
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        doc.diagnostics.append(diagnostic("FR001", _syntax_message(exc), file, where))
-        return doc
-    except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
-        doc.diagnostics.append(diagnostic("FR001", str(exc).splitlines()[0], file, (1, 1)))
-        return doc
-    finally:
-        loader.dispose()
-    if node is None:
-        return doc
-    builder = _Builder(doc)
-    try:
-        doc.data = builder.build(node, ())
-    except RecursionError:
-        doc.diagnostics.append(diagnostic("FR004", "the document is nested too deeply to read", file, (1, 1)))
-    except _TooLarge:
-        pass  # reported where the limit was crossed
+    with gc_paused():
+        loader = _Loader(text)
+        try:
+            doc.root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            doc.diagnostics.append(diagnostic("FR001", _syntax_message(exc), file, where))
+            return doc
+        except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
+            doc.diagnostics.append(diagnostic("FR001", str(exc).splitlines()[0], file, (1, 1)))
+            return doc
+        finally:
+            loader.dispose()
+        if doc.root is None:
+            return doc
+        try:
+            doc.data = _Builder(doc).build(doc.root)
+        except RecursionError:
+            doc.diagnostics.append(diagnostic("FR004", "the document is nested too deeply to read", file, (1, 1)))
+        except _TooLarge:
+            pass  # reported where the limit was crossed
     return doc
 
 
@@ -158,24 +218,30 @@ def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
 
 
 class _Builder:
-    """Turns composed nodes into plain data, recording positions and reporting what YAML allows but we don't."""
+    """Turns composed nodes into plain data, reporting what YAML allows but flow files do not."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.done: dict[int, Any] = {}  # node id -> value, so aliases share one value
-        self.active: set[int] = set()  # nodes being built: meeting one again means a recursive alias
-        self.size: dict[int, int] = {}  # node id -> how many nodes it expands to
+        self.active: set[int] = set()  # containers being built: meeting one again means a recursive alias
+        self.sizes: dict[int, int] = {}  # node id -> how many nodes it expands to (only for aliased nodes)
         self.total = 0
 
     def report(self, code: str, message: str, node: Node) -> None:
         mark = node.start_mark
         self.doc.diagnostics.append(diagnostic(code, message, self.doc.file, (mark.line + 1, mark.column + 1)))
 
-    def build(self, node: Node, path: KeyPath) -> Any:
+    def build(self, node: Node) -> Any:
+        if node.__class__ is ScalarNode:  # the common case first; a shared scalar may as well be built twice
+            if node.tag == _PLAIN:
+                return resolve_plain(node.value)
+            if node.tag != _STR:
+                self.report("FR004", f"unsupported YAML tag {node.tag!r}: use a plain value", node)
+            return node.value
         key = id(node)
         if key in self.done:
-            # An alias: the value is shared, and so is the cost of validating it, which is what we bound.
-            self.total += self.size[key]
+            # An alias: the value is shared, but checking it costs its full size, which is what we bound.
+            self.total += self.expanded_size(node)
             if self.total > _MAX_NODES:
                 self.report("FR004", f"aliases expand this document past {_MAX_NODES:,} values", node)
                 raise _TooLarge
@@ -183,63 +249,59 @@ class _Builder:
         if key in self.active:
             self.report("FR004", "an alias refers to a value that contains it (a recursive alias)", node)
             return None
-        self.doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        before = self.total
         self.total += 1
-        if isinstance(node, ScalarNode):
-            value = self.scalar(node)
-        else:
-            self.active.add(key)
-            value = self.mapping(node, path) if isinstance(node, MappingNode) else self.sequence(node, path)
-            self.active.discard(key)
+        self.active.add(key)
+        value = self.mapping(node) if node.__class__ is MappingNode else self.sequence(node)
+        self.active.discard(key)
         self.done[key] = value
-        self.size[key] = self.total - before
         return value
 
-    def scalar(self, node: ScalarNode) -> Any:
-        if node.tag == _PLAIN:
-            return resolve_plain(node.value)
-        if node.tag != _STR:
-            self.report("FR004", f"unsupported YAML tag {node.tag!r}: use a plain value", node)
-        return node.value
+    def expanded_size(self, node: Node) -> int:
+        key = id(node)
+        if key not in self.sizes:
+            self.sizes[key] = 0  # a recursive alias counts as nothing more (it is reported)
+            children = [] if node.__class__ is ScalarNode else node.value
+            if node.__class__ is MappingNode:
+                children = [n for pair in children for n in pair]
+            self.sizes[key] = 1 + sum(self.expanded_size(child) for child in children)
+        return self.sizes[key]
 
-    def sequence(self, node: SequenceNode, path: KeyPath) -> list[Any]:
+    def sequence(self, node: SequenceNode) -> list[Any]:
         if node.tag != _SEQ:
             self.report("FR004", f"unsupported YAML tag {node.tag!r}: use a plain list", node)
-        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return [self.build(item) for item in node.value]
 
-    def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, Any]:
+    def mapping(self, node: MappingNode) -> dict[str, Any]:
         if node.tag != _MAP:
             self.report("FR004", f"unsupported YAML tag {node.tag!r}: use a plain mapping", node)
         result: dict[str, Any] = {}
-        first_seen: dict[str, int] = {}
         merged: list[dict[str, Any]] = []
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
+            if key_node.__class__ is not ScalarNode:
                 self.report("FR004", "a mapping key must be a plain value, not a list or mapping", key_node)
                 continue
             name = key_node.value
             if name == "<<" and key_node.tag == _PLAIN:
-                merged.extend(self.merge_sources(value_node, path))
+                merged.extend(self.merge_sources(value_node))
                 continue
-            line = key_node.start_mark.line + 1
-            if name in first_seen:
-                self.report("FR002", f"duplicate key {name!r} (first defined on line {first_seen[name]}): "
+            if name in result:
+                first = next(k for k, _ in node.value if k.__class__ is ScalarNode and k.value == name)
+                self.report("FR002", f"duplicate key {name!r} (first defined on line {first.start_mark.line + 1}): "
                             "YAML keeps only the last one; remove or rename one of them", key_node)
-            first_seen.setdefault(name, line)
-            child = (*path, name)
-            self.doc.keys[child] = (line, key_node.start_mark.column + 1)
-            result[name] = self.build(value_node, child)
+            if value_node.__class__ is ScalarNode and value_node.tag == _PLAIN:
+                result[name] = resolve_plain(value_node.value)
+            else:
+                result[name] = self.build(value_node)
         for source in merged:  # keys written out in the mapping win over merged ones, earlier merges over later
             for name, value in source.items():
                 result.setdefault(name, value)
         return result
 
-    def merge_sources(self, node: Node, path: KeyPath) -> list[dict[str, Any]]:
+    def merge_sources(self, node: Node) -> list[dict[str, Any]]:
         sources = node.value if isinstance(node, SequenceNode) else [node]
         found = []
         for source in sources:
-            value = self.build(source, path)
+            value = self.build(source)
             if isinstance(value, dict):
                 found.append(value)
             else:

@@ -12,7 +12,7 @@ from typing import Any
 DEFAULT_MAX_STEPS = 100
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Step:
     """One step. `instruction` is set for process and terminal steps, `question` for decisions."""
 
@@ -42,14 +42,14 @@ class Step:
         return tuple(dict.fromkeys((self.tool, *self.tools))) if self.tool else self.tools
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Limits:
     max_steps: int = DEFAULT_MAX_STEPS
     max_visits: int | None = None
     explicit_max_steps: bool = False  # whether the file set max_steps (a loop without it is warned about)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Flow:
     """A flow file's content. `steps` keeps the file's order; `start` is resolved to the first step by default."""
 

@@ -1,4 +1,8 @@
-"""Checking a loaded document against a published JSON Schema, with every error at its YAML position."""
+"""Checking a loaded document against a published JSON Schema, with every error at its YAML position.
+
+Validation uses jsonschema-rs: it checks a 30-step flow in well under a millisecond, where the pure-Python validator
+takes tens, too slow for validating a repository of flows in CI.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+import jsonschema_rs
 
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, KeyPath
@@ -25,15 +28,15 @@ def schema(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name))
+def _validator(name: str) -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(schema(name))
 
 
 def schema_diagnostics(doc: Document, name: str) -> list[Diagnostic]:
     """Every way `doc.data` breaks schema `name`, located in `doc`'s file."""
     found: list[Diagnostic] = []
     for error in _validator(name).iter_errors(doc.data):
-        found.extend(_diagnostics(doc, best_match([error])))
+        found.extend(_diagnostics(doc, error, schema(name)))
     return found
 
 
@@ -51,44 +54,69 @@ def shorten(text: str) -> str:
     return f"{text[:half]} ... {text[-half:]}"
 
 
-def _diagnostics(doc: Document, error: ValidationError) -> list[Diagnostic]:
-    path: KeyPath = tuple(error.absolute_path)
+def _diagnostics(doc: Document, error: jsonschema_rs.ValidationError, root: dict[str, Any]) -> list[Diagnostic]:
+    path: KeyPath = tuple(error.instance_path)
     where = ".".join(str(p) for p in path)
-    annotation = error.schema.get("x-flowrun", {}).get(error.validator) if isinstance(error.schema, dict) else None
+    kind = error.kind.name
+    details = error.kind.as_dict()
 
     def located(code: str, message: str, position: tuple[int, int]) -> Diagnostic:
         text = f"{where}: {message}" if where else message
         return diagnostic(code, shorten(text), doc.file, position)
 
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = error.schema.get("properties", {})
-        extras = [k for k in error.instance if k not in allowed]
+    if kind == "additionalProperties":
+        allowed = _subschema(root, error).get("properties", {})
         listing = ", ".join(allowed)
         return [
             located("FR003", f"unknown key {k!r}{suggest(k, allowed)}; allowed here: {listing}",
                     doc.position((*path, k), key=True))
-            for k in extras
+            for k in details["unexpected"]
         ]
-    if _checks_a_key(error):
-        position = doc.position((*path, error.instance), key=True)
-    elif isinstance(error.instance, dict | list):
+    instance = error.instance
+    if kind == "propertyNames":
+        error = error.kind.error  # the failure of the key itself; it names the keyword and the schema
+        instance = error.instance
+        position = doc.position((*path, instance), key=True)
+    elif isinstance(instance, dict | list):
         # A block mapping's value starts at its first child; the key naming it is where a reader looks.
         position = doc.position(path, key=True) if path else (1, 1)
     else:
         position = doc.position(path)
+
+    annotation = _annotation(root, error)
     if annotation:
-        return [located(annotation["code"], annotation["message"].format(instance=error.instance), position)]
-    message = error.message
-    if error.validator == "enum" and isinstance(error.instance, str):
-        message = f"{error.instance!r} is not one of: {', '.join(map(str, error.validator_value))}"
-        message += suggest(error.instance, map(str, error.validator_value))
-    return [located("FR003", message, position)]
+        return [located(annotation["code"], annotation["message"].format(instance=instance), position)]
+    return [located("FR003", _message(error, instance), position)]
 
 
-def _checks_a_key(error: ValidationError) -> bool:
-    """True when the error is about a mapping key (a propertyNames failure), not a value."""
-    schema_path = list(error.absolute_schema_path)
-    return any(
-        part == "propertyNames" and (i == 0 or schema_path[i - 1] != "properties") for i, part in enumerate(schema_path)
-    )
+def _message(error: jsonschema_rs.ValidationError, instance: Any) -> str:
+    kind, details = error.kind.name, error.kind.as_dict()
+    if kind == "required":
+        return f"missing required key {details['property']!r}"
+    if kind == "enum" and isinstance(instance, str):
+        options = [str(o) for o in details["options"]]
+        return f"{instance!r} is not one of: {', '.join(options)}{suggest(instance, options)}"
+    if kind in ("anyOf", "oneOfNotValid"):
+        for branch in error.kind.context:
+            if branch:
+                return branch[0].message  # the first way it could have been right says most
+    return error.message
 
+
+def _subschema(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> dict[str, Any]:
+    """The (sub)schema holding the keyword that failed; {} when it lies in another schema (a metaschema)."""
+    if error.absolute_keyword_location is not None:
+        return {}
+    node: Any = root
+    for part in list(error.schema_path)[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return {}
+    return node if isinstance(node, dict) else {}
+
+
+def _annotation(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> dict[str, str] | None:
+    """The `x-flowrun` code and message our schema attaches to the failed keyword, if any."""
+    keyword = list(error.schema_path)[-1] if error.schema_path else None
+    return _subschema(root, error).get("x-flowrun", {}).get(keyword)

@@ -2,11 +2,16 @@
 
 A template sees three names: `inputs` (the run's inputs), `steps` (`steps.<id>.output`: a step's latest result,
 data when it has an output_schema) and `visits` (`visits.<id>`: how often a step has run).
+
+Checking happens in two parts: `facts` reads what a template text uses (context-free, so cached per text), and
+`template_problems` checks those facts against a flow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
@@ -15,15 +20,273 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from engine.flow.model import Flow, Step
 
 NAMES = ("inputs", "steps", "visits")
-_IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 STEP_ATTRIBUTES = ("output",)
+_IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 
 environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+# Jinja2 expression tokens of the subset `_Reader` understands (group 1), or a character outside it (group 2).
+# Values never collide across kinds: strings keep their quotes, numbers start with a digit, names with a letter.
+_HOLE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_TOKEN = re.compile(r"""\s*(?:(
+    '[^'\\\n]*'|"[^"\\\n]*"
+  | (?:[1-9][0-9]*|0)(?:\.[0-9]+)?(?![\w.])
+  | [A-Za-z_][A-Za-z0-9_]*(?![^\W\d_])
+  | ==|!=|<=|>=|[<>+\-|.\[\]()]
+)|(\S))""", re.X)
+_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else"})
+_COMPARE, _SUM = frozenset({"==", "!=", "<", "<=", ">", ">="}), frozenset({"+", "-"})
+_OR, _AND, _ELSE = frozenset({"or"}), frozenset({"and"}), frozenset({"else"})
 
 
 def is_template(text: str) -> bool:
     """Whether `text` has any Jinja2 markup; text without it renders to itself."""
     return "{{" in text or "{%" in text or "{#" in text
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a template text uses, independent of any flow."""
+
+    syntax_error: str | None = None
+    free_names: frozenset[str] = frozenset()
+    references: tuple[tuple[str, ...], ...] = ()  # the longest constant chain of each `a.b.c` / `a["b"]`
+    unsupported: tuple[str, ...] = ()  # unknown filters and tests, include/import/extends
+    outcomes: frozenset[str] | None = None  # every value the whole template can render, when only constants
+
+
+@functools.lru_cache(maxsize=4096)
+def facts(text: str) -> Facts:
+    """What template `text` uses."""
+    if not is_template(text):
+        return Facts(outcomes=frozenset({text}))
+    fast = _Reader.facts(text)
+    if fast is not None:
+        return fast
+    try:
+        tree = environment.parse(text)
+    except TemplateSyntaxError as exc:
+        where = f" (template line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
+        return Facts(syntax_error=f"template does not parse{where}: {exc.message}")
+    return _walk(tree)
+
+
+class _Reader:
+    """Facts of a template made of text and `{{ expression }}` holes in a subset of Jinja2's expressions.
+
+    Mirrors Jinja2's parser (parse_condexpr, parse_or, ... parse_unary) for: names and constants, `.name` and
+    `[n]`/`['key']` lookups, `|filter` without arguments, + and -, comparisons, and/or/not, `a if b else c`, and
+    parentheses. It gives up (None) on anything else, which then goes to Jinja2; tests check both agree.
+    """
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens, self.at, self.end = tokens, 0, len(tokens)
+        self.names: set[str] = set()
+        self.references: list[tuple[str, ...]] = []
+        self.unsupported: list[str] = []
+
+    @classmethod
+    def facts(cls, text: str) -> Facts | None:
+        parts = _HOLE.split(text)
+        if any(is_template(data) for data in parts[0::2]):
+            return None
+        holes = parts[1::2]
+        readers, outcomes = [], None
+        for hole in holes:
+            if hole[:1] in ("-", "+") or hole[-1:] in ("-", "+"):
+                return None  # whitespace control
+            pairs = _TOKEN.findall(hole)
+            if any(bad for _, bad in pairs):
+                return None
+            reader = cls([token for token, _ in pairs])
+            try:
+                values = reader.condexpr()
+            except _GiveUp:
+                return None
+            if reader.at != reader.end:
+                return None
+            readers.append(reader)
+            if len(holes) == 1 and not "".join(parts[0::2]).strip():
+                outcomes = values
+        return Facts(
+            free_names=frozenset(n for r in readers for n in r.names) - set(_IMPLICIT) - set(environment.globals),
+            references=tuple(ref for r in readers for ref in r.references),
+            unsupported=tuple(msg for r in readers for msg in r.unsupported),
+            outcomes=outcomes,
+        )
+
+    def next_in(self, values: frozenset[str]) -> bool:
+        return self.at < self.end and self.tokens[self.at] in values
+
+    def next_is(self, value: str) -> bool:
+        return self.at < self.end and self.tokens[self.at] == value
+
+    def take(self) -> str:
+        if self.at >= self.end:
+            raise _GiveUp
+        self.at += 1
+        return self.tokens[self.at - 1]
+
+    def condexpr(self) -> frozenset[str] | None:
+        values = self.binary(self.and_expr, _OR)
+        while self.next_is("if"):
+            self.take()
+            self.binary(self.and_expr, _OR)
+            otherwise = frozenset({""})
+            if self.next_in(_ELSE):
+                self.take()
+                otherwise = self.condexpr()
+            values = values | otherwise if values is not None and otherwise is not None else None
+        return values
+
+    def and_expr(self) -> frozenset[str] | None:
+        return self.binary(self.not_expr, _AND)
+
+    def not_expr(self) -> frozenset[str] | None:
+        if self.next_is("not"):
+            self.take()
+            self.not_expr()
+            return None
+        return self.binary(self.sum_expr, _COMPARE)
+
+    def sum_expr(self) -> frozenset[str] | None:
+        return self.binary(self.unary, _SUM)
+
+    def binary(self, operand: Callable[[], frozenset[str] | None], operators: frozenset[str]) -> frozenset[str] | None:
+        values = operand()
+        while self.next_in(operators):
+            self.take()
+            operand()
+            values = None
+        return values
+
+    def unary(self) -> frozenset[str] | None:
+        token = self.take()
+        first = token[0]
+        values: frozenset[str] | None = None
+        if first in "'\"":
+            if self.at < self.end and self.tokens[self.at][0] in "'\"":
+                raise _GiveUp  # Jinja2 joins adjacent strings
+            values = frozenset({token[1:-1]})
+        elif first.isdigit() or token in _CONSTANTS:
+            pass
+        elif token == "(":
+            values = self.condexpr()
+            if not self.next_is(")"):
+                raise _GiveUp
+            self.take()
+        elif (first.isalpha() or first == "_") and token not in _KEYWORDS:
+            self.names.add(token)
+            chain = [token]
+            while self.next_is(".") or self.next_is("["):
+                chain.append(self.lookup())
+            if len(chain) > 1:
+                self.references.append(tuple(chain))
+        else:
+            raise _GiveUp
+        if self.next_is(".") or self.next_is("[") or self.next_is("("):
+            raise _GiveUp  # lookups on constants and parentheses, calls
+        while self.next_is("|"):
+            self.take()
+            name = self.take()
+            if not (name[0].isalpha() or name[0] == "_") or self.next_is(".") or self.next_is("("):
+                raise _GiveUp  # not a name, a dotted filter name, filter arguments
+            if name not in environment.filters:
+                self.unsupported.append(f"unknown filter {name!r}")
+            values = None
+        return values
+
+    def lookup(self) -> str:
+        if self.take() == ".":
+            name = self.take()
+            if not (name[0].isalpha() or name[0] == "_"):
+                raise _GiveUp
+            return name
+        key = self.take()
+        if not (key[0].isdigit() or key[0] in "'\"") or "." in key or not self.next_is("]"):
+            raise _GiveUp
+        self.take()
+        return key[1:-1] if key[0] in "'\"" else key
+
+
+class _GiveUp(Exception):
+    """The template leaves the subset _Reader understands."""
+
+
+def _walk(tree: nodes.Template) -> Facts:
+    loaded: set[str] = set()
+    stored: set[str] = set(_IMPLICIT)
+    unsupported: list[str] = []
+    references: list[tuple[str, ...]] = []
+    inner: set[int] = set()  # attribute nodes that are part of a longer chain
+    for node in _nodes(tree):
+        if isinstance(node, nodes.Name):
+            (loaded if node.ctx == "load" else stored).add(node.name)
+        elif isinstance(node, nodes.Getattr | nodes.Getitem):
+            inner.add(id(node.node))
+            if id(node) not in inner:
+                chain = _chain(node)
+                if chain is not None and len(chain) > 1:
+                    references.append(chain)
+        elif isinstance(node, nodes.Filter) and node.name not in environment.filters:
+            unsupported.append(f"unknown filter {node.name!r}")
+        elif isinstance(node, nodes.Test) and node.name not in environment.tests:
+            unsupported.append(f"unknown test {node.name!r}")
+        elif isinstance(node, nodes.Extends | nodes.Include | nodes.Import | nodes.FromImport):
+            unsupported.append(f"`{{% {type(node).__name__.lower()} %}}` is not available in flow templates")
+    return Facts(
+        free_names=frozenset(loaded - stored - set(environment.globals)),
+        references=tuple(references),
+        unsupported=tuple(unsupported),
+        outcomes=_outcomes(tree),
+    )
+
+
+def _nodes(tree: nodes.Node) -> Iterator[nodes.Node]:
+    """Every node, parents before children (so a chain's outermost node comes before its inner ones)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(list(node.iter_child_nodes())))
+
+
+def _chain(node: nodes.Expr) -> tuple[str, ...] | None:
+    """`steps.a.output` -> ("steps", "a", "output"); None when it does not start at a name."""
+    parts: list[str] = []
+    while isinstance(node, nodes.Getattr | nodes.Getitem):
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str | int):
+            parts.append(str(node.arg.value))
+        else:
+            parts.clear()  # a computed key: only what lies before it is checkable
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return (node.name, *reversed(parts))
+
+
+def _outcomes(tree: nodes.Template) -> frozenset[str] | None:
+    """Every value the template renders to, when it is one expression of string constants and if-else."""
+    expressions = [e for output in tree.body if isinstance(output, nodes.Output) for e in output.nodes]
+    expressions = [e for e in expressions if not (isinstance(e, nodes.TemplateData) and not e.data.strip())]
+    if len(expressions) != 1 or len(tree.body) != 1:
+        return None
+    return _constant_values(expressions[0])
+
+
+def _constant_values(expr: nodes.Node) -> frozenset[str] | None:
+    if isinstance(expr, nodes.Const) and isinstance(expr.value, str):
+        return frozenset({expr.value})
+    if isinstance(expr, nodes.TemplateData):
+        return frozenset({expr.data})
+    if isinstance(expr, nodes.CondExpr):
+        then = _constant_values(expr.expr1)
+        otherwise = _constant_values(expr.expr2) if expr.expr2 is not None else frozenset({""})
+        return then | otherwise if then is not None and otherwise is not None else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,70 +299,26 @@ class Problem:
 
 def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Problem]:
     """What is wrong with template `text`, the `field` of `step` in `flow`."""
-    if not is_template(text):
+    if field != "decide" and not is_template(text):
         return []
-    try:
-        tree = environment.parse(text)
-    except TemplateSyntaxError as exc:
-        where = f" (template line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
-        return [Problem("FR301", f"template does not parse{where}: {exc.message}")]
-    problems = [Problem("FR301", message) for message in _unsupported(tree)]
-    for name in sorted(_free_names(tree) - set(NAMES)):
+    found = facts(text)
+    if found.syntax_error:
+        return [Problem("FR301", found.syntax_error)]
+    problems = [Problem("FR301", message) for message in found.unsupported]
+    for name in sorted(found.free_names - set(NAMES)):
         problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(NAMES)}"))
-    problems.extend(Problem("FR302", message) for message in _reference_errors(tree, flow))
-    if field == "decide":
-        problems.extend(Problem("FR303", message) for message in _decide_errors(tree, step))
+    for chain in found.references:
+        if chain[0] in NAMES:
+            problems.extend(Problem("FR302", message) for message in _check_chain(chain, flow))
+    if field == "decide" and found.outcomes is not None:
+        for value in sorted(found.outcomes):
+            if value.strip() not in step.branches:
+                message = f"decide can render {value!r}, which is not a branch label ({', '.join(step.branches)})"
+                problems.append(Problem("FR303", message))
     return problems
 
 
-def _free_names(tree: nodes.Template) -> set[str]:
-    """Names a template reads but neither sets nor gets from Jinja2 (a scope-blind, cheap find_undeclared_variables)."""
-    loaded, stored = set(), set(_IMPLICIT)
-    for node in tree.find_all(nodes.Name):
-        (loaded if node.ctx == "load" else stored).add(node.name)
-    return loaded - stored - set(environment.globals)
-
-
-def _unsupported(tree: nodes.Template) -> Iterator[str]:
-    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        yield f"`{{% {type(node).__name__.lower()} %}}` is not available in flow templates"
-    for node in tree.find_all(nodes.Filter):
-        if node.name not in environment.filters:
-            yield f"unknown filter {node.name!r}"
-    for node in tree.find_all(nodes.Test):
-        if node.name not in environment.tests:
-            yield f"unknown test {node.name!r}"
-
-
-def _reference_errors(tree: nodes.Template, flow: Flow) -> Iterator[str]:
-    """Errors in dotted references such as `steps.parse.output.days` (the longest chain of each)."""
-    inner = {id(node.node) for node in tree.find_all((nodes.Getattr, nodes.Getitem))}
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if id(node) in inner:
-            continue
-        chain = _chain(node)
-        if chain is None or chain[0] not in NAMES or len(chain) < 2:
-            continue
-        yield from _check_chain(chain, flow)
-
-
-def _chain(node: nodes.Expr) -> list[str] | None:
-    """`steps.a.output` -> ["steps", "a", "output"]; None when a part is not a constant name."""
-    parts: list[str] = []
-    while isinstance(node, nodes.Getattr | nodes.Getitem):
-        if isinstance(node, nodes.Getattr):
-            parts.append(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            parts.append(node.arg.value)
-        else:
-            parts.clear()  # a computed key: only what lies before it is checkable
-        node = node.node
-    if not isinstance(node, nodes.Name):
-        return None
-    return [node.name, *reversed(parts)]
-
-
-def _check_chain(chain: list[str], flow: Flow) -> Iterator[str]:
+def _check_chain(chain: tuple[str, ...], flow: Flow) -> Iterator[str]:
     root, first, rest = chain[0], chain[1], chain[2:]
     if root == "inputs":
         if first not in flow.inputs:
@@ -129,28 +348,3 @@ def _check_field(step: Step, name: str) -> Iterator[str]:
 
 def _known(names: dict[str, object]) -> str:
     return f" (known: {', '.join(names)})" if names else ""
-
-
-def _decide_errors(tree: nodes.Template, step: Step) -> Iterator[str]:
-    """Constant values a `decide` template can render that are not branch labels."""
-    expressions = [e for output in tree.body if isinstance(output, nodes.Output) for e in output.nodes]
-    expressions = [e for e in expressions if not (isinstance(e, nodes.TemplateData) and not e.data.strip())]
-    if len(expressions) != 1 or len(tree.body) != 1:
-        return
-    values = _constant_values(expressions[0])
-    for value in sorted(values or ()):
-        if value.strip() not in step.branches:
-            yield f"decide can render {value!r}, which is not a branch label ({', '.join(step.branches)})"
-
-
-def _constant_values(expr: nodes.Node) -> set[str] | None:
-    """All values `expr` can take when it is built from string constants and if-else; None when it isn't."""
-    if isinstance(expr, nodes.Const) and isinstance(expr.value, str):
-        return {expr.value}
-    if isinstance(expr, nodes.TemplateData):
-        return {expr.data}
-    if isinstance(expr, nodes.CondExpr):
-        then = _constant_values(expr.expr1)
-        otherwise = _constant_values(expr.expr2) if expr.expr2 is not None else {""}
-        return then | otherwise if then is not None and otherwise is not None else None
-    return None

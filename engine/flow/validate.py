@@ -12,7 +12,7 @@ import networkx as nx
 from engine.flow import checks
 from engine.flow.compiler import compile_flow
 from engine.flow.diagnostics import Diagnostic, Severity, diagnostic, has_errors
-from engine.flow.loader import Document, load_file, load_yaml
+from engine.flow.loader import Document, gc_paused, load_file, load_yaml
 from engine.flow.manifest import ToolManifest, is_manifest, load_tools
 from engine.flow.model import Flow, flow_from_data
 from engine.flow.schema import schema_diagnostics
@@ -35,6 +35,11 @@ class CheckedFlow:
 
 def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     """Every check of a loaded flow document, given the tools that exist."""
+    with gc_paused():
+        return _check_flow(doc, tools)
+
+
+def _check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found = list(doc.diagnostics)
     if doc.data is not None:
         found.extend(schema_diagnostics(doc, "flow"))
