@@ -57,6 +57,8 @@ def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iter
             if before not in can_finish:
                 can_finish.add(before)
                 frontier.append(before)
+    if len(can_finish) == len(graph):
+        return
     stuck = graph.subgraph(n for n in graph if n not in can_finish)
     # Steps that cannot finish form a region closed under "next"; its sink components are the causes.
     condensed = nx.condensation(stuck)

@@ -87,21 +87,23 @@ def flow_from_data(data: Any) -> Flow:
     )
 
 
+_KINDS = frozenset({"process", "decision", "terminal"})
+_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool")
+
+
 def _step(sid: str, raw: Any) -> Step:
     raw = _dict(raw)
+    text = {name: value for name in _TEXT_FIELDS if isinstance(value := raw.get(name), str)}
     kind = raw.get("kind")
     schema = raw.get("output_schema")
+    branches = raw.get("branches")
     return Step(
         id=sid,
-        kind=kind if kind in ("process", "decision", "terminal") else "",
-        instruction=_str(raw.get("instruction")),
-        question=_str(raw.get("question")),
-        next=_str(raw.get("next")),
-        branches={label: target for label, target in _dict(raw.get("branches")).items() if isinstance(target, str)},
-        decide=_str(raw.get("decide")),
-        tool=_str(raw.get("tool")),
+        kind=kind if isinstance(kind, str) and kind in _KINDS else "",
+        branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
+        **text,
     )
 
 

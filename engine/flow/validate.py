@@ -35,11 +35,6 @@ class CheckedFlow:
 
 def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     """Every check of a loaded flow document, given the tools that exist."""
-    with gc_paused():
-        return _check_flow(doc, tools)
-
-
-def _check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found = list(doc.diagnostics)
     if doc.data is not None:
         found.extend(schema_diagnostics(doc, "flow"))
@@ -110,7 +105,8 @@ def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, st
     report = Report(files=[str(f) for f in files], diagnostics=list(tools.diagnostics))
     for path in files:
         if not is_manifest(path):
-            report.diagnostics.extend(check_flow(load_file(path), tools.tools).diagnostics)
+            with gc_paused():  # resumed only once the file's objects are dropped, so it has little to scan
+                report.diagnostics.extend(check_flow(load_file(path), tools.tools).diagnostics)
     if strict:
         report.diagnostics = [dataclasses.replace(d, severity=Severity.ERROR) for d in report.diagnostics]
     return report
