@@ -147,7 +147,7 @@ template_texts = st.lists(holes | st.sampled_from(["text ", " ", "\n", "{", "}",
                           min_size=1, max_size=4).map("".join)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=template_texts)
 def test_fast_template_reading_agrees_with_the_jinja_parser(text: str) -> None:
     from engine.flow import templates
