@@ -1,0 +1,24 @@
+"""The context manager: snapshots of suspended generations, kept until they resume."""
+
+from __future__ import annotations
+
+from engine.kernel.syscall import Syscall
+from engine.llm.base import Snapshot
+
+
+class ContextManager:
+    """Holds the snapshot of each suspended syscall; a syscall resumes from exactly where it stopped."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[int, Snapshot] = {}
+
+    def suspend(self, syscall: Syscall, snapshot: Snapshot) -> None:
+        """Keep `snapshot` as the point `syscall` resumes from."""
+        self._snapshots[syscall.id] = snapshot
+
+    def restore(self, syscall: Syscall) -> Snapshot | None:
+        """The snapshot `syscall` resumes from (None for a fresh start); it is handed over, not kept."""
+        return self._snapshots.pop(syscall.id, None)
+
+    def __len__(self) -> int:
+        return len(self._snapshots)

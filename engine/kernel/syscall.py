@@ -1,0 +1,50 @@
+"""Syscalls: what an agent run asks of the kernel, with the timings the kernel records for it."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from engine.llm.base import Request, Result
+
+_ids = itertools.count(1)
+
+
+class SyscallKind(StrEnum):
+    GENERATE = "generate"  # free text or data matching a schema
+    CHOOSE = "choose"  # exactly one of a closed set of labels
+    CALL_TOOL = "call_tool"  # the model picks a tool and its arguments
+    TOOL = "tool"
+    MEMORY = "memory"
+    STORAGE = "storage"
+
+
+@dataclass
+class Syscall:
+    """One request of agent `agent` in run `run`. Higher `priority` goes first under the priority policy.
+
+    Times are seconds since the epoch: waiting = started - created, turnaround = finished - created.
+    """
+
+    kind: SyscallKind
+    agent: str
+    run: str
+    request: Request | None = None
+    priority: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    preemptions: int = 0
+    tokens: int = 0
+    result: Result | None = None
+
+    @property
+    def waiting(self) -> float | None:
+        return None if self.started is None else self.started - self.created
+
+    @property
+    def turnaround(self) -> float | None:
+        return None if self.finished is None else self.finished - self.created

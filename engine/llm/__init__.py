@@ -1,0 +1,1 @@
+"""Model backends behind one protocol: ollama, embedded (llama.cpp), scripted."""

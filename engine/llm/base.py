@@ -1,0 +1,58 @@
+"""The one protocol every model backend speaks, and the plain data that crosses it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).
+OnToken = Callable[[str], bool]
+
+
+@dataclass
+class Request:
+    """What to generate: chat messages, an optional JSON Schema (or GBNF grammar) the output must match, options.
+
+    `key` names the request for backends that answer from a script (the interpreter passes the step id).
+    """
+
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None = None
+    grammar: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+@dataclass
+class Snapshot:
+    """A generation stopped midway: the text so far, and whatever the backend needs to go on from there."""
+
+    text: str
+    tokens: int
+    state: Any = None  # backend-specific, e.g. a saved KV cache
+
+
+@dataclass
+class Result:
+    """How a generation ended. `finish` is "stop", "length" or "suspended" (then `snapshot` says where).
+
+    `text` is the whole text so far, resumed part included; the token counts are those of this call.
+    """
+
+    text: str
+    finish: str
+    prompt_tokens: int
+    completion_tokens: int
+    snapshot: Snapshot | None = None
+
+
+class Backend(Protocol):
+    """A model backend: `slots` generations can run at once; `generate` streams tokens to `on_token`."""
+
+    name: str
+    slots: int
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        """Generate for `request`, continuing `resume` if given, until done or `on_token` returns True."""
+        ...

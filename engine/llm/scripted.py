@@ -1,0 +1,95 @@
+"""The `scripted` backend: deterministic answers from a cassette, streamed token by token.
+
+A cassette is YAML (read by the layer above, with the flow loader's YAML 1.2 rules, so `text: yes` stays text):
+
+    responses:
+      - key: parse_query            # for requests with this key (the interpreter uses the step id), in order
+        text: '{"days": 3, "origin": "Seattle"}'
+      - prompt: "state or a city"   # for requests whose prompt matches this regular expression
+        text: state
+      - text: Any other request gets the unkeyed, prompt-less entries in order.
+
+Each entry answers one request. Tokens are runs of non-space text with the spaces before them, so a slice of k
+tokens is the same on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.llm.base import OnToken, Request, Result, Snapshot
+
+_TOKEN = re.compile(r"\s*\S+|\s+\Z")
+
+
+def tokenize(text: str) -> list[str]:
+    """The scripted backend's tokens of `text`; joined, they give `text` back."""
+    return _TOKEN.findall(text)
+
+
+class CassetteError(Exception):
+    """The cassette is malformed or has no answer for a request."""
+
+
+@dataclass
+class _Entry:
+    text: str
+    key: str | None = None
+    prompt: re.Pattern[str] | None = None
+    used: bool = False
+
+
+@dataclass
+class ScriptedBackend:
+    """Answers from cassette entries; `token_delay` seconds pass between tokens (0 still yields to other tasks)."""
+
+    entries: list[_Entry]
+    slots: int = 1
+    token_delay: float = 0.0
+    name: str = field(default="scripted", init=False)
+
+    @classmethod
+    def from_responses(cls, responses: Any, **options: Any) -> ScriptedBackend:
+        """A backend answering with `responses` (the `responses` list of a cassette)."""
+        if not isinstance(responses, list):
+            raise CassetteError("a cassette's `responses` is a list")
+        entries = []
+        for i, item in enumerate(responses):
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise CassetteError(f"response {i + 1} needs a `text` string")
+            prompt = item.get("prompt")
+            entries.append(_Entry(item["text"], item.get("key"), re.compile(prompt) if prompt else None))
+        return cls(entries, **options)
+
+    def answer(self, request: Request) -> str:
+        """The text of the first unused entry for `request`: by key, else by prompt, else in order."""
+        prompt = "\n".join(m.get("content", "") for m in request.messages)
+        for fits in (
+            lambda e: e.key is not None and e.key == request.key,
+            lambda e: e.key is None and e.prompt is not None and e.prompt.search(prompt) is not None,
+            lambda e: e.key is None and e.prompt is None,
+        ):
+            for entry in self.entries:
+                if not entry.used and fits(entry):
+                    entry.used = True
+                    return entry.text
+        raise CassetteError(f"the cassette has no answer left for request {request.key or prompt[:60]!r}")
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        text = resume.state if resume else self.answer(request)
+        tokens = tokenize(text)
+        limit = request.options.get("max_tokens")
+        done = start = resume.tokens if resume else 0
+        prompt_tokens = sum(len(tokenize(m.get("content", ""))) for m in request.messages)
+        while done < len(tokens):
+            if limit is not None and done >= limit:
+                return Result("".join(tokens[:done]), "length", prompt_tokens, done - start)
+            await asyncio.sleep(self.token_delay)
+            done += 1
+            if on_token(tokens[done - 1]) and done < len(tokens):
+                so_far = "".join(tokens[:done])
+                return Result(so_far, "suspended", prompt_tokens, done - start, Snapshot(so_far, done, text))
+        return Result(text, "stop", prompt_tokens, done - start)
