@@ -1,0 +1,144 @@
+"""The `embedded` backend: llama.cpp in this process, through the xllamacpp wheel (no server, no compiler).
+
+A generation resumes token-exactly: its snapshot keeps the ids of the tokens generated so far and a saved copy of
+the slot's KV cache. Resuming restores that cache into the slot and continues from the rendered chat prompt
+followed by those ids, so nothing is re-tokenized (re-tokenizing the partial text can split it differently and
+change what follows) and, with `cache_prompt`, nothing is recomputed.
+
+A generation constrained by a JSON Schema or grammar is not suspended when asked: the grammar would start over at
+the resume point. It runs to its end; such outputs (labels, small objects) are short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import threading
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from engine.llm.base import OnToken, Request, Result, Snapshot
+
+_SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop"}
+
+
+class BackendError(Exception):
+    """The model backend failed; the message says why."""
+
+
+class EmbeddedBackend:
+    """A GGUF model served in process with `slots` parallel generations of `context` tokens each."""
+
+    name = "embedded"
+
+    def __init__(self, model: Path, *, slots: int = 1, context: int = 4096, threads: int | None = None,
+                 state_dir: Path | None = None) -> None:
+        import xllamacpp  # here, so that importing flowrun does not load llama.cpp
+
+        self.slots = slots
+        self.context = context
+        self._state_dir = state_dir or Path(tempfile.mkdtemp(prefix="flowrun-kv-"))
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model)
+        params.n_parallel = slots
+        params.n_ctx = context * slots  # llama.cpp divides the context among the slots
+        params.endpoint_slots = True
+        params.slot_save_path = f"{self._state_dir}/"  # llama.cpp wants the trailing slash
+        cores = threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = cores
+        params.cpuparams_batch.n_threads = cores
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:
+            raise BackendError(f"cannot load model {model}: {exc}") from exc
+        self._address = self._server.listening_address
+        self._free = list(range(slots))
+        self._lock = threading.Lock()
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        with self._lock:
+            if not self._free:
+                raise BackendError(f"all {self.slots} slots are busy: the scheduler should not ask for more")
+            slot = self._free.pop()
+        try:
+            return await asyncio.to_thread(self._generate, request, on_token, resume, slot)
+        finally:
+            with self._lock:
+                self._free.append(slot)
+
+    def _generate(self, request: Request, on_token: OnToken, resume: Snapshot | None, slot: int) -> Result:
+        prompt = self._post("/apply-template", {"messages": request.messages})["prompt"]
+        ids: list[int] = list(resume.state["ids"]) if resume else []
+        if resume:
+            self._post(f"/slots/{slot}?action=restore", {"filename": resume.state["kv"]})
+        constrained = request.schema is not None or request.grammar is not None
+        body: dict[str, Any] = {
+            "prompt": [prompt, *ids] if ids else prompt,
+            "stream": True,
+            "logprobs": 1,  # streams each token's id, which a token-exact resume needs
+            "cache_prompt": True,
+            "id_slot": slot,
+            **{ours: request.options[key] for key, ours in _SAMPLING.items() if key in request.options},
+        }
+        if "max_tokens" in request.options:
+            body["max_tokens"] = request.options["max_tokens"] - (resume.tokens if resume else 0)
+            if body["max_tokens"] <= 0:  # suspended right at the limit (llama.cpp reads 0 as "no limit")
+                return Result(resume.text if resume else "", "length", 0, 0)
+        if request.schema is not None:
+            body["json_schema"] = request.schema
+        if request.grammar is not None:
+            body["grammar"] = request.grammar
+        pieces = [resume.text] if resume else []
+        state = {"new": 0, "stopped": False, "finish": "stop", "prompt_tokens": 0, "error": None}
+
+        def on_chunk(chunk: Any) -> bool:
+            if isinstance(chunk, dict) and "error" in chunk:
+                state["error"] = chunk["error"]
+                return True
+            choice = (chunk.get("choices") or [{}])[0] if isinstance(chunk, dict) else {}
+            if choice.get("finish_reason"):
+                state["finish"] = choice["finish_reason"]
+            usage = chunk.get("usage") if isinstance(chunk, dict) else None
+            if usage:
+                state["prompt_tokens"] = usage.get("prompt_tokens", 0)
+                state["new"] = usage.get("completion_tokens", state["new"])
+            stop = False
+            for token in (choice.get("logprobs") or {}).get("content") or []:
+                ids.append(token["id"])
+                if token["token"]:  # special tokens (end of generation) are part of the sequence but not text,
+                    pieces.append(token["token"])  # and a slice must not end on one
+                    state["new"] += 1
+                    stop = on_token(token["token"]) or stop
+            if stop and not constrained:
+                state["stopped"] = True
+                return True
+            return False
+
+        try:
+            self._server.handle_completions(body, on_chunk)
+        except Exception as exc:
+            raise BackendError(f"generation failed: {exc}") from exc
+        if state["error"] is not None:
+            raise BackendError(f"generation failed: {state['error']}")
+        text = "".join(pieces)
+        if state["stopped"]:
+            kv = f"{uuid.uuid4().hex}.bin"
+            self._post(f"/slots/{slot}?action=save", {"filename": kv})
+            done = (resume.tokens if resume else 0) + state["new"]
+            snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv})
+            return Result(text, "suspended", state["prompt_tokens"], state["new"], snapshot)
+        return Result(text, state["finish"], state["prompt_tokens"], state["new"])
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(f"{self._address}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except OSError as exc:
+            raise BackendError(f"the embedded server refused {path}: {exc}") from exc
