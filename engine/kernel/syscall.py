@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from engine.llm.base import Request, Result
-
-_ids = itertools.count(1)
 
 
 class SyscallKind(StrEnum):
@@ -33,7 +31,7 @@ class Syscall:
     run: str
     request: Request | None = None
     priority: int = 0
-    id: int = field(default_factory=lambda: next(_ids))
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique across processes sharing a database
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None

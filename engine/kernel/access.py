@@ -1,0 +1,63 @@
+"""The access manager: an agent calls only its own tools and reads only its own memory, unless a privilege group
+grants more. Every denial raises AccessDenied and is written to the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from engine.kernel.storage import Storage
+
+ANY = "*"
+
+
+class AccessDenied(Exception):
+    """An agent asked for something it may not have."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A privilege group: its `members` may call `tools` and read the memory of `read_agents` (ANY for all)."""
+
+    members: frozenset[str]
+    tools: frozenset[str] = frozenset()
+    read_agents: frozenset[str] = frozenset()
+
+
+@dataclass
+class AccessManager:
+    """Decides and audits: `agent_tools` are the tools each agent's flow lists."""
+
+    storage: Storage
+    agent_tools: dict[str, frozenset[str]] = field(default_factory=dict)
+    groups: Mapping[str, Group] = field(default_factory=dict)
+
+    def allow_tools(self, agent: str, tools: Iterable[str]) -> None:
+        """Let `agent` call `tools` (what its flow declares)."""
+        self.agent_tools[agent] = frozenset(tools)
+
+    def check_tool(self, agent: str, run: str, tool: str) -> None:
+        """Return if `agent` may call `tool`; else audit the denial and raise AccessDenied."""
+        granted = self.agent_tools.get(agent, frozenset()) | self._granted(agent, "tools")
+        if tool in granted or ANY in granted:
+            return
+        self._deny(agent, run, "call_tool", tool, f"agent {agent!r} may not call tool {tool!r}: its flow does not "
+                   "list it and no privilege group grants it")
+
+    def check_memory(self, agent: str, run: str, owner: str) -> None:
+        """Return if `agent` may read the memory of agent `owner`; else audit the denial and raise AccessDenied."""
+        granted = self._granted(agent, "read_agents")
+        if owner == agent or owner in granted or ANY in granted:
+            return
+        self._deny(agent, run, "read_memory", owner, f"agent {agent!r} may not read the memory of agent {owner!r}")
+
+    def _granted(self, agent: str, what: str) -> frozenset[str]:
+        found: set[str] = set()
+        for group in self.groups.values():
+            if agent in group.members:
+                found |= getattr(group, what)
+        return frozenset(found)
+
+    def _deny(self, agent: str, run: str, action: str, target: str, reason: str) -> None:
+        self.storage.audit(agent, run, action, target, allowed=False, reason=reason)
+        raise AccessDenied(reason)

@@ -1,0 +1,113 @@
+"""The kernel: the syscalls an agent run can make, each scheduled, checked and stored.
+
+    generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager)
+    call_tool                      tool syscalls: access check, then the tool manager's own workers
+    remember / recall              memory, reading another agent's only where the access manager allows
+Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine.kernel.access import AccessManager, Group
+from engine.kernel.context import ContextManager
+from engine.kernel.memory import Memory
+from engine.kernel.scheduler import Policy, Scheduler
+from engine.kernel.storage import MemoryRow, Storage
+from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tools import BadArguments, Tool, ToolError, ToolManager
+from engine.llm.base import Backend, Request, Result
+
+
+class KernelError(Exception):
+    """A syscall could not be served; the message says why."""
+
+
+class Kernel:
+    """One model backend shared by many agents, with storage, memory, tools and access control."""
+
+    def __init__(self, backend: Backend, storage: Storage, *, policy: Policy = Policy.FIFO, slice_tokens: int = 32,
+                 tools: Iterable[Tool] = (), groups: Mapping[str, Group] | None = None,
+                 memory_capacity: int = 32) -> None:
+        self.storage = storage
+        self.context = ContextManager(storage)
+        self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
+        self.tools = ToolManager(tools, storage)
+        self.access = AccessManager(storage, groups=groups or {})
+        self.memory = Memory(storage, memory_capacity)
+
+    async def generate(self, agent: str, run: str, request: Request, priority: int = 0,
+                       kind: SyscallKind = SyscallKind.GENERATE) -> Result:
+        """Text (or data matching request.schema) from the model, scheduled among all agents' requests."""
+        syscall = Syscall(kind, agent, run, request, priority)
+        error = None
+        try:
+            return await self.scheduler.submit(syscall)
+        except Exception as exc:
+            error = str(exc)
+            raise
+        finally:
+            self.storage.record_syscall(syscall, error)
+
+    async def choose(self, agent: str, run: str, messages: list[dict[str, str]], labels: list[str],
+                     priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> str:
+        """Exactly one of `labels`, chosen by the model under a grammar that admits nothing else."""
+        grammar = "root ::= " + " | ".join(json.dumps(label) for label in labels)
+        request = Request(messages, grammar=grammar, options=options or {}, key=key)
+        result = await self.generate(agent, run, request, priority, SyscallKind.CHOOSE)
+        if result.text not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
+            raise KernelError(f"the model answered {result.text!r}, not one of {', '.join(labels)}")
+        return result.text
+
+    async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> Any:
+        """Call tool `name` for `agent`, if the access manager allows it."""
+        syscall = Syscall(SyscallKind.TOOL, agent, run)
+        error = None
+        try:
+            self.access.check_tool(agent, run, name)
+            return await self.tools.call(syscall, name, arguments)
+        except Exception as exc:
+            error = str(exc)
+            raise
+        finally:
+            self.storage.record_syscall(syscall, error)
+
+    async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
+                       priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> tuple[str, Any]:
+        """The model picks one of the tools `names` and its arguments (structured output); the call's result.
+
+        Arguments that fail the tool's schema go back to the model once, with the errors; then the call fails.
+        """
+        tools = [self.tools.tools[n] for n in names if n in self.tools.tools]
+        if not tools:
+            raise ToolError(f"none of the tools {', '.join(names)} is loaded")
+        schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
+                             "properties": {"tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]}
+        asked, problem = list(messages), None
+        for _ in range(2):
+            request = Request(asked, schema=schema, options=options or {}, key=key)
+            result = await self.generate(agent, run, request, priority, SyscallKind.CALL_TOOL)
+            try:
+                choice = json.loads(result.text)
+                name, arguments = choice["tool"], choice["arguments"]
+                return name, await self.call_tool(agent, run, name, arguments)
+            except (ValueError, KeyError, TypeError, BadArguments) as exc:
+                problem = exc
+                asked = [*messages, {"role": "assistant", "content": result.text},
+                         {"role": "user", "content": f"That tool call is invalid: {exc}. Answer with a valid one."}]
+        raise ToolError(f"the model's tool call was still invalid after the error was sent back: {problem}")
+
+    def remember(self, agent: str, run: str, role: str, content: str) -> None:
+        """Add an interaction to the run's short-term memory."""
+        self.memory.remember(agent, run, role, content)
+
+    def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
+               ) -> list[MemoryRow]:
+        """Long-term memories matching `query`, of `agent` or of `owners` the access manager lets it read."""
+        owners = owners or [agent]
+        for owner in owners:
+            self.access.check_memory(agent, run, owner)
+        return self.memory.recall(owners, query, limit)

@@ -1,0 +1,49 @@
+"""Memory: a bounded short-term memory per run (the interaction log), and long-term memory in storage.
+
+What short-term memory evicts, and what is left of it when a run ends, becomes long-term memory, which later
+runs recall by keyword.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from engine.kernel.storage import MemoryRow, Storage
+
+
+@dataclass(frozen=True)
+class Entry:
+    role: str
+    content: str
+
+
+class Memory:
+    """Short-term memories of at most `capacity` entries per run, over long-term memories in `storage`."""
+
+    def __init__(self, storage: Storage, capacity: int = 32) -> None:
+        self.storage = storage
+        self.capacity = capacity
+        self._runs: dict[str, tuple[str, deque[Entry]]] = {}
+
+    def remember(self, agent: str, run: str, role: str, content: str) -> None:
+        """Add an interaction to the run's short-term memory; the oldest moves to long-term when it is full."""
+        _, entries = self._runs.setdefault(run, (agent, deque()))
+        entries.append(Entry(role, content))
+        if len(entries) > self.capacity:
+            evicted = entries.popleft()
+            self.storage.add_memory(agent, run, evicted.role, evicted.content)
+
+    def recent(self, run: str) -> list[Entry]:
+        """The run's short-term memory, oldest first."""
+        return list(self._runs.get(run, ("", deque()))[1])
+
+    def recall(self, agents: list[str], query: str, limit: int = 5) -> list[MemoryRow]:
+        """Long-term memories of `agents` matching `query` (the access manager decides whose may be read)."""
+        return self.storage.search_memories(agents, query, limit)
+
+    def end_run(self, run: str) -> None:
+        """Move what is left of the run's short-term memory to long-term memory."""
+        agent, entries = self._runs.pop(run, ("", deque()))
+        for entry in entries:
+            self.storage.add_memory(agent, run, entry.role, entry.content)

@@ -1,0 +1,201 @@
+"""Storage (sqlmodel): runs, syscalls with their metrics, snapshots, memories, tool calls and the audit log.
+
+A SQLite file by default (`.flowrun/flowrun.db` in the working directory, WAL mode), or any SQLAlchemy URL given
+as `url` or in FLOWRUN_DB (PostgreSQL is the server choice). SQLite commits survive a killed process; a power loss
+may take the last ones (synchronous=NORMAL). Long-term memories are searched with SQLite's FTS5, or LIKE elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, event, text
+from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
+
+from engine.kernel.syscall import Syscall
+from engine.llm.base import Snapshot
+
+SCHEMA_VERSION = 1
+
+
+class StorageError(Exception):
+    """The database cannot be used; the message says why and what to do."""
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class SyscallRow(SQLModel, table=True):
+    __tablename__ = "syscalls"
+    id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    agent: str = Field(index=True)
+    kind: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+    waiting: float | None
+    turnaround: float | None
+    tokens: int
+    preemptions: int
+    error: str | None = None
+
+
+class SnapshotRow(SQLModel, table=True):
+    __tablename__ = "snapshots"
+    id: int | None = Field(default=None, primary_key=True)
+    syscall_id: str = Field(index=True)
+    run_id: str = Field(index=True)
+    text: str
+    tokens: int
+    state: Any = Field(default=None, sa_column=Column(JSON))
+    created: float
+
+
+class MemoryRow(SQLModel, table=True):
+    __tablename__ = "memories"
+    id: int | None = Field(default=None, primary_key=True)
+    agent: str = Field(index=True)
+    run_id: str = Field(index=True)
+    role: str
+    content: str
+    created: float
+
+
+class ToolCallRow(SQLModel, table=True):
+    __tablename__ = "tool_calls"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    agent: str
+    tool: str = Field(index=True)
+    arguments: Any = Field(default=None, sa_column=Column(JSON))
+    result: Any = Field(default=None, sa_column=Column(JSON))
+    error: str | None = None
+    started: float
+    finished: float
+
+
+class AuditRow(SQLModel, table=True):
+    __tablename__ = "audit"
+    id: int | None = Field(default=None, primary_key=True)
+    agent: str = Field(index=True)
+    run_id: str
+    action: str
+    target: str
+    allowed: bool
+    reason: str
+    created: float
+
+
+def default_url() -> str:
+    """FLOWRUN_DB, else the SQLite file .flowrun/flowrun.db under the working directory."""
+    return os.environ.get("FLOWRUN_DB") or f"sqlite:///{Path.cwd() / '.flowrun' / 'flowrun.db'}"
+
+
+class Storage:
+    """One database, opened (and created or checked) at `url`."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        self.sqlite = self.url.startswith("sqlite")
+        if self.sqlite and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(self.url, connect_args={"timeout": 30} if self.sqlite else {})
+        except Exception as exc:
+            raise StorageError(f"cannot use database {self.url}: {exc}") from None
+        if self.sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            SQLModel.metadata.create_all(self.engine)
+            self._check_version()
+            if self.sqlite:
+                with self.engine.begin() as db:
+                    db.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(content)"))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot use database {self.url}: {exc}") from None
+
+    def _check_version(self) -> None:
+        with Session(self.engine) as db:
+            found = db.get(Meta, "schema_version")
+            if found is None:
+                db.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                db.commit()
+            elif int(found.value) > SCHEMA_VERSION:
+                raise StorageError(f"database {self.url} has schema version {found.value}, newer than this "
+                                   f"flowrun's {SCHEMA_VERSION}: upgrade flowrun, or use another database (--db)")
+
+    def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
+        """Store a finished syscall with its timings, tokens and preemptions."""
+        row = SyscallRow(id=syscall.id, run_id=syscall.run, agent=syscall.agent, kind=syscall.kind.value,
+                         priority=syscall.priority, created=syscall.created, started=syscall.started,
+                         finished=syscall.finished, waiting=syscall.waiting, turnaround=syscall.turnaround,
+                         tokens=syscall.tokens, preemptions=syscall.preemptions, error=error)
+        self._add(row)
+
+    def record_snapshot(self, syscall: Syscall, snapshot: Snapshot) -> None:
+        """Store the snapshot of a suspended syscall."""
+        self._add(SnapshotRow(syscall_id=syscall.id, run_id=syscall.run, text=snapshot.text,
+                              tokens=snapshot.tokens, state=snapshot.state, created=time.time()))
+
+    def record_tool_call(self, row: ToolCallRow) -> None:
+        self._add(row)
+
+    def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
+        """Store an access decision."""
+        self._add(AuditRow(agent=agent, run_id=run, action=action, target=target, allowed=allowed, reason=reason,
+                           created=time.time()))
+
+    def add_memory(self, agent: str, run: str, role: str, content: str) -> None:
+        """Keep an interaction as a long-term memory of `agent`."""
+        with Session(self.engine) as db:
+            row = MemoryRow(agent=agent, run_id=run, role=role, content=content, created=time.time())
+            db.add(row)
+            db.flush()
+            if self.sqlite:
+                db.execute(text("INSERT INTO memories_fts(rowid, content) VALUES (:id, :content)"),
+                           {"id": row.id, "content": content})
+            db.commit()
+
+    def search_memories(self, agents: list[str], query: str, limit: int = 5) -> list[MemoryRow]:
+        """The long-term memories of `agents` matching the words of `query`, best first."""
+        words = re.findall(r"\w+", query)
+        if not words:
+            return []
+        with Session(self.engine) as db:
+            statement = select(MemoryRow).where(col(MemoryRow.agent).in_(agents))
+            if self.sqlite:
+                match = " OR ".join(f'"{w}"' for w in words)
+                ranked = text("SELECT rowid FROM memories_fts WHERE memories_fts MATCH :match ORDER BY rank")
+                ids = [r[0] for r in db.execute(ranked, {"match": match})]
+                found = {m.id: m for m in db.exec(statement.where(col(MemoryRow.id).in_(ids)))}
+                return [found[i] for i in ids if i in found][:limit]
+            likes = [col(MemoryRow.content).ilike(f"%{w}%") for w in words]
+            return list(db.exec(statement.where(or_(*likes)).order_by(col(MemoryRow.created).desc()).limit(limit)))
+
+    def rows(self, table: type[SQLModel]) -> list[Any]:
+        """Every row of `table` (for inspection and tests)."""
+        with Session(self.engine) as db:
+            return list(db.exec(select(table)))
+
+    def _add(self, row: SQLModel) -> None:
+        with Session(self.engine) as db:
+            db.add(row)
+            db.commit()
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

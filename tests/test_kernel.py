@@ -1,0 +1,195 @@
+"""The kernel on the scripted backend: stored metrics, tools beside the model, busy tools, access, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.kernel.access import AccessDenied, Group
+from engine.kernel.kernel import Kernel, KernelError
+from engine.kernel.scheduler import Policy
+from engine.kernel.storage import (
+    AuditRow,
+    Meta,
+    SnapshotRow,
+    Storage,
+    StorageError,
+    SyscallRow,
+    ToolCallRow,
+    default_url,
+)
+from engine.kernel.tools import BadArguments, Tool, ToolError, load_entry
+from engine.llm.base import Request
+from engine.llm.scripted import ScriptedBackend, tokenize
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    return Storage(f"sqlite:///{tmp_path / 'flowrun.db'}")
+
+
+def scripted(responses: list[dict], **options) -> ScriptedBackend:
+    return ScriptedBackend.from_responses(responses, **options)
+
+
+def ask(key: str) -> Request:
+    return Request([{"role": "user", "content": f"please {key}"}], key=key)
+
+
+def sleeper(seconds: float, log: list | None = None) -> Tool:
+    def nap(label: str) -> str:
+        if log is not None:
+            log.append(("in", label))
+        time.sleep(seconds)
+        if log is not None:
+            log.append(("out", label))
+        return f"slept {label}"
+
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"],
+              "additionalProperties": False}
+    return Tool("nap", "sleeps", schema, nap, timeout=5, concurrency=1)
+
+
+def test_every_syscall_is_stored_with_its_metrics(storage: Storage) -> None:
+    texts = {f"a{i}": " ".join(f"w{j}" for j in range(6 + i)) for i in range(3)}
+    kernel = Kernel(scripted([{"key": k, "text": t} for k, t in texts.items()]), storage, policy=Policy.RR,
+                    slice_tokens=2)
+
+    async def main() -> None:
+        await asyncio.gather(*(kernel.generate(f"agent{k}", f"run{k}", ask(k)) for k in texts))
+
+    asyncio.run(main())
+    rows = {r.run_id: r for r in storage.rows(SyscallRow)}
+    assert set(rows) == {f"run{k}" for k in texts}
+    for key, text in texts.items():
+        row = rows[f"run{key}"]
+        assert row.kind == "generate" and row.error is None
+        assert row.created <= row.started <= row.finished
+        assert 0 <= row.waiting <= row.turnaround
+        assert row.tokens == len(tokenize(text))
+    assert sum(r.preemptions for r in rows.values()) == len(storage.rows(SnapshotRow)) > 0
+
+
+def test_tool_calls_run_while_the_model_is_busy(storage: Storage) -> None:
+    long_answer = " ".join(f"w{i}" for i in range(40))
+    kernel = Kernel(scripted([{"key": "long", "text": long_answer}], token_delay=0.01), storage,
+                    tools=[sleeper(0.05)])
+    kernel.access.allow_tools("agent", ["nap"])
+
+    async def main() -> None:
+        generation = asyncio.create_task(kernel.generate("agent", "run", ask("long")))
+        await asyncio.sleep(0.05)  # the model is generating now, and holds the only slot
+        assert kernel.scheduler.running == 1
+        assert await kernel.call_tool("agent", "run", "nap", {"label": "x"}) == "slept x"
+        assert not generation.done()  # the tool call finished first
+        await generation
+
+    asyncio.run(main())
+    tool, generate = sorted(storage.rows(SyscallRow), key=lambda r: r.kind == "generate")
+    assert tool.kind == "tool" and tool.finished < generate.finished and tool.waiting < 0.05
+
+
+def test_a_busy_tool_makes_callers_wait_and_drops_none(storage: Storage) -> None:
+    log: list = []
+    kernel = Kernel(scripted([]), storage, tools=[sleeper(0.02, log)])
+    kernel.access.allow_tools("agent", ["nap"])
+
+    async def main() -> list:
+        return await asyncio.gather(*(kernel.call_tool("agent", "run", "nap", {"label": str(i)}) for i in range(5)))
+
+    assert asyncio.run(main()) == [f"slept {i}" for i in range(5)]
+    assert [kind for kind, _ in log] == ["in", "out"] * 5  # never two at once: concurrency 1
+    waits = sorted(r.waiting for r in storage.rows(SyscallRow))
+    assert waits[-1] >= 0.06  # the last caller waited for the four before it
+    assert len(storage.rows(ToolCallRow)) == 5
+
+
+def test_tool_arguments_are_checked_and_timeouts_enforced(storage: Storage) -> None:
+    slow = sleeper(0.5)
+    slow.timeout = 0.05
+    kernel = Kernel(scripted([]), storage, tools=[slow])
+    kernel.access.allow_tools("agent", ["nap"])
+    with pytest.raises(BadArguments, match="label"):
+        asyncio.run(kernel.call_tool("agent", "run", "nap", {"lable": "x"}))
+    with pytest.raises(ToolError, match=r"timeout of 0\.05 s"):
+        asyncio.run(kernel.call_tool("agent", "run", "nap", {"label": "x"}))
+    errors = [r.error for r in storage.rows(ToolCallRow)]
+    assert len(errors) == 2 and all(errors)
+
+
+def test_a_tool_not_listed_is_denied_and_audited(storage: Storage) -> None:
+    kernel = Kernel(scripted([]), storage, tools=[sleeper(0)])
+    kernel.access.allow_tools("agent", ["calculator"])
+    with pytest.raises(AccessDenied, match="may not call tool 'nap'"):
+        asyncio.run(kernel.call_tool("agent", "run", "nap", {"label": "x"}))
+    (audit,) = storage.rows(AuditRow)
+    assert (audit.agent, audit.action, audit.target, audit.allowed) == ("agent", "call_tool", "nap", False)
+    assert not storage.rows(ToolCallRow)  # the tool never ran
+
+
+def test_memory_is_bounded_evicts_to_storage_and_is_private(storage: Storage) -> None:
+    kernel = Kernel(scripted([]), storage, memory_capacity=2,
+                    groups={"auditors": Group(members=frozenset({"auditor"}), read_agents=frozenset({"planner"}))})
+    for i, text in enumerate(["flight to Austin booked", "hotel Driskill chosen", "dinner at Franklin", "taxi"]):
+        kernel.remember("planner", "run1", "assistant", text)
+        assert len(kernel.memory.recent("run1")) == min(i + 1, 2)
+    assert [m.content for m in kernel.recall("planner", "run2", "Austin flight")] == ["flight to Austin booked"]
+    assert kernel.recall("planner", "run2", "taxi") == []  # still short-term
+    kernel.memory.end_run("run1")
+    assert [m.content for m in kernel.recall("planner", "run2", "taxi")] == ["taxi"]
+    with pytest.raises(AccessDenied, match="memory of agent 'planner'"):
+        kernel.recall("intruder", "run3", "Austin", owners=["planner"])
+    assert [m.content for m in kernel.recall("auditor", "run4", "Driskill", owners=["planner"])] == [
+        "hotel Driskill chosen"]
+    (denied,) = storage.rows(AuditRow)
+    assert (denied.agent, denied.action, denied.target) == ("intruder", "read_memory", "planner")
+
+
+def test_choose_holds_any_backend_to_the_labels(storage: Storage) -> None:
+    kernel = Kernel(scripted([{"key": "a", "text": "state"}, {"key": "b", "text": "maybe"}]), storage)
+    messages = [{"role": "user", "content": "state or city?"}]
+    assert asyncio.run(kernel.choose("agent", "run", messages, ["city", "state"], key="a")) == "state"
+    with pytest.raises(KernelError, match="not one of city, state"):
+        asyncio.run(kernel.choose("agent", "run", messages, ["city", "state"], key="b"))
+    assert [r.kind for r in storage.rows(SyscallRow)] == ["choose", "choose"]
+
+
+def test_use_tool_sends_bad_arguments_back_once(storage: Storage) -> None:
+    bad = json.dumps({"tool": "nap", "arguments": {"lable": "x"}})
+    good = json.dumps({"tool": "nap", "arguments": {"label": "x"}})
+    kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": good}]), storage, tools=[sleeper(0)])
+    kernel.access.allow_tools("agent", ["nap"])
+    messages = [{"role": "user", "content": "take a nap"}]
+    assert asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t")) == ("nap", "slept x")
+    kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": bad}]), storage, tools=[sleeper(0)])
+    kernel.access.allow_tools("agent", ["nap"])
+    with pytest.raises(ToolError, match="still invalid"):
+        asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t"))
+
+
+def test_storage_defaults_wal_and_schema_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLOWRUN_DB", raising=False)
+    assert default_url() == f"sqlite:///{tmp_path / '.flowrun' / 'flowrun.db'}"
+    storage = Storage()
+    assert (tmp_path / ".flowrun" / "flowrun.db").is_file()
+    assert sqlite3.connect(tmp_path / ".flowrun" / "flowrun.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with storage.engine.begin() as db:
+        db.execute(Meta.__table__.update().values(value="99"))
+    with pytest.raises(StorageError, match="newer than this flowrun"):
+        Storage()
+
+
+def test_tool_code_is_loaded_from_a_file_beside_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "adder.py").write_text("def add(a, b):\n    return a + b\n")
+    assert load_entry("adder.py:add", tmp_path)(a=2, b=3) == 5
+    assert load_entry("json:dumps", tmp_path)([1]) == "[1]"
+    with pytest.raises(ToolError, match="does not exist"):
+        load_entry("missing.py:f", tmp_path)
+    with pytest.raises(ToolError, match="no function"):
+        load_entry("adder.py:subtract", tmp_path)
