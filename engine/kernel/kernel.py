@@ -3,11 +3,13 @@
     generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager)
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory, reading another agent's only where the access manager allows
-Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall).
+Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), on a worker
+thread, so that a commit never holds up the other agents' syscalls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -50,7 +52,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            self.storage.record_syscall(syscall, error)
+            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
 
     async def choose(self, agent: str, run: str, messages: list[dict[str, str]], labels: list[str],
                      priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> str:
@@ -73,7 +75,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            self.storage.record_syscall(syscall, error)
+            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> tuple[str, Any]:

@@ -108,7 +108,7 @@ class Scheduler:
         else:
             if result.finish == "suspended" and result.snapshot is not None:
                 syscall.preemptions += 1
-                self.context.suspend(syscall, result.snapshot)
+                await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
                 waiting.order = next(self._order)
                 self._ready.append(waiting)
             else:

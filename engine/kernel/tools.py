@@ -130,7 +130,7 @@ class ToolManager:
             syscall.finished = time.time()
             if syscall.started is None:
                 syscall.started = syscall.finished
-            self.storage.record_tool_call(ToolCallRow(
+            await asyncio.to_thread(self.storage.record_tool_call, ToolCallRow(
                 run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
                 result=_jsonable(result), error=error, started=syscall.started, finished=syscall.finished))
 
