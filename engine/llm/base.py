@@ -6,6 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+
+class BackendError(Exception):
+    """The model backend failed; the message says why and what to do."""
+
+
 # Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).
 OnToken = Callable[[str], bool]
 

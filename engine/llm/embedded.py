@@ -21,13 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.llm.base import OnToken, Request, Result, Snapshot
+from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot
 
 _SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop"}
-
-
-class BackendError(Exception):
-    """The model backend failed; the message says why."""
 
 
 class EmbeddedBackend:

