@@ -69,3 +69,9 @@ def test_the_chunked_catalog_model_pulls_checks_and_generates() -> None:
     gemma = EmbeddedBackend(path, context=512)
     result = asyncio.run(gemma.generate(ask("The capital of France is"), lambda _: False))
     assert result.completion_tokens > 0 and result.prompt_tokens > 0
+
+
+def test_token_counts_match_what_the_model_reads(backend: EmbeddedBackend) -> None:
+    request = ask("Name three rivers of Europe.")
+    result = asyncio.run(backend.generate(request, lambda _: False))
+    assert backend.count_tokens(request.messages) == result.prompt_tokens > 10

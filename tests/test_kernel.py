@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.kernel.access import AccessDenied, Group
+from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import (
@@ -193,3 +196,68 @@ def test_tool_code_is_loaded_from_a_file_beside_the_manifest(tmp_path: Path) -> 
         load_entry("missing.py:f", tmp_path)
     with pytest.raises(ToolError, match="no function"):
         load_entry("adder.py:subtract", tmp_path)
+
+
+def recording(responses: list[dict], **options) -> tuple[ScriptedBackend, list[Request]]:
+    backend = scripted(responses, **options)
+    seen: list[Request] = []
+    original = backend.generate
+
+    async def generate(request, on_token, resume=None):
+        seen.append(request)
+        return await original(request, on_token, resume)
+
+    backend.generate = generate
+    return backend, seen
+
+
+SYSTEM = {"role": "system", "content": "be brief now"}  # 3 tokens
+TASK = {"role": "user", "content": "do the task"}  # 3 tokens
+PROGRESS = [{"role": "assistant", "content": f"p{n} a b c d"} for n in range(6)]  # 5 tokens each
+
+
+def test_truncate_drops_the_oldest_progress_to_fit_the_window(storage: Storage) -> None:
+    backend, seen = recording([{"key": "task", "text": "done"}], context=30)
+    kernel = Kernel(backend, storage)
+    request = Request([SYSTEM, *PROGRESS, TASK], options={"max_tokens": 5}, key="task")  # 36 tokens, room 25
+    asyncio.run(kernel.generate("agent", "run", request))
+    assert seen[0].messages == [SYSTEM, *PROGRESS[3:], TASK]  # 3 + 15 + 3 = 21 fits; one more would be 26
+
+
+def test_summarize_replaces_the_oldest_progress_with_a_summary(storage: Storage) -> None:
+    backend, seen = recording([{"key": "summarize", "text": "S one two"}, {"key": "task", "text": "done"}],
+                              context=30)
+    kernel = Kernel(backend, storage)
+    request = Request([SYSTEM, *PROGRESS, TASK], options={"max_tokens": 5}, key="task")
+    asyncio.run(kernel.generate("agent", "run", request, window=WindowPolicy.SUMMARIZE))
+    summary_request, task_request = seen
+    # p0-p2 were dropped; in so small a window the summary request keeps the most recent of them, and fits
+    assert summary_request.messages[-1]["content"].endswith("p2 a b c d")
+    assert backend.count_tokens(summary_request.messages) <= 30 - summary_request.options["max_tokens"]
+    summary = {"role": "user", "content": "Summary of the earlier progress: S one two"}  # 8 tokens
+    assert task_request.messages == [SYSTEM, summary, *PROGRESS[4:], TASK]  # 3 + 8 + 10 + 3 = 24 fits
+    assert len(storage.rows(SyscallRow)) == 2
+
+
+def test_a_prompt_that_cannot_fit_is_refused_not_sent(storage: Storage) -> None:
+    backend, seen = recording([{"key": "task", "text": "done"}], context=30)
+    long_task = {"role": "user", "content": " ".join(["word"] * 40)}
+    with pytest.raises(ContextOverflow, match="shorten"):
+        asyncio.run(Kernel(backend, storage).generate("agent", "run", Request([SYSTEM, *PROGRESS, long_task])))
+    assert seen == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 12), min_size=1, max_size=10), window=st.integers(8, 60),
+       answer=st.integers(1, 6))
+def test_no_prompt_sent_is_longer_than_the_window_allows(storage: Storage, sizes: list[int], window: int,
+                                                          answer: int) -> None:
+    backend, seen = recording([{"text": "ok"}] * 3, context=window)
+    messages = [{"role": "user", "content": " ".join(["w"] * n)} for n in sizes]
+    try:
+        asyncio.run(Kernel(backend, storage).generate("a", "r", Request(messages, options={"max_tokens": answer})))
+    except ContextOverflow:
+        assert backend.count_tokens(messages[:1] + messages[-1:]) > window - answer
+        return
+    assert backend.count_tokens(seen[0].messages) <= window - answer
+    assert seen[0].messages[-1] == messages[-1]

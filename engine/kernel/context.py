@@ -1,10 +1,28 @@
-"""The context manager: snapshots of suspended generations, kept until they resume."""
+"""The context manager: snapshots of suspended generations, kept until they resume; and prompts kept inside the
+model's context window."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+
 from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall
-from engine.llm.base import Snapshot
+from engine.llm.base import Backend, Request, Snapshot
+
+ANSWER_ROOM = 512  # tokens kept free for the answer when a request sets no max_tokens
+
+
+class WindowPolicy(StrEnum):
+    """What to do with the oldest progress when a prompt would not fit the model's window."""
+
+    TRUNCATE = "truncate"  # drop it
+    SUMMARIZE = "summarize"  # replace it with a summary the model writes
+
+
+class ContextOverflow(Exception):
+    """A prompt does not fit the model's window even with all progress dropped."""
 
 
 class ContextManager:
@@ -27,3 +45,40 @@ class ContextManager:
 
     def __len__(self) -> int:
         return len(self._snapshots)
+
+
+async def fit(request: Request, backend: Backend, policy: WindowPolicy,
+              summarize: Callable[[list[dict[str, str]]], Awaitable[str]]) -> Request:
+    """`request` with messages that leave room for its answer in `backend`'s window.
+
+    The first message (the agent's description) and the last (the current instruction) are always kept; the
+    progress between them goes, oldest first, until the prompt fits; under SUMMARIZE a summary of what went, by
+    `summarize`, takes its place (itself cut if it does not fit).
+    """
+    budget = backend.context - request.options.get("max_tokens", ANSWER_ROOM)
+    messages = request.messages
+    if backend.count_tokens(messages) <= budget:
+        return request
+    if len(messages) < 3:
+        raise _overflow(backend, messages, budget)
+    head, progress, tail = messages[:1], list(messages[1:-1]), messages[-1:]
+    dropped = []
+    while progress and backend.count_tokens(head + progress + tail) > budget:
+        dropped.append(progress.pop(0))
+    if policy is WindowPolicy.SUMMARIZE and dropped:
+        summary = {"role": "user", "content": f"Summary of the earlier progress: {await summarize(dropped)}"}
+        while progress and backend.count_tokens([*head, summary, *progress, *tail]) > budget:
+            progress.pop(0)
+        if backend.count_tokens([*head, summary, *progress, *tail]) <= budget:
+            progress.insert(0, summary)
+    fitted = head + progress + tail
+    if backend.count_tokens(fitted) > budget:
+        raise _overflow(backend, fitted, budget)
+    return dataclasses.replace(request, messages=fitted)
+
+
+def _overflow(backend: Backend, messages: list[dict[str, str]], budget: int) -> ContextOverflow:
+    return ContextOverflow(
+        f"the prompt takes {backend.count_tokens(messages)} tokens without any progress, but the model's window "
+        f"leaves {budget} for it: shorten the description or instruction, lower max_tokens, or use a larger "
+        "context (model.options.num_ctx)")

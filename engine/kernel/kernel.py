@@ -15,13 +15,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.kernel.access import AccessManager, Group
-from engine.kernel.context import ContextManager
+from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.memory import Memory
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tools import BadArguments, Tool, ToolError, ToolManager
 from engine.llm.base import Backend, Request, Result
+
+SUMMARY_TOKENS = 128
 
 
 class KernelError(Exception):
@@ -42,8 +44,14 @@ class Kernel:
         self.memory = Memory(storage, memory_capacity)
 
     async def generate(self, agent: str, run: str, request: Request, priority: int = 0,
-                       kind: SyscallKind = SyscallKind.GENERATE) -> Result:
-        """Text (or data matching request.schema) from the model, scheduled among all agents' requests."""
+                       kind: SyscallKind = SyscallKind.GENERATE,
+                       window: WindowPolicy = WindowPolicy.TRUNCATE) -> Result:
+        """Text (or data matching request.schema) from the model, scheduled among all agents' requests.
+
+        A prompt too long for the model's window loses (or, under SUMMARIZE, has summarized) its oldest progress.
+        """
+        request = await fit(request, self.scheduler.backend, window,
+                            lambda dropped: self._summarize(agent, run, dropped, priority))
         syscall = Syscall(kind, agent, run, request, priority)
         error = None
         try:
@@ -53,6 +61,19 @@ class Kernel:
             raise
         finally:
             await asyncio.to_thread(self.storage.record_syscall, syscall, error)
+
+    async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int) -> str:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in dropped)
+        instruction = {"role": "system", "content": "Summarize this progress of an agent in a few sentences, "
+                                                    "keeping every fact, name and number."}
+        backend = self.scheduler.backend
+        room = min(SUMMARY_TOKENS, backend.context // 4)
+        while len(text) > 1 and backend.count_tokens([instruction, {"role": "user", "content": text}]) > \
+                backend.context - room:
+            text = text[max(1, len(text) // 4):]  # the most recent part of what went matters most
+        request = Request([instruction, {"role": "user", "content": text}], key="summarize",
+                          options={"max_tokens": room, "temperature": 0})
+        return (await self.generate(agent, run, request, priority)).text.strip()
 
     async def choose(self, agent: str, run: str, messages: list[dict[str, str]], labels: list[str],
                      priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> str:

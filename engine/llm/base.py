@@ -53,10 +53,16 @@ class Result:
 
 
 class Backend(Protocol):
-    """A model backend: `slots` generations can run at once; `generate` streams tokens to `on_token`."""
+    """A model backend: `slots` generations can run at once, each in a window of `context` tokens; `generate`
+    streams tokens to `on_token`."""
 
     name: str
     slots: int
+    context: int
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """How many tokens `messages` take as a prompt (an upper estimate where the backend cannot count)."""
+        ...
 
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         """Generate for `request`, continuing `resume` if given, until done or `on_token` returns True."""

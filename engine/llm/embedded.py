@@ -56,6 +56,10 @@ class EmbeddedBackend:
         self._free = list(range(slots))
         self._lock = threading.Lock()
 
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        prompt = self._post("/apply-template", {"messages": messages})["prompt"]
+        return len(self._post("/tokenize", {"content": prompt, "add_special": True})["tokens"])
+
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         with self._lock:
             if not self._free:

@@ -33,18 +33,23 @@ class OllamaBackend:
 
     name = "ollama"
 
-    def __init__(self, model: str, *, server: str | None = None, slots: int = 1) -> None:
+    def __init__(self, model: str, *, server: str | None = None, slots: int = 1, context: int = 4096) -> None:
         self.model = model
         self.server = server or host()
         self.slots = slots
+        self.context = context  # sent as num_ctx unless the request sets it
         self._client = ollama.AsyncClient(host=self.server)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        # Ollama has no tokenizer endpoint: an upper estimate (tokens rarely hold fewer than 3 characters).
+        return sum(len(m.get("content", "")) // 3 + 4 for m in messages)
 
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         if request.grammar is not None:
             raise BackendError("the ollama backend cannot follow a GBNF grammar: give a JSON schema instead")
         messages = [*request.messages, *([{"role": "assistant", "content": resume.text}] if resume else [])]
-        options: dict[str, Any] = {ours: request.options[key] for key, ours in _OPTIONS.items()
-                                   if key in request.options}
+        options: dict[str, Any] = {"num_ctx": self.context}
+        options |= {ours: request.options[key] for key, ours in _OPTIONS.items() if key in request.options}
         done_before = resume.tokens if resume else 0
         if "max_tokens" in request.options:
             options["num_predict"] = request.options["max_tokens"] - done_before

@@ -49,6 +49,7 @@ class ScriptedBackend:
     entries: list[_Entry]
     slots: int = 1
     token_delay: float = 0.0
+    context: int = 1_000_000
     name: str = field(default="scripted", init=False)
 
     @classmethod
@@ -78,12 +79,15 @@ class ScriptedBackend:
                     return entry.text
         raise CassetteError(f"the cassette has no answer left for request {request.key or prompt[:60]!r}")
 
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(tokenize(m.get("content", ""))) for m in messages)
+
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         text = resume.state if resume else self.answer(request)
         tokens = tokenize(text)
         limit = request.options.get("max_tokens")
         done = start = resume.tokens if resume else 0
-        prompt_tokens = sum(len(tokenize(m.get("content", ""))) for m in request.messages)
+        prompt_tokens = self.count_tokens(request.messages)
         while done < len(tokens):
             if limit is not None and done >= limit:
                 return Result("".join(tokens[:done]), "length", prompt_tokens, done - start)
