@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.kernel.access import AccessDenied, Group
+from engine.kernel.access import ANY, AccessDenied, Group
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.scheduler import Policy
@@ -138,19 +138,46 @@ def test_a_tool_not_listed_is_denied_and_audited(storage: Storage) -> None:
 def test_memory_is_bounded_evicts_to_storage_and_is_private(storage: Storage) -> None:
     kernel = Kernel(scripted([]), storage, memory_capacity=2,
                     groups={"auditors": Group(members=frozenset({"auditor"}), read_agents=frozenset({"planner"}))})
-    for i, text in enumerate(["flight to Austin booked", "hotel Driskill chosen", "dinner at Franklin", "taxi"]):
-        kernel.remember("planner", "run1", "assistant", text)
-        assert len(kernel.memory.recent("run1")) == min(i + 1, 2)
-    assert [m.content for m in kernel.recall("planner", "run2", "Austin flight")] == ["flight to Austin booked"]
-    assert kernel.recall("planner", "run2", "taxi") == []  # still short-term
-    kernel.memory.end_run("run1")
-    assert [m.content for m in kernel.recall("planner", "run2", "taxi")] == ["taxi"]
-    with pytest.raises(AccessDenied, match="memory of agent 'planner'"):
-        kernel.recall("intruder", "run3", "Austin", owners=["planner"])
-    assert [m.content for m in kernel.recall("auditor", "run4", "Driskill", owners=["planner"])] == [
-        "hotel Driskill chosen"]
+
+    async def main() -> None:
+        for i, text in enumerate(["flight to Austin booked", "hotel Driskill chosen", "dinner at Franklin", "taxi"]):
+            await kernel.remember("planner", "run1", "assistant", text)
+            assert len(kernel.memory.recent("run1")) == min(i + 1, 2)
+        found = await kernel.recall("planner", "run2", "Austin flight")
+        assert [m.content for m in found] == ["flight to Austin booked"]
+        assert await kernel.recall("planner", "run2", "taxi") == []  # still short-term
+        kernel.memory.end_run("run1")
+        assert [m.content for m in await kernel.recall("planner", "run2", "taxi")] == ["taxi"]
+        with pytest.raises(AccessDenied, match="memory of agent 'planner'"):
+            await kernel.recall("intruder", "run3", "Austin", owners=["planner"])
+        found = await kernel.recall("auditor", "run4", "Driskill", owners=["planner"])
+        assert [m.content for m in found] == ["hotel Driskill chosen"]
+
+    asyncio.run(main())
     (denied,) = storage.rows(AuditRow)
     assert (denied.agent, denied.action, denied.target) == ("intruder", "read_memory", "planner")
+    kinds = [r.kind for r in storage.rows(SyscallRow)]
+    assert kinds == ["memory"] * len(kinds) and len(kinds) == 9
+
+
+def test_agent_storage_is_kept_across_runs_and_private(storage: Storage) -> None:
+    kernel = Kernel(scripted([]), storage,
+                    groups={"ops": Group(members=frozenset({"ops"}), read_agents=frozenset({ANY}))})
+
+    async def main() -> None:
+        await kernel.store("planner", "run1", "visited", ["Austin", "Dallas"])
+        await kernel.store("planner", "run1", "visited", ["Austin", "Dallas", "Houston"])
+        assert await kernel.load("planner", "run2", "visited") == ["Austin", "Dallas", "Houston"]
+        assert await kernel.load("planner", "run2", "nothing") is None
+        with pytest.raises(AccessDenied, match="storage of agent 'planner'"):
+            await kernel.load("intruder", "run3", "visited", owner="planner")
+        assert await kernel.load("ops", "run4", "visited", owner="planner") == ["Austin", "Dallas", "Houston"]
+
+    asyncio.run(main())
+    assert [(a.agent, a.action) for a in storage.rows(AuditRow)] == [("intruder", "read_storage")]
+    rows = storage.rows(SyscallRow)
+    assert {r.kind for r in rows} == {"storage"} and len(rows) == 6
+    assert [r.error is not None for r in rows].count(True) == 1
 
 
 def test_choose_holds_any_backend_to_the_labels(storage: Storage) -> None:
@@ -261,3 +288,11 @@ def test_no_prompt_sent_is_longer_than_the_window_allows(storage: Storage, sizes
         return
     assert backend.count_tokens(seen[0].messages) <= window - answer
     assert seen[0].messages[-1] == messages[-1]
+
+
+def test_storage_has_every_table(storage: Storage) -> None:
+    from sqlalchemy import inspect
+
+    assert set(inspect(storage.engine).get_table_names()) >= {
+        "meta", "runs", "steps", "syscalls", "snapshots", "memories", "agent_data", "tool_calls", "audit",
+        "memories_fts"}

@@ -1,5 +1,5 @@
-"""The access manager: an agent calls only its own tools and reads only its own memory, unless a privilege group
-grants more. Every denial raises AccessDenied and is written to the audit log."""
+"""The access manager: an agent calls only its own tools and reads only its own memory and storage, unless a
+privilege group grants more. Every denial raises AccessDenied and is written to the audit log."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class AccessDenied(Exception):
 
 @dataclass(frozen=True)
 class Group:
-    """A privilege group: its `members` may call `tools` and read the memory of `read_agents` (ANY for all)."""
+    """A privilege group: its `members` may call `tools` and read the memory and storage of `read_agents` (ANY for
+    all)."""
 
     members: frozenset[str]
     tools: frozenset[str] = frozenset()
@@ -44,12 +45,13 @@ class AccessManager:
         self._deny(agent, run, "call_tool", tool, f"agent {agent!r} may not call tool {tool!r}: its flow does not "
                    "list it and no privilege group grants it")
 
-    def check_memory(self, agent: str, run: str, owner: str) -> None:
-        """Return if `agent` may read the memory of agent `owner`; else audit the denial and raise AccessDenied."""
+    def check_read(self, agent: str, run: str, owner: str, what: str) -> None:
+        """Return if `agent` may read the `what` ("memory" or "storage") of agent `owner`; else audit the denial
+        and raise AccessDenied."""
         granted = self._granted(agent, "read_agents")
         if owner == agent or owner in granted or ANY in granted:
             return
-        self._deny(agent, run, "read_memory", owner, f"agent {agent!r} may not read the memory of agent {owner!r}")
+        self._deny(agent, run, f"read_{what}", owner, f"agent {agent!r} may not read the {what} of agent {owner!r}")
 
     def _granted(self, agent: str, what: str) -> frozenset[str]:
         found: set[str] = set()

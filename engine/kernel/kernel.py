@@ -2,7 +2,8 @@
 
     generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager)
     call_tool                      tool syscalls: access check, then the tool manager's own workers
-    remember / recall              memory, reading another agent's only where the access manager allows
+    remember / recall              memory syscalls, reading another agent's only where the access manager allows
+    store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
 Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), on a worker
 thread, so that a commit never holds up the other agents' syscalls.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.kernel.access import AccessManager, Group
@@ -123,17 +125,49 @@ class Kernel:
                          {"role": "user", "content": f"That tool call is invalid: {exc}. Answer with a valid one."}]
         raise ToolError(f"the model's tool call was still invalid after the error was sent back: {problem}")
 
-    def remember(self, agent: str, run: str, role: str, content: str) -> None:
+    async def remember(self, agent: str, run: str, role: str, content: str) -> None:
         """Add an interaction to the run's short-term memory."""
-        self.memory.remember(agent, run, role, content)
+        await self._serve(SyscallKind.MEMORY, agent, run, self.memory.remember, agent, run, role, content)
 
-    def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
-               ) -> list[MemoryRow]:
+    async def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
+                     ) -> list[MemoryRow]:
         """Long-term memories matching `query`, of `agent` or of `owners` the access manager lets it read."""
         owners = owners or [agent]
-        for owner in owners:
-            self.access.check_memory(agent, run, owner)
-        return self.memory.recall(owners, query, limit)
+
+        def read() -> list[MemoryRow]:
+            for owner in owners:
+                self.access.check_read(agent, run, owner, "memory")
+            return self.memory.recall(owners, query, limit)
+
+        return await self._serve(SyscallKind.MEMORY, agent, run, read)
+
+    async def store(self, agent: str, run: str, key: str, value: Any) -> None:
+        """Keep `value` (JSON) under `key` in `agent`'s own storage, across runs."""
+        await self._serve(SyscallKind.STORAGE, agent, run, self.storage.put, agent, key, value)
+
+    async def load(self, agent: str, run: str, key: str, owner: str | None = None) -> Any:
+        """The value under `key` in the storage of `owner` (default: `agent`), if the access manager allows."""
+        owner = owner or agent
+
+        def read() -> Any:
+            self.access.check_read(agent, run, owner, "storage")
+            return self.storage.get(owner, key)
+
+        return await self._serve(SyscallKind.STORAGE, agent, run, read)
+
+    async def _serve(self, kind: SyscallKind, agent: str, run: str, work: Callable[..., Any], *args: Any) -> Any:
+        """Run a memory or storage syscall on a worker thread (they touch the database) and store its record."""
+        syscall = Syscall(kind, agent, run)
+        syscall.started = syscall.created
+        error = None
+        try:
+            return await asyncio.to_thread(work, *args)
+        except Exception as exc:
+            error = str(exc)
+            raise
+        finally:
+            syscall.finished = time.time()
+            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
 
 
 def _json_string(text: str) -> str:

@@ -1,4 +1,5 @@
-"""Storage (sqlmodel): runs, syscalls with their metrics, snapshots, memories, tool calls and the audit log.
+"""Storage (sqlmodel): runs, steps, syscalls with their metrics, snapshots, memories, agents' own data, tool calls
+and the audit log.
 
 A SQLite file by default (`.flowrun/flowrun.db` in the working directory, WAL mode), or any SQLAlchemy URL given
 as `url` or in FLOWRUN_DB (PostgreSQL is the server choice). SQLite commits survive a killed process; a power loss
@@ -30,6 +31,42 @@ class Meta(SQLModel, table=True):
     __tablename__ = "meta"
     key: str = Field(primary_key=True)
     value: str
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "runs"
+    id: str = Field(primary_key=True)
+    agent: str = Field(index=True)
+    flow: str
+    status: str  # running, finished, failed, interrupted
+    inputs: Any = Field(default=None, sa_column=Column(JSON))
+    answer: Any = Field(default=None, sa_column=Column(JSON))
+    error: str | None = None
+    created: float
+    finished: float | None = None
+
+
+class StepRow(SQLModel, table=True):
+    __tablename__ = "steps"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    step: str
+    visit: int
+    kind: str
+    prompt: Any = Field(default=None, sa_column=Column(JSON))
+    output: Any = Field(default=None, sa_column=Column(JSON))
+    branch: str | None = None
+    tokens: int = 0
+    started: float
+    finished: float
+
+
+class AgentDataRow(SQLModel, table=True):
+    __tablename__ = "agent_data"
+    agent: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    value: Any = Field(default=None, sa_column=Column(JSON))
+    updated: float
 
 
 class SyscallRow(SQLModel, table=True):
@@ -155,6 +192,18 @@ class Storage:
         """Store an access decision."""
         self._add(AuditRow(agent=agent, run_id=run, action=action, target=target, allowed=allowed, reason=reason,
                            created=time.time()))
+
+    def put(self, agent: str, key: str, value: Any) -> None:
+        """Set `agent`'s stored `key` to `value` (JSON)."""
+        with Session(self.engine) as db:
+            db.merge(AgentDataRow(agent=agent, key=key, value=value, updated=time.time()))
+            db.commit()
+
+    def get(self, agent: str, key: str) -> Any:
+        """`agent`'s stored `key`, or None."""
+        with Session(self.engine) as db:
+            row = db.get(AgentDataRow, (agent, key))
+            return None if row is None else row.value
 
     def add_memory(self, agent: str, run: str, role: str, content: str) -> None:
         """Keep an interaction as a long-term memory of `agent`."""
