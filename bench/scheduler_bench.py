@@ -31,6 +31,10 @@ class Simulated:
     slots: int
     seconds: float
     name: str = "simulated"
+    context: int = 4096
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(messages)
 
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         await asyncio.sleep(self.seconds)
