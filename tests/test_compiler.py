@@ -126,3 +126,12 @@ steps:
     instruction: end
 """
     assert check_flow_text(text, "d.yaml", tools).diagnostics == []
+
+
+def test_context_policy_is_read_from_the_flow(tools) -> None:
+    base = "flowrun: 1\nname: C\nsteps:\n  a: {kind: terminal, instruction: x}\n"
+    assert check_flow_text(base, "c.yaml", tools).flow.context_policy == "truncate"
+    checked = check_flow_text(base + "context: {policy: summarize}\n", "c.yaml", tools)
+    assert checked.diagnostics == [] and checked.flow.context_policy == "summarize"
+    wrong = check_flow_text(base + "context: {policy: forget}\n", "c.yaml", tools)
+    assert [d.code for d in wrong.diagnostics] == ["FR003"]

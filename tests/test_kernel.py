@@ -296,3 +296,18 @@ def test_storage_has_every_table(storage: Storage) -> None:
     assert set(inspect(storage.engine).get_table_names()) >= {
         "meta", "runs", "steps", "syscalls", "snapshots", "memories", "agent_data", "tool_calls", "audit",
         "memories_fts"}
+
+
+def test_a_manifest_and_its_code_become_a_tool_the_kernel_calls(storage: Storage, tmp_path: Path) -> None:
+    from engine.flow.manifest import load_tools
+    from engine.kernel.tools import tool_from_manifest
+
+    (tmp_path / "greeter.py").write_text("def greet(name):\n    return f'hello {name}'\n")
+    (tmp_path / "greet.tool.yaml").write_text(
+        "name: greet\ndescription: Greets.\nentry: greeter.py:greet\nconcurrency: 2\n"
+        "parameters: {type: object, properties: {name: {type: string}}, required: [name]}\n")
+    manifests = load_tools([tmp_path], bundled=False)
+    assert not manifests.diagnostics
+    kernel = Kernel(scripted([]), storage, tools=[tool_from_manifest(manifests.tools["greet"])])
+    kernel.access.allow_tools("agent", ["greet"])
+    assert asyncio.run(kernel.call_tool("agent", "run", "greet", {"name": "Ada"})) == "hello Ada"

@@ -61,6 +61,7 @@ class Flow:
     limits: Limits
     start: str | None
     steps: dict[str, Step]
+    context_policy: str = "truncate"  # "truncate" or "summarize": see the schema's `context.policy`
 
 
 def flow_from_data(data: Any) -> Flow:
@@ -84,6 +85,7 @@ def flow_from_data(data: Any) -> Flow:
         ),
         start=start if isinstance(start, str) else next(iter(steps), None),
         steps=steps,
+        context_policy=policy if (policy := _dict(data.get("context")).get("policy")) == "summarize" else "truncate",
     )
 
 
