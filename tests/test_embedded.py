@@ -75,3 +75,15 @@ def test_token_counts_match_what_the_model_reads(backend: EmbeddedBackend) -> No
     request = ask("Name three rivers of Europe.")
     result = asyncio.run(backend.generate(request, lambda _: False))
     assert backend.count_tokens(request.messages) == result.prompt_tokens > 10
+
+
+def test_a_resume_without_its_kv_file_recomputes_and_still_matches(backend: EmbeddedBackend) -> None:
+    request = ask("Why is the sky blue?")
+    whole = asyncio.run(backend.generate(request, lambda _: False))
+    first = asyncio.run(backend.generate(request, lambda _: True))
+    assert first.finish == "suspended"
+    (backend._state_dir / first.snapshot.state["kv"]).unlink()  # as after a crash
+    asyncio.run(backend.generate(ask("Something else entirely."), lambda _: False))  # the slot now holds other work
+    rest = asyncio.run(backend.generate(request, lambda _: False, first.snapshot))
+    assert rest.text == whole.text
+    assert not list(backend._state_dir.iterdir())  # nothing left behind

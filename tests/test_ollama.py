@@ -49,7 +49,8 @@ def test_streams_tokens_and_sends_options_and_format(fake: FakeOllama) -> None:
     sent = fake.requests[-1]
     assert sent["format"] == schema and sent["stream"] is True
     assert sent["options"] == {"temperature": 0, "seed": 3, "num_predict": 50, "num_ctx": 4096}
-    assert fake.requests[-1]["options"]["num_ctx"] == backend.context
+    generate(backend, ask())
+    assert fake.requests[-1]["options"]["num_ctx"] == backend.context  # sent even when the request sets none
 
 
 def test_suspends_and_resumes_by_continuing_the_assistant_message(fake: FakeOllama) -> None:

@@ -31,7 +31,7 @@ def pick_kind(kind: str) -> tuple[str, str]:
     return "embedded", f"no Ollama server at {server}: using the embedded model"
 
 
-def open_backend(kind: str = "auto", model: str | None = None, *, slots: int = 1,
+def open_backend(kind: str = "auto", model: str | None = None, *, slots: int | None = None,
                  say: Callable[[str], None] = lambda _: None) -> Backend:
     """The backend `kind` (one of KINDS) for `model`: a catalog name, an Ollama model name or a .gguf path.
 
@@ -44,4 +44,4 @@ def open_backend(kind: str = "auto", model: str | None = None, *, slots: int = 1
         return OllamaBackend(CATALOG[model].ollama if model in CATALOG else model, slots=slots)
     from engine.llm.embedded import EmbeddedBackend  # loads llama.cpp: only when it is used
 
-    return EmbeddedBackend(resolve(model, progress=say), slots=slots)
+    return EmbeddedBackend(resolve(model, progress=say), slots=slots or 1)

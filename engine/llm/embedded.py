@@ -3,7 +3,8 @@
 A generation resumes token-exactly: its snapshot keeps the ids of the tokens generated so far and a saved copy of
 the slot's KV cache. Resuming restores that cache into the slot and continues from the rendered chat prompt
 followed by those ids, so nothing is re-tokenized (re-tokenizing the partial text can split it differently and
-change what follows) and, with `cache_prompt`, nothing is recomputed.
+change what follows) and, with `cache_prompt`, nothing is recomputed. The ids alone suffice: a missing KV file
+(the process died, say) only costs recomputing the prefix.
 
 A generation constrained by a JSON Schema or grammar is not suspended when asked: the grammar would start over at
 the resume point. It runs to its end; such outputs (labels, small objects) are short.
@@ -75,7 +76,7 @@ class EmbeddedBackend:
         prompt = self._post("/apply-template", {"messages": request.messages})["prompt"]
         ids: list[int] = list(resume.state["ids"]) if resume else []
         if resume:
-            self._post(f"/slots/{slot}?action=restore", {"filename": resume.state["kv"]})
+            self._restore(slot, resume.state["kv"])
         constrained = request.schema is not None or request.grammar is not None
         body: dict[str, Any] = {
             "prompt": [prompt, *ids] if ids else prompt,
@@ -133,6 +134,13 @@ class EmbeddedBackend:
             snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv})
             return Result(text, "suspended", state["prompt_tokens"], state["new"], snapshot)
         return Result(text, state["finish"], state["prompt_tokens"], state["new"])
+
+    def _restore(self, slot: int, kv: str) -> None:
+        """Load a saved KV cache into `slot` and delete its file; without the file the prefix is recomputed."""
+        path = self._state_dir / kv
+        if path.is_file():
+            self._post(f"/slots/{slot}?action=restore", {"filename": kv})
+            path.unlink(missing_ok=True)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(f"{self._address}{path}", data=json.dumps(body).encode(),

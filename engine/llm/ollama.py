@@ -33,10 +33,11 @@ class OllamaBackend:
 
     name = "ollama"
 
-    def __init__(self, model: str, *, server: str | None = None, slots: int = 1, context: int = 4096) -> None:
+    def __init__(self, model: str, *, server: str | None = None, slots: int | None = None,
+                 context: int = 4096) -> None:
         self.model = model
         self.server = server or host()
-        self.slots = slots
+        self.slots = slots or int(os.environ.get("OLLAMA_NUM_PARALLEL") or 1)
         self.context = context  # sent as num_ctx unless the request sets it
         self._client = ollama.AsyncClient(host=self.server)
 
