@@ -44,6 +44,7 @@ class EmbeddedBackend:
         params.model.path = str(model)
         params.n_parallel = slots
         params.n_ctx = context * slots  # llama.cpp divides the context among the slots
+        params.verbosity = -1  # llama.cpp logs every load and request to stderr; flowrun reports what matters
         params.endpoint_slots = True
         params.slot_save_path = f"{self._state_dir}/"  # llama.cpp wants the trailing slash
         cores = threads or os.cpu_count() or 1
