@@ -1,1 +1,1 @@
-"""The kernel: syscalls in, results out (scheduler, context manager; storage, memory, tools and access to come)."""
+"""The kernel: syscalls in, results out (scheduler, context manager, storage, memory, tools, access); see kernel.py."""
