@@ -1,0 +1,56 @@
+"""The bundled tools' code, loaded from their manifests and called through the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.flow.manifest import load_tools
+from engine.kernel.kernel import Kernel
+from engine.kernel.storage import Storage, ToolCallRow
+from engine.kernel.tools import ToolError, tool_from_manifest
+from engine.llm.scripted import ScriptedBackend
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Kernel:
+    manifest = load_tools([]).tools["calculator"]
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+                    tools=[tool_from_manifest(manifest)])
+    kernel.access.allow_tools("math", ["calculator"])
+    return kernel
+
+
+def calc(kernel: Kernel, expression: str):
+    return asyncio.run(kernel.call_tool("math", "run", "calculator", {"expression": expression}))["result"]
+
+
+@pytest.mark.parametrize(("expression", "value"), [
+    ("(12.5 * 4) / sqrt(16)", 12.5),
+    ("180 / 2.5 * 1000 / 3600", 20.0),
+    ("2 ^ 10", 1024),
+    ("round(pi * 2, 3)", 6.283),
+    ("factorial(5) + max(3, 7) - abs(-2)", 125),
+    ("log10(1000) + floor(2.7)", 5.0),
+])
+def test_arithmetic(kernel: Kernel, expression: str, value: float) -> None:
+    assert calc(kernel, expression) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os').system('true')", "().__class__", "9 ** 9 ** 9", "1 / 0", "factorial(10 ** 6)", "'a' * 3",
+    "open('x')", "sqrt(-1)", "2 +",
+])
+def test_anything_else_is_refused_with_a_reason(kernel: Kernel, expression: str) -> None:
+    with pytest.raises(ToolError, match=r"cannot evaluate|not arithmetic"):
+        calc(kernel, expression)
+
+
+def test_every_call_is_recorded(kernel: Kernel) -> None:
+    calc(kernel, "1 + 1")
+    with pytest.raises(ToolError):
+        calc(kernel, "1 / 0")
+    rows = kernel.storage.rows(ToolCallRow)
+    assert [(r.result, r.error is None) for r in rows] == [({"expression": "1 + 1", "result": 2}, True), (None, False)]

@@ -1,0 +1,39 @@
+"""The `calculator` tool: arithmetic and common functions, evaluated by simpleeval (the text is never eval'd)."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+from simpleeval import InvalidExpression, SimpleEval
+
+
+def _factorial(n: int) -> int:
+    if not isinstance(n, int) or not 0 <= n <= 1000:
+        raise ValueError("factorial takes a whole number from 0 to 1000")
+    return math.factorial(n)
+
+
+FUNCTIONS = {
+    **{name: getattr(math, name) for name in ("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin",
+                                              "acos", "atan", "floor", "ceil", "radians", "degrees", "hypot")},
+    "factorial": _factorial,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+}
+NAMES = {"pi": math.pi, "e": math.e, "tau": math.tau}
+
+
+def calculate(expression: str) -> dict[str, Any]:
+    """The value of `expression` (`^` is read as a power, as people write it)."""
+    evaluator = SimpleEval(functions=FUNCTIONS, names=NAMES)
+    try:
+        value = evaluator.eval(expression.replace("^", "**"))
+    except (InvalidExpression, SyntaxError, ArithmeticError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot evaluate {expression!r}: {exc}") from None
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise ValueError(f"{expression!r} is not arithmetic: it gives {value!r}")
+    return {"expression": expression, "result": value}
