@@ -16,10 +16,12 @@ from engine.llm.scripted import ScriptedBackend
 
 @pytest.fixture
 def kernel(tmp_path: Path) -> Kernel:
-    manifest = load_tools([]).tools["calculator"]
+    bundled = load_tools([]).tools
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
-                    tools=[tool_from_manifest(manifest)])
+                    tools=[tool_from_manifest(bundled[name]) for name in ("calculator", "read_file", "write_file")],
+                    workspaces=tmp_path / "workspaces")
     kernel.access.allow_tools("math", ["calculator"])
+    kernel.access.allow_tools("writer", ["read_file", "write_file"])
     return kernel
 
 
@@ -54,3 +56,30 @@ def test_every_call_is_recorded(kernel: Kernel) -> None:
         calc(kernel, "1 / 0")
     rows = kernel.storage.rows(ToolCallRow)
     assert [(r.result, r.error is None) for r in rows] == [({"expression": "1 + 1", "result": 2}, True), (None, False)]
+
+
+def files(kernel: Kernel, run: str, name: str, **arguments):
+    return asyncio.run(kernel.call_tool("writer", run, name, arguments))
+
+
+def test_files_stay_in_the_run_workspace(kernel: Kernel, tmp_path: Path) -> None:
+    assert files(kernel, "run1", "write_file", path="notes/a.md", content="héllo") == {"path": "notes/a.md",
+                                                                                      "bytes": 6}
+    assert (tmp_path / "workspaces" / "run1" / "notes" / "a.md").read_text() == "héllo"
+    assert files(kernel, "run1", "read_file", path="notes/a.md")["content"] == "héllo"
+    with pytest.raises(ToolError, match="no file"):
+        files(kernel, "run2", "read_file", path="notes/a.md")  # another run, another workspace
+    (tmp_path / "secret.txt").write_text("no")
+    for path in ("../../secret.txt", "/etc/passwd", "notes/../../../secret.txt"):
+        with pytest.raises(ToolError, match="outside the run's workspace"):
+            files(kernel, "run1", "read_file", path=path)
+    with pytest.raises(ToolError, match="outside"):
+        files(kernel, "run1", "write_file", path="../escape.txt", content="x")
+    assert not (tmp_path / "workspaces" / "escape.txt").exists()
+
+
+def test_a_symlink_out_of_the_workspace_is_refused(kernel: Kernel, tmp_path: Path) -> None:
+    files(kernel, "run1", "write_file", path="a.txt", content="x")
+    (tmp_path / "workspaces" / "run1" / "link").symlink_to(tmp_path)
+    with pytest.raises(ToolError, match="outside"):
+        files(kernel, "run1", "read_file", path="link/db.sqlite")

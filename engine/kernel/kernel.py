@@ -14,6 +14,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from engine.kernel.access import AccessManager, Group
@@ -22,7 +23,7 @@ from engine.kernel.memory import Memory
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
-from engine.kernel.tools import BadArguments, Tool, ToolError, ToolManager
+from engine.kernel.tools import BadArguments, Tool, ToolError, ToolManager, workspace
 from engine.llm.base import Backend, Request, Result
 
 SUMMARY_TOKENS = 128
@@ -37,8 +38,9 @@ class Kernel:
 
     def __init__(self, backend: Backend, storage: Storage, *, policy: Policy = Policy.FIFO, slice_tokens: int = 32,
                  tools: Iterable[Tool] = (), groups: Mapping[str, Group] | None = None,
-                 memory_capacity: int = 32) -> None:
+                 memory_capacity: int = 32, workspaces: Path | None = None) -> None:
         self.storage = storage
+        self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.context = ContextManager(storage)
         self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
         self.tools = ToolManager(tools, storage)
@@ -93,7 +95,11 @@ class Kernel:
         error = None
         try:
             self.access.check_tool(agent, run, name)
-            return await self.tools.call(syscall, name, arguments)
+            token = workspace.set(self.workspaces / run)
+            try:
+                return await self.tools.call(syscall, name, arguments)
+            finally:
+                workspace.reset(token)
         except Exception as exc:
             error = str(exc)
             raise

@@ -7,6 +7,7 @@ Tool calls run on worker threads of their own, so they never wait behind the mod
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import importlib.util
 import inspect
@@ -21,6 +22,10 @@ import jsonschema_rs
 
 from engine.kernel.storage import Storage, ToolCallRow
 from engine.kernel.syscall import Syscall
+
+# The run's workspace directory while a tool runs (the kernel sets it per call; worker threads inherit it). Tools
+# that touch files (read_file, write_file) stay inside it.
+workspace: contextvars.ContextVar[Path] = contextvars.ContextVar("workspace")
 
 
 class ToolError(Exception):
