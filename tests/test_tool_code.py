@@ -83,3 +83,53 @@ def test_a_symlink_out_of_the_workspace_is_refused(kernel: Kernel, tmp_path: Pat
     (tmp_path / "workspaces" / "run1" / "link").symlink_to(tmp_path)
     with pytest.raises(ToolError, match="outside"):
         files(kernel, "run1", "read_file", path="link/db.sqlite")
+
+
+@pytest.fixture
+def travel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kernel:
+    monkeypatch.setenv("FLOWRUN_TRAVEL_DB", str(tmp_path / "travel.db"))
+    names = ("city_search", "flight_search", "distance", "restaurant_search", "attraction_search",
+             "accommodation_search")
+    bundled = load_tools([]).tools
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+                    tools=[tool_from_manifest(bundled[n]) for n in names])
+    kernel.access.allow_tools("travel", names)
+    return kernel
+
+
+def trip(kernel: Kernel, name: str, **arguments):
+    return asyncio.run(kernel.call_tool("travel", "run", name, arguments))
+
+
+def test_the_travel_database_supports_a_multi_day_trip(travel: Kernel) -> None:
+    cities = trip(travel, "city_search", state="texas")["cities"]
+    assert len(cities) >= 4 and "Austin" in cities
+    flights = trip(travel, "flight_search", origin="Seattle", destination="Austin", date="2025-03-10")["flights"]
+    assert flights and all(f["flight"].startswith("F") and len(f["flight"]) == 8 and f["price"] > 0 for f in flights)
+    taxi = trip(travel, "distance", origin="Seattle", destination="Austin", mode="taxi")
+    drive = trip(travel, "distance", origin="Seattle", destination="Austin", mode="self-driving")
+    assert 1500 < taxi["miles"] == drive["miles"] < 3000 and taxi["cost"] > drive["cost"]
+    for city in cities:
+        assert len(trip(travel, "restaurant_search", city=city, limit=50)["restaurants"]) >= 9  # 3 meals, 3 days
+        assert len(trip(travel, "attraction_search", city=city)["attractions"]) >= 3
+        stays = trip(travel, "accommodation_search", city=city)["accommodations"]
+        assert stays and stays == sorted(stays, key=lambda s: (s["price"], s["name"]))
+
+
+def test_travel_answers_are_deterministic(travel: Kernel, tmp_path: Path) -> None:
+    first = trip(travel, "flight_search", origin="Miami", destination="Denver", date="2025-06-01")
+    assert trip(travel, "flight_search", origin="miami", destination="denver", date="2025-06-01") == first
+    assert trip(travel, "flight_search", origin="Miami", destination="Denver", date="2025-06-02") != first
+    from tools.travel import build
+
+    build(tmp_path / "again.db")
+    assert (tmp_path / "again.db").read_bytes() == (tmp_path / "travel.db").read_bytes()
+
+
+def test_travel_errors_name_what_exists(travel: Kernel) -> None:
+    with pytest.raises(ToolError, match=r"no city 'Atlantis'.*cities: Albany"):
+        trip(travel, "restaurant_search", city="Atlantis")
+    with pytest.raises(ToolError, match="no state 'Ohio'"):
+        trip(travel, "city_search", state="Ohio")
+    with pytest.raises(ToolError, match="mode"):
+        trip(travel, "distance", origin="Austin", destination="Dallas", mode="walking")  # the manifest's enum
