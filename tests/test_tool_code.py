@@ -92,8 +92,9 @@ def travel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kernel:
              "accommodation_search")
     bundled = load_tools([]).tools
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
-                    tools=[tool_from_manifest(bundled[n]) for n in names])
+                    tools=[tool_from_manifest(bundled[n]) for n in (*names, "sql_query")])
     kernel.access.allow_tools("travel", names)
+    kernel.access.allow_tools("analyst", ["sql_query"])  # its default database is the travel database
     return kernel
 
 
@@ -133,3 +134,25 @@ def test_travel_errors_name_what_exists(travel: Kernel) -> None:
         trip(travel, "city_search", state="Ohio")
     with pytest.raises(ToolError, match="mode"):
         trip(travel, "distance", origin="Austin", destination="Dallas", mode="walking")  # the manifest's enum
+
+
+def query(kernel: Kernel, text: str, **extra):
+    return asyncio.run(kernel.call_tool("analyst", "run", "sql_query", {"query": text, **extra}))
+
+
+def test_sql_query_reads_the_travel_database(travel: Kernel) -> None:
+    result = query(travel, "SELECT state, count(*) AS n FROM cities GROUP BY state ORDER BY n DESC, state LIMIT 2")
+    assert result["columns"] == ["state", "n"] and result["rows"] == [["California", 5], ["Texas", 5]]
+    many = query(travel, "SELECT name FROM restaurants", max_rows=3)
+    assert len(many["rows"]) == 3 and many["truncated"]
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM cities", "UPDATE cities SET state = 'x'", "DROP TABLE cities", "INSERT INTO cities VALUES (1,2,3,4)",
+    "ATTACH DATABASE ':memory:' AS other", "PRAGMA writable_schema = 1", "SELECT 1; DELETE FROM cities",
+    "CREATE TABLE t (x)",
+])
+def test_sql_query_refuses_anything_but_reading(travel: Kernel, statement: str) -> None:
+    with pytest.raises(ToolError, match="only one read-only SELECT"):
+        query(travel, statement)
+    assert query(travel, "SELECT count(*) FROM cities")["rows"] == [[30]]
