@@ -42,6 +42,7 @@ RULES: dict[str, Rule] = {
         Rule("FR202", "unused-tool", _W, "The flow declares a tool that no step can use."),
         Rule("FR203", "undeclared-tool", _E, "A step uses a tool the flow does not list in `tools`."),
         Rule("FR204", "duplicate-tool", _E, "Two tool manifests define the same tool name."),
+        Rule("FR205", "tool-code-missing", _E, "A manifest's entry names a .py file that is not beside it."),
         Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse."),
         Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist."),
         Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label."),

@@ -51,6 +51,10 @@ def read_manifest(path: Path, file: str | None = None) -> tuple[ToolManifest | N
     problems = schema_diagnostics(doc, "tool")
     if problems:
         return None, problems
+    code = doc.data["entry"].partition(":")[0]
+    if code.endswith(".py") and not (path.parent / code).is_file():  # checked, never imported: validate runs no code
+        message = f"entry names {code}, which is not beside this manifest: add it or fix `entry`"
+        return None, [diagnostic("FR205", message, doc.file, doc.position(("entry",)))]
     defaults = {k: v["default"] for k, v in schema("tool")["properties"].items() if "default" in v}
     data = {**defaults, **doc.data}
     manifest = ToolManifest(
