@@ -79,7 +79,7 @@ class Scheduler:
 
     def _next(self) -> _Waiting:
         if self.policy is not Policy.PRIORITY:
-            return self._ready.pop(min(range(len(self._ready)), key=lambda i: self._ready[i].order))
+            return self._ready.pop(0)  # kept in arrival order: new and requeued syscalls are appended
         best = max(self._ready, key=lambda w: (w.syscall.priority + w.boost, -w.order))
         self._ready.remove(best)
         for passed_over in self._ready:

@@ -38,6 +38,12 @@ class Snapshot:
     state: Any = None  # backend-specific, e.g. a saved KV cache
 
 
+def remaining_tokens(request: Request, resume: Snapshot | None) -> int | None:
+    """How many tokens `request`'s max_tokens still allows after `resume` (None: no limit)."""
+    limit = request.options.get("max_tokens")
+    return None if limit is None else limit - (resume.tokens if resume else 0)
+
+
 @dataclass
 class Result:
     """How a generation ended. `finish` is "stop", "length" or "suspended" (then `snapshot` says where).

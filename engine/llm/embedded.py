@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot
+from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, remaining_tokens
 
 _SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop"}
 
@@ -87,10 +87,11 @@ class EmbeddedBackend:
             "id_slot": slot,
             **{ours: request.options[key] for key, ours in _SAMPLING.items() if key in request.options},
         }
-        if "max_tokens" in request.options:
-            body["max_tokens"] = request.options["max_tokens"] - (resume.tokens if resume else 0)
-            if body["max_tokens"] <= 0:  # suspended right at the limit (llama.cpp reads 0 as "no limit")
+        left = remaining_tokens(request, resume)
+        if left is not None:
+            if left <= 0:  # suspended right at the limit (llama.cpp reads 0 as "no limit")
                 return Result(resume.text if resume else "", "length", 0, 0)
+            body["max_tokens"] = left
         if request.schema is not None:
             body["json_schema"] = request.schema
         if request.grammar is not None:

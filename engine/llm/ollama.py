@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import ollama
 
-from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot
+from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, remaining_tokens
 
 DEFAULT_HOST = "http://localhost:11434"
 _OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -52,10 +52,11 @@ class OllamaBackend:
         options: dict[str, Any] = {"num_ctx": self.context}
         options |= {ours: request.options[key] for key, ours in _OPTIONS.items() if key in request.options}
         done_before = resume.tokens if resume else 0
-        if "max_tokens" in request.options:
-            options["num_predict"] = request.options["max_tokens"] - done_before
-            if options["num_predict"] <= 0:
+        left = remaining_tokens(request, resume)
+        if left is not None:
+            if left <= 0:
                 return Result(resume.text if resume else "", "length", 0, 0)
+            options["num_predict"] = left
         pieces = [resume.text] if resume else []
         new, prompt_tokens = 0, 0
         try:
