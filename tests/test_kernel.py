@@ -17,9 +17,12 @@ from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import (
+    SCHEMA_VERSION,
     AuditRow,
     Meta,
+    RunRow,
     SnapshotRow,
+    StepRow,
     Storage,
     StorageError,
     SyscallRow,
@@ -141,7 +144,7 @@ def test_memory_is_bounded_evicts_to_storage_and_is_private(storage: Storage) ->
 
     async def main() -> None:
         for i, text in enumerate(["flight to Austin booked", "hotel Driskill chosen", "dinner at Franklin", "taxi"]):
-            await kernel.remember("planner", "run1", "assistant", text)
+            await kernel.remember("planner", "run1", ("assistant", text))
             assert len(kernel.memory.recent("run1")) == min(i + 1, 2)
         found = await kernel.recall("planner", "run2", "Austin flight")
         assert [m.content for m in found] == ["flight to Austin booked"]
@@ -195,10 +198,11 @@ def test_use_tool_sends_bad_arguments_back_once(storage: Storage) -> None:
     kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": good}]), storage, tools=[sleeper(0)])
     kernel.access.allow_tools("agent", ["nap"])
     messages = [{"role": "user", "content": "take a nap"}]
-    assert asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t")) == ("nap", "slept x")
+    call = asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t"))
+    assert (call.tool, call.arguments, call.result) == ("nap", {"label": "x"}, "slept x")
     kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": bad}]), storage, tools=[sleeper(0)])
     kernel.access.allow_tools("agent", ["nap"])
-    with pytest.raises(ToolError, match="still invalid"):
+    with pytest.raises(ToolError, match="still failed"):
         asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t"))
 
 
@@ -213,6 +217,28 @@ def test_storage_defaults_wal_and_schema_version(tmp_path: Path, monkeypatch: py
         db.execute(Meta.__table__.update().values(value="99"))
     with pytest.raises(StorageError, match="newer than this flowrun"):
         Storage()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # the tables as schema version 1 made them, with a run in them
+    old.executescript("""
+        CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE runs (id VARCHAR PRIMARY KEY, agent VARCHAR, flow VARCHAR, status VARCHAR, inputs JSON,
+                           answer JSON, error VARCHAR, created FLOAT, finished FLOAT);
+        INSERT INTO runs VALUES ('r1', 'A', 'a.yaml', 'finished', '{}', '"42"', NULL, 1.0, 2.0);
+        CREATE TABLE steps (id INTEGER PRIMARY KEY, run_id VARCHAR, step VARCHAR, visit INTEGER, kind VARCHAR,
+                            prompt JSON, output JSON, branch VARCHAR, tokens INTEGER, started FLOAT, finished FLOAT);
+    """)
+    old.close()
+    storage = Storage(f"sqlite:///{path}")
+    (run,) = storage.rows(RunRow)
+    assert (run.id, run.answer, run.batch) == ("r1", "42", None)
+    storage.record_step(StepRow(run_id="r1", step="s", visit=1, kind="process", tools=[{"tool": "t"}],
+                                started=1.0, finished=2.0))
+    assert storage.of_runs(StepRow, ["r1"])[0].tools == [{"tool": "t"}]
+    assert storage.rows(Meta)[0].value == str(SCHEMA_VERSION)
 
 
 def test_tool_code_is_loaded_from_a_file_beside_the_manifest(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from engine.kernel.memory import Memory
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
-from engine.kernel.tools import BadArguments, Tool, ToolError, ToolManager, workspace
+from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
 from engine.llm.base import Backend, Request, Result
 
 SUMMARY_TOKENS = 128
@@ -41,6 +41,7 @@ class Kernel:
                  memory_capacity: int = 32, workspaces: Path | None = None) -> None:
         self.storage = storage
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
+        self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
         self.context = ContextManager(storage)
         self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
         self.tools = ToolManager(tools, storage)
@@ -95,7 +96,7 @@ class Kernel:
         error = None
         try:
             self.access.check_tool(agent, run, name)
-            token = workspace.set(self.workspaces / run)
+            token = workspace.set(self.run_workspaces.get(run) or self.workspaces / run)
             try:
                 return await self.tools.call(syscall, name, arguments)
             finally:
@@ -107,10 +108,11 @@ class Kernel:
             await asyncio.to_thread(self.storage.record_syscall, syscall, error)
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
-                       priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> tuple[str, Any]:
-        """The model picks one of the tools `names` and its arguments (structured output); the call's result.
+                       priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
+        """The model picks one of the tools `names` and its arguments (structured output); the call made.
 
-        Arguments that fail the tool's schema go back to the model once, with the errors; then the call fails.
+        Arguments that fail the tool's schema, and errors of an idempotent tool (one that may be repeated), go back
+        to the model once, with the message; then the call fails.
         """
         tools = [self.tools.tools[n] for n in names if n in self.tools.tools]
         if not tools:
@@ -124,16 +126,20 @@ class Kernel:
             try:
                 choice = json.loads(result.text)
                 name, arguments = choice["tool"], choice["arguments"]
-                return name, await self.call_tool(agent, run, name, arguments)
-            except (ValueError, KeyError, TypeError, BadArguments) as exc:
+                return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
+            except ToolError as exc:
+                if not isinstance(exc, BadArguments) and not self.tools.tools[name].idempotent:
+                    raise
+                problem = exc
+            except (ValueError, KeyError, TypeError) as exc:
                 problem = exc
                 asked = [*messages, {"role": "assistant", "content": result.text},
                          {"role": "user", "content": f"That tool call is invalid: {exc}. Answer with a valid one."}]
-        raise ToolError(f"the model's tool call was still invalid after the error was sent back: {problem}")
+        raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
 
-    async def remember(self, agent: str, run: str, role: str, content: str) -> None:
-        """Add an interaction to the run's short-term memory."""
-        await self._serve(SyscallKind.MEMORY, agent, run, self.memory.remember, agent, run, role, content)
+    async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
+        """Add interactions, (role, content) each, to the run's short-term memory."""
+        await self._serve(SyscallKind.MEMORY, agent, run, self.memory.remember, agent, run, entries)
 
     async def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
                      ) -> list[MemoryRow]:

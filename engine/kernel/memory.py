@@ -7,6 +7,7 @@ runs recall by keyword.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.kernel.storage import MemoryRow, Storage
@@ -26,11 +27,12 @@ class Memory:
         self.capacity = capacity
         self._runs: dict[str, tuple[str, deque[Entry]]] = {}
 
-    def remember(self, agent: str, run: str, role: str, content: str) -> None:
-        """Add an interaction to the run's short-term memory; the oldest moves to long-term when it is full."""
+    def remember(self, agent: str, run: str, added: Iterable[tuple[str, str]]) -> None:
+        """Add interactions, (role, content) each, to the run's short-term memory; the oldest move to long-term
+        memory when it is full."""
         _, entries = self._runs.setdefault(run, (agent, deque()))
-        entries.append(Entry(role, content))
-        if len(entries) > self.capacity:
+        entries.extend(Entry(role, content) for role, content in added)
+        while len(entries) > self.capacity:
             evicted = entries.popleft()
             self.storage.add_memory(agent, run, evicted.role, evicted.content)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -51,6 +52,7 @@ class Scheduler:
         self._running = 0
         self._order = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.generated: Counter[str] = Counter()  # tokens generated so far, by run (for progress displays)
 
     @property
     def waiting(self) -> int:
@@ -96,6 +98,7 @@ class Scheduler:
             nonlocal used
             used += 1
             syscall.tokens += 1
+            self.generated[syscall.run] += 1
             return self.policy is Policy.RR and used >= self.slice_tokens and bool(self._ready)
 
         try:

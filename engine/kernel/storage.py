@@ -8,19 +8,26 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, event, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What takes a database of an older version to the next one (columns added; nothing is rewritten or dropped).
+_MIGRATIONS = {
+    2: ("ALTER TABLE runs ADD COLUMN batch VARCHAR", "ALTER TABLE steps ADD COLUMN tools JSON"),
+}
 
 
 class StorageError(Exception):
@@ -39,6 +46,7 @@ class RunRow(SQLModel, table=True):
     agent: str = Field(index=True)
     flow: str
     status: str  # running, finished, failed, interrupted
+    batch: str | None = None  # the `flowrun batch` it belongs to
     inputs: Any = Field(default=None, sa_column=Column(JSON))
     answer: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
@@ -56,6 +64,7 @@ class StepRow(SQLModel, table=True):
     prompt: Any = Field(default=None, sa_column=Column(JSON))
     output: Any = Field(default=None, sa_column=Column(JSON))
     branch: str | None = None
+    tools: Any = Field(default=None, sa_column=Column(JSON))  # [{tool, arguments, result | error}] in call order
     tokens: int = 0
     started: float
     finished: float
@@ -168,9 +177,56 @@ class Storage:
             if found is None:
                 db.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 db.commit()
+            elif int(found.value) < SCHEMA_VERSION:
+                for version in range(int(found.value) + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(text(statement))
+                found.value = str(SCHEMA_VERSION)
+                db.add(found)
+                db.commit()
             elif int(found.value) > SCHEMA_VERSION:
                 raise StorageError(f"database {self.url} has schema version {found.value}, newer than this "
                                    f"flowrun's {SCHEMA_VERSION}: upgrade flowrun, or use another database (--db)")
+
+    def start_run(self, run: RunRow) -> None:
+        """Store a run as it starts."""
+        self._add(run)
+
+    def record_step(self, step: StepRow) -> None:
+        """Store a finished step (committed before the run goes on)."""
+        self._add(step)
+
+    def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None) -> None:
+        """Store how run `run_id` ended: `status` with its answer or error."""
+        with self._session() as db:
+            run = db.get(RunRow, run_id)
+            if run is None:
+                raise StorageError(f"no run {run_id} in {self.url}")
+            run.status, run.answer, run.error, run.finished = status, answer, error, time.time()
+            db.add(run)
+            db.commit()
+
+    def find_runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
+        """The latest runs (of `batch`, if given), newest first."""
+        statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
+        with self._session() as db:
+            return list(db.exec(statement if batch is None else statement.where(RunRow.batch == batch)))
+
+    def find_run(self, prefix: str) -> RunRow:
+        """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
+        with self._session() as db:
+            found = list(db.exec(select(RunRow).where(col(RunRow.id).startswith(prefix)).limit(2)))
+        if len(found) != 1:
+            problem = "no run" if not found else "more than one run"
+            raise StorageError(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
+        return found[0]
+
+    def of_runs(self, table: type[SQLModel], run_ids: list[str]) -> list[Any]:
+        """The rows of `table` belonging to runs `run_ids`, in the order they were stored."""
+        column = col(table.run_id)  # type: ignore[attr-defined]
+        order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
+        with self._session() as db:
+            return list(db.exec(select(table).where(column.in_(run_ids)).order_by(order)))
 
     def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
         """Store a finished syscall with its timings, tokens and preemptions."""
@@ -195,19 +251,19 @@ class Storage:
 
     def put(self, agent: str, key: str, value: Any) -> None:
         """Set `agent`'s stored `key` to `value` (JSON)."""
-        with Session(self.engine) as db:
+        with self._session() as db:
             db.merge(AgentDataRow(agent=agent, key=key, value=value, updated=time.time()))
             db.commit()
 
     def get(self, agent: str, key: str) -> Any:
         """`agent`'s stored `key`, or None."""
-        with Session(self.engine) as db:
+        with self._session() as db:
             row = db.get(AgentDataRow, (agent, key))
             return None if row is None else row.value
 
     def add_memory(self, agent: str, run: str, role: str, content: str) -> None:
         """Keep an interaction as a long-term memory of `agent`."""
-        with Session(self.engine) as db:
+        with self._session() as db:
             row = MemoryRow(agent=agent, run_id=run, role=role, content=content, created=time.time())
             db.add(row)
             db.flush()
@@ -221,7 +277,7 @@ class Storage:
         words = re.findall(r"\w+", query)
         if not words:
             return []
-        with Session(self.engine) as db:
+        with self._session() as db:
             statement = select(MemoryRow).where(col(MemoryRow.agent).in_(agents))
             if self.sqlite:
                 match = " OR ".join(f'"{w}"' for w in words)
@@ -234,13 +290,27 @@ class Storage:
 
     def rows(self, table: type[SQLModel]) -> list[Any]:
         """Every row of `table` (for inspection and tests)."""
-        with Session(self.engine) as db:
+        with self._session() as db:
             return list(db.exec(select(table)))
 
     def _add(self, row: SQLModel) -> None:
-        with Session(self.engine) as db:
+        with self._session() as db:
             db.add(row)
             db.commit()
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session whose database errors become a StorageError saying what to do."""
+        try:
+            with Session(self.engine) as db:
+                yield db
+        except OperationalError as exc:
+            reason = str(exc.orig) if exc.orig is not None else str(exc)
+            advice = {"locked": "another process holds it locked: wait for it or use another database (--db)",
+                      "readonly": "it is read-only: make it writable or use another database (--db)"}
+            hint = next((v for k, v in advice.items() if k in reason.replace("read-only", "readonly")),
+                        "check that it exists and can be written, or use another database (--db)")
+            raise StorageError(f"database {self.url} failed ({reason}): {hint}") from None
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:

@@ -36,6 +36,15 @@ class BadArguments(ToolError):
     """The arguments do not match the tool's parameters schema; the message lists the problems."""
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call a model made: the tool, the arguments it gave, and what the tool returned."""
+
+    tool: str
+    arguments: Any
+    result: Any
+
+
 class ManifestLike(Protocol):
     """What the tool manager needs of a tool manifest (engine.flow.manifest.ToolManifest has it)."""
 
@@ -45,6 +54,7 @@ class ManifestLike(Protocol):
     entry: str
     timeout: float
     concurrency: int
+    idempotent: bool
     file: str
 
 
@@ -58,6 +68,7 @@ class Tool:
     function: Callable[..., Any]
     timeout: float = 30
     concurrency: int = 1
+    idempotent: bool = False  # a call may be repeated safely (after a failure, say)
     validator: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +102,7 @@ def tool_from_manifest(manifest: ManifestLike) -> Tool:
     """The Tool a manifest describes, its code loaded."""
     function = load_entry(manifest.entry, Path(manifest.file).parent)
     return Tool(manifest.name, manifest.description, manifest.parameters, function, manifest.timeout,
-                manifest.concurrency)
+                manifest.concurrency, manifest.idempotent)
 
 
 class ToolManager:
