@@ -101,21 +101,24 @@ class Scheduler:
             self.generated[syscall.run] += 1
             return self.policy is Policy.RR and used >= self.slice_tokens and bool(self._ready)
 
+        began = time.time()
         try:
             assert syscall.request is not None, "an LLM syscall carries a request"
             result = await self.backend.generate(syscall.request, on_token, self.context.restore(syscall))
         except Exception as exc:  # the caller gets the error; the slot goes to the next syscall
             syscall.finished = time.time()
+            syscall.slices.append((began, syscall.finished))
             if not waiting.done.cancelled():
                 waiting.done.set_exception(exc)
         else:
+            syscall.slices.append((began, time.time()))
             if result.finish == "suspended" and result.snapshot is not None:
                 syscall.preemptions += 1
                 await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
                 waiting.order = next(self._order)
                 self._ready.append(waiting)
             else:
-                syscall.finished = time.time()
+                syscall.finished = syscall.slices[-1][1]
                 syscall.result = result
                 if not waiting.done.cancelled():  # a caller that gave up does not stop the others
                     waiting.done.set_result(result)

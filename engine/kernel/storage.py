@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, event, text
+from sqlalchemy import JSON, Column, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 
@@ -24,9 +24,9 @@ from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
 
 SCHEMA_VERSION = 2
-# What takes a database of an older version to the next one (columns added; nothing is rewritten or dropped).
-_MIGRATIONS = {
-    2: ("ALTER TABLE runs ADD COLUMN batch VARCHAR", "ALTER TABLE steps ADD COLUMN tools JSON"),
+# The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
+_ADDED_COLUMNS = {
+    2: (("runs", "batch", "VARCHAR"), ("steps", "tools", "JSON"), ("syscalls", "slices", "JSON")),
 }
 
 
@@ -92,6 +92,7 @@ class SyscallRow(SQLModel, table=True):
     turnaround: float | None
     tokens: int
     preemptions: int
+    slices: Any = Field(default=None, sa_column=Column(JSON))  # [start, end] of each time an LLM syscall ran
     error: str | None = None
 
 
@@ -179,8 +180,9 @@ class Storage:
                 db.commit()
             elif int(found.value) < SCHEMA_VERSION:
                 for version in range(int(found.value) + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[version]:
-                        db.execute(text(statement))
+                    for table, column, kind in _ADDED_COLUMNS[version]:
+                        if column not in {c["name"] for c in inspect(self.engine).get_columns(table)}:
+                            db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 found.value = str(SCHEMA_VERSION)
                 db.add(found)
                 db.commit()
@@ -233,7 +235,8 @@ class Storage:
         row = SyscallRow(id=syscall.id, run_id=syscall.run, agent=syscall.agent, kind=syscall.kind.value,
                          priority=syscall.priority, created=syscall.created, started=syscall.started,
                          finished=syscall.finished, waiting=syscall.waiting, turnaround=syscall.turnaround,
-                         tokens=syscall.tokens, preemptions=syscall.preemptions, error=error)
+                         tokens=syscall.tokens, preemptions=syscall.preemptions,
+                         slices=syscall.slices or None, error=error)
         self._add(row)
 
     def record_snapshot(self, syscall: Syscall, snapshot: Snapshot) -> None:

@@ -36,6 +36,7 @@ class Syscall:
     started: float | None = None
     finished: float | None = None
     preemptions: int = 0
+    slices: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each time on the model
     tokens: int = 0
     result: Result | None = None
 

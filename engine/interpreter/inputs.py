@@ -1,0 +1,58 @@
+"""A run's inputs: given as `key=value` pairs or a JSON object, completed with defaults, checked against the
+JSON Schema each input declares in the flow."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jsonschema_rs
+
+from engine.flow.model import Flow
+
+
+class InputError(Exception):
+    """The inputs do not fit the flow; the message says which and what to do."""
+
+
+def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
+    """`key=value` pairs as inputs: a value is text for a string input, else JSON (`-i files='["a.md"]'`)."""
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"-i {pair!r}: give an input as key=value")
+        if flow.inputs.get(key, {}).get("type", "string") == "string":
+            found[key] = value
+            continue
+        try:
+            found[key] = json.loads(value)
+        except ValueError:
+            raise InputError(f"-i {key}: {value!r} is not JSON; input {key!r} is of type "
+                             f"{flow.inputs[key].get('type')}, e.g. -i {key}='{_example(flow.inputs[key])}'") from None
+    return found
+
+
+def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str) -> dict[str, Any]:
+    """`given` completed with the flow's defaults; an InputError if one is missing, unknown or of the wrong shape."""
+    unknown = sorted(set(given) - set(flow.inputs))
+    if unknown:
+        raise InputError(f"{file}: {flow.name} has no input {', '.join(map(repr, unknown))}; "
+                         f"its inputs: {', '.join(flow.inputs) or 'none'}")
+    inputs = {k: spec["default"] for k, spec in flow.inputs.items() if "default" in spec} | dict(given)
+    missing = [k for k in flow.inputs if k not in inputs]
+    if missing:
+        hints = " ".join(f"-i {k}=..." for k in missing)
+        raise InputError(f"{file}: input {', '.join(map(repr, missing))} is required: give it with {hints} "
+                         f"or in --input-file")
+    for key, spec in flow.inputs.items():
+        problems = [e.message for e in jsonschema_rs.validator_for(spec).iter_errors(inputs[key])]
+        if problems:
+            raise InputError(f"{file}: input {key!r}: {'; '.join(problems)}")
+    return inputs
+
+
+def _example(spec: dict[str, Any]) -> str:
+    return {"array": '["a", "b"]', "object": '{"k": "v"}', "integer": "3", "number": "2.5",
+            "boolean": "true"}.get(spec.get("type", ""), '"text"')

@@ -1,0 +1,53 @@
+"""The messages a step sends the model: the agent's description, the task's inputs and the tools it may use (one
+system message, never dropped), the progress so far (short-term memory, oldest first, which the context manager
+may drop or summarize), and the step's own instruction or question last."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from engine.kernel.memory import Entry
+from engine.kernel.tools import Tool
+
+
+def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool], progress: Iterable[Entry],
+                  ask: str) -> list[dict[str, str]]:
+    """The chat messages for one model call of a step; `ask` is the rendered instruction with what to answer."""
+    system = description.strip()
+    if inputs:
+        system += "\n\nThe task's inputs:\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in inputs.items())
+    listed = [f"- {t.name}: {t.description}" for t in tools]
+    if listed:
+        system += "\n\nTools you can use:\n" + "\n".join(listed)
+    history = [{"role": e.role, "content": e.content} for e in progress]
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": ask}]
+
+
+def ask_for(instruction: str, schema: dict[str, Any] | None = None, labels: Iterable[str] = (),
+            tools: Iterable[str] = ()) -> str:
+    """The instruction or question, with the form of answer expected: one of `labels`, a call of one of `tools`,
+    or data matching `schema`."""
+    labels, tools = list(labels), list(tools)
+    if labels:
+        return f"{instruction}\nAnswer with exactly one of: {', '.join(labels)}."
+    if tools:
+        return (f"{instruction}\nCall {' or '.join(tools)}: answer with JSON, "
+                '{"tool": "<its name>", "arguments": {...}}.')
+    if schema is not None:
+        return f"{instruction}\nAnswer with JSON matching this schema: {json.dumps(schema)}"
+    return instruction
+
+
+def progress_entries(ask: str, output: Any, tool_calls: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What a finished step adds to short-term memory: what it asked, and what came of it."""
+    lines = [f"Called {c['tool']}({_text(c['arguments'])}) -> {_text(c.get('result', c.get('error')))}"
+             for c in tool_calls]
+    if not tool_calls or output != tool_calls[-1].get("result"):  # not already said by the tool's result
+        lines.append(_text(output))
+    return [("user", ask), ("assistant", "\n".join(lines))]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,286 @@
+"""Walking one run of a compiled flow: every step becomes kernel syscalls, and is stored when it ends.
+
+    process   generate, constrained to the step's output_schema when it has one. With `tool: X` the model fills
+              in X's arguments (use_tool) and the tool's result is the step's output, unless an output_schema asks
+              the model to state it as data; with `tools: [..]` the model first chooses one of them or none.
+    decision  `decide:` renders a label from data, with no model call; otherwise choose: one label, constrained.
+    terminal  generate, as a process without tools; its output is the run's answer.
+
+A run's record (storage.start_run) is made before its first step and each step's (storage.record_step) is
+committed before the next one starts, so a run that fails or is interrupted keeps every step it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema_rs
+import networkx as nx
+from jinja2 import Template
+
+from engine.flow.model import Flow, Step
+from engine.flow.templates import environment
+from engine.interpreter.prompts import ask_for, progress_entries, step_messages
+from engine.kernel.access import AccessDenied
+from engine.kernel.context import ContextOverflow, WindowPolicy
+from engine.kernel.kernel import Kernel, KernelError
+from engine.kernel.storage import RunRow, StepRow, StorageError
+from engine.kernel.tools import ToolError
+from engine.llm.base import BackendError, Request
+from engine.llm.scripted import CassetteError
+
+DEFAULT_MAX_TOKENS = 256  # per model call, unless the flow's model.options set max_tokens
+CHOICE_MAX_TOKENS = 32  # a label, quoted
+NO_TOOL = "none"  # the choice of a `tools:` step that needs none of them
+
+# What ends a run as failed, with its message; anything else is a bug in flowrun, and is raised.
+RUN_FAILURES = (KernelError, ToolError, BackendError, ContextOverflow, AccessDenied, StorageError, CassetteError)
+
+
+class RunError(Exception):
+    """The run cannot go on: a limit reached, a template that cannot be rendered, a model answer that does not fit."""
+
+
+@dataclass
+class Progress:
+    """Where a run is, for progress displays; the interpreter updates it as steps start and end."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    step: str = ""
+    steps: int = 0
+    status: str = "waiting"  # waiting (for a batch's turn), running, finished, failed, interrupted
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: `status` finished (with `answer`), failed (with `error`) or interrupted."""
+
+    run_id: str
+    status: str
+    answer: Any = None
+    error: str | None = None
+    path: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """The state of one walk: what templates see (`inputs`, `steps`, `visits`) and the path so far."""
+
+    flow: Flow
+    file: str
+    inputs: dict[str, Any]
+    progress: Progress
+    options: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> {"output": latest output}
+    visits: dict[str, int] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.progress.run_id
+
+    @property
+    def agent(self) -> str:
+        return self.flow.name
+
+    def render(self, step: Step, name: str, text: str) -> str:
+        """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits."""
+        try:
+            return _template(text).render(inputs=self.inputs, steps=self.steps, visits=self.visits)
+        except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
+            raise RunError(f"{self.file}: step {step.id}: its {name} cannot be rendered: {exc}") from None
+
+
+@dataclass
+class _Done:
+    """What a step produced: the prompt it sent last, its output, the branch taken and the tool calls made."""
+
+    ask: str
+    output: Any
+    prompt: list[dict[str, str]] | None = None
+    branch: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any], *, file: str,
+                   progress: Progress | None = None, batch: str | None = None) -> RunOutcome:
+    """Run the compiled flow `graph` (from file `file`) once with `inputs` (already resolved) on `kernel`.
+
+    A failure ends the run as failed, with a message naming the step; cancelling (Ctrl-C) ends it as interrupted
+    and re-raises. Either way the steps it finished stay stored.
+    """
+    flow: Flow = graph.graph["flow"]
+    run = _Run(flow, file, inputs, progress or Progress(), {"max_tokens": DEFAULT_MAX_TOKENS,
+                                                            **flow.model.get("options", {})})
+    run.visits.update(dict.fromkeys(flow.steps, 0))
+    kernel.access.allow_tools(run.agent, flow.tools)
+    run.progress.status = "running"
+    row = RunRow(id=run.id, agent=run.agent, flow=file, status="running", batch=batch, inputs=inputs,
+                 created=time.time())
+    try:
+        await asyncio.to_thread(kernel.storage.start_run, row)
+        answer = await _walk(kernel, graph, run)
+    except asyncio.CancelledError:
+        await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
+        raise
+    except (RunError, *RUN_FAILURES) as exc:
+        at = "" if isinstance(exc, RunError) or not run.path else f"step {run.path[-1]}: "
+        return await _end(kernel, run, "failed", error=f"{at}{exc}")
+    except Exception as exc:
+        await _end(kernel, run, "failed", error=f"internal error in flowrun: {type(exc).__name__}: {exc}")
+        raise
+    return await _end(kernel, run, "finished", answer=answer)
+
+
+async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error: str | None = None) -> RunOutcome:
+    """Store how the run ended (and move its short-term memory to long-term memory)."""
+    try:
+        await asyncio.to_thread(kernel.storage.finish_run, run.id, status, answer, error)
+        await asyncio.to_thread(kernel.memory.end_run, run.id)
+    except StorageError as exc:
+        status, error = "failed", f"{error or 'the run finished'}; and its end could not be stored: {exc}"
+    run.progress.status = status
+    return RunOutcome(run.id, status, answer, error, run.path)
+
+
+async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
+    """Walk from the start step to a terminal; its output, the run's answer."""
+    limits = run.flow.limits
+    current = graph.graph["start"]
+    while True:
+        step: Step = graph.nodes[current]["step"]
+        if len(run.path) >= limits.max_steps:
+            raise RunError(f"{run.file}: the run has taken limits.max_steps ({limits.max_steps}) steps and would "
+                           f"go on to step {step.id}: raise limits.max_steps if the flow needs more, or see where "
+                           f"it loops with `flowrun runs show {run.id[:12]}`")
+        visit = run.visits[step.id] + 1
+        if limits.max_visits is not None and visit > limits.max_visits:
+            raise RunError(f"{run.file}: step {step.id} would run for the {_ordinal(visit)} time, more than "
+                           f"limits.max_visits ({limits.max_visits}) allows: raise it if the flow needs more, or "
+                           f"see where it loops with `flowrun runs show {run.id[:12]}`")
+        run.visits[step.id] = visit
+        run.path.append(step.id)
+        run.progress.step = step.id
+        tokens, started = kernel.scheduler.generated[run.id], time.time()
+        done = await _EXECUTE[step.kind](kernel, run, step)
+        row = StepRow(run_id=run.id, step=step.id, visit=visit, kind=step.kind, prompt=done.prompt,
+                      output=done.output, branch=done.branch, tools=done.tool_calls or None,
+                      tokens=kernel.scheduler.generated[run.id] - tokens, started=started, finished=time.time())
+        await asyncio.to_thread(kernel.storage.record_step, row)
+        run.steps[step.id] = {"output": done.output}
+        run.progress.steps += 1
+        if step.kind == "terminal":
+            return done.output
+        await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
+        current = _follow(graph, step, done.branch or "next")
+
+
+def _follow(graph: nx.MultiDiGraph, step: Step, label: str) -> str:
+    for _, target, key in graph.out_edges(step.id, keys=True):
+        if key == label:
+            return target
+    raise RunError(f"step {step.id} has no way out labelled {label!r}")  # a validated flow always has one
+
+
+async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
+    """A process or terminal step: the model's answer, using a tool when the step has them."""
+    text = run.render(step, "instruction", step.instruction or "")
+    names = step.used_tools()
+    if step.tools and not step.tool:
+        ask = ask_for(f"{text}\nWhich tool should this step use, if any?", labels=[*names, NO_TOOL])
+        chosen = await kernel.choose(run.agent, run.id, _messages(kernel, run, ask, names), [*names, NO_TOOL],
+                                     options={**run.options, "max_tokens": CHOICE_MAX_TOKENS}, key=step.id)
+        names = () if chosen == NO_TOOL else (chosen,)
+    if not names:
+        return await _answer(kernel, run, step, text)
+    ask = ask_for(text, tools=names)
+    messages = _messages(kernel, run, ask, names)
+    call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
+    calls = [{"tool": call.tool, "arguments": call.arguments, "result": call.result}]
+    if step.output_schema is None:
+        return _Done(ask, call.result, messages, tool_calls=calls)
+    said = f"{text}\n{call.tool} returned: {json.dumps(call.result, ensure_ascii=False)}"
+    done = await _answer(kernel, run, step, said)
+    done.tool_calls = calls
+    return done
+
+
+async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
+    """The model's answer to `text`: free text, or data matching the step's output_schema (asked for twice at
+    most: a second time with what was wrong, for a backend that cannot constrain its output)."""
+    schema = step.output_schema
+    ask = ask_for(text, schema)
+    messages = _messages(kernel, run, ask)
+    asked, problem = messages, ""
+    for _ in range(2 if schema is not None else 1):
+        request = Request(asked, schema=schema, options=run.options, key=step.id)
+        result = await kernel.generate(run.agent, run.id, request, window=WindowPolicy(run.flow.context_policy))
+        if schema is None:
+            return _Done(ask, result.text.strip(), messages)
+        value, problem = _data(result.text, schema)
+        if not problem:
+            return _Done(ask, value, messages)
+        asked = [*messages, {"role": "assistant", "content": result.text},
+                 {"role": "user", "content": f"That answer is not valid: {problem}. Answer again, with JSON "
+                                             "matching the schema."}]
+    raise RunError(f"{run.file}: step {step.id}: the model's answer failed the step's output_schema twice "
+                   f"(the second time: {problem}); a larger model may do better (--model)")
+
+
+async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
+    """A decision: one of the step's labels, from its `decide:` template or chosen by the model."""
+    labels = list(step.branches)
+    question = run.render(step, "question", step.question or "")
+    if step.decide is not None:
+        label = run.render(step, "decide", step.decide).strip()
+        if label not in step.branches:
+            raise RunError(f"{run.file}: step {step.id}: `decide` gave {label!r}, which is not one of its labels "
+                           f"({', '.join(labels)})")
+        return _Done(question, label, branch=label)
+    ask = ask_for(question, labels=labels)
+    messages = _messages(kernel, run, ask)
+    label = await kernel.choose(run.agent, run.id, messages, labels, key=step.id,
+                                options={**run.options, "max_tokens": CHOICE_MAX_TOKENS})
+    return _Done(ask, label, messages, branch=label)
+
+
+_EXECUTE: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {
+    "process": _process, "terminal": _process, "decision": _decision,
+}
+
+
+def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]:
+    known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
+    return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask)
+
+
+def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
+    """The JSON value in `text` and "" when it matches `schema`; else None and what is wrong."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return None, f"it is not JSON ({exc})"
+    problems = [f"{'.'.join(map(str, e.instance_path)) or 'the answer'}: {e.message}"
+                for e in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value)]
+    return (None, "; ".join(problems)) if problems else (value, "")
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema: str) -> Any:
+    return jsonschema_rs.validator_for(json.loads(schema))
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> Template:
+    return environment.from_string(text)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
