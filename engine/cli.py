@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
-from engine import __version__
+from engine import __version__, console
 from engine.flow.aios import import_aios, to_yaml
 from engine.flow.diagnostics import Diagnostic, has_errors
 from engine.flow.loader import load_file
@@ -16,8 +21,19 @@ from engine.flow.render import FORMATS as GRAPH_FORMATS
 from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
-from engine.flow.validate import Report, check_flow_text, load_flow, validate_paths
-from engine.llm.models import CATALOG, ModelError, cached, pull
+from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
+from engine.interpreter.batch import run_batch
+from engine.interpreter.inputs import InputError, parse_pairs, resolve_inputs
+from engine.interpreter.setup import kernel_for, open_backend_for
+from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.kernel.scheduler import Policy
+from engine.kernel.storage import Storage, StorageError
+from engine.kernel.tools import ToolError
+from engine.llm.base import BackendError
+from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
+from engine.llm.scripted import CassetteError
+from engine.runs import figures, record
+from engine.timeline import PlotError, draw
 
 _existing = click.Path(exists=True, path_type=Path)
 _tools_option = click.option(
@@ -134,3 +150,239 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
     if found.diagnostics:
         _print_problems(found.diagnostics, [])
         sys.exit(1)
+
+
+# What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
+# a message and exit status 2, never a traceback.
+_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError)
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except _USER_ERRORS as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:
+    """The checked flow; an invalid one is refused with its diagnostics."""
+    checked = load_flow(flow, tool_paths)
+    if not checked.ok:
+        _print_problems(checked.diagnostics, [str(flow)])
+        click.echo(f"error: {flow} is not valid: fix the errors above (`flowrun validate {flow}`)", err=True)
+        sys.exit(EXIT_FAILED)
+    return checked
+
+
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]),
+                     default="auto", show_default=True,
+                     help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model."),
+        click.option("--model", help="A catalog name (`flowrun models list`), an Ollama model or a .gguf path "
+                                     "[default: the flow's model.name, else smollm2-135m]."),
+        click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives."),
+        click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo",
+                     show_default=True, help="How runs share the model."),
+        click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once."),
+        click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
+                                  ".flowrun/flowrun.db]."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON result instead of text."),
+        _tools_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _session(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
+             slots: int | None, db: str | None) -> Any:
+    name = model or checked.flow.model.get("name") or DEFAULT_MODEL
+    backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
+    return kernel_for([checked], backend, Storage(db), policy=Policy(scheduler))
+
+
+@main.command()
+@click.argument("flow", type=_existing)
+@click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="An input (text; JSON for inputs of other types). Repeatable.")
+@click.option("--input-file", type=_existing, help="Inputs as a JSON object.")
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path),
+              help="The directory read_file and write_file work in [default: .flowrun/workspaces/RUN].")
+@_run_options
+def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: Path | None, kind: str,
+        model: str | None, cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
+        as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+    """Run FLOW once and print its answer.
+
+    Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 130 Ctrl-C.
+    """
+    checked = _valid_flow(flow, tool_paths)
+    progress = Progress()
+    with _user_errors():
+        given = _read_json_object(input_file) if input_file else {}
+        inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
+        kernel = _session(checked, kind, model, cassette, scheduler, slots, db)
+        if workspace is not None:
+            kernel.run_workspaces[progress.run_id] = workspace
+        work = run_flow(kernel, checked.graph, inputs, file=str(flow), progress=progress)
+        (outcome,) = _run_live(work, [progress], kernel, as_json)
+    if as_json:
+        click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "answer": outcome.answer,
+                               "error": outcome.error, "steps": outcome.path, "db": kernel.storage.url}))
+    elif outcome.status == "finished":
+        click.echo(outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2))
+    _say_end(outcome)
+    sys.exit(0 if outcome.status == "finished" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("flow", type=_existing)
+@click.option("--inputs", "inputs_file", type=_existing, required=True,
+              help="JSON Lines: one object of inputs per run.")
+@click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Runs at once.")
+@_run_options
+def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str | None, cassette: Path | None,
+          scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+    """Run FLOW once per line of --inputs, sharing one model, and print a summary.
+
+    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 130 Ctrl-C.
+    """
+    checked = _valid_flow(flow, tool_paths)
+    with _user_errors():
+        lines = _read_json_lines(inputs_file)
+        inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
+        kernel = _session(checked, kind, model, cassette, scheduler, slots, db)
+        progress = [Progress() for _ in inputs]
+        work = run_batch(kernel, checked.graph, inputs, file=str(flow), concurrency=concurrency, progress=progress)
+        outcomes = _run_live(work, progress, kernel, as_json)
+        found = figures(kernel.storage, [kernel.storage.find_run(o.run_id) for o in outcomes])
+    if as_json:
+        click.echo(json.dumps([{"run_id": f.run.id, "status": f.run.status, "steps": f.steps, "tokens": f.tokens,
+                                "waiting": f.waiting, "running": f.running, "turnaround": f.turnaround,
+                                "answer": f.run.answer, "error": f.run.error} for f in found]))
+    else:
+        click.echo(console.runs_table(found))
+        finished = sum(o.status == "finished" for o in outcomes)
+        click.echo(f"\nbatch {found[0].run.batch}: {finished} of {len(outcomes)} runs finished "
+                   f"(`flowrun runs timeline --batch {(found[0].run.batch or '')[:12]} --png timeline.png`)",
+                   err=True)
+    sys.exit(0 if all(o.status == "finished" for o in outcomes) else EXIT_FAILED)
+
+
+def _run_live(work: Any, progress: list[Progress], kernel: Any, quiet: bool) -> Any:
+    """Await `work` with a progress line on a terminal; Ctrl-C ends the runs as interrupted and exits 130."""
+    live = sys.stderr.isatty() and not quiet
+    try:
+        outcome = asyncio.run(console.watch(work, progress, kernel.scheduler.generated, live=live))
+    except KeyboardInterrupt:
+        for shown in progress:
+            if shown.status == "interrupted":
+                click.echo(f"interrupted: run {shown.run_id} stopped at step {shown.step}; its {shown.steps} "
+                           f"finished steps are kept (`flowrun runs show {shown.run_id[:12]}`)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    return outcome if isinstance(outcome, list) else [outcome]
+
+
+def _say_end(outcome: RunOutcome) -> None:
+    show = f"`flowrun runs show {outcome.run_id[:12]}`"
+    if outcome.status == "finished":
+        click.echo(f"run {outcome.run_id} finished in {len(outcome.path)} steps ({show})", err=True)
+    else:
+        click.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
+        click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: inputs are a JSON object, {{\"name\": value, ...}}")
+    return value
+
+
+def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{n}: not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{path}:{n}: each line is a JSON object of inputs")
+        found.append((n, value))
+    if not found:
+        raise InputError(f"{path}: no inputs: write one JSON object per line")
+    return found
+
+
+_db_option = click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
+                                       ".flowrun/flowrun.db].")
+
+
+@main.group()
+def runs() -> None:
+    """Stored runs: list them, show one, draw their timeline."""
+
+
+@runs.command("list")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--batch", "batch_id", help="Only the runs of this batch (an id or its start).")
+@click.option("--json", "as_json", is_flag=True)
+@_db_option
+def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -> None:
+    """List the latest runs, newest first."""
+    with _user_errors():
+        storage = Storage(db)
+        found = figures(storage, storage.find_runs(limit, batch_id))
+    if as_json:
+        click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": f.run.status,
+                                "batch": f.run.batch, "steps": f.steps, "tokens": f.tokens, "waiting": f.waiting,
+                                "turnaround": f.turnaround, "created": f.run.created} for f in found]))
+    elif found:
+        click.echo(console.runs_table(found))
+    else:
+        click.echo(f"no runs in {storage.url}", err=True)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@_db_option
+def runs_show(run_id: str, as_json: bool, db: str | None) -> None:
+    """Show run RUN_ID (or an unambiguous start of it): steps, branches, tool calls, timings, the answer."""
+    with _user_errors():
+        found = record(Storage(db), run_id)
+    if as_json:
+        click.echo(json.dumps({"run": found.run.model_dump(), "steps": [s.model_dump() for s in found.steps],
+                               "syscalls": [c.model_dump() for c in found.syscalls]}))
+    else:
+        click.echo(console.run_text(found))
+
+
+@runs.command("timeline")
+@click.argument("run_ids", nargs=-1)
+@click.option("--batch", "batch_id", help="All the runs of this batch (an id or its start).")
+@click.option("--png", "image", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The image file to write (.png; .svg and .pdf work too).")
+@_db_option
+def runs_timeline(run_ids: tuple[str, ...], batch_id: str | None, image: Path, db: str | None) -> None:
+    """Draw when each syscall of the runs waited for and ran on the model."""
+    if not run_ids and not batch_id:
+        raise click.UsageError("name runs, or a batch with --batch")
+    with _user_errors():
+        storage = Storage(db)
+        ids = [r.id for r in storage.find_runs(None, batch_id)][::-1] if batch_id else []
+        draw([record(storage, run_id) for run_id in [*ids, *run_ids]], image)
+    click.echo(f"wrote {image}", err=True)

@@ -27,6 +27,7 @@ class CheckedFlow:
     flow: Flow
     graph: nx.MultiDiGraph
     diagnostics: list[Diagnostic]
+    tools: Mapping[str, ToolManifest]  # the tools it was checked against, by name
 
     @property
     def ok(self) -> bool:
@@ -50,7 +51,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found.extend(checks.check_loops(flow, graph, doc))
     found.extend(checks.check_tools(flow, tools, doc))
     found.extend(checks.check_templates(flow, doc))
-    return CheckedFlow(flow, graph, sorted(found, key=lambda d: (d.line, d.column, d.code)))
+    return CheckedFlow(flow, graph, sorted(found, key=lambda d: (d.line, d.column, d.code)), tools)
 
 
 def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest]) -> CheckedFlow:

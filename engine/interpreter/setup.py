@@ -1,24 +1,55 @@
-"""Putting a kernel together for flows: their tools' code loaded from the manifests."""
+"""Putting a run's machinery together: its backend (a model, or a cassette) and a kernel with its flows' tools."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from engine.flow.manifest import ToolManifest
-from engine.flow.model import Flow
+from engine.flow.loader import load_file
+from engine.flow.validate import CheckedFlow
 from engine.kernel.access import Group
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
 from engine.kernel.tools import tool_from_manifest
+from engine.llm.auto import open_backend
 from engine.llm.base import Backend
+from engine.llm.scripted import CassetteError, ScriptedBackend
 
 
-def kernel_for(flows: Iterable[Flow], backend: Backend, storage: Storage, manifests: Mapping[str, ToolManifest], *,
-               policy: Policy = Policy.FIFO, groups: Mapping[str, Group] | None = None,
-               workspaces: Path | None = None) -> Kernel:
-    """A kernel on `backend` and `storage` with the tools `flows` use (a validated flow names only known tools)."""
-    names = sorted({name for flow in flows for name in flow.tools})
-    tools = [tool_from_manifest(manifests[name]) for name in names]
-    return Kernel(backend, storage, policy=policy, tools=tools, groups=groups, workspaces=workspaces)
+def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage, *, policy: Policy = Policy.FIFO,
+               groups: Mapping[str, Group] | None = None, workspaces: Path | None = None) -> Kernel:
+    """A kernel on `backend` and `storage` with the tools `flows` use (a valid flow names only tools it knows)."""
+    tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows for name in checked.flow.tools}
+    return Kernel(backend, storage, policy=policy, tools=tools.values(), groups=groups, workspaces=workspaces)
+
+
+def read_cassette(path: Path) -> ScriptedBackend:
+    """The scripted backend answering from the cassette file at `path` (read by the flow loader's YAML rules).
+
+    A cassette is a mapping with `responses` (see engine.llm.scripted) and optionally `token_delay` in seconds.
+    """
+    doc = load_file(path)
+    if doc.diagnostics:
+        first = doc.diagnostics[0]
+        raise CassetteError(f"{first.file}:{first.line}:{first.column}: {first.message}")
+    data = doc.data if isinstance(doc.data, dict) else {}
+    delay = data.get("token_delay", 0)
+    if "responses" not in data or not isinstance(delay, int | float):
+        raise CassetteError(f"{path}: a cassette is a mapping with a `responses` list (and a number "
+                            "`token_delay`, if any)")
+    try:
+        return ScriptedBackend.from_responses(data["responses"], token_delay=float(delay))
+    except (CassetteError, re.error) as exc:
+        raise CassetteError(f"{path}: {exc}") from None
+
+
+def open_backend_for(kind: str, model: str, cassette: Path | None, *, slots: int | None = None,
+                     say: Callable[[str], None] = lambda _: None) -> Backend:
+    """The backend `kind` (auto, ollama, embedded or scripted, which answers from `cassette`) for `model`."""
+    if kind == "scripted":
+        if cassette is None:
+            raise CassetteError("--backend scripted answers from a cassette: give it with --cassette FILE")
+        return read_cassette(cassette)
+    return open_backend(kind, model, slots=slots, say=say)

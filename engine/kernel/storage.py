@@ -151,7 +151,10 @@ class Storage:
     """One database, opened (and created or checked) at `url`."""
 
     def __init__(self, url: str | None = None) -> None:
+        """`url` is an SQLAlchemy URL, or the path of an SQLite file."""
         self.url = url or default_url()
+        if "://" not in self.url:
+            self.url = f"sqlite:///{Path(self.url).resolve()}"
         self.sqlite = self.url.startswith("sqlite")
         if self.sqlite and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -209,10 +212,12 @@ class Storage:
             db.commit()
 
     def find_runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
-        """The latest runs (of `batch`, if given), newest first."""
+        """The latest runs (of the batch whose id is or starts with `batch`, if given), newest first."""
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
+        if batch is not None:
+            statement = statement.where(col(RunRow.batch).startswith(batch))
         with self._session() as db:
-            return list(db.exec(statement if batch is None else statement.where(RunRow.batch == batch)))
+            return list(db.exec(statement))
 
     def find_run(self, prefix: str) -> RunRow:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""

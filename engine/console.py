@@ -1,0 +1,116 @@
+"""What flowrun shows people: a live progress line while runs go on (on a terminal only), and stored runs as
+tables and text."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from engine.interpreter.walk import Progress
+from engine.runs import RunFigures, RunRecord
+
+T = TypeVar("T")
+_CLEAR = "\r\x1b[2K"
+
+
+async def watch(work: Awaitable[T], progress: Sequence[Progress], generated: Counter[str], *, live: bool,
+                every: float = 0.25) -> T:
+    """Await `work`, redrawing a progress line on stderr meanwhile when `live` (a terminal)."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        while live and not task.done():
+            click.echo(_CLEAR + status_line(progress, generated, time.monotonic() - started), nl=False, err=True)
+            await asyncio.wait({task}, timeout=every)
+        return await task
+    finally:
+        if live:
+            click.echo(_CLEAR, nl=False, err=True)
+        if not task.done():  # cancelled (Ctrl-C): let the runs store that they were interrupted
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: float) -> str:
+    """One line: the current step (one run) or a bar of runs done (many), tokens per second, time so far."""
+    tokens = sum(generated[p.run_id] for p in progress)
+    rate = f"{tokens} tokens, {tokens / elapsed:.0f} tok/s" if elapsed > 0 else f"{tokens} tokens"
+    if len(progress) == 1:
+        where = f"step {progress[0].steps + 1}: {progress[0].step or 'starting'}"
+    else:
+        done = sum(p.status not in ("waiting", "running") for p in progress)
+        running = sum(p.status == "running" for p in progress)
+        filled = round(20 * done / len(progress))
+        where = f"[{'#' * filled}{'-' * (20 - filled)}] {done}/{len(progress)} runs, {running} running"
+    return f"{where} · {rate} · {elapsed:.1f} s"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows under headers, in columns as wide as their widest cell."""
+    cells = [list(map(str, headers)), *([_cell(v) for v in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def runs_table(found: Sequence[RunFigures]) -> str:
+    """Runs, one a line: id, agent, status, steps, tokens, waiting, turnaround, start and answer or error."""
+    rows = [(f.run.id[:12], f.run.agent, f.run.status, f.steps, f.tokens, _seconds(f.waiting),
+             _seconds(f.turnaround), _when(f.run.created), _short(f.run.error or f.run.answer, 40)) for f in found]
+    return table(("run", "agent", "status", "steps", "tokens", "waiting", "turnaround", "started",
+                  "answer / error"), rows)
+
+
+def run_text(record: RunRecord) -> str:
+    """A stored run: what it was given, each step with its branch, tool calls, tokens and time, and its end."""
+    run = record.run
+    took = f" · took {_seconds(run.finished - run.created)}" if run.finished else ""
+    lines = [f"run {run.id} · {run.agent} ({run.flow}) · {run.status}",
+             f"started {_when(run.created)}{took} · {len(record.steps)} steps · "
+             f"{sum(s.tokens for s in record.steps)} tokens" + (f" · batch {run.batch[:12]}" if run.batch else ""),
+             "inputs: " + ", ".join(f"{k}={_short(v, 60)}" for k, v in (run.inputs or {}).items()), ""]
+    rows = []
+    for n, step in enumerate(record.steps, 1):
+        rows.append((n, step.step, step.visit, step.kind, step.branch or "", step.tokens,
+                     _seconds(step.finished - step.started), _short(step.output, 60)))
+        rows.extend(("", f"  {call['tool']}", "", "", "", "", "",
+                     f"{_short(call['arguments'], 30)} -> {_short(call.get('result'), 40)}")
+                    for call in step.tools or [])
+    lines.append(table(("#", "step", "visit", "kind", "branch", "tokens", "time", "output"), rows))
+    lines.append("")
+    if run.status == "finished":
+        lines.append("answer: " + _text(run.answer))
+    elif run.error:
+        lines.append(f"{run.status}: {run.error}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+
+
+def _short(value: Any, width: int) -> str:
+    if value is None:
+        return ""
+    text = " ".join((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,67 @@
+"""Stored runs read back: a run's figures (steps, tokens, time waiting for and running on the model) and its
+whole record, for `flowrun runs` and `flowrun batch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.kernel.storage import RunRow, StepRow, Storage, SyscallRow
+
+LLM_KINDS = ("generate", "choose", "call_tool")
+
+
+@dataclass
+class RunFigures:
+    """One run in numbers. `waiting`: seconds its model calls spent queued (preempted spells included);
+    `running`: seconds they held a slot; `turnaround`: from the run's start to its end (None while it runs)."""
+
+    run: RunRow
+    steps: int = 0
+    tokens: int = 0
+    waiting: float = 0.0
+    running: float = 0.0
+
+    @property
+    def turnaround(self) -> float | None:
+        return None if self.run.finished is None else self.run.finished - self.run.created
+
+
+@dataclass
+class RunRecord:
+    """Everything stored of one run."""
+
+    run: RunRow
+    steps: list[StepRow] = field(default_factory=list)
+    syscalls: list[SyscallRow] = field(default_factory=list)
+
+
+def ran(call: SyscallRow) -> float:
+    """Seconds `call` spent on the model (or, for other syscalls, being served)."""
+    if call.slices:
+        return sum(end - start for start, end in call.slices)
+    return (call.finished or call.created) - (call.started or call.created)
+
+
+def waited(call: SyscallRow) -> float:
+    """Seconds `call` spent queued: its turnaround less the time it ran."""
+    return max(0.0, (call.finished or call.created) - call.created - ran(call))
+
+
+def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
+    """The figures of `runs`, in their order."""
+    found = {run.id: RunFigures(run) for run in runs}
+    ids = list(found)
+    for step in storage.of_runs(StepRow, ids):
+        found[step.run_id].steps += 1
+        found[step.run_id].tokens += step.tokens
+    for call in storage.of_runs(SyscallRow, ids):
+        if call.kind in LLM_KINDS:
+            found[call.run_id].waiting += waited(call)
+            found[call.run_id].running += ran(call)
+    return list(found.values())
+
+
+def record(storage: Storage, run_id: str) -> RunRecord:
+    """The stored record of the run whose id is or starts with `run_id`."""
+    run = storage.find_run(run_id)
+    return RunRecord(run, storage.of_runs(StepRow, [run.id]), storage.of_runs(SyscallRow, [run.id]))
