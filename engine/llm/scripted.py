@@ -5,11 +5,14 @@ A cassette is YAML (read by the layer above, with the flow loader's YAML 1.2 rul
     responses:
       - key: parse_query            # for requests with this key (the interpreter uses the step id), in order
         text: '{"days": 3, "origin": "Seattle"}'
+      - key: [breakfast, lunch]     # for requests with any of these keys
+        text: '{"tool": "restaurant_search", "arguments": {"city": "Austin"}}'
+        times: 4                    # answers this many requests (default 1)
       - prompt: "state or a city"   # for requests whose prompt matches this regular expression
         text: state
       - text: Any other request gets the unkeyed, prompt-less entries in order.
 
-Each entry answers one request. Tokens are runs of non-space text with the spaces before them, so a slice of k
+Each entry answers `times` requests. Tokens are runs of non-space text with the spaces before them, so a slice of k
 tokens is the same on every run.
 """
 
@@ -37,9 +40,9 @@ class CassetteError(Exception):
 @dataclass
 class _Entry:
     text: str
-    key: str | None = None
+    keys: frozenset[str] | None = None
     prompt: re.Pattern[str] | None = None
-    used: bool = False
+    left: int = 1  # requests it may still answer
 
 
 @dataclass
@@ -61,21 +64,27 @@ class ScriptedBackend:
         for i, item in enumerate(responses):
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
                 raise CassetteError(f"response {i + 1} needs a `text` string")
-            prompt = item.get("prompt")
-            entries.append(_Entry(item["text"], item.get("key"), re.compile(prompt) if prompt else None))
+            key, prompt, times = item.get("key"), item.get("prompt"), item.get("times", 1)
+            keys = [key] if isinstance(key, str) else key
+            if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+                raise CassetteError(f"response {i + 1}: `key` is a step id or a list of them")
+            if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+                raise CassetteError(f"response {i + 1}: `times` is a whole number of at least 1")
+            entries.append(_Entry(item["text"], None if keys is None else frozenset(keys),
+                                  re.compile(prompt) if prompt else None, times))
         return cls(entries, **options)
 
     def answer(self, request: Request) -> str:
-        """The text of the first unused entry for `request`: by key, else by prompt, else in order."""
+        """The text of the first entry left for `request`: by key, else by prompt, else in order."""
         prompt = "\n".join(m.get("content", "") for m in request.messages)
         for fits in (
-            lambda e: e.key is not None and e.key == request.key,
-            lambda e: e.key is None and e.prompt is not None and e.prompt.search(prompt) is not None,
-            lambda e: e.key is None and e.prompt is None,
+            lambda e: e.keys is not None and request.key in e.keys,
+            lambda e: e.keys is None and e.prompt is not None and e.prompt.search(prompt) is not None,
+            lambda e: e.keys is None and e.prompt is None,
         ):
             for entry in self.entries:
-                if not entry.used and fits(entry):
-                    entry.used = True
+                if entry.left and fits(entry):
+                    entry.left -= 1
                     return entry.text
         raise CassetteError(f"the cassette has no answer left for request {request.key or prompt[:60]!r}")
 

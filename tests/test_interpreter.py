@@ -1,0 +1,178 @@
+"""Every example flow end to end on the scripted backend: the path taken, the tool calls made, what storage holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.flow.validate import CheckedFlow, load_flow
+from engine.interpreter.setup import kernel_for, read_cassette
+from engine.interpreter.walk import RunOutcome, run_flow
+from engine.kernel.kernel import Kernel
+from engine.kernel.storage import MemoryRow, RunRow, StepRow, Storage, SyscallRow, ToolCallRow
+from tests.conftest import FLOWS
+
+CASSETTES = Path(__file__).resolve().parent / "cassettes"
+
+
+def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs: dict[str, Any], tmp_path: Path,
+        **options: Any) -> tuple[RunOutcome, Kernel]:
+    """One run of `flow` answered by `cassette`, stored in a database under `tmp_path`."""
+    from engine.llm.scripted import ScriptedBackend
+
+    checked = flow if isinstance(flow, CheckedFlow) else load_flow(flow)
+    assert checked.ok, checked.diagnostics
+    backend = read_cassette(cassette) if isinstance(cassette, Path) else ScriptedBackend.from_responses(cassette)
+    kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                        workspaces=tmp_path / "workspaces", **options)
+    outcome = asyncio.run(run_flow(kernel, checked.graph, inputs, file=str(flow)))
+    return outcome, kernel
+
+
+def stored_steps(kernel: Kernel, outcome: RunOutcome) -> list[StepRow]:
+    return kernel.storage.of_runs(StepRow, [outcome.run_id])
+
+
+def branches(steps: list[StepRow], step: str) -> list[str | None]:
+    return [s.branch for s in steps if s.step == step]
+
+
+def test_travel_agent_city_trip(tmp_path: Path) -> None:
+    query = "2 days from Seattle to Austin, leaving 2025-03-10"
+    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-city.yaml", {"query": query},
+                          tmp_path)
+    assert outcome.status == "finished", outcome.error
+    steps = stored_steps(kernel, outcome)
+    assert [s.step for s in steps] == outcome.path
+    assert outcome.path[:3] == ["parse_query", "destination_kind", "taxi_there"]
+    assert outcome.path[-5:] == ["taxi_back", "drive_back", "fly_back", "travel_back", "output_plan"]
+    visits = Counter(outcome.path)
+    assert visits["attraction"] == 2 and visits["stay_night"] == 1 and visits["pick_city"] == 0
+    assert branches(steps, "last_day") == ["no", "yes"]  # decided from data: visits.attraction >= days
+    parsed = steps[0].output
+    assert parsed == {"days": 2, "origin": "Seattle", "destination": "Austin", "date": "2025-03-10"}
+    flights = next(s for s in steps if s.step == "fly_there").output["flights"]
+    assert flights and all(re.fullmatch(r"F\d{7}", f["flight"]) for f in flights)
+    taxi, drive = (next(s for s in steps if s.step == name).output for name in ("taxi_there", "drive_there"))
+    assert taxi["miles"] == drive["miles"] and taxi["cost"] > drive["cost"]
+    calls = kernel.storage.rows(ToolCallRow)
+    assert [c.tool for c in calls] == [s.tools[0]["tool"] for s in steps if s.tools]
+    assert all(c.error is None for c in calls)
+    (row,) = kernel.storage.rows(RunRow)
+    assert (row.status, row.answer, row.inputs) == ("finished", outcome.answer, {"query": query})
+    assert json.loads(outcome.answer)["days"] == [{"city": "Austin"}, {"city": "Austin"}]  # text: no output_schema
+
+
+def test_travel_agent_state_trip_loops_back_through_pick_city(tmp_path: Path) -> None:
+    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-state.yaml",
+                          {"query": "7 days from Seattle to Texas, leaving 2025-03-10"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    steps = stored_steps(kernel, outcome)
+    visits = Counter(outcome.path)
+    assert visits["pick_city"] == 3 and visits["next_city"] == 2 and visits["attraction"] == 7
+    assert branches(steps, "transport_ok") == ["no", "yes", "yes", "yes", "yes"]
+    assert branches(steps, "accommodation_found") == ["no", "yes", "yes", "yes", "yes", "yes"]
+    assert branches(steps, "third_day").count("yes") == 1 and branches(steps, "fifth_day").count("yes") == 1
+    after_refusal = outcome.path.index("transport_ok") + 1
+    assert outcome.path[after_refusal] == "pick_city"
+    cities = [s.output["destination"] for s in steps if s.step == "taxi_there"]
+    assert cities == ["Austin", "Dallas", "Houston", "San Antonio", "El Paso"]
+    assert {s.output["state"] for s in steps if s.step in ("pick_city", "next_city")} == {"Texas"}
+    assert steps[-1].output == outcome.answer
+
+
+def test_the_travel_cassettes_take_every_branch(tmp_path: Path) -> None:
+    checked = load_flow(FLOWS / "travel_agent.yaml")
+    taken = set()
+    for name in ("city", "state"):
+        outcome, _ = run(checked, CASSETTES / f"travel_agent-{name}.yaml", {"query": name}, tmp_path / name)
+        taken |= set(zip(outcome.path, outcome.path[1:], strict=False))
+    assert {(a, b) for a, b, _ in checked.graph.edges(keys=True)} == taken
+
+
+def test_math_agent_solves_each_subproblem_with_the_calculator(tmp_path: Path) -> None:
+    outcome, kernel = run(FLOWS / "math_agent.yaml", CASSETTES / "math_agent.yaml",
+                          {"problem": "A train covers 180 km in 2.5 hours. What is its speed in m/s?"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    assert outcome.path == ["plan", "solve_next", "more_subproblems", "solve_next", "more_subproblems",
+                            "solve_next", "more_subproblems", "check_answer", "answer"]
+    steps = stored_steps(kernel, outcome)
+    assert [s.output["result"] for s in steps if s.step == "solve_next"] == [180000, 9000, 20]
+    assert outcome.answer == {"answer": "20 m/s", "working": "180000 m / 9000 s"}
+    # The last prompt carries the description, the inputs, the progress so far and the instruction, in order.
+    prompt = steps[-1].prompt
+    assert prompt[0]["role"] == "system" and "mathematical problems" in prompt[0]["content"]
+    assert "180 km in 2.5 hours" in prompt[0]["content"]
+    assert any("180000 / 9000" in m["content"] and "20" in m["content"] for m in prompt[1:-1])
+    assert prompt[-1]["content"].startswith("Give the final answer")
+    # Every model call is a syscall of this run, with its timings.
+    calls = kernel.storage.of_runs(SyscallRow, [outcome.run_id])
+    assert Counter(c.kind for c in calls)["call_tool"] == 3
+    assert all(c.finished >= c.started >= c.created for c in calls)
+    # What was left in short-term memory went to long-term memory when the run ended.
+    assert any("180 * 1000" in m.content for m in kernel.storage.rows(MemoryRow))
+
+
+def test_narrative_agent_revises_twice_then_saves_the_story(tmp_path: Path) -> None:
+    outcome, kernel = run(FLOWS / "narrative_agent.yaml", CASSETTES / "narrative_agent.yaml",
+                          {"premise": "a lighthouse keeper"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    steps = stored_steps(kernel, outcome)
+    assert branches(steps, "revision_budget") == ["yes", "yes", "no"]
+    assert branches(steps, "review") == ["needs work", "needs work"]
+    assert outcome.path[-2:] == ["save_story", "story"]
+    saved = tmp_path / "workspaces" / outcome.run_id / "story.md"
+    assert saved.read_text().startswith("# The Keeper of Vey")
+    assert outcome.answer.startswith("The Keeper of Vey")
+
+
+def test_rec_agent_takes_the_hotel_branch(tmp_path: Path) -> None:
+    outcome, kernel = run(FLOWS / "rec_agent.yaml", CASSETTES / "rec_agent.yaml",
+                          {"request": "a quiet hotel in Austin under $150 a night"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    assert outcome.path == ["understand", "direction", "search_hotels", "rank", "recommend"]
+    found = stored_steps(kernel, outcome)[2].output["accommodations"]
+    assert len(found) == 5 and [a["price"] for a in found] == sorted(a["price"] for a in found)
+    assert outcome.answer["recommendations"][0]["name"] == "first"
+
+
+def test_sql_analyst_fixes_its_query_once(tmp_path: Path) -> None:
+    outcome, kernel = run(FLOWS / "sql_analyst.yaml", CASSETTES / "sql_analyst.yaml",
+                          {"question": "Which state has the most cities?", "tables": "cities(name, state)"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    assert outcome.path == ["write_query", "result_ok", "retries_left", "fix_query", "result_ok", "answer"]
+    steps = stored_steps(kernel, outcome)
+    assert (steps[0].output["columns"], steps[0].output["rows"]) == (["n"], [[30]])
+    assert steps[3].output["rows"] == [["California", 5]]
+
+
+def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> None:
+    checked = load_flow(FLOWS / "notes_digest.yaml")
+    backend = read_cassette(CASSETTES / "notes_digest.yaml")
+    kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("Bees visit clover.")
+    (notes / "b.md").write_text("Clover wilts without rain.")
+    from engine.interpreter.walk import Progress
+
+    progress = Progress()
+    kernel.run_workspaces[progress.run_id] = notes
+    outcome = asyncio.run(run_flow(kernel, checked.graph, {"topic": "bees", "files": ["a.md", "b.md"]},
+                                   file="notes_digest.yaml", progress=progress))
+    assert outcome.status == "finished", outcome.error
+    assert outcome.path == ["read_next", "take_notes", "files_left", "read_next", "take_notes", "files_left",
+                            "write_digest", "summary"]
+    steps = stored_steps(kernel, outcome)
+    assert [s.output["content"] for s in steps if s.step == "read_next"] == ["Bees visit clover.",
+                                                                           "Clover wilts without rain."]
+    # take_notes' instruction names the file just read: visits count the current visit.
+    assert [s.prompt[-1]["content"].split(" says about")[0][-4:] for s in steps if s.step == "take_notes"] == \
+        ["a.md", "b.md"]
+    assert "(b.md)" in (notes / "digest.md").read_text()
