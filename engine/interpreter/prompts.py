@@ -36,8 +36,22 @@ def ask_for(instruction: str, schema: dict[str, Any] | None = None, labels: Iter
         return (f"{instruction}\nCall {' or '.join(tools)}: answer with JSON, "
                 '{"tool": "<its name>", "arguments": {...}}.')
     if schema is not None:
-        return f"{instruction}\nAnswer with JSON matching this schema: {json.dumps(schema)}"
+        return f"{instruction}\nAnswer with JSON like {json.dumps(example(schema))}"
     return instruction
+
+
+def example(schema: Any) -> Any:
+    """A value of the shape `schema` describes, with placeholders: what a small model copies best."""
+    if not isinstance(schema, dict):
+        return "..."
+    if "enum" in schema or "const" in schema:
+        return schema.get("enum", [schema.get("const")])[0]
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {k: example(v) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [example(schema.get("items", {}))]
+    return {"integer": 0, "number": 0.0, "boolean": True, "null": None}.get(kind, "...")  # type: ignore[arg-type]
 
 
 def progress_entries(ask: str, output: Any, tool_calls: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -36,7 +36,7 @@ from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError, Request
 from engine.llm.scripted import CassetteError
 
-DEFAULT_MAX_TOKENS = 256  # per model call, unless the flow's model.options set max_tokens
+DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
 CHOICE_MAX_TOKENS = 32  # a label, quoted
 NO_TOOL = "none"  # the choice of a `tools:` step that needs none of them
 

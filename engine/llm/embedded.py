@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, remaining_tokens
+from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, bounded, remaining_tokens
 
 _SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop"}
 
@@ -93,7 +93,7 @@ class EmbeddedBackend:
                 return Result(resume.text if resume else "", "length", 0, 0)
             body["max_tokens"] = left
         if request.schema is not None:
-            body["json_schema"] = request.schema
+            body["json_schema"] = bounded(request.schema)
         if request.grammar is not None:
             body["grammar"] = request.grammar
         pieces = [resume.text] if resume else []

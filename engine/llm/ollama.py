@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import ollama
 
-from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, remaining_tokens
+from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, bounded, remaining_tokens
 
 DEFAULT_HOST = "http://localhost:11434"
 _OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -61,7 +61,7 @@ class OllamaBackend:
         new, prompt_tokens = 0, 0
         try:
             stream = await self._client.chat(model=self.model, messages=messages, stream=True,
-                                             format=request.schema, options=options)
+                                             format=bounded(request.schema), options=options)
             async for part in stream:
                 content = part.message.content or ""
                 if content:
