@@ -9,8 +9,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from engine.flow.validate import CheckedFlow, load_flow
 from engine.interpreter.setup import kernel_for, read_cassette
 from engine.interpreter.walk import RunOutcome, run_flow

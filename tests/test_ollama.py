@@ -11,7 +11,7 @@ import pytest
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.auto import ollama_answers, open_backend, pick_kind
-from engine.llm.base import BackendError, Request
+from engine.llm.base import BackendError, Request, bounded
 from engine.llm.ollama import OllamaBackend, host
 from tests.fake_ollama import FakeOllama
 
@@ -47,7 +47,7 @@ def test_streams_tokens_and_sends_options_and_format(fake: FakeOllama) -> None:
     assert result.text == ANSWER and "".join(seen) == ANSWER
     assert (result.finish, result.prompt_tokens, result.completion_tokens) == ("stop", 7, len(seen))
     sent = fake.requests[-1]
-    assert sent["format"] == schema and sent["stream"] is True
+    assert sent["format"] == bounded(schema) and sent["stream"] is True
     assert sent["options"] == {"temperature": 0, "seed": 3, "num_predict": 50, "num_ctx": 4096}
     generate(backend, ask())
     assert fake.requests[-1]["options"]["num_ctx"] == backend.context  # sent even when the request sets none

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.llm.base import Request
+from engine.llm.base import ITEMS_ROOM, STRING_ROOM, Request, bounded
 from engine.llm.scripted import CassetteError, ScriptedBackend, tokenize
 
 
@@ -65,3 +65,19 @@ def test_malformed_responses_are_refused() -> None:
     for responses in (3, [{"key": "a"}], [{"text": True}], ["text"]):
         with pytest.raises(CassetteError):
             ScriptedBackend.from_responses(responses)
+
+
+def test_bounded_schemas_let_a_constrained_generation_end() -> None:
+    schema = {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "code": {"type": "string", "pattern": "^F[0-9]+$"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}},
+        "kind": {"type": "string", "enum": ["a", "b"]}, "note": {"type": "string", "minLength": 500}}}
+    out = bounded(schema)
+    assert out["additionalProperties"] is False and out["required"] == ["name"]
+    assert out["properties"]["name"]["maxLength"] == STRING_ROOM
+    assert "maxLength" not in out["properties"]["code"] and "maxLength" not in out["properties"]["kind"]
+    assert out["properties"]["tags"] == {"type": "array", "items": {"type": "string", "maxLength": 8},
+                                         "maxItems": ITEMS_ROOM}
+    assert out["properties"]["note"]["maxLength"] == 500  # never below what the schema demands
+    assert schema["properties"]["name"] == {"type": "string"}  # the schema itself is left as it was
+    assert bounded({"type": "object", "additionalProperties": True})["additionalProperties"] is True
