@@ -103,7 +103,7 @@ def trip(kernel: Kernel, name: str, **arguments):
 
 
 def test_the_travel_database_supports_a_multi_day_trip(travel: Kernel) -> None:
-    cities = trip(travel, "city_search", state="texas")["cities"]
+    cities = trip(travel, "city_search", state="Texas")["cities"]
     assert len(cities) >= 4 and "Austin" in cities
     flights = trip(travel, "flight_search", origin="Seattle", destination="Austin", date="2025-03-10")["flights"]
     assert flights and all(f["flight"].startswith("F") and len(f["flight"]) == 8 and f["price"] > 0 for f in flights)
@@ -119,7 +119,9 @@ def test_the_travel_database_supports_a_multi_day_trip(travel: Kernel) -> None:
 
 def test_travel_answers_are_deterministic(travel: Kernel, tmp_path: Path) -> None:
     first = trip(travel, "flight_search", origin="Miami", destination="Denver", date="2025-06-01")
-    assert trip(travel, "flight_search", origin="miami", destination="denver", date="2025-06-01") == first
+    from tools.travel import flight_search
+
+    assert flight_search(origin="miami", destination="denver", date="2025-06-01") == first  # any case, called direct
     assert trip(travel, "flight_search", origin="Miami", destination="Denver", date="2025-06-02") != first
     from tools.travel import build
 
@@ -128,12 +130,31 @@ def test_travel_answers_are_deterministic(travel: Kernel, tmp_path: Path) -> Non
 
 
 def test_travel_errors_name_what_exists(travel: Kernel) -> None:
-    with pytest.raises(ToolError, match=r"no city 'Atlantis'.*cities: Albany"):
-        trip(travel, "restaurant_search", city="Atlantis")
-    with pytest.raises(ToolError, match="no state 'Ohio'"):
-        trip(travel, "city_search", state="Ohio")
+    from tools.travel import city_search, restaurant_search
+
+    with pytest.raises(ValueError, match=r"no city 'Atlantis'.*cities: Albany"):
+        restaurant_search(city="Atlantis")  # the code itself, as a manifest without enums would call it
+    with pytest.raises(ValueError, match="no state 'Ohio'"):
+        city_search(state="Ohio")
+    with pytest.raises(ToolError, match='"Atlantis" is not one of'):
+        trip(travel, "restaurant_search", city="Atlantis")  # the manifest's enums
     with pytest.raises(ToolError, match="mode"):
-        trip(travel, "distance", origin="Austin", destination="Dallas", mode="walking")  # the manifest's enum
+        trip(travel, "distance", origin="Austin", destination="Dallas", mode="walking")
+
+
+def test_the_travel_manifests_enumerate_exactly_the_database(travel: Kernel) -> None:
+    # A small model's constrained decoding can only name places that exist; the enums must follow the data.
+    from tools.travel import CITIES
+
+    cities = sorted(city for state in CITIES.values() for city in state)
+    rows = query(travel, "SELECT name FROM cities ORDER BY name", max_rows=1000)["rows"]
+    assert [r[0] for r in rows] == cities
+    for tool in travel.tools.tools.values():
+        for name, spec in tool.parameters["properties"].items():
+            if name in ("origin", "destination", "city"):
+                assert spec["enum"] == cities, (tool.name, name)
+            elif name == "state":
+                assert spec["enum"] == list(CITIES), tool.name
 
 
 def query(kernel: Kernel, text: str, **extra):

@@ -156,10 +156,16 @@ class Storage:
         if "://" not in self.url:
             self.url = f"sqlite:///{Path(self.url).resolve()}"
         self.sqlite = self.url.startswith("sqlite")
-        if self.sqlite and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        plain_file = self.url.removeprefix("sqlite:///")
+        if self.sqlite and self.url.startswith("sqlite:///") and not plain_file.startswith((":memory:", "file:")):
+            try:
+                Path(plain_file).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the folder of database {self.url}: {exc.strerror}") from None
+        # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
+        timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
         try:
-            self.engine = create_engine(self.url, connect_args={"timeout": 30} if self.sqlite else {})
+            self.engine = create_engine(self.url, connect_args={"timeout": timeout} if self.sqlite else {})
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
         if self.sqlite:
