@@ -171,3 +171,44 @@ def test_fast_reader_covers_the_common_shapes() -> None:
                  "{{ 'yes' if visits.a >= steps.p.output.days and not visits.b else 'no' }}",
                  "{{ 'yes' if visits.solve < steps.plan.output.items | length else 'no' }}"]:
         assert templates._Reader.facts(text) is not None, text
+
+
+CONTEXT = {
+    "inputs": {"days": 3, "files": ["a.md", "b.md"], "ratio": 2.5, "flag": True, "none": None, "nested": {"k": "v"}},
+    "steps": {"a": {"output": {"n": 1, "items": [1, 2], "keys": "k", "text": "{{ not markup }}"}}},
+    "visits": {"a": 2, "b": 0},
+}
+plain_paths = st.sampled_from([
+    "inputs.days", "inputs.files[1]", "inputs.files[2]", "inputs.ratio", "inputs.flag", "inputs.none",
+    "inputs.nested", "inputs.nested.k", "inputs.missing", "steps.a.output.n", "steps.a.output.items",
+    "steps.a.output.items[0]", "steps.a.output.keys", "steps.a.output.text", "visits.a", "visits.b", "x",
+    "inputs.files",
+])
+render_texts = st.lists(
+    st.builds(lambda left, path, right: "{{" + left + path + right + "}}", st.sampled_from(["", " ", "  "]),
+              plain_paths, st.sampled_from(["", " "]))
+    | holes | st.sampled_from(["text ", " ", "\n", "{", "}", "{%", "{# c #}", "}}", "é"]),
+    min_size=1, max_size=4).map("".join)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=render_texts)
+def test_direct_rendering_agrees_with_jinja(text: str) -> None:
+    from engine.flow import templates
+
+    def outcome(render):
+        try:
+            return "ok", render()
+        except Exception as exc:
+            return "error", type(exc).__name__
+
+    jinja = outcome(lambda: templates.environment.from_string(text).render(CONTEXT))
+    assert outcome(lambda: templates.render(text, CONTEXT)) == jinja, text
+
+
+def test_direct_rendering_covers_plain_instructions() -> None:
+    from engine.flow import templates
+
+    text = "Plan {{ inputs.days }} days from {{inputs.files[0]}}."
+    assert templates._plain(text, CONTEXT) == "Plan 3 days from a.md."
+    assert templates._plain("{{ steps.a.output.keys }}", CONTEXT) is None  # a dict attribute: Jinja2 decides

@@ -23,10 +23,9 @@ from typing import Any
 
 import jsonschema_rs
 import networkx as nx
-from jinja2 import Template
 
 from engine.flow.model import Flow, Step
-from engine.flow.templates import environment
+from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
@@ -93,7 +92,7 @@ class _Run:
     def render(self, step: Step, name: str, text: str) -> str:
         """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits."""
         try:
-            return _template(text).render(inputs=self.inputs, steps=self.steps, visits=self.visits)
+            return render(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
             raise RunError(f"{self.file}: step {step.id}: its {name} cannot be rendered: {exc}") from None
 
@@ -275,11 +274,6 @@ def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
 @functools.lru_cache(maxsize=256)
 def _validator(schema: str) -> Any:
     return jsonschema_rs.validator_for(json.loads(schema))
-
-
-@functools.lru_cache(maxsize=1024)
-def _template(text: str) -> Template:
-    return environment.from_string(text)
 
 
 def _ordinal(n: int) -> str:
