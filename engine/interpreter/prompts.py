@@ -1,6 +1,10 @@
-"""The messages a step sends the model: the agent's description, the task's inputs and the tools it may use (one
-system message, never dropped), the progress so far (short-term memory, oldest first, which the context manager
-may drop or summarize), and the step's own instruction or question last."""
+"""The messages a step sends the model: the agent's description and the task's inputs (one system message, the
+same for the whole run, never dropped), the progress so far (short-term memory, oldest first, which the context
+manager may drop or summarize), and last the step's own instruction or question with the tools it may use.
+
+Whatever changes from step to step comes last, so that the start of every prompt of a run is the same and a
+backend's cached prompt prefix is reused instead of recomputed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import Any
 from engine.kernel.memory import Entry
 from engine.kernel.tools import Tool
 
+ENTRY_ROOM = 600  # characters of one progress entry; a long tool result fills the model's window in a few steps
+
 
 def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool], progress: Iterable[Entry],
                   ask: str) -> list[dict[str, str]]:
@@ -20,7 +26,7 @@ def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool
         system += "\n\nThe task's inputs:\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in inputs.items())
     listed = [f"- {t.name}: {t.description}" for t in tools]
     if listed:
-        system += "\n\nTools you can use:\n" + "\n".join(listed)
+        ask = "Tools you can use:\n" + "\n".join(listed) + "\n\n" + ask
     history = [{"role": e.role, "content": e.content} for e in progress]
     return [{"role": "system", "content": system}, *history, {"role": "user", "content": ask}]
 
@@ -55,12 +61,17 @@ def example(schema: Any) -> Any:
 
 
 def progress_entries(ask: str, output: Any, tool_calls: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """What a finished step adds to short-term memory: what it asked, and what came of it."""
+    """What a finished step adds to short-term memory: what it asked, and what came of it (long results cut to
+    ENTRY_ROOM characters: the whole of them is in the step's record)."""
     lines = [f"Called {c['tool']}({_text(c['arguments'])}) -> {_text(c.get('result', c.get('error')))}"
              for c in tool_calls]
     if not tool_calls or output != tool_calls[-1].get("result"):  # not already said by the tool's result
         lines.append(_text(output))
-    return [("user", ask), ("assistant", "\n".join(lines))]
+    return [("user", _cut(ask)), ("assistant", _cut("\n".join(lines)))]
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= ENTRY_ROOM else text[: ENTRY_ROOM - 1] + "…"
 
 
 def _text(value: Any) -> str:

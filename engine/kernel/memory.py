@@ -28,13 +28,15 @@ class Memory:
         self._runs: dict[str, tuple[str, deque[Entry]]] = {}
 
     def remember(self, agent: str, run: str, added: Iterable[tuple[str, str]]) -> None:
-        """Add interactions, (role, content) each, to the run's short-term memory; the oldest move to long-term
-        memory when it is full."""
+        """Add interactions, (role, content) each, to the run's short-term memory. When it is full, its older half
+        moves to long-term memory: evicting in halves rather than one by one keeps the start of the prompts built
+        from it the same for many steps, so a backend's cached prompt prefix goes on being reused."""
         _, entries = self._runs.setdefault(run, (agent, deque()))
         entries.extend(Entry(role, content) for role, content in added)
-        while len(entries) > self.capacity:
-            evicted = entries.popleft()
-            self.storage.add_memory(agent, run, evicted.role, evicted.content)
+        if len(entries) > self.capacity:
+            while len(entries) > self.capacity // 2:
+                evicted = entries.popleft()
+                self.storage.add_memory(agent, run, evicted.role, evicted.content)
 
     def recent(self, run: str) -> list[Entry]:
         """The run's short-term memory, oldest first."""

@@ -67,13 +67,18 @@ class EmbeddedBackend:
             if not self._free:
                 raise BackendError(f"all {self.slots} slots are busy: the scheduler should not ask for more")
             slot = self._free.pop()
+        cancelled = threading.Event()  # a cancelled caller (Ctrl-C) stops the generation at its next token
         try:
-            return await asyncio.to_thread(self._generate, request, on_token, resume, slot)
+            return await asyncio.to_thread(self._generate, request, on_token, resume, slot, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         finally:
             with self._lock:
                 self._free.append(slot)
 
-    def _generate(self, request: Request, on_token: OnToken, resume: Snapshot | None, slot: int) -> Result:
+    def _generate(self, request: Request, on_token: OnToken, resume: Snapshot | None, slot: int,
+                  cancelled: threading.Event) -> Result:
         prompt = self._post("/apply-template", {"messages": request.messages})["prompt"]
         ids: list[int] = list(resume.state["ids"]) if resume else []
         if resume:
@@ -100,6 +105,8 @@ class EmbeddedBackend:
         state = {"new": 0, "stopped": False, "finish": "stop", "prompt_tokens": 0, "error": None}
 
         def on_chunk(chunk: Any) -> bool:
+            if cancelled.is_set():
+                return True
             if isinstance(chunk, dict) and "error" in chunk:
                 state["error"] = chunk["error"]
                 return True

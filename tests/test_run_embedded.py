@@ -1,0 +1,48 @@
+"""`flowrun run` end to end on the real default model (SmolLM2-135M, embedded): slow, run in CI.
+
+The model's answers are its own; what is checked is what flowrun guarantees whatever they are: the run reaches
+its terminal step, every decision is one of its labels, every tool call fits the tool's schema and is recorded,
+and storage holds every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.flow.validate import load_flow
+from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
+from tests.conftest import FLOWS, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(FLOWS / "math_agent.yaml"), "--backend", "auto", "--json",
+         "-i", "problem=A train covers 180 km in 2.5 hours. What is its speed in m/s?", "--db", str(db)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=280,
+        env={**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "no Ollama server at http://127.0.0.1:9: using the embedded model" in done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "finished" and result["steps"][-1] == "answer"
+    assert isinstance(result["answer"]["answer"], str)  # the terminal's output_schema held
+    storage = Storage(f"sqlite:///{db}")
+    (run,) = storage.rows(RunRow)
+    steps = storage.rows(StepRow)
+    assert (run.status, [s.step for s in steps]) == ("finished", result["steps"])
+    flow = load_flow(FLOWS / "math_agent.yaml").flow
+    for step in steps:
+        if flow.steps[step.step].kind == "decision":
+            assert step.branch in flow.steps[step.step].branches
+    calls = storage.rows(ToolCallRow)
+    assert len(calls) == result["steps"].count("solve_next") + result["steps"].count("convert_units")
+    assert all(c.tool == "calculator" and isinstance(c.arguments["expression"], str) for c in calls)
+    assert sum(s.tokens for s in steps) > 0
