@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import venv
@@ -20,7 +21,7 @@ def sh(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 @pytest.mark.slow
-def test_wheel_install_validates_and_draws_bundled_flows(tmp_path: Path) -> None:
+def test_wheel_install_validates_draws_and_runs_bundled_flows(tmp_path: Path) -> None:
     sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", ROOT)
     (wheel,) = (tmp_path / "dist").glob("flowrun-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -43,3 +44,8 @@ def test_wheel_install_validates_and_draws_bundled_flows(tmp_path: Path) -> None
     graph = sh(flowrun, "graph", bundled_flows / "travel_agent.yaml", cwd=elsewhere).stdout
     assert graph.startswith("flowchart TD") and graph.count("-->") == 29
     assert "calculator" in sh(flowrun, "tools", "list", cwd=elsewhere).stdout
+    # The bundled tools' code runs from the wheel, and the run lands in .flowrun/ of the working directory.
+    ran = sh(flowrun, "run", bundled_flows / "math_agent.yaml", "-i", "problem=180 km in 2.5 h?", "--json",
+             "--backend", "scripted", "--cassette", ROOT / "tests" / "cassettes" / "math_agent.yaml", cwd=elsewhere)
+    assert json.loads(ran.stdout)["answer"]["answer"] == "20 m/s"
+    assert (elsewhere / ".flowrun" / "flowrun.db").is_file()
