@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.flow.validate import CheckedFlow, load_flow
 from engine.interpreter.setup import kernel_for, read_cassette
 from engine.interpreter.walk import RunOutcome, run_flow
@@ -174,3 +176,95 @@ def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> N
     assert [s.prompt[-1]["content"].split(" says about")[0][-4:] for s in steps if s.step == "take_notes"] == \
         ["a.md", "b.md"]
     assert "(b.md)" in (notes / "digest.md").read_text()
+
+
+LOOP = """\
+flowrun: 1
+name: Looper
+description: Loops while the model says so.
+limits: {max_steps: STEPS, max_visits: VISITS}
+steps:
+  work:
+    kind: process
+    instruction: Work.
+    next: again
+  again:
+    kind: decision
+    question: Again?
+    branches: {"yes": work, "no": done}
+  done:
+    kind: terminal
+    instruction: Done.
+"""
+
+
+@pytest.mark.parametrize(("steps", "visits", "message", "kept"), [
+    (5, 50, "the run has taken limits.max_steps (5) steps and would go on to step again", 5),
+    (50, 3, "step work would run for the 4th time, more than limits.max_visits (3) allows", 6),
+])
+def test_limits_stop_a_looping_run_with_a_message(tmp_path: Path, steps: int, visits: int, message: str,
+                                                  kept: int) -> None:
+    flow = tmp_path / "loop.yaml"
+    flow.write_text(LOOP.replace("STEPS", str(steps)).replace("VISITS", str(visits)))
+    answers = [{"key": "work", "text": "worked", "times": 10}, {"key": "again", "text": "yes", "times": 10}]
+    outcome, kernel = run(flow, answers, {}, tmp_path)
+    assert outcome.status == "failed" and message in outcome.error and str(flow) in outcome.error
+    assert len(stored_steps(kernel, outcome)) == kept
+    (row,) = kernel.storage.rows(RunRow)
+    assert (row.status, row.error) == ("failed", outcome.error)
+
+
+def test_a_tools_step_lets_the_model_choose_a_tool_or_none(tmp_path: Path) -> None:
+    flow = tmp_path / "choosy.yaml"
+    flow.write_text("""\
+flowrun: 1
+name: Choosy
+description: Picks its tools.
+tools: [calculator, city_search]
+steps:
+  look:
+    kind: process
+    instruction: Find what is needed.
+    tools: [calculator, city_search]
+    next: look_again
+  look_again:
+    kind: process
+    instruction: Anything else?
+    tools: [calculator, city_search]
+    next: done
+  done:
+    kind: terminal
+    instruction: Done.
+""")
+    answers = [{"key": "look", "text": "calculator"},
+               {"key": "look", "text": '{"tool": "calculator", "arguments": {"expression": "6 * 7"}}'},
+               {"key": "look_again", "text": "none"}, {"key": "look_again", "text": "nothing more"},
+               {"key": "done", "text": "42"}]
+    outcome, kernel = run(flow, answers, {}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    first, second, _ = stored_steps(kernel, outcome)
+    assert first.tools[0]["result"]["result"] == 42 and first.output["result"] == 42
+    assert second.tools is None and second.output == "nothing more"
+
+
+def test_a_decide_rendering_no_label_fails_the_run(tmp_path: Path) -> None:
+    flow = tmp_path / "decider.yaml"
+    flow.write_text("""\
+flowrun: 1
+name: Decider
+description: Decides from its input.
+inputs:
+  answer: {type: string}
+steps:
+  route:
+    kind: decision
+    question: Which way?
+    decide: "{{ inputs.answer }}"
+    branches: {left: done, right: done}
+  done:
+    kind: terminal
+    instruction: Done.
+""")
+    outcome, _ = run(flow, [], {"answer": "up"}, tmp_path)
+    assert outcome.status == "failed"
+    assert "step route: `decide` gave 'up', which is not one of its labels (left, right)" in outcome.error
