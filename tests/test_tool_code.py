@@ -33,6 +33,8 @@ def calc(kernel: Kernel, expression: str):
     ("(12.5 * 4) / sqrt(16)", 12.5),
     ("180 / 2.5 * 1000 / 3600", 20.0),
     ("2 ^ 10", 1024),
+    ("15% * 240", 36.0),
+    ("7 % 3 + 50%", 1.5),
     ("round(pi * 2, 3)", 6.283),
     ("factorial(5) + max(3, 7) - abs(-2)", 125),
     ("log10(1000) + floor(2.7)", 5.0),
@@ -46,8 +48,12 @@ def test_arithmetic(kernel: Kernel, expression: str, value: float) -> None:
     "open('x')", "sqrt(-1)", "2 +",
 ])
 def test_anything_else_is_refused_with_a_reason(kernel: Kernel, expression: str) -> None:
-    with pytest.raises(ToolError, match=r"cannot evaluate|not arithmetic"):
+    from tools.calculator import calculate
+
+    with pytest.raises(ToolError, match=r"cannot evaluate|not arithmetic|does not match"):  # the manifest's pattern
         calc(kernel, expression)
+    with pytest.raises(ValueError, match=r"cannot evaluate|not arithmetic"):  # and the code itself
+        calculate(expression)
 
 
 def test_every_call_is_recorded(kernel: Kernel) -> None:
@@ -140,6 +146,17 @@ def test_travel_errors_name_what_exists(travel: Kernel) -> None:
         trip(travel, "restaurant_search", city="Atlantis")  # the manifest's enums
     with pytest.raises(ToolError, match="mode"):
         trip(travel, "distance", origin="Austin", destination="Dallas", mode="walking")
+
+
+def test_the_calculator_pattern_admits_exactly_its_functions_and_names() -> None:
+    import re
+
+    from tools.calculator import FUNCTIONS, NAMES
+
+    pattern = load_tools([]).tools["calculator"].parameters["properties"]["expression"]["pattern"]
+    words = set(re.findall(r"[a-z][a-z0-9]*", pattern))
+    assert words == set(FUNCTIONS) | set(NAMES)
+    assert re.fullmatch(pattern, "round(sqrt(16) * pi, 2) + 15% - 2^3") and not re.fullmatch(pattern, "15% of 240")
 
 
 def test_the_travel_manifests_enumerate_exactly_the_database(travel: Kernel) -> None:

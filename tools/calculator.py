@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from numbers import Real
 from typing import Any
 
@@ -27,11 +28,15 @@ FUNCTIONS = {
 NAMES = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
 
+# A number followed by % and no operand after it is a percentage ("15% * 240"); "7 % 3" stays a remainder.
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d.(a-z])")
+
+
 def calculate(expression: str) -> dict[str, Any]:
-    """The value of `expression` (`^` is read as a power, as people write it)."""
+    """The value of `expression` (`^` is read as a power and `15%` as 0.15, as people write them)."""
     evaluator = SimpleEval(functions=FUNCTIONS, names=NAMES)
     try:
-        value = evaluator.eval(expression.replace("^", "**"))
+        value = evaluator.eval(_PERCENT.sub(r"(\1 / 100)", expression).replace("^", "**"))
     except (InvalidExpression, SyntaxError, ArithmeticError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot evaluate {expression!r}: {exc}") from None
     if not isinstance(value, Real) or isinstance(value, bool):
