@@ -124,7 +124,7 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
     row = RunRow(id=run.id, agent=run.agent, flow=file, status="running", batch=batch, inputs=inputs,
                  created=time.time())
     try:
-        await asyncio.to_thread(kernel.storage.start_run, row)
+        await kernel.storage.commit(kernel.storage.start_run, row)
         answer = await _walk(kernel, graph, run)
     except asyncio.CancelledError:
         await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
@@ -141,8 +141,8 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
 async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error: str | None = None) -> RunOutcome:
     """Store how the run ended (and move its short-term memory to long-term memory)."""
     try:
-        await asyncio.to_thread(kernel.storage.finish_run, run.id, status, answer, error)
-        await asyncio.to_thread(kernel.memory.end_run, run.id)
+        kernel.memory.end_run(run.id)
+        await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
     except StorageError as exc:
         status, error = "failed", f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     run.progress.status = status
@@ -172,7 +172,7 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
         row = StepRow(run_id=run.id, step=step.id, visit=visit, kind=step.kind, prompt=done.prompt,
                       output=done.output, branch=done.branch, tools=done.tool_calls or None,
                       tokens=kernel.scheduler.generated[run.id] - tokens, started=started, finished=time.time())
-        await asyncio.to_thread(kernel.storage.record_step, row)
+        await kernel.storage.commit(kernel.storage.record_step, row)
         run.steps[step.id] = {"output": done.output}
         run.progress.steps += 1
         if step.kind == "terminal":

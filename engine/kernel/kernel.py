@@ -4,8 +4,8 @@
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
-Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), on a worker
-thread, so that a commit never holds up the other agents' syscalls.
+Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), queued to the
+storage's writer thread, so that a commit never holds up the other agents' syscalls.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
+            self.storage.later(self.storage.record_syscall, syscall, error)
 
     async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int) -> str:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in dropped)
@@ -105,7 +105,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
+            self.storage.later(self.storage.record_syscall, syscall, error)
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
@@ -138,8 +138,13 @@ class Kernel:
         raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
 
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
-        """Add interactions, (role, content) each, to the run's short-term memory."""
-        await self._serve(SyscallKind.MEMORY, agent, run, self.memory.remember, agent, run, entries)
+        """Add interactions, (role, content) each, to the run's short-term memory (in process; what it evicts to
+        long-term memory, and the syscall's record, are queued to storage)."""
+        syscall = Syscall(SyscallKind.MEMORY, agent, run)
+        syscall.started = syscall.created
+        self.memory.remember(agent, run, entries)
+        syscall.finished = time.time()
+        self.storage.later(self.storage.record_syscall, syscall)
 
     async def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
                      ) -> list[MemoryRow]:
@@ -168,18 +173,22 @@ class Kernel:
         return await self._serve(SyscallKind.STORAGE, agent, run, read)
 
     async def _serve(self, kind: SyscallKind, agent: str, run: str, work: Callable[..., Any], *args: Any) -> Any:
-        """Run a memory or storage syscall on a worker thread (they touch the database) and store its record."""
+        """Run a memory or storage syscall and store its record, on one worker thread (both touch the database)."""
         syscall = Syscall(kind, agent, run)
         syscall.started = syscall.created
-        error = None
-        try:
-            return await asyncio.to_thread(work, *args)
-        except Exception as exc:
-            error = str(exc)
-            raise
-        finally:
-            syscall.finished = time.time()
-            await asyncio.to_thread(self.storage.record_syscall, syscall, error)
+
+        def serve() -> Any:
+            error = None
+            try:
+                return work(*args)
+            except Exception as exc:
+                error = str(exc)
+                raise
+            finally:
+                syscall.finished = time.time()
+                self.storage.record_syscall(syscall, error)
+
+        return await asyncio.to_thread(serve)
 
 
 def _json_string(text: str) -> str:

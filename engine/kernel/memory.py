@@ -34,9 +34,8 @@ class Memory:
         _, entries = self._runs.setdefault(run, (agent, deque()))
         entries.extend(Entry(role, content) for role, content in added)
         if len(entries) > self.capacity:
-            while len(entries) > self.capacity // 2:
-                evicted = entries.popleft()
-                self.storage.add_memory(agent, run, evicted.role, evicted.content)
+            evicted = [entries.popleft() for _ in range(len(entries) - self.capacity // 2)]
+            self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in evicted])
 
     def recent(self, run: str) -> list[Entry]:
         """The run's short-term memory, oldest first."""
@@ -49,5 +48,4 @@ class Memory:
     def end_run(self, run: str) -> None:
         """Move what is left of the run's short-term memory to long-term memory."""
         agent, entries = self._runs.pop(run, ("", deque()))
-        for entry in entries:
-            self.storage.add_memory(agent, run, entry.role, entry.content)
+        self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in entries])

@@ -8,15 +8,18 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, event, inspect, text
+from sqlalchemy import JSON, Column, Connection, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 
@@ -162,6 +165,11 @@ class Storage:
                 Path(plain_file).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageError(f"cannot create the folder of database {self.url}: {exc.strerror}") from None
+        self._writer: Connection | None = None
+        self._write_lock = threading.Lock()
+        # One thread does the writes that `later` queues and `commit` awaits, so they are committed in order.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-storage")
+        self._failure: StorageError | None = None
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
         try:
@@ -199,6 +207,34 @@ class Storage:
                 raise StorageError(f"database {self.url} has schema version {found.value}, newer than this "
                                    f"flowrun's {SCHEMA_VERSION}: upgrade flowrun, or use another database (--db)")
 
+    def later(self, write: Callable[..., Any], *args: Any) -> None:
+        """Queue `write(*args)` (a method of this storage) without waiting for it: for the records nothing waits
+        on (syscalls, tool calls, evicted memories). It is committed before any write queued or awaited after it;
+        if it fails, the next `commit` or read raises its StorageError."""
+        self._writes.submit(self._noting_failure, write, *args)
+
+    async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
+        """Do `write(*args)` after every write queued before it, and return once it is committed."""
+        result = await asyncio.get_running_loop().run_in_executor(self._writes, write, *args)
+        self._raise_failure()
+        return result
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed (reads do this first, so they see them)."""
+        self._writes.submit(lambda: None).result()
+        self._raise_failure()
+
+    def _noting_failure(self, write: Callable[..., Any], *args: Any) -> None:
+        try:
+            write(*args)
+        except StorageError as exc:
+            self._failure = self._failure or exc
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
     def start_run(self, run: RunRow) -> None:
         """Store a run as it starts."""
         self._add(run)
@@ -219,6 +255,7 @@ class Storage:
 
     def find_runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
         """The latest runs (of the batch whose id is or starts with `batch`, if given), newest first."""
+        self.flush()
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
         if batch is not None:
             statement = statement.where(col(RunRow.batch).startswith(batch))
@@ -227,6 +264,7 @@ class Storage:
 
     def find_run(self, prefix: str) -> RunRow:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
+        self.flush()
         with self._session() as db:
             found = list(db.exec(select(RunRow).where(col(RunRow.id).startswith(prefix)).limit(2)))
         if len(found) != 1:
@@ -236,6 +274,7 @@ class Storage:
 
     def of_runs(self, table: type[SQLModel], run_ids: list[str]) -> list[Any]:
         """The rows of `table` belonging to runs `run_ids`, in the order they were stored."""
+        self.flush()
         column = col(table.run_id)  # type: ignore[attr-defined]
         order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
         with self._session() as db:
@@ -243,12 +282,12 @@ class Storage:
 
     def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
         """Store a finished syscall with its timings, tokens and preemptions."""
-        row = SyscallRow(id=syscall.id, run_id=syscall.run, agent=syscall.agent, kind=syscall.kind.value,
-                         priority=syscall.priority, created=syscall.created, started=syscall.started,
-                         finished=syscall.finished, waiting=syscall.waiting, turnaround=syscall.turnaround,
-                         tokens=syscall.tokens, preemptions=syscall.preemptions,
-                         slices=syscall.slices or None, error=error)
-        self._add(row)
+        self._insert(SyscallRow, {
+            "id": syscall.id, "run_id": syscall.run, "agent": syscall.agent, "kind": syscall.kind.value,
+            "priority": syscall.priority, "created": syscall.created, "started": syscall.started,
+            "finished": syscall.finished, "waiting": syscall.waiting, "turnaround": syscall.turnaround,
+            "tokens": syscall.tokens, "preemptions": syscall.preemptions, "slices": syscall.slices or None,
+            "error": error})
 
     def record_snapshot(self, syscall: Syscall, snapshot: Snapshot) -> None:
         """Store the snapshot of a suspended syscall."""
@@ -271,23 +310,25 @@ class Storage:
 
     def get(self, agent: str, key: str) -> Any:
         """`agent`'s stored `key`, or None."""
+        self.flush()
         with self._session() as db:
             row = db.get(AgentDataRow, (agent, key))
             return None if row is None else row.value
 
-    def add_memory(self, agent: str, run: str, role: str, content: str) -> None:
-        """Keep an interaction as a long-term memory of `agent`."""
-        with self._session() as db:
-            row = MemoryRow(agent=agent, run_id=run, role=role, content=content, created=time.time())
-            db.add(row)
-            db.flush()
-            if self.sqlite:
-                db.execute(text("INSERT INTO memories_fts(rowid, content) VALUES (:id, :content)"),
-                           {"id": row.id, "content": content})
-            db.commit()
+    def add_memories(self, agent: str, run: str, entries: Iterable[tuple[str, str]]) -> None:
+        """Keep interactions, (role, content) each, as long-term memories of `agent`, in one transaction."""
+        table = MemoryRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            for role, content in entries:
+                added = db.execute(table.insert(), {"agent": agent, "run_id": run, "role": role, "content": content,
+                                                    "created": time.time()})
+                if self.sqlite:
+                    db.execute(text("INSERT INTO memories_fts(rowid, content) VALUES (:id, :content)"),
+                               {"id": added.inserted_primary_key[0], "content": content})
 
     def search_memories(self, agents: list[str], query: str, limit: int = 5) -> list[MemoryRow]:
         """The long-term memories of `agents` matching the words of `query`, best first."""
+        self.flush()
         words = re.findall(r"\w+", query)
         if not words:
             return []
@@ -304,16 +345,30 @@ class Storage:
 
     def rows(self, table: type[SQLModel]) -> list[Any]:
         """Every row of `table` (for inspection and tests)."""
+        self.flush()
         with self._session() as db:
             return list(db.exec(select(table)))
 
     def _add(self, row: SQLModel) -> None:
-        """Insert `row` in a transaction of its own. An INSERT rather than the ORM's session and flush: this is
-        the path of every syscall and step record, and the ORM's unit of work costs several times the commit."""
+        """Insert `row` in a transaction of its own. This is the path of every syscall and step record, so it is
+        a plain INSERT on one connection kept for writing (a session's unit of work, or a connection taken from
+        the pool each time, costs several times the commit itself); worker threads take turns on it."""
         table = row.__table__  # type: ignore[attr-defined]
-        values = {c.name: value for c in table.columns if (value := getattr(row, c.name)) is not None}
-        with self._errors(), self.engine.begin() as db:
-            db.execute(table.insert(), values)
+        self._insert(type(row), {c.name: getattr(row, c.name) for c in table.columns})
+
+    def _insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
+        """Insert one row of `table` (its None values left to the column defaults), committed at once."""
+        with self._writing() as db:
+            db.execute(table.__table__.insert(), {k: v for k, v in values.items() if v is not None})  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """The writing connection, in a transaction committed at the end of the block."""
+        with self._errors(), self._write_lock:
+            if self._writer is None:
+                self._writer = self.engine.connect()
+            with self._writer.begin():
+                yield self._writer
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
