@@ -22,6 +22,7 @@ from engine.kernel.storage import (
     Meta,
     RunRow,
     SnapshotRow,
+    StepRecord,
     StepRow,
     Storage,
     StorageError,
@@ -235,8 +236,7 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     storage = Storage(f"sqlite:///{path}")
     (run,) = storage.rows(RunRow)
     assert (run.id, run.answer, run.batch) == ("r1", "42", None)
-    storage.record_step(StepRow(run_id="r1", step="s", visit=1, kind="process", tools=[{"tool": "t"}],
-                                started=1.0, finished=2.0))
+    storage.record_step(StepRecord("r1", "s", 1, "process", None, None, None, [{"tool": "t"}], 0, 1.0, 2.0))
     assert storage.of_runs(StepRow, ["r1"])[0].tools == [{"tool": "t"}]
     assert storage.rows(Meta)[0].value == str(SCHEMA_VERSION)
 

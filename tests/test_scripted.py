@@ -13,8 +13,9 @@ from engine.llm.scripted import CassetteError, ScriptedBackend, tokenize
 
 
 @given(st.text())
-def test_tokens_join_back_to_the_text(text: str) -> None:
+def test_tokens_join_back_to_the_text_and_are_counted_exactly(text: str) -> None:
     assert "".join(tokenize(text)) == text
+    assert ScriptedBackend([]).count_tokens([{"role": "user", "content": text}]) == len(tokenize(text))
 
 
 def ask(backend: ScriptedBackend, key: str = "", prompt: str = "hello", stop_after: int | None = None, resume=None):

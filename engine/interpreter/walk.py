@@ -30,7 +30,7 @@ from engine.interpreter.prompts import ask_for, progress_entries, step_messages
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
-from engine.kernel.storage import RunRow, StepRow, StorageError
+from engine.kernel.storage import RunRow, StepRecord, StorageError
 from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError, Request
 from engine.llm.scripted import CassetteError
@@ -169,9 +169,8 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
         run.progress.step = step.id
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         done = await _EXECUTE[step.kind](kernel, run, step)
-        row = StepRow(run_id=run.id, step=step.id, visit=visit, kind=step.kind, prompt=done.prompt,
-                      output=done.output, branch=done.branch, tools=done.tool_calls or None,
-                      tokens=kernel.scheduler.generated[run.id] - tokens, started=started, finished=time.time())
+        row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, done.output, done.branch,
+                         done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time())
         await kernel.storage.commit(kernel.storage.record_step, row)
         run.steps[step.id] = {"output": done.output}
         run.progress.steps += 1

@@ -65,7 +65,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            self.storage.later(self.storage.record_syscall, syscall, error)
+            self.storage.record_syscall(syscall, error)
 
     async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int) -> str:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in dropped)
@@ -105,7 +105,7 @@ class Kernel:
             error = str(exc)
             raise
         finally:
-            self.storage.later(self.storage.record_syscall, syscall, error)
+            self.storage.record_syscall(syscall, error)
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
@@ -144,7 +144,7 @@ class Kernel:
         syscall.started = syscall.created
         self.memory.remember(agent, run, entries)
         syscall.finished = time.time()
-        self.storage.later(self.storage.record_syscall, syscall)
+        self.storage.record_syscall(syscall)
 
     async def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
                      ) -> list[MemoryRow]:

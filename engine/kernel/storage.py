@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,24 @@ class StepRow(SQLModel, table=True):
     branch: str | None = None
     tools: Any = Field(default=None, sa_column=Column(JSON))  # [{tool, arguments, result | error}] in call order
     tokens: int = 0
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What the steps table keeps of a finished step, as the interpreter hands it over (a plain data class: a
+    table model validates and instruments every field, which costs more than the insert)."""
+
+    run_id: str
+    step: str
+    visit: int
+    kind: str
+    prompt: Any
+    output: Any
+    branch: str | None
+    tools: Any
+    tokens: int
     started: float
     finished: float
 
@@ -170,6 +190,8 @@ class Storage:
         # One thread does the writes that `later` queues and `commit` awaits, so they are committed in order.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-storage")
         self._failure: StorageError | None = None
+        self._pending: list[tuple[type[SQLModel], dict[str, Any]]] = []  # rows queued by _later_insert
+        self._pending_lock = threading.Lock()
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
         try:
@@ -213,6 +235,13 @@ class Storage:
         if it fails, the next `commit` or read raises its StorageError."""
         self._writes.submit(self._noting_failure, write, *args)
 
+    def _later_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
+        """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
+        awaited write, if it comes first)."""
+        with self._pending_lock:
+            self._pending.append((table, values))
+        self.later(self._insert_pending)
+
     async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
         """Do `write(*args)` after every write queued before it, and return once it is committed."""
         result = await asyncio.get_running_loop().run_in_executor(self._writes, write, *args)
@@ -221,7 +250,7 @@ class Storage:
 
     def flush(self) -> None:
         """Wait until every queued write is committed (reads do this first, so they see them)."""
-        self._writes.submit(lambda: None).result()
+        self._writes.submit(self._noting_failure, self._insert_pending).result()
         self._raise_failure()
 
     def _noting_failure(self, write: Callable[..., Any], *args: Any) -> None:
@@ -239,9 +268,9 @@ class Storage:
         """Store a run as it starts."""
         self._add(run)
 
-    def record_step(self, step: StepRow) -> None:
+    def record_step(self, step: StepRecord) -> None:
         """Store a finished step (committed before the run goes on)."""
-        self._add(step)
+        self._insert(StepRow, {f.name: getattr(step, f.name) for f in dataclasses.fields(step)})
 
     def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None) -> None:
         """Store how run `run_id` ended: `status` with its answer or error."""
@@ -281,8 +310,8 @@ class Storage:
             return list(db.exec(select(table).where(column.in_(run_ids)).order_by(order)))
 
     def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
-        """Store a finished syscall with its timings, tokens and preemptions."""
-        self._insert(SyscallRow, {
+        """Queue the record of a finished syscall, with its timings, tokens and preemptions (see `later`)."""
+        self._later_insert(SyscallRow, {
             "id": syscall.id, "run_id": syscall.run, "agent": syscall.agent, "kind": syscall.kind.value,
             "priority": syscall.priority, "created": syscall.created, "started": syscall.started,
             "finished": syscall.finished, "waiting": syscall.waiting, "turnaround": syscall.turnaround,
@@ -295,7 +324,8 @@ class Storage:
                               tokens=snapshot.tokens, state=snapshot.state, created=time.time()))
 
     def record_tool_call(self, row: ToolCallRow) -> None:
-        self._add(row)
+        """Queue the record of a tool call (see `later`)."""
+        self._later_insert(ToolCallRow, row.model_dump())
 
     def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
         """Store an access decision."""
@@ -357,9 +387,25 @@ class Storage:
         self._insert(type(row), {c.name: getattr(row, c.name) for c in table.columns})
 
     def _insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
-        """Insert one row of `table` (its None values left to the column defaults), committed at once."""
-        with self._writing() as db:
-            db.execute(table.__table__.insert(), {k: v for k, v in values.items() if v is not None})  # type: ignore[attr-defined]
+        """Insert one row of `table` (its None values left to the column defaults), with the rows queued before
+        it, committed at once."""
+        self._insert_pending((table, values))
+
+    def _insert_pending(self, *rows: tuple[type[SQLModel], dict[str, Any]]) -> None:
+        """Insert the queued rows and `rows` in one transaction; on failure the queued ones stay queued."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if not pending and not rows:  # an earlier transaction took them
+            return
+        try:
+            with self._writing() as db:
+                for table, values in [*pending, *rows]:
+                    db.execute(table.__table__.insert(),  # type: ignore[attr-defined]
+                               {k: v for k, v in values.items() if v is not None})
+        except StorageError:
+            with self._pending_lock:
+                self._pending[:0] = pending
+            raise
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:

@@ -146,7 +146,7 @@ class ToolManager:
             syscall.finished = time.time()
             if syscall.started is None:
                 syscall.started = syscall.finished
-            self.storage.later(self.storage.record_tool_call, ToolCallRow(
+            self.storage.record_tool_call(ToolCallRow(
                 run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
                 result=_jsonable(result), error=error, started=syscall.started, finished=syscall.finished))
 
