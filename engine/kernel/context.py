@@ -57,7 +57,7 @@ async def fit(request: Request, backend: Backend, policy: WindowPolicy,
     """
     budget = backend.context - request.options.get("max_tokens", ANSWER_ROOM)
     messages = request.messages
-    if backend.count_tokens(messages) <= budget:
+    if surely_fits(messages, budget) or backend.count_tokens(messages) <= budget:
         return request
     if len(messages) < 3:
         raise _overflow(backend, messages, budget)
@@ -75,6 +75,15 @@ async def fit(request: Request, backend: Backend, policy: WindowPolicy,
     if backend.count_tokens(fitted) > budget:
         raise _overflow(backend, fitted, budget)
     return dataclasses.replace(request, messages=fitted)
+
+
+TEMPLATE_ROOM = 16  # tokens a chat template may add around one message (role markers, separators)
+
+
+def surely_fits(messages: list[dict[str, str]], budget: int) -> bool:
+    """Whether `messages` fit in `budget` tokens whatever the tokenizer: a token holds at least one byte of text.
+    Most prompts are far inside the window, and counting their tokens exactly costs a tokenizer call."""
+    return sum(len(m.get("content", "").encode()) + TEMPLATE_ROOM for m in messages) <= budget
 
 
 def _overflow(backend: Backend, messages: list[dict[str, str]], budget: int) -> ContextOverflow:
