@@ -171,13 +171,27 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
         done = await _EXECUTE[step.kind](kernel, run, step)
         row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, done.output, done.branch,
                          done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time())
-        await kernel.storage.commit(kernel.storage.record_step, row)
+        interrupted = await _through(kernel.storage.commit(kernel.storage.record_step, row))
         run.steps[step.id] = {"output": done.output}
         run.progress.steps += 1
+        if interrupted:
+            raise asyncio.CancelledError
         if step.kind == "terminal":
             return done.output
         await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
         current = _follow(graph, step, done.branch or "next")
+
+
+async def _through(commit: Awaitable[Any]) -> bool:
+    """Await `commit` to its end even if the run is cancelled meanwhile (a finished step is stored, and counted,
+    whatever happens); whether it was."""
+    task = asyncio.ensure_future(commit)
+    try:
+        await asyncio.shield(task)
+        return False
+    except asyncio.CancelledError:
+        await task
+        return True
 
 
 def _follow(graph: nx.MultiDiGraph, step: Step, label: str) -> str:
