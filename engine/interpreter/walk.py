@@ -171,15 +171,17 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
         done = await _EXECUTE[step.kind](kernel, run, step)
         row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, done.output, done.branch,
                          done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time())
-        interrupted = await _through(kernel.storage.commit(kernel.storage.record_step, row))
+        commit = asyncio.ensure_future(kernel.storage.commit(kernel.storage.record_step, row))
         run.steps[step.id] = {"output": done.output}
+        if step.kind != "terminal":  # in process, while the step commits: nothing leaves flowrun before it is stored
+            await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
+            current = _follow(graph, step, done.branch or "next")
+        interrupted = await _through(commit)
         run.progress.steps += 1
         if interrupted:
             raise asyncio.CancelledError
         if step.kind == "terminal":
             return done.output
-        await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
-        current = _follow(graph, step, done.branch or "next")
 
 
 async def _through(commit: Awaitable[Any]) -> bool:

@@ -347,14 +347,15 @@ class Storage:
 
     def add_memories(self, agent: str, run: str, entries: Iterable[tuple[str, str]]) -> None:
         """Keep interactions, (role, content) each, as long-term memories of `agent`, in one transaction."""
-        table = MemoryRow.__table__  # type: ignore[attr-defined]
+        rows = [{"agent": agent, "run_id": run, "role": role, "content": content, "created": time.time()}
+                for role, content in entries]
+        if not rows:
+            return
         with self._writing() as db:
-            for role, content in entries:
-                added = db.execute(table.insert(), {"agent": agent, "run_id": run, "role": role, "content": content,
-                                                    "created": time.time()})
-                if self.sqlite:
-                    db.execute(text("INSERT INTO memories_fts(rowid, content) VALUES (:id, :content)"),
-                               {"id": added.inserted_primary_key[0], "content": content})
+            db.execute(MemoryRow.__table__.insert(), rows)  # type: ignore[attr-defined]
+            if self.sqlite:  # SQLite lets one transaction write at a time: the rows just added are the last ones
+                db.execute(text("INSERT INTO memories_fts(rowid, content) SELECT id, content FROM memories "
+                                "ORDER BY id DESC LIMIT :n"), {"n": len(rows)})
 
     def search_memories(self, agents: list[str], query: str, limit: int = 5) -> list[MemoryRow]:
         """The long-term memories of `agents` matching the words of `query`, best first."""
@@ -397,11 +398,17 @@ class Storage:
             pending, self._pending = self._pending, []
         if not pending and not rows:  # an earlier transaction took them
             return
+        groups: list[tuple[type[SQLModel], tuple[str, ...], list[dict[str, Any]]]] = []
+        for table, values in [*pending, *rows]:  # consecutive rows of one shape go in one executemany, in order
+            present = {k: v for k, v in values.items() if v is not None}
+            if groups and groups[-1][:2] == (table, tuple(present)):
+                groups[-1][2].append(present)
+            else:
+                groups.append((table, tuple(present), [present]))
         try:
             with self._writing() as db:
-                for table, values in [*pending, *rows]:
-                    db.execute(table.__table__.insert(),  # type: ignore[attr-defined]
-                               {k: v for k, v in values.items() if v is not None})
+                for table, _, group in groups:
+                    db.execute(table.__table__.insert(), group)  # type: ignore[attr-defined]
         except StorageError:
             with self._pending_lock:
                 self._pending[:0] = pending
