@@ -4,6 +4,10 @@ and the audit log.
 A SQLite file by default (`.flowrun/flowrun.db` in the working directory, WAL mode), or any SQLAlchemy URL given
 as `url` or in FLOWRUN_DB (PostgreSQL is the server choice). SQLite commits survive a killed process; a power loss
 may take the last ones (synchronous=NORMAL). Long-term memories are searched with SQLite's FTS5, or LIKE elsewhere.
+
+Writes go through one writer thread, in order: `commit` awaits one (a run, a step), `later` queues one that nothing
+waits on (a syscall's record, a tool call, evicted memories), which is committed no later than the next awaited
+write. Reads wait for the queue first.
 """
 
 from __future__ import annotations
