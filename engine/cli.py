@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from engine import __version__, console
 from engine.flow.aios import import_aios, to_yaml
@@ -32,7 +33,7 @@ from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import CassetteError
-from engine.runs import figures, record
+from engine.runs import cassette, figures, record
 from engine.timeline import PlotError, draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -386,3 +387,22 @@ def runs_timeline(run_ids: tuple[str, ...], batch_id: str | None, image: Path, d
         ids = [r.id for r in storage.find_runs(None, batch_id)][::-1] if batch_id else []
         draw([record(storage, run_id) for run_id in [*ids, *run_ids]], image)
     click.echo(f"wrote {image}", err=True)
+
+
+@runs.command("export")
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+@_db_option
+def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
+    """Write run RUN_ID's model answers as a cassette: `flowrun run FLOW --backend scripted --cassette FILE` with
+    the same inputs then takes the same path without a model."""
+    with _user_errors():
+        text = yaml.safe_dump(cassette(record(Storage(db), run_id)), sort_keys=False, allow_unicode=True, width=120)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(str(output), exc.strerror) from None
+    click.echo(f"wrote {output}", err=True)

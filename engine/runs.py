@@ -1,9 +1,10 @@
-"""Stored runs read back: a run's figures (steps, tokens, time waiting for and running on the model) and its
-whole record, for `flowrun runs` and `flowrun batch`."""
+"""Stored runs read back: a run's figures (steps, tokens, time waiting for and running on the model), its whole
+record, and its model answers as a cassette, for `flowrun runs` and `flowrun batch`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.kernel.storage import RunRow, StepRow, Storage, SyscallRow
 
@@ -59,6 +60,14 @@ def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
             found[call.run_id].waiting += waited(call)
             found[call.run_id].running += ran(call)
     return list(found.values())
+
+
+def cassette(found: RunRecord) -> dict[str, Any]:
+    """The run's model answers as a cassette for the scripted backend: each finished LLM syscall's text under its
+    request key, in the order they were asked, so that the flow replays the same way without a model."""
+    calls = [c for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None and c.error is None]
+    return {"run": found.run.id, "flow": found.run.flow, "inputs": found.run.inputs,
+            "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
 def record(storage: Storage, run_id: str) -> RunRecord:

@@ -295,3 +295,23 @@ def test_batch_input_errors_name_the_line(tmp_path: Path) -> None:
 def test_runs_show_an_unknown_run(tmp_path: Path) -> None:
     code, _, err = cli("runs", "show", "abc", "--db", str(tmp_path / "r.db"))
     assert code == 2 and "no run with an id starting 'abc'" in err
+
+
+def test_an_exported_run_replays_on_the_scripted_backend(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    first = json.loads(cli("run", str(FLOWS / "travel_agent.yaml"), "-i", "query=7 days in Texas", "--json",
+                           "--backend", "scripted", "--cassette", str(CASSETTES / "travel_agent-state.yaml"),
+                           "--db", str(db))[1])
+    exported = tmp_path / "exported.yaml"
+    code, _, err = cli("runs", "export", first["run_id"][:10], "-o", str(exported), "--db", str(db))
+    assert code == 0 and "wrote" in err
+    written = exported.read_text()
+    assert "key: destination_kind" in written and "text: 'no'" in written  # quoted: read back as text, not false
+    again = json.loads(cli("run", str(FLOWS / "travel_agent.yaml"), "-i", "query=7 days in Texas", "--json",
+                           "--backend", "scripted", "--cassette", str(exported), "--db", str(db))[1])
+    assert (again["status"], again["steps"], again["answer"]) == ("finished", first["steps"], first["answer"])
+    runs = {r.id: r for r in runs_of(db)}
+    kept = [s for s in steps_of(db) if s.run_id == first["run_id"]]
+    replayed = [s for s in steps_of(db) if s.run_id == again["run_id"]]
+    assert [(s.step, s.output, s.branch) for s in kept] == [(s.step, s.output, s.branch) for s in replayed]
+    assert runs[again["run_id"]].answer == runs[first["run_id"]].answer

@@ -32,10 +32,11 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
     2: (("runs", "batch", "VARCHAR"), ("steps", "tools", "JSON"), ("syscalls", "slices", "JSON")),
+    3: (("syscalls", "key", "VARCHAR"), ("syscalls", "text", "TEXT")),
 }
 
 
@@ -120,6 +121,8 @@ class SyscallRow(SQLModel, table=True):
     tokens: int
     preemptions: int
     slices: Any = Field(default=None, sa_column=Column(JSON))  # [start, end] of each time an LLM syscall ran
+    key: str | None = None  # an LLM syscall's request key (the interpreter's step id)
+    text: str | None = None  # and the text it generated: with the key, what a cassette replays
     error: str | None = None
 
 
@@ -320,7 +323,8 @@ class Storage:
             "priority": syscall.priority, "created": syscall.created, "started": syscall.started,
             "finished": syscall.finished, "waiting": syscall.waiting, "turnaround": syscall.turnaround,
             "tokens": syscall.tokens, "preemptions": syscall.preemptions, "slices": syscall.slices or None,
-            "error": error})
+            "key": syscall.request.key if syscall.request else None,
+            "text": syscall.result.text if syscall.result else None, "error": error})
 
     def record_snapshot(self, syscall: Syscall, snapshot: Snapshot) -> None:
         """Store the snapshot of a suspended syscall."""
