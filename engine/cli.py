@@ -178,6 +178,10 @@ def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:
     return checked
 
 
+_db_option = click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
+                                       ".flowrun/flowrun.db].")
+
+
 def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]),
@@ -189,8 +193,7 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo",
                      show_default=True, help="How runs share the model."),
         click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once."),
-        click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
-                                  ".flowrun/flowrun.db]."),
+        _db_option,
         click.option("--json", "as_json", is_flag=True, help="Print one JSON result instead of text."),
         _tools_option,
     ]
@@ -326,10 +329,6 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not found:
         raise InputError(f"{path}: no inputs: write one JSON object per line")
     return found
-
-
-_db_option = click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
-                                       ".flowrun/flowrun.db].")
 
 
 @main.group()
