@@ -24,9 +24,10 @@ from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
-from engine.interpreter.inputs import InputError, parse_pairs, resolve_inputs
+from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tools import ToolError
@@ -202,8 +203,8 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _session(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
-             slots: int | None, db: str | None) -> Any:
+def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
+            slots: int | None, db: str | None) -> Kernel:
     name = model or checked.flow.model.get("name") or DEFAULT_MODEL
     backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
     return kernel_for([checked], backend, Storage(db), policy=Policy(scheduler))
@@ -227,9 +228,9 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     checked = _valid_flow(flow, tool_paths)
     progress = Progress()
     with _user_errors():
-        given = _read_json_object(input_file) if input_file else {}
+        given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
-        kernel = _session(checked, kind, model, cassette, scheduler, slots, db)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, db)
         if workspace is not None:
             kernel.run_workspaces[progress.run_id] = workspace
         work = run_flow(kernel, checked.graph, inputs, file=str(flow), progress=progress)
@@ -257,9 +258,9 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
     """
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
-        lines = _read_json_lines(inputs_file)
+        lines = read_input_lines(inputs_file)
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
-        kernel = _session(checked, kind, model, cassette, scheduler, slots, db)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, db)
         progress = [Progress() for _ in inputs]
         work = run_batch(kernel, checked.graph, inputs, file=str(flow), concurrency=concurrency, progress=progress)
         outcomes = _run_live(work, progress, kernel, as_json)
@@ -298,37 +299,6 @@ def _say_end(outcome: RunOutcome) -> None:
     else:
         click.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: inputs are a JSON object, {{\"name\": value, ...}}")
-    return value
-
-
-def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror}") from None
-    found = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{path}:{n}: not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise InputError(f"{path}:{n}: each line is a JSON object of inputs")
-        found.append((n, value))
-    if not found:
-        raise InputError(f"{path}: no inputs: write one JSON object per line")
-    return found
 
 
 @main.group()

@@ -21,8 +21,8 @@ from tests.conftest import FLOWS
 CASSETTES = Path(__file__).resolve().parent / "cassettes"
 
 
-def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs: dict[str, Any], tmp_path: Path,
-        **options: Any) -> tuple[RunOutcome, Kernel]:
+def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs: dict[str, Any],
+        tmp_path: Path) -> tuple[RunOutcome, Kernel]:
     """One run of `flow` answered by `cassette`, stored in a database under `tmp_path`."""
     from engine.llm.scripted import ScriptedBackend
 
@@ -30,7 +30,7 @@ def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs:
     assert checked.ok, checked.diagnostics
     backend = read_cassette(cassette) if isinstance(cassette, Path) else ScriptedBackend.from_responses(cassette)
     kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
-                        workspaces=tmp_path / "workspaces", **options)
+                        workspaces=tmp_path / "workspaces")
     outcome = asyncio.run(run_flow(kernel, checked.graph, inputs, file=str(flow)))
     return outcome, kernel
 

@@ -1,10 +1,11 @@
-"""A run's inputs: given as `key=value` pairs or a JSON object, completed with defaults, checked against the
-JSON Schema each input declares in the flow."""
+"""A run's inputs: given as `key=value` pairs, a JSON file or JSON Lines (one run each), completed with defaults,
+checked against the JSON Schema each input declares in the flow."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -56,3 +57,36 @@ def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str) -> dict[str,
 def _example(spec: dict[str, Any]) -> str:
     return {"array": '["a", "b"]', "object": '{"k": "v"}', "integer": "3", "number": "2.5",
             "boolean": "true"}.get(spec.get("type", ""), '"text"')
+
+
+def read_inputs(path: Path) -> dict[str, Any]:
+    """The inputs in the JSON file at `path` (an object: name -> value)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: inputs are a JSON object, {{\"name\": value, ...}}")
+    return value
+
+
+def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, inputs) for each line of the JSON Lines file at `path`, blank lines skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{n}: not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{path}:{n}: each line is a JSON object of inputs")
+        found.append((n, value))
+    if not found:
+        raise InputError(f"{path}: no inputs: write one JSON object per line")
+    return found

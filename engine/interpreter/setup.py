@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from engine.flow.loader import load_file
 from engine.flow.validate import CheckedFlow
-from engine.kernel.access import Group
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
@@ -19,10 +18,10 @@ from engine.llm.scripted import CassetteError, ScriptedBackend
 
 
 def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage, *, policy: Policy = Policy.FIFO,
-               groups: Mapping[str, Group] | None = None, workspaces: Path | None = None) -> Kernel:
+               workspaces: Path | None = None) -> Kernel:
     """A kernel on `backend` and `storage` with the tools `flows` use (a valid flow names only tools it knows)."""
     tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows for name in checked.flow.tools}
-    return Kernel(backend, storage, policy=policy, tools=tools.values(), groups=groups, workspaces=workspaces)
+    return Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
 
 
 def read_cassette(path: Path) -> ScriptedBackend:
