@@ -315,3 +315,16 @@ def test_an_exported_run_replays_on_the_scripted_backend(tmp_path: Path) -> None
     replayed = [s for s in steps_of(db) if s.run_id == again["run_id"]]
     assert [(s.step, s.output, s.branch) for s in kept] == [(s.step, s.output, s.branch) for s in replayed]
     assert runs[again["run_id"]].answer == runs[first["run_id"]].answer
+
+
+def test_inputs_from_a_file(tmp_path: Path) -> None:
+    given = tmp_path / "inputs.json"
+    given.write_text(json.dumps({"problem": "from the file"}))
+    base = [str(FLOWS / "math_agent.yaml"), "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.yaml"),
+            "--db", str(tmp_path / "r.db")]
+    code, _, err = cli("run", *base, "--input-file", str(given), "--json")
+    assert code == 0, err
+    assert runs_of(tmp_path / "r.db")[0].inputs == {"problem": "from the file"}
+    given.write_text('["not", "an", "object"]')
+    code, _, err = cli("run", *base, "--input-file", str(given))
+    assert code == 2 and "inputs are a JSON object" in err
