@@ -11,7 +11,8 @@ def compile_flow(flow: Flow) -> nx.MultiDiGraph:
     """The flow as a graph: one node per step (attribute `step`), one edge per way out, keyed by its label.
 
     A MultiDiGraph (a networkx DiGraph subclass) because two branches of a decision may lead to the same step.
-    Edges to steps that do not exist are left out; the checks report them. `graph.graph` holds `flow` and `start`.
+    Edges to steps that do not exist are left out; the checks report them. `graph.graph` holds `flow` and `start`
+    (and, from check_flow, the file's `sha256`).
     """
     graph = nx.MultiDiGraph(flow=flow, start=flow.start)
     graph.add_nodes_from((step.id, {"step": step}) for step in flow.steps.values())

@@ -10,6 +10,7 @@ Positions are looked up in the composed node tree when a diagnostic needs one, s
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -109,6 +110,7 @@ class Document:
     data: Any = None
     root: Node | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    sha256: str = ""  # of the text, to tell later whether the file changed
     _keys: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict, repr=False)
 
     def position(self, path: KeyPath, *, key: bool = False) -> Position:
@@ -185,7 +187,7 @@ def gc_paused() -> Iterator[None]:
 
 def load_yaml(text: str, file: str) -> Document:
     """Read one YAML document from `text`; `file` is the name diagnostics carry."""
-    doc = Document(file)
+    doc = Document(file, sha256=hashlib.sha256(text.encode()).hexdigest())
     with gc_paused():
         loader = _Loader(text)
         try:

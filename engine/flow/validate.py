@@ -44,6 +44,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
     flow = flow_from_data(doc.data)
     graph = compile_flow(flow)
+    graph.graph["sha256"] = doc.sha256
     found.extend(checks.check_targets(flow, doc))
     found.extend(checks.check_reachability(flow, graph, doc))
     found.extend(checks.check_termination(flow, graph, doc))

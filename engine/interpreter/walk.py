@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,7 +32,7 @@ from engine.interpreter.prompts import ask_for, progress_entries, step_messages
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
-from engine.kernel.storage import RunRow, StepRecord, StorageError
+from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError, Request
 from engine.llm.scripted import CassetteError
@@ -81,6 +83,13 @@ class _Run:
     visits: dict[str, int] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
 
+    @classmethod
+    def new(cls, graph: nx.MultiDiGraph, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
+        flow: Flow = graph.graph["flow"]
+        run = cls(flow, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+        run.visits.update(dict.fromkeys(flow.steps, 0))
+        return run
+
     @property
     def id(self) -> str:
         return self.progress.run_id
@@ -115,17 +124,52 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
     A failure ends the run as failed, with a message naming the step; cancelling (Ctrl-C) ends it as interrupted
     and re-raises. Either way the steps it finished stay stored.
     """
-    flow: Flow = graph.graph["flow"]
-    run = _Run(flow, file, inputs, progress or Progress(), {"max_tokens": DEFAULT_MAX_TOKENS,
-                                                            **flow.model.get("options", {})})
-    run.visits.update(dict.fromkeys(flow.steps, 0))
-    kernel.access.allow_tools(run.agent, flow.tools)
-    run.progress.status = "running"
+    run = _Run.new(graph, file, inputs, progress or Progress())
+    workspace = kernel.run_workspaces.get(run.id)
     row = RunRow(id=run.id, agent=run.agent, flow=file, status="running", batch=batch, inputs=inputs,
-                 created=time.time())
+                 created=time.time(), flow_sha256=graph.graph.get("sha256"),
+                 workspace=None if workspace is None else str(workspace.resolve()), **process_id())
+    return await _drive(kernel, graph, run, graph.graph["start"], kernel.storage.commit(kernel.storage.start_run, row))
+
+
+async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, steps: list[StepRow], *, file: str,
+                       progress: Progress | None = None) -> RunOutcome:
+    """Go on with stored run `row` (claimed by this process) from the step after its stored `steps`, which are
+    not run again: the outputs, visits and short-term memory they left are rebuilt from their records."""
+    progress = progress or Progress()
+    progress.run_id = row.id
+    run = _Run.new(graph, file, row.inputs or {}, progress)
+    for stored in steps:
+        run.visits[stored.step] = stored.visit
+        run.path.append(stored.step)
+        run.steps[stored.step] = {"output": stored.output}
+        if stored.kind != "terminal":
+            kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
+                                                                      stored.tools or []))
+    run.progress.steps = len(steps)
+    if steps and steps[-1].kind == "terminal":  # it ended, but the process stopped before storing so
+        return await _drive(kernel, graph, run, None, None, answer=steps[-1].output)
+    current = graph.graph["start"] if not steps else \
+        _follow(graph, graph.nodes[steps[-1].step]["step"], steps[-1].branch or "next")
+    return await _drive(kernel, graph, run, current, None)
+
+
+def process_id() -> dict[str, Any]:
+    """The host and pid a run row keeps of the process running it."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+async def _drive(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str | None,
+                 begin: Awaitable[Any] | None, answer: Any = None) -> RunOutcome:
+    """Await `begin` (storing the run), walk from step `current` (None: the run is already at its end), and
+    store how the run ended."""
+    kernel.access.allow_tools(run.agent, run.flow.tools)
+    run.progress.status = "running"
     try:
-        await kernel.storage.commit(kernel.storage.start_run, row)
-        answer = await _walk(kernel, graph, run)
+        if begin is not None:
+            await begin
+        if current is not None:
+            answer = await _walk(kernel, graph, run, current)
     except asyncio.CancelledError:
         await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
         raise
@@ -140,6 +184,7 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
 
 async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error: str | None = None) -> RunOutcome:
     """Store how the run ended (and move its short-term memory to long-term memory)."""
+    kernel.journals.pop(run.id, None)
     try:
         kernel.memory.end_run(run.id)
         await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
@@ -149,10 +194,9 @@ async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error
     return RunOutcome(run.id, status, answer, error, run.path)
 
 
-async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
-    """Walk from the start step to a terminal; its output, the run's answer."""
+async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str) -> Any:
+    """Walk from step `current` to a terminal; its output, the run's answer."""
     limits = run.flow.limits
-    current = graph.graph["start"]
     while True:
         step: Step = graph.nodes[current]["step"]
         if len(run.path) >= limits.max_steps:
@@ -170,30 +214,18 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run) -> Any:
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         done = await _EXECUTE[step.kind](kernel, run, step)
         row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, done.output, done.branch,
-                         done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time())
-        commit = asyncio.ensure_future(kernel.storage.commit(kernel.storage.record_step, row))
+                         done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time(),
+                         done.ask)
         run.steps[step.id] = {"output": done.output}
-        if step.kind != "terminal":  # in process, while the step commits: nothing leaves flowrun before it is stored
+        if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
             current = _follow(graph, step, done.branch or "next")
-        interrupted = await _through(commit)
+        interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.progress.steps += 1
         if interrupted:
             raise asyncio.CancelledError
         if step.kind == "terminal":
             return done.output
-
-
-async def _through(commit: Awaitable[Any]) -> bool:
-    """Await `commit` to its end even if the run is cancelled meanwhile (a finished step is stored, and counted,
-    whatever happens); whether it was."""
-    task = asyncio.ensure_future(commit)
-    try:
-        await asyncio.shield(task)
-        return False
-    except asyncio.CancelledError:
-        await task
-        return True
 
 
 def _follow(graph: nx.MultiDiGraph, step: Step, label: str) -> str:

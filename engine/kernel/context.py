@@ -33,10 +33,10 @@ class ContextManager:
         self.storage = storage
         self._snapshots: dict[str, Snapshot] = {}
 
-    def suspend(self, syscall: Syscall, snapshot: Snapshot) -> None:
-        """Keep `snapshot` as the point `syscall` resumes from."""
+    def suspend(self, syscall: Syscall, snapshot: Snapshot, *, store: bool = True) -> None:
+        """Keep `snapshot` as the point `syscall` resumes from (and store it, unless it is one read back)."""
         self._snapshots[syscall.id] = snapshot
-        if self.storage is not None:
+        if store and self.storage is not None:
             self.storage.record_snapshot(syscall, snapshot)
 
     def restore(self, syscall: Syscall) -> Snapshot | None:

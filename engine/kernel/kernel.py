@@ -5,7 +5,8 @@
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
 Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), queued to the
-storage's writer thread, so that a commit never holds up the other agents' syscalls.
+storage's writer thread, so that a commit never holds up the other agents' syscalls. A run with a journal (resumed
+or replayed) gets the answers and tool results recorded there instead of asking again; those are not stored twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from engine.kernel.access import AccessManager, Group
 from engine.kernel.context import ContextManager, WindowPolicy, fit
+from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
@@ -42,6 +44,7 @@ class Kernel:
         self.storage = storage
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
+        self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
         self.context = ContextManager(storage)
         self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
         self.tools = ToolManager(tools, storage)
@@ -57,7 +60,12 @@ class Kernel:
         """
         request = await fit(request, self.scheduler.backend, window,
                             lambda dropped: self._summarize(agent, run, dropped, priority))
+        journal = self.journals.get(run)
+        if journal is not None and (text := journal.answer(request.key)) is not None:
+            return Result(text, "stop", 0, 0)
         syscall = Syscall(kind, agent, run, request, priority)
+        if journal is not None and (snapshot := journal.snapshot(request.key)) is not None:
+            self.context.suspend(syscall, snapshot, store=False)
         error = None
         try:
             return await self.scheduler.submit(syscall)
@@ -98,7 +106,7 @@ class Kernel:
             self.access.check_tool(agent, run, name)
             token = workspace.set(self.run_workspaces.get(run) or self.workspaces / run)
             try:
-                return await self.tools.call(syscall, name, arguments)
+                return await self.tools.call(syscall, name, arguments, self.journals.get(run))
             finally:
                 workspace.reset(token)
         except Exception as exc:

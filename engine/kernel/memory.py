@@ -31,11 +31,21 @@ class Memory:
         """Add interactions, (role, content) each, to the run's short-term memory. When it is full, its older half
         moves to long-term memory: evicting in halves rather than one by one keeps the start of the prompts built
         from it the same for many steps, so a backend's cached prompt prefix goes on being reused."""
+        evicted = self._add(agent, run, added)
+        if evicted:
+            self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in evicted])
+
+    def restore(self, agent: str, run: str, added: Iterable[tuple[str, str]]) -> None:
+        """Rebuild a resumed run's short-term memory from what its stored steps added, as `remember` would; what it
+        evicts is not stored again (it was stored when the run first got that far)."""
+        self._add(agent, run, added)
+
+    def _add(self, agent: str, run: str, added: Iterable[tuple[str, str]]) -> list[Entry]:
         _, entries = self._runs.setdefault(run, (agent, deque()))
         entries.extend(Entry(role, content) for role, content in added)
-        if len(entries) > self.capacity:
-            evicted = [entries.popleft() for _ in range(len(entries) - self.capacity // 2)]
-            self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in evicted])
+        if len(entries) <= self.capacity:
+            return []
+        return [entries.popleft() for _ in range(len(entries) - self.capacity // 2)]
 
     def recent(self, run: str) -> list[Entry]:
         """The run's short-term memory, oldest first."""

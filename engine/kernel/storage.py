@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +32,14 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
     2: (("runs", "batch", "VARCHAR"), ("steps", "tools", "JSON"), ("syscalls", "slices", "JSON")),
     3: (("syscalls", "key", "VARCHAR"), ("syscalls", "text", "TEXT")),
+    4: (("runs", "flow_sha256", "VARCHAR"), ("runs", "workspace", "VARCHAR"), ("runs", "host", "VARCHAR"),
+        ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("tool_calls", "pending", "BOOLEAN"),
+        ("snapshots", "key", "VARCHAR")),
 }
 
 
@@ -55,8 +58,12 @@ class RunRow(SQLModel, table=True):
     id: str = Field(primary_key=True)
     agent: str = Field(index=True)
     flow: str
-    status: str  # running, finished, failed, interrupted
+    status: str  # running, finished, failed, interrupted, paused
     batch: str | None = None  # the `flowrun batch` it belongs to
+    flow_sha256: str | None = None  # of the flow file's text when the run started
+    workspace: str | None = None  # the directory its tools work in, when not the default
+    host: str | None = None  # the machine and process running it (a `running` run whose process is gone crashed)
+    pid: int | None = None
     inputs: Any = Field(default=None, sa_column=Column(JSON))
     answer: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
@@ -78,6 +85,7 @@ class StepRow(SQLModel, table=True):
     tokens: int = 0
     started: float
     finished: float
+    ask: str | None = None  # the instruction or question as the step put it (what short-term memory keeps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class StepRecord:
     tokens: int
     started: float
     finished: float
+    ask: str | None = None
 
 
 class AgentDataRow(SQLModel, table=True):
@@ -131,6 +140,7 @@ class SnapshotRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     syscall_id: str = Field(index=True)
     run_id: str = Field(index=True)
+    key: str | None = None  # the request key of the generation it suspends
     text: str
     tokens: int
     state: Any = Field(default=None, sa_column=Column(JSON))
@@ -158,6 +168,7 @@ class ToolCallRow(SQLModel, table=True):
     error: str | None = None
     started: float
     finished: float
+    pending: bool | None = None  # started, result not yet stored (recorded so only for tools that are not idempotent)
 
 
 class AuditRow(SQLModel, table=True):
@@ -328,12 +339,39 @@ class Storage:
 
     def record_snapshot(self, syscall: Syscall, snapshot: Snapshot) -> None:
         """Store the snapshot of a suspended syscall."""
-        self._add(SnapshotRow(syscall_id=syscall.id, run_id=syscall.run, text=snapshot.text,
-                              tokens=snapshot.tokens, state=snapshot.state, created=time.time()))
+        self._add(SnapshotRow(syscall_id=syscall.id, run_id=syscall.run, text=snapshot.text, tokens=snapshot.tokens,
+                              state=snapshot.state, created=time.time(),
+                              key=syscall.request.key if syscall.request else None))
 
     def record_tool_call(self, row: ToolCallRow) -> None:
-        """Queue the record of a tool call (see `later`)."""
+        """Queue the record of a finished tool call (see `later`)."""
         self._later_insert(ToolCallRow, row.model_dump())
+
+    def start_tool_call(self, row: ToolCallRow) -> int:
+        """Store a tool call about to start (after the writes queued before it); its row id."""
+        self._insert_pending()
+        table = ToolCallRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            values = {k: v for k, v in row.model_dump().items() if v is not None}
+            return db.execute(table.insert().values(**values)).inserted_primary_key[0]
+
+    def end_tool_call(self, row: ToolCallRow) -> None:
+        """Store how a started tool call (`row.id`) ended."""
+        table = ToolCallRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            db.execute(table.update().where(table.c.id == row.id).values(
+                result=row.result, error=row.error, finished=row.finished, pending=None))
+
+    def claim_run(self, run_id: str, seen: tuple[str, int | None], host: str, pid: int) -> bool:
+        """Mark run `run_id` running in process `pid` on `host`, if its (status, pid) is still `seen`: two
+        processes resuming one run cannot both have it."""
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
+                                                      table.c.pid.is_(None) if seen[1] is None else
+                                                      table.c.pid == seen[1])
+                                 .values(status="running", host=host, pid=pid, error=None, finished=None))
+            return claimed.rowcount == 1
 
     def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
         """Store an access decision."""
@@ -449,6 +487,18 @@ class Storage:
             hint = next((v for k, v in advice.items() if k in reason.replace("read-only", "readonly")),
                         "check that it exists and can be written, or use another database (--db)")
             raise StorageError(f"database {self.url} failed ({reason}): {hint}") from None
+
+
+async def through(commit: Awaitable[Any]) -> bool:
+    """Await `commit` to its end even if the caller is cancelled meanwhile (what finished is stored whatever
+    happens); whether it was cancelled."""
+    task = asyncio.ensure_future(commit)
+    try:
+        await asyncio.shield(task)
+        return False
+    except asyncio.CancelledError:
+        await task
+        return True
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:

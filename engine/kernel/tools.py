@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import jsonschema_rs
 
-from engine.kernel.storage import Storage, ToolCallRow
+from engine.kernel.journal import Journal
+from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
 
 # The run's workspace directory while a tool runs (the kernel sets it per call; worker threads inherit it). Tools
@@ -116,39 +117,55 @@ class ToolManager:
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
 
-    async def call(self, syscall: Syscall, name: str, arguments: Any) -> Any:
-        """Call tool `name` with `arguments` (checked first) within its concurrency limit and timeout.
+    async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> Any:
+        """Call tool `name` with `arguments` (checked first) within its concurrency limit and timeout, or give the
+        result `journal` recorded for that call instead.
 
-        `syscall` gets its start (when the call got one of the tool's slots) and finish times.
+        `syscall` gets its start (when the call got one of the tool's slots) and finish times. A tool that is not
+        idempotent has its call stored as pending before it runs, so that a run resumed after a crash can tell a
+        call that may have happened from one that did not.
         """
         tool = self.tools.get(name)
         if tool is None:
             raise ToolError(f"no tool {name!r}; known: {', '.join(sorted(self.tools))}")
-        result, error = None, None
+        problems = tool.problems(arguments)
+        recorded = journal.tool(name, arguments) if journal is not None and not problems else None
+        if recorded is not None:
+            syscall.started = syscall.finished = time.time()
+            if recorded.error is not None:
+                raise ToolError(recorded.error)
+            return recorded.result
+        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
+                          started=time.time(), finished=time.time())
         try:
-            problems = tool.problems(arguments)
             if problems:
                 raise BadArguments(f"arguments for {name}: " + "; ".join(problems))
             async with self._slots[name]:
-                syscall.started = time.time()
-                result = await asyncio.wait_for(self._run(tool, arguments), tool.timeout)
-            return result
+                syscall.started = row.started = time.time()
+                if not tool.idempotent:
+                    row.pending = True
+                    row.id = await self.storage.commit(self.storage.start_tool_call, row)
+                row.result = _jsonable(await asyncio.wait_for(self._run(tool, arguments), tool.timeout))
+            return row.result
         except TimeoutError:
-            error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
-            raise ToolError(error) from None
+            row.error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
+            raise ToolError(row.error) from None
         except ToolError as exc:
-            error = str(exc)
+            row.error = str(exc)
             raise
         except Exception as exc:
-            error = f"tool {name} failed: {type(exc).__name__}: {exc}"
-            raise ToolError(error) from exc
+            row.error = f"tool {name} failed: {type(exc).__name__}: {exc}"
+            raise ToolError(row.error) from exc
         finally:
-            syscall.finished = time.time()
+            syscall.finished = row.finished = time.time()
             if syscall.started is None:
                 syscall.started = syscall.finished
-            self.storage.record_tool_call(ToolCallRow(
-                run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
-                result=_jsonable(result), error=error, started=syscall.started, finished=syscall.finished))
+            if row.pending:  # its result is awaited, to leave the least time in which a crash leaves it unknown
+                row.pending = None
+                if await through(self.storage.commit(self.storage.end_tool_call, row)):
+                    raise asyncio.CancelledError
+            else:
+                self.storage.record_tool_call(row)
 
     @staticmethod
     async def _run(tool: Tool, arguments: dict[str, Any]) -> Any:

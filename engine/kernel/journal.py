@@ -1,0 +1,65 @@
+"""A run's journal: the model answers and tool results it already got, given back instead of asking again.
+
+Resuming a run, the journal holds what its unfinished step got before the process stopped (so a model answer or
+tool result that was stored is reused, and a snapshot of a suspended generation is continued); a request it does
+not hold in that order ends the journal and the run goes on live. Replaying a run, it holds everything the run got,
+and is strict: a request it does not hold is a divergence.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.llm.base import Snapshot
+
+
+class Divergence(Exception):
+    """A replayed run asked for something the recorded run did not; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class RecordedTool:
+    """A tool call as recorded: the result, or the error it raised."""
+
+    tool: str
+    arguments: Any
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Journal:
+    """Recorded model answers, (request key, text) in the order asked, and tool calls in the order made."""
+
+    answers: deque[tuple[str, str]] = field(default_factory=deque)
+    tools: deque[RecordedTool] = field(default_factory=deque)
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)  # by request key: where a generation stopped
+    strict: bool = False
+
+    def answer(self, key: str) -> str | None:
+        """The next recorded answer if it was for a request with `key`; else None (strict: Divergence)."""
+        if self.answers and self.answers[0][0] == key:
+            return self.answers.popleft()[1]
+        if self.strict:
+            recorded = f"the recorded run asked for {self.answers[0][0]!r} here" if self.answers else \
+                "the recorded run asked the model nothing more"
+            raise Divergence(f"a model call for {key!r}, but {recorded}")
+        self.answers.clear()  # what follows was answered for another path
+        return None
+
+    def snapshot(self, key: str) -> Snapshot | None:
+        """Where the recorded run's generation for `key` was suspended, if it was (handed over once)."""
+        return self.snapshots.pop(key, None)
+
+    def tool(self, name: str, arguments: Any) -> RecordedTool | None:
+        """The next recorded call if it was `name` with `arguments`; else None (strict: Divergence)."""
+        if self.tools and (self.tools[0].tool, self.tools[0].arguments) == (name, arguments):
+            return self.tools.popleft()
+        if self.strict:
+            recorded = f"the recorded run called {self.tools[0].tool} with {self.tools[0].arguments} here" \
+                if self.tools else "the recorded run called no more tools"
+            raise Divergence(f"a call of {name} with {arguments}, but {recorded}")
+        self.tools.clear()
+        return None
