@@ -25,8 +25,9 @@ from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
+from engine.interpreter.resume import ResumeError, check_flow_for, stopped
 from engine.interpreter.setup import kernel_for, open_backend_for
-from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
@@ -34,7 +35,7 @@ from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import CassetteError
-from engine.runs import cassette, figures, record
+from engine.runs import cassette, figures, record, status
 from engine.timeline import PlotError, draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -156,7 +157,7 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
 
 # What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
 # a message and exit status 2, never a traceback.
-_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError)
+_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError)
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -204,10 +205,11 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
-            slots: int | None, db: str | None) -> Kernel:
+            slots: int | None, storage: Storage, answered: list[str] | None = None) -> Kernel:
     name = model or checked.flow.model.get("name") or DEFAULT_MODEL
-    backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
-    return kernel_for([checked], backend, Storage(db), policy=Policy(scheduler))
+    backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True),
+                               answered=answered)
+    return kernel_for([checked], backend, storage, policy=Policy(scheduler))
 
 
 @main.command()
@@ -230,11 +232,16 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     with _user_errors():
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
-        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, db)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         if workspace is not None:
             kernel.run_workspaces[progress.run_id] = workspace
         work = run_flow(kernel, checked.graph, inputs, file=str(flow), progress=progress)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
+    _end_run(outcome, kernel, as_json)
+
+
+def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
+    """Print how a run ended, and exit with its status."""
     if as_json:
         click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "answer": outcome.answer,
                                "error": outcome.error, "steps": outcome.path, "db": kernel.storage.url}))
@@ -260,7 +267,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
     with _user_errors():
         lines = read_input_lines(inputs_file)
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
-        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, db)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         progress = [Progress() for _ in inputs]
         work = run_batch(kernel, checked.graph, inputs, file=str(flow), concurrency=concurrency, progress=progress)
         outcomes = _run_live(work, progress, kernel, as_json)
@@ -317,11 +324,14 @@ def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -
         storage = Storage(db)
         found = figures(storage, storage.find_runs(limit, batch_id))
     if as_json:
-        click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": f.run.status,
+        click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": status(f.run),
                                 "batch": f.run.batch, "steps": f.steps, "tokens": f.tokens, "waiting": f.waiting,
                                 "turnaround": f.turnaround, "created": f.run.created} for f in found]))
     elif found:
         click.echo(console.runs_table(found))
+        note = console.resumable_note([f.run for f in found])
+        if note:
+            click.echo(f"\n{note}", err=True)
     else:
         click.echo(f"no runs in {storage.url}", err=True)
 
@@ -339,6 +349,44 @@ def runs_show(run_id: str, as_json: bool, db: str | None) -> None:
                                "syscalls": [c.model_dump() for c in found.syscalls]}))
     else:
         click.echo(console.run_text(found))
+
+
+@runs.command("resume")
+@click.argument("run_id")
+@click.option("--flow", "flow_path", type=_existing, help="The flow file, if it is not where the run found it.")
+@click.option("--force", is_flag=True, help="Go on although the flow file changed since the run started, or the "
+                                            "run is stored as running on another machine.")
+@click.option("--rerun-unrecorded", is_flag=True, help="Call again a tool that is not idempotent whose call was "
+                                                       "started but whose result was not stored, if the model asks.")
+@_run_options
+def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecorded: bool, kind: str,
+                model: str | None, cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
+                as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+    """Go on with run RUN_ID (interrupted, paused, failed or crashed) from its last stored step.
+
+    Stored steps are not run again, and a model answer or tool result stored for the step it stopped in is used
+    instead of asking again. Exit status as for `flowrun run`.
+    """
+    with _user_errors():
+        storage = Storage(db)
+        found = stopped(storage, run_id, force=force)
+        flow = flow_path or Path(found.run.flow)
+        if not flow.is_file():
+            raise ResumeError(f"run {found.run.id} ran {found.run.flow}, which is not there: give the flow's path "
+                              "with --flow")
+    checked = _valid_flow(flow, tool_paths)
+    with _user_errors():
+        check_flow_for(found, checked.graph, force=force, rerun=rerun_unrecorded)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
+        if not storage.claim_run(found.run.id, (found.run.status, found.run.pid), **process_id()):
+            raise ResumeError(f"run {found.run.id} was resumed by another process meanwhile")
+        kernel.journals[found.run.id] = found.journal
+        if found.run.workspace:
+            kernel.run_workspaces[found.run.id] = Path(found.run.workspace)
+        progress = Progress(found.run.id)
+        work = continue_run(kernel, checked.graph, found.run, found.steps, file=str(flow), progress=progress)
+        (outcome,) = _run_live(work, [progress], kernel, as_json)
+    _end_run(outcome, kernel, as_json)
 
 
 @runs.command("timeline")

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import click
 
 from engine.interpreter.walk import Progress
-from engine.runs import RunFigures, RunRecord
+from engine.kernel.storage import RunRow
+from engine.runs import RESUMABLE, RunFigures, RunRecord, status
 
 T = TypeVar("T")
 _CLEAR = "\r\x1b[2K"
@@ -63,7 +64,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def runs_table(found: Sequence[RunFigures]) -> str:
     """Runs, one a line: id, agent, status, steps, tokens, waiting, turnaround, start and answer or error."""
-    rows = [(f.run.id[:12], f.run.agent, f.run.status, f.steps, f.tokens, _seconds(f.waiting),
+    rows = [(f.run.id[:12], f.run.agent, status(f.run), f.steps, f.tokens, _seconds(f.waiting),
              _seconds(f.turnaround), _when(f.run.created), _short(f.run.error or f.run.answer, 40)) for f in found]
     return table(("run", "agent", "status", "steps", "tokens", "waiting", "turnaround", "started",
                   "answer / error"), rows)
@@ -73,7 +74,7 @@ def run_text(record: RunRecord) -> str:
     """A stored run: what it was given, each step with its branch, tool calls, tokens and time, and its end."""
     run = record.run
     took = f" · took {_seconds(run.finished - run.created)}" if run.finished else ""
-    lines = [f"run {run.id} · {run.agent} ({run.flow}) · {run.status}",
+    lines = [f"run {run.id} · {run.agent} ({run.flow}) · {status(run)}",
              f"started {_when(run.created)}{took} · {len(record.steps)} steps · "
              f"{sum(s.tokens for s in record.steps)} tokens" + (f" · batch {run.batch[:12]}" if run.batch else ""),
              "inputs: " + ", ".join(f"{k}={_short(v, 60)}" for k, v in (run.inputs or {}).items()), ""]
@@ -90,7 +91,18 @@ def run_text(record: RunRecord) -> str:
         lines.append("answer: " + _text(run.answer))
     elif run.error:
         lines.append(f"{run.status}: {run.error}")
+    if status(run) in RESUMABLE:
+        lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
+
+
+def resumable_note(runs: Sequence[RunRow]) -> str:
+    """How to resume those of `runs` that stopped before their end ("" when none did)."""
+    stopped = [r for r in runs if status(r) in RESUMABLE]
+    if not stopped:
+        return ""
+    return (f"{len(stopped)} of these runs stopped before their end and can be resumed: "
+            f"`flowrun runs resume RUN` (e.g. `flowrun runs resume {stopped[0].id[:12]}`)")
 
 
 def _cell(value: Any) -> str:

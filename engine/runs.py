@@ -3,6 +3,8 @@ record, and its model answers as a cassette, for `flowrun runs` and `flowrun bat
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,3 +76,18 @@ def record(storage: Storage, run_id: str) -> RunRecord:
     """The stored record of the run whose id is or starts with `run_id`."""
     run = storage.find_run(run_id)
     return RunRecord(run, storage.of_runs(StepRow, [run.id]), storage.of_runs(SyscallRow, [run.id]))
+
+
+RESUMABLE = ("interrupted", "paused", "failed", "crashed")
+
+
+def status(run: RunRow) -> str:
+    """The run's status, where a `running` run whose process is gone (on this machine) is `crashed`."""
+    if run.status == "running" and run.host == socket.gethostname() and run.pid is not None:
+        try:
+            os.kill(run.pid, 0)
+        except ProcessLookupError:
+            return "crashed"
+        except PermissionError:  # another user's process: alive
+            pass
+    return run.status

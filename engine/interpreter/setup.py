@@ -45,10 +45,15 @@ def read_cassette(path: Path) -> ScriptedBackend:
 
 
 def open_backend_for(kind: str, model: str, cassette: Path | None, *, slots: int | None = None,
-                     say: Callable[[str], None] = lambda _: None) -> Backend:
-    """The backend `kind` (auto, ollama, embedded or scripted, which answers from `cassette`) for `model`."""
+                     say: Callable[[str], None] = lambda _: None, answered: list[str] | None = None) -> Backend:
+    """The backend `kind` (auto, ollama, embedded or scripted, which answers from `cassette`) for `model`.
+
+    `answered`: the request keys a resumed run already got answers for, which a cassette does not give again.
+    """
     if kind == "scripted":
         if cassette is None:
             raise CassetteError("--backend scripted answers from a cassette: give it with --cassette FILE")
-        return read_cassette(cassette)
+        backend = read_cassette(cassette)
+        backend.skip(answered or [])
+        return backend
     return open_backend(kind, model, slots=slots, say=say)

@@ -19,6 +19,7 @@ tokens is the same on every run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,13 @@ class ScriptedBackend:
                     entry.left -= 1
                     return entry.text
         raise CassetteError(f"the cassette has no answer left for request {request.key or prompt[:60]!r}")
+
+    def skip(self, keys: list[str]) -> None:
+        """Use up the answers to requests with `keys`, in order, as if they had been asked (a resumed run got them
+        in an earlier process)."""
+        for key in keys:
+            with contextlib.suppress(CassetteError):
+                self.answer(Request([], key=key))
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         # len(tokenize(text)) without building the tokens: runs of non-space, and trailing space as one more

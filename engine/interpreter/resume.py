@@ -1,0 +1,84 @@
+"""Resuming a stored run that stopped (interrupted, paused, failed, or crashed with its process): what it got
+before it stopped, checked, and given to the walker as a journal so that nothing recorded is asked or done again."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from engine.kernel.journal import Journal, RecordedTool
+from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
+from engine.llm.base import Snapshot
+from engine.runs import LLM_KINDS, RESUMABLE, status
+
+
+class ResumeError(Exception):
+    """The run cannot be resumed (or not without --force); the message says why and what to do."""
+
+
+@dataclass
+class Stopped:
+    """A stored run as resuming finds it: its steps, what its unfinished step already got (the journal), the calls
+    of tools that are not idempotent which started but whose end was not stored, and the request keys of every
+    model answer it got (which a cassette should not give again)."""
+
+    run: RunRow
+    steps: list[StepRow]
+    journal: Journal
+    unrecorded: list[ToolCallRow] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
+
+
+def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: bool) -> Journal:
+    """The journal of a run's recorded `calls` and `tools`: their successful answers and results (strict, for a
+    replay: errors as well, and nothing may be asked that is not there)."""
+    answers = deque((c.key or "", c.text) for c in calls if c.kind in LLM_KINDS and c.text is not None
+                    and c.error is None)
+    recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error) for t in tools
+                     if not t.pending and (strict or t.error is None))
+    return Journal(answers, recorded, strict=strict)
+
+
+def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
+    """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
+    stored as running on another machine)."""
+    run = storage.find_run(run_id)
+    now = status(run)
+    if now not in RESUMABLE and not (now == "running" and force):
+        why = {"finished": "it finished: there is nothing to resume",
+               "running": f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
+                          "resume it with --force"}.get(now, f"it is {now}")
+        raise ResumeError(f"run {run.id} cannot be resumed: {why}")
+    steps = storage.of_runs(StepRow, [run.id])
+    since = steps[-1].finished if steps else run.created  # what came after the last stored step is the journal's
+    calls = storage.of_runs(SyscallRow, [run.id])
+    tools = [t for t in storage.of_runs(ToolCallRow, [run.id]) if t.started >= since]
+    later = [c for c in calls if c.created >= since]
+    # A failed run's last step is run afresh (the model's answers may be what failed); its tools' results stand.
+    journal = journal_of([] if run.status == "failed" else later, tools, strict=False)
+    answered = {c.id for c in later}
+    for snap in storage.of_runs(SnapshotRow, [run.id]):
+        if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:
+            journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
+    return Stopped(run, steps, journal, [t for t in tools if t.pending],
+                   [c.key or "" for c in calls if c.kind in LLM_KINDS and c.text is not None and c.error is None])
+
+
+def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun: bool) -> None:
+    """Whether `found` can go on with the flow `graph`: the same flow file (or --force), every stored step still
+    in it, and no tool call that may or may not have happened (or --rerun-unrecorded)."""
+    run = found.run
+    missing = sorted({s.step for s in found.steps} - set(graph.nodes))
+    if missing:
+        raise ResumeError(f"run {run.id} cannot be resumed with {run.flow}: it has no step {', '.join(missing)} "
+                          "any more, which the run took; run the flow anew")
+    if run.flow_sha256 and graph.graph.get("sha256") != run.flow_sha256 and not force:
+        raise ResumeError(f"{run.flow} changed since run {run.id} started: resume with --force to go on with "
+                          "the flow as it is now, or run it anew")
+    if found.unrecorded and not rerun:
+        calls = "; ".join(f"{t.tool}({t.arguments})" for t in found.unrecorded)
+        raise ResumeError(f"run {run.id} stopped while calling {calls}, which is not idempotent, and its result was "
+                          "not stored: it may or may not have happened. Check, then resume with "
+                          "--rerun-unrecorded to call it again if the model asks for it")
