@@ -33,3 +33,51 @@ def tools() -> dict[str, ToolManifest]:
     loaded = load_tools([])
     assert not loaded.diagnostics
     return loaded.tools
+
+
+# A flow whose first step needs no model (a `decide`), so a failure in the second leaves one finished step.
+TWO_STEPS = """\
+flowrun: 1
+name: TwoSteps
+description: A test agent.
+inputs:
+  topic: {type: string}
+tools: [nap]
+limits: {max_steps: 10}
+steps:
+  begin:
+    kind: decision
+    question: Go on?
+    decide: go
+    branches: {go: work, stop: done}
+  work:
+    kind: process
+    instruction: Work on {{ inputs.topic }}.
+    next: done
+  done:
+    kind: terminal
+    instruction: Say what was done.
+"""
+
+NAP_MANIFEST = """\
+name: nap
+description: Sleeps for a while.
+parameters:
+  type: object
+  properties: {seconds: {type: number}}
+  required: [seconds]
+entry: nap.py:nap
+timeout: 0.3
+idempotent: false
+"""
+
+
+@pytest.fixture
+def two_steps(tmp_path: Path) -> Path:
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "nap.tool.yaml").write_text(NAP_MANIFEST)
+    (tmp_path / "tools" / "nap.py").write_text("import time\n\ndef nap(seconds):\n    time.sleep(seconds)\n"
+                                               "    return {'slept': seconds}\n")
+    flow = tmp_path / "two_steps.yaml"
+    flow.write_text(TWO_STEPS)
+    return flow

@@ -54,16 +54,16 @@ def outcome_of(folder: Path) -> Outcome:
     return Outcome(status, answer, steps, calls, tools, ledger)
 
 
-def run_id(folder: Path) -> str | None:
-    """The run's id, once its row is stored."""
+def stored_run(folder: Path) -> tuple[str, str] | None:
+    """The run's id and status, once its row is stored."""
     if not (folder / "runs.db").exists():
         return None
     try:
         with sqlite3.connect(folder / "runs.db", timeout=10) as db:
-            found = db.execute("SELECT id FROM runs").fetchall()
+            found = db.execute("SELECT id, status FROM runs").fetchall()
     except sqlite3.OperationalError:  # killed before its tables were made
         return None
-    return found[0][0] if found else None
+    return found[0] if found else None
 
 
 def killed(command: list[str], folder: Path, after: float | None) -> subprocess.CompletedProcess[str] | None:
@@ -87,11 +87,13 @@ def crash_and_resume(folder: Path, seed: int, duration: float) -> Outcome:
     kills = [rng.uniform(0, duration)] if rng.random() < 0.5 else []
     reported = 0
     while ended is None or ended.returncode != 0:
-        found = run_id(folder)
+        found = stored_run(folder)
         if found is None:  # killed before the run was stored: nothing started, so it starts anew
             ended = killed(RUN, folder, kills.pop() if kills else None)
             continue
-        resume = [sys.executable, "-m", "engine", "runs", "resume", found, *BACKEND]
+        if found[1] == "finished":  # killed after its end was stored
+            break
+        resume = [sys.executable, "-m", "engine", "runs", "resume", found[0], *BACKEND]
         if reported:
             resume.append("--rerun-unrecorded")
         ended = killed(resume, folder, kills.pop() if kills else None)

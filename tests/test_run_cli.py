@@ -13,52 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
 from engine.kernel.storage import RunRow, StepRow, Storage
-from tests.conftest import FLOWS
+from tests.conftest import FLOWS, TWO_STEPS
 
 CASSETTES = Path(__file__).resolve().parent / "cassettes"
 MATH = ["run", str(FLOWS / "math_agent.yaml"), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
-
-# A flow whose first step needs no model (a `decide`), so a failure in the second leaves one finished step.
-TWO_STEPS = """\
-flowrun: 1
-name: TwoSteps
-description: A test agent.
-inputs:
-  topic: {type: string}
-tools: [nap]
-limits: {max_steps: 10}
-steps:
-  begin:
-    kind: decision
-    question: Go on?
-    decide: go
-    branches: {go: work, stop: done}
-  work:
-    kind: process
-    instruction: Work on {{ inputs.topic }}.
-    next: done
-  done:
-    kind: terminal
-    instruction: Say what was done.
-"""
-
-NAP_MANIFEST = """\
-name: nap
-description: Sleeps for a while.
-parameters:
-  type: object
-  properties: {seconds: {type: number}}
-  required: [seconds]
-entry: nap.py:nap
-timeout: 0.3
-idempotent: false
-"""
-
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, list(args), env=env)
@@ -71,17 +33,6 @@ def steps_of(db: Path) -> list[StepRow]:
 
 def runs_of(db: Path) -> list[RunRow]:
     return Storage(f"sqlite:///{db}").rows(RunRow)
-
-
-@pytest.fixture
-def two_steps(tmp_path: Path) -> Path:
-    (tmp_path / "tools").mkdir()
-    (tmp_path / "tools" / "nap.tool.yaml").write_text(NAP_MANIFEST)
-    (tmp_path / "tools" / "nap.py").write_text("import time\n\ndef nap(seconds):\n    time.sleep(seconds)\n"
-                                               "    return {'slept': seconds}\n")
-    flow = tmp_path / "two_steps.yaml"
-    flow.write_text(TWO_STEPS)
-    return flow
 
 
 def cassette(tmp_path: Path, text: str) -> str:

@@ -46,8 +46,9 @@ class Journal:
             recorded = f"the recorded run asked for {self.answers[0][0]!r} here" if self.answers else \
                 "the recorded run asked the model nothing more"
             raise Divergence(f"a model call for {key!r}, but {recorded}")
-        self.answers.clear()  # what follows was answered for another path, and so was any snapshot
-        self.snapshots.clear()
+        if self.answers:  # what follows was answered for another path, and so was any snapshot
+            self.answers.clear()
+            self.snapshots.clear()
         return None
 
     def snapshot(self, key: str) -> Snapshot | None:

@@ -69,8 +69,8 @@ class Kernel:
         error = None
         try:
             return await self.scheduler.submit(syscall)
-        except Exception as exc:
-            error = str(exc)
+        except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
+            error = str(exc) or type(exc).__name__
             raise
         finally:
             self.storage.record_syscall(syscall, error)
@@ -109,8 +109,8 @@ class Kernel:
                 return await self.tools.call(syscall, name, arguments, self.journals.get(run))
             finally:
                 workspace.reset(token)
-        except Exception as exc:
-            error = str(exc)
+        except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
+            error = str(exc) or type(exc).__name__
             raise
         finally:
             self.storage.record_syscall(syscall, error)
