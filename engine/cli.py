@@ -25,6 +25,7 @@ from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
+from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import ResumeError, check_flow_for, stopped
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id, run_flow
@@ -387,6 +388,40 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
         work = continue_run(kernel, checked.graph, found.run, found.steps, file=str(flow), progress=progress)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
+
+
+@runs.command("replay")
+@click.argument("run_id")
+@click.option("--flow", "flow_path", type=_existing, help="The flow file, if it is not where the run found it.")
+@click.option("--json", "as_json", is_flag=True)
+@_tools_option
+@_db_option
+def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: tuple[Path, ...],
+                db: str | None) -> None:
+    """Walk run RUN_ID's flow again on the model answers and tool results it recorded (no model is loaded, no tool
+    runs, nothing is stored) and report every difference: a changed flow file, another branch, another output.
+
+    Exit status: 0 the replay matches the recording, 1 it differs, 2 bad input.
+    """
+    with _user_errors():
+        found = record(Storage(db), run_id)
+        flow = flow_path or Path(found.run.flow)
+        if not flow.is_file():
+            raise ResumeError(f"run {found.run.id} ran {found.run.flow}, which is not there: give the flow's path "
+                              "with --flow")
+    checked = _valid_flow(flow, tool_paths)
+    with _user_errors():
+        replay = asyncio.run(replay_run(found, checked, file=str(flow)))
+    if as_json:
+        click.echo(json.dumps({"run_id": found.run.id, "identical": not replay.differences,
+                               "differences": replay.differences, "steps": len(replay.steps)}))
+    elif replay.differences:
+        click.echo(f"run {found.run.id}: the replay differs from the recording:\n" +
+                   "\n".join(f"- {d}" for d in replay.differences))
+    else:
+        click.echo(f"run {found.run.id} replayed without a model: {len(replay.steps)} steps, the same path, "
+                   "outputs and answer as recorded")
+    sys.exit(EXIT_FAILED if replay.differences else 0)
 
 
 @runs.command("timeline")

@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.kernel.storage import RunRow, StepRow, Storage, SyscallRow
+from engine.kernel.storage import RunRow, StepRow, Storage, SyscallRow, ToolCallRow
 
 LLM_KINDS = ("generate", "choose", "call_tool")
 
@@ -36,6 +36,7 @@ class RunRecord:
     run: RunRow
     steps: list[StepRow] = field(default_factory=list)
     syscalls: list[SyscallRow] = field(default_factory=list)
+    tools: list[ToolCallRow] = field(default_factory=list)
 
 
 def ran(call: SyscallRow) -> float:
@@ -75,7 +76,7 @@ def cassette(found: RunRecord) -> dict[str, Any]:
 def record(storage: Storage, run_id: str) -> RunRecord:
     """The stored record of the run whose id is or starts with `run_id`."""
     run = storage.find_run(run_id)
-    return RunRecord(run, storage.of_runs(StepRow, [run.id]), storage.of_runs(SyscallRow, [run.id]))
+    return RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow)))
 
 
 RESUMABLE = ("interrupted", "paused", "failed", "crashed")

@@ -46,3 +46,13 @@ def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> 
     assert len(calls) == result["steps"].count("solve_next") + result["steps"].count("convert_units")
     assert all(c.tool == "calculator" and isinstance(c.arguments["expression"], str) for c in calls)
     assert sum(s.tokens for s in steps) > 0
+
+    # The same run replayed from its record, where no model can be found or loaded: the same steps and answer.
+    replayed = subprocess.run(
+        [sys.executable, "-m", "engine", "runs", "replay", run.id, "--db", str(db), "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT),
+             "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert json.loads(replayed.stdout) == {"run_id": run.id, "identical": True, "differences": [],
+                                           "steps": len(steps)}

@@ -11,7 +11,7 @@ import networkx as nx
 from engine.kernel.journal import Journal, RecordedTool
 from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
-from engine.runs import LLM_KINDS, RESUMABLE, status
+from engine.runs import LLM_KINDS, RESUMABLE, record, status
 
 
 class ResumeError(Exception):
@@ -44,26 +44,26 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
 def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
     stored as running on another machine)."""
-    run = storage.find_run(run_id)
+    found = record(storage, run_id)
+    run = found.run
     now = status(run)
     if now not in RESUMABLE and not (now == "running" and force):
         why = {"finished": "it finished: there is nothing to resume",
                "running": f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
                           "resume it with --force"}.get(now, f"it is {now}")
         raise ResumeError(f"run {run.id} cannot be resumed: {why}")
-    steps = storage.of_runs(StepRow, [run.id])
-    since = steps[-1].finished if steps else run.created  # what came after the last stored step is the journal's
-    calls = storage.of_runs(SyscallRow, [run.id])
-    tools = [t for t in storage.of_runs(ToolCallRow, [run.id]) if t.started >= since]
-    later = [c for c in calls if c.created >= since]
+    since = found.steps[-1].finished if found.steps else run.created  # what came after is the journal's
+    tools = [t for t in found.tools if t.started >= since]
+    later = [c for c in found.syscalls if c.created >= since]
     # A failed run's last step is run afresh (the model's answers may be what failed); its tools' results stand.
     journal = journal_of([] if run.status == "failed" else later, tools, strict=False)
     answered = {c.id for c in later}
     for snap in storage.of_runs(SnapshotRow, [run.id]):
         if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:
             journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
-    return Stopped(run, steps, journal, [t for t in tools if t.pending],
-                   [c.key or "" for c in calls if c.kind in LLM_KINDS and c.text is not None and c.error is None])
+    return Stopped(run, found.steps, journal, [t for t in tools if t.pending],
+                   [c.key or "" for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None
+                    and c.error is None])
 
 
 def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun: bool) -> None:

@@ -31,6 +31,7 @@ from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
+from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import ToolError
@@ -42,7 +43,8 @@ CHOICE_MAX_TOKENS = 32  # a label, quoted
 NO_TOOL = "none"  # the choice of a `tools:` step that needs none of them
 
 # What ends a run as failed, with its message; anything else is a bug in flowrun, and is raised.
-RUN_FAILURES = (KernelError, ToolError, BackendError, ContextOverflow, AccessDenied, StorageError, CassetteError)
+RUN_FAILURES = (KernelError, ToolError, BackendError, ContextOverflow, AccessDenied, StorageError, CassetteError,
+                Divergence)
 
 
 class RunError(Exception):

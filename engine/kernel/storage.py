@@ -420,6 +420,16 @@ class Storage:
             likes = [col(MemoryRow.content).ilike(f"%{w}%") for w in words]
             return list(db.exec(statement.where(or_(*likes)).order_by(col(MemoryRow.created).desc()).limit(limit)))
 
+    def close(self) -> None:
+        """Commit what is queued and let the database go."""
+        try:
+            self.flush()
+        finally:
+            self._writes.shutdown()
+            if self._writer is not None:
+                self._writer.close()
+            self.engine.dispose()
+
     def rows(self, table: type[SQLModel]) -> list[Any]:
         """Every row of `table` (for inspection and tests)."""
         self.flush()

@@ -129,11 +129,11 @@ class ToolManager:
         if tool is None:
             raise ToolError(f"no tool {name!r}; known: {', '.join(sorted(self.tools))}")
         problems = tool.problems(arguments)
-        recorded = journal.tool(name, arguments) if journal is not None and not problems else None
+        recorded = journal.tool(name, arguments) if journal is not None else None
         if recorded is not None:
             syscall.started = syscall.finished = time.time()
             if recorded.error is not None:
-                raise ToolError(recorded.error)
+                raise (BadArguments if problems else ToolError)(recorded.error)
             return recorded.result
         row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
                           started=time.time(), finished=time.time())

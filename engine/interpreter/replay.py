@@ -1,0 +1,82 @@
+"""Replaying a stored run: its flow walked again with the run's recorded model answers and tool results (no model
+is loaded and no tool runs), in scratch storage, and every difference from the recording reported."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from engine.flow.validate import CheckedFlow
+from engine.interpreter.resume import journal_of
+from engine.interpreter.setup import kernel_for
+from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.kernel.storage import StepRow, Storage
+from engine.llm.scripted import ScriptedBackend
+from engine.runs import RunRecord
+
+ENDED = ("finished", "failed")
+
+
+@dataclass
+class Replay:
+    """A replay of `recorded`: how it ended, its steps, and how it differs from the recording (nothing, ideally)."""
+
+    recorded: RunRecord
+    outcome: RunOutcome
+    steps: list[StepRow]
+    differences: list[str] = field(default_factory=list)
+
+
+async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) -> Replay:
+    """Walk `checked` (the flow of `recorded`, from `file`) again on the recorded answers, strictly: a request the
+    recording does not hold, in its order, ends the replay as a divergence."""
+    with tempfile.TemporaryDirectory(prefix="flowrun-replay-") as scratch:
+        storage = Storage(f"sqlite:///{scratch}/replay.db")
+        try:
+            kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
+            progress = Progress()
+            kernel.journals[progress.run_id] = journal_of(recorded.syscalls, recorded.tools, strict=True)
+            outcome = await run_flow(kernel, checked.graph, recorded.run.inputs or {}, file=file, progress=progress)
+            steps = storage.of_runs(StepRow, [outcome.run_id])
+        finally:
+            storage.close()
+    replay = Replay(recorded, outcome, steps)
+    replay.differences = differences(replay, checked.graph.graph.get("sha256"), file)
+    return replay
+
+
+def differences(replay: Replay, sha256: str | None, file: str) -> list[str]:
+    """What differs between the replay and the recording, step by step (up to the first change of path)."""
+    run, found = replay.recorded.run, []
+    if run.flow_sha256 and sha256 != run.flow_sha256:
+        found.append(f"{file} changed since the run was recorded")
+    ended = run.status in ENDED  # a run that stopped midway is compared over the steps it took
+    pairs = zip_longest(replay.recorded.steps, replay.steps if ended else replay.steps[:len(replay.recorded.steps)])
+    for n, (old, new) in enumerate(pairs, 1):
+        if old is None or new is None or old.step != new.step:
+            recorded = f"went on to step {old.step}" if old else "ended"
+            replayed = f"went on to step {new.step}" if new else "ended"
+            found.append(f"step {n}: the recorded run {recorded}, the replay {replayed}")
+            break
+        if old.branch != new.branch:
+            found.append(f"step {n} ({old.step}): the recorded run took branch {old.branch!r}, the replay "
+                         f"{new.branch!r}")
+        elif old.output != new.output:
+            found.append(f"step {n} ({old.step}): the output differs: recorded {_short(old.output)}, replayed "
+                         f"{_short(new.output)}")
+    outcome = replay.outcome
+    if ended and (outcome.status, outcome.answer) != (run.status, run.answer):
+        found.append(f"the recorded run {run.status}" + (f": {run.error}" if run.error else "") +
+                     f"; the replay {outcome.status}" + (f": {outcome.error}" if outcome.error else ""))
+    elif not ended and len(replay.steps) < len(replay.recorded.steps):
+        found.append(f"the replay {outcome.status}: {outcome.error}")
+    return found
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
