@@ -159,7 +159,7 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
 # What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
 # a message and exit status 2, never a traceback.
 _USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError)
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 @contextlib.contextmanager
@@ -226,7 +226,8 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once and print its answer.
 
-    Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 130 Ctrl-C.
+    Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 3 paused (the
+    model stayed unavailable: resume it later), 130 Ctrl-C.
     """
     checked = _valid_flow(flow, tool_paths)
     progress = Progress()
@@ -249,7 +250,13 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
     elif outcome.status == "finished":
         click.echo(outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2))
     _say_end(outcome)
-    sys.exit(0 if outcome.status == "finished" else EXIT_FAILED)
+    sys.exit(_exit_status([outcome]))
+
+
+def _exit_status(outcomes: list[RunOutcome]) -> int:
+    """0 when every run finished; else 1 if one failed (or was interrupted), else 3 (some paused)."""
+    ended = {o.status for o in outcomes} - {"finished"}
+    return 0 if not ended else EXIT_PAUSED if ended == {"paused"} else EXIT_FAILED
 
 
 @main.command()
@@ -262,7 +269,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
           scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once per line of --inputs, sharing one model, and print a summary.
 
-    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 130 Ctrl-C.
+    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C.
     """
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -283,7 +290,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
         click.echo(f"\nbatch {found[0].run.batch}: {finished} of {len(outcomes)} runs finished "
                    f"(`flowrun runs timeline --batch {(found[0].run.batch or '')[:12]} --png timeline.png`)",
                    err=True)
-    sys.exit(0 if all(o.status == "finished" for o in outcomes) else EXIT_FAILED)
+    sys.exit(_exit_status(outcomes))
 
 
 def _run_live(work: Any, progress: list[Progress], kernel: Any, quiet: bool) -> Any:
@@ -307,6 +314,8 @@ def _say_end(outcome: RunOutcome) -> None:
     else:
         click.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
+        if outcome.status == "paused":
+            click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
 
 
 @main.group()

@@ -2,6 +2,8 @@
 
 The model name picks the behaviour: "missing" answers 404, "broken" 500, "dies" drops the stream after two
 tokens; any other model streams its scripted answer word by word (continuing a final assistant message).
+`faults` are done first, one a request: "500" answers 500, "stall" says nothing for a minute, "drop" cuts the
+stream after two tokens.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +20,7 @@ class FakeOllama:
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers
         self.requests: list[dict[str, Any]] = []
+        self.faults: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,10 +34,14 @@ class FakeOllama:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
                 model = body["model"]
+                fault = fake.faults.pop(0) if fake.faults else ""
                 if model == "missing":
                     return self._json(404, {"error": f'model "{model}" not found, try pulling it first'})
-                if model == "broken":
+                if model == "broken" or fault == "500":
                     return self._json(500, {"error": "boom"})
+                if fault == "stall":
+                    time.sleep(60)
+                    return None
                 answer = fake.answers.get(model, "")
                 last = body["messages"][-1]
                 done_before = last["content"] if last["role"] == "assistant" else ""
@@ -45,7 +53,7 @@ class FakeOllama:
                 for n, token in enumerate(tokens):
                     if limit is not None and n >= limit:
                         return self._line(model, "", done=True, reason="length", count=n)
-                    if model == "dies" and n == 2:
+                    if (model == "dies" or fault == "drop") and n == 2:
                         self.wfile.flush()
                         self.connection.close()
                         return None

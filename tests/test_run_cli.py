@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -88,18 +87,6 @@ def test_missing_and_unknown_inputs(tmp_path: Path) -> None:
 def test_unknown_model(tmp_path: Path) -> None:
     code, _, err = cli(*MATH, "--backend", "embedded", "--model", "gpt-17", "--db", str(tmp_path / "r.db"))
     assert code == 2 and "unknown model 'gpt-17'" in err and "flowrun models list" in err
-
-
-def test_ollama_unreachable_keeps_the_finished_step(tmp_path: Path, two_steps: Path) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    db = tmp_path / "runs.db"
-    code, _, err = cli("run", str(two_steps), "-i", "topic=x", "--backend", "ollama", "--db", str(db),
-                       "--tools", str(tmp_path / "tools"), env={"OLLAMA_HOST": f"http://127.0.0.1:{port}"})
-    assert code == 1 and f"no Ollama server answers at http://127.0.0.1:{port}" in err and "step work" in err
-    assert [s.step for s in steps_of(db)] == ["begin"]
-    assert runs_of(db)[0].status == "failed"
 
 
 def test_an_answer_failing_its_schema_twice(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import ToolError
-from engine.llm.base import BackendError, Request
+from engine.llm.base import BackendError, ModelUnavailable, Request
 from engine.llm.scripted import CassetteError
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
@@ -63,7 +63,7 @@ class Progress:
 
 @dataclass
 class RunOutcome:
-    """How a run ended: `status` finished (with `answer`), failed (with `error`) or interrupted."""
+    """How a run ended: `status` finished (with `answer`), failed or paused (with `error`) or interrupted."""
 
     run_id: str
     status: str
@@ -123,8 +123,9 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
                    progress: Progress | None = None, batch: str | None = None) -> RunOutcome:
     """Run the compiled flow `graph` (from file `file`) once with `inputs` (already resolved) on `kernel`.
 
-    A failure ends the run as failed, with a message naming the step; cancelling (Ctrl-C) ends it as interrupted
-    and re-raises. Either way the steps it finished stay stored.
+    A failure ends the run as failed, with a message naming the step; a model still unavailable after the
+    kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
+    end, the steps it finished stay stored.
     """
     run = _Run.new(graph, file, inputs, progress or Progress())
     workspace = kernel.run_workspaces.get(run.id)
@@ -175,6 +176,8 @@ async def _drive(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str
     except asyncio.CancelledError:
         await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
         raise
+    except ModelUnavailable as exc:
+        return await _end(kernel, run, "paused", error=f"step {run.path[-1]}: {exc}")
     except (RunError, *RUN_FAILURES) as exc:
         at = "" if isinstance(exc, RunError) or not run.path else f"step {run.path[-1]}: "
         return await _end(kernel, run, "failed", error=f"{at}{exc}")

@@ -22,11 +22,12 @@ from engine.kernel.access import AccessManager, Group
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
+from engine.kernel.retry import Backoff
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
-from engine.llm.base import Backend, Request, Result
+from engine.llm.base import Backend, ModelUnavailable, Request, Result
 
 SUMMARY_TOKENS = 128
 
@@ -40,8 +41,9 @@ class Kernel:
 
     def __init__(self, backend: Backend, storage: Storage, *, policy: Policy = Policy.FIFO, slice_tokens: int = 32,
                  tools: Iterable[Tool] = (), groups: Mapping[str, Group] | None = None,
-                 memory_capacity: int = 32, workspaces: Path | None = None) -> None:
+                 memory_capacity: int = 32, workspaces: Path | None = None, retry: Backoff | None = None) -> None:
         self.storage = storage
+        self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
         self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
@@ -56,6 +58,8 @@ class Kernel:
                        window: WindowPolicy = WindowPolicy.TRUNCATE) -> Result:
         """Text (or data matching request.schema) from the model, scheduled among all agents' requests.
 
+        A model that is unavailable (ModelUnavailable) is tried again after a backoff, up to `retry.attempts` times.
+
         A prompt too long for the model's window loses (or, under SUMMARIZE, has summarized) its oldest progress.
         """
         request = await fit(request, self.scheduler.backend, window,
@@ -68,7 +72,15 @@ class Kernel:
             self.context.suspend(syscall, snapshot, store=False)
         error = None
         try:
-            return await self.scheduler.submit(syscall)
+            attempt = 1
+            while True:
+                try:
+                    return await self.scheduler.submit(syscall)
+                except ModelUnavailable as exc:
+                    if attempt >= self.retry.attempts:
+                        raise ModelUnavailable(f"{exc} (tried {attempt} times)") from None
+                    await asyncio.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
+                    attempt += 1
         except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
             error = str(exc) or type(exc).__name__
             raise

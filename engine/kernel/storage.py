@@ -29,8 +29,11 @@ from sqlalchemy import JSON, Column, Connection, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 
+from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
+
+_BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
 SCHEMA_VERSION = 4
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
@@ -45,6 +48,10 @@ _ADDED_COLUMNS = {
 
 class StorageError(Exception):
     """The database cannot be used; the message says why and what to do."""
+
+
+class Busy(StorageError):
+    """Another process holds the database locked (a write is tried again until FLOWRUN_DB_TIMEOUT)."""
 
 
 class Meta(SQLModel, table=True):
@@ -211,9 +218,9 @@ class Storage:
         self._pending: list[tuple[type[SQLModel], dict[str, Any]]] = []  # rows queued by _later_insert
         self._pending_lock = threading.Lock()
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
-        timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
+        self.timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
         try:
-            self.engine = create_engine(self.url, connect_args={"timeout": timeout} if self.sqlite else {})
+            self.engine = create_engine(self.url, connect_args={"timeout": self.timeout} if self.sqlite else {})
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
         if self.sqlite:
@@ -251,7 +258,7 @@ class Storage:
         """Queue `write(*args)` (a method of this storage) without waiting for it: for the records nothing waits
         on (syscalls, tool calls, evicted memories). It is committed before any write queued or awaited after it;
         if it fails, the next `commit` or read raises its StorageError."""
-        self._writes.submit(self._noting_failure, write, *args)
+        self._writes.submit(self._noting_failure, self._retrying, write, *args)
 
     def _later_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
@@ -262,7 +269,7 @@ class Storage:
 
     async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
         """Do `write(*args)` after every write queued before it, and return once it is committed."""
-        result = await asyncio.get_running_loop().run_in_executor(self._writes, write, *args)
+        result = await asyncio.get_running_loop().run_in_executor(self._writes, self._retrying, write, *args)
         self._raise_failure()
         return result
 
@@ -270,6 +277,19 @@ class Storage:
         """Wait until every queued write is committed (reads do this first, so they see them)."""
         self._writes.submit(self._noting_failure, self._insert_pending).result()
         self._raise_failure()
+
+    def _retrying(self, write: Callable[..., Any], *args: Any) -> Any:
+        """`write(*args)`, tried again while the database is busy, for FLOWRUN_DB_TIMEOUT seconds in all (SQLite
+        waits for a lock itself, but not where a transaction that has read must write: it is busy at once)."""
+        deadline, attempt = time.monotonic() + self.timeout, 0
+        while True:
+            try:
+                return write(*args)
+            except Busy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(_BUSY.delay(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
 
     def _noting_failure(self, write: Callable[..., Any], *args: Any) -> None:
         try:
@@ -493,10 +513,12 @@ class Storage:
         except OperationalError as exc:
             reason = str(exc.orig) if exc.orig is not None else str(exc)
             advice = {"locked": "another process holds it locked: wait for it or use another database (--db)",
-                      "readonly": "it is read-only: make it writable or use another database (--db)"}
+                      "readonly": "it is read-only: make it writable or use another database (--db)",
+                      "full": "free some space, then resume the run (`flowrun runs resume`)"}
             hint = next((v for k, v in advice.items() if k in reason.replace("read-only", "readonly")),
                         "check that it exists and can be written, or use another database (--db)")
-            raise StorageError(f"database {self.url} failed ({reason}): {hint}") from None
+            busy = "locked" in reason or "busy" in reason
+            raise (Busy if busy else StorageError)(f"database {self.url} failed ({reason}): {hint}") from None
 
 
 async def through(commit: Awaitable[Any]) -> bool:

@@ -11,6 +11,11 @@ class BackendError(Exception):
     """The model backend failed; the message says why and what to do."""
 
 
+class ModelUnavailable(BackendError):
+    """The model could not be reached, or failed in a way that may pass (refused, stalled, a server error, a stream
+    cut off): worth trying again later."""
+
+
 # Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).
 OnToken = Callable[[str], bool]
 

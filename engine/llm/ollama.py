@@ -4,7 +4,8 @@ Structured output goes as `format=<JSON Schema>`. A suspended generation resumes
 final assistant message, which /api/chat continues instead of starting a new one (ollama/ollama#6778). The server
 re-tokenizes that text, so unlike the embedded backend a resume is not guaranteed token-exact. As with the
 embedded backend, a generation constrained by a schema is not suspended. `slots` should match the server's
-OLLAMA_NUM_PARALLEL.
+OLLAMA_NUM_PARALLEL. A server that refuses, stays silent for FLOWRUN_MODEL_TIMEOUT seconds (default 300), answers
+429 or 5xx, or cuts the stream off raises ModelUnavailable, which the kernel retries.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Any
 import httpx
 import ollama
 
-from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, bounded, remaining_tokens
+from engine.llm.base import (
+    BackendError,
+    ModelUnavailable,
+    OnToken,
+    Request,
+    Result,
+    Snapshot,
+    bounded,
+    remaining_tokens,
+)
 
 DEFAULT_HOST = "http://localhost:11434"
 _OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -39,7 +49,9 @@ class OllamaBackend:
         self.server = server or host()
         self.slots = slots or int(os.environ.get("OLLAMA_NUM_PARALLEL") or 1)
         self.context = context  # sent as num_ctx unless the request sets it
-        self._client = ollama.AsyncClient(host=self.server)
+        self._silence = float(os.environ.get("FLOWRUN_MODEL_TIMEOUT") or 300)  # seconds without a byte: stalled
+        self._client = ollama.AsyncClient(host=self.server,
+                                          timeout=httpx.Timeout(self._silence, connect=min(10, self._silence)))
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         # Ollama has no tokenizer endpoint: an upper estimate (tokens rarely hold fewer than 3 characters).
@@ -78,10 +90,14 @@ class OllamaBackend:
             if exc.status_code == 404:
                 raise BackendError(f"model {self.model!r} is not on the Ollama server at {self.server}: "
                                    f"run `ollama pull {self.model}`") from None
-            raise BackendError(f"the Ollama server at {self.server} answered {exc.status_code}: {exc.error}") from None
+            error = ModelUnavailable if exc.status_code == 429 or exc.status_code >= 500 else BackendError
+            raise error(f"the Ollama server at {self.server} answered {exc.status_code}: {exc.error}") from None
         except (ConnectionError, httpx.ConnectError):  # the client wraps it for some calls, not for streams
-            raise BackendError(f"no Ollama server answers at {self.server}: start one with `ollama serve`, "
-                               "set OLLAMA_HOST, or use --backend embedded") from None
+            raise ModelUnavailable(f"no Ollama server answers at {self.server}: start one with `ollama serve`, "
+                                   "set OLLAMA_HOST, or use --backend embedded") from None
+        except httpx.TimeoutException:
+            raise ModelUnavailable(f"the Ollama server at {self.server} said nothing for {self._silence:g} s "
+                                   "(FLOWRUN_MODEL_TIMEOUT)") from None
         except httpx.HTTPError as exc:
-            raise BackendError(f"the Ollama server at {self.server} broke off the generation: {exc}") from None
-        raise BackendError(f"the Ollama server at {self.server} ended the stream before the generation was done")
+            raise ModelUnavailable(f"the Ollama server at {self.server} broke off the generation: {exc}") from None
+        raise ModelUnavailable(f"the Ollama server at {self.server} ended the stream before the generation was done")
