@@ -36,6 +36,7 @@ from engine.llm.base import Snapshot
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
 SCHEMA_VERSION = 4
+_SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
     2: (("runs", "batch", "VARCHAR"), ("steps", "tools", "JSON"), ("syscalls", "slices", "JSON")),
@@ -221,38 +222,40 @@ class Storage:
         self.timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
         try:
             self.engine = create_engine(self.url, connect_args={"timeout": self.timeout} if self.sqlite else {})
+        except ModuleNotFoundError as exc:
+            raise StorageError(f"cannot use database {self.url}: its driver {exc.name} is not installed (for "
+                               "PostgreSQL: pip install 'flowrun[postgres]')") from None
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            SQLModel.metadata.create_all(self.engine)
-            self._check_version()
-            if self.sqlite:
-                with self.engine.begin() as db:
+            with self.engine.begin() as db:
+                if self.engine.dialect.name == "postgresql":  # processes opening a new database at once take turns
+                    db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                SQLModel.metadata.create_all(db)
+                self._check_version(db)
+                if self.sqlite:
                     db.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(content)"))
         except StorageError:
             raise
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
 
-    def _check_version(self) -> None:
-        with Session(self.engine) as db:
-            found = db.get(Meta, "schema_version")
-            if found is None:
-                db.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                db.commit()
-            elif int(found.value) < SCHEMA_VERSION:
-                for version in range(int(found.value) + 1, SCHEMA_VERSION + 1):
-                    for table, column, kind in _ADDED_COLUMNS[version]:
-                        if column not in {c["name"] for c in inspect(self.engine).get_columns(table)}:
-                            db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-                found.value = str(SCHEMA_VERSION)
-                db.add(found)
-                db.commit()
-            elif int(found.value) > SCHEMA_VERSION:
-                raise StorageError(f"database {self.url} has schema version {found.value}, newer than this "
-                                   f"flowrun's {SCHEMA_VERSION}: upgrade flowrun, or use another database (--db)")
+    def _check_version(self, db: Connection) -> None:
+        meta = Meta.__table__  # type: ignore[attr-defined]
+        found = db.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        if found is None:
+            db.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(found) < SCHEMA_VERSION:
+            for version in range(int(found) + 1, SCHEMA_VERSION + 1):
+                for table, column, kind in _ADDED_COLUMNS[version]:
+                    if column not in {c["name"] for c in inspect(db).get_columns(table)}:
+                        db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+            db.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        elif int(found) > SCHEMA_VERSION:
+            raise StorageError(f"database {self.url} has schema version {found}, newer than this "
+                               f"flowrun's {SCHEMA_VERSION}: upgrade flowrun, or use another database (--db)")
 
     def later(self, write: Callable[..., Any], *args: Any) -> None:
         """Queue `write(*args)` (a method of this storage) without waiting for it: for the records nothing waits
