@@ -18,7 +18,7 @@ from engine.kernel.kernel import Kernel
 from engine.kernel.storage import MemoryRow, RunRow, StepRow, Storage, SyscallRow, ToolCallRow
 from tests.conftest import FLOWS
 
-CASSETTES = Path(__file__).resolve().parent / "cassettes"
+CASSETTES = FLOWS / "cassettes"
 
 
 def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs: dict[str, Any],
@@ -45,7 +45,7 @@ def branches(steps: list[StepRow], step: str) -> list[str | None]:
 
 def test_travel_agent_city_trip(tmp_path: Path) -> None:
     query = "2 days from Seattle to Austin, leaving 2025-03-10"
-    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-city.yaml", {"query": query},
+    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-city.cassette.yaml", {"query": query},
                           tmp_path)
     assert outcome.status == "finished", outcome.error
     steps = stored_steps(kernel, outcome)
@@ -70,7 +70,7 @@ def test_travel_agent_city_trip(tmp_path: Path) -> None:
 
 
 def test_travel_agent_state_trip_loops_back_through_pick_city(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-state.yaml",
+    outcome, kernel = run(FLOWS / "travel_agent.yaml", CASSETTES / "travel_agent-state.cassette.yaml",
                           {"query": "7 days from Seattle to Texas, leaving 2025-03-10"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     steps = stored_steps(kernel, outcome)
@@ -91,13 +91,13 @@ def test_the_travel_cassettes_take_every_branch(tmp_path: Path) -> None:
     checked = load_flow(FLOWS / "travel_agent.yaml")
     taken = set()
     for name in ("city", "state"):
-        outcome, _ = run(checked, CASSETTES / f"travel_agent-{name}.yaml", {"query": name}, tmp_path / name)
+        outcome, _ = run(checked, CASSETTES / f"travel_agent-{name}.cassette.yaml", {"query": name}, tmp_path / name)
         taken |= set(zip(outcome.path, outcome.path[1:], strict=False))
     assert {(a, b) for a, b, _ in checked.graph.edges(keys=True)} == taken
 
 
 def test_math_agent_solves_each_subproblem_with_the_calculator(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "math_agent.yaml", CASSETTES / "math_agent.yaml",
+    outcome, kernel = run(FLOWS / "math_agent.yaml", CASSETTES / "math_agent.cassette.yaml",
                           {"problem": "A train covers 180 km in 2.5 hours. What is its speed in m/s?"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["plan", "solve_next", "more_subproblems", "solve_next", "more_subproblems",
@@ -120,7 +120,7 @@ def test_math_agent_solves_each_subproblem_with_the_calculator(tmp_path: Path) -
 
 
 def test_narrative_agent_revises_twice_then_saves_the_story(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "narrative_agent.yaml", CASSETTES / "narrative_agent.yaml",
+    outcome, kernel = run(FLOWS / "narrative_agent.yaml", CASSETTES / "narrative_agent.cassette.yaml",
                           {"premise": "a lighthouse keeper"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     steps = stored_steps(kernel, outcome)
@@ -133,7 +133,7 @@ def test_narrative_agent_revises_twice_then_saves_the_story(tmp_path: Path) -> N
 
 
 def test_rec_agent_takes_the_hotel_branch(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "rec_agent.yaml", CASSETTES / "rec_agent.yaml",
+    outcome, kernel = run(FLOWS / "rec_agent.yaml", CASSETTES / "rec_agent.cassette.yaml",
                           {"request": "a quiet hotel in Austin under $150 a night"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["understand", "direction", "search_hotels", "rank", "recommend"]
@@ -143,7 +143,7 @@ def test_rec_agent_takes_the_hotel_branch(tmp_path: Path) -> None:
 
 
 def test_sql_analyst_fixes_its_query_once(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "sql_analyst.yaml", CASSETTES / "sql_analyst.yaml",
+    outcome, kernel = run(FLOWS / "sql_analyst.yaml", CASSETTES / "sql_analyst.cassette.yaml",
                           {"question": "Which state has the most cities?", "tables": "cities(name, state)"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["write_query", "result_ok", "retries_left", "fix_query", "result_ok", "answer"]
@@ -154,7 +154,7 @@ def test_sql_analyst_fixes_its_query_once(tmp_path: Path) -> None:
 
 def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> None:
     checked = load_flow(FLOWS / "notes_digest.yaml")
-    backend = read_cassette(CASSETTES / "notes_digest.yaml")
+    backend = read_cassette(CASSETTES / "notes_digest.cassette.yaml")
     kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
     notes = tmp_path / "notes"
     notes.mkdir()

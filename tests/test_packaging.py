@@ -46,6 +46,7 @@ def test_wheel_install_validates_draws_and_runs_bundled_flows(tmp_path: Path) ->
     assert "calculator" in sh(flowrun, "tools", "list", cwd=elsewhere).stdout
     # The bundled tools' code runs from the wheel, and the run lands in .flowrun/ of the working directory.
     ran = sh(flowrun, "run", bundled_flows / "math_agent.yaml", "-i", "problem=180 km in 2.5 h?", "--json",
-             "--backend", "scripted", "--cassette", ROOT / "tests" / "cassettes" / "math_agent.yaml", cwd=elsewhere)
+             "--backend", "scripted", "--cassette", bundled_flows / "cassettes" / "math_agent.cassette.yaml",
+             cwd=elsewhere)
     assert json.loads(ran.stdout)["answer"]["answer"] == "20 m/s"
     assert (elsewhere / ".flowrun" / "flowrun.db").is_file()

@@ -16,7 +16,7 @@ from engine.llm.scripted import tokenize
 from engine.runs import LLM_KINDS
 from tests.test_run_cli import CASSETTES, MATH, cassette, cli, runs_of, slow_run, steps_of, wait_for_steps
 
-MATH_CASSETTE = ["--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.yaml")]
+MATH_CASSETTE = ["--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml")]
 
 
 def model_calls(db: Path) -> Counter[str | None]:

@@ -18,6 +18,8 @@ from engine.flow.model import Flow, flow_from_data
 from engine.flow.schema import schema_diagnostics
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# Files beside flows that are not flows: test cases (`flowrun test`) and cassettes of model answers.
+NOT_FLOWS = tuple(f"{kind}{suffix}" for kind in (".test", ".cassette") for suffix in YAML_SUFFIXES)
 
 
 @dataclass
@@ -80,14 +82,15 @@ class Report:
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
-    """The files to validate: files as given, and the YAML files below directories (hidden ones skipped)."""
+    """The files to validate: files as given, and the YAML files below directories (hidden ones, test cases and
+    cassettes skipped)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(
                 sorted(
                     p for p in path.rglob("*")
-                    if p.suffix in YAML_SUFFIXES and p.is_file()
+                    if p.suffix in YAML_SUFFIXES and not p.name.endswith(NOT_FLOWS) and p.is_file()
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 )
             )
