@@ -13,7 +13,7 @@ from typing import Any
 import click
 import yaml
 
-from engine import __version__, console
+from engine import __version__, console, flowtest
 from engine.flow.aios import import_aios, to_yaml
 from engine.flow.diagnostics import Diagnostic, has_errors
 from engine.flow.loader import load_file
@@ -316,6 +316,49 @@ def _say_end(outcome: RunOutcome) -> None:
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == "paused":
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
+
+
+@main.command("test")
+@click.argument("paths", nargs=-1, required=True, type=_existing)
+@click.option("--backend", "kind", type=click.Choice(["cassette", "auto", "ollama", "embedded"]), default="cassette",
+              show_default=True, help="cassette: each case's recorded answers; a model backend checks that model's "
+                                      "routing against the same expectations.")
+@click.option("--model", help="The model for a model backend [default: each flow's model.name, else smollm2-135m].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report instead of text.")
+@_tools_option
+def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+    """Run the test cases of flows: FLOW.test.yaml beside each FLOW.yaml (PATHS: test files, flows, or
+    directories holding them). Reports each case, with what differs, and the steps and branches no case took.
+
+    Exit status: 0 every case passed, 1 a case failed or a test file is not valid.
+    """
+    tests, untested = flowtest.discover(paths)
+    backend_for = flowtest.backends(kind, model, say=lambda line: click.echo(line, err=True))
+    report: list[dict[str, Any]] = []
+    invalid, failed, cases = 0, 0, 0
+    for path in tests:
+        found = flowtest.load_tests(path, tool_paths)
+        if found.flow is None or has_errors(found.diagnostics):
+            _print_problems(found.diagnostics, [str(path)])
+            invalid += 1
+            continue
+        results = flowtest.run_tests(found, backend_for)
+        uncovered = flowtest.coverage(found.flow.graph, str(found.flow_path), results)
+        cases += len(results)
+        failed += sum(not r.passed for r in results)
+        if as_json:
+            report.append({"file": str(path), "flow": str(found.flow_path), "cases": [
+                {"name": r.case.name, "passed": r.passed, "problems": r.problems, "steps": [s.step for s in r.steps]}
+                for r in results], "uncovered": {"steps": uncovered.steps, "edges": uncovered.edges}})
+        else:
+            click.echo(console.tested(found, results, uncovered))
+    if as_json:
+        click.echo(json.dumps({"files": report, "untested": [str(p) for p in untested]}))
+    else:
+        click.echo(f"\n{cases - failed} of {cases} cases passed in {len(tests) - invalid} test files"
+                   + (f"; {invalid} test files are not valid" if invalid else "")
+                   + "".join(f"; no test cases for {p}" for p in untested), err=True)
+    sys.exit(EXIT_FAILED if failed or invalid else 0)
 
 
 @main.group()

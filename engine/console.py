@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from engine.flowtest import CaseResult, Coverage, TestFile
 from engine.interpreter.walk import Progress
 from engine.kernel.storage import RunRow
 from engine.runs import RESUMABLE, RunFigures, RunRecord, status
@@ -103,6 +104,18 @@ def resumable_note(runs: Sequence[RunRow]) -> str:
         return ""
     return (f"{len(stopped)} of these runs stopped before their end and can be resumed: "
             f"`flowrun runs resume RUN` (e.g. `flowrun runs resume {stopped[0].id[:12]}`)")
+
+
+def tested(found: TestFile, results: Sequence[CaseResult], uncovered: Coverage) -> str:
+    """A test file's cases, pass or FAIL with each difference, and what no case covered."""
+    lines = [f"{found.path} ({found.flow_path})"]
+    for result in results:
+        took = f"{len(result.steps)} steps, {result.seconds:.1f} s"
+        lines.append(f"  {'pass' if result.passed else 'FAIL'}  {result.case.name} ({took})")
+        lines.extend(f"        {line}" for problem in result.problems for line in problem.splitlines())
+    missed = [f"step {s}" for s in uncovered.steps] + [f"{u} -[{label}]-> {v}" for u, label, v in uncovered.edges]
+    lines.append(f"  not covered: {', '.join(missed)}" if missed else "  covered: every step and way out")
+    return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:

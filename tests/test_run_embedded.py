@@ -56,3 +56,18 @@ def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> 
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert json.loads(replayed.stdout) == {"run_id": run.id, "identical": True, "differences": [],
                                            "steps": len(steps)}
+
+
+def test_route_contracts_on_the_embedded_model(tmp_path: Path) -> None:
+    """The same cases as on cassettes, checking the real model's routing: each case runs on it and is reported."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "test", str(FLOWS / "rec_agent.yaml"), "--backend", "embedded", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    report = json.loads(done.stdout)
+    (found,) = report["files"]
+    assert [c["name"] for c in found["cases"]] == ["a quiet hotel in Austin takes the hotel branch",
+                                                   "a dinner in Austin takes the restaurant branch"]
+    for case in found["cases"]:
+        assert case["steps"][:2] == ["understand", "direction"] or not case["passed"]
+        assert case["passed"] == (case["problems"] == [])
+    assert done.returncode == (0 if all(c["passed"] for c in found["cases"]) else 1), done.stderr

@@ -49,6 +49,8 @@ RULES: dict[str, Rule] = {
         Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`."),
         Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read."),
         Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import drops it."),
+        Rule("FR601", "test-unknown-step", _E, "A test case names a step or branch label its flow does not have."),
+        Rule("FR602", "test-missing-file", _E, "A test file's flow, or a case's cassette, does not exist."),
     )
 }
 

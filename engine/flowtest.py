@@ -1,0 +1,294 @@
+"""Flow test cases (`flowrun test`): FLOW.test.yaml beside FLOW.yaml holds cases, each inputs, the model's answers
+(a cassette file, or `responses` written in the case; a real backend needs neither) and what to expect: the path,
+a decision's labels, visits, how the run ends and checks on its answer. Each case runs in scratch storage; what
+no case covered is reported.
+
+The format is published as schemas/flowtest.schema.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import networkx as nx
+
+from engine.flow.diagnostics import Diagnostic, diagnostic
+from engine.flow.loader import Document, load_file
+from engine.flow.schema import schema_diagnostics
+from engine.flow.validate import CheckedFlow, load_flow
+from engine.interpreter.inputs import InputError, resolve_inputs
+from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
+from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.kernel.storage import StepRow, Storage
+from engine.llm.base import Backend, BackendError
+from engine.llm.models import DEFAULT_MODEL, ModelError
+from engine.llm.scripted import CassetteError, ScriptedBackend
+
+SUFFIX = ".test.yaml"
+
+
+@dataclass
+class Case:
+    """One test case, as its test file gives it (`line`: where it starts)."""
+
+    name: str
+    line: int
+    inputs: dict[str, Any] = field(default_factory=dict)
+    cassette: Path | None = None
+    responses: list[Any] | None = None  # a cassette's responses, written in the case
+    files: dict[str, str] = field(default_factory=dict)
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TestFile:
+    """A test file: its flow (checked) and its cases, or what is wrong with it."""
+
+    path: Path
+    flow_path: Path
+    flow: CheckedFlow | None = None
+    cases: list[Case] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+@dataclass
+class CaseResult:
+    """How a case went: `problems` is empty when it passed."""
+
+    case: Case
+    outcome: RunOutcome | None
+    steps: list[StepRow]
+    problems: list[str]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Coverage:
+    """What no case of a flow took: steps, and ways out (step, label, target)."""
+
+    flow: str
+    steps: list[str]
+    edges: list[tuple[str, str, str]]
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """The test files at `paths` (test files; flows, for the test file beside each; directories, searched), and
+    the flows found in directories that have none."""
+    tests: list[Path] = []
+    untested: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.yaml") if not any(x.startswith(".") for x in p.parts))
+            tests.extend(p for p in found if p.name.endswith(SUFFIX))
+            untested.extend(p for p in found if not p.name.endswith((SUFFIX, ".cassette.yaml"))
+                            and not _beside(p).is_file() and _is_flow(p))
+        elif path.name.endswith(SUFFIX):
+            tests.append(path)
+        else:
+            tests.append(_beside(path))
+    return list(dict.fromkeys(tests)), untested
+
+
+def _beside(flow: Path) -> Path:
+    return flow.with_name(flow.name.removesuffix(flow.suffix) + SUFFIX)
+
+
+def _is_flow(path: Path) -> bool:
+    doc = load_file(path)
+    return isinstance(doc.data, dict) and "flowrun" in doc.data
+
+
+def load_tests(path: Path, tool_paths: Iterable[Path] = ()) -> TestFile:
+    """The test file at `path` with its flow, checked against the schema and against the flow's steps."""
+    found = TestFile(path, path.with_name(path.name.removesuffix(SUFFIX) + ".yaml"))
+    if not path.is_file():
+        found.diagnostics.append(diagnostic("FR602", f"no test cases: write them in {path.name} beside the flow",
+                                            str(path), (1, 1)))
+        return found
+    doc = load_file(path)
+    found.diagnostics = doc.diagnostics
+    if doc.data is None and not found.diagnostics:
+        found.diagnostics.append(diagnostic("FR003", "the file is empty: it needs `cases`", str(path), (1, 1)))
+    if not found.diagnostics:
+        found.diagnostics = schema_diagnostics(doc, "flowtest")
+    if found.diagnostics:
+        return found
+    if "flow" in doc.data:
+        found.flow_path = path.parent / doc.data["flow"]
+    if not found.flow_path.is_file():
+        where = doc.position(("flow",)) if "flow" in doc.data else (1, 1)
+        found.diagnostics.append(diagnostic("FR602", f"the flow {found.flow_path} does not exist", str(path), where))
+        return found
+    found.flow = load_flow(found.flow_path, tool_paths)
+    if not found.flow.ok:
+        found.diagnostics.extend(found.flow.diagnostics)
+        return found
+    for n, item in enumerate(doc.data["cases"]):
+        found.cases.append(_case(doc, n, item, found.flow, found.diagnostics))
+    return found
+
+
+def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, problems: list[Diagnostic]) -> Case:
+    at = ("cases", n)
+    path = Path(doc.file)
+    case = Case(item["name"], doc.position(at)[0], item.get("inputs", {}), responses=item.get("responses"),
+                files=item.get("files", {}), expect=item.get("expect", {}))
+    if "cassette" in item:
+        case.cassette = path.parent / item["cassette"]
+        if not case.cassette.is_file():
+            problems.append(diagnostic("FR602", f"case {case.name!r}: the cassette {case.cassette} does not exist",
+                                       doc.file, doc.position((*at, "cassette"))))
+    flow = checked.flow
+    named = [(("expect", "path", i), s) for i, s in enumerate(case.expect.get("path", []))]
+    named += [(("expect", key, s), s) for key in ("visits", "branches") for s in case.expect.get(key, {})]
+    for where, step in named:
+        if step not in flow.steps:
+            problems.append(diagnostic("FR601", f"case {case.name!r}: the flow has no step {step!r}", doc.file,
+                                       doc.position((*at, *where), key=where[1] == step)))
+    for step, labels in case.expect.get("branches", {}).items():
+        known = flow.steps[step].branches if step in flow.steps else {}
+        for label in [labels] if isinstance(labels, str) else labels:
+            if step in flow.steps and label not in known:
+                problems.append(diagnostic(
+                    "FR601", f"case {case.name!r}: step {step!r} has no branch {label!r} (its labels: "
+                             f"{', '.join(known) or 'none, it is not a decision'})", doc.file,
+                    doc.position((*at, "expect", "branches", step))))
+    return case
+
+
+BackendFor = Callable[[CheckedFlow, Case], Backend]
+
+
+def backends(kind: str, model: str | None, say: Callable[[str], None] = lambda _: None) -> BackendFor:
+    """What each case runs on: with kind "cassette" its own cassette; else a model backend (auto, ollama,
+    embedded) for `model` or the flow's model, opened once and shared by every case that uses that model."""
+    opened: dict[str, Backend] = {}
+
+    def backend_for(checked: CheckedFlow, case: Case) -> Backend:
+        if kind == "cassette":
+            if case.responses is not None:
+                return ScriptedBackend.from_responses(case.responses)
+            if case.cassette is None:
+                raise CassetteError(f"case {case.name!r} has no cassette: run it on a model with --backend")
+            return read_cassette(case.cassette)
+        name = model or checked.flow.model.get("name") or DEFAULT_MODEL
+        if name not in opened:
+            opened[name] = open_backend_for(kind, name, None, say=say)
+        return opened[name]
+
+    return backend_for
+
+
+async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: Path, *, file: str) -> CaseResult:
+    """Run `case` of the flow `checked` (from `file`) on `backend`, in scratch storage and a workspace under
+    `scratch`, and check what it expects."""
+    started = time.monotonic()
+    try:
+        inputs = resolve_inputs(checked.flow, case.inputs, f"case {case.name!r}")
+    except InputError as exc:
+        return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
+    storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
+    try:
+        kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
+        progress = Progress()
+        workspace = scratch / "workspaces" / progress.run_id
+        for name, text in case.files.items():
+            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+            (workspace / name).write_text(text, encoding="utf-8")
+        outcome = await run_flow(kernel, checked.graph, inputs, file=file, progress=progress)
+        steps = storage.of_runs(StepRow, [outcome.run_id])
+    finally:
+        storage.close()
+    return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started)
+
+
+def check(expect: dict[str, Any], outcome: RunOutcome, steps: list[StepRow]) -> list[str]:
+    """What about the run breaks `expect`, each as a readable difference (empty: nothing)."""
+    problems = []
+    status = expect.get("status", "finished")
+    if outcome.status != status:
+        problems.append(f"the run should have {status}, but it {outcome.status}"
+                        + (f": {outcome.error}" if outcome.error else ""))
+    if "error" in expect and expect["error"] not in (outcome.error or ""):
+        problems.append(f"the run's error should contain {expect['error']!r}, but it is: {outcome.error}")
+    path = [s.step for s in steps]
+    if "path" in expect and path != expect["path"]:
+        diff = difflib.unified_diff(expect["path"], path, "expected path", "path taken", lineterm="", n=1)
+        problems.append("the path differs:\n" + "\n".join(f"  {line}" for line in diff))
+    for step, count in expect.get("visits", {}).items():
+        if path.count(step) != count:
+            problems.append(f"step {step} should run {count} times, but ran {path.count(step)}")
+    for step, labels in expect.get("branches", {}).items():
+        taken = [s.branch for s in steps if s.step == step]
+        wanted = [labels] * max(1, len(taken)) if isinstance(labels, str) else labels
+        if taken != wanted:
+            problems.append(f"decision {step} should take {_labels(wanted)}, but took {_labels(taken)}")
+    if "answer" in expect and outcome.status == "finished":
+        problems.extend(_answer_problems(expect["answer"], outcome.answer))
+    return problems
+
+
+def _labels(labels: list[Any]) -> str:
+    return "nothing (it did not run)" if not labels else ", then ".join(repr(label) for label in labels)
+
+
+def _answer_problems(checks: dict[str, Any], answer: Any) -> list[str]:
+    text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+    shown = text if len(text) <= 300 else text[:299] + "…"
+    problems = []
+    if "equals" in checks and answer != checks["equals"]:
+        problems.append(f"the answer should be {json.dumps(checks['equals'], ensure_ascii=False)}, but is {shown}")
+    wanted = checks.get("contains", [])
+    for part in [wanted] if isinstance(wanted, str) else wanted:
+        if part not in text:
+            problems.append(f"the answer should contain {part!r}, but is: {shown}")
+    if "matches" in checks and re.search(checks["matches"], text) is None:
+        problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
+    if "schema" in checks:
+        errors = [e.message for e in jsonschema_rs.validator_for(checks["schema"]).iter_errors(answer)]
+        if errors:
+            problems.append(f"the answer does not fit the schema ({'; '.join(errors)}): {shown}")
+    return problems
+
+
+def run_tests(found: TestFile, backend_for: BackendFor) -> list[CaseResult]:
+    """Run every case of `found` (a test file without diagnostics), each on the backend `backend_for` gives."""
+    assert found.flow is not None
+    results = []
+    for case in found.cases:
+        try:
+            backend = backend_for(found.flow, case)
+        except (CassetteError, BackendError, ModelError) as exc:
+            results.append(CaseResult(case, None, [], [str(exc)], 0.0))
+            continue
+        with tempfile.TemporaryDirectory(prefix="flowrun-test-") as scratch:
+            results.append(asyncio.run(run_case(found.flow, case, backend, Path(scratch),
+                                                file=str(found.flow_path))))
+    return results
+
+
+def coverage(graph: nx.MultiDiGraph, name: str, results: Iterable[CaseResult]) -> Coverage:
+    """The steps and ways out of the flow `graph` that none of `results` took."""
+    seen: set[str] = set()
+    taken: set[tuple[str, str]] = set()
+    for result in results:
+        for step in result.steps:
+            seen.add(step.step)
+            if step.kind != "terminal":
+                taken.add((step.step, step.branch or "next"))
+    return Coverage(name, [s for s in graph.nodes if s not in seen],
+                    [(u, label, v) for u, v, label in graph.edges(keys=True) if (u, label) not in taken])

@@ -1,0 +1,97 @@
+"""`flowrun test`: the bundled flows' cases pass on their cassettes; a broken expectation fails with a readable
+difference; a bad test file is reported at its line; what no case covers is listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import FLOWS
+from tests.test_run_cli import cli
+
+MATH_CASE = f"""\
+flow: {FLOWS / "math_agent.yaml"}
+cases:
+  - name: the speed
+    inputs: {{problem: "A train covers 180 km in 2.5 hours. What is its speed in m/s?"}}
+    cassette: {FLOWS / "cassettes" / "math_agent.cassette.yaml"}
+    expect:
+"""
+
+
+def test_every_bundled_flow_has_cases_that_pass_and_cover_it() -> None:
+    code, out, err = cli("test", str(FLOWS), "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    tested = {Path(f["flow"]).name for f in report["files"]}
+    assert tested == {p.name for p in FLOWS.glob("*.yaml") if not p.name.endswith(".test.yaml")}
+    assert report["untested"] == []
+    for found in report["files"]:
+        assert found["cases"] and all(c["passed"] and c["problems"] == [] for c in found["cases"]), found
+        assert found["uncovered"] == {"steps": [], "edges": []}, found["flow"]
+
+
+def test_a_broken_expectation_fails_with_what_differs(tmp_path: Path) -> None:
+    cases = tmp_path / "broken.test.yaml"
+    cases.write_text(MATH_CASE + """\
+      path: [plan, solve_next, more_subproblems, check_answer, convert_units, answer]
+      branches: {check_answer: "no"}
+      visits: {solve_next: 1}
+      answer: {contains: "30 m/s", matches: "km/h$"}
+""")
+    code, out, err = cli("test", str(cases))
+    assert code == 1
+    assert "FAIL  the speed (9 steps" in out and "0 of 1 cases passed" in err
+    assert "the path differs:\n          --- expected path\n          +++ path taken" in out
+    assert "          +solve_next\n" in out and "          -convert_units\n" in out
+    assert "decision check_answer should take 'no', but took 'yes'" in out
+    assert "step solve_next should run 1 times, but ran 3" in out
+    assert "the answer should contain '30 m/s', but is: {\"answer\": \"20 m/s\"" in out
+    assert "the answer should match /km/h$/" in out
+    assert "not covered: step convert_units, check_answer -[no]-> convert_units" in out
+
+
+def test_a_case_that_should_fail_and_does(tmp_path: Path) -> None:
+    cases = tmp_path / "fails.test.yaml"
+    cases.write_text(f"""\
+flow: {FLOWS / "math_agent.yaml"}
+cases:
+  - name: a plan without sub-problems
+    inputs: {{problem: "1 + 1"}}
+    responses: [{{key: plan, times: 2, text: '{{}}'}}]
+    expect:
+      status: failed
+      error: failed the step's output_schema twice
+""")
+    code, out, err = cli("test", str(cases))
+    assert code == 0, out + err
+    assert "pass  a plan without sub-problems (0 steps" in out
+
+
+def test_a_bad_test_file_is_reported_where_it_is_wrong(tmp_path: Path) -> None:
+    cases = tmp_path / "bad.test.yaml"
+    cases.write_text(MATH_CASE.replace("math_agent.cassette", "gone.cassette") + """\
+      path: [plan, solve_nxt]
+      branches: {check_answer: maybe}
+""")
+    code, _, err = cli("test", str(cases))
+    assert code == 1
+    assert f"{cases}:5:15: error FR602" in err and "gone.cassette.yaml does not exist" in err
+    assert f"{cases}:7:20: error FR601" in err and "the flow has no step 'solve_nxt'" in err
+    assert "step 'check_answer' has no branch 'maybe' (its labels: yes, no)" in err
+    assert "0 of 0 cases passed in 0 test files; 1 test files are not valid" in err
+    cases.write_text("cases:\n  - name: x\n    expects: {}\n")
+    code, _, err = cli("test", str(cases))
+    assert code == 1 and f"{cases}:3:5: error FR003" in err and "expects" in err
+
+
+def test_a_flow_without_cases_and_a_case_without_answers(tmp_path: Path) -> None:
+    flow = tmp_path / "math.yaml"
+    flow.write_text((FLOWS / "math_agent.yaml").read_text())
+    code, _, err = cli("test", str(flow))
+    assert code == 1 and "no test cases: write them in math.test.yaml beside the flow" in err
+    code, _, err = cli("test", str(tmp_path))
+    assert code == 0 and f"no test cases for {flow}" in err
+    (tmp_path / "math.test.yaml").write_text("cases:\n  - name: on a model only\n    inputs: {problem: 1 + 1}\n")
+    code, out, _ = cli("test", str(tmp_path))
+    assert code == 1 and "FAIL  on a model only" in out and "has no cassette: run it on a model with --backend" in out
