@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from engine.flow.manifest import ToolManifest, load_tools
+from engine.flow.validate import NOT_FLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
+FLOW_FILES = sorted(p for p in FLOWS.glob("*.yaml") if not p.name.endswith(NOT_FLOWS))  # not test cases
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INVALID = FIXTURES / "invalid"
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import validate_paths
-from tests.conftest import FLOWS, INVALID
+from tests.conftest import FLOW_FILES, FLOWS, INVALID
 
 # How many diagnostics the fixtures give (tests/test_checks.py checks that they are exactly the marked ones).
 ALL_EXPECTED = len(validate_paths([INVALID]).diagnostics)
@@ -30,7 +30,7 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_clean_flows_exit_0() -> None:
     code, out, _ = run("validate", str(FLOWS))
     assert code == 0
-    assert out.strip() == f"{len(list(FLOWS.glob('*.yaml')))} files checked: no problems"
+    assert out.strip() == f"{len(FLOW_FILES)} files checked: no problems"
 
 
 def test_problems_exit_1_with_file_line_col_for_each() -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import load_flow
-from tests.conftest import FLOWS, ROOT
+from tests.conftest import FLOW_FILES, FLOWS, ROOT
 
-EXAMPLES = sorted(FLOWS.glob("*.yaml"))
+EXAMPLES = FLOW_FILES
 AIOS_AGENTS = {"travel_agent", "math_agent", "narrative_agent", "rec_agent"}
 
 

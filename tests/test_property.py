@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import check_flow_text
-from tests.conftest import FLOWS
+from tests.conftest import FLOW_FILES
 
-TEXTS = {p.name: p.read_text() for p in sorted(FLOWS.glob("*.yaml"))}
+TEXTS = {p.name: p.read_text() for p in FLOW_FILES}
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
