@@ -9,11 +9,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
+import pytest
+
+from engine.kernel.storage import RunRow, SnapshotRow, StepRecord, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.base import Request, Snapshot
 from engine.llm.scripted import tokenize
 from engine.runs import LLM_KINDS
+from tests.test_crash import HERE
 from tests.test_run_cli import CASSETTES, MATH, cassette, cli, runs_of, slow_run, steps_of, wait_for_steps
 
 MATH_CASSETTE = ["--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml")]
@@ -134,3 +137,34 @@ def test_a_suspended_generation_is_continued_from_its_snapshot(tmp_path: Path) -
     plan = steps_of(tmp_path / "runs.db")[0]
     assert plan.step == "plan" and plan.output == json.loads(planned)
     assert storage.rows(SnapshotRow)[0].key == "plan"
+
+
+def test_a_call_made_again_keeps_its_key_so_the_tool_does_it_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process died after append_entry wrote its line but before its result was stored: resumed with
+    --rerun-unrecorded, the call is made again with the same call key, and the tool, which keeps its keys, does
+    nothing twice."""
+    monkeypatch.chdir(tmp_path)
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    run = RunRow(id="d" * 32, agent="Ledger", flow=str(HERE / "ledger.yaml"), status="running", created=time.time(),
+                 inputs={"purchases": "apples 3, bread 2 and milk 1.5"}, host="elsewhere", pid=1)
+    storage.start_run(run)
+    items = {"items": ["apples 3", "bread 2", "milk 1.5"]}
+    storage.record_step(StepRecord(run.id, "plan", 1, "process", None, items, None, None, 5, time.time(),
+                                   time.time(), "List each purchase"))
+    started = storage.start_tool_call(ToolCallRow(run_id=run.id, agent=run.agent, tool="append_entry",
+                                                  arguments={"text": "apples 3"}, started=time.time() + 1,
+                                                  finished=time.time() + 1, pending=True))
+    ledger = tmp_path / ".flowrun" / "workspaces" / run.id / "ledger.txt"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(f"{run.id}/{started}\tapples 3\n")  # what the tool did before the process died
+    args = ["runs", "resume", run.id, "--force", "--tools", str(HERE), "--backend", "scripted", "--cassette",
+            str(HERE / "ledger.cassette.yaml"), "--db", str(tmp_path / "runs.db")]
+    code, _, err = cli(*args)
+    assert code == 2 and "append_entry({'text': 'apples 3'})" in err and "may or may not have happened" in err
+    code, _, err = cli(*args, "--rerun-unrecorded")
+    assert code == 0, err
+    assert [line.split("\t")[1] for line in ledger.read_text().splitlines()] == ["apples 3", "bread 2", "milk 1.5"]
+    assert (ledger.parent / "calls.log").read_text().splitlines()[0] == f"{run.id}/{started}"  # the same key
+    (again,) = [c for c in storage.rows(ToolCallRow) if c.id == started]
+    assert again.pending is None and again.result == {"entries": 1}

@@ -61,7 +61,9 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     for snap in storage.of_runs(SnapshotRow, [run.id]):
         if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:
             journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
-    return Stopped(run, found.steps, journal, [t for t in tools if t.pending],
+    unrecorded = [t for t in tools if t.pending]
+    journal.pending = [(RecordedTool(t.tool, t.arguments), t.id) for t in unrecorded if t.id is not None]
+    return Stopped(run, found.steps, journal, unrecorded,
                    [c.key or "" for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None
                     and c.error is None])
 
@@ -81,4 +83,4 @@ def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun
         calls = "; ".join(f"{t.tool}({t.arguments})" for t in found.unrecorded)
         raise ResumeError(f"run {run.id} stopped while calling {calls}, which is not idempotent, and its result was "
                           "not stored: it may or may not have happened. Check, then resume with "
-                          "--rerun-unrecorded to call it again if the model asks for it")
+                          "--rerun-unrecorded to call it again (with the same call key) if the model asks for it")

@@ -36,6 +36,7 @@ class Journal:
     answers: deque[tuple[str, str]] = field(default_factory=deque)
     tools: deque[RecordedTool] = field(default_factory=deque)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)  # by request key: where a generation stopped
+    pending: list[tuple[RecordedTool, int]] = field(default_factory=list)  # started, result not stored: row ids
     strict: bool = False
 
     def answer(self, key: str) -> str | None:
@@ -54,6 +55,15 @@ class Journal:
     def snapshot(self, key: str) -> Snapshot | None:
         """Where the recorded run's generation for `key` was suspended, if it was (handed over once)."""
         return self.snapshots.pop(key, None)
+
+    def unrecorded(self, name: str, arguments: Any) -> int | None:
+        """The stored id of a call of `name` with `arguments` that started but whose result was not stored, if
+        there is one (handed over once): calling it again keeps its id, and so its key."""
+        for n, (call, row_id) in enumerate(self.pending):
+            if (call.tool, call.arguments) == (name, arguments):
+                del self.pending[n]
+                return row_id
+        return None
 
     def tool(self, name: str, arguments: Any) -> RecordedTool | None:
         """The next recorded call if it was `name` with `arguments`; else None (strict: Divergence)."""

@@ -27,6 +27,9 @@ from engine.kernel.syscall import Syscall
 # The run's workspace directory while a tool runs (the kernel sets it per call; worker threads inherit it). Tools
 # that touch files (read_file, write_file) stay inside it.
 workspace: contextvars.ContextVar[Path] = contextvars.ContextVar("workspace")
+# While a tool that is not idempotent runs: a key of the call, unique, and the same when a resumed run makes again
+# a call whose result was not stored. A tool that remembers the keys it has done can do each call only once.
+call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_key", default=None)
 
 
 class ToolError(Exception):
@@ -123,7 +126,8 @@ class ToolManager:
 
         `syscall` gets its start (when the call got one of the tool's slots) and finish times. A tool that is not
         idempotent has its call stored as pending before it runs, so that a run resumed after a crash can tell a
-        call that may have happened from one that did not.
+        call that may have happened from one that did not; the call's `call_key` is the same when a resumed run
+        makes such a call again.
         """
         tool = self.tools.get(name)
         if tool is None:
@@ -144,8 +148,14 @@ class ToolManager:
                 syscall.started = row.started = time.time()
                 if not tool.idempotent:
                     row.pending = True
-                    row.id = await self.storage.commit(self.storage.start_tool_call, row)
-                row.result = _jsonable(await asyncio.wait_for(self._run(tool, arguments), tool.timeout))
+                    row.id = journal.unrecorded(name, arguments) if journal is not None else None
+                    if row.id is None:
+                        row.id = await self.storage.commit(self.storage.start_tool_call, row)
+                key = call_key.set(f"{syscall.run}/{row.id}" if row.id is not None else None)
+                try:
+                    row.result = _jsonable(await asyncio.wait_for(self._run(tool, arguments), tool.timeout))
+                finally:
+                    call_key.reset(key)
             return row.result
         except TimeoutError:
             row.error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
