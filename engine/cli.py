@@ -37,6 +37,7 @@ from engine.llm.base import BackendError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import CassetteError
 from engine.runs import cassette, figures, record, status
+from engine.settings import SettingError
 from engine.timeline import PlotError, draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -158,7 +159,8 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
 
 # What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
 # a message and exit status 2, never a traceback.
-_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError)
+_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError,
+                SettingError)
 EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 

@@ -116,3 +116,13 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_it_committed(tmp_path:
                          "scripted", "--cassette", str(FLOWS_HERE / "ledger.cassette.yaml"), "--db", str(db))
     assert code == 0, err
     assert [s.step for s in steps_of(db)][:len(kept)] == [s.step for s in kept] and len(steps_of(db)) == 10
+
+
+@pytest.mark.parametrize(("name", "value"), [("FLOWRUN_RETRIES", "many"), ("FLOWRUN_RETRY_DELAY", "-1"),
+                                             ("FLOWRUN_DB_TIMEOUT", "soon"), ("FLOWRUN_MODEL_TIMEOUT", "x")])
+def test_a_setting_that_is_not_a_number_is_a_clear_error(fake: FakeOllama, two_steps: Path, tmp_path: Path,
+                                                         name: str, value: str) -> None:
+    code, _, err = cli("run", str(two_steps), "-i", "topic=naps", "--tools", str(two_steps.parent / "tools"),
+                       "--backend", "ollama", "--model", "fox", "--db", str(tmp_path / "runs.db"),
+                       env={"OLLAMA_HOST": fake.url, name: value})
+    assert code == 2 and f"{name} is {value!r}: it must be" in err and "Traceback" not in err

@@ -3,9 +3,10 @@ locked): exponential backoff, capped, with full jitter so that many waiting runs
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
+
+from engine.settings import number
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,5 @@ class Backoff:
     def from_env(cls) -> Backoff:
         """Model call retries as FLOWRUN_RETRIES (tries after the first) and FLOWRUN_RETRY_DELAY (base seconds) set
         them."""
-        retries = os.environ.get("FLOWRUN_RETRIES")
-        delay = os.environ.get("FLOWRUN_RETRY_DELAY")
-        return cls(attempts=1 + int(retries) if retries else cls.attempts, base=float(delay) if delay else cls.base)
+        return cls(attempts=1 + int(number("FLOWRUN_RETRIES", cls.attempts - 1, whole=True)),
+                   base=number("FLOWRUN_RETRY_DELAY", cls.base))

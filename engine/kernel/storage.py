@@ -32,6 +32,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
+from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
@@ -219,7 +220,7 @@ class Storage:
         self._pending: list[tuple[type[SQLModel], dict[str, Any]]] = []  # rows queued by _later_insert
         self._pending_lock = threading.Lock()
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
-        self.timeout = float(os.environ.get("FLOWRUN_DB_TIMEOUT") or 30)
+        self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
             self.engine = create_engine(self.url, connect_args={"timeout": self.timeout} if self.sqlite else {})
         except ModuleNotFoundError as exc:

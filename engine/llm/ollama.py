@@ -26,6 +26,7 @@ from engine.llm.base import (
     bounded,
     remaining_tokens,
 )
+from engine.settings import number
 
 DEFAULT_HOST = "http://localhost:11434"
 _OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -47,9 +48,9 @@ class OllamaBackend:
                  context: int = 4096) -> None:
         self.model = model
         self.server = server or host()
-        self.slots = slots or int(os.environ.get("OLLAMA_NUM_PARALLEL") or 1)
+        self.slots = slots or max(1, int(number("OLLAMA_NUM_PARALLEL", 1, whole=True)))
         self.context = context  # sent as num_ctx unless the request sets it
-        self._silence = float(os.environ.get("FLOWRUN_MODEL_TIMEOUT") or 300)  # seconds without a byte: stalled
+        self._silence = number("FLOWRUN_MODEL_TIMEOUT", 300)  # seconds without a byte: the server stalled
         self._client = ollama.AsyncClient(host=self.server,
                                           timeout=httpx.Timeout(self._silence, connect=min(10, self._silence)))
 
