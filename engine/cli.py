@@ -36,7 +36,7 @@ from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import CassetteError
-from engine.runs import cassette, figures, record, status
+from engine.runs import cassette, figures, flow_file, record, status
 from engine.settings import SettingError
 from engine.timeline import PlotError, draw
 
@@ -425,10 +425,7 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
     with _user_errors():
         storage = Storage(db)
         found = stopped(storage, run_id, force=force)
-        flow = flow_path or Path(found.run.flow)
-        if not flow.is_file():
-            raise ResumeError(f"run {found.run.id} ran {found.run.flow}, which is not there: give the flow's path "
-                              "with --flow")
+        flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
         check_flow_for(found, checked.graph, force=force, rerun=rerun_unrecorded)
@@ -459,10 +456,7 @@ def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: 
     """
     with _user_errors():
         found = record(Storage(db), run_id)
-        flow = flow_path or Path(found.run.flow)
-        if not flow.is_file():
-            raise ResumeError(f"run {found.run.id} ran {found.run.flow}, which is not there: give the flow's path "
-                              "with --flow")
+        flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
         replay = asyncio.run(replay_run(found, checked, file=str(flow)))

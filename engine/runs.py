@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from engine.kernel.storage import RunRow, StepRow, Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import RunRow, StepRow, Storage, StorageError, SyscallRow, ToolCallRow
 
 LLM_KINDS = ("generate", "choose", "call_tool")
 
@@ -80,6 +81,14 @@ def record(storage: Storage, run_id: str) -> RunRecord:
 
 
 RESUMABLE = ("interrupted", "paused", "failed", "crashed")
+
+
+def flow_file(run: RunRow, given: Path | None = None) -> Path:
+    """The flow file of `run`: `given`, else the path the run was started with (a StorageError if not there)."""
+    path = given or Path(run.flow)
+    if not path.is_file():
+        raise StorageError(f"run {run.id} ran {run.flow}, which is not there: give the flow's path with --flow")
+    return path
 
 
 def status(run: RunRow) -> str:
