@@ -7,7 +7,8 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 
 Writes go through one writer thread, in order: `commit` awaits one (a run, a step), `later` queues one that nothing
 waits on (a syscall's record, a tool call, evicted memories), which is committed no later than the next awaited
-write. Reads wait for the queue first.
+write. Reads wait for the queue first. A write that finds the database busy is tried again for FLOWRUN_DB_TIMEOUT
+seconds. Several processes may share one database: on PostgreSQL its tables are made under an advisory lock.
 """
 
 from __future__ import annotations
