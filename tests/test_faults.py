@@ -126,3 +126,29 @@ def test_a_setting_that_is_not_a_number_is_a_clear_error(fake: FakeOllama, two_s
                        "--backend", "ollama", "--model", "fox", "--db", str(tmp_path / "runs.db"),
                        env={"OLLAMA_HOST": fake.url, name: value})
     assert code == 2 and f"{name} is {value!r}: it must be" in err and "Traceback" not in err
+
+
+def test_a_database_that_turns_read_only_stops_the_run_and_keeps_what_it_committed(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    storage = Storage(f"sqlite:///{db}")
+    steps_stored = []
+
+    @event.listens_for(storage.engine, "before_cursor_execute")
+    def turn_read_only(_: object, cursor: sqlite3.Cursor, statement: str, *__: object) -> None:
+        if statement.startswith("INSERT INTO steps"):
+            steps_stored.append(statement)
+            if len(steps_stored) == 3:  # the database turns read-only as the third step is stored
+                cursor.execute("PRAGMA query_only = 1")
+
+    checked = load_flow(FLOWS_HERE / "ledger.yaml", [FLOWS_HERE])
+    kernel = kernel_for([checked], read_cassette(FLOWS_HERE / "ledger.cassette.yaml"), storage,
+                        workspaces=tmp_path / "workspaces")
+    outcome = asyncio.run(run_flow(kernel, checked.graph, {"purchases": "apples 3, bread 2 and milk 1.5"},
+                                   file=str(FLOWS_HERE / "ledger.yaml")))
+    assert outcome.status == "failed"
+    assert "readonly database" in outcome.error and "it is read-only: make it writable" in outcome.error
+    assert [s.step for s in steps_of(db)] == ["plan", "record"]  # read by another connection: all there
+    code, _, err = cli("runs", "resume", outcome.run_id, "--force", "--tools", str(FLOWS_HERE), "--backend",
+                       "scripted", "--cassette", str(FLOWS_HERE / "ledger.cassette.yaml"), "--db", str(db))
+    assert code == 0, err
+    assert len(steps_of(db)) == 10
