@@ -58,7 +58,7 @@ class Progress:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     step: str = ""
     steps: int = 0
-    status: str = "waiting"  # waiting (for a batch's turn), running, finished, failed, interrupted
+    status: str = "waiting"  # waiting (for a batch's turn), running, finished, failed, paused, interrupted
 
 
 @dataclass
