@@ -430,7 +430,7 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
     with _user_errors():
         check_flow_for(found, checked.graph, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
-        if not storage.claim_run(found.run.id, (found.run.status, found.run.pid), **process_id()):
+        if not storage.claim_run(found.run.id, (found.run.status, found.run.pid), **process_id(), stale=found.stale):
             raise ResumeError(f"run {found.run.id} was resumed by another process meanwhile")
         kernel.journals[found.run.id] = found.journal
         if found.run.workspace:

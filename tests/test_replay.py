@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FLOWS
 from tests.test_crash import HERE
-from tests.test_run_cli import cli, runs_of
+from tests.test_run_cli import CASSETTES, cli, runs_of
 
 LEDGER = ["--tools", str(HERE)]
 
@@ -62,3 +63,21 @@ def test_replaying_an_unknown_run_or_a_missing_flow(tmp_path: Path, monkeypatch:
         connection.execute("UPDATE runs SET flow = 'gone.yaml'")
     code, _, err = cli("runs", "replay", run_id, "--db", str(db))
     assert code == 2 and "ran gone.yaml, which is not there: give the flow's path with --flow" in err
+
+
+def test_a_failed_run_resumed_replays_as_it_ended(tmp_path: Path) -> None:
+    """The answers a resume went past (the failed step's) are superseded: replay and export leave them out."""
+    db = tmp_path / "runs.db"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("responses:\n  - {key: plan, times: 2, text: '{\"steps\": 3}'}\n")
+    math = ["run", str(FLOWS / "math_agent.yaml"), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
+    code, out, _ = cli(*math, "--backend", "scripted", "--cassette", str(bad), "--db", str(db), "--json")
+    assert code == 1 and json.loads(out)["status"] == "failed"
+    run_id = json.loads(out)["run_id"]
+    code, _, err = cli("runs", "resume", run_id, "--backend", "scripted", "--cassette",
+                       str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(db))
+    assert code == 0, err
+    code, out, err = cli("runs", "replay", run_id, "--db", str(db))
+    assert code == 0 and "replayed without a model: 9 steps" in out, out + err
+    code, out, _ = cli("runs", "export", run_id, "--db", str(db))
+    assert code == 0 and '"steps": 3' not in out and out.count("key: plan") == 1

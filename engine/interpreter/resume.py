@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from engine.kernel.journal import Journal, RecordedTool
+from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
 from engine.runs import LLM_KINDS, RESUMABLE, record, status
@@ -21,23 +21,24 @@ class ResumeError(Exception):
 @dataclass
 class Stopped:
     """A stored run as resuming finds it: its steps, what its unfinished step already got (the journal), the calls
-    of tools that are not idempotent which started but whose end was not stored, and the request keys of every
-    model answer it got (which a cassette should not give again)."""
+    of tools that are not idempotent which started but whose end was not stored, the records it will not use, and
+    the request keys of every model answer it got (which a cassette should not give again)."""
 
     run: RunRow
     steps: list[StepRow]
     journal: Journal
     unrecorded: list[ToolCallRow] = field(default_factory=list)
+    stale: tuple[list[str], list[int]] = ([], [])  # syscalls and tool calls the resumed run will not use
     answered: list[str] = field(default_factory=list)
 
 
 def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: bool) -> Journal:
-    """The journal of a run's recorded `calls` and `tools`: their successful answers and results (strict, for a
-    replay: errors as well, and nothing may be asked that is not there)."""
-    answers = deque((c.key or "", c.text) for c in calls if c.kind in LLM_KINDS and c.text is not None
-                    and c.error is None)
-    recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error) for t in tools
-                     if not t.pending and (strict or t.error is None))
+    """The journal of a run's recorded `calls` and `tools` (those no resume went past): their successful answers
+    and results (strict, for a replay: errors as well, and nothing may be asked that is not there)."""
+    answers = deque(RecordedAnswer(c.key or "", c.text, c.id) for c in calls
+                    if c.kind in LLM_KINDS and c.text is not None and c.error is None and not c.superseded)
+    recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error, t.id) for t in tools
+                     if not t.pending and not t.superseded and (strict or t.error is None))
     return Journal(answers, recorded, strict=strict)
 
 
@@ -53,19 +54,23 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
                           "resume it with --force"}.get(now, f"it is {now}")
         raise ResumeError(f"run {run.id} cannot be resumed: {why}")
     since = found.steps[-1].finished if found.steps else run.created  # what came after is the journal's
-    tools = [t for t in found.tools if t.started >= since]
-    later = [c for c in found.syscalls if c.created >= since]
+    tools = [t for t in found.tools if t.started >= since and not t.superseded]
+    later = [c for c in found.syscalls if c.created >= since and not c.superseded]
     # A failed run's last step is run afresh (the model's answers may be what failed); its tools' results stand.
-    journal = journal_of([] if run.status == "failed" else later, tools, strict=False)
+    # A tool's error is not given back either: the call is made again.
+    fresh = run.status == "failed"
+    journal = journal_of([] if fresh else later, tools, strict=False)
+    journal.supersede = lambda calls, tools: storage.later(storage.supersede, calls, tools)
+    stale = ([c.id for c in later if fresh and c.kind in LLM_KINDS], [t.id for t in tools if t.error and t.id])
     answered = {c.id for c in later}
     for snap in storage.of_runs(SnapshotRow, [run.id]):
         if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:
             journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
     unrecorded = [t for t in tools if t.pending]
-    journal.pending = [(RecordedTool(t.tool, t.arguments), t.id) for t in unrecorded if t.id is not None]
-    return Stopped(run, found.steps, journal, unrecorded,
-                   [c.key or "" for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None
-                    and c.error is None])
+    journal.pending = [RecordedTool(t.tool, t.arguments, id=t.id) for t in unrecorded]
+    given = [c.key or "" for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None
+             and c.error is None and not c.superseded and c.id not in stale[0]]
+    return Stopped(run, found.steps, journal, unrecorded, stale, given)
 
 
 def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun: bool) -> None:

@@ -189,7 +189,9 @@ async def _drive(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str
 
 async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error: str | None = None) -> RunOutcome:
     """Store how the run ended (and move its short-term memory to long-term memory)."""
-    kernel.journals.pop(run.id, None)
+    journal = kernel.journals.pop(run.id, None)
+    if journal is not None and status == "finished":
+        journal.drop_unused()
     try:
         kernel.memory.end_run(run.id)
         await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)

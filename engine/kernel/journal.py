@@ -9,6 +9,7 @@ and is strict: a request it does not hold is a divergence.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,37 +21,60 @@ class Divergence(Exception):
 
 
 @dataclass(frozen=True)
+class RecordedAnswer:
+    """A model answer as recorded: its request key, its text, and its syscall's id."""
+
+    key: str
+    text: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class RecordedTool:
-    """A tool call as recorded: the result, or the error it raised."""
+    """A tool call as recorded: the result, or the error it raised, and its row id."""
 
     tool: str
     arguments: Any
     result: Any = None
     error: str | None = None
+    id: int | None = None
 
 
 @dataclass
 class Journal:
-    """Recorded model answers, (request key, text) in the order asked, and tool calls in the order made."""
+    """Recorded model answers in the order asked, and tool calls in the order made.
 
-    answers: deque[tuple[str, str]] = field(default_factory=deque)
+    What a resumed run will not use (it went another way) is handed to `supersede` (syscall ids, tool call ids),
+    which marks it in storage, so that a replay or an export of the run leaves it out.
+    """
+
+    answers: deque[RecordedAnswer] = field(default_factory=deque)
     tools: deque[RecordedTool] = field(default_factory=deque)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)  # by request key: where a generation stopped
-    pending: list[tuple[RecordedTool, int]] = field(default_factory=list)  # started, result not stored: row ids
+    pending: list[RecordedTool] = field(default_factory=list)  # started, their result not stored
     strict: bool = False
+    supersede: Callable[[list[str], list[int]], None] = lambda calls, tools: None
 
     def answer(self, key: str) -> str | None:
         """The next recorded answer if it was for a request with `key`; else None (strict: Divergence)."""
-        if self.answers and self.answers[0][0] == key:
-            return self.answers.popleft()[1]
+        if self.answers and self.answers[0].key == key:
+            return self.answers.popleft().text
         if self.strict:
-            recorded = f"the recorded run asked for {self.answers[0][0]!r} here" if self.answers else \
+            recorded = f"the recorded run asked for {self.answers[0].key!r} here" if self.answers else \
                 "the recorded run asked the model nothing more"
             raise Divergence(f"a model call for {key!r}, but {recorded}")
         if self.answers:  # what follows was answered for another path, and so was any snapshot
+            self.supersede([a.id for a in self.answers if a.id is not None], [])
             self.answers.clear()
             self.snapshots.clear()
         return None
+
+    def drop_unused(self) -> None:
+        """Supersede what is left (the run ended without needing it)."""
+        self.supersede([a.id for a in self.answers if a.id is not None],
+                       [t.id for t in self.tools if t.id is not None])
+        self.answers.clear()
+        self.tools.clear()
 
     def snapshot(self, key: str) -> Snapshot | None:
         """Where the recorded run's generation for `key` was suspended, if it was (handed over once)."""
@@ -59,10 +83,10 @@ class Journal:
     def unrecorded(self, name: str, arguments: Any) -> int | None:
         """The stored id of a call of `name` with `arguments` that started but whose result was not stored, if
         there is one (handed over once): calling it again keeps its id, and so its key."""
-        for n, (call, row_id) in enumerate(self.pending):
+        for n, call in enumerate(self.pending):
             if (call.tool, call.arguments) == (name, arguments):
                 del self.pending[n]
-                return row_id
+                return call.id
         return None
 
     def tool(self, name: str, arguments: Any) -> RecordedTool | None:
@@ -73,5 +97,7 @@ class Journal:
             recorded = f"the recorded run called {self.tools[0].tool} with {self.tools[0].arguments} here" \
                 if self.tools else "the recorded run called no more tools"
             raise Divergence(f"a call of {name} with {arguments}, but {recorded}")
-        self.tools.clear()
+        if self.tools:
+            self.supersede([], [t.id for t in self.tools if t.id is not None])
+            self.tools.clear()
         return None

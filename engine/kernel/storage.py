@@ -44,8 +44,8 @@ _ADDED_COLUMNS = {
     2: (("runs", "batch", "VARCHAR"), ("steps", "tools", "JSON"), ("syscalls", "slices", "JSON")),
     3: (("syscalls", "key", "VARCHAR"), ("syscalls", "text", "TEXT")),
     4: (("runs", "flow_sha256", "VARCHAR"), ("runs", "workspace", "VARCHAR"), ("runs", "host", "VARCHAR"),
-        ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("tool_calls", "pending", "BOOLEAN"),
-        ("snapshots", "key", "VARCHAR")),
+        ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("syscalls", "superseded", "BOOLEAN"),
+        ("tool_calls", "pending", "BOOLEAN"), ("tool_calls", "superseded", "BOOLEAN"), ("snapshots", "key", "VARCHAR")),
 }
 
 
@@ -143,6 +143,7 @@ class SyscallRow(SQLModel, table=True):
     key: str | None = None  # an LLM syscall's request key (the interpreter's step id)
     text: str | None = None  # and the text it generated: with the key, what a cassette replays
     error: str | None = None
+    superseded: bool | None = None  # a resumed run went past it: not part of the run's cassette
 
 
 class SnapshotRow(SQLModel, table=True):
@@ -179,6 +180,7 @@ class ToolCallRow(SQLModel, table=True):
     started: float
     finished: float
     pending: bool | None = None  # started, result not yet stored (recorded so only for tools that are not idempotent)
+    superseded: bool | None = None  # a resumed run went past it: not replayed
 
 
 class AuditRow(SQLModel, table=True):
@@ -387,16 +389,31 @@ class Storage:
             db.execute(table.update().where(table.c.id == row.id).values(
                 result=row.result, error=row.error, finished=row.finished, pending=None))
 
-    def claim_run(self, run_id: str, seen: tuple[str, int | None], host: str, pid: int) -> bool:
+    def claim_run(self, run_id: str, seen: tuple[str, int | None], host: str, pid: int,
+                  stale: tuple[list[str], list[int]] = ([], [])) -> bool:
         """Mark run `run_id` running in process `pid` on `host`, if its (status, pid) is still `seen`: two
-        processes resuming one run cannot both have it."""
+        processes resuming one run cannot both have it. In the same transaction, supersede the `stale` syscalls
+        and tool calls, which the resumed run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
                                  .values(status="running", host=host, pid=pid, error=None, finished=None))
+            if claimed.rowcount == 1:
+                self._supersede(db, *stale)
             return claimed.rowcount == 1
+
+    def supersede(self, calls: list[str], tools: list[int]) -> None:
+        """Mark syscalls `calls` and tool calls `tools` as gone past by a resumed run."""
+        with self._writing() as db:
+            self._supersede(db, calls, tools)
+
+    @staticmethod
+    def _supersede(db: Connection, calls: list[str], tools: list[int]) -> None:
+        for table, ids in ((SyscallRow.__table__, calls), (ToolCallRow.__table__, tools)):  # type: ignore[attr-defined]
+            if ids:
+                db.execute(table.update().where(table.c.id.in_(ids)).values(superseded=True))
 
     def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
         """Store an access decision."""
