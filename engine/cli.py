@@ -365,7 +365,7 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
 
 @main.group()
 def runs() -> None:
-    """Stored runs: list them, show one, draw their timeline."""
+    """Stored runs: list them, show one, resume, replay or export one, draw their timeline."""
 
 
 @runs.command("list")
