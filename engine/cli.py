@@ -27,6 +27,7 @@ from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import ResumeError, check_flow_for, stopped
+from engine.interpreter.runs import cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id, run_flow
 from engine.kernel.kernel import Kernel
@@ -36,7 +37,6 @@ from engine.kernel.tools import ToolError
 from engine.llm.base import BackendError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import CassetteError
-from engine.runs import cassette, figures, flow_file, record, status
 from engine.settings import SettingError
 from engine.timeline import PlotError, draw
 

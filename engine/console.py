@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import click
 
 from engine.flowtest import CaseResult, Coverage, TestFile
+from engine.interpreter.runs import RESUMABLE, RunFigures, RunRecord, status
 from engine.interpreter.walk import Progress
 from engine.kernel.storage import RunRow
-from engine.runs import RESUMABLE, RunFigures, RunRecord, status
 
 T = TypeVar("T")
 _CLEAR = "\r\x1b[2K"

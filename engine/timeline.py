@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.runs import LLM_KINDS, RunRecord
+from engine.interpreter.runs import LLM_KINDS, RunRecord
 
 COLORS = {"waiting": "#f2c14e", "model": "#2b6cb0", "tool": "#38a169", "other": "#a0aec0"}
 

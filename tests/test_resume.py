@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.interpreter.runs import LLM_KINDS
 from engine.kernel.storage import RunRow, SnapshotRow, StepRecord, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.base import Request, Snapshot
 from engine.llm.scripted import tokenize
-from engine.runs import LLM_KINDS
 from tests.test_crash import HERE
 from tests.test_run_cli import CASSETTES, MATH, cassette, cli, runs_of, slow_run, steps_of, wait_for_steps
 

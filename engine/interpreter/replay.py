@@ -12,11 +12,11 @@ from typing import Any
 
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.resume import journal_of
+from engine.interpreter.runs import RunRecord
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.scripted import ScriptedBackend
-from engine.runs import RunRecord
 
 ENDED = ("finished", "failed")
 

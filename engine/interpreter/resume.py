@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from engine.interpreter.runs import LLM_KINDS, RESUMABLE, record, status
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
-from engine.runs import LLM_KINDS, RESUMABLE, record, status
 
 
 class ResumeError(Exception):

@@ -1,5 +1,6 @@
 """Stored runs read back: a run's figures (steps, tokens, time waiting for and running on the model), its whole
-record, and its model answers as a cassette, for `flowrun runs` and `flowrun batch`."""
+record, its status (a run whose process is gone crashed), and its model answers as a cassette: for resuming and
+replaying runs, and for `flowrun runs` and `flowrun batch`."""
 
 from __future__ import annotations
 
