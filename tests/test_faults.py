@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from engine.flow.validate import load_flow
 from engine.interpreter.setup import kernel_for, read_cassette
-from engine.interpreter.walk import run_flow
+from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.storage import Storage
 from tests.fake_ollama import FakeOllama
 from tests.test_run_cli import cli, runs_of, steps_of
@@ -95,6 +95,21 @@ def test_a_busy_database_is_waited_for(tmp_path: Path) -> None:
     assert time.monotonic() - started >= 1.0 and json.loads(out)["status"] == "finished"
 
 
+def run_ledger(storage: Storage, tmp_path: Path) -> RunOutcome:
+    """A run of the ledger flow, in process, stored in `storage`."""
+    checked = load_flow(FLOWS_HERE / "ledger.yaml", [FLOWS_HERE])
+    kernel = kernel_for([checked], read_cassette(FLOWS_HERE / "ledger.cassette.yaml"), storage,
+                        workspaces=tmp_path / "workspaces")
+    return asyncio.run(run_flow(kernel, checked.graph, {"purchases": "apples 3, bread 2 and milk 1.5"},
+                                file=str(FLOWS_HERE / "ledger.yaml")))
+
+
+def resume_ledger(run_id: str, db: Path) -> tuple[int, str, str]:
+    """`flowrun runs resume` of a ledger run that this very process stored as running (hence --force)."""
+    return cli("runs", "resume", run_id, "--force", "--tools", str(FLOWS_HERE), "--backend", "scripted",
+               "--cassette", str(FLOWS_HERE / "ledger.cassette.yaml"), "--db", str(db))
+
+
 def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_it_committed(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     storage = Storage(f"sqlite:///{db}")
@@ -102,18 +117,13 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_it_committed(tmp_path:
         room = connection.execute("PRAGMA page_count").fetchone()[0] + 4  # a few pages more, then the disk is full
     event.listen(storage.engine, "connect", lambda dbapi, _: dbapi.execute(f"PRAGMA max_page_count = {room}"))
     storage.engine.dispose()
-    checked = load_flow(FLOWS_HERE / "ledger.yaml", [FLOWS_HERE])
-    kernel = kernel_for([checked], read_cassette(FLOWS_HERE / "ledger.cassette.yaml"), storage,
-                        workspaces=tmp_path / "workspaces")
-    outcome = asyncio.run(run_flow(kernel, checked.graph, {"purchases": "apples 3, bread 2 and milk 1.5"},
-                                   file=str(FLOWS_HERE / "ledger.yaml")))
+    outcome = run_ledger(storage, tmp_path)
     assert outcome.status == "failed"
     assert "database or disk is full" in outcome.error and "free some space" in outcome.error
     kept = steps_of(db)  # read by a storage of its own: what was committed is all there, and readable
     assert 0 < len(kept) < 10 and [s.step for s in kept] == outcome.path[:len(kept)]
     # Space again: the run (stored as running, by this very process) goes on from where it stopped.
-    code, _out, err = cli("runs", "resume", outcome.run_id, "--force", "--tools", str(FLOWS_HERE), "--backend",
-                         "scripted", "--cassette", str(FLOWS_HERE / "ledger.cassette.yaml"), "--db", str(db))
+    code, _, err = resume_ledger(outcome.run_id, db)
     assert code == 0, err
     assert [s.step for s in steps_of(db)][:len(kept)] == [s.step for s in kept] and len(steps_of(db)) == 10
 
@@ -140,15 +150,10 @@ def test_a_database_that_turns_read_only_stops_the_run_and_keeps_what_it_committ
             if len(steps_stored) == 3:  # the database turns read-only as the third step is stored
                 cursor.execute("PRAGMA query_only = 1")
 
-    checked = load_flow(FLOWS_HERE / "ledger.yaml", [FLOWS_HERE])
-    kernel = kernel_for([checked], read_cassette(FLOWS_HERE / "ledger.cassette.yaml"), storage,
-                        workspaces=tmp_path / "workspaces")
-    outcome = asyncio.run(run_flow(kernel, checked.graph, {"purchases": "apples 3, bread 2 and milk 1.5"},
-                                   file=str(FLOWS_HERE / "ledger.yaml")))
+    outcome = run_ledger(storage, tmp_path)
     assert outcome.status == "failed"
     assert "readonly database" in outcome.error and "it is read-only: make it writable" in outcome.error
     assert [s.step for s in steps_of(db)] == ["plan", "record"]  # read by another connection: all there
-    code, _, err = cli("runs", "resume", outcome.run_id, "--force", "--tools", str(FLOWS_HERE), "--backend",
-                       "scripted", "--cassette", str(FLOWS_HERE / "ledger.cassette.yaml"), "--db", str(db))
+    code, _, err = resume_ledger(outcome.run_id, db)
     assert code == 0, err
     assert len(steps_of(db)) == 10

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,12 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
     row = RunRow(id=run.id, agent=run.agent, flow=file, status="running", batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=graph.graph.get("sha256"),
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
-    return await _drive(kernel, graph, run, graph.graph["start"], kernel.storage.commit(kernel.storage.start_run, row))
+
+    async def start() -> Any:
+        await kernel.storage.commit(kernel.storage.start_run, row)
+        return await _walk(kernel, graph, run, graph.graph["start"])
+
+    return await _drive(kernel, run, start())
 
 
 async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, steps: list[StepRow], *, file: str,
@@ -151,10 +156,10 @@ async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, step
                                                                       stored.tools or []))
     run.progress.steps = len(steps)
     if steps and steps[-1].kind == "terminal":  # it ended, but the process stopped before storing so
-        return await _drive(kernel, graph, run, None, None, answer=steps[-1].output)
+        return await _end(kernel, run, "finished", answer=steps[-1].output)
     current = graph.graph["start"] if not steps else \
         _follow(graph, graph.nodes[steps[-1].step]["step"], steps[-1].branch or "next")
-    return await _drive(kernel, graph, run, current, None)
+    return await _drive(kernel, run, _walk(kernel, graph, run, current))
 
 
 def process_id() -> dict[str, Any]:
@@ -162,17 +167,12 @@ def process_id() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-async def _drive(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str | None,
-                 begin: Awaitable[Any] | None, answer: Any = None) -> RunOutcome:
-    """Await `begin` (storing the run), walk from step `current` (None: the run is already at its end), and
-    store how the run ended."""
+async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
+    """Await `walk` (the run's steps, to its answer) and store how the run ended."""
     kernel.access.allow_tools(run.agent, run.flow.tools)
     run.progress.status = "running"
     try:
-        if begin is not None:
-            await begin
-        if current is not None:
-            answer = await _walk(kernel, graph, run, current)
+        answer = await walk
     except asyncio.CancelledError:
         await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
         raise

@@ -72,20 +72,24 @@ class Kernel:
             self.context.suspend(syscall, snapshot, store=False)
         error = None
         try:
-            attempt = 1
-            while True:
-                try:
-                    return await self.scheduler.submit(syscall)
-                except ModelUnavailable as exc:
-                    if attempt >= self.retry.attempts:
-                        raise ModelUnavailable(f"{exc} (tried {attempt} times)") from None
-                    await asyncio.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
-                    attempt += 1
+            return await self._submit(syscall)
         except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
             error = str(exc) or type(exc).__name__
             raise
         finally:
             self.storage.record_syscall(syscall, error)
+
+    async def _submit(self, syscall: Syscall) -> Result:
+        """`syscall` through the scheduler, tried again after a backoff while the model is unavailable."""
+        attempt = 1
+        while True:
+            try:
+                return await self.scheduler.submit(syscall)
+            except ModelUnavailable as exc:
+                if attempt >= self.retry.attempts:
+                    raise ModelUnavailable(f"{exc} (tried {attempt} times)") from None
+                await asyncio.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
+                attempt += 1
 
     async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int) -> str:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in dropped)
