@@ -26,10 +26,10 @@ from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow
 from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.replay import replay_run
-from engine.interpreter.resume import ResumeError, check_flow_for, stopped
+from engine.interpreter.resume import ResumeError, check_flow_for, resume_run, stopped
 from engine.interpreter.runs import cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
-from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id, run_flow
+from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
@@ -430,13 +430,8 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
     with _user_errors():
         check_flow_for(found, checked.graph, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
-        if not storage.claim_run(found.run.id, (found.run.status, found.run.pid), **process_id(), stale=found.stale):
-            raise ResumeError(f"run {found.run.id} was resumed by another process meanwhile")
-        kernel.journals[found.run.id] = found.journal
-        if found.run.workspace:
-            kernel.run_workspaces[found.run.id] = Path(found.run.workspace)
         progress = Progress(found.run.id)
-        work = continue_run(kernel, checked.graph, found.run, found.steps, file=str(flow), progress=progress)
+        work = resume_run(kernel, checked.graph, found, file=str(flow), progress=progress)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 

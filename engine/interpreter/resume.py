@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import networkx as nx
 
 from engine.interpreter.runs import LLM_KINDS, RESUMABLE, record, status
+from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
+from engine.kernel.kernel import Kernel
 from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
 
@@ -89,3 +92,18 @@ def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun
         raise ResumeError(f"run {run.id} stopped while calling {calls}, which is not idempotent, and its result was "
                           "not stored: it may or may not have happened. Check, then resume with "
                           "--rerun-unrecorded to call it again (with the same call key) if the model asks for it")
+
+
+async def resume_run(kernel: Kernel, graph: nx.MultiDiGraph, found: Stopped, *, file: str,
+                     progress: Progress | None = None) -> RunOutcome:
+    """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
+    with it on `kernel`: its journal given back first, its tools in its own workspace."""
+    run, this = found.run, process_id()
+    claimed = await kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid), this["host"],
+                                          this["pid"], found.stale)
+    if not claimed:
+        raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
+    kernel.journals[run.id] = found.journal
+    if run.workspace:
+        kernel.run_workspaces[run.id] = Path(run.workspace)
+    return await continue_run(kernel, graph, run, found.steps, file=file, progress=progress)
