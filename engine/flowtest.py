@@ -39,10 +39,9 @@ SUFFIX = ".test.yaml"
 
 @dataclass
 class Case:
-    """One test case, as its test file gives it (`line`: where it starts)."""
+    """One test case, as its test file gives it."""
 
     name: str
-    line: int
     inputs: dict[str, Any] = field(default_factory=dict)
     cassette: Path | None = None
     responses: list[Any] | None = None  # a cassette's responses, written in the case
@@ -145,7 +144,7 @@ def load_tests(path: Path, tool_paths: Iterable[Path] = ()) -> TestFile:
 def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, problems: list[Diagnostic]) -> Case:
     at = ("cases", n)
     path = Path(doc.file)
-    case = Case(item["name"], doc.position(at)[0], item.get("inputs", {}), responses=item.get("responses"),
+    case = Case(item["name"], item.get("inputs", {}), responses=item.get("responses"),
                 files=item.get("files", {}), expect=item.get("expect", {}))
     if "cassette" in item:
         case.cassette = path.parent / item["cassette"]
