@@ -25,7 +25,7 @@ import networkx as nx
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
-from engine.flow.validate import CheckedFlow, load_flow
+from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
@@ -91,10 +91,10 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
     untested: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.yaml") if not any(x.startswith(".") for x in p.parts))
+            found = yaml_below(path)
             tests.extend(p for p in found if p.name.endswith(SUFFIX))
-            untested.extend(p for p in found if not p.name.endswith((SUFFIX, ".cassette.yaml"))
-                            and not _beside(p).is_file() and _is_flow(p))
+            untested.extend(p for p in found if not p.name.endswith(NOT_FLOWS) and not _beside(p).is_file()
+                            and _is_flow(p))
         elif path.name.endswith(SUFFIX):
             tests.append(path)
         else:

@@ -87,16 +87,16 @@ def discover(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p for p in path.rglob("*")
-                    if p.suffix in YAML_SUFFIXES and not p.name.endswith(NOT_FLOWS) and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
-            )
+            found.extend(p for p in yaml_below(path) if not p.name.endswith(NOT_FLOWS))
         else:
             found.append(path)
     return found
+
+
+def yaml_below(directory: Path) -> list[Path]:
+    """The YAML files below `directory`, sorted, those in hidden folders (or hidden themselves) left out."""
+    return sorted(p for p in directory.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
 def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False) -> Report:
