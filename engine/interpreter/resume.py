@@ -9,7 +9,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from engine.interpreter.runs import LLM_KINDS, RESUMABLE, record, status
+from engine.interpreter.runs import LLM_KINDS, RESUMABLE, answer_stands, record, status
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
@@ -38,8 +38,7 @@ class Stopped:
 def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: bool) -> Journal:
     """The journal of a run's recorded `calls` and `tools` (those no resume went past): their successful answers
     and results (strict, for a replay: errors as well, and nothing may be asked that is not there)."""
-    answers = deque(RecordedAnswer(c.key or "", c.text, c.id) for c in calls
-                    if c.kind in LLM_KINDS and c.text is not None and c.error is None and not c.superseded)
+    answers = deque(RecordedAnswer(c.key or "", c.text or "", c.id) for c in calls if answer_stands(c))
     recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error, t.id) for t in tools
                      if not t.pending and not t.superseded and (strict or t.error is None))
     return Journal(answers, recorded, strict=strict)
@@ -71,8 +70,7 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
             journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
     unrecorded = [t for t in tools if t.pending]
     journal.pending = [RecordedTool(t.tool, t.arguments, id=t.id) for t in unrecorded]
-    given = [c.key or "" for c in found.syscalls if c.kind in LLM_KINDS and c.text is not None
-             and c.error is None and not c.superseded and c.id not in stale[0]]
+    given = [c.key or "" for c in found.syscalls if answer_stands(c) and c.id not in stale[0]]
     return Stopped(run, found.steps, journal, unrecorded, stale, given)
 
 

@@ -67,11 +67,15 @@ def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
     return list(found.values())
 
 
+def answer_stands(call: SyscallRow) -> bool:
+    """Whether `call` is a model answer the run got and still stands by (not failed, cancelled or superseded)."""
+    return call.kind in LLM_KINDS and call.text is not None and call.error is None and not call.superseded
+
+
 def cassette(found: RunRecord) -> dict[str, Any]:
     """The run's model answers as a cassette for the scripted backend: each finished LLM syscall's text under its
     request key, in the order they were asked, so that the flow replays the same way without a model."""
-    calls = [c for c in found.syscalls
-             if c.kind in LLM_KINDS and c.text is not None and c.error is None and not c.superseded]
+    calls = [c for c in found.syscalls if answer_stands(c)]
     return {"run": found.run.id, "flow": found.run.flow, "inputs": found.run.inputs,
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
