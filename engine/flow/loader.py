@@ -47,6 +47,8 @@ Position = tuple[int, int]
 _STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 _PLAIN = "!plain"  # our tag for an untagged plain scalar, resolved below by the YAML 1.2 core schema
 _MAX_NODES = 1_000_000  # what a document may expand to through aliases
+_NESTING_LIMIT = "exceeded maximum nesting depth"  # libyaml's words when a document nests past its limit
+_TOO_DEEP = "the document is nested too deeply to read: flatten it (a resource limit, not a syntax error)"
 
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
@@ -195,7 +197,14 @@ def load_yaml(text: str, file: str) -> Document:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            doc.diagnostics.append(diagnostic("FR001", _syntax_message(exc), file, where))
+            if exc.problem and _NESTING_LIMIT in exc.problem:  # libyaml >= 0.2.6 (PyYAML 6.0.4's wheels) stops here
+                doc.diagnostics.append(diagnostic("FR004", _TOO_DEEP, file, where))
+            else:
+                doc.diagnostics.append(diagnostic("FR001", _syntax_message(exc), file, where))
+            return doc
+        except RecursionError:  # the pure-Python composer has no depth limit of its own
+            mark = loader.get_mark()
+            doc.diagnostics.append(diagnostic("FR004", _TOO_DEEP, file, (mark.line + 1, mark.column + 1)))
             return doc
         except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
             doc.diagnostics.append(diagnostic("FR001", str(exc).splitlines()[0], file, (1, 1)))
@@ -206,11 +215,29 @@ def load_yaml(text: str, file: str) -> Document:
             return doc
         try:
             doc.data = _Builder(doc).build(doc.root)
-        except RecursionError:
-            doc.diagnostics.append(diagnostic("FR004", "the document is nested too deeply to read", file, (1, 1)))
+        except RecursionError:  # libyaml before 0.2.6 composes any depth; building it is what overflows
+            doc.diagnostics.append(diagnostic("FR004", _TOO_DEEP, file, _deepest(doc.root)))
         except _TooLarge:
             pass  # reported where the limit was crossed
     return doc
+
+
+def _deepest(root: Node) -> Position:
+    """Where the most deeply nested node of the tree starts (found without recursion)."""
+    deepest, depth_max = root, 0
+    stack, seen = [(root, 0)], set()
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:  # an alias, possibly of a node that contains it
+            continue
+        seen.add(id(node))
+        if depth > depth_max:
+            deepest, depth_max = node, depth
+        if node.__class__ is SequenceNode:
+            stack.extend((child, depth + 1) for child in node.value)
+        elif node.__class__ is MappingNode:
+            stack.extend((value, depth + 1) for _, value in node.value)
+    return (deepest.start_mark.line + 1, deepest.start_mark.column + 1)
 
 
 def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
