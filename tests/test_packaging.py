@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -50,3 +52,29 @@ def test_wheel_install_validates_draws_and_runs_bundled_flows(tmp_path: Path) ->
              cwd=elsewhere)
     assert json.loads(ran.stdout)["answer"]["answer"] == "20 m/s"
     assert (elsewhere / ".flowrun" / "flowrun.db").is_file()
+
+
+def _lower_bounds(requirements: list[str]) -> dict[str, str]:
+    found = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([\w.-]+)(?:\[[\w,]+\])?>=([\w.]+)", requirement.replace(" ", ""))
+        assert match, f"{requirement}: state a lower bound (>=) that constraints/lowest.txt can pin"
+        found[match[1].lower().replace("_", "-")] = match[2]
+    return found
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = [int(p) for p in version.split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def test_lowest_constraints_pin_every_lower_bound() -> None:
+    # .ci/lowest tests the oldest versions allowed only if the pins are the bounds: a bound raised alone is untested
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    bounds = _lower_bounds([*project["dependencies"], *project["optional-dependencies"]["test"]])
+    pins = dict(line.split("==") for line in (ROOT / "constraints" / "lowest.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {name: _release(v) for name, v in bounds.items()} == \
+        {name: _release(v) for name, v in pins.items() if name in bounds}
