@@ -32,6 +32,8 @@ RULES: dict[str, Rule] = {
         Rule("FR003", "schema", _E, "The file does not match its JSON Schema (schemas/*.schema.json)."),
         Rule("FR004", "yaml-unsupported", _E, "A YAML feature flowrun does not accept: unknown tags, alias bombs."),
         Rule("FR005", "unsupported-format", _E, "The file's format version is not one this flowrun reads."),
+        Rule("FR006", "remote-ref", _E, "An embedded JSON Schema refers outside itself (a file or URL); flowrun never "
+                                        "fetches schemas, so only local references (`#/...`) are allowed."),
         Rule("FR101", "unknown-target", _E, "`next`, a branch or `start` names a step that does not exist."),
         Rule("FR102", "unreachable-step", _W, "No path from the start step leads to this step."),
         Rule("FR103", "no-terminal", _E, "No terminal step can be reached from here: a dead end or a closed loop."),
