@@ -99,6 +99,14 @@ def yaml_below(directory: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
+def repository_root(path: Path) -> Path | None:
+    """The top of the git working tree holding `path` (a folder with `.git`, a folder or a worktree's file), if any."""
+    for folder in [path.absolute(), *path.absolute().parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
 def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False) -> Report:
     """Validate every flow and tool manifest at `paths` (files or directories) in one pass.
 
