@@ -29,6 +29,7 @@ from engine.cli import main
 from engine.flow.diagnostics import RULES
 from engine.flow.render import render_graph
 from engine.flow.validate import check_flow_text, validate_paths
+from engine.flowtest import load_tests
 from engine.kernel.tools import Tool
 from tests.conftest import FLOWS, ROOT
 
@@ -168,6 +169,14 @@ steps:
     assert message in diagnostics[0].message
 
 
+def test_an_embedded_schema_that_is_no_object_is_reported_once_per_problem(tools) -> None:
+    text = 'flowrun: 1\nname: Strings\ninputs:\n  query: "a string"\nsteps:\n  done: {kind: terminal, instruction: X}\n'
+    diagnostics = check_flow_text(text, "flow.yaml", tools).diagnostics
+    assert diagnostics and {(d.line, d.code) for d in diagnostics} == {(4, "FR003")}
+    assert len({d.message for d in diagnostics}) == len(diagnostics)
+    assert all("is not of type" in d.message for d in diagnostics)
+
+
 def test_a_tool_manifest_with_an_invalid_pattern_is_reported_at_its_line(tmp_path: Path) -> None:
     (tmp_path / "grep.tool.yaml").write_text("""\
 name: grep
@@ -204,6 +213,18 @@ def test_no_published_schema_references_anything_outside_itself(path: Path) -> N
     assert [ref for ref in found if not ref.startswith("#")] == []
 
 
+def test_a_test_files_answer_schema_may_not_refer_outside_itself(tmp_path: Path) -> None:
+    (tmp_path / "hello.yaml").write_text("flowrun: 1\nname: Hello\nsteps:\n  done: {kind: terminal, instruction: X}\n")
+    cases = tmp_path / "hello.test.yaml"
+    cases.write_text("""\
+cases:
+  - name: greets
+    expect:
+      answer: {schema: {$ref: "https://example.com/greeting.json"}}
+""")
+    assert [(d.line, d.code) for d in load_tests(cases).diagnostics] == [(4, "FR006")]
+
+
 def test_embedded_schemas_are_still_checked_against_the_metaschema(tools) -> None:
     text = """\
 flowrun: 1
@@ -223,7 +244,7 @@ steps:
 def npm_tools() -> Path:
     """node_modules with NPM_PACKAGES, installed once into a cache directory (FLOWRUN_TEST_CACHE or ~/.cache)."""
     if not (shutil.which("node") and shutil.which("npm")):
-        pytest.skip("node and npm are not installed; .ci/run installs them where the CI image lacks them")
+        pytest.skip("node and npm are not installed (Debian: apt-get install nodejs npm)")
     cache = Path(os.environ.get("FLOWRUN_TEST_CACHE", Path.home() / ".cache" / "flowrun-tests")) / "npm"
     stamp = cache / "installed.json"
     if not stamp.is_file() or json.loads(stamp.read_text()) != list(NPM_PACKAGES):

@@ -66,12 +66,13 @@ class _Compiles:
         pass
 
     def validate(self, instance: Any) -> None:
-        if not _embedded_validator().is_valid(instance):
+        if not isinstance(instance, dict):  # `type` says what is wrong with it
             return
         try:
             compile_schema(instance)
         except jsonschema_rs.ValidationError as exc:
-            raise ValueError(str(exc).partition("\n")[0]) from None
+            if _embedded_validator().is_valid(instance):
+                raise ValueError(str(exc).partition("\n")[0]) from None
 
 
 @functools.cache
@@ -94,7 +95,7 @@ def schema_diagnostics(doc: Document, name: str) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     for error in _validator(name).iter_errors(doc.data):
         found.extend(_diagnostics(doc, error, schema(name)))
-    return found
+    return list(dict.fromkeys(found))  # each of the metaschema's vocabularies repeats its `type` error
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
