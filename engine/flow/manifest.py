@@ -90,19 +90,16 @@ def load_tools(paths: Iterable[Path], *, bundled: bool = True, known: Iterable[P
             found.diagnostics.extend(problems)
             if manifest:
                 found.tools[manifest.name] = manifest
-    given = [p for path in paths for p in (manifest_files(path) if path.is_dir() else [path])]
-    seen = {p.resolve() for p in given}
+    given: dict[Path, Path] = {}  # each manifest once, however many of `paths` name it
+    for path in (p for named in paths for p in (manifest_files(named) if named.is_dir() else [named])):
+        given.setdefault(path.resolve(), path)
     for path in known:
-        if path.resolve() not in seen:
+        if path.resolve() not in given:
             manifest, _ = read_manifest(path)
             if manifest:
                 found.tools[manifest.name] = manifest
-    seen.clear()
     own: dict[str, ToolManifest] = {}
-    for path in given:
-        if path.resolve() in seen:
-            continue
-        seen.add(path.resolve())
+    for path in given.values():
         manifest, problems = read_manifest(path)
         found.diagnostics.extend(problems)
         if manifest is None:

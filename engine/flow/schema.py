@@ -20,7 +20,7 @@ from engine.json_schema import compile_schema
 from engine.resources import data_dir
 
 _MAX_MESSAGE = 300
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # The published schemas leave the JSON Schemas a file embeds (`$defs/jsonSchemaObject`: inputs, output_schema,
 # parameters) open, so that editors need nothing outside the file. flowrun's own check binds them to this extension
@@ -29,12 +29,12 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _EMBEDDED: dict[str, Any] = {
     "$id": "urn:flowrun:embedded-schema",
     "$dynamicAnchor": "meta",
-    "$ref": DIALECT,
+    "$ref": _DIALECT,
     "properties": {
         "$schema": {
-            "const": DIALECT,
+            "const": _DIALECT,
             "x-flowrun": {"const": {"code": "FR003", "message": f"{{instance!r}} is not a dialect flowrun reads: "
-                                                                f"remove `$schema` or write {DIALECT}"}},
+                                                                f"remove `$schema` or write {_DIALECT}"}},
         },
         "$ref": {"$ref": "#/$defs/localReference"},
         "$dynamicRef": {"$ref": "#/$defs/localReference"},
