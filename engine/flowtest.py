@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema_rs
 import networkx as nx
 
 from engine.flow.diagnostics import Diagnostic, diagnostic
@@ -29,6 +28,7 @@ from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.json_schema import compile_schema
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
@@ -258,7 +258,7 @@ def _answer_problems(checks: dict[str, Any], answer: Any) -> list[str]:
     if "matches" in checks and re.search(checks["matches"], text) is None:
         problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
     if "schema" in checks:
-        errors = [e.message for e in jsonschema_rs.validator_for(checks["schema"]).iter_errors(answer)]
+        errors = [e.message for e in compile_schema(checks["schema"]).iter_errors(answer)]
         if errors:
             problems.append(f"the answer does not fit the schema ({'; '.join(errors)}): {shown}")
     return problems

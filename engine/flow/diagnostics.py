@@ -14,12 +14,13 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True)
 class Rule:
-    """A kind of problem: its stable code, a short name, its default severity and what it means."""
+    """A kind of problem: its stable code, a short name, its default severity, what it means and how to fix it."""
 
     code: str
     name: str
     severity: Severity
     summary: str
+    fix: str  # what to do about it (SARIF's `help`)
 
 
 _E, _W = Severity.ERROR, Severity.WARNING
@@ -27,30 +28,60 @@ _E, _W = Severity.ERROR, Severity.WARNING
 RULES: dict[str, Rule] = {
     rule.code: rule
     for rule in (
-        Rule("FR001", "yaml-syntax", _E, "The file is not well-formed YAML."),
-        Rule("FR002", "duplicate-key", _E, "A mapping has the same key twice; YAML parsers silently keep the last."),
-        Rule("FR003", "schema", _E, "The file does not match its JSON Schema (schemas/*.schema.json)."),
-        Rule("FR004", "yaml-unsupported", _E, "A YAML feature flowrun does not accept: unknown tags, alias bombs."),
-        Rule("FR005", "unsupported-format", _E, "The file's format version is not one this flowrun reads."),
-        Rule("FR101", "unknown-target", _E, "`next`, a branch or `start` names a step that does not exist."),
-        Rule("FR102", "unreachable-step", _W, "No path from the start step leads to this step."),
-        Rule("FR103", "no-terminal", _E, "No terminal step can be reached from here: a dead end or a closed loop."),
-        Rule("FR104", "too-few-branches", _E, "A decision needs at least two branches."),
-        Rule("FR105", "repeated-label", _E, "Two branch labels of a decision differ only in case or spacing."),
-        Rule("FR106", "terminal-has-edges", _E, "A terminal step ends the run; it cannot have `next` or `branches`."),
-        Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool."),
-        Rule("FR202", "unused-tool", _W, "The flow declares a tool that no step can use."),
-        Rule("FR203", "undeclared-tool", _E, "A step uses a tool the flow does not list in `tools`."),
-        Rule("FR204", "duplicate-tool", _E, "Two tool manifests define the same tool name."),
-        Rule("FR205", "tool-code-missing", _E, "A manifest's entry names a .py file that is not beside it."),
-        Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse."),
-        Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist."),
-        Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label."),
-        Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`."),
-        Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read."),
-        Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import drops it."),
-        Rule("FR601", "test-unknown-step", _E, "A test case names a step or branch label its flow does not have."),
-        Rule("FR602", "test-missing-file", _E, "A test file's flow, or a case's cassette, does not exist."),
+        Rule("FR001", "yaml-syntax", _E, "The file is not well-formed YAML.",
+             "Fix the YAML at the reported line: quote text holding `: ` or `#`, close brackets and quotes, indent "
+             "consistently."),
+        Rule("FR002", "duplicate-key", _E, "A mapping has the same key twice; YAML parsers silently keep the last.",
+             "Remove or rename one of the two keys."),
+        Rule("FR003", "schema", _E, "The file does not match its JSON Schema (schemas/*.schema.json).",
+             "Change the value as the message says; the schema lists every field, and editors show it from the "
+             "`# yaml-language-server: $schema=...` header."),
+        Rule("FR004", "yaml-unsupported", _E, "A YAML feature flowrun does not accept: unknown tags, alias bombs.",
+             "Write the value out in plain YAML: no `!tags`, no recursive or deeply repeated aliases."),
+        Rule("FR005", "unsupported-format", _E, "The file's format version is not one this flowrun reads.",
+             "Write `flowrun: 1`, or upgrade flowrun to one that reads this format."),
+        Rule("FR006", "remote-ref", _E, "An embedded JSON Schema refers outside itself (a file or URL); flowrun never "
+                                        "fetches schemas, so only local references (`#/...`) are allowed.",
+             "Copy the schema it refers to into the embedded schema's `$defs` and write `$ref: '#/$defs/NAME'`."),
+        Rule("FR101", "unknown-target", _E, "`next`, a branch or `start` names a step that does not exist.",
+             "Name an existing step (the message suggests the closest one) or add the missing step."),
+        Rule("FR102", "unreachable-step", _W, "No path from the start step leads to this step.",
+             "Lead to the step from another step's `next` or a branch, or remove it."),
+        Rule("FR103", "no-terminal", _E, "No terminal step can be reached from here: a dead end or a closed loop.",
+             "Give the step a `next`, give the loop a branch out, or add a step with `kind: terminal`."),
+        Rule("FR104", "too-few-branches", _E, "A decision needs at least two branches.",
+             "Add a second branch, or make the step a process with `next`."),
+        Rule("FR105", "repeated-label", _E, "Two branch labels of a decision differ only in case or spacing.",
+             "Merge the two branches or rename one label."),
+        Rule("FR106", "terminal-has-edges", _E, "A terminal step ends the run; it cannot have `next` or `branches`.",
+             "Remove `next` or `branches`, or make the step a process or decision."),
+        Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
+             "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
+             "its directory with `--tools`."),
+        Rule("FR202", "unused-tool", _W, "The flow declares a tool that no step can use.",
+             "Name the tool in a step's `tool` or `tools`, or remove it from the flow's `tools`."),
+        Rule("FR203", "undeclared-tool", _E, "A step uses a tool the flow does not list in `tools`.",
+             "Add the tool to the flow's `tools` list."),
+        Rule("FR204", "duplicate-tool", _E, "Two tool manifests define the same tool name.",
+             "Rename one of the tools or remove one manifest."),
+        Rule("FR205", "tool-code-missing", _E, "A manifest's entry names a .py file that is not beside it.",
+             "Put the file beside the manifest or fix `entry` (`file.py:function` or `package.module:function`)."),
+        Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse.",
+             "Fix the template at the reported field: close `{{ }}` and `{% %}`, use only known filters and tests."),
+        Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist.",
+             "Use a declared input, an existing step id, or a field of that step's `output_schema`."),
+        Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label.",
+             "Make every value the template can render one of the decision's branch labels."),
+        Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`.",
+             "Set `limits: {max_steps: N}` to the most steps a run should take."),
+        Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read.",
+             "Fix the config as the message says, or write the flow in format 1 by hand."),
+        Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import drops it.",
+             "Add a manifest for the tool and import again, or accept that the flow runs without it."),
+        Rule("FR601", "test-unknown-step", _E, "A test case names a step or branch label its flow does not have.",
+             "Name a step or branch label of the flow (the message suggests the closest one)."),
+        Rule("FR602", "test-missing-file", _E, "A test file's flow, or a case's cassette, does not exist.",
+             "Fix the path (relative to the test file) or add the missing file."),
     )
 }
 

@@ -76,10 +76,12 @@ def manifest_files(directory: Path) -> list[Path]:
     return sorted(p for suffix in SUFFIXES for p in directory.rglob(f"*{suffix}") if p.is_file())
 
 
-def load_tools(paths: Iterable[Path], *, bundled: bool = True) -> ToolSet:
+def load_tools(paths: Iterable[Path], *, bundled: bool = True, known: Iterable[Path] = ()) -> ToolSet:
     """The tools of the manifests at `paths` (files or directories), over the bundled tools/ when `bundled`.
 
     A manifest of the user's may shadow a bundled tool of the same name; two of the user's with one name are an error.
+    The `known` manifests (found, not asked for) add their tools between the two; their problems are not reported
+    here but where they are validated themselves, and one that has problems adds no tool.
     """
     found = ToolSet()
     if bundled:
@@ -88,20 +90,23 @@ def load_tools(paths: Iterable[Path], *, bundled: bool = True) -> ToolSet:
             found.diagnostics.extend(problems)
             if manifest:
                 found.tools[manifest.name] = manifest
-    seen: set[Path] = set()
+    given: dict[Path, Path] = {}  # each manifest once, however many of `paths` name it
+    for path in (p for named in paths for p in (manifest_files(named) if named.is_dir() else [named])):
+        given.setdefault(path.resolve(), path)
+    for path in known:
+        if path.resolve() not in given:
+            manifest, _ = read_manifest(path)
+            if manifest:
+                found.tools[manifest.name] = manifest
     own: dict[str, ToolManifest] = {}
-    for given in paths:
-        for path in manifest_files(given) if given.is_dir() else [given]:
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            manifest, problems = read_manifest(path)
-            found.diagnostics.extend(problems)
-            if manifest is None:
-                continue
-            if manifest.name in own:
-                found.diagnostics.append(_duplicate(manifest, own[manifest.name]))
-            own[manifest.name] = manifest
+    for path in given.values():
+        manifest, problems = read_manifest(path)
+        found.diagnostics.extend(problems)
+        if manifest is None:
+            continue
+        if manifest.name in own:
+            found.diagnostics.append(_duplicate(manifest, own[manifest.name]))
+        own[manifest.name] = manifest
     found.tools.update(own)
     return found
 

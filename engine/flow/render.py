@@ -11,6 +11,11 @@ _MERMAID_RESERVED = frozenset({"end", "graph", "subgraph", "flowchart", "style",
                                "linkstyle", "direction"})
 
 
+# Mermaid reads a quoted label as HTML with its own `#name;` entity codes: every character that would start markup
+# or an entity is written as an entity, so a label shows as the text it is (one pass, so no code is escaped twice).
+_MERMAID_TEXT = str.maketrans({"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;"})
+
+
 def render_graph(graph: nx.MultiDiGraph, fmt: str) -> str:
     """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded."""
     return _mermaid(graph) if fmt == "mermaid" else _dot(graph)
@@ -24,10 +29,10 @@ def _mermaid(graph: nx.MultiDiGraph) -> str:
 
     lines = ["flowchart TD"]
     for step_id, data in graph.nodes(data=True):
-        label = step_id.replace('"', "#quot;")
+        label = step_id.translate(_MERMAID_TEXT)
         lines.append(f"    {node_id(step_id)}{shapes.get(data['step'].kind, shapes['process']).format(label)}")
     for source, target, label in graph.edges(keys=True):
-        arrow = "-->" if label == "next" else f'-->|"{label.replace(chr(34), "#quot;")}"|'
+        arrow = "-->" if label == "next" else f'-->|"{label.translate(_MERMAID_TEXT)}"|'
         lines.append(f"    {node_id(source)} {arrow} {node_id(target)}")
     start = graph.graph.get("start")
     if start in graph:

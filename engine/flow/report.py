@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
 from engine import __version__
-from engine.flow.diagnostics import RULES, Diagnostic, Severity
-from engine.flow.validate import Report
+from engine.flow.diagnostics import RULES, Diagnostic, Rule, Severity
+from engine.flow.validate import Report, repository_root
 
 FORMATS = ("text", "json", "github", "sarif")
+HOME = "https://flowrun.dev/"  # the project's home page: the README
 
 
 def render_report(report: Report, fmt: str, *, color: bool = False) -> str:
@@ -68,27 +70,35 @@ def _github(report: Report, color: bool) -> str:
     return "\n".join(lines)
 
 
-def _uri(file: str) -> str:
-    path = Path(file)
-    if path.is_absolute():
-        try:
-            path = path.relative_to(Path.cwd())
-        except ValueError:
-            return path.as_uri()
-    return quote(path.as_posix())
+def _uri(file: str, root: Path) -> str:
+    """`file` relative to `root` (code scanning matches results to the repository's files so), else absolute."""
+    path = Path(os.path.abspath(file))  # without `..`, which code scanning does not resolve
+    try:
+        return quote(path.relative_to(root).as_posix())
+    except ValueError:
+        return path.as_uri()
+
+
+def _rule(rule: Rule) -> dict[str, object]:
+    link = f"{HOME}#{rule.code.lower()}"  # the README's rule table has an anchor per code
+    return {
+        "id": rule.code,
+        "name": rule.name,
+        "shortDescription": {"text": rule.summary},
+        "fullDescription": {"text": f"{rule.code} {rule.name} ({rule.severity.value}): {rule.summary}"},
+        "help": {
+            "text": f"{rule.summary} Fix: {rule.fix}",
+            "markdown": f"{rule.summary}\n\n**Fix:** {rule.fix}\n\n[{rule.code} in flowrun's rule table]({link})",
+        },
+        "helpUri": link,
+        "defaultConfiguration": {"level": rule.severity.value},
+    }
 
 
 def _sarif(report: Report, color: bool) -> str:
     codes = list(RULES)
-    rules = [
-        {
-            "id": rule.code,
-            "name": rule.name,
-            "shortDescription": {"text": rule.summary},
-            "defaultConfiguration": {"level": rule.severity.value},
-        }
-        for rule in RULES.values()
-    ]
+    root = repository_root(Path.cwd()) or Path.cwd()
+    rules = [_rule(rule) for rule in RULES.values()]
     results = [
         {
             "ruleId": d.code,
@@ -97,7 +107,7 @@ def _sarif(report: Report, color: bool) -> str:
             "message": {"text": d.message},
             "locations": [{
                 "physicalLocation": {
-                    "artifactLocation": {"uri": _uri(d.file)},
+                    "artifactLocation": {"uri": _uri(d.file, root)},
                     "region": {"startLine": d.line, "startColumn": d.column},
                 }
             }],
@@ -107,6 +117,9 @@ def _sarif(report: Report, color: bool) -> str:
     log = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{"tool": {"driver": {"name": "flowrun", "version": __version__, "rules": rules}}, "results": results}],
+        "runs": [{
+            "tool": {"driver": {"name": "flowrun", "version": __version__, "informationUri": HOME, "rules": rules}},
+            "results": results,
+        }],
     }
     return json.dumps(log, indent=2)

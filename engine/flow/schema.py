@@ -16,20 +16,78 @@ import jsonschema_rs
 
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, KeyPath
+from engine.json_schema import compile_schema
 from engine.resources import data_dir
 
 _MAX_MESSAGE = 300
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# The published schemas leave the JSON Schemas a file embeds (`$defs/jsonSchemaObject`: inputs, output_schema,
+# parameters) open, so that editors need nothing outside the file. flowrun's own check binds them to this extension
+# of the 2020-12 metaschema, which jsonschema-rs carries built in (nothing is fetched). Its `$dynamicAnchor` makes
+# the metaschema apply it to every subschema, so no reference anywhere in an embedded schema leaves it.
+_EMBEDDED: dict[str, Any] = {
+    "$id": "urn:flowrun:embedded-schema",
+    "$dynamicAnchor": "meta",
+    "$ref": _DIALECT,
+    "properties": {
+        "$schema": {
+            "const": _DIALECT,
+            "x-flowrun": {"const": {"code": "FR003", "message": f"{{instance!r}} is not a dialect flowrun reads: "
+                                                                f"remove `$schema` or write {_DIALECT}"}},
+        },
+        "$ref": {"$ref": "#/$defs/localReference"},
+        "$dynamicRef": {"$ref": "#/$defs/localReference"},
+    },
+    "$defs": {
+        "localReference": {
+            "pattern": "^#",
+            "x-flowrun": {"pattern": {"code": "FR006", "message": "{instance!r} refers outside this schema, which "
+                                      "flowrun never fetches: copy what it names into `$defs` and write "
+                                      "`$ref: '#/$defs/<name>'`"}},
+        },
+    },
+}
 
 
 @functools.cache
 def schema(name: str) -> dict[str, Any]:
-    """The published schema `name` ("flow" or "tool") from schemas/."""
+    """The published schema `name` ("flow", "tool" or "flowtest") from schemas/."""
     return json.loads((data_dir("schemas") / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+class _Compiles:
+    """Keyword `compiles`: the embedded schema compiles as a run compiles it, e.g. each `#/...` it names exists.
+
+    What the metaschema already rejects is left to it, so that each problem is reported once.
+    """
+
+    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
+        pass
+
+    def validate(self, instance: Any) -> None:
+        if not isinstance(instance, dict):  # `type` says what is wrong with it
+            return
+        try:
+            compile_schema(instance)
+        except jsonschema_rs.ValidationError as exc:
+            if _embedded_validator().is_valid(instance):
+                raise ValueError(str(exc).partition("\n")[0]) from None
+
+
+@functools.cache
+def _embedded_validator() -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(_EMBEDDED, validate_formats=True, offline=True)
 
 
 @functools.cache
 def _validator(name: str) -> jsonschema_rs.Draft202012Validator:
-    return jsonschema_rs.Draft202012Validator(schema(name))
+    published = schema(name)
+    embedded = {**published["$defs"]["jsonSchemaObject"], "$ref": _EMBEDDED["$id"], "compiles": True}
+    checked = {**published, "$defs": {**published["$defs"], "jsonSchemaObject": embedded, "embedded": _EMBEDDED}}
+    # Formats asserted so that an embedded `pattern` that is no regular expression fails here, not in a run.
+    return jsonschema_rs.Draft202012Validator(checked, validate_formats=True, offline=True,
+                                              keywords={"compiles": _Compiles})
 
 
 def schema_diagnostics(doc: Document, name: str) -> list[Diagnostic]:
@@ -37,7 +95,7 @@ def schema_diagnostics(doc: Document, name: str) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     for error in _validator(name).iter_errors(doc.data):
         found.extend(_diagnostics(doc, error, schema(name)))
-    return found
+    return list(dict.fromkeys(found))  # each of the metaschema's vocabularies repeats its `type` error
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -96,6 +154,8 @@ def _message(error: jsonschema_rs.ValidationError, instance: Any) -> str:
     if kind == "enum" and isinstance(instance, str):
         options = [str(o) for o in details["options"]]
         return f"{instance!r} is not one of: {', '.join(options)}{suggest(instance, options)}"
+    if kind == "format":
+        return f"{instance!r} is not a valid {details['format']}"
     if kind in ("anyOf", "oneOfNotValid"):
         for branch in error.kind.context:
             if branch:
@@ -104,11 +164,15 @@ def _message(error: jsonschema_rs.ValidationError, instance: Any) -> str:
 
 
 def _subschema(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> dict[str, Any]:
-    """The (sub)schema holding the keyword that failed; {} when it lies in another schema (a metaschema)."""
-    if error.absolute_keyword_location is not None:
-        return {}
+    """The (sub)schema holding the keyword that failed; {} when it lies in a schema not flowrun's (a metaschema)."""
     node: Any = root
-    for part in list(error.schema_path)[:-1]:
+    parts = list(error.schema_path)[:-1]
+    if error.absolute_keyword_location is not None:
+        resource, _, pointer = error.absolute_keyword_location.partition("#")
+        if resource != _EMBEDDED["$id"]:
+            return {}
+        node, parts = _EMBEDDED, pointer.split("/")[1:-1]  # its keys need no JSON Pointer escapes
+    for part in parts:
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ from engine.flow import checks
 from engine.flow.compiler import compile_flow
 from engine.flow.diagnostics import Diagnostic, Severity, diagnostic, has_errors
 from engine.flow.loader import Document, gc_paused, load_file, load_yaml
+from engine.flow.manifest import SUFFIXES as MANIFEST_SUFFIXES
 from engine.flow.manifest import ToolManifest, is_manifest, load_tools
 from engine.flow.model import Flow, flow_from_data
 from engine.flow.schema import schema_diagnostics
@@ -99,14 +102,43 @@ def yaml_below(directory: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
+def repository_root(path: Path) -> Path | None:
+    """The top of the git working tree holding `path` (a folder with `.git`, a folder or a worktree's file), if any."""
+    absolute = Path(os.path.abspath(path))
+    for folder in [absolute, *absolute.parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def repository_manifests(paths: Iterable[Path]) -> list[Path]:
+    """The tool manifests of the git repositories holding `paths`: tracked, or untracked and not ignored.
+
+    A pre-commit hook passes only the files a commit changes; with these, a flow's tools defined in its repository
+    are still known. Outside a repository, or without git, there are none.
+    """
+    found: list[Path] = []
+    for root in sorted({root for path in paths if (root := repository_root(path))}):
+        patterns = [f"*{suffix}" for suffix in MANIFEST_SUFFIXES]
+        command = ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                   *patterns]
+        try:
+            listed = subprocess.run(command, capture_output=True, check=True).stdout.decode()
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        found.extend(p for name in listed.split("\0") if name and (p := root / name).is_file())
+    return found
+
+
 def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False) -> Report:
     """Validate every flow and tool manifest at `paths` (files or directories) in one pass.
 
-    Manifests among `paths` and at `tool_paths` are known tools for the flows, besides the bundled ones.
+    Manifests among `paths` and at `tool_paths` are known tools for the flows, besides the bundled ones and those
+    of the repositories holding `paths` (`repository_manifests`).
     With `strict`, warnings are reported as errors.
     """
     files = discover(paths)
-    tools = load_tools([*tool_paths, *(f for f in files if is_manifest(f))])
+    tools = load_tools([*tool_paths, *(f for f in files if is_manifest(f))], known=repository_manifests(files))
     report = Report(files=[str(f) for f in files], diagnostics=list(tools.diagnostics))
     for path in files:
         if not is_manifest(path):

@@ -8,9 +8,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema_rs
-
 from engine.flow.model import Flow
+from engine.json_schema import compile_schema
 
 
 class InputError(Exception):
@@ -48,7 +47,7 @@ def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str) -> dict[str,
         raise InputError(f"{file}: input {', '.join(map(repr, missing))} is required: give it with {hints} "
                          f"or in --input-file")
     for key, spec in flow.inputs.items():
-        problems = [e.message for e in jsonschema_rs.validator_for(spec).iter_errors(inputs[key])]
+        problems = [e.message for e in compile_schema(spec).iter_errors(inputs[key])]
         if problems:
             raise InputError(f"{file}: input {key!r}: {'; '.join(problems)}")
     return inputs

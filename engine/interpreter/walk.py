@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema_rs
 import networkx as nx
 
 from engine.flow.model import Flow, Step
 from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
+from engine.json_schema import compile_schema
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.journal import Divergence
@@ -327,7 +327,7 @@ def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
 
 @functools.lru_cache(maxsize=256)
 def _validator(schema: str) -> Any:
-    return jsonschema_rs.validator_for(json.loads(schema))
+    return compile_schema(json.loads(schema))
 
 
 def _ordinal(n: int) -> str:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import jsonschema_rs
-
+from engine.json_schema import compile_schema
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
@@ -76,7 +75,7 @@ class Tool:
     validator: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.validator = jsonschema_rs.validator_for(self.parameters)
+        self.validator = compile_schema(self.parameters)
 
     def problems(self, arguments: Any) -> list[str]:
         """What is wrong with `arguments` for this tool (empty when they fit)."""
