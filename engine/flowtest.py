@@ -29,6 +29,7 @@ from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.kernel.confine import confined
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
@@ -134,7 +135,13 @@ def load_tests(path: Path, tool_paths: Iterable[Path] = ()) -> TestFile:
         return found
     found.flow = load_flow(found.flow_path, tool_paths)
     if not found.flow.ok:
-        found.diagnostics.extend(found.flow.diagnostics)
+        if _is_flow(found.flow_path):
+            found.diagnostics.extend(found.flow.diagnostics)
+        else:  # its problems would quote what it holds (schema errors show values): of a `flow: ../.env`, secrets
+            where = doc.position(("flow",)) if "flow" in doc.data else (1, 1)
+            found.diagnostics.append(diagnostic("FR602", f"{found.flow_path} is not a flow (a YAML mapping with "
+                                                "`flowrun: 1`): `flowrun validate` it if it should be one",
+                                                str(path), where))
         return found
     for n, item in enumerate(doc.data["cases"]):
         found.cases.append(_case(doc, n, item, found.flow, found.diagnostics))
@@ -200,14 +207,17 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         inputs = resolve_inputs(checked.flow, case.inputs, f"case {case.name!r}")
     except InputError as exc:
         return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
+    progress = Progress()
+    try:  # the case's files go where its run's write_file would put them, and nowhere else
+        for name, text in case.files.items():
+            target = confined(scratch / "workspaces" / progress.run_id, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+    except (ValueError, OSError) as exc:
+        return CaseResult(case, None, [], [f"files: {exc}"], time.monotonic() - started)
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
-        progress = Progress()
-        workspace = scratch / "workspaces" / progress.run_id
-        for name, text in case.files.items():
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            (workspace / name).write_text(text, encoding="utf-8")
         outcome = await run_flow(kernel, checked.graph, inputs, file=file, progress=progress)
         steps = storage.of_runs(StepRow, [outcome.run_id])
     finally:
