@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
 from engine.llm.scripted import CassetteError, ScriptedBackend
+from engine.patterns import PatternError, compile_pattern, found_in
 
 SUFFIX = ".test.yaml"
 
@@ -158,6 +158,18 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
         if not case.cassette.is_file():
             problems.append(diagnostic("FR602", f"case {case.name!r}: the cassette {case.cassette} does not exist",
                                        doc.file, doc.position((*at, "cassette"))))
+    if "matches" in case.expect.get("answer", {}):
+        try:
+            compile_pattern(case.expect["answer"]["matches"])
+        except PatternError as exc:
+            problems.append(diagnostic("FR003", f"case {case.name!r}: `matches` is {exc}", doc.file,
+                                       doc.position((*at, "expect", "answer", "matches"))))
+    if case.responses is not None:
+        try:
+            ScriptedBackend.from_responses(case.responses)
+        except CassetteError as exc:
+            problems.append(diagnostic("FR003", f"case {case.name!r}: {exc}", doc.file,
+                                       doc.position((*at, "responses", *exc.at))))
     flow = checked.flow
     named = [(("expect", "path", i), s) for i, s in enumerate(case.expect.get("path", []))]
     named += [(("expect", key, s), s) for key in ("visits", "branches") for s in case.expect.get(key, {})]
@@ -265,8 +277,12 @@ def _answer_problems(checks: dict[str, Any], answer: Any) -> list[str]:
     for part in [wanted] if isinstance(wanted, str) else wanted:
         if part not in text:
             problems.append(f"the answer should contain {part!r}, but is: {shown}")
-    if "matches" in checks and re.search(checks["matches"], text) is None:
-        problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
+    if "matches" in checks:
+        try:
+            if not found_in(compile_pattern(checks["matches"]), text):
+                problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
+        except PatternError as exc:
+            problems.append(f"the answer's check `matches`: {exc}")
     if "schema" in checks:
         errors = [e.message for e in jsonschema_rs.validator_for(checks["schema"]).iter_errors(answer)]
         if errors:
