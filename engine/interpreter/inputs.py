@@ -4,6 +4,7 @@ checked against the JSON Schema each input declares in the flow."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,9 @@ def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
             found[key] = value
             continue
         try:
-            found[key] = json.loads(value)
-        except ValueError:
-            raise InputError(f"-i {key}: {value!r} is not JSON; input {key!r} is of type "
+            found[key] = _json(value)
+        except ValueError as exc:
+            raise InputError(f"-i {key}: {_shown(value)} is not JSON ({exc}); input {key!r} is of type "
                              f"{flow.inputs[key].get('type')}, e.g. -i {key}='{_example(flow.inputs[key])}'") from None
     return found
 
@@ -59,11 +60,51 @@ def _example(spec: dict[str, Any]) -> str:
             "boolean": "true"}.get(spec.get("type", ""), '"text"')
 
 
+def _json(text: str) -> Any:
+    """The JSON value `text` holds, its numbers finite: a ValueError saying what is wrong, and where in `text` if
+    it can (Python's json reads NaN, Infinity and 1e999, which JSON Schema and other programs do not)."""
+    try:
+        return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError("it is nested too deeply to read") from None
+
+
+def _not_finite(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows: give a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{_shown(text)} is too large for a number")
+    return value
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def _read(path: Path) -> str:
+    """The UTF-8 text of the file at `path`; an InputError naming the line and column where it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
+        raise InputError(f"{path}:{line}:{column}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+
+
 def read_inputs(path: Path) -> dict[str, Any]:
     """The inputs in the JSON file at `path` (an object: name -> value)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        value = _json(_read(path))
+    except ValueError as exc:
         raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: inputs are a JSON object, {{\"name\": value, ...}}")
@@ -72,16 +113,12 @@ def read_inputs(path: Path) -> dict[str, Any]:
 
 def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, inputs) for each line of the JSON Lines file at `path`, blank lines skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror}") from None
     found = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _json(line)
         except ValueError as exc:
             raise InputError(f"{path}:{n}: not JSON: {exc}") from None
         if not isinstance(value, dict):
