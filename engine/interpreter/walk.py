@@ -35,7 +35,7 @@ from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import ToolError
-from engine.llm.base import BackendError, ModelUnavailable, Request
+from engine.llm.base import BackendError, ModelUnavailable, Request, parse_json
 from engine.llm.scripted import CassetteError
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
@@ -317,7 +317,7 @@ def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list
 def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
     """The JSON value in `text` and "" when it matches `schema`; else None and what is wrong."""
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError as exc:
         return None, f"it is not JSON ({exc})"
     problems = [f"{'.'.join(map(str, e.instance_path)) or 'the answer'}: {e.message}"

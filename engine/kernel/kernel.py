@@ -12,7 +12,6 @@ or replayed) gets the answers and tool results recorded there instead of asking 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
-from engine.llm.base import Backend, ModelUnavailable, Request, Result
+from engine.llm.base import Backend, ModelUnavailable, Request, Result, parse_json
 
 SUMMARY_TOKENS = 128
 
@@ -111,7 +110,8 @@ class Kernel:
         result = await self.generate(agent, run, request, priority, SyscallKind.CHOOSE)
         label = _json_string(result.text)
         if label not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
-            raise KernelError(f"the model answered {result.text!r}, not one of {', '.join(labels)}")
+            said = result.text if len(result.text) <= 80 else f"{result.text[:80]}…"  # an answer may be huge
+            raise KernelError(f"the model answered {said!r}, not one of {', '.join(labels)}")
         return label
 
     async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> Any:
@@ -148,7 +148,7 @@ class Kernel:
             request = Request(asked, schema=schema, options=options or {}, key=key)
             result = await self.generate(agent, run, request, priority, SyscallKind.CALL_TOOL)
             try:
-                choice = json.loads(result.text)
+                choice = parse_json(result.text)
                 name, arguments = choice["tool"], choice["arguments"]
                 return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
             except ToolError as exc:
@@ -218,7 +218,7 @@ class Kernel:
 def _json_string(text: str) -> str:
     """The string a JSON string literal holds, or `text` itself when it is not one."""
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError:
         return text.strip()
     return value if isinstance(value, str) else text.strip()
