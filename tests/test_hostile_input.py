@@ -211,6 +211,7 @@ def test_a_cassette_prompt_that_is_not_a_pattern(tmp_path: Path, flow: Path, ent
     assert code == 2 and f"error: {cassette}:{where}: {said}" in err
 
 
+@pytest.mark.timeout(60)  # before the fix it hung: fail in a minute, not at the suite's limit
 @pytest.mark.parametrize("delay", [".inf", ".nan", "-1"])
 def test_a_token_delay_that_is_not_a_finite_wait(tmp_path: Path, flow: Path, delay: str) -> None:
     cassette = tmp_path / "slow.cassette.yaml"
@@ -220,6 +221,7 @@ def test_a_token_delay_that_is_not_a_finite_wait(tmp_path: Path, flow: Path, del
     assert code == 2 and f"error: {cassette}:1:14: `token_delay` is a finite number of seconds, 0 or more" in err
 
 
+@pytest.mark.timeout(60)  # before the fix it hung: fail in a minute, not at the suite's limit
 def test_a_catastrophic_cassette_pattern_is_cut_short(tmp_path: Path, flow: Path) -> None:
     db = tmp_path / "runs.db"
     cassette = tmp_path / "slow.cassette.yaml"

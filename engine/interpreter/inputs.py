@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema_rs
 
 from engine.flow.model import Flow
+from engine.flow.schema import shorten
 
 
 class InputError(Exception):
@@ -31,7 +32,7 @@ def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
         try:
             found[key] = _json(value)
         except ValueError as exc:
-            raise InputError(f"-i {key}: {_shown(value)} is not JSON ({exc}); input {key!r} is of type "
+            raise InputError(f"-i {key}: {shorten(value)!r} is not JSON ({exc}); input {key!r} is of type "
                              f"{flow.inputs[key].get('type')}, e.g. -i {key}='{_example(flow.inputs[key])}'") from None
     return found
 
@@ -78,12 +79,8 @@ def _not_finite(name: str) -> float:
 def _finite(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise ValueError(f"{_shown(text)} is too large for a number")
+        raise ValueError(f"{shorten(text)!r} is too large for a number")
     return value
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:59] + "…")
 
 
 def _read(path: Path) -> str:
