@@ -3,8 +3,6 @@ checked against the JSON Schema each input declares in the flow."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import jsonschema_rs
 
 from engine.flow.model import Flow
 from engine.flow.schema import shorten
+from engine.jsontext import parse_json
 
 
 class InputError(Exception):
@@ -30,7 +29,7 @@ def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
             found[key] = value
             continue
         try:
-            found[key] = _json(value)
+            found[key] = parse_json(value)
         except ValueError as exc:
             raise InputError(f"-i {key}: {shorten(value)!r} is not JSON ({exc}); input {key!r} is of type "
                              f"{flow.inputs[key].get('type')}, e.g. -i {key}='{_example(flow.inputs[key])}'") from None
@@ -61,28 +60,6 @@ def _example(spec: dict[str, Any]) -> str:
             "boolean": "true"}.get(spec.get("type", ""), '"text"')
 
 
-def _json(text: str) -> Any:
-    """The JSON value `text` holds, its numbers finite: a ValueError saying what is wrong, and where in `text` if
-    it can (Python's json reads NaN, Infinity and 1e999, which JSON Schema and other programs do not)."""
-    try:
-        return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise ValueError("it is nested too deeply to read") from None
-
-
-def _not_finite(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows: give a finite number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{shorten(text)!r} is too large for a number")
-    return value
-
-
 def _read(path: Path) -> str:
     """The UTF-8 text of the file at `path`; an InputError naming the line and column where it is not UTF-8."""
     try:
@@ -100,7 +77,7 @@ def _read(path: Path) -> str:
 def read_inputs(path: Path) -> dict[str, Any]:
     """The inputs in the JSON file at `path` (an object: name -> value)."""
     try:
-        value = _json(_read(path))
+        value = parse_json(_read(path))
     except ValueError as exc:
         raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
     if not isinstance(value, dict):
@@ -115,7 +92,7 @@ def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            value = _json(line)
+            value = parse_json(line)
         except ValueError as exc:
             raise InputError(f"{path}:{n}: not JSON: {exc}") from None
         if not isinstance(value, dict):

@@ -29,13 +29,14 @@ import networkx as nx
 from engine.flow.model import Flow, Step
 from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
+from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import ToolError
-from engine.llm.base import BackendError, ModelUnavailable, Request, parse_json
+from engine.llm.base import BackendError, ModelUnavailable, Request
 from engine.llm.scripted import CassetteError
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
@@ -26,7 +27,7 @@ from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
-from engine.llm.base import Backend, ModelUnavailable, Request, Result, parse_json
+from engine.llm.base import Backend, ModelUnavailable, Request, Result
 
 SUMMARY_TOKENS = 128
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,14 +14,6 @@ class BackendError(Exception):
 class ModelUnavailable(BackendError):
     """The model could not be reached, or failed in a way that may pass (refused, stalled, a server error, a stream
     cut off): worth trying again later."""
-
-
-def parse_json(text: str) -> Any:
-    """The JSON value a model's answer holds; a ValueError if it holds none, or one nested too deeply to read."""
-    try:
-        return json.loads(text)
-    except RecursionError:  # an answer of 100,000 `[`: what went wrong is the answer, not flowrun
-        raise ValueError("it is nested too deeply to read") from None
 
 
 # Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).
