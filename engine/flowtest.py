@@ -158,12 +158,19 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
         if not case.cassette.is_file():
             problems.append(diagnostic("FR602", f"case {case.name!r}: the cassette {case.cassette} does not exist",
                                        doc.file, doc.position((*at, "cassette"))))
-    if "matches" in case.expect.get("answer", {}):
+    answer = case.expect.get("answer", {})
+    if "matches" in answer:
         try:
-            compile_pattern(case.expect["answer"]["matches"])
+            compile_pattern(answer["matches"])
         except PatternError as exc:
             problems.append(diagnostic("FR003", f"case {case.name!r}: `matches` is {exc}", doc.file,
                                        doc.position((*at, "expect", "answer", "matches"))))
+    if "schema" in answer:
+        try:
+            jsonschema_rs.validator_for(answer["schema"])
+        except jsonschema_rs.ValidationError as exc:
+            problems.append(diagnostic("FR003", f"case {case.name!r}: `schema` is not a JSON Schema: {exc.message}",
+                                       doc.file, doc.position((*at, "expect", "answer", "schema"))))
     if case.responses is not None:
         try:
             ScriptedBackend.from_responses(case.responses)

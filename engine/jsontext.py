@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 
 def parse_json(text: str) -> Any:
     """The value the JSON `text` holds; a ValueError saying what is wrong for text that is not JSON, for numbers
-    JSON does not have (NaN, Infinity, 1e999: Python's json reads them) and for nesting too deep to read."""
+    JSON does not have (NaN, Infinity, 1e999: Python's json reads them), integers too long for Python and nesting
+    too deep to read."""
     try:
-        return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+        return json.loads(text, parse_constant=_not_finite, parse_float=_finite, parse_int=_whole)
     except RecursionError:  # 100,000 `[`: the text is at fault, not flowrun
         raise ValueError("it is nested too deeply to read") from None
 
 
 def _not_finite(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows: give a finite number")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # past sys.get_int_max_str_digits(); Python's message would send the user to sys
+        raise ValueError(f"an integer of more than {sys.get_int_max_str_digits():,} digits is more than flowrun "
+                         "reads") from None
 
 
 def _finite(text: str) -> float:
