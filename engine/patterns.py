@@ -1,10 +1,10 @@
 """Regular expressions that files flowrun runs but does not control give it (a cassette's `prompt`, a test case's
 `matches`): Python's syntax, matched in bounded time.
 
-Such a pattern can backtrack catastrophically (`(a|aa)+$` on a long prompt takes longer than the universe), so
-matching goes through the `regex` package, whose timeout stops the matching itself. The alternatives were worse:
-RE2 runs in linear time but refuses backreferences and lookarounds that cassettes may use, and a check of the
-pattern for nested repeats would refuse sound patterns and still miss slow ones.
+Such a pattern can backtrack catastrophically (`(a|aa)+$` on a prompt of a hundred `a` and a `!` would not end in
+our lifetime), so matching goes through the `regex` package, whose timeout stops the matching itself. The
+alternatives were worse: RE2 runs in linear time but refuses backreferences and lookarounds that cassettes may use,
+and a check of the pattern for nested repeats would refuse sound patterns and still miss slow ones.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A cassette is YAML (read by the layer above, with the flow loader's YAML 1.2 rul
       - key: [breakfast, lunch]     # for requests with any of these keys
         text: '{"tool": "restaurant_search", "arguments": {"city": "Austin"}}'
         times: 4                    # answers this many requests (default 1)
-      - prompt: "state or a city"   # for requests whose prompt matches this regular expression
+      - prompt: "state or a city"   # for requests whose prompt matches this regular expression (engine.patterns)
         text: state
       - text: Any other request gets the unkeyed, prompt-less entries in order.
 
@@ -38,7 +38,8 @@ def tokenize(text: str) -> list[str]:
 
 
 class CassetteError(Exception):
-    """The cassette is malformed or has no answer for a request; `at` is where in its `responses`, if it is."""
+    """The cassette is malformed or has no answer for a request. `at`: the path to the bad value within the
+    cassette's `responses` (empty when it is not one value)."""
 
     def __init__(self, message: str, at: tuple[int | str, ...] = ()) -> None:
         super().__init__(message)
