@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -29,10 +28,12 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.json_schema import compile_schema
+from engine.kernel.confine import confined
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
 from engine.llm.scripted import CassetteError, ScriptedBackend
+from engine.patterns import PatternError, compile_pattern, found_in
 
 SUFFIX = ".test.yaml"
 
@@ -134,7 +135,13 @@ def load_tests(path: Path, tool_paths: Iterable[Path] = ()) -> TestFile:
         return found
     found.flow = load_flow(found.flow_path, tool_paths)
     if not found.flow.ok:
-        found.diagnostics.extend(found.flow.diagnostics)
+        if _is_flow(found.flow_path):
+            found.diagnostics.extend(found.flow.diagnostics)
+        else:  # its problems would quote what it holds (schema errors show values): of a `flow: ../.env`, secrets
+            where = doc.position(("flow",)) if "flow" in doc.data else (1, 1)
+            found.diagnostics.append(diagnostic("FR602", f"{found.flow_path} is not a flow (a YAML mapping with "
+                                                "`flowrun: 1`): `flowrun validate` it if it should be one",
+                                                str(path), where))
         return found
     for n, item in enumerate(doc.data["cases"]):
         found.cases.append(_case(doc, n, item, found.flow, found.diagnostics))
@@ -151,6 +158,19 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
         if not case.cassette.is_file():
             problems.append(diagnostic("FR602", f"case {case.name!r}: the cassette {case.cassette} does not exist",
                                        doc.file, doc.position((*at, "cassette"))))
+    answer = case.expect.get("answer", {})
+    if "matches" in answer:
+        try:
+            compile_pattern(answer["matches"])
+        except PatternError as exc:
+            problems.append(diagnostic("FR003", f"case {case.name!r}: `matches` is {exc}", doc.file,
+                                       doc.position((*at, "expect", "answer", "matches"))))
+    if case.responses is not None:
+        try:
+            ScriptedBackend.from_responses(case.responses)
+        except CassetteError as exc:
+            problems.append(diagnostic("FR003", f"case {case.name!r}: {exc}", doc.file,
+                                       doc.position((*at, "responses", *exc.at))))
     flow = checked.flow
     named = [(("expect", "path", i), s) for i, s in enumerate(case.expect.get("path", []))]
     named += [(("expect", key, s), s) for key in ("visits", "branches") for s in case.expect.get(key, {})]
@@ -200,14 +220,17 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         inputs = resolve_inputs(checked.flow, case.inputs, f"case {case.name!r}")
     except InputError as exc:
         return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
+    progress = Progress()
+    try:  # the case's files go where its run's write_file would put them, and nowhere else
+        for name, text in case.files.items():
+            target = confined(scratch / "workspaces" / progress.run_id, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+    except (ValueError, OSError) as exc:
+        return CaseResult(case, None, [], [f"files: {exc}"], time.monotonic() - started)
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
-        progress = Progress()
-        workspace = scratch / "workspaces" / progress.run_id
-        for name, text in case.files.items():
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            (workspace / name).write_text(text, encoding="utf-8")
         outcome = await run_flow(kernel, checked.graph, inputs, file=file, progress=progress)
         steps = storage.of_runs(StepRow, [outcome.run_id])
     finally:
@@ -255,8 +278,12 @@ def _answer_problems(checks: dict[str, Any], answer: Any) -> list[str]:
     for part in [wanted] if isinstance(wanted, str) else wanted:
         if part not in text:
             problems.append(f"the answer should contain {part!r}, but is: {shown}")
-    if "matches" in checks and re.search(checks["matches"], text) is None:
-        problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
+    if "matches" in checks:
+        try:
+            if not found_in(compile_pattern(checks["matches"]), text):
+                problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
+        except PatternError as exc:
+            problems.append(f"the answer's check `matches`: {exc}")
     if "schema" in checks:
         errors = [e.message for e in compile_schema(checks["schema"]).iter_errors(answer)]
         if errors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -10,7 +11,8 @@ class SettingError(ValueError):
 
 
 def number(name: str, default: float, *, whole: bool = False) -> float:
-    """The non-negative number in environment variable `name` (a whole number if `whole`), else `default`."""
+    """The finite non-negative number in environment variable `name` (a whole number if `whole`), else
+    `default`."""
     given = os.environ.get(name)
     if not given:
         return default
@@ -18,7 +20,7 @@ def number(name: str, default: float, *, whole: bool = False) -> float:
         value = int(given) if whole else float(given)
     except ValueError:
         value = -1
-    if value < 0:
-        kind = "a whole number" if whole else "a number of seconds"
+    if not 0 <= value < math.inf:  # nan fails the comparison too
+        kind = "a whole number" if whole else "a finite number of seconds"
         raise SettingError(f"{name} is {given!r}: it must be {kind}, 0 or more (or unset, for {default:g})")
     return value

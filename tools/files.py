@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.kernel.confine import confined
 from engine.kernel.tools import workspace
 
 
 def _inside(path: str) -> Path:
-    root = workspace.get().resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root):
-        raise ValueError(f"{path!r} is outside the run's workspace: use a path relative to it, without ..")
-    return target
+    return confined(workspace.get(), path)
 
 
 def read_file(path: str) -> dict[str, Any]:

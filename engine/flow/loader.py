@@ -13,6 +13,7 @@ import gc
 import hashlib
 import math
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ class _Loader(_Parser, BaseResolver):
 
 
 def resolve_plain(text: str) -> Any:
-    """The value of an untagged plain scalar under the YAML 1.2 core schema."""
+    """The value of an untagged plain scalar under the YAML 1.2 core schema; a ValueError for an integer too long
+    to write back in decimal (over sys.get_int_max_str_digits() digits: JSON, storage and messages need that)."""
     if text and text[0] not in _SPECIAL_START:
         return text
     if text in _NULLS:
@@ -91,12 +93,14 @@ def resolve_plain(text: str) -> Any:
     if text in _BOOLS:
         return _BOOLS[text]
     if _INT.match(text):
-        return int(text)
+        return int(text)  # Python itself refuses a decimal integer past the limit
     if text[:2] in ("0o", "0x"):
         try:
-            return int(text, 0)
+            value = int(text, 0)
         except ValueError:
             return text
+        str(value)  # other bases have no limit of their own: refused where their decimal form would be
+        return value
     if text in _SPECIAL_FLOATS:
         return _SPECIAL_FLOATS[text]
     if _FLOAT.match(text):
@@ -263,7 +267,7 @@ class _Builder:
     def build(self, node: Node) -> Any:
         if node.__class__ is ScalarNode:  # the common case first; a shared scalar may as well be built twice
             if node.tag == _PLAIN:
-                return resolve_plain(node.value)
+                return self.plain(node)
             if node.tag != _STR:
                 self.report("FR004", f"unsupported YAML tag {node.tag!r}: use a plain value", node)
             return node.value
@@ -284,6 +288,14 @@ class _Builder:
         self.active.discard(key)
         self.done[key] = value
         return value
+
+    def plain(self, node: ScalarNode) -> Any:
+        try:
+            return resolve_plain(node.value)
+        except ValueError:
+            self.report("FR004", f"an integer of more than {sys.get_int_max_str_digits():,} digits is more than "
+                        "flowrun reads: quote it if it is text", node)
+            return None
 
     def expanded_size(self, node: Node) -> int:
         key = id(node)
@@ -318,7 +330,7 @@ class _Builder:
                 self.report("FR002", f"duplicate key {name!r} (first defined on line {first.start_mark.line + 1}): "
                             "YAML keeps only the last one; remove or rename one of them", key_node)
             if value_node.__class__ is ScalarNode and value_node.tag == _PLAIN:
-                result[name] = resolve_plain(value_node.value)
+                result[name] = self.plain(value_node)
             else:
                 result[name] = self.build(value_node)
         for source in merged:  # keys written out in the mapping win over merged ones, earlier merges over later

@@ -3,13 +3,14 @@ checked against the JSON Schema each input declares in the flow."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from engine.flow.model import Flow
+from engine.flow.schema import shorten
 from engine.json_schema import compile_schema
+from engine.jsontext import parse_json
 
 
 class InputError(Exception):
@@ -27,9 +28,9 @@ def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
             found[key] = value
             continue
         try:
-            found[key] = json.loads(value)
-        except ValueError:
-            raise InputError(f"-i {key}: {value!r} is not JSON; input {key!r} is of type "
+            found[key] = parse_json(value)
+        except ValueError as exc:
+            raise InputError(f"-i {key}: {shorten(value)!r} is not JSON ({exc}); input {key!r} is of type "
                              f"{flow.inputs[key].get('type')}, e.g. -i {key}='{_example(flow.inputs[key])}'") from None
     return found
 
@@ -58,11 +59,25 @@ def _example(spec: dict[str, Any]) -> str:
             "boolean": "true"}.get(spec.get("type", ""), '"text"')
 
 
+def _read(path: Path) -> str:
+    """The UTF-8 text of the file at `path`; an InputError naming the line and column where it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
+        raise InputError(f"{path}:{line}:{column}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+
+
 def read_inputs(path: Path) -> dict[str, Any]:
     """The inputs in the JSON file at `path` (an object: name -> value)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        value = parse_json(_read(path))
+    except ValueError as exc:
         raise InputError(f"{path}: cannot read a JSON object of inputs: {exc}") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: inputs are a JSON object, {{\"name\": value, ...}}")
@@ -71,16 +86,12 @@ def read_inputs(path: Path) -> dict[str, Any]:
 
 def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, inputs) for each line of the JSON Lines file at `path`, blank lines skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror}") from None
     found = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = parse_json(line)
         except ValueError as exc:
             raise InputError(f"{path}:{n}: not JSON: {exc}") from None
         if not isinstance(value, dict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -34,14 +34,17 @@ def read_cassette(path: Path) -> ScriptedBackend:
         first = doc.diagnostics[0]
         raise CassetteError(f"{first.file}:{first.line}:{first.column}: {first.message}")
     data = doc.data if isinstance(doc.data, dict) else {}
+    if "responses" not in data:
+        raise CassetteError(f"{path}: a cassette is a mapping with a `responses` list")
     delay = data.get("token_delay", 0)
-    if "responses" not in data or not isinstance(delay, int | float):
-        raise CassetteError(f"{path}: a cassette is a mapping with a `responses` list (and a number "
-                            "`token_delay`, if any)")
+    if not isinstance(delay, int | float) or not 0 <= delay < math.inf:  # nan fails the comparison too
+        line, column = doc.position(("token_delay",))
+        raise CassetteError(f"{path}:{line}:{column}: `token_delay` is a finite number of seconds, 0 or more")
     try:
         return ScriptedBackend.from_responses(data["responses"], token_delay=float(delay))
-    except (CassetteError, re.error) as exc:
-        raise CassetteError(f"{path}: {exc}") from None
+    except CassetteError as exc:
+        line, column = doc.position(("responses", *exc.at))
+        raise CassetteError(f"{path}:{line}:{column}: {exc}") from None
 
 
 def open_backend_for(kind: str, model: str, cassette: Path | None, *, slots: int | None = None,

@@ -29,6 +29,7 @@ from engine.flow.model import Flow, Step
 from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
 from engine.json_schema import compile_schema
+from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.journal import Divergence
@@ -317,7 +318,7 @@ def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list
 def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
     """The JSON value in `text` and "" when it matches `schema`; else None and what is wrong."""
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError as exc:
         return None, f"it is not JSON ({exc})"
     problems = [f"{'.'.join(map(str, e.instance_path)) or 'the answer'}: {e.message}"

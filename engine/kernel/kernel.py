@@ -12,12 +12,12 @@ or replayed) gets the answers and tool results recorded there instead of asking 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
@@ -111,7 +111,8 @@ class Kernel:
         result = await self.generate(agent, run, request, priority, SyscallKind.CHOOSE)
         label = _json_string(result.text)
         if label not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
-            raise KernelError(f"the model answered {result.text!r}, not one of {', '.join(labels)}")
+            said = result.text if len(result.text) <= 80 else f"{result.text[:80]}…"  # an answer may be huge
+            raise KernelError(f"the model answered {said!r}, not one of {', '.join(labels)}")
         return label
 
     async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> Any:
@@ -148,7 +149,7 @@ class Kernel:
             request = Request(asked, schema=schema, options=options or {}, key=key)
             result = await self.generate(agent, run, request, priority, SyscallKind.CALL_TOOL)
             try:
-                choice = json.loads(result.text)
+                choice = parse_json(result.text)
                 name, arguments = choice["tool"], choice["arguments"]
                 return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
             except ToolError as exc:
@@ -218,7 +219,7 @@ class Kernel:
 def _json_string(text: str) -> str:
     """The string a JSON string literal holds, or `text` itself when it is not one."""
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError:
         return text.strip()
     return value if isinstance(value, str) else text.strip()

@@ -19,7 +19,8 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed try number `attempt` (0 for the first)."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        # 2**64 times any base past a few nanoseconds is past any cap; a higher power overflows a float
+        return random.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 64)))
 
     @classmethod
     def from_env(cls) -> Backoff:

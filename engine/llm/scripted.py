@@ -8,7 +8,7 @@ A cassette is YAML (read by the layer above, with the flow loader's YAML 1.2 rul
       - key: [breakfast, lunch]     # for requests with any of these keys
         text: '{"tool": "restaurant_search", "arguments": {"city": "Austin"}}'
         times: 4                    # answers this many requests (default 1)
-      - prompt: "state or a city"   # for requests whose prompt matches this regular expression
+      - prompt: "state or a city"   # for requests whose prompt matches this regular expression (engine.patterns)
         text: state
       - text: Any other request gets the unkeyed, prompt-less entries in order.
 
@@ -24,7 +24,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from engine.llm.base import OnToken, Request, Result, Snapshot
+from engine.patterns import PatternError, compile_pattern, found_in
 
 _TOKEN = re.compile(r"\s*\S+|\s+\Z")
 
@@ -35,14 +38,19 @@ def tokenize(text: str) -> list[str]:
 
 
 class CassetteError(Exception):
-    """The cassette is malformed or has no answer for a request."""
+    """The cassette is malformed or has no answer for a request. `at`: the path to the bad value within the
+    cassette's `responses` (empty when it is not one value)."""
+
+    def __init__(self, message: str, at: tuple[int | str, ...] = ()) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 @dataclass
 class _Entry:
     text: str
     keys: frozenset[str] | None = None
-    prompt: re.Pattern[str] | None = None
+    prompt: regex.Pattern[str] | None = None
     left: int = 1  # requests it may still answer
 
 
@@ -64,15 +72,20 @@ class ScriptedBackend:
         entries = []
         for i, item in enumerate(responses):
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise CassetteError(f"response {i + 1} needs a `text` string")
+                raise CassetteError(f"response {i + 1} needs a `text` string", (i,))
             key, prompt, times = item.get("key"), item.get("prompt"), item.get("times", 1)
             keys = [key] if isinstance(key, str) else key
             if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-                raise CassetteError(f"response {i + 1}: `key` is a step id or a list of them")
+                raise CassetteError(f"response {i + 1}: `key` is a step id or a list of them", (i, "key"))
             if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-                raise CassetteError(f"response {i + 1}: `times` is a whole number of at least 1")
-            entries.append(_Entry(item["text"], None if keys is None else frozenset(keys),
-                                  re.compile(prompt) if prompt else None, times))
+                raise CassetteError(f"response {i + 1}: `times` is a whole number of at least 1", (i, "times"))
+            if prompt is not None and not isinstance(prompt, str):
+                raise CassetteError(f"response {i + 1}: `prompt` is a regular expression, as text", (i, "prompt"))
+            try:
+                pattern = compile_pattern(prompt) if prompt else None
+            except PatternError as exc:
+                raise CassetteError(f"response {i + 1}: `prompt` is {exc}", (i, "prompt")) from None
+            entries.append(_Entry(item["text"], None if keys is None else frozenset(keys), pattern, times))
         return cls(entries, **options)
 
     def answer(self, request: Request) -> str:
@@ -80,7 +93,7 @@ class ScriptedBackend:
         prompt = "\n".join(m.get("content", "") for m in request.messages)
         for fits in (
             lambda e: e.keys is not None and request.key in e.keys,
-            lambda e: e.keys is None and e.prompt is not None and e.prompt.search(prompt) is not None,
+            lambda e: e.keys is None and e.prompt is not None and _prompted(e.prompt, prompt),
             lambda e: e.keys is None and e.prompt is None,
         ):
             for entry in self.entries:
@@ -115,3 +128,10 @@ class ScriptedBackend:
                 so_far = "".join(tokens[:done])
                 return Result(so_far, "suspended", prompt_tokens, done - start, Snapshot(so_far, done, text))
         return Result(text, "stop", prompt_tokens, done - start)
+
+
+def _prompted(pattern: regex.Pattern[str], prompt: str) -> bool:
+    try:
+        return found_in(pattern, prompt)
+    except PatternError as exc:
+        raise CassetteError(f"a response's `prompt`: {exc}") from None
