@@ -169,7 +169,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except _USER_ERRORS as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {console.printable(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
 
 
@@ -250,7 +250,8 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
         click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "answer": outcome.answer,
                                "error": outcome.error, "steps": outcome.path, "db": kernel.storage.url}))
     elif outcome.status == "finished":
-        click.echo(outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2))
+        answer = outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2)
+        click.echo(console.printable(answer))
     _say_end(outcome)
     sys.exit(_exit_status([outcome]))
 
@@ -314,7 +315,7 @@ def _say_end(outcome: RunOutcome) -> None:
     if outcome.status == "finished":
         click.echo(f"run {outcome.run_id} finished in {len(outcome.path)} steps ({show})", err=True)
     else:
-        click.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
+        click.echo(f"error: run {outcome.run_id} {outcome.status}: {console.printable(outcome.error or '')}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == "paused":
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
@@ -460,7 +461,7 @@ def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: 
                                "differences": replay.differences, "steps": len(replay.steps)}))
     elif replay.differences:
         click.echo(f"run {found.run.id}: the replay differs from the recording:\n" +
-                   "\n".join(f"- {d}" for d in replay.differences))
+                   "\n".join(f"- {console.printable(d)}" for d in replay.differences))
     else:
         click.echo(f"run {found.run.id} replayed without a model: {len(replay.steps)} steps, the same path, "
                    "outputs and answer as recorded")

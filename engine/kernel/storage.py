@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, Connection, event, inspect, text
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
@@ -332,7 +332,7 @@ class Storage:
         self.flush()
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
         if batch is not None:
-            statement = statement.where(col(RunRow.batch).startswith(batch))
+            statement = statement.where(_starts(col(RunRow.batch), batch, "batch"))
         with self._session() as db:
             return list(db.exec(statement))
 
@@ -340,7 +340,7 @@ class Storage:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
         self.flush()
         with self._session() as db:
-            found = list(db.exec(select(RunRow).where(col(RunRow.id).startswith(prefix)).limit(2)))
+            found = list(db.exec(select(RunRow).where(_starts(col(RunRow.id), prefix, "run")).limit(2)))
         if len(found) != 1:
             problem = "no run" if not found else "more than one run"
             raise StorageError(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
@@ -541,6 +541,15 @@ class Storage:
                         "check that it exists and can be written, or use another database (--db)")
             busy = "locked" in reason or "busy" in reason
             raise (Busy if busy else StorageError)(f"database {self.url} failed ({reason}): {hint}") from None
+
+
+def _starts(column: Any, prefix: str, what: str) -> Any:
+    """The condition that `column` (a run or batch id) starts with `prefix`, compared exactly: LIKE would take `%`
+    and `_` in it as wildcards, and ignores case on SQLite."""
+    if not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise StorageError(f"{prefix!r} is not the start of a {what} id: ids are lowercase hexadecimal (0-9, a-f); "
+                           "see `flowrun runs list`")
+    return func.substr(column, 1, len(prefix)) == prefix
 
 
 async def through(commit: Awaitable[Any]) -> bool:
