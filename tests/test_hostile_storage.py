@@ -4,11 +4,23 @@ printed to a terminal."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from engine.kernel.storage import RunRow, StepRecord, Storage
-from tests.test_run_cli import cli
+import psutil
+import pytest
+
+from engine.interpreter.resume import ResumeError, stopped
+from engine.interpreter.runs import status
+from engine.kernel.storage import SCHEMA_VERSION, Meta, RunRow, StepRecord, StepRow, Storage, StorageError
+from tests.test_resume import MATH_CASSETTE
+from tests.test_run_cli import cli, runs_of, slow_run, steps_of, wait_for_steps
 
 
 def stored_run(db: Path, run_id: str, *, status: str = "finished", answer: object = "done", output: object = "out",
@@ -56,3 +68,94 @@ def test_stored_model_text_is_printed_without_control_sequences(tmp_path: Path) 
         assert not any(c in out for c in "\x1b\x07\r\x9b\u202e"), repr(out)
     assert "plan ready" in shown[1] and "evil31m" in shown[1]  # the text itself is still shown
     assert "step solve: plan ready" in shown[0]
+
+
+# 8. A new SQLite database opened by several processes at once
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from engine.kernel.storage import Storage
+ready, go = Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+Storage(sys.argv[1]).close()
+"""
+
+
+@pytest.mark.slow
+def test_processes_creating_one_new_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
+    for trial in range(8):  # without the lock, most trials lost at least one of the 4 processes
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(folder / "new.db"),
+                                       str(folder / f"ready{n}"), str(folder / "go")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(4)]
+        deadline = time.time() + 60
+        while len(list(folder.glob("ready*"))) < 4 and time.time() < deadline:
+            time.sleep(0.005)
+        (folder / "go").touch()
+        failed = [p.communicate(timeout=60)[1] for p in processes if p.wait(timeout=60) != 0]
+        assert not failed, f"trial {trial}: {len(failed)} of 4 failed: {failed[0][-400:]}"
+        assert [r.key for r in Storage(str(folder / "new.db")).rows(Meta)] == ["schema_version"]
+
+
+# 9. A run resumed while its process still runs it
+
+
+@pytest.mark.slow
+def test_resume_force_refuses_a_run_whose_process_runs_on_this_machine(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    process = slow_run(tmp_path, db)
+    try:
+        wait_for_steps(db, 2, process)
+        code, _, err = cli("runs", "resume", runs_of(db)[0].id, "--force", *MATH_CASSETTE, "--db", str(db))
+        assert code == 2 and f"it is running in process {process.pid} on this machine" in err, err
+    finally:
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    steps = [(s.step, s.visit) for s in steps_of(db)]
+    assert len(steps) == 9 and len(set(steps)) == 9, "a step was run twice"
+
+
+def test_a_process_that_took_a_dead_runs_pid_is_not_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    started = psutil.Process().create_time()
+    stored_run(db, "a" * 32, status="running", pid_started=started, **me)
+    stored_run(db, "b" * 32, status="running", pid_started=started - 3600, **me)  # ran in a process now gone
+    storage = Storage(f"sqlite:///{db}")
+    alive, reused = (storage.find_run(c * 32) for c in "ab")
+    assert (status(alive), status(reused)) == ("running", "crashed")
+    with pytest.raises(ResumeError, match="it is running in process"):
+        stopped(storage, alive.id, force=True)
+    assert stopped(storage, reused.id).run.id == reused.id
+
+
+def test_a_step_is_stored_once_per_visit(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    stored_run(db, "e" * 32)
+    storage = Storage(f"sqlite:///{db}")
+    again = StepRecord("e" * 32, "solve", 1, "process", None, "twice", None, None, 0, time.time(), time.time())
+    with pytest.raises(StorageError, match="refused a record it holds already"):
+        storage.record_step(again)
+    storage.record_step(dataclasses.replace(again, visit=2))
+    assert [(s.visit, s.output) for s in storage.rows(StepRow)] == [(1, "out"), (2, "twice")]
+
+
+def test_an_old_database_migrates_keeping_the_first_of_each_duplicated_step(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    stored_run(db, "f" * 32)
+    with sqlite3.connect(db) as old:  # as flowrun's schema 4 left it, with a step stored twice by a double run
+        old.executescript("DROP INDEX ux_steps_run_step_visit; ALTER TABLE runs DROP COLUMN pid_started;"
+                          "UPDATE meta SET value = '4' WHERE key = 'schema_version';")
+        old.execute("INSERT INTO steps (run_id, step, visit, kind, tokens, started, finished, output) "
+                    "SELECT run_id, step, visit, kind, tokens, started, finished, '\"second\"' FROM steps")
+        assert old.execute("SELECT count(*) FROM steps").fetchone()[0] == 2
+    storage = Storage(f"sqlite:///{db}")
+    assert [r.value for r in storage.rows(Meta)] == [str(SCHEMA_VERSION)]
+    assert [(s.step, s.visit, s.output) for s in storage.rows(StepRow)] == [("solve", 1, "out")]
+    assert storage.find_run("f").pid_started is None
+    with pytest.raises(StorageError, match="refused a record it holds already"):
+        storage.record_step(StepRecord("f" * 32, "solve", 1, "process", None, "x", None, None, 0, 0.0, 0.0))

@@ -8,7 +8,8 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 Writes go through one writer thread, in order: `commit` awaits one (a run, a step), `later` queues one that nothing
 waits on (a syscall's record, a tool call, evicted memories), which is committed no later than the next awaited
 write. Reads wait for the queue first. A write that finds the database busy is tried again for FLOWRUN_DB_TIMEOUT
-seconds. Several processes may share one database: on PostgreSQL its tables are made under an advisory lock.
+seconds. Several processes may share one database: its tables are made and migrated under a lock (an advisory
+lock on PostgreSQL, the write lock on SQLite), so processes opening a new database at once take turns.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import JSON, Column, Connection, Index, event, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.kernel.retry import Backoff
@@ -37,7 +38,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -46,7 +47,9 @@ _ADDED_COLUMNS = {
     4: (("runs", "flow_sha256", "VARCHAR"), ("runs", "workspace", "VARCHAR"), ("runs", "host", "VARCHAR"),
         ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("syscalls", "superseded", "BOOLEAN"),
         ("tool_calls", "pending", "BOOLEAN"), ("tool_calls", "superseded", "BOOLEAN"), ("snapshots", "key", "VARCHAR")),
+    5: (("runs", "pid_started", "FLOAT"),),
 }
+_STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
 
 class StorageError(Exception):
@@ -74,6 +77,7 @@ class RunRow(SQLModel, table=True):
     workspace: str | None = None  # the directory its tools work in, when not the default
     host: str | None = None  # the machine and process running it (a `running` run whose process is gone crashed)
     pid: int | None = None
+    pid_started: float | None = None  # when that process started (a later process given the same pid is not it)
     inputs: Any = Field(default=None, sa_column=Column(JSON))
     answer: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
@@ -83,6 +87,7 @@ class RunRow(SQLModel, table=True):
 
 class StepRow(SQLModel, table=True):
     __tablename__ = "steps"
+    __table_args__ = (Index(_STEP_KEY, "run_id", "step", "visit", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(index=True)
     step: str
@@ -235,8 +240,12 @@ class Storage:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with self.engine.begin() as db:
-                if self.engine.dialect.name == "postgresql":  # processes opening a new database at once take turns
+                # Processes opening a new database at once take turns: each makes or migrates the tables holding a
+                # lock (on SQLite, the database's write lock, taken before create_all looks for its tables).
+                if self.engine.dialect.name == "postgresql":
                     db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                elif self.sqlite:
+                    db.exec_driver_sql("BEGIN IMMEDIATE")
                 SQLModel.metadata.create_all(db)
                 self._check_version(db)
                 if self.sqlite:
@@ -256,6 +265,8 @@ class Storage:
                 for table, column, kind in _ADDED_COLUMNS[version]:
                     if column not in {c["name"] for c in inspect(db).get_columns(table)}:
                         db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                if version == 5:
+                    _unique_steps(db)
             db.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif int(found) > SCHEMA_VERSION:
             raise StorageError(f"database {self.url} has schema version {found}, newer than this "
@@ -389,17 +400,17 @@ class Storage:
             db.execute(table.update().where(table.c.id == row.id).values(
                 result=row.result, error=row.error, finished=row.finished, pending=None))
 
-    def claim_run(self, run_id: str, seen: tuple[str, int | None], host: str, pid: int,
+    def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
                   stale: tuple[list[str], list[int]] = ([], [])) -> bool:
-        """Mark run `run_id` running in process `pid` on `host`, if its (status, pid) is still `seen`: two
-        processes resuming one run cannot both have it. In the same transaction, supersede the `stale` syscalls
-        and tool calls, which the resumed run will not use."""
+        """Mark run `run_id` running in `process` (its host, pid and pid_started), if its (status, pid) is still
+        `seen`: two processes resuming one run cannot both have it. In the same transaction, supersede the `stale`
+        syscalls and tool calls, which the resumed run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
-                                 .values(status="running", host=host, pid=pid, error=None, finished=None))
+                                 .values(status="running", error=None, finished=None, **process))
             if claimed.rowcount == 1:
                 self._supersede(db, *stale)
             return claimed.rowcount == 1
@@ -532,6 +543,9 @@ class Storage:
         """Database errors, turned into a StorageError saying what to do."""
         try:
             yield
+        except IntegrityError as exc:
+            raise StorageError(f"database {self.url} refused a record it holds already ({exc.orig}): is another "
+                               "process running the same run?") from None
         except OperationalError as exc:
             reason = str(exc.orig) if exc.orig is not None else str(exc)
             advice = {"locked": "another process holds it locked: wait for it or use another database (--db)",
@@ -541,6 +555,13 @@ class Storage:
                         "check that it exists and can be written, or use another database (--db)")
             busy = "locked" in reason or "busy" in reason
             raise (Busy if busy else StorageError)(f"database {self.url} failed ({reason}): {hint}") from None
+
+
+def _unique_steps(db: Connection) -> None:
+    """Key the steps table on (run, step, visit). Where a run was resumed while it still ran (the bug this key
+    prevents), its steps are stored twice: the first stored of each stands, as the run went on from it."""
+    db.execute(text("DELETE FROM steps WHERE id NOT IN (SELECT MIN(id) FROM steps GROUP BY run_id, step, visit)"))
+    db.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_STEP_KEY} ON steps (run_id, step, visit)"))
 
 
 def _starts(column: Any, prefix: str, what: str) -> Any:
