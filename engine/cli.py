@@ -47,7 +47,19 @@ _tools_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(click.Group):
+    """The flowrun group, where a Ctrl-C (or SIGTERM) that no run handles, as while a run starts up, ends flowrun
+    with "interrupted" and status 130 (click would say "Aborted!" and exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flowrun")
 def main() -> None:
     """flowrun: declarative workflows for LLM agents."""
@@ -229,7 +241,7 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     """Run FLOW once and print its answer.
 
     Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 3 paused (the
-    model stayed unavailable: resume it later), 130 Ctrl-C.
+    model stayed unavailable: resume it later), 130 Ctrl-C or SIGTERM (the run is stored as interrupted).
     """
     checked = _valid_flow(flow, tool_paths)
     progress = Progress()
@@ -272,7 +284,8 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
           scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once per line of --inputs, sharing one model, and print a summary.
 
-    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C.
+    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C
+    or SIGTERM.
     """
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -377,7 +390,7 @@ def runs() -> None:
 def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -> None:
     """List the latest runs, newest first."""
     with _user_errors():
-        storage = Storage(db)
+        storage = Storage(db, reading=True)
         found = figures(storage, storage.find_runs(limit, batch_id))
     if as_json:
         click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": status(f.run),
@@ -399,7 +412,7 @@ def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -
 def runs_show(run_id: str, as_json: bool, db: str | None) -> None:
     """Show run RUN_ID (or an unambiguous start of it): steps, branches, tool calls, timings, the answer."""
     with _user_errors():
-        found = record(Storage(db), run_id)
+        found = record(Storage(db, reading=True), run_id)
     if as_json:
         click.echo(json.dumps({"run": found.run.model_dump(), "steps": [s.model_dump() for s in found.steps],
                                "syscalls": [c.model_dump() for c in found.syscalls]}))
@@ -451,7 +464,7 @@ def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: 
     Exit status: 0 the replay matches the recording, 1 it differs, 2 bad input.
     """
     with _user_errors():
-        found = record(Storage(db), run_id)
+        found = record(Storage(db, reading=True), run_id)
         flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -479,7 +492,7 @@ def runs_timeline(run_ids: tuple[str, ...], batch_id: str | None, image: Path, d
     if not run_ids and not batch_id:
         raise click.UsageError("name runs, or a batch with --batch")
     with _user_errors():
-        storage = Storage(db)
+        storage = Storage(db, reading=True)
         ids = [r.id for r in storage.find_runs(None, batch_id)][::-1] if batch_id else []
         draw([record(storage, run_id) for run_id in [*ids, *run_ids]], image)
     click.echo(f"wrote {image}", err=True)
@@ -493,7 +506,8 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
     """Write run RUN_ID's model answers as a cassette: `flowrun run FLOW --backend scripted --cassette FILE` with
     the same inputs then takes the same path without a model."""
     with _user_errors():
-        text = yaml.safe_dump(cassette(record(Storage(db), run_id)), sort_keys=False, allow_unicode=True, width=120)
+        found = record(Storage(db, reading=True), run_id)
+        text = yaml.safe_dump(cassette(found), sort_keys=False, allow_unicode=True, width=120)
     if output is None:
         click.echo(text, nl=False)
         return

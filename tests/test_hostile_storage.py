@@ -4,13 +4,16 @@ printed to a terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,7 +23,7 @@ from engine.interpreter.resume import ResumeError, stopped
 from engine.interpreter.runs import status
 from engine.kernel.storage import SCHEMA_VERSION, Meta, RunRow, StepRecord, StepRow, Storage, StorageError
 from tests.test_resume import MATH_CASSETTE
-from tests.test_run_cli import cli, runs_of, slow_run, steps_of, wait_for_steps
+from tests.test_run_cli import MATH, cli, runs_of, slow_run, steps_of, wait_for_steps
 
 
 def stored_run(db: Path, run_id: str, *, status: str = "finished", answer: object = "done", output: object = "out",
@@ -159,3 +162,72 @@ def test_an_old_database_migrates_keeping_the_first_of_each_duplicated_step(tmp_
     assert storage.find_run("f").pid_started is None
     with pytest.raises(StorageError, match="refused a record it holds already"):
         storage.record_step(StepRecord("f" * 32, "solve", 1, "process", None, "x", None, None, 0, 0.0, 0.0))
+
+
+# 10. SIGTERM, Ctrl-C while starting up, read-only databases
+
+
+def test_sigterm_stores_the_run_as_interrupted_and_it_resumes(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    process = slow_run(tmp_path, db)
+    wait_for_steps(db, 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    (run,) = runs_of(db)
+    assert run.status == "interrupted" and f"its {len(steps_of(db))} finished steps are kept" in err
+    code, _, err = cli("runs", "resume", run.id, *MATH_CASSETTE, "--db", str(db))
+    assert code == 0, err
+    assert runs_of(db)[0].status == "finished" and len(steps_of(db)) == 9
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_the_backend_opens_ends_cleanly(tmp_path: Path, sent: signal.Signals) -> None:
+    answers = tmp_path / "cassette.yaml"
+    os.mkfifo(answers)  # reading the cassette waits for a writer that never comes: the backend is still opening
+    db = tmp_path / "runs.db"
+    process = subprocess.Popen([sys.executable, "-m", "engine", *MATH, "--backend", "scripted", "--cassette",
+                                str(answers), "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 60
+    while not db.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(sent)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err, err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert runs_of(db) == []
+
+
+def test_runs_are_listed_and_shown_from_a_database_that_cannot_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    db = folder / "runs.db"
+    subprocess.run([sys.executable, "-m", "engine", *MATH, *MATH_CASSETTE, "--db", str(db)], check=True,
+                   capture_output=True)
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # the last to close it: its WAL files go
+        ((run_id,),) = connection.execute("SELECT id FROM runs").fetchall()
+    assert sorted(p.name for p in folder.iterdir()) == ["runs.db"]
+    with read_only(folder, db):
+        code, out, err = cli("runs", "list", "--db", str(db))
+        assert code == 0 and run_id[:12] in out, err
+        code, out, err = cli("runs", "show", run_id[:8], "--db", str(db))
+        assert code == 0 and "· finished" in out, err
+
+
+@contextlib.contextmanager
+def read_only(folder: Path, db: Path) -> Iterator[None]:
+    """`folder` and the database `db` in it made read-only (for root, who ignores modes, immutable)."""
+    for path, mode in ((db, 0o444), (folder, 0o555)):
+        path.chmod(mode)
+    immutable = os.access(db, os.W_OK)
+    if immutable and subprocess.run(["chattr", "+i", str(db), str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o755)
+        pytest.skip("cannot make a file read-only here (root, without chattr)")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db), str(folder)], check=True)
+        folder.chmod(0o755)

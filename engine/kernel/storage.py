@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -208,14 +209,18 @@ def default_url() -> str:
 class Storage:
     """One database, opened (and created or checked) at `url`."""
 
-    def __init__(self, url: str | None = None) -> None:
-        """`url` is an SQLAlchemy URL, or the path of an SQLite file."""
+    def __init__(self, url: str | None = None, *, reading: bool = False) -> None:
+        """`url` is an SQLAlchemy URL, or the path of an SQLite file. `reading`: for a caller that only reads, which
+        can then also read an SQLite file that cannot be written (opened read-only: nothing is made or migrated)."""
         self.url = url or default_url()
         if "://" not in self.url:
             self.url = f"sqlite:///{Path(self.url).resolve()}"
         self.sqlite = self.url.startswith("sqlite")
         plain_file = self.url.removeprefix("sqlite:///")
+        opened = self.url
         if self.sqlite and self.url.startswith("sqlite:///") and not plain_file.startswith((":memory:", "file:")):
+            if reading and Path(plain_file).is_file() and not _writable(Path(plain_file)):
+                opened = _read_only_url(Path(plain_file))
             try:
                 Path(plain_file).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -230,16 +235,20 @@ class Storage:
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
-            self.engine = create_engine(self.url, connect_args={"timeout": self.timeout} if self.sqlite else {})
+            self.engine = create_engine(opened, connect_args={"timeout": self.timeout} if self.sqlite else {})
         except ModuleNotFoundError as exc:
             raise StorageError(f"cannot use database {self.url}: its driver {exc.name} is not installed (for "
                                "PostgreSQL: pip install 'flowrun[postgres]')") from None
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
-        if self.sqlite:
+        read_only = opened != self.url
+        if self.sqlite and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with self.engine.begin() as db:
+                if read_only:
+                    self._check_version(db, migrate=False)
+                    return
                 # Processes opening a new database at once take turns: each makes or migrates the tables holding a
                 # lock (on SQLite, the database's write lock, taken before create_all looks for its tables).
                 if self.engine.dialect.name == "postgresql":
@@ -255,9 +264,12 @@ class Storage:
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
 
-    def _check_version(self, db: Connection) -> None:
+    def _check_version(self, db: Connection, *, migrate: bool = True) -> None:
         meta = Meta.__table__  # type: ignore[attr-defined]
         found = db.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        if not migrate and (found is None or int(found) < SCHEMA_VERSION):
+            raise StorageError(f"database {self.url} is read-only and was made by an older flowrun (schema "
+                               f"{found or 1}): make it writable once, so that this flowrun can migrate it")
         if found is None:
             db.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         elif int(found) < SCHEMA_VERSION:
@@ -555,6 +567,20 @@ class Storage:
                         "check that it exists and can be written, or use another database (--db)")
             busy = "locked" in reason or "busy" in reason
             raise (Busy if busy else StorageError)(f"database {self.url} failed ({reason}): {hint}") from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write the database at `path`: the file, and its folder (for its journal files)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only_url(path: Path) -> str:
+    """The URL opening the database file at `path` read-only. When its WAL file holds nothing (everything is in
+    the database file), it is opened as immutable: a read-only WAL database cannot be opened otherwise without
+    the shared-memory file, which a read-only folder cannot hold."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = "&immutable=1" if not wal.exists() or wal.stat().st_size == 0 else ""
+    return f"sqlite:///file:{urllib.parse.quote(str(path))}?mode=ro{immutable}&uri=true"
 
 
 def _unique_steps(db: Connection) -> None:
