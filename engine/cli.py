@@ -25,9 +25,10 @@ from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
+from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import ResumeError, check_flow_for, resume_run, stopped
-from engine.interpreter.runs import cassette, figures, flow_file, record, status
+from engine.interpreter.runs import RESUMABLE, cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
@@ -379,7 +380,7 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
 
 @main.group()
 def runs() -> None:
-    """Stored runs: list them, show one, resume, replay or export one, draw their timeline."""
+    """Stored runs: list them, show one, resume, replay or export one, draw their timeline, prune them."""
 
 
 @runs.command("list")
@@ -516,3 +517,51 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
     except OSError as exc:
         raise click.FileError(str(output), exc.strerror) from None
     click.echo(f"wrote {output}", err=True)
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return seconds(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@runs.command("prune")
+@click.option("--older-than", type=_Duration(), metavar="DURATION",
+              help="Only runs started longer ago than this: a number and a unit (s, m, h, d, w), e.g. 12h or 30d.")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["finished", *RESUMABLE]),
+              help="Only runs with this status (as `runs list` shows it). Repeatable.")
+@click.option("--keep", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest runs in any case.")
+@click.option("--keep-memories", is_flag=True, help="Keep the long-term memories the runs added.")
+@click.option("--vacuum", is_flag=True, help="Then give the space freed back to the file system (VACUUM).")
+@click.option("--dry-run", is_flag=True, help="List the runs that would be removed; remove nothing.")
+@_db_option
+def runs_prune(older_than: float | None, statuses: tuple[str, ...], keep: int, keep_memories: bool, vacuum: bool,
+               dry_run: bool, db: str | None) -> None:
+    """Remove stored runs with everything they left: steps, syscalls with their metrics, tool calls, snapshots and
+    the KV files these name, and the long-term memories the runs added (unless --keep-memories). Say which runs
+    with --older-than, --status and --keep (all that are given must hold).
+
+    Always kept: runs that are running (on this machine, or on another one, which cannot be checked), the audit
+    log, agents' own stored data (the kernel's store/load), and run workspaces (the files tools wrote).
+    """
+    if older_than is None and not statuses and not keep:
+        raise click.UsageError("say which runs to remove: --older-than, --status or --keep")
+    with _user_errors():
+        storage = Storage(db)
+        pruned = prune(storage, older_than=older_than, statuses=statuses, keep=keep, memories=not keep_memories,
+                       dry_run=dry_run)
+        if vacuum and not dry_run:
+            storage.vacuum()
+    if dry_run:
+        if pruned.runs:
+            click.echo(console.runs_table(figures(storage, pruned.runs)))
+        click.echo(f"{len(pruned.runs)} runs would be removed (--dry-run: nothing was)", err=True)
+        return
+    records = ", ".join(f"{n} {table}" for table, n in pruned.rows.items() if table != "runs")
+    click.echo(f"removed {len(pruned.runs)} runs" + (f" ({records}, {pruned.files} KV files)" if pruned.runs else "")
+               + (f"; {storage.url} vacuumed" if vacuum else ""), err=True)
+

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,22 @@ import pytest
 
 from engine.interpreter.resume import ResumeError, stopped
 from engine.interpreter.runs import status
-from engine.kernel.storage import SCHEMA_VERSION, Meta, RunRow, StepRecord, StepRow, Storage, StorageError
+from engine.kernel.storage import (
+    SCHEMA_VERSION,
+    AuditRow,
+    MemoryRow,
+    Meta,
+    RunRow,
+    SnapshotRow,
+    StepRecord,
+    StepRow,
+    Storage,
+    StorageError,
+    SyscallRow,
+    ToolCallRow,
+)
+from engine.kernel.syscall import Syscall, SyscallKind
+from engine.llm.base import Request, Snapshot
 from tests.test_resume import MATH_CASSETTE
 from tests.test_run_cli import MATH, cli, runs_of, slow_run, steps_of, wait_for_steps
 
@@ -231,3 +247,72 @@ def read_only(folder: Path, db: Path) -> Iterator[None]:
         if immutable:
             subprocess.run(["chattr", "-i", str(db), str(folder)], check=True)
         folder.chmod(0o755)
+
+
+# 11. Retention: `flowrun runs prune`
+
+DAY = 86400
+
+
+def with_records(storage: Storage, run_id: str, kv_folder: Path) -> Path:
+    """Give run `run_id` a syscall, a tool call, a snapshot whose KV file is in `kv_folder`, a long-term memory and
+    an audit record, as a run on the embedded backend leaves them; the KV file."""
+    call = Syscall(SyscallKind.GENERATE, "MathAgent", run_id, Request([], key="solve"))
+    kv = kv_folder / f"{uuid.uuid4().hex}.bin"
+    kv.write_bytes(b"kv cache")
+    storage.record_snapshot(call, Snapshot("so far", 2, {"ids": [1, 2], "kv": kv.name, "dir": str(kv_folder)}))
+    storage.record_syscall(call)
+    storage.record_tool_call(ToolCallRow(run_id=run_id, agent="MathAgent", tool="calculator", arguments={},
+                                         result=1, started=0.0, finished=0.0))
+    storage.add_memories("MathAgent", run_id, [("user", f"bananas of run {run_id[:4]}")])
+    storage.audit("MathAgent", run_id, "tool", "calculator", True, "listed")
+    return kv
+
+
+def test_prune_removes_old_runs_with_everything_they_left_but_never_a_running_one(tmp_path: Path) -> None:
+    db, now = tmp_path / "runs.db", time.time()
+    here = {"host": socket.gethostname(), "pid": os.getpid()}
+    started = psutil.Process().create_time()
+    stored_run(db, "1" * 32, created=now - 40 * DAY)
+    stored_run(db, "2" * 32, status="failed", created=now - 40 * DAY)
+    stored_run(db, "3" * 32, status="running", created=now - 40 * DAY, pid_started=started, **here)  # this process
+    stored_run(db, "4" * 32, status="running", created=now - 40 * DAY, pid_started=started - 60, **here)  # crashed
+    stored_run(db, "5" * 32, status="running", created=now - 40 * DAY, host="elsewhere", pid=1)  # cannot be checked
+    stored_run(db, "6" * 32, created=now - DAY)
+    storage = Storage(str(db))
+    kv = {run_id: with_records(storage, run_id, tmp_path) for run_id in ("1" * 32, "6" * 32)}
+    storage.close()
+
+    code, out, err = cli("runs", "prune", "--older-than", "30d", "--dry-run", "--db", str(db))
+    assert code == 0 and "3 runs would be removed" in err and "2222" in out
+    assert len(runs_of(db)) == 6 and all(path.exists() for path in kv.values())
+
+    code, _, err = cli("runs", "prune", "--older-than", "30d", "--db", str(db))
+    assert code == 0 and "removed 3 runs" in err and "1 KV files" in err, err
+    storage = Storage(str(db))
+    assert sorted(r.id[0] for r in storage.rows(RunRow)) == ["3", "5", "6"]
+    for table in (StepRow, SyscallRow, ToolCallRow, SnapshotRow, MemoryRow):
+        assert {row.run_id[0] for row in storage.rows(table)} <= {"3", "5", "6"}, table.__tablename__
+    assert not kv["1" * 32].exists() and kv["6" * 32].exists()
+    assert [m.run_id[0] for m in storage.search_memories(["MathAgent"], "bananas")] == ["6"]
+    assert len(storage.rows(AuditRow)) == 2  # the audit log is kept
+
+
+def test_prune_by_status_keeping_the_newest_and_the_memories(tmp_path: Path) -> None:
+    db, now = tmp_path / "runs.db", time.time()
+    for n, run_status in enumerate(["failed", "failed", "failed", "finished"]):
+        stored_run(db, str(n + 1) * 32, status=run_status, created=now - 10 * (5 - n))
+    storage = Storage(str(db))
+    with_records(storage, "1" * 32, tmp_path)
+    storage.close()
+    code, _, err = cli("runs", "prune", "--status", "failed", "--keep", "2", "--keep-memories", "--vacuum",
+                       "--db", str(db))
+    assert code == 0 and "removed 2 runs" in err and "vacuumed" in err, err
+    storage = Storage(str(db))
+    assert sorted(r.id[0] for r in storage.rows(RunRow)) == ["3", "4"]  # the 2 newest kept; 4 is finished anyway
+    assert [m.run_id[0] for m in storage.search_memories(["MathAgent"], "bananas")] == ["1"]
+    assert sorted(s.run_id[0] for s in storage.rows(StepRow)) == ["3", "4"]
+    code, _, err = cli("runs", "prune", "--db", str(db))
+    assert code == 2 and "say which runs to remove" in err
+    code, _, err = cli("runs", "prune", "--older-than", "soon", "--db", str(db))
+    assert code == 2 and "is not a duration" in err

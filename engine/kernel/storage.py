@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, Index, event, inspect, text
+from sqlalchemy import JSON, Column, Connection, Index, bindparam, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
@@ -437,6 +437,38 @@ class Storage:
         for table, ids in ((SyscallRow.__table__, calls), (ToolCallRow.__table__, tools)):  # type: ignore[attr-defined]
             if ids:
                 db.execute(table.update().where(table.c.id.in_(ids)).values(superseded=True))
+
+    def delete_runs(self, seen: list[RunRow], *, memories: bool = True) -> tuple[list[str], dict[str, int]]:
+        """Delete runs `seen`, each only if its (status, pid) is still as seen (a run resumed meanwhile stays), with
+        every record they left: steps, syscalls, tool calls, snapshots and (with `memories`) the long-term memories
+        they added. The audit log and agents' own data are kept. The ids of the runs deleted, and how many rows went, by
+        table."""
+        tables = [StepRow, SyscallRow, ToolCallRow, SnapshotRow, *([MemoryRow] if memories else [])]
+        runs = RunRow.__table__  # type: ignore[attr-defined]
+        gone = dict.fromkeys(["runs", *(t.__tablename__ for t in tables)], 0)
+        fts = text("DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE run_id IN :ids)")
+        with self._writing() as db:
+            ids = [run.id for run in seen if db.execute(runs.delete().where(
+                runs.c.id == run.id, runs.c.status == run.status,
+                runs.c.pid.is_(None) if run.pid is None else runs.c.pid == run.pid)).rowcount == 1]
+            gone["runs"] = len(ids)
+            for start in range(0, len(ids), 500):  # within every database's limit on bound values
+                chunk = ids[start:start + 500]
+                if memories and self.sqlite:
+                    db.execute(fts.bindparams(bindparam("ids", expanding=True)), {"ids": chunk})
+                for table in tables:
+                    rows = table.__table__  # type: ignore[attr-defined]
+                    gone[rows.name] += db.execute(rows.delete().where(rows.c.run_id.in_(chunk))).rowcount
+        return ids, gone
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (SQLite's VACUUM; PostgreSQL's)."""
+        with self._errors(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+            if self.sqlite:  # merging the search index's segments drops what it kept of deleted memories
+                db.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+            db.exec_driver_sql("VACUUM")
+            if self.sqlite:  # and empty the WAL, which the VACUUM filled
+                db.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
         """Store an access decision."""
