@@ -38,14 +38,15 @@ from engine.kernel.storage import (
 )
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.base import Request, Snapshot
+from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
 from tests.test_resume import MATH_CASSETTE
 from tests.test_run_cli import MATH, cli, runs_of, slow_run, steps_of, wait_for_steps
 
 
-def stored_run(db: Path, run_id: str, *, status: str = "finished", answer: object = "done", output: object = "out",
-               created: float | None = None, **row: object) -> None:
-    """A run `run_id` with one step, stored in `db` as a run of math_agent would be."""
-    storage = Storage(f"sqlite:///{db}")
+def stored_run(db: Path | str, run_id: str, *, status: str = "finished", answer: object = "done",
+               output: object = "out", created: float | None = None, **row: object) -> None:
+    """A run `run_id` with one step, stored in `db` (an SQLite file or a URL) as a run of math_agent would be."""
+    storage = Storage(str(db))
     storage.start_run(RunRow(id=run_id, agent="MathAgent", flow="math_agent.yaml", status=status, inputs={"q": "x"},
                              answer=answer, created=created or time.time(), **row))
     storage.record_step(StepRecord(run_id, "solve", 1, "process", None, output, None, None, 3, time.time(),
@@ -316,3 +317,31 @@ def test_prune_by_status_keeping_the_newest_and_the_memories(tmp_path: Path) -> 
     assert code == 2 and "say which runs to remove" in err
     code, _, err = cli("runs", "prune", "--older-than", "soon", "--db", str(db))
     assert code == 2 and "is not a duration" in err
+
+
+# PostgreSQL: the same schema migration, exact prefixes and pruning
+
+
+@pytest.mark.slow
+def test_on_postgresql_steps_migrate_to_their_key_and_runs_are_found_and_pruned(postgres: str) -> None:  # noqa: F811
+    stored_run(postgres, "0b48a" + "0" * 27, created=time.time() - 2 * DAY)
+    stored_run(postgres, "ab48a" + "0" * 27)
+    storage = Storage(postgres)
+    with storage.engine.begin() as old:  # as schema 4 left it, with a step stored twice
+        old.exec_driver_sql("DROP INDEX ux_steps_run_step_visit")
+        old.exec_driver_sql("ALTER TABLE runs DROP COLUMN pid_started")
+        old.exec_driver_sql("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        old.exec_driver_sql("INSERT INTO steps (run_id, step, visit, kind, tokens, started, finished) "
+                            "SELECT run_id, step, visit, kind, tokens, started, finished FROM steps")
+    storage.close()
+    storage = Storage(postgres)
+    assert [r.value for r in storage.rows(Meta)] == [str(SCHEMA_VERSION)]
+    assert sorted((s.run_id[0], s.output) for s in storage.rows(StepRow)) == [("0", "out"), ("a", "out")]
+    with pytest.raises(StorageError, match="refused a record it holds already"):
+        storage.record_step(StepRecord("0b48a" + "0" * 27, "solve", 1, "process", None, "x", None, None, 0, 0, 0))
+    assert storage.find_run("0b4").id.startswith("0b48a")
+    with pytest.raises(StorageError, match="is not the start of a run id"):
+        storage.find_run("%b48a")
+    code, _, err = cli("runs", "prune", "--older-than", "1d", "--vacuum", "--db", postgres)
+    assert code == 0 and "removed 1 runs" in err, err
+    assert [r.id[0] for r in Storage(postgres).rows(RunRow)] == ["a"]
