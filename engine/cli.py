@@ -564,4 +564,3 @@ def runs_prune(older_than: float | None, statuses: tuple[str, ...], keep: int, k
     records = ", ".join(f"{n} {table}" for table, n in pruned.rows.items() if table != "runs")
     click.echo(f"removed {len(pruned.runs)} runs" + (f" ({records}, {pruned.files} KV files)" if pruned.runs else "")
                + (f"; {storage.url} vacuumed" if vacuum else ""), err=True)
-

@@ -104,16 +104,19 @@ def status(run: RunRow) -> str:
 
 
 def alive(run: RunRow) -> bool | None:
-    """Whether the process stored as running `run` is still there (None: it ran on another machine, or no process
-    was stored, which cannot be checked). A process that has the pid now but started after the one stored (pids
-    are reused) is not it."""
+    """Whether the process stored as running `run` is still there; None where that cannot be checked: it ran on
+    another machine, or no process was stored. A process that has the pid now but started after the one stored
+    (pids are reused) is not it; where no start time was stored (before schema 5), only one that started before
+    the run is surely it."""
     if run.host != socket.gethostname() or run.pid is None:
         return None
     try:
         process = psutil.Process(run.pid)
         if process.status() == psutil.STATUS_ZOMBIE:  # ended, not yet reaped by its parent
             return False
-        return run.pid_started is None or abs(process.create_time() - run.pid_started) < 1
+        if run.pid_started is None:
+            return True if process.create_time() <= run.created else None
+        return abs(process.create_time() - run.pid_started) < 1
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # another user's process, which cannot be looked at: alive
