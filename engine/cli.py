@@ -25,9 +25,10 @@ from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
+from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import ResumeError, check_flow_for, resume_run, stopped
-from engine.interpreter.runs import cassette, figures, flow_file, record, status
+from engine.interpreter.runs import RESUMABLE, cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
@@ -47,7 +48,19 @@ _tools_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(click.Group):
+    """The flowrun group, where a Ctrl-C (or SIGTERM) that no run handles, as while a run starts up, ends flowrun
+    with "interrupted" and status 130 (click would say "Aborted!" and exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flowrun")
 def main() -> None:
     """flowrun: declarative workflows for LLM agents."""
@@ -169,7 +182,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except _USER_ERRORS as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {console.printable(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
 
 
@@ -229,7 +242,7 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     """Run FLOW once and print its answer.
 
     Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 3 paused (the
-    model stayed unavailable: resume it later), 130 Ctrl-C.
+    model stayed unavailable: resume it later), 130 Ctrl-C or SIGTERM (the run is stored as interrupted).
     """
     checked = _valid_flow(flow, tool_paths)
     progress = Progress()
@@ -250,7 +263,8 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
         click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "answer": outcome.answer,
                                "error": outcome.error, "steps": outcome.path, "db": kernel.storage.url}))
     elif outcome.status == "finished":
-        click.echo(outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2))
+        answer = outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2)
+        click.echo(console.printable(answer))
     _say_end(outcome)
     sys.exit(_exit_status([outcome]))
 
@@ -271,7 +285,8 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
           scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once per line of --inputs, sharing one model, and print a summary.
 
-    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C.
+    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C
+    or SIGTERM.
     """
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -314,7 +329,7 @@ def _say_end(outcome: RunOutcome) -> None:
     if outcome.status == "finished":
         click.echo(f"run {outcome.run_id} finished in {len(outcome.path)} steps ({show})", err=True)
     else:
-        click.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
+        click.echo(f"error: run {outcome.run_id} {outcome.status}: {console.printable(outcome.error or '')}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == "paused":
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
@@ -365,7 +380,7 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
 
 @main.group()
 def runs() -> None:
-    """Stored runs: list them, show one, resume, replay or export one, draw their timeline."""
+    """Stored runs: list them, show one, resume, replay or export one, draw their timeline, prune them."""
 
 
 @runs.command("list")
@@ -376,7 +391,7 @@ def runs() -> None:
 def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -> None:
     """List the latest runs, newest first."""
     with _user_errors():
-        storage = Storage(db)
+        storage = Storage(db, reading=True)
         found = figures(storage, storage.find_runs(limit, batch_id))
     if as_json:
         click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": status(f.run),
@@ -398,7 +413,7 @@ def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -
 def runs_show(run_id: str, as_json: bool, db: str | None) -> None:
     """Show run RUN_ID (or an unambiguous start of it): steps, branches, tool calls, timings, the answer."""
     with _user_errors():
-        found = record(Storage(db), run_id)
+        found = record(Storage(db, reading=True), run_id)
     if as_json:
         click.echo(json.dumps({"run": found.run.model_dump(), "steps": [s.model_dump() for s in found.steps],
                                "syscalls": [c.model_dump() for c in found.syscalls]}))
@@ -450,7 +465,7 @@ def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: 
     Exit status: 0 the replay matches the recording, 1 it differs, 2 bad input.
     """
     with _user_errors():
-        found = record(Storage(db), run_id)
+        found = record(Storage(db, reading=True), run_id)
         flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -460,7 +475,7 @@ def runs_replay(run_id: str, flow_path: Path | None, as_json: bool, tool_paths: 
                                "differences": replay.differences, "steps": len(replay.steps)}))
     elif replay.differences:
         click.echo(f"run {found.run.id}: the replay differs from the recording:\n" +
-                   "\n".join(f"- {d}" for d in replay.differences))
+                   "\n".join(f"- {console.printable(d)}" for d in replay.differences))
     else:
         click.echo(f"run {found.run.id} replayed without a model: {len(replay.steps)} steps, the same path, "
                    "outputs and answer as recorded")
@@ -478,7 +493,7 @@ def runs_timeline(run_ids: tuple[str, ...], batch_id: str | None, image: Path, d
     if not run_ids and not batch_id:
         raise click.UsageError("name runs, or a batch with --batch")
     with _user_errors():
-        storage = Storage(db)
+        storage = Storage(db, reading=True)
         ids = [r.id for r in storage.find_runs(None, batch_id)][::-1] if batch_id else []
         draw([record(storage, run_id) for run_id in [*ids, *run_ids]], image)
     click.echo(f"wrote {image}", err=True)
@@ -492,7 +507,8 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
     """Write run RUN_ID's model answers as a cassette: `flowrun run FLOW --backend scripted --cassette FILE` with
     the same inputs then takes the same path without a model."""
     with _user_errors():
-        text = yaml.safe_dump(cassette(record(Storage(db), run_id)), sort_keys=False, allow_unicode=True, width=120)
+        found = record(Storage(db, reading=True), run_id)
+        text = yaml.safe_dump(cassette(found), sort_keys=False, allow_unicode=True, width=120)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -501,3 +517,50 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
     except OSError as exc:
         raise click.FileError(str(output), exc.strerror) from None
     click.echo(f"wrote {output}", err=True)
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return seconds(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@runs.command("prune")
+@click.option("--older-than", type=_Duration(), metavar="DURATION",
+              help="Only runs started longer ago than this: a number and a unit (s, m, h, d, w), e.g. 12h or 30d.")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["finished", *RESUMABLE]),
+              help="Only runs with this status (as `runs list` shows it). Repeatable.")
+@click.option("--keep", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest runs in any case.")
+@click.option("--keep-memories", is_flag=True, help="Keep the long-term memories the runs added.")
+@click.option("--vacuum", is_flag=True, help="Then give the space freed back to the file system (VACUUM).")
+@click.option("--dry-run", is_flag=True, help="List the runs that would be removed; remove nothing.")
+@_db_option
+def runs_prune(older_than: float | None, statuses: tuple[str, ...], keep: int, keep_memories: bool, vacuum: bool,
+               dry_run: bool, db: str | None) -> None:
+    """Remove stored runs with everything they left: steps, syscalls with their metrics, tool calls, snapshots and
+    the KV files these name, and the long-term memories the runs added (unless --keep-memories). Say which runs
+    with --older-than, --status and --keep (all that are given must hold).
+
+    Always kept: runs that are running (on this machine, or on another one, which cannot be checked), the audit
+    log, agents' own stored data (the kernel's store/load), and run workspaces (the files tools wrote).
+    """
+    if older_than is None and not statuses and not keep:
+        raise click.UsageError("say which runs to remove: --older-than, --status or --keep")
+    with _user_errors():
+        storage = Storage(db)
+        pruned = prune(storage, older_than=older_than, statuses=statuses, keep=keep, memories=not keep_memories,
+                       dry_run=dry_run)
+        if vacuum and not dry_run:
+            storage.vacuum()
+    if dry_run:
+        if pruned.runs:
+            click.echo(console.runs_table(figures(storage, pruned.runs)))
+        click.echo(f"{len(pruned.runs)} runs would be removed (--dry-run: nothing was)", err=True)
+        return
+    records = ", ".join(f"{n} {table}" for table, n in pruned.rows.items() if table != "runs")
+    click.echo(f"removed {len(pruned.runs)} runs" + (f" ({records}, {pruned.files} KV files)" if pruned.runs else "")
+               + (f"; {storage.url} vacuumed" if vacuum else ""), err=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -21,6 +22,18 @@ from engine.kernel.storage import RunRow
 
 T = TypeVar("T")
 _CLEAR = "\r\x1b[2K"
+# What a terminal would act on instead of showing: escape sequences (CSI such as colours and cursor moves; OSC such
+# as titles, hyperlinks and clipboard writes; DCS, SOS, PM and APC strings; two-byte escapes), the other C0 and C1
+# control characters (a carriage return rewrites the line) and the bidirectional overrides that reorder text.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+                      r"|\x1b[ -/]*[0-~]?|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` (a model's or tool's, as stored) without what a terminal would act on instead of showing: every place
+    that prints stored text passes it through here, so that a model cannot move the cursor, retitle the window,
+    write the clipboard or hide text."""
+    return _CONTROL.sub("", text)
 
 
 async def watch(work: Awaitable[T], progress: Sequence[Progress], generated: Counter[str], *, live: bool,
@@ -91,7 +104,7 @@ def run_text(record: RunRecord) -> str:
     if run.status == "finished":
         lines.append("answer: " + _text(run.answer))
     elif run.error:
-        lines.append(f"{run.status}: {run.error}")
+        lines.append(f"{run.status}: {printable(run.error)}")
     if status(run) in RESUMABLE:
         lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
@@ -112,24 +125,24 @@ def tested(found: TestFile, results: Sequence[CaseResult], uncovered: Coverage) 
     for result in results:
         took = f"{len(result.steps)} steps, {result.seconds:.1f} s"
         lines.append(f"  {'pass' if result.passed else 'FAIL'}  {result.case.name} ({took})")
-        lines.extend(f"        {line}" for problem in result.problems for line in problem.splitlines())
+        lines.extend(f"        {line}" for problem in result.problems for line in printable(problem).splitlines())
     missed = [f"step {s}" for s in uncovered.steps] + [f"{u} -[{label}]-> {v}" for u, label, v in uncovered.edges]
     lines.append(f"  not covered: {', '.join(missed)}" if missed else "  covered: every step and way out")
     return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else printable(str(value))
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+    return printable(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _short(value: Any, width: int) -> str:
     if value is None:
         return ""
-    text = " ".join((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).split())
+    text = " ".join(printable(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

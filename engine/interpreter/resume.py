@@ -9,7 +9,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from engine.interpreter.runs import LLM_KINDS, RESUMABLE, answer_stands, record, status
+from engine.interpreter.runs import LLM_KINDS, RESUMABLE, alive, answer_stands, record, status
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
@@ -46,14 +46,17 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
 
 def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
-    stored as running on another machine)."""
+    stored as running on another machine, which cannot be checked; never one whose process runs on this one)."""
     found = record(storage, run_id)
     run = found.run
     now = status(run)
-    if now not in RESUMABLE and not (now == "running" and force):
+    if now not in RESUMABLE and not (now == "running" and force and not alive(run)):
         why = {"finished": "it finished: there is nothing to resume",
                "running": f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
                           "resume it with --force"}.get(now, f"it is {now}")
+        if now == "running" and alive(run):  # resuming it would run it twice at once
+            why = (f"it is running in process {run.pid} on this machine: wait for it to end, or stop it (Ctrl-C "
+                   f"or `kill {run.pid}`) and resume it then")
         raise ResumeError(f"run {run.id} cannot be resumed: {why}")
     since = found.steps[-1].finished if found.steps else run.created  # what came after is the journal's
     tools = [t for t in found.tools if t.started >= since and not t.superseded]
@@ -97,8 +100,8 @@ async def resume_run(kernel: Kernel, graph: nx.MultiDiGraph, found: Stopped, *, 
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
     with it on `kernel`: its journal given back first, its tools in its own workspace."""
     run, this = found.run, process_id()
-    claimed = await kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid), this["host"],
-                                          this["pid"], found.stale)
+    claimed = await kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid), this,
+                                          found.stale)
     if not claimed:
         raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
     kernel.journals[run.id] = found.journal

@@ -4,11 +4,12 @@ replaying runs, and for `flowrun runs` and `flowrun batch`."""
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from engine.kernel.storage import RunRow, StepRow, Storage, StorageError, SyscallRow, ToolCallRow
 
@@ -99,11 +100,24 @@ def flow_file(run: RunRow, given: Path | None = None) -> Path:
 
 def status(run: RunRow) -> str:
     """The run's status, where a `running` run whose process is gone (on this machine) is `crashed`."""
-    if run.status == "running" and run.host == socket.gethostname() and run.pid is not None:
-        try:
-            os.kill(run.pid, 0)
-        except ProcessLookupError:
-            return "crashed"
-        except PermissionError:  # another user's process: alive
-            pass
-    return run.status
+    return "crashed" if run.status == "running" and alive(run) is False else run.status
+
+
+def alive(run: RunRow) -> bool | None:
+    """Whether the process stored as running `run` is still there; None where that cannot be checked: it ran on
+    another machine, or no process was stored. A process that has the pid now but started after the one stored
+    (pids are reused) is not it; where no start time was stored (before schema 5), only one that started before
+    the run is surely it."""
+    if run.host != socket.gethostname() or run.pid is None:
+        return None
+    try:
+        process = psutil.Process(run.pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # ended, not yet reaped by its parent
+            return False
+        if run.pid_started is None:
+            return True if process.create_time() <= run.created else None
+        return abs(process.create_time() - run.pid_started) < 1
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process, which cannot be looked at: alive
+        return True

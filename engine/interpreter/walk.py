@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import psutil
 
 from engine.flow.model import Flow, Step
 from engine.flow.templates import render
@@ -164,8 +165,8 @@ async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, step
 
 
 def process_id() -> dict[str, Any]:
-    """The host and pid a run row keeps of the process running it."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """The host, pid and start time a run row keeps of the process running it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time()}
 
 
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:

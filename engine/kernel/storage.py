@@ -8,7 +8,8 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 Writes go through one writer thread, in order: `commit` awaits one (a run, a step), `later` queues one that nothing
 waits on (a syscall's record, a tool call, evicted memories), which is committed no later than the next awaited
 write. Reads wait for the queue first. A write that finds the database busy is tried again for FLOWRUN_DB_TIMEOUT
-seconds. Several processes may share one database: on PostgreSQL its tables are made under an advisory lock.
+seconds. Several processes may share one database: its tables are made and migrated under a lock (an advisory
+lock on PostgreSQL, the write lock on SQLite), so processes opening a new database at once take turns.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, event, inspect, text
-from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
+from sqlalchemy import JSON, Column, Connection, Index, bindparam, event, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
@@ -37,7 +39,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -46,7 +48,9 @@ _ADDED_COLUMNS = {
     4: (("runs", "flow_sha256", "VARCHAR"), ("runs", "workspace", "VARCHAR"), ("runs", "host", "VARCHAR"),
         ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("syscalls", "superseded", "BOOLEAN"),
         ("tool_calls", "pending", "BOOLEAN"), ("tool_calls", "superseded", "BOOLEAN"), ("snapshots", "key", "VARCHAR")),
+    5: (("runs", "pid_started", "FLOAT"),),
 }
+_STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
 
 class StorageError(Exception):
@@ -74,6 +78,7 @@ class RunRow(SQLModel, table=True):
     workspace: str | None = None  # the directory its tools work in, when not the default
     host: str | None = None  # the machine and process running it (a `running` run whose process is gone crashed)
     pid: int | None = None
+    pid_started: float | None = None  # when that process started (a later process given the same pid is not it)
     inputs: Any = Field(default=None, sa_column=Column(JSON))
     answer: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
@@ -83,6 +88,7 @@ class RunRow(SQLModel, table=True):
 
 class StepRow(SQLModel, table=True):
     __tablename__ = "steps"
+    __table_args__ = (Index(_STEP_KEY, "run_id", "step", "visit", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(index=True)
     step: str
@@ -203,14 +209,18 @@ def default_url() -> str:
 class Storage:
     """One database, opened (and created or checked) at `url`."""
 
-    def __init__(self, url: str | None = None) -> None:
-        """`url` is an SQLAlchemy URL, or the path of an SQLite file."""
+    def __init__(self, url: str | None = None, *, reading: bool = False) -> None:
+        """`url` is an SQLAlchemy URL, or the path of an SQLite file. `reading`: for a caller that only reads, which
+        can then also read an SQLite file that cannot be written (opened read-only: nothing is made or migrated)."""
         self.url = url or default_url()
         if "://" not in self.url:
             self.url = f"sqlite:///{Path(self.url).resolve()}"
         self.sqlite = self.url.startswith("sqlite")
         plain_file = self.url.removeprefix("sqlite:///")
+        opened = self.url
         if self.sqlite and self.url.startswith("sqlite:///") and not plain_file.startswith((":memory:", "file:")):
+            if reading and Path(plain_file).is_file() and not _writable(Path(plain_file)):
+                opened = _read_only_url(Path(plain_file))
             try:
                 Path(plain_file).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -225,18 +235,26 @@ class Storage:
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
-            self.engine = create_engine(self.url, connect_args={"timeout": self.timeout} if self.sqlite else {})
+            self.engine = create_engine(opened, connect_args={"timeout": self.timeout} if self.sqlite else {})
         except ModuleNotFoundError as exc:
             raise StorageError(f"cannot use database {self.url}: its driver {exc.name} is not installed (for "
                                "PostgreSQL: pip install 'flowrun[postgres]')") from None
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
-        if self.sqlite:
+        read_only = opened != self.url
+        if self.sqlite and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with self.engine.begin() as db:
-                if self.engine.dialect.name == "postgresql":  # processes opening a new database at once take turns
+                if read_only:
+                    self._check_version(db, migrate=False)
+                    return
+                # Processes opening a new database at once take turns: each makes or migrates the tables holding a
+                # lock (on SQLite, the database's write lock, taken before create_all looks for its tables).
+                if self.engine.dialect.name == "postgresql":
                     db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                elif self.sqlite:
+                    db.exec_driver_sql("BEGIN IMMEDIATE")
                 SQLModel.metadata.create_all(db)
                 self._check_version(db)
                 if self.sqlite:
@@ -246,9 +264,12 @@ class Storage:
         except Exception as exc:
             raise StorageError(f"cannot use database {self.url}: {exc}") from None
 
-    def _check_version(self, db: Connection) -> None:
+    def _check_version(self, db: Connection, *, migrate: bool = True) -> None:
         meta = Meta.__table__  # type: ignore[attr-defined]
         found = db.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        if not migrate and (found is None or int(found) < SCHEMA_VERSION):
+            raise StorageError(f"database {self.url} is read-only and was made by an older flowrun (schema "
+                               f"{found or 1}): make it writable once, so that this flowrun can migrate it")
         if found is None:
             db.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         elif int(found) < SCHEMA_VERSION:
@@ -256,6 +277,8 @@ class Storage:
                 for table, column, kind in _ADDED_COLUMNS[version]:
                     if column not in {c["name"] for c in inspect(db).get_columns(table)}:
                         db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                if version == 5:
+                    _unique_steps(db)
             db.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif int(found) > SCHEMA_VERSION:
             raise StorageError(f"database {self.url} has schema version {found}, newer than this "
@@ -332,7 +355,7 @@ class Storage:
         self.flush()
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
         if batch is not None:
-            statement = statement.where(col(RunRow.batch).startswith(batch))
+            statement = statement.where(_starts(col(RunRow.batch), batch, "batch"))
         with self._session() as db:
             return list(db.exec(statement))
 
@@ -340,7 +363,7 @@ class Storage:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
         self.flush()
         with self._session() as db:
-            found = list(db.exec(select(RunRow).where(col(RunRow.id).startswith(prefix)).limit(2)))
+            found = list(db.exec(select(RunRow).where(_starts(col(RunRow.id), prefix, "run")).limit(2)))
         if len(found) != 1:
             problem = "no run" if not found else "more than one run"
             raise StorageError(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
@@ -389,17 +412,17 @@ class Storage:
             db.execute(table.update().where(table.c.id == row.id).values(
                 result=row.result, error=row.error, finished=row.finished, pending=None))
 
-    def claim_run(self, run_id: str, seen: tuple[str, int | None], host: str, pid: int,
+    def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
                   stale: tuple[list[str], list[int]] = ([], [])) -> bool:
-        """Mark run `run_id` running in process `pid` on `host`, if its (status, pid) is still `seen`: two
-        processes resuming one run cannot both have it. In the same transaction, supersede the `stale` syscalls
-        and tool calls, which the resumed run will not use."""
+        """Mark run `run_id` running in `process` (its host, pid and pid_started), if its (status, pid) is still
+        `seen`: two processes resuming one run cannot both have it. In the same transaction, supersede the `stale`
+        syscalls and tool calls, which the resumed run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
-                                 .values(status="running", host=host, pid=pid, error=None, finished=None))
+                                 .values(status="running", error=None, finished=None, **process))
             if claimed.rowcount == 1:
                 self._supersede(db, *stale)
             return claimed.rowcount == 1
@@ -414,6 +437,38 @@ class Storage:
         for table, ids in ((SyscallRow.__table__, calls), (ToolCallRow.__table__, tools)):  # type: ignore[attr-defined]
             if ids:
                 db.execute(table.update().where(table.c.id.in_(ids)).values(superseded=True))
+
+    def delete_runs(self, seen: list[RunRow], *, memories: bool = True) -> tuple[list[str], dict[str, int]]:
+        """Delete runs `seen`, each only if its (status, pid) is still as seen (a run resumed meanwhile stays), with
+        every record they left: steps, syscalls, tool calls, snapshots and (with `memories`) the long-term memories
+        they added. The audit log and agents' own data are kept. The ids of the runs deleted, and how many rows went, by
+        table."""
+        tables = [StepRow, SyscallRow, ToolCallRow, SnapshotRow, *([MemoryRow] if memories else [])]
+        runs = RunRow.__table__  # type: ignore[attr-defined]
+        gone = dict.fromkeys(["runs", *(t.__tablename__ for t in tables)], 0)
+        fts = text("DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE run_id IN :ids)")
+        with self._writing() as db:
+            ids = [run.id for run in seen if db.execute(runs.delete().where(
+                runs.c.id == run.id, runs.c.status == run.status,
+                runs.c.pid.is_(None) if run.pid is None else runs.c.pid == run.pid)).rowcount == 1]
+            gone["runs"] = len(ids)
+            for start in range(0, len(ids), 500):  # within every database's limit on bound values
+                chunk = ids[start:start + 500]
+                if memories and self.sqlite:
+                    db.execute(fts.bindparams(bindparam("ids", expanding=True)), {"ids": chunk})
+                for table in tables:
+                    rows = table.__table__  # type: ignore[attr-defined]
+                    gone[rows.name] += db.execute(rows.delete().where(rows.c.run_id.in_(chunk))).rowcount
+        return ids, gone
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (SQLite's VACUUM; PostgreSQL's)."""
+        with self._errors(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+            if self.sqlite:  # merging the search index's segments drops what it kept of deleted memories
+                db.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+            db.exec_driver_sql("VACUUM")
+            if self.sqlite:  # and empty the WAL, which the VACUUM filled
+                db.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def audit(self, agent: str, run: str, action: str, target: str, allowed: bool, reason: str) -> None:
         """Store an access decision."""
@@ -532,6 +587,9 @@ class Storage:
         """Database errors, turned into a StorageError saying what to do."""
         try:
             yield
+        except IntegrityError as exc:
+            raise StorageError(f"database {self.url} refused a record it holds already ({exc.orig}): is another "
+                               "process running the same run?") from None
         except OperationalError as exc:
             reason = str(exc.orig) if exc.orig is not None else str(exc)
             advice = {"locked": "another process holds it locked: wait for it or use another database (--db)",
@@ -541,6 +599,36 @@ class Storage:
                         "check that it exists and can be written, or use another database (--db)")
             busy = "locked" in reason or "busy" in reason
             raise (Busy if busy else StorageError)(f"database {self.url} failed ({reason}): {hint}") from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write the database at `path`: the file, and its folder (for its journal files)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only_url(path: Path) -> str:
+    """The URL opening the database file at `path` read-only. When its WAL file holds nothing (everything is in
+    the database file), it is opened as immutable: a read-only WAL database cannot be opened otherwise without
+    the shared-memory file, which a read-only folder cannot hold."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = "&immutable=1" if not wal.exists() or wal.stat().st_size == 0 else ""
+    return f"sqlite:///file:{urllib.parse.quote(str(path))}?mode=ro{immutable}&uri=true"
+
+
+def _unique_steps(db: Connection) -> None:
+    """Key the steps table on (run, step, visit). Where a run was resumed while it still ran (the bug this key
+    prevents), its steps are stored twice: the first stored of each stands, as the run went on from it."""
+    db.execute(text("DELETE FROM steps WHERE id NOT IN (SELECT MIN(id) FROM steps GROUP BY run_id, step, visit)"))
+    db.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_STEP_KEY} ON steps (run_id, step, visit)"))
+
+
+def _starts(column: Any, prefix: str, what: str) -> Any:
+    """The condition that `column` (a run or batch id) starts with `prefix`, compared exactly: LIKE would take `%`
+    and `_` in it as wildcards, and ignores case on SQLite."""
+    if not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise StorageError(f"{prefix!r} is not the start of a {what} id: ids are lowercase hexadecimal (0-9, a-f); "
+                           "see `flowrun runs list`")
+    return func.substr(column, 1, len(prefix)) == prefix
 
 
 async def through(commit: Awaitable[Any]) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 import threading
 import urllib.request
@@ -140,7 +141,7 @@ class EmbeddedBackend:
             kv = f"{uuid.uuid4().hex}.bin"
             self._post(f"/slots/{slot}?action=save", {"filename": kv})
             done = (resume.tokens if resume else 0) + state["new"]
-            snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv})
+            snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv, "dir": str(self._state_dir)})
             return Result(text, "suspended", state["prompt_tokens"], state["new"], snapshot)
         return Result(text, state["finish"], state["prompt_tokens"], state["new"])
 
@@ -159,3 +160,17 @@ class EmbeddedBackend:
                 return json.loads(response.read())
         except OSError as exc:
             raise BackendError(f"the embedded server refused {path}: {exc}") from exc
+
+
+def discard(state: Any) -> bool:
+    """Delete the KV file that a snapshot's `state` from this backend names (in the folder of the process that
+    saved it), if it is still there; whether it was. Only a file named as this backend names them is deleted."""
+    if not isinstance(state, dict) or not isinstance(state.get("dir"), str) or not isinstance(state.get("kv"), str):
+        return False
+    if not re.fullmatch(r"[0-9a-f]{32}\.bin", state["kv"]):
+        return False
+    try:
+        (Path(state["dir"]) / state["kv"]).unlink()
+    except OSError:  # gone already (restored, or its folder was cleaned)
+        return False
+    return True
