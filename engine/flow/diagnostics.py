@@ -46,6 +46,10 @@ RULES: dict[str, Rule] = {
         Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse."),
         Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist."),
         Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label."),
+        Rule("FR304", "template-limit", _E, "A template goes past a sandbox bound: a number, text or loop too large, "
+             "or nesting too deep."),
+        Rule("FR305", "template-unsafe", _E, "A template reaches for what the sandbox refuses: Python internals, "
+             "methods that change data."),
         Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`."),
         Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read."),
         Rule("FR502", "aios-unknown-tool", _W, "A legacy config names a tool with no manifest; the import drops it."),
