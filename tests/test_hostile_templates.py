@@ -93,6 +93,7 @@ def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_
     ("{{ inputs.s.ljust(inputs.n) }}", {"s": "x", "n": 10 ** 10}, "ljust"),
     ("{{ '%0*d' % (inputs.n, 1) }}", {"n": 10 ** 10}, "format width"),
     ("{{ inputs.s|replace('', inputs.s * 1000) }}", {"s": "x" * 1000}, "replace"),
+    ("{{ inputs.s|wordwrap(1, wrapstring=inputs.s) }}", {"s": "x y " * 1000}, "wordwrap"),
     ("{% set ns = namespace(s=inputs.s) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
      {"s": "x"}, "`~`"),
     ("{% set ns = namespace(n=inputs.n) %}{% for i in range(60) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",

@@ -126,7 +126,20 @@ def _replaced(text: Any, old: Any, new: Any, count: Any = -1) -> int:
 def _joined(separator: Any, items: Any) -> int:
     if not isinstance(items, list | tuple):
         return 0
-    return len(str(separator)) * len(items) + sum(len(item) for item in items if isinstance(item, str))
+    return len(str(separator)) * len(items) + _summed(items)
+
+
+def _summed(items: Any) -> int:
+    if not isinstance(items, list | tuple):
+        return 0
+    return sum(len(item) for item in items if isinstance(item, str | list | tuple))
+
+
+def _wrapped(text: Any, width: Any = 79, breaking: Any = True, wrapstring: Any = None, *args: Any) -> int:
+    if not isinstance(text, str) or not isinstance(width, int):
+        return 0
+    lines = 2 * len(text) // max(width, 1) + text.count("\n") + 2  # a long word can leave a short line before it
+    return len(text) + lines * len(str(wrapstring or "\n"))
 
 
 def _width(_: Any, width: Any = 0, *args: Any, **kwargs: Any) -> int:
@@ -158,7 +171,11 @@ _FILTERS: dict[str, Callable[..., int]] = {
     "format": lambda fmt, *args, **kwargs: printf_width(str(fmt), kwargs or args),
     "replace": lambda _, text, old, new, count=None: _replaced(text, old, new, -1 if count is None else count),
     "join": lambda _, items, separator="", attribute=None: _joined(separator, items),
-    "tojson": lambda _, value, indent=None: _width(value, indent),
+    "tojson": lambda _, value, indent=None: _width(value, indent) * len(str(value)),
+    "wordwrap": lambda _, *args, **kwargs: _wrapped(*args, **kwargs),
+    "urlize": lambda _, text, limit=None, nofollow=False, target=None, rel=None, *args:
+        len(str(text)) // 2 * (len(str(target or "")) + len(str(rel or ""))),  # per link
+    "sum": lambda _, items, attribute=None, start=0: _summed(items),
 }
 
 

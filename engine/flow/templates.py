@@ -28,7 +28,8 @@ STEP_ATTRIBUTES = ("output",)
 _IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 
 _VALUES = ("", 0, 0.0, False, None, [], {})  # one of each kind of value a template sees
-# Attributes every template value has or that change data: the sandbox refuses them on every value that has them.
+# Python internals of the values a template sees, and their methods that change data: the sandbox refuses both on
+# every value that has them (on the others they are undefined).
 _INTERNAL = frozenset(name for value in _VALUES for name in dir(value) if name.startswith("_"))
 _CHANGES_DATA = frozenset(name for value in _VALUES for name in dir(value) if modifies_known_mutable(value, name))
 
@@ -45,6 +46,9 @@ _CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
 _KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else"})
 _COMPARE, _SUM = frozenset({"==", "!=", "<", "<=", ">", ">="}), frozenset({"+", "-"})
 _OR, _AND, _ELSE = frozenset({"or"}), frozenset({"and"}), frozenset({"else"})
+# Longer holes go to Jinja2, which checks how deep they nest; this keeps _Reader's recursion and the trees it
+# stands for within the sandbox's MAX_NESTING and MAX_DEPTH.
+_MAX_TOKENS = 2 * sandbox.MAX_NESTING
 
 
 def is_template(text: str) -> bool:
@@ -148,7 +152,6 @@ class _Reader:
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens, self.at, self.end = tokens, 0, len(tokens)
-        self.depth = 0  # of nested `(`, `else` and `not`: deeper ones go to Jinja2, which says they are too deep
         self.names: set[str] = set()
         self.references: list[tuple[str, ...]] = []
         self.unsupported: list[str] = []
@@ -168,7 +171,7 @@ class _Reader:
             if hole[:1] in ("-", "+") or hole[-1:] in ("-", "+"):
                 return None  # whitespace control
             pairs = _TOKEN.findall(hole)
-            if any(bad for _, bad in pairs):
+            if any(bad for _, bad in pairs) or len(pairs) > _MAX_TOKENS:
                 return None
             reader = cls([token for token, _ in pairs])
             try:
@@ -201,9 +204,6 @@ class _Reader:
         return self.tokens[self.at - 1]
 
     def condexpr(self) -> frozenset[str] | None:
-        self.depth += 1
-        if self.depth > sandbox.MAX_NESTING:
-            raise _GiveUp
         values = self.binary(self.and_expr, _OR)
         while self.next_is("if"):
             self.take()
@@ -213,7 +213,6 @@ class _Reader:
                 self.take()
                 otherwise = self.condexpr()
             values = values | otherwise if values is not None and otherwise is not None else None
-        self.depth -= 1
         return values
 
     def and_expr(self) -> frozenset[str] | None:
@@ -222,11 +221,7 @@ class _Reader:
     def not_expr(self) -> frozenset[str] | None:
         if self.next_is("not"):
             self.take()
-            self.depth += 1
-            if self.depth > sandbox.MAX_NESTING:
-                raise _GiveUp
             self.not_expr()
-            self.depth -= 1
             return None
         return self.binary(self.sum_expr, _COMPARE)
 
@@ -314,7 +309,7 @@ def _walk(tree: nodes.Template) -> Facts:
                 if chain is not None and len(chain) > 1:
                     references.append(chain)
             name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-            if name in _INTERNAL:
+            if isinstance(name, str) and name in _INTERNAL:
                 refused.append(_internal(name))
         elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _CHANGES_DATA:
             refused.append(f"`.{node.node.attr}(...)` changes data, which the template sandbox refuses: templates "
