@@ -94,6 +94,8 @@ def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_
     ("{{ '%0*d' % (inputs.n, 1) }}", {"n": 10 ** 10}, "format width"),
     ("{{ inputs.s|replace('', inputs.s * 1000) }}", {"s": "x" * 1000}, "replace"),
     ("{{ inputs.s|wordwrap(1, wrapstring=inputs.s) }}", {"s": "x y " * 1000}, "wordwrap"),
+    ("{{ ([inputs.s] * 1000)|map('string')|join }}", {"s": "x" * 10_000}, "join"),
+    ("{{ ''.join(([inputs.s] * 1000)|map('string')) }}", {"s": "x" * 10_000}, "join"),
     ("{% set ns = namespace(s=inputs.s) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
      {"s": "x"}, "`~`"),
     ("{% set ns = namespace(n=inputs.n) %}{% for i in range(60) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",

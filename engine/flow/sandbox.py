@@ -179,12 +179,18 @@ _FILTERS: dict[str, Callable[..., int]] = {
 }
 
 
+def _sized(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`args` with iterators (`map`, `select`, ... give them) read into lists, so that an estimate can count them."""
+    return tuple(list(arg) if isinstance(arg, Iterator) else arg for arg in args)
+
+
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     estimate = _FILTERS.get(name)
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
         tick()
         if estimate is not None:
+            args = _sized(args)
             expect(estimate(*args, **kwargs), f"the filter `{name}`")
         return checked(function(*args, **kwargs), f"the filter `{name}`")
 
@@ -264,6 +270,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox hands out str.format wrapped
         name = getattr(method, "__name__", "")
         if isinstance(getattr(method, "__self__", None), str) and name in _METHODS:
+            args = _sized(args)
             expect(_METHODS[name](method.__self__, *args, **kwargs), f"str.{name}")
         return checked(super().call(__context, __obj, *args, **kwargs), f"calling {name or 'a function'}")
 
