@@ -337,6 +337,13 @@ def _internal(name: str) -> str:
 _NOT_CONSTANT = object()
 
 
+def _range(*args: Any) -> range:
+    try:
+        return safe_range(*args)
+    except OverflowError as exc:  # past the sandbox's MAX_RANGE
+        raise TemplateLimit(str(exc)) from None
+
+
 class _Limits:
     """Where a template goes past the sandbox's bounds with values known before a run: constant expressions
     (`10 ** 10 ** 9`, `'x' * 10 ** 10`, computed with the sandbox's own checks) and loops over constants nested past
@@ -357,7 +364,7 @@ class _Limits:
                 return node.value
             if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range" \
                     and len(values) == 1 + len(node.args) and all(v is not _NOT_CONSTANT for v in values[1:]):
-                return safe_range(*values[1:])
+                return _range(*values[1:])
             if any(v is _NOT_CONSTANT for v in values):
                 return _NOT_CONSTANT
             if isinstance(node, nodes.List | nodes.Tuple):
@@ -368,15 +375,14 @@ class _Limits:
                 return sandbox.environment.joined("".join(map(str, values)))
         except TemplateLimit as exc:
             self.found += (f"{exc.message}{_line(node.lineno)}",)
-        except OverflowError as exc:  # the sandbox's range bound
-            self.found += (f"{exc}{_line(node.lineno)}",)
         except (ArithmeticError, TypeError, ValueError):
             pass  # an error of the run, not a bound
         return _NOT_CONSTANT
 
     def loop(self, node: nodes.For, runs: int) -> None:
+        """Check the loop `node`, run `runs` times, and what it holds."""
         items = self.value(node.iter, runs)
-        times = len(items) if isinstance(items, range | list) else 1
+        times = len(items) if isinstance(items, range | list | str) else 1
         if runs <= sandbox.MAX_STEPS < runs * times:
             self.found += (f"loops nested here run {runs * times:,} times; a render may run at most "
                            f"{sandbox.MAX_STEPS:,} loop iterations and calls{_line(node.lineno)}",)
