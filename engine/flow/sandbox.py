@@ -283,10 +283,12 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def joined(value: str) -> str:
+        """The result of a `~` (the code generator's hook), within MAX_SIZE."""
         return checked(value, "`~`")
 
     @staticmethod
     def loop_items(items: Iterable[Any]) -> Iterator[Any]:
+        """A loop's `items` (the code generator's hook), each counted against the render's budget."""
         for item in items:
             tick()
             yield item
