@@ -15,8 +15,8 @@ def bench(*args: str) -> str:
 
 
 def test_validate_bench_runs() -> None:
-    out = bench("bench/validate_bench.py", "--files", "20", "--big-steps", "200")
-    assert "validate 20 files" in out and "validate/baseline" in out
+    out = bench("bench/validate_bench.py", "--files", "20", "--big-steps", "200", "--template-kb", "10")
+    assert "validate 20 files" in out and "validate/baseline" in out and out.count("KB of template text") == 3
 
 
 def test_scheduler_bench_runs() -> None:

@@ -72,6 +72,14 @@ RULES: dict[str, Rule] = {
              "Use a declared input, an existing step id, or a field of that step's `output_schema`."),
         Rule("FR303", "decide-label", _E, "A `decide` template can render a value that is not a branch label.",
              "Make every value the template can render one of the decision's branch labels."),
+        Rule("FR304", "template-limit", _E, "A template goes past a sandbox bound: a number, text or loop too large, "
+             "or nesting too deep.",
+             "Compute big values in a tool or give them as inputs; keep templates small and shallow (the bounds are "
+             "in engine/flow/sandbox.py)."),
+        Rule("FR305", "template-unsafe", _E, "A template reaches for what the sandbox refuses: Python internals, "
+             "methods that change data.",
+             "Read only inputs, step outputs and their fields; build new values with filters instead of changing "
+             "data in place."),
         Rule("FR401", "unbounded-loop", _W, "The flow has a loop but no explicit `limits.max_steps`.",
              "Set `limits: {max_steps: N}` to the most steps a run should take."),
         Rule("FR501", "aios-format", _E, "A legacy AIOS agent config that `flowrun import-aios` cannot read.",
@@ -80,7 +88,8 @@ RULES: dict[str, Rule] = {
              "Add a manifest for the tool and import again, or accept that the flow runs without it."),
         Rule("FR601", "test-unknown-step", _E, "A test case names a step or branch label its flow does not have.",
              "Name a step or branch label of the flow (the message suggests the closest one)."),
-        Rule("FR602", "test-missing-file", _E, "A test file's flow, or a case's cassette, does not exist.",
+        Rule("FR602", "test-missing-file", _E,
+             "A test file's flow, or a case's cassette, does not exist or is not one.",
              "Fix the path (relative to the test file) or add the missing file."),
     )
 }

@@ -1,10 +1,11 @@
-"""Jinja2 templates in flows: the one sandboxed environment, and static checks of what a template refers to.
+"""Jinja2 templates in flows: rendering them in the sandbox (sandbox.py), and static checks of what they use.
 
 A template sees three names: `inputs` (the run's inputs), `steps` (`steps.<id>.output`: a step's latest result,
 data when it has an output_schema) and `visits` (`visits.<id>`: how often a step has run).
 
 Checking happens in two parts: `facts` reads what a template text uses (context-free, so cached per text), and
-`template_problems` checks those facts against a flow.
+`template_problems` checks those facts against a flow. Templates render in the bounded sandbox of sandbox.py;
+validation reports what that sandbox would refuse wherever it can be seen before a run.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateSyntaxError, nodes
+from jinja2.sandbox import modifies_known_mutable, safe_range
 
+from engine.flow import sandbox
 from engine.flow.model import Flow, Step
+from engine.flow.sandbox import TemplateLimit, environment
 
 NAMES = ("inputs", "steps", "visits")
 STEP_ATTRIBUTES = ("output",)
 _IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 
-environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_VALUES = ("", 0, 0.0, False, None, [], {})  # one of each kind of value a template sees
+# Python internals of the values a template sees, and their methods that change data: the sandbox refuses both on
+# every value that has them (on the others they are undefined).
+_INTERNAL = frozenset(name for value in _VALUES for name in dir(value) if name.startswith("_"))
+_CHANGES_DATA = frozenset(name for value in _VALUES for name in dir(value) if modifies_known_mutable(value, name))
 
 # Jinja2 expression tokens of the subset `_Reader` understands (group 1), or a character outside it (group 2).
 # Values never collide across kinds: strings keep their quotes, numbers start with a digit, names with a letter.
@@ -39,6 +46,9 @@ _CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
 _KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else"})
 _COMPARE, _SUM = frozenset({"==", "!=", "<", "<=", ">", ">="}), frozenset({"+", "-"})
 _OR, _AND, _ELSE = frozenset({"or"}), frozenset({"and"}), frozenset({"else"})
+# Longer holes go to Jinja2, which checks how deep they nest; this keeps _Reader's recursion and the trees it
+# stands for within the sandbox's MAX_NESTING and MAX_DEPTH.
+_MAX_TOKENS = 2 * sandbox.MAX_NESTING
 
 
 def is_template(text: str) -> bool:
@@ -61,7 +71,7 @@ def render(text: str, context: dict[str, Any]) -> str:
     if not is_template(text):
         return text
     plain = _plain(text, context)
-    return plain if plain is not None else _compiled(text).render(context)
+    return plain if plain is not None else sandbox.render(_compiled(text), context)
 
 
 def _plain(text: str, context: dict[str, Any]) -> str | None:
@@ -95,7 +105,7 @@ def _plain(text: str, context: dict[str, Any]) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _compiled(text: str) -> Template:
-    return environment.from_string(text)
+    return sandbox.compile_template(text)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ class Facts:
     references: tuple[tuple[str, ...], ...] = ()  # the longest constant chain of each `a.b.c` / `a["b"]`
     unsupported: tuple[str, ...] = ()  # unknown filters and tests, include/import/extends
     outcomes: frozenset[str] | None = None  # every value the whole template can render, when only constants
+    limits: tuple[str, ...] = ()  # sandbox bounds it goes past whatever the data (sandbox.TemplateLimit)
+    refused: tuple[str, ...] = ()  # attributes and methods the sandbox refuses
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,11 +130,16 @@ def facts(text: str) -> Facts:
     if fast is not None:
         return fast
     try:
-        tree = environment.parse(text)
+        tree = sandbox.parse(text)
     except TemplateSyntaxError as exc:
-        where = f" (template line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
-        return Facts(syntax_error=f"template does not parse{where}: {exc.message}")
+        return Facts(syntax_error=f"template does not parse{_line(exc.lineno)}: {exc.message}")
+    except TemplateLimit as exc:
+        return Facts(limits=(f"{exc.message}{_line(exc.lineno)}",))
     return _walk(tree)
+
+
+def _line(lineno: int | None) -> str:
+    return f" (template line {lineno})" if lineno and lineno > 1 else ""
 
 
 class _Reader:
@@ -138,9 +155,13 @@ class _Reader:
         self.names: set[str] = set()
         self.references: list[tuple[str, ...]] = []
         self.unsupported: list[str] = []
+        self.refused: list[str] = []
 
     @classmethod
     def facts(cls, text: str) -> Facts | None:
+        last = text.rfind("}}")
+        if "{{" in text[last + 2 if last >= 0 else 0:]:
+            return None  # a hole that never closes (and _HOLE would search for its end from every `{{` in it)
         parts = _HOLE.split(text)
         if any(is_template(data) for data in parts[0::2]):
             return None
@@ -150,7 +171,7 @@ class _Reader:
             if hole[:1] in ("-", "+") or hole[-1:] in ("-", "+"):
                 return None  # whitespace control
             pairs = _TOKEN.findall(hole)
-            if any(bad for _, bad in pairs):
+            if any(bad for _, bad in pairs) or len(pairs) > _MAX_TOKENS:
                 return None
             reader = cls([token for token, _ in pairs])
             try:
@@ -167,6 +188,7 @@ class _Reader:
             references=tuple(ref for r in readers for ref in r.references),
             unsupported=tuple(msg for r in readers for msg in r.unsupported),
             outcomes=outcomes,
+            refused=tuple(msg for r in readers for msg in r.refused),
         )
 
     def next_in(self, values: frozenset[str]) -> bool:
@@ -255,12 +277,15 @@ class _Reader:
             name = self.take()
             if not (name[0].isalpha() or name[0] == "_"):
                 raise _GiveUp
-            return name
-        key = self.take()
-        if not (key[0].isdigit() or key[0] in "'\"") or "." in key or not self.next_is("]"):
-            raise _GiveUp
-        self.take()
-        return key[1:-1] if key[0] in "'\"" else key
+        else:
+            key = self.take()
+            if not (key[0].isdigit() or key[0] in "'\"") or "." in key or not self.next_is("]"):
+                raise _GiveUp
+            self.take()
+            name = key[1:-1] if key[0] in "'\"" else key
+        if name in _INTERNAL:
+            self.refused.append(_internal(name))
+        return name
 
 
 class _GiveUp(Exception):
@@ -272,6 +297,7 @@ def _walk(tree: nodes.Template) -> Facts:
     stored: set[str] = set(_IMPLICIT)
     unsupported: list[str] = []
     references: list[tuple[str, ...]] = []
+    refused: list[str] = []
     inner: set[int] = set()  # attribute nodes that are part of a longer chain
     for node in _nodes(tree):
         if isinstance(node, nodes.Name):
@@ -282,6 +308,12 @@ def _walk(tree: nodes.Template) -> Facts:
                 chain = _chain(node)
                 if chain is not None and len(chain) > 1:
                     references.append(chain)
+            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            if isinstance(name, str) and name in _INTERNAL:
+                refused.append(_internal(name))
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _CHANGES_DATA:
+            refused.append(f"`.{node.node.attr}(...)` changes data, which the template sandbox refuses: templates "
+                           "only read their values")
         elif isinstance(node, nodes.Filter) and node.name not in environment.filters:
             unsupported.append(f"unknown filter {node.name!r}")
         elif isinstance(node, nodes.Test) and node.name not in environment.tests:
@@ -293,7 +325,71 @@ def _walk(tree: nodes.Template) -> Facts:
         references=tuple(references),
         unsupported=tuple(unsupported),
         outcomes=_outcomes(tree),
+        limits=_Limits(tree).found,
+        refused=tuple(refused),
     )
+
+
+def _internal(name: str) -> str:
+    return f"{name!r} is a Python internal, which the template sandbox refuses: use the data's own fields"
+
+
+_NOT_CONSTANT = object()
+
+
+def _range(*args: Any) -> range:
+    try:
+        return safe_range(*args)
+    except OverflowError as exc:  # past the sandbox's MAX_RANGE
+        raise TemplateLimit(str(exc)) from None
+
+
+class _Limits:
+    """Where a template goes past the sandbox's bounds with values known before a run: constant expressions
+    (`10 ** 10 ** 9`, `'x' * 10 ** 10`, computed with the sandbox's own checks) and loops over constants nested past
+    a render's MAX_STEPS. Recursive, which parse's MAX_DEPTH keeps within the stack."""
+
+    def __init__(self, tree: nodes.Template) -> None:
+        self.found: tuple[str, ...] = ()
+        self.value(tree, 1)
+
+    def value(self, node: nodes.Node, runs: int) -> Any:
+        """`node`'s value when it is a constant, else _NOT_CONSTANT; `runs`: how often the loops around it run."""
+        if isinstance(node, nodes.For):
+            self.loop(node, runs)
+            return _NOT_CONSTANT
+        values = [self.value(child, runs) for child in node.iter_child_nodes()]
+        try:
+            if isinstance(node, nodes.Const):
+                return node.value
+            if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range" \
+                    and len(values) == 1 + len(node.args) and all(v is not _NOT_CONSTANT for v in values[1:]):
+                return _range(*values[1:])
+            if any(v is _NOT_CONSTANT for v in values):
+                return _NOT_CONSTANT
+            if isinstance(node, nodes.List | nodes.Tuple):
+                return values
+            if isinstance(node, nodes.BinExpr) and node.operator in sandbox.OPERATORS:
+                return sandbox.binop(node.operator, *values)
+            if isinstance(node, nodes.Concat):
+                return sandbox.environment.joined("".join(map(str, values)))
+        except TemplateLimit as exc:
+            self.found += (f"{exc.message}{_line(node.lineno)}",)
+        except (ArithmeticError, TypeError, ValueError):
+            pass  # an error of the run, not a bound
+        return _NOT_CONSTANT
+
+    def loop(self, node: nodes.For, runs: int) -> None:
+        """Check the loop `node`, run `runs` times, and what it holds."""
+        items = self.value(node.iter, runs)
+        times = len(items) if isinstance(items, range | list | str) else 1
+        if runs <= sandbox.MAX_STEPS < runs * times:
+            self.found += (f"loops nested here run {runs * times:,} times; a render may run at most "
+                           f"{sandbox.MAX_STEPS:,} loop iterations and calls{_line(node.lineno)}",)
+        for child in node.body + ([node.test] if node.test else []):
+            self.value(child, runs * times)
+        for child in node.else_:
+            self.value(child, runs)
 
 
 def _nodes(tree: nodes.Node) -> Iterator[nodes.Node]:
@@ -358,6 +454,8 @@ def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Pro
     if found.syntax_error:
         return [Problem("FR301", found.syntax_error)]
     problems = [Problem("FR301", message) for message in found.unsupported]
+    problems += [Problem("FR304", message) for message in found.limits]
+    problems += [Problem("FR305", message) for message in found.refused]
     for name in sorted(found.free_names - set(NAMES)):
         problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(NAMES)}"))
     for chain in found.references:
