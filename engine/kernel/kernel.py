@@ -135,14 +135,17 @@ class Kernel:
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
         """The model picks one of the tools `names` and its arguments (structured output); the call made.
 
-        Arguments that fail the tool's schema, and errors of an idempotent tool (one that may be repeated), go back
-        to the model once, with the message; then the call fails.
+        Only those tools may run: constrained decoding pins the name to them (a `const` per tool), and an answer
+        naming another tool (from a backend that cannot constrain) is invalid. An invalid answer, arguments that
+        fail the tool's schema, and errors of an idempotent tool (one that may be repeated) go back to the model
+        once, with the message; then the call fails.
         """
-        tools = [self.tools.tools[n] for n in names if n in self.tools.tools]
+        tools = {n: self.tools.tools[n] for n in names if n in self.tools.tools}
         if not tools:
             raise ToolError(f"none of the tools {', '.join(names)} is loaded")
         schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                             "properties": {"tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]}
+                             "properties": {"tool": {"const": n}, "arguments": t.parameters}}
+                            for n, t in tools.items()]}
         asked, problem = list(messages), None
         for _ in range(2):
             request = Request(asked, schema=schema, options=options or {}, key=key)
@@ -150,15 +153,17 @@ class Kernel:
             try:
                 choice = json.loads(result.text)
                 name, arguments = choice["tool"], choice["arguments"]
+                if name not in tools:
+                    raise ValueError(f"{name!r} is not a tool this step may use; use {' or '.join(tools)}")
                 return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
             except ToolError as exc:
-                if not isinstance(exc, BadArguments) and not self.tools.tools[name].idempotent:
+                if not isinstance(exc, BadArguments) and not tools[name].idempotent:
                     raise
                 problem = exc
             except (ValueError, KeyError, TypeError) as exc:
                 problem = exc
-                asked = [*messages, {"role": "assistant", "content": result.text},
-                         {"role": "user", "content": f"That tool call is invalid: {exc}. Answer with a valid one."}]
+            asked = [*messages, {"role": "assistant", "content": result.text},
+                     {"role": "user", "content": f"That tool call is invalid: {problem}. Answer with a valid one."}]
         raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
 
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
