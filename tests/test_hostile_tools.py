@@ -8,7 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jsonschema_rs
@@ -20,7 +25,9 @@ from engine.kernel.storage import Storage, ToolCallRow
 from engine.kernel.tools import ToolError, tool_from_manifest
 from engine.llm.ollama import OllamaBackend
 from engine.llm.scripted import ScriptedBackend
+from tests.conftest import TWO_STEPS
 from tests.fake_ollama import FakeOllama
+from tests.test_run_cli import runs_of
 
 BUNDLED = load_tools([]).tools
 
@@ -125,3 +132,119 @@ def test_sql_query_bounds_its_time_and_its_rows(tmp_path: Path, monkeypatch: pyt
     big = tools.sql.sql_query("SELECT randomblob(300000) FROM cities", max_rows=1000)
     assert big["truncated"] and 0 < len(big["rows"]) < 30
     assert sum(len(row[0]) for row in big["rows"]) <= tools.sql.MAX_BYTES
+
+
+# Item 2: a tool past its timeout, or a run interrupted during a tool call, stops the tool and ends promptly.
+
+HANG = """\
+name: hang
+description: Sleeps for as long as it is asked, while the flag file {flag} exists.
+parameters:
+  type: object
+  properties: {{seconds: {{type: number}}}}
+  required: [seconds]
+entry: hang.py:hang
+timeout: {timeout}
+idempotent: false
+"""
+
+
+def hanging_flow(tmp_path: Path, two_steps: Path, timeout: float) -> tuple[list[str], Path]:
+    """`flowrun run` arguments for the two-step flow whose tool step calls `hang` for 300 s, and its flag file."""
+    flag = tmp_path / "hang.flag"
+    flag.write_text("")
+    tools = tmp_path / "tools"
+    (tools / "hang.tool.yaml").write_text(HANG.format(flag=flag, timeout=timeout))
+    (tools / "hang.py").write_text(f"import pathlib, time\n\ndef hang(seconds):\n"
+                                   f"    if pathlib.Path({str(flag)!r}).exists():\n        time.sleep(seconds)\n"
+                                   "    return {'slept': seconds}\n")
+    two_steps.write_text(TWO_STEPS.replace("tools: [nap]", "tools: [hang]")
+                         .replace("    next: done\n", "    tool: hang\n    next: done\n"))
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("""responses:\n  - {key: work, text: '{"tool": "hang", "arguments": {"seconds": 300}}'}\n"""
+                       "  - {key: done, text: all done}\n")
+    return ["--tools", str(tools), "--backend", "scripted", "--cassette", str(answers),
+            "--db", str(tmp_path / "runs.db")], flag
+
+
+@pytest.fixture
+def flowrun(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts `flowrun ARGS...` processes in tmp_path; any still running at the end of the test is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        started.append(subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=tmp_path, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.slow
+def test_a_hung_tool_past_its_timeout_ends_the_run(tmp_path: Path, two_steps: Path, flowrun) -> None:
+    options, _ = hanging_flow(tmp_path, two_steps, timeout=1)
+    process = flowrun("run", str(two_steps), "-i", "topic=x", *options)
+    started = calling(process, tmp_path / "runs.db")
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 5, err
+    assert process.returncode == 1 and "step work: tool hang took longer than its timeout of 1 s" in err
+    (run,) = runs_of(tmp_path / "runs.db")
+    assert run.status == "failed" and "timeout of 1 s" in run.error
+
+
+@pytest.mark.slow
+def test_a_batch_of_hung_tools_ends(tmp_path: Path, two_steps: Path, flowrun) -> None:
+    options, _ = hanging_flow(tmp_path, two_steps, timeout=1)
+    (tmp_path / "answers.yaml").write_text("responses:\n  - {key: work, text: '{\"tool\": \"hang\", \"arguments\": "
+                                           "{\"seconds\": 300}}', times: 5}\n")
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"topic": f"t{n}"}) + "\n" for n in range(5)))
+    process = flowrun("batch", str(two_steps), "--inputs", str(inputs), "--concurrency", "3", *options)
+    started = calling(process, tmp_path / "runs.db")
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 10, err
+    assert process.returncode == 1 and "0 of 5 runs finished" in err
+    runs = runs_of(tmp_path / "runs.db")
+    assert len(runs) == 5 and all(r.status == "failed" and "timeout of 1 s" in r.error for r in runs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_hung_tool_ends_the_process_and_the_run_resumes(tmp_path: Path, two_steps: Path,
+                                                                          flowrun) -> None:
+    options, flag = hanging_flow(tmp_path, two_steps, timeout=600)
+    process = flowrun("run", str(two_steps), "-i", "topic=x", *options)
+    db = tmp_path / "runs.db"
+    calling(process, db)
+    time.sleep(1)  # into the tool's sleep
+    process.send_signal(signal.SIGINT)
+    stopped = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - stopped < 2, err
+    assert process.returncode == 130 and "Traceback" not in err
+    (run,) = runs_of(db)
+    assert run.status == "interrupted"
+    flag.unlink()  # the tool answers at once now
+    resumed = flowrun("runs", "resume", run.id, "--rerun-unrecorded", *options)
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0 and "all done" in out, err
+    assert runs_of(db)[0].status == "finished"
+
+
+def calling(process: subprocess.Popen[str], db: Path) -> float:
+    """When `process` (a flowrun writing database `db`) starts its first tool call, which is stored as started
+    just before it runs: the time, measured from there and not from the process's start, which takes seconds
+    on a loaded machine."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with sqlite3.connect(db, timeout=5) as connection:
+                if connection.execute("SELECT count(*) FROM tool_calls WHERE pending").fetchone()[0]:
+                    return time.monotonic()
+        except sqlite3.OperationalError:  # the database or its tables are not made yet
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"no tool call started: {process.communicate()}")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.kernel.tools import workspace
+from engine.kernel.tool_code import workspace
 
 
 def _inside(path: str) -> Path:
