@@ -21,8 +21,9 @@ import pytest
 
 from engine.flow.manifest import load_tools
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import Storage, ToolCallRow
+from engine.kernel.storage import StepRow, Storage, SyscallRow, ToolCallRow
 from engine.kernel.tools import ToolError, tool_from_manifest
+from engine.llm.base import Request
 from engine.llm.ollama import OllamaBackend
 from engine.llm.scripted import ScriptedBackend
 from tests.conftest import TWO_STEPS
@@ -248,3 +249,84 @@ def calling(process: subprocess.Popen[str], db: Path) -> float:
             pass
         time.sleep(0.02)
     raise AssertionError(f"no tool call started: {process.communicate()}")
+
+
+def test_a_tool_that_ends_its_process_fails_its_call_and_the_next_call_works(tmp_path: Path) -> None:
+    (tmp_path / "quit.py").write_text("import os\n\ndef quit(code):\n    if code:\n        os._exit(code)\n"
+                                      "    return 'still here'\n")
+    (tmp_path / "quit.tool.yaml").write_text("name: quit\ndescription: Ends its process.\nentry: quit.py:quit\n"
+                                             "parameters: {type: object, properties: {code: {type: integer}}}\n")
+    manifests = load_tools([tmp_path], bundled=False)
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(manifests.tools["quit"])])
+    kernel.access.allow_tools("agent", ["quit"])
+    with pytest.raises(ToolError, match=r"tool quit failed: the tool's worker process ended \(exit status 3\)"):
+        call(kernel, "quit", code=3)
+    assert call(kernel, "quit", code=0) == "still here"
+
+
+# Item 5: results and answers are bounded before they are stored.
+
+BIG = """\
+name: big
+description: Returns a lot.
+parameters: {type: object, properties: {size: {type: integer}, blob: {type: boolean}}}
+entry: big.py:big
+"""
+
+
+def big_tool(tmp_path: Path) -> Path:
+    tools = tmp_path / "tools"
+    tools.mkdir(exist_ok=True)
+    (tools / "big.tool.yaml").write_text(BIG)
+    (tools / "big.py").write_text("def big(size, blob=False):\n    return bytes(size) if blob else 'x' * size\n")
+    return tools
+
+
+def test_a_huge_tool_result_is_cut_before_it_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWRUN_MAX_RESULT", "100000")
+    manifests = load_tools([big_tool(tmp_path)], bundled=False)
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(manifests.tools["big"])])
+    kernel.access.allow_tools("agent", ["big"])
+    small = call(kernel, "big", size=1000)
+    assert small == "x" * 1000  # kept whole
+    text = call(kernel, "big", size=5_000_000)
+    blob = call(kernel, "big", size=5_000_000, blob=True)  # not JSON: its repr, 4 characters a byte
+    assert text.startswith("x" * 1000) and text.endswith("[cut by flowrun: 5000000 bytes, more than "
+                                                         "FLOWRUN_MAX_RESULT (100000)]")
+    assert blob.startswith("b'\\x00\\x00") and "[cut by flowrun: 20000003 bytes" in blob
+    kernel.storage.flush()
+    stored = [r.result for r in kernel.storage.rows(ToolCallRow)]
+    assert stored == [small, text, blob] and all(len(r.encode()) <= 100_000 for r in stored)
+
+
+def test_a_huge_model_answer_is_cut_before_it_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWRUN_MAX_RESULT", "1000")
+    answer = " ".join(f"w{n}" for n in range(5000))
+    kernel = Kernel(ScriptedBackend.from_responses([{"key": "k", "text": answer}]),
+                    Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
+    result = asyncio.run(kernel.generate("agent", "run", Request([{"role": "user", "content": "go"}], key="k")))
+    assert result.text.startswith(answer[:900]) and f"[cut by flowrun: {len(answer)} bytes" in result.text
+    assert len(result.text.encode()) == 1000
+    kernel.storage.flush()
+    (row,) = kernel.storage.rows(SyscallRow)
+    assert row.text == result.text
+
+
+@pytest.mark.slow
+def test_a_run_whose_tool_returns_200_mb_stores_a_small_database(tmp_path: Path, two_steps: Path, flowrun) -> None:
+    tools = big_tool(tmp_path)
+    two_steps.write_text(TWO_STEPS.replace("tools: [nap]", "tools: [big]")
+                         .replace("    next: done\n", "    tool: big\n    next: done\n"))
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("""responses:\n  - {key: work, text: '{"tool": "big", "arguments": {"size": 200000000}}'}\n"""
+                       "  - {key: done, text: all done}\n")
+    process = flowrun("run", str(two_steps), "-i", "topic=x", "--tools", str(tools), "--backend", "scripted",
+                      "--cassette", str(answers), "--db", str(tmp_path / "runs.db"))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "all done" in out, err
+    size = sum(f.stat().st_size for f in tmp_path.glob("runs.db*"))
+    assert size < 10_000_000, f"{size} bytes stored"
+    (step,) = [s for s in Storage(f"sqlite:///{tmp_path / 'runs.db'}").rows(StepRow) if s.step == "work"]
+    assert step.output.endswith("[cut by flowrun: 200000000 bytes, more than FLOWRUN_MAX_RESULT (1000000)]")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.kernel.access import AccessManager, Group
+from engine.kernel.bounds import cut, max_result
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
@@ -44,6 +45,7 @@ class Kernel:
                  memory_capacity: int = 32, workspaces: Path | None = None, retry: Backoff | None = None) -> None:
         self.storage = storage
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
+        self.max_result = max_result()  # bytes of a model answer kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
         self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
@@ -72,7 +74,9 @@ class Kernel:
             self.context.suspend(syscall, snapshot, store=False)
         error = None
         try:
-            return await self._submit(syscall)
+            result = await self._submit(syscall)
+            result.text = cut(result.text, self.max_result)  # before it is stored (it is syscall.result)
+            return result
         except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
             error = str(exc) or type(exc).__name__
             raise

@@ -1,11 +1,11 @@
 """What tool code runs with, and the worker process it runs in (`python -m engine.kernel.tool_code`).
 
-A worker reads calls from stdin, one JSON line each ({entry, base, arguments, workspace, call_key}), runs each with
-the per-call context variables set, and writes one JSON line back ({result} or {error, type}) on its own copy of
-stdout, where it first says {ready}; what the tool prints goes to stderr. It loads each entry once. It ends the
-moment its stdin closes, even in the middle of a call: the parent closed it or ended (however it ended, killed -9
-too), so no tool code outlives the run that called it. It ignores Ctrl-C: its parent decides which calls to stop,
-and kills their workers.
+A worker reads calls from stdin, one JSON line each ({entry, base, arguments, workspace, call_key, limit}), runs
+each with the per-call context variables set, and writes one JSON line back ({result}, cut to `limit` bytes, or
+{error, type}) on its own copy of stdout, where it first says {ready}; what the tool prints goes to stderr. It
+loads each entry once. It ends the moment its stdin closes, even in the middle of a call: the parent closed it or
+ended (however it ended, killed -9 too), so no tool code outlives the run that called it. It ignores Ctrl-C: its
+parent decides which calls to stop, and kills their workers.
 
 This module imports nothing heavy, so that a worker starts fast.
 """
@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from engine.kernel.bounds import cut
 
 # The run's workspace directory while a tool runs (the kernel sets it per call). Tools that touch files (read_file,
 # write_file) stay inside it.
@@ -57,15 +59,6 @@ def load_entry(entry: str, base: Path) -> Callable[..., Any]:
     return found
 
 
-def jsonable(value: Any) -> Any:
-    """`value` if JSON can hold it, else its repr."""
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
-
-
 def _serve(call: dict[str, Any], loaded: dict[tuple[str, str], Callable[..., Any]]) -> dict[str, Any]:
     """The reply to one call: its result, or its error's message and type."""
     try:
@@ -81,7 +74,7 @@ def _serve(call: dict[str, Any], loaded: dict[tuple[str, str], Callable[..., Any
             result = context.run(asyncio.run, function(**call["arguments"]))
         else:
             result = context.run(function, **call["arguments"])
-        return {"result": jsonable(result)}
+        return {"result": cut(result, call["limit"])}
     except Exception as exc:
         return {"error": str(exc), "type": type(exc).__name__}
 

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 
 import jsonschema_rs
 
+from engine.kernel.bounds import cut, max_result
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
-from engine.kernel.tool_code import ToolError, call_key, jsonable
+from engine.kernel.tool_code import ToolError, call_key
 from engine.kernel.tool_code import load_entry as load_entry  # where tool code and library users find them
 from engine.kernel.tool_code import workspace as workspace
 from engine.kernel.workers import WorkerPool
@@ -100,6 +101,7 @@ class ToolManager:
         self.tools = {tool.name: tool for tool in tools}
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
+        self.max_result = max_result()  # bytes of a result kept (engine.kernel.bounds)
         self._workers = WorkerPool()
         weakref.finalize(self, self._workers.close)
 
@@ -122,7 +124,7 @@ class ToolManager:
             if recorded.error is not None:
                 raise (BadArguments if problems else ToolError)(recorded.error)
             return recorded.result
-        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=jsonable(arguments),
+        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=cut(arguments, self.max_result),
                           started=time.time(), finished=time.time())
         try:
             if problems:
@@ -136,7 +138,7 @@ class ToolManager:
                         row.id = await self.storage.commit(self.storage.start_tool_call, row)
                 key = call_key.set(f"{syscall.run}/{row.id}" if row.id is not None else None)
                 try:
-                    row.result = jsonable(await self._run(tool, arguments))
+                    row.result = cut(await self._run(tool, arguments), self.max_result)
                 finally:
                     call_key.reset(key)
             return row.result
@@ -165,9 +167,12 @@ class ToolManager:
         if tool.entry is None:
             return await asyncio.wait_for(self._run_here(tool, arguments), tool.timeout)
         folder = workspace.get(None)
-        reply = await self._workers.call({"entry": tool.entry, "base": str(tool.base), "arguments": arguments,
-                                          "workspace": None if folder is None else str(folder),
-                                          "call_key": call_key.get()}, tool.timeout)
+        try:
+            reply = await self._workers.call({"entry": tool.entry, "base": str(tool.base), "arguments": arguments,
+                                              "workspace": None if folder is None else str(folder),
+                                              "call_key": call_key.get(), "limit": self.max_result}, tool.timeout)
+        except ToolError as exc:  # its worker ended in the call
+            raise ToolError(f"tool {tool.name} failed: {exc}") from None
         if "error" in reply:
             error = reply["error"] if reply["type"] == "ToolError" else \
                 f"tool {tool.name} failed: {reply['type']}: {reply['error']}"
