@@ -1,11 +1,12 @@
 """What tool code runs with, and the worker process it runs in (`python -m engine.kernel.tool_code`).
 
-A worker reads calls from stdin, one JSON line each ({entry, base, arguments, workspace, call_key, limit}), runs
-each with the per-call context variables set, and writes one JSON line back ({result}, cut to `limit` bytes, or
-{error, type}) on its own copy of stdout, where it first says {ready}; what the tool prints goes to stderr. It
-loads each entry once. It ends the moment its stdin closes, even in the middle of a call: the parent closed it or
-ended (however it ended, killed -9 too), so no tool code outlives the run that called it. It ignores Ctrl-C: its
-parent decides which calls to stop, and kills their workers.
+A worker first reads the [entry, base] pairs of the tools it may run and loads them, before it says it is ready
+(so that loading, imports included, does not count against a call's time). Then it reads calls from stdin, one
+JSON line each ({entry, base, arguments, workspace, call_key, limit}), runs each with the per-call context
+variables set, and writes one JSON line back ({result}, cut to `limit` bytes, or {error, type}) on its own copy of
+stdout; what the tool prints goes to stderr. It ends the moment its stdin closes, even in the middle of a call:
+the parent closed it or ended (however it ended, killed -9 too), so no tool code outlives the run that called it.
+It ignores Ctrl-C: its parent decides which calls to stop, and kills their workers.
 
 This module imports nothing heavy, so that a worker starts fast.
 """
@@ -59,13 +60,24 @@ def load_entry(entry: str, base: Path) -> Callable[..., Any]:
     return found
 
 
-def _serve(call: dict[str, Any], loaded: dict[tuple[str, str], Callable[..., Any]]) -> dict[str, Any]:
+Loaded = dict[tuple[str, str], Callable[..., Any] | Exception]  # entry, base -> its function, or why it has none
+
+
+def _load(entry: str, base: str, loaded: Loaded) -> None:
+    try:
+        loaded[entry, base] = load_entry(entry, Path(base))
+    except Exception as exc:  # said when it is called
+        loaded[entry, base] = exc
+
+
+def _serve(call: dict[str, Any], loaded: Loaded) -> dict[str, Any]:
     """The reply to one call: its result, or its error's message and type."""
     try:
-        key = (call["entry"], call["base"])
-        if key not in loaded:
-            loaded[key] = load_entry(call["entry"], Path(call["base"]))
-        function = loaded[key]
+        if (call["entry"], call["base"]) not in loaded:
+            _load(call["entry"], call["base"], loaded)
+        function = loaded[call["entry"], call["base"]]
+        if isinstance(function, Exception):
+            raise function
         context = contextvars.copy_context()
         if call["workspace"] is not None:
             context.run(workspace.set, Path(call["workspace"]))
@@ -92,7 +104,9 @@ def main() -> None:
         os._exit(0)  # the parent is gone or done: stop, whatever runs
 
     threading.Thread(target=read, daemon=True).start()
-    loaded: dict[tuple[str, str], Callable[..., Any]] = {}
+    loaded: Loaded = {}
+    for entry, base in json.loads(calls.get()):
+        _load(entry, base, loaded)
     reply: dict[str, Any] = {"ready": True}
     while True:
         replies.write(json.dumps(reply) + "\n")

@@ -102,7 +102,7 @@ class ToolManager:
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
         self.max_result = max_result()  # bytes of a result kept (engine.kernel.bounds)
-        self._workers = WorkerPool()
+        self._workers = WorkerPool([(t.entry, str(t.base)) for t in self.tools.values() if t.entry is not None])
         weakref.finalize(self, self._workers.close)
 
     async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> Any:

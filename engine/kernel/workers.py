@@ -1,10 +1,11 @@
 """Worker processes for tool code, so that a call can be stopped: a call past its timeout, or cancelled (Ctrl-C),
 has its worker killed.
 
-A worker serves one call at a time and is reused after a call that ended (it keeps the code it loaded). Workers
-start when calls need them, with one spare; the tool manager's concurrency limits bound how many calls run at
-once. A worker sees the module search path, environment and working directory this process had when it started
-it. What crosses is JSON (see engine.kernel.tool_code, which runs in the worker).
+A worker loads all the tools' code when it starts (within START_TIMEOUT, not a call's timeout), serves one call
+at a time and is reused after a call that ended. Workers start when calls need them (and at once to replace one
+killed after a timeout); the tool manager's concurrency limits bound how many calls run at once. A worker sees
+the module search path, environment and working directory this process had when it started it. What crosses is
+JSON (see engine.kernel.tool_code, which runs in the worker).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import IO, Any
 
 from engine.kernel.tool_code import ToolError
 
+START_TIMEOUT = 60  # seconds for a worker to start and load its tools' code, however busy the machine
+
 
 class _Worker:
     """One worker process, and the blocking exchange of one call with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, code: list[tuple[str, str]]) -> None:
         search = os.pathsep.join(p or os.getcwd() for p in sys.path)  # where this process finds modules
         self.process = subprocess.Popen([sys.executable, "-P", "-m", "engine.kernel.tool_code"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -30,6 +33,8 @@ class _Worker:
         self.ready = False  # it has said so
         self.calls: IO[bytes] = self.process.stdin  # type: ignore[assignment]
         self.replies: IO[bytes] = self.process.stdout  # type: ignore[assignment]
+        self.calls.write(json.dumps(code).encode() + b"\n")  # what to load first
+        self.calls.flush()
 
     def reply(self, request: bytes | None = None) -> dict[str, Any]:
         """Send `request` (if any) and read the worker's next line: its reply, or first that it is ready."""
@@ -48,7 +53,8 @@ class _Worker:
 class WorkerPool:
     """Worker processes, started as calls need them and reused."""
 
-    def __init__(self) -> None:
+    def __init__(self, code: list[tuple[str, str]]) -> None:
+        self.code = code  # [entry, base] of the tools a worker may run, loaded when it starts
         self._idle: list[_Worker] = []
 
     async def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -56,17 +62,21 @@ class WorkerPool:
 
         Raises TimeoutError after `timeout` seconds; that, or cancelling the call, kills the worker running it.
         """
-        worker = self._take() or _Worker()
-        if not self._idle:  # a spare starts now, so that the next call (after one stopped, say) need not wait
-            self._idle.append(_Worker())
+        worker = self._take() or _Worker(self.code)
         try:
             if not worker.ready:  # its start does not count against the call's time
-                await asyncio.to_thread(worker.reply)
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(worker.reply), START_TIMEOUT)
+                except TimeoutError:
+                    raise ToolError(f"its worker process did not start and load the tools' code within "
+                                    f"{START_TIMEOUT} s") from None
                 worker.ready = True
             call = json.dumps(request).encode() + b"\n"
             reply = await asyncio.wait_for(asyncio.to_thread(worker.reply, call), timeout)
-        except BaseException:
+        except BaseException as exc:
             worker.process.kill()  # its thread reads the end of the pipe, reaps it and ends
+            if isinstance(exc, TimeoutError):  # the next call, likely of the same tool, need not wait for a start
+                self._idle.append(_Worker(self.code))
             raise
         self._idle.append(worker)
         return reply
