@@ -28,7 +28,7 @@ from engine.llm.ollama import OllamaBackend
 from engine.llm.scripted import ScriptedBackend
 from tests.conftest import TWO_STEPS
 from tests.fake_ollama import FakeOllama
-from tests.test_run_cli import runs_of
+from tests.test_run_cli import CASSETTES, MATH, cli, runs_of
 
 BUNDLED = load_tools([]).tools
 
@@ -170,12 +170,13 @@ def hanging_flow(tmp_path: Path, two_steps: Path, timeout: float) -> tuple[list[
 
 @pytest.fixture
 def flowrun(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Starts `flowrun ARGS...` processes in tmp_path; any still running at the end of the test is killed."""
+    """Starts `flowrun ARGS...` processes in tmp_path, each in a process group of its own (as a shell does); any
+    still running at the end of the test is killed."""
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
         started.append(subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=tmp_path, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
         return started[-1]
 
     yield start
@@ -221,7 +222,7 @@ def test_ctrl_c_during_a_hung_tool_ends_the_process_and_the_run_resumes(tmp_path
     db = tmp_path / "runs.db"
     calling(process, db)
     time.sleep(1)  # into the tool's sleep
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does, to flowrun's whole process group
     stopped = time.monotonic()
     _, err = process.communicate(timeout=30)
     assert time.monotonic() - stopped < 2, err
@@ -330,3 +331,9 @@ def test_a_run_whose_tool_returns_200_mb_stores_a_small_database(tmp_path: Path,
     assert size < 10_000_000, f"{size} bytes stored"
     (step,) = [s for s in Storage(f"sqlite:///{tmp_path / 'runs.db'}").rows(StepRow) if s.step == "work"]
     assert step.output.endswith("[cut by flowrun: 200000000 bytes, more than FLOWRUN_MAX_RESULT (1000000)]")
+
+
+def test_a_max_result_that_is_not_a_number_is_a_clear_error(tmp_path: Path) -> None:
+    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+                       "--db", str(tmp_path / "runs.db"), env={"FLOWRUN_MAX_RESULT": "1 MB"})
+    assert code == 2 and "FLOWRUN_MAX_RESULT is '1 MB': it must be a whole number" in err and "Traceback" not in err

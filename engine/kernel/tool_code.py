@@ -4,9 +4,10 @@ A worker first reads the [entry, base] pairs of the tools it may run and loads t
 (so that loading, imports included, does not count against a call's time). Then it reads calls from stdin, one
 JSON line each ({entry, base, arguments, workspace, call_key, limit}), runs each with the per-call context
 variables set, and writes one JSON line back ({result}, cut to `limit` bytes, or {error, type}) on its own copy of
-stdout; what the tool prints goes to stderr. It ends the moment its stdin closes, even in the middle of a call:
-the parent closed it or ended (however it ended, killed -9 too), so no tool code outlives the run that called it.
-It ignores Ctrl-C: its parent decides which calls to stop, and kills their workers.
+stdout; what the tool prints goes to stderr. It ends when its stdin closes, even in the middle of a call (as soon
+as Python code can run in it: a single C call holding the interpreter lock finishes first): the parent closed it
+or ended, however it ended, killed -9 too. It runs in a session of its own, so that a terminal's Ctrl-C reaches
+only flowrun, which decides which calls to stop and kills their workers.
 
 This module imports nothing heavy, so that a worker starts fast.
 """
@@ -21,7 +22,6 @@ import inspect
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -93,7 +93,6 @@ def _serve(call: dict[str, Any], loaded: Loaded) -> dict[str, Any]:
 
 def main() -> None:
     """Serve calls until stdin closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # print() in tool code goes to stderr, not into the replies
     calls: queue.SimpleQueue[bytes] = queue.SimpleQueue()

@@ -29,7 +29,8 @@ class _Worker:
         search = os.pathsep.join(p or os.getcwd() for p in sys.path)  # where this process finds modules
         self.process = subprocess.Popen([sys.executable, "-P", "-m", "engine.kernel.tool_code"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env={**os.environ, "PYTHONPATH": search})
+                                        env={**os.environ, "PYTHONPATH": search},
+                                        start_new_session=True)  # a terminal's Ctrl-C is flowrun's to handle
         self.ready = False  # it has said so
         self.calls: IO[bytes] = self.process.stdin  # type: ignore[assignment]
         self.replies: IO[bytes] = self.process.stdout  # type: ignore[assignment]
