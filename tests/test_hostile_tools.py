@@ -261,9 +261,26 @@ def test_a_tool_that_ends_its_process_fails_its_call_and_the_next_call_works(tmp
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(manifests.tools["quit"])])
     kernel.access.allow_tools("agent", ["quit"])
-    with pytest.raises(ToolError, match=r"tool quit failed: the tool's worker process ended \(exit status 3\)"):
+    with pytest.raises(ToolError, match=r"tool quit failed: its worker process ended \(exit status 3\)"):
         call(kernel, "quit", code=3)
     assert call(kernel, "quit", code=0) == "still here"
+
+
+def test_tool_code_that_hangs_while_it_loads_fails_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.kernel.workers
+
+    monkeypatch.setattr(engine.kernel.workers, "START_TIMEOUT", 1)
+    (tmp_path / "stuck.py").write_text("import time\n\ntime.sleep(300)\n\ndef stuck():\n    return 1\n")
+    (tmp_path / "stuck.tool.yaml").write_text("name: stuck\ndescription: Never loads.\nentry: stuck.py:stuck\n"
+                                              "parameters: {type: object}\n")
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(load_tools([tmp_path], bundled=False).tools["stuck"])])
+    kernel.access.allow_tools("agent", ["stuck"])
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="tool stuck failed: its worker process did not start and load the tools' "
+                                        "code within 1 s"):
+        call(kernel, "stuck")
+    assert time.monotonic() - started < 10
 
 
 # Item 5: results and answers are bounded before they are stored.

@@ -47,7 +47,7 @@ class _Worker:
         except OSError:  # it was killed while the request was written
             line = b""
         if not line:
-            raise ToolError(f"the tool's worker process ended (exit status {self.process.wait()})")
+            raise ToolError(f"its worker process ended (exit status {self.process.wait()})")
         return json.loads(line)
 
 
