@@ -151,13 +151,16 @@ idempotent: false
 
 
 def hanging_flow(tmp_path: Path, two_steps: Path, timeout: float) -> tuple[list[str], Path]:
-    """`flowrun run` arguments for the two-step flow whose tool step calls `hang` for 300 s, and its flag file."""
+    """`flowrun run` arguments for the two-step flow whose tool step calls `hang` for 300 s, and its flag file
+    (where a hanging call writes the id of its process)."""
     flag = tmp_path / "hang.flag"
     flag.write_text("")
     tools = tmp_path / "tools"
     (tools / "hang.tool.yaml").write_text(HANG.format(flag=flag, timeout=timeout))
-    (tools / "hang.py").write_text(f"import pathlib, time\n\ndef hang(seconds):\n"
-                                   f"    if pathlib.Path({str(flag)!r}).exists():\n        time.sleep(seconds)\n"
+    (tools / "hang.py").write_text(f"import os, pathlib, time\n\ndef hang(seconds):\n"
+                                   f"    flag = pathlib.Path({str(flag)!r})\n"
+                                   "    if flag.exists():\n        flag.write_text(str(os.getpid()))\n"
+                                   "        time.sleep(seconds)\n"
                                    "    return {'slept': seconds}\n")
     two_steps.write_text(TWO_STEPS.replace("tools: [nap]", "tools: [hang]")
                          .replace("    next: done\n", "    tool: hang\n    next: done\n"))
@@ -234,6 +237,33 @@ def test_ctrl_c_during_a_hung_tool_ends_the_process_and_the_run_resumes(tmp_path
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0 and "all done" in out, err
     assert runs_of(db)[0].status == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_killed_flowrun_leaves_no_tool_code_running(tmp_path: Path, two_steps: Path, flowrun) -> None:
+    options, flag = hanging_flow(tmp_path, two_steps, timeout=600)
+    process = flowrun("run", str(two_steps), "-i", "topic=x", *options)
+    calling(process, tmp_path / "runs.db")
+    deadline = time.monotonic() + 60
+    while not flag.read_text():
+        assert time.monotonic() < deadline, "the tool did not start"
+        time.sleep(0.05)
+    worker = int(flag.read_text())
+    process.kill()  # -9: nothing of flowrun runs on to stop its tools
+    process.communicate()
+    deadline = time.monotonic() + 5
+    while running(worker):
+        assert time.monotonic() < deadline, f"the tool's process {worker} runs on"
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie, ended and not yet reaped, has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def calling(process: subprocess.Popen[str], db: Path) -> float:
