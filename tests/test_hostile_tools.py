@@ -1,6 +1,7 @@
 """Issue 11, hardening (tools): hostile or careless tool calls are bounded, confined and stoppable.
 
-Each test here failed on the code before its fix (see the report of branch h11-tools).
+Each test here fails on the code before these fixes, but test_a_killed_flowrun_leaves_no_tool_code_running: it
+holds the worker processes to what the threads before them did by dying with flowrun.
 """
 
 from __future__ import annotations
