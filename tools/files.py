@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from engine.kernel.confine import confined
-from engine.kernel.tools import workspace
+from engine.kernel.tool_code import workspace
 
 
 def _inside(path: str) -> Path:
@@ -22,8 +23,19 @@ def read_file(path: str) -> dict[str, Any]:
 
 
 def write_file(path: str, content: str) -> dict[str, Any]:
-    """Write `content` to the workspace file `path` (replacing it), creating folders as needed."""
+    """Write `content` to the workspace file `path` (replacing it), creating folders as needed.
+
+    A file with another hard link is refused: the link may be planted in the workspace for a file outside it.
+    The check is made on the opened file (not followed if it became a symbolic link), before anything is written.
+    """
     target = _inside(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content, encoding="utf-8")
-    return {"path": path, "bytes": len(content.encode("utf-8"))}
+    data = content.encode("utf-8")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as file:
+        if os.fstat(fd).st_nlink > 1:
+            raise ValueError(f"{path!r} has another hard link, which may lead outside the run's workspace: "
+                             "remove it, or write another path")
+        file.truncate()
+        file.write(data)
+    return {"path": path, "bytes": len(data)}

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
+from engine.kernel.bounds import cut, max_result
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
@@ -44,6 +45,7 @@ class Kernel:
                  memory_capacity: int = 32, workspaces: Path | None = None, retry: Backoff | None = None) -> None:
         self.storage = storage
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
+        self.max_result = max_result()  # bytes of a model answer kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
         self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
@@ -72,7 +74,9 @@ class Kernel:
             self.context.suspend(syscall, snapshot, store=False)
         error = None
         try:
-            return await self._submit(syscall)
+            result = await self._submit(syscall)
+            result.text = cut(result.text, self.max_result)  # before it is stored (it is syscall.result)
+            return result
         except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
             error = str(exc) or type(exc).__name__
             raise
@@ -136,14 +140,17 @@ class Kernel:
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
         """The model picks one of the tools `names` and its arguments (structured output); the call made.
 
-        Arguments that fail the tool's schema, and errors of an idempotent tool (one that may be repeated), go back
-        to the model once, with the message; then the call fails.
+        Only those tools may run: constrained decoding pins the name to them (a `const` per tool), and an answer
+        naming another tool (from a backend that cannot constrain) is invalid. An invalid answer, arguments that
+        fail the tool's schema, and errors of an idempotent tool (one that may be repeated) go back to the model
+        once, with the message; then the call fails.
         """
-        tools = [self.tools.tools[n] for n in names if n in self.tools.tools]
+        tools = {n: self.tools.tools[n] for n in names if n in self.tools.tools}
         if not tools:
             raise ToolError(f"none of the tools {', '.join(names)} is loaded")
         schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                             "properties": {"tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]}
+                             "properties": {"tool": {"const": n}, "arguments": t.parameters}}
+                            for n, t in tools.items()]}
         asked, problem = list(messages), None
         for _ in range(2):
             request = Request(asked, schema=schema, options=options or {}, key=key)
@@ -151,15 +158,17 @@ class Kernel:
             try:
                 choice = parse_json(result.text)
                 name, arguments = choice["tool"], choice["arguments"]
+                if name not in tools:
+                    raise ValueError(f"{name!r} is not a tool this step may use; use {' or '.join(tools)}")
                 return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
             except ToolError as exc:
-                if not isinstance(exc, BadArguments) and not self.tools.tools[name].idempotent:
+                if not isinstance(exc, BadArguments) and not tools[name].idempotent:
                     raise
                 problem = exc
             except (ValueError, KeyError, TypeError) as exc:
                 problem = exc
-                asked = [*messages, {"role": "assistant", "content": result.text},
-                         {"role": "user", "content": f"That tool call is invalid: {exc}. Answer with a valid one."}]
+            asked = [*messages, {"role": "assistant", "content": result.text},
+                     {"role": "user", "content": f"That tool call is invalid: {problem}. Answer with a valid one."}]
         raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
 
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:

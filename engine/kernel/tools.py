@@ -1,38 +1,30 @@
 """The tool manager: arguments checked against the tool's JSON Schema before the call, each tool's concurrency
 limit and timeout enforced (excess calls wait their turn, none is dropped), every call recorded.
 
-Tool calls run on worker threads of their own, so they never wait behind the model.
+Tool calls never wait behind the model. A manifest's tool code runs in worker processes (engine.kernel.workers):
+a call past its timeout, or cancelled (Ctrl-C), is stopped by killing its worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import importlib
-import importlib.util
 import inspect
-import json
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine.json_schema import compile_schema
+from engine.kernel.bounds import cut, max_result
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
-
-# The run's workspace directory while a tool runs (the kernel sets it per call; worker threads inherit it). Tools
-# that touch files (read_file, write_file) stay inside it.
-workspace: contextvars.ContextVar[Path] = contextvars.ContextVar("workspace")
-# While a tool that is not idempotent runs: a key of the call, unique, and the same when a resumed run makes again
-# a call whose result was not stored. A tool that remembers the keys it has done can do each call only once.
-call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_key", default=None)
-
-
-class ToolError(Exception):
-    """A tool call failed: bad arguments, a timeout, or an error in the tool; the message says which."""
+from engine.kernel.tool_code import ToolError, call_key
+from engine.kernel.tool_code import load_entry as load_entry  # where tool code and library users find them
+from engine.kernel.tool_code import workspace as workspace
+from engine.kernel.workers import WorkerPool
 
 
 class BadArguments(ToolError):
@@ -63,18 +55,29 @@ class ManifestLike(Protocol):
 
 @dataclass
 class Tool:
-    """A callable tool: `function(**arguments)` returns JSON-able data."""
+    """A callable tool: called with the arguments, it returns JSON-able data.
+
+    A tool with an `entry` (`file.py:function` in folder `base`, or `package.module:function`; what a manifest
+    gives) runs in a worker process, which a timeout or a cancellation kills: nothing of the call runs on. A tool
+    given only a `function` (a library user's callable) runs in this process: a coroutine function on the event
+    loop, which a timeout cancels at its next await; any other function on a thread, which a timeout abandons but
+    cannot stop. Give code that may hang an entry.
+    """
 
     name: str
     description: str
     parameters: dict[str, Any]
-    function: Callable[..., Any]
+    function: Callable[..., Any] | None = None
     timeout: float = 30
     concurrency: int = 1
     idempotent: bool = False  # a call may be repeated safely (after a failure, say)
+    entry: str | None = None
+    base: Path | None = None
     validator: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.function is None and self.entry is None:
+            raise ValueError(f"tool {self.name} needs a function or an entry")
         self.validator = compile_schema(self.parameters)
 
     def problems(self, arguments: Any) -> list[str]:
@@ -83,41 +86,23 @@ class Tool:
                 for e in self.validator.iter_errors(arguments)]
 
 
-def load_entry(entry: str, base: Path) -> Callable[..., Any]:
-    """The callable `file.py:function` (a file in `base`) or `package.module:function` names."""
-    module_name, _, function = entry.partition(":")
-    if module_name.endswith(".py"):
-        path = base / module_name
-        spec = importlib.util.spec_from_file_location(f"flowrun_tool_{path.stem}", path)
-        if spec is None or spec.loader is None or not path.is_file():
-            raise ToolError(f"tool code {path} does not exist")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    found = getattr(module, function, None)
-    if not callable(found):
-        raise ToolError(f"{entry}: no function {function!r}")
-    return found
-
-
 def tool_from_manifest(manifest: ManifestLike) -> Tool:
-    """The Tool a manifest describes, its code loaded."""
-    function = load_entry(manifest.entry, Path(manifest.file).parent)
-    return Tool(manifest.name, manifest.description, manifest.parameters, function, manifest.timeout,
-                manifest.concurrency, manifest.idempotent)
+    """The Tool a manifest describes; its code is loaded by the worker processes that run it."""
+    return Tool(manifest.name, manifest.description, manifest.parameters, None, manifest.timeout,
+                manifest.concurrency, manifest.idempotent, entry=manifest.entry, base=Path(manifest.file).parent)
 
 
 class ToolManager:
-    """Calls tools by name, recording each call in `storage`.
-
-    A call that times out is abandoned: its result is discarded, but a thread running it cannot be killed.
-    """
+    """Calls tools by name, recording each call in `storage`. Its worker processes end with it (or with this
+    process)."""
 
     def __init__(self, tools: Iterable[Tool], storage: Storage) -> None:
         self.tools = {tool.name: tool for tool in tools}
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
+        self.max_result = max_result()  # bytes of a result kept (engine.kernel.bounds)
+        self._workers = WorkerPool([(t.entry, str(t.base)) for t in self.tools.values() if t.entry is not None])
+        weakref.finalize(self, self._workers.close)
 
     async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> Any:
         """Call tool `name` with `arguments` (checked first) within its concurrency limit and timeout, or give the
@@ -138,7 +123,7 @@ class ToolManager:
             if recorded.error is not None:
                 raise (BadArguments if problems else ToolError)(recorded.error)
             return recorded.result
-        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=_jsonable(arguments),
+        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=cut(arguments, self.max_result),
                           started=time.time(), finished=time.time())
         try:
             if problems:
@@ -152,7 +137,7 @@ class ToolManager:
                         row.id = await self.storage.commit(self.storage.start_tool_call, row)
                 key = call_key.set(f"{syscall.run}/{row.id}" if row.id is not None else None)
                 try:
-                    row.result = _jsonable(await asyncio.wait_for(self._run(tool, arguments), tool.timeout))
+                    row.result = cut(await self._run(tool, arguments), self.max_result)
                 finally:
                     call_key.reset(key)
             return row.result
@@ -176,16 +161,26 @@ class ToolManager:
             else:
                 self.storage.record_tool_call(row)
 
+    async def _run(self, tool: Tool, arguments: dict[str, Any]) -> Any:
+        """The tool's result, within its timeout (TimeoutError past it)."""
+        if tool.entry is None:
+            return await asyncio.wait_for(self._run_here(tool, arguments), tool.timeout)
+        folder = workspace.get(None)
+        try:
+            reply = await self._workers.call({"entry": tool.entry, "base": str(tool.base), "arguments": arguments,
+                                              "workspace": None if folder is None else str(folder),
+                                              "call_key": call_key.get(), "limit": self.max_result}, tool.timeout)
+        except ToolError as exc:  # its worker ended in the call
+            raise ToolError(f"tool {tool.name} failed: {exc}") from None
+        if "error" in reply:
+            error = reply["error"] if reply["type"] == "ToolError" else \
+                f"tool {tool.name} failed: {reply['type']}: {reply['error']}"
+            raise ToolError(error)
+        return reply["result"]
+
     @staticmethod
-    async def _run(tool: Tool, arguments: dict[str, Any]) -> Any:
+    async def _run_here(tool: Tool, arguments: dict[str, Any]) -> Any:
+        assert tool.function is not None  # a tool without an entry has one
         if inspect.iscoroutinefunction(tool.function):
             return await tool.function(**arguments)
         return await asyncio.to_thread(tool.function, **arguments)
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)

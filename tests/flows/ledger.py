@@ -1,6 +1,6 @@
 """The crash test's tool that is not idempotent: each call appends a line to the ledger, so a call done twice shows.
 
-It writes each line with the key of its call (engine.kernel.tools.call_key), in the same write, and does a call
+It writes each line with the key of its call (engine.kernel.tool_code.call_key), in the same write, and does a call
 whose key is already in the ledger only once: how a tool with side effects makes itself exactly-once when flowrun
 calls it again after a crash. Every time it is invoked is logged to calls.log, so a test also sees a call made again.
 """
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.kernel.tools import call_key, workspace
+from engine.kernel.tool_code import call_key, workspace
 
 
 def append_entry(text: str) -> dict[str, Any]:
