@@ -245,6 +245,18 @@ class Storage:
         if self.sqlite and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
+            # A new SQLite database turns to WAL on its first connections, which SQLite answers "locked" at once,
+            # without waiting, while another process does the same: tried again like a busy write.
+            self._retrying(self._make_tables, read_only)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot use database {self.url}: {exc}") from None
+
+    def _make_tables(self, read_only: bool) -> None:
+        """Make or migrate the tables (with `read_only`, only check that they need neither); Busy while another
+        process holds the database."""
+        try:
             with self.engine.begin() as db:
                 if read_only:
                     self._check_version(db, migrate=False)
@@ -259,10 +271,10 @@ class Storage:
                 self._check_version(db)
                 if self.sqlite:
                     db.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(content)"))
-        except StorageError:
+        except OperationalError as exc:
+            if "locked" in str(exc.orig):
+                raise Busy(f"cannot use database {self.url}: {exc.orig}: another process holds it locked") from None
             raise
-        except Exception as exc:
-            raise StorageError(f"cannot use database {self.url}: {exc}") from None
 
     def _check_version(self, db: Connection, *, migrate: bool = True) -> None:
         meta = Meta.__table__  # type: ignore[attr-defined]
