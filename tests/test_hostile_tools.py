@@ -82,7 +82,7 @@ def test_the_schema_a_backend_constrains_to_names_only_the_steps_tools(tmp_path:
     assert not (tmp_path / "workspaces" / "run" / "planted.txt").exists()
 
 
-# Item 7: sql_query calls only plain SQL functions; write_file refuses a hard link.
+# Item 7: sql_query calls only plain SQL functions; read_file and write_file refuse a hard link.
 
 def test_sql_query_refuses_functions_off_its_list(tmp_path: Path) -> None:
     kernel = kernel_with(tmp_path, ScriptedBackend.from_responses([]), "sql_query")
@@ -106,6 +106,20 @@ def test_write_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> Non
     assert call(kernel, "write_file", path="own.txt", content="mine")["bytes"] == 4
     assert call(kernel, "write_file", path="own.txt", content="again")["bytes"] == 5  # its own file: replaced
     assert (folder / "own.txt").read_text() == "again"
+
+
+def test_read_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("the secret")
+    folder = tmp_path / "workspaces" / "run"
+    folder.mkdir(parents=True)
+    os.link(outside, folder / "planted.txt")
+    (folder / "own.txt").write_text("mine")
+    kernel = kernel_with(tmp_path, ScriptedBackend.from_responses([]), "read_file")
+    with pytest.raises(ToolError, match="another hard link") as refused:
+        call(kernel, "read_file", path="planted.txt")
+    assert "the secret" not in str(refused.value)
+    assert call(kernel, "read_file", path="own.txt")["content"] == "mine"
 
 
 # Item 2 (the bundled tools bound themselves).
