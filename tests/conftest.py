@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INVALID = FIXTURES / "invalid"
 
 _MARKER = re.compile(r"#\s*<-\s*(.*)$")
+# Upstream releases change behaviour under the tests (PyYAML 6.0.4's libyaml refuses deep nesting itself): the
+# versions a run used head its report.
+_WATCHED = ("pyyaml", "jsonschema-rs", "xllamacpp", "sqlmodel", "sqlalchemy", "jinja2", "networkx", "click", "ollama")
+
+
+def pytest_report_header() -> str:
+    """The versions of the dependencies whose behaviour the tests depend on."""
+    return "flowrun dependencies: " + ", ".join(f"{name} {metadata.version(name)}" for name in _WATCHED)
 
 
 def expected_diagnostics(path: Path) -> set[tuple[int, str]]:
