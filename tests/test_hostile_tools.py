@@ -399,3 +399,99 @@ def test_a_max_result_that_is_not_a_number_is_a_clear_error(tmp_path: Path) -> N
     code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
                        "--db", str(tmp_path / "runs.db"), env={"FLOWRUN_MAX_RESULT": "1 MB"})
     assert code == 2 and "FLOWRUN_MAX_RESULT is '1 MB': it must be a whole number" in err and "Traceback" not in err
+
+
+# Tool code that misbehaves in its worker: children, stdin, SystemExit, huge errors, many calls at once.
+
+MISBEHAVING = """\
+import os, subprocess, sys, time
+
+def spawn(pidfile):
+    child = subprocess.Popen(["sleep", "30"])
+    with open(pidfile, "w") as file:
+        file.write(str(child.pid))
+    time.sleep(100)
+
+def read_stdin():
+    return sys.stdin.readline()
+
+def bye():
+    raise SystemExit("bye")
+
+def shout():
+    raise ValueError("x" * 10_000_000)
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+"""
+
+
+def misbehaving(tmp_path: Path, timeout: float = 5, concurrency: int = 1, extra: str = "") -> Kernel:
+    (tmp_path / "hostile.py").write_text(MISBEHAVING + extra)
+    names = ["spawn", "read_stdin", "bye", "shout", "nap"]
+    for name in names:
+        (tmp_path / f"{name}.tool.yaml").write_text(
+            f"name: {name}\ndescription: Misbehaves.\nentry: hostile.py:{name}\nparameters: {{type: object}}\n"
+            f"timeout: {timeout}\nconcurrency: {concurrency}\n")
+    manifests = load_tools([tmp_path], bundled=False)
+    kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(manifests.tools[name]) for name in names])
+    kernel.access.allow_tools("agent", names)
+    return kernel
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_what_a_tool_started_ends_with_its_timed_out_call(tmp_path: Path) -> None:
+    kernel = misbehaving(tmp_path, timeout=1)
+    pidfile = tmp_path / "child.pid"
+    with pytest.raises(ToolError, match="took longer than its timeout of 1 s"):
+        call(kernel, "spawn", pidfile=str(pidfile))
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child), "the tool's child outlived its call"
+
+
+def test_a_tool_reading_stdin_reads_nothing_and_takes_no_call(tmp_path: Path) -> None:
+    kernel = misbehaving(tmp_path, timeout=5)
+    started = time.monotonic()
+    assert call(kernel, "read_stdin") == ""
+    assert call(kernel, "nap", seconds=0) == 0  # the next call reached the worker whole
+    assert time.monotonic() - started < 5
+
+
+def test_system_exit_fails_the_call_not_the_worker_nor_the_other_tools(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    quits = "\nif 'FLOWRUN_QUIT' in os.environ:\n    sys.exit(2)\n"  # as a script's argparse does
+    kernel = misbehaving(tmp_path, extra=quits)
+    with pytest.raises(ToolError, match="tool bye failed: SystemExit: bye"):
+        call(kernel, "bye")
+    assert call(kernel, "nap", seconds=0) == 0
+    monkeypatch.setenv("FLOWRUN_QUIT", "1")  # now the code of the tools exits while a new worker loads it
+    (tmp_path / "again").mkdir()
+    kernel = misbehaving(tmp_path / "again", extra=quits)
+    with pytest.raises(ToolError, match="loading it raised SystemExit"):
+        call(kernel, "nap", seconds=0)
+
+
+def test_a_huge_error_message_is_cut(tmp_path: Path) -> None:
+    kernel = misbehaving(tmp_path)
+    with pytest.raises(ToolError) as failed:
+        call(kernel, "shout")
+    assert len(str(failed.value)) <= 4_000 and "cut by flowrun" in str(failed.value)
+    kernel.storage.flush()
+    (row,) = kernel.storage.rows(ToolCallRow)
+    assert len(row.error) <= 4_000
+
+
+def test_calls_in_flight_past_the_default_thread_pool_do_not_time_out(tmp_path: Path) -> None:
+    kernel = misbehaving(tmp_path, timeout=5, concurrency=16)  # asyncio's default pool: 6 threads on 2 cores
+
+    async def calls() -> list[object]:
+        return await asyncio.gather(*(kernel.call_tool("agent", "run", "nap", {"seconds": 2}) for _ in range(16)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(calls())
+    assert results == [2] * 16, [r for r in results if r != 2][:1]

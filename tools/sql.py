@@ -51,7 +51,7 @@ def _only_reading(action: int, _: Any, name: Any, *__: Any) -> int:
 def _database() -> Path:
     if os.environ.get("FLOWRUN_SQL_DB"):
         return Path(os.environ["FLOWRUN_SQL_DB"])
-    from engine.kernel.tools import load_entry  # tools are loaded by path: load the sibling module the same way
+    from engine.kernel.tool_code import load_entry  # tools are loaded by path: load the sibling module the same way
 
     return load_entry("travel.py:database", Path(__file__).parent)()
 

@@ -12,6 +12,7 @@ from typing import Any
 from engine.settings import number
 
 DEFAULT_MAX_RESULT = 1_000_000
+MAX_MESSAGE = 4_000  # bytes of an error message: it is for a person to read, on a terminal and in the records
 
 
 def max_result() -> int:

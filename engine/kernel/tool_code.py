@@ -22,13 +22,12 @@ import inspect
 import json
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.kernel.bounds import cut
+from engine.kernel.bounds import MAX_MESSAGE, cut
 
 # The run's workspace directory while a tool runs (the kernel sets it per call). Tools that touch files (read_file,
 # write_file) stay inside it.
@@ -66,8 +65,8 @@ Loaded = dict[tuple[str, str], Callable[..., Any] | Exception]  # entry, base ->
 def _load(entry: str, base: str, loaded: Loaded) -> None:
     try:
         loaded[entry, base] = load_entry(entry, Path(base))
-    except Exception as exc:  # said when it is called
-        loaded[entry, base] = exc
+    except BaseException as exc:  # said when it is called (SystemExit too: one tool's code must not end the worker)
+        loaded[entry, base] = exc if isinstance(exc, Exception) else ToolError(f"{entry}: loading it raised {exc!r}")
 
 
 def _serve(call: dict[str, Any], loaded: Loaded) -> dict[str, Any]:
@@ -87,18 +86,24 @@ def _serve(call: dict[str, Any], loaded: Loaded) -> dict[str, Any]:
         else:
             result = context.run(function, **call["arguments"])
         return {"result": cut(result, call["limit"])}
-    except Exception as exc:
-        return {"error": str(exc), "type": type(exc).__name__}
+    except BaseException as exc:  # SystemExit too: the tool's call failed, not the worker
+        return {"error": cut(str(exc), MAX_MESSAGE), "type": type(exc).__name__}
 
 
 def main() -> None:
     """Serve calls until stdin closes."""
+    # The calls and replies go over copies of stdin and stdout that tool code and its children do not see: what a
+    # tool prints goes to stderr, and what it reads from stdin is nothing (it cannot take the next call's line).
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # print() in tool code goes to stderr, not into the replies
+    requests = os.fdopen(os.dup(0), "rb")
+    os.dup2(2, 1)
+    nothing = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(nothing, 0)
+    os.close(nothing)
     calls: queue.SimpleQueue[bytes] = queue.SimpleQueue()
 
     def read() -> None:
-        for line in sys.stdin.buffer:
+        for line in requests:
             calls.put(line)
         os._exit(0)  # the parent is gone or done: stop, whatever runs
 

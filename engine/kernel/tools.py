@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.json_schema import compile_schema
-from engine.kernel.bounds import cut, max_result
+from engine.kernel.bounds import MAX_MESSAGE, cut, max_result
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
@@ -101,7 +101,9 @@ class ToolManager:
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
         self.max_result = max_result()  # bytes of a result kept (engine.kernel.bounds)
-        self._workers = WorkerPool([(t.entry, str(t.base)) for t in self.tools.values() if t.entry is not None])
+        in_workers = [t for t in self.tools.values() if t.entry is not None]
+        self._workers = WorkerPool([(t.entry, str(t.base)) for t in in_workers],
+                                   calls=sum(t.concurrency for t in in_workers))
         weakref.finalize(self, self._workers.close)
 
     async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> Any:
@@ -145,10 +147,10 @@ class ToolManager:
             row.error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
             raise ToolError(row.error) from None
         except ToolError as exc:
-            row.error = str(exc)
-            raise
+            row.error = cut(str(exc), MAX_MESSAGE)
+            raise type(exc)(row.error) from None
         except Exception as exc:
-            row.error = f"tool {name} failed: {type(exc).__name__}: {exc}"
+            row.error = cut(f"tool {name} failed: {type(exc).__name__}: {exc}", MAX_MESSAGE)
             raise ToolError(row.error) from exc
         finally:
             syscall.finished = row.finished = time.time()

@@ -11,10 +11,13 @@ JSON (see engine.kernel.tool_code, which runs in the worker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from engine.kernel.tool_code import ToolError
@@ -50,13 +53,22 @@ class _Worker:
             raise ToolError(f"its worker process ended (exit status {self.process.wait()})")
         return json.loads(line)
 
+    def kill(self) -> None:
+        """Kill the worker and what its tool code started (they share its process group, its session's)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
 
 class WorkerPool:
     """Worker processes, started as calls need them and reused."""
 
-    def __init__(self, code: list[tuple[str, str]]) -> None:
+    def __init__(self, code: list[tuple[str, str]], calls: int) -> None:
         self.code = code  # [entry, base] of the tools a worker may run, loaded when it starts
         self._idle: list[_Worker] = []
+        # A thread waits on each call in flight (and on a starting worker): threads of their own, as many as the
+        # tools' concurrency allows, so that calls never wait for a thread (asyncio's default pool is small and
+        # shared, with the embedded model among others) while their timeout runs.
+        self._threads = ThreadPoolExecutor(max_workers=calls + 1, thread_name_prefix="flowrun-tool-call")
 
     async def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """The reply of a worker to `request`: {"result": ...} or {"error": message, "type": exception name}.
@@ -64,18 +76,19 @@ class WorkerPool:
         Raises TimeoutError after `timeout` seconds; that, or cancelling the call, kills the worker running it.
         """
         worker = self._take() or _Worker(self.code)
+        loop = asyncio.get_running_loop()
         try:
             if not worker.ready:  # its start does not count against the call's time
                 try:
-                    await asyncio.wait_for(asyncio.to_thread(worker.reply), START_TIMEOUT)
+                    await asyncio.wait_for(loop.run_in_executor(self._threads, worker.reply), START_TIMEOUT)
                 except TimeoutError:
                     raise ToolError(f"its worker process did not start and load the tools' code within "
                                     f"{START_TIMEOUT} s") from None
                 worker.ready = True
             call = json.dumps(request).encode() + b"\n"
-            reply = await asyncio.wait_for(asyncio.to_thread(worker.reply, call), timeout)
+            reply = await asyncio.wait_for(loop.run_in_executor(self._threads, worker.reply, call), timeout)
         except BaseException as exc:
-            worker.process.kill()  # its thread reads the end of the pipe, reaps it and ends
+            worker.kill()  # its thread reads the end of the pipe, reaps it and ends
             if isinstance(exc, TimeoutError):  # the next call, likely of the same tool, need not wait for a start
                 self._idle.append(_Worker(self.code))
             raise
@@ -91,7 +104,8 @@ class WorkerPool:
         return None
 
     def close(self) -> None:
-        """End the idle workers: a worker ends when its stdin closes (not waited for, to end this process fast)."""
+        """End the idle workers and what their tools left running (not waited for, to end this process fast)."""
         for worker in self._idle:
-            worker.calls.close()
+            worker.kill()
         self._idle.clear()
+        self._threads.shutdown(wait=False)
