@@ -93,12 +93,18 @@ def test_sql_query_refuses_functions_off_its_list(tmp_path: Path) -> None:
     assert found["rows"][0][1] == 30
 
 
-def test_write_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None:
+def planted_link(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    """A file outside the run's workspace holding `text`, and the workspace, where planted.txt is a hard link to it."""
     outside = tmp_path / "outside.txt"
-    outside.write_text("keep me")
+    outside.write_text(text)
     folder = tmp_path / "workspaces" / "run"
     folder.mkdir(parents=True)
     os.link(outside, folder / "planted.txt")
+    return outside, folder
+
+
+def test_write_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None:
+    outside, folder = planted_link(tmp_path, "keep me")
     kernel = kernel_with(tmp_path, ScriptedBackend.from_responses([]), "write_file")
     with pytest.raises(ToolError, match="another hard link"):
         call(kernel, "write_file", path="planted.txt", content="overwritten")
@@ -109,11 +115,7 @@ def test_write_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> Non
 
 
 def test_read_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None:
-    outside = tmp_path / "secret.txt"
-    outside.write_text("the secret")
-    folder = tmp_path / "workspaces" / "run"
-    folder.mkdir(parents=True)
-    os.link(outside, folder / "planted.txt")
+    _, folder = planted_link(tmp_path, "the secret")
     (folder / "own.txt").write_text("mine")
     kernel = kernel_with(tmp_path, ScriptedBackend.from_responses([]), "read_file")
     with pytest.raises(ToolError, match="another hard link") as refused:
