@@ -116,7 +116,7 @@ def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_
     ("{{ inputs.s.encode().ljust(inputs.n) }}", {"s": "x", "n": 3 * 10 ** 9}, "bytes.ljust"),
     ("{{ ('%' ~ inputs.n ~ 'd').encode() % 1 }}", {"n": 3 * 10 ** 9}, "format width"),
     ("{{ (inputs.s * 1000000).join(inputs.s * 1500) }}", {"s": "y"}, "str.join"),
-    ("{{ (inputs.s * 1500)|join(inputs.s * 1000000) }}", {"s": "y"}, "filter `join`"),
+    ("{{ (inputs.s * 1000000)|join(inputs.s * 1000000) }}", {"s": "y"}, "filter `join`"),
     ("{{ range(1000)|map('center', 999000)|join }}", {}, "items read"),
     ("{{ (inputs.s * 1000000).translate({97: inputs.s * 2000}) }}", {"s": "a"}, "str.translate"),
     ("{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}", {"n": 100_000}, "text"),
