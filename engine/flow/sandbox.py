@@ -77,9 +77,7 @@ def size(value: Any, limit: int = MAX_SIZE) -> int:
         item = stack.pop()
         if isinstance(item, _TEXT):
             total += len(item)
-        elif isinstance(item, int):
-            total += item.bit_length() // 3  # at least its decimal digits, for all but the smallest
-        elif isinstance(item, list | tuple | set | frozenset | MappingView):
+        elif isinstance(item, list | tuple):
             total += len(item)
             if total <= limit:
                 stack.extend(item)
@@ -88,6 +86,14 @@ def size(value: Any, limit: int = MAX_SIZE) -> int:
             if total <= limit:
                 stack.extend(item.keys())
                 stack.extend(item.values())
+        elif isinstance(item, int):
+            total += item.bit_length() // 3  # at least its decimal digits, for all but the smallest
+        elif isinstance(item, float | None):
+            pass  # the commonest leaves, before the slower checks below
+        elif isinstance(item, set | frozenset | MappingView):  # MappingView: `d.items()` spells out `d`
+            total += len(item)
+            if total <= limit:
+                stack.extend(item)
         elif isinstance(item, Namespace):
             stack.append(item._Namespace__attrs)  # its attributes, which its repr spells out; no public way in
         if total > limit:
@@ -330,7 +336,8 @@ class _Text(list):
 
     def append(self, part: str) -> None:
         self.length += len(part)
-        expect(self.length, "the template's text")
+        if self.length > MAX_SIZE:
+            expect(self.length, "the template's text")
         super().append(part)
 
     def extend(self, parts: Iterable[str]) -> None:
@@ -384,11 +391,15 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def concat(parts: Iterable[str]) -> str:
         """Text made of `parts` (a render's output, a `{% set %}` block, a macro's body), within MAX_SIZE: a render's
         output comes as it is made, and is refused once past it."""
-        if not isinstance(parts, _Text):
-            text = _Text()
-            text.extend(parts)
-            parts = text
-        return "".join(parts)
+        if isinstance(parts, _Text):
+            return "".join(parts)
+        text, length = [], 0
+        for part in parts:  # inline rather than _Text.append: the output of every render comes this way
+            length += len(part)
+            if length > MAX_SIZE:
+                expect(length, "the template's text")
+            text.append(part)
+        return "".join(text)
 
     @staticmethod
     def built(value: Any) -> Any:
