@@ -62,6 +62,8 @@ def expect(length: int, what: str) -> None:
                             f"most {MAX_SIZE:,}")
 
 
+# Bytes come only from `str.encode`, and are bounded like str rather than refused: counting a text's bytes
+# (`s.encode()|length`) is a fair use, and every check that takes str takes bytes the same way.
 _TEXT = (str, bytes, bytearray)
 
 
@@ -123,7 +125,7 @@ def binop(operator: str, left: Any, right: Any) -> Any:
     # Repeating and adding sequences: their result's size is known before it is made, so it needs no check after.
     if operator == "*":
         for sequence, times in ((left, right), (right, left)):
-            if isinstance(sequence, _SEQUENCES) and isinstance(times, int) and not isinstance(times, bool):
+            if isinstance(sequence, _SEQUENCES) and isinstance(times, int):
                 unit = "text" if isinstance(sequence, _TEXT) else "list"
                 expect(size(sequence) * max(times, 0), f"repeating a {unit} of length {len(sequence):,} "
                                                        f"{times:,} times")

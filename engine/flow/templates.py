@@ -402,6 +402,7 @@ class _Limits:
                 written += len(text)
         if node.test:
             self.value(node.test, runs * times)
+            written = 0  # the body may run for none of the items
         for child in node.else_:
             self.value(child, runs)
         if runs * times * written > sandbox.MAX_SIZE:
