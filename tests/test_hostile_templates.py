@@ -73,6 +73,8 @@ def stored(tmp_path: Path, table: type) -> list:
     "{{ 10 ** (10 ** 9) }}",
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     "{{ 'x' * 10 ** 10 }}",
+    "{{ ['x' * 1000000] * 1000000 }}",  # a list's size counts the characters it holds
+    "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",  # each output is within bounds, all is not
 ])
 def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_path: Path) -> None:
     assert problems(bomb, tools) == [("FR304", *WHERE)]
@@ -94,20 +96,49 @@ def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_
     ("{{ '%0*d' % (inputs.n, 1) }}", {"n": 10 ** 10}, "format width"),
     ("{{ inputs.s|replace('', inputs.s * 1000) }}", {"s": "x" * 1000}, "replace"),
     ("{{ inputs.s|wordwrap(1, wrapstring=inputs.s) }}", {"s": "x y " * 1000}, "wordwrap"),
-    ("{{ ([inputs.s] * 1000)|map('string')|join }}", {"s": "x" * 10_000}, "join"),
-    ("{{ ''.join(([inputs.s] * 1000)|map('string')) }}", {"s": "x" * 10_000}, "join"),
+    ("{{ ([inputs.s] * 90)|map('string')|join(inputs.s) }}", {"s": "x" * 10_000}, "join"),
+    ("{{ inputs.s.join(([inputs.s] * 90)|map('string')) }}", {"s": "x" * 10_000}, "join"),
     ("{% set ns = namespace(s=inputs.s) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
      {"s": "x"}, "`~`"),
     ("{% set ns = namespace(n=inputs.n) %}{% for i in range(60) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
      {"n": 3}, "bits"),
     ("{% set text %}{% for i in range(inputs.n) %}{{ inputs.s }}{% endfor %}{% endset %}",
      {"n": 100_000, "s": "x" * 100}, "text"),
+    # Review of the sandbox: values small to hold but huge to spell out, bytes, joins of any iterable, text
+    # counted as it is made. Each of these took gigabytes or one long C call before.
+    ("{{ [inputs.s * 999999] * inputs.n }}", {"s": "x", "n": 1_000_000}, "repeating a list"),
+    ("{{ ([inputs.s * 999999] * 1500)|tojson }}", {"s": "x"}, "repeating a list"),
+    ("{{ ([inputs.s * 999999] * 1500)|string }}", {"s": "x"}, "repeating a list"),
+    ("{{ ([10 ** inputs.n] * 1000000)|join }}", {"n": 4000}, "repeating a list"),
+    ("{% set a = [inputs.s] * 500000 %}{{ [a, a, a]|string }}", {"s": "x"}, "a list, tuple or dict"),
+    ("{% set ns = namespace(s=inputs.s * 999000) %}{{ ([ns] * 1000)|string }}", {"s": "x"}, "repeating a list"),
+    ("{{ (inputs.s.encode() * inputs.n)|length }}", {"s": "x", "n": 2 * 10 ** 9}, "repeating a text"),
+    ("{{ inputs.s.encode().ljust(inputs.n) }}", {"s": "x", "n": 3 * 10 ** 9}, "bytes.ljust"),
+    ("{{ ('%' ~ inputs.n ~ 'd').encode() % 1 }}", {"n": 3 * 10 ** 9}, "format width"),
+    ("{{ (inputs.s * 1000000).join(inputs.s * 1500) }}", {"s": "y"}, "str.join"),
+    ("{{ (inputs.s * 1000000)|join(inputs.s * 1000000) }}", {"s": "y"}, "filter `join`"),
+    ("{{ range(1000)|map('center', 999000)|join }}", {}, "items read"),
+    ("{{ (inputs.s * 1000000).translate({97: inputs.s * 2000}) }}", {"s": "a"}, "str.translate"),
+    ("{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}", {"n": 100_000}, "text"),
+    ("{% set t %}{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}{% endset %}", {"n": 100_000},
+     "text"),
+    ("{% set ns = namespace(a=[]) %}{% for i in range(3000) %}{% set ns.a = ns.a + [(inputs.s * 999990) ~ i] %}"
+     "{% endfor %}", {"s": "x"}, "`+`"),
 ])
 def test_bombs_that_depend_on_data_stop_the_render(bomb: str, inputs: dict, bound: str, tools) -> None:
     assert problems(bomb, tools) == []  # nothing to see before the data comes
     with pytest.raises(TemplateLimit, match=r"at most|more than") as stopped:
         render(bomb, {"inputs": inputs, "steps": {}, "visits": {}})
     assert bound in str(stopped.value)
+
+
+def test_running_out_of_memory_says_so() -> None:
+    class Huge:
+        def __str__(self) -> str:
+            raise MemoryError
+
+    with pytest.raises(TemplateLimit, match="more memory than it may use"):
+        render("{{ inputs.x }}", {"inputs": {"x": Huge()}})
 
 
 def test_a_render_that_runs_too_long_is_stopped(monkeypatch) -> None:

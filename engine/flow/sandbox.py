@@ -3,13 +3,15 @@
 Jinja2's sandbox keeps a template away from Python's internals, not from endless work: `10 ** 10 ** 9` and
 `'x' * 10 ** 10` are single C calls that no signal interrupts, and `range(100000)` loops nest. Here:
 
+- a value's size is what it would spell out: the characters of a string or bytes, the digits of a number, and for
+  a list, tuple, dict, set or namespace its items plus the sizes of what they hold, each time it is held (`size`);
 - an operation that can make a result far larger than its operands is checked before it runs: `**` (at most
-  MAX_INT_BITS bits), and repeating (`*`), formatting widths (`%`, `format`), padding, replacing, joining,
-  batching and slicing (at most MAX_SIZE characters or items);
-- the result of every other operator, filter, call and `~` is checked after it, so no loop can grow a value past
-  those bounds;
+  MAX_INT_BITS bits), and repeating (`*`), adding (`+`), formatting widths (`%`, `format`), padding, replacing,
+  joining, translating, batching and slicing (at most MAX_SIZE in size), on bytes as on str;
+- the result of every other operator, filter, call and `~`, and each list, tuple and dict the template writes, is
+  checked after it is made, so no loop or nesting can grow a value past those bounds;
 - one render runs at most MAX_STEPS loop iterations and calls, for at most MAX_SECONDS, and makes at most MAX_SIZE
-  characters of text (its output, and each `{% set %}` or macro body);
+  characters of text (its output, and each `{% set %}` or macro body), counted as it is made;
 - a template nests at most MAX_NESTING brackets and MAX_DEPTH levels of syntax: deeper ones would overflow the
   Python stack in Jinja2's recursive parser and compiler.
 
@@ -24,7 +26,7 @@ import math
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MappingView, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,9 @@ from jinja2.ext import Extension
 from jinja2.lexer import TokenStream
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import Namespace
 
-MAX_SIZE = 1_000_000  # characters of a string, items of a list
+MAX_SIZE = 1_000_000  # characters of a string, items of a list (see `size`)
 MAX_INT_BITS = 100_000  # about 30,000 decimal digits
 MAX_STEPS = 1_000_000  # loop iterations and calls in one render
 MAX_SECONDS = 5.0  # one render
@@ -55,8 +58,49 @@ class TemplateLimit(SecurityError):
 def expect(length: int, what: str) -> None:
     """Refuse an operation that would make `length` characters or items."""
     if length > MAX_SIZE:
-        raise TemplateLimit(f"{what} would make {length:,} characters or items; a template may make at most "
-                            f"{MAX_SIZE:,}")
+        raise TemplateLimit(f"{what} would make at least {length:,} characters or items; a template may make at "
+                            f"most {MAX_SIZE:,}")
+
+
+# Bytes come only from `str.encode`, and are bounded like str rather than refused: counting a text's bytes
+# (`s.encode()|length`) is a fair use, and every check that takes str takes bytes the same way.
+_TEXT = (str, bytes, bytearray)
+
+
+def size(value: Any, limit: int = MAX_SIZE) -> int:
+    """About what `value` spells out when printed, joined or dumped to JSON, in characters or items: a string's or
+    bytes' length, an int's decimal digits, and for a container its items plus the size of each, counted each time
+    it is held (`[s] * 1000` spells `s` 1000 times). The walk stops as soon as the count passes `limit`, so it costs
+    at most about `limit` steps whatever the value; a namespace that holds itself counts as past it."""
+    if isinstance(value, _TEXT):
+        return len(value)
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _TEXT):
+            total += len(item)
+        elif isinstance(item, list | tuple):
+            total += len(item)
+            if total <= limit:
+                stack.extend(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            if total <= limit:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        elif isinstance(item, int):
+            total += item.bit_length() // 3  # at least its decimal digits, for all but the smallest
+        elif isinstance(item, float | None):
+            pass  # the commonest leaves, before the slower checks below
+        elif isinstance(item, set | frozenset | MappingView):  # MappingView: `d.items()` spells out `d`
+            total += len(item)
+            if total <= limit:
+                stack.extend(item)
+        elif isinstance(item, Namespace):
+            stack.append(item._Namespace__attrs)  # its attributes, which its repr spells out; no public way in
+        if total > limit:
+            break
+    return total
 
 
 def checked(value: Any, what: str) -> Any:
@@ -64,8 +108,7 @@ def checked(value: Any, what: str) -> Any:
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise TemplateLimit(f"{what} gives a number of {value.bit_length():,} bits; a template may make at most "
                             f"{MAX_INT_BITS:,}")
-    if isinstance(value, str | list | tuple | dict):
-        expect(len(value), what)
+    expect(size(value), what)
     return value
 
 
@@ -79,22 +122,33 @@ def binop(operator: str, left: Any, right: Any) -> Any:
         if bits > MAX_INT_BITS:
             raise TemplateLimit(f"`{left} ** {right}` would be a number of about {bits:,.0f} bits; a template may "
                                 f"make at most {MAX_INT_BITS:,}")
+    # Repeating and adding sequences: their result's size is known before it is made, so it needs no check after.
     if operator == "*":
         for sequence, times in ((left, right), (right, left)):
-            if isinstance(sequence, str | list | tuple) and isinstance(times, int):
-                unit = "text" if isinstance(sequence, str) else "list"
-                expect(len(sequence) * times, f"repeating a {unit} of length {len(sequence):,} {times:,} times")
-    if operator == "%" and isinstance(left, str):
+            if isinstance(sequence, _SEQUENCES) and isinstance(times, int):
+                unit = "text" if isinstance(sequence, _TEXT) else "list"
+                expect(size(sequence) * max(times, 0), f"repeating a {unit} of length {len(sequence):,} "
+                                                       f"{times:,} times")
+                return OPERATORS[operator](left, right)
+    if operator == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+        expect(size(left) + size(right), "`+`")
+        return OPERATORS[operator](left, right)
+    if operator == "%" and isinstance(left, _TEXT):
         expect(printf_width(left, right), "a `%` format width")
     return checked(OPERATORS[operator](left, right), f"`{operator}`")
+
+
+_SEQUENCES = (*_TEXT, list, tuple)
 
 
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DIGITS = re.compile(r"\d+")
 
 
-def printf_width(fmt: str, args: Any) -> int:
+def printf_width(fmt: str | bytes | bytearray, args: Any) -> int:
     """The widest field (width or precision) `fmt % args` pads to."""
+    if not isinstance(fmt, str):
+        fmt = fmt.decode("latin-1")  # bytes take the same `%` fields
     widths = [n for match in _PRINTF.finditer(fmt) for n in match.groups() if n]
     numbers = [int(n) for n in widths if n != "*"]
     if "*" in widths:
@@ -115,7 +169,7 @@ def format_width(fmt: str, *args: Any, **kwargs: Any) -> int:
 
 
 def _replaced(text: Any, old: Any, new: Any, count: Any = -1) -> int:
-    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
+    if not (isinstance(text, _TEXT) and isinstance(old, _TEXT) and isinstance(new, _TEXT)):
         return 0
     found = len(text) + 1 if not old else text.count(old)
     if isinstance(count, int) and count >= 0:
@@ -124,9 +178,14 @@ def _replaced(text: Any, old: Any, new: Any, count: Any = -1) -> int:
 
 
 def _joined(separator: Any, items: Any) -> int:
-    if not isinstance(items, list | tuple):
+    if not isinstance(items, Sized):  # `_sized` has read iterators into lists
         return 0
-    return len(str(separator)) * len(items) + _summed(items)
+    return size(separator) * len(items) + size(items)
+
+
+def _translated(text: Any, table: Any) -> int:
+    replacements = table.values() if isinstance(table, dict) else table if isinstance(table, list | tuple) else ()
+    return len(text) * max((size(r) for r in replacements if isinstance(r, str)), default=1)
 
 
 def _summed(items: Any) -> int:
@@ -160,9 +219,10 @@ def _indented(text: Any, width: Any = 4, *args: Any, **kwargs: Any) -> int:
 # makes at most about as much as it is given.
 _METHODS: dict[str, Callable[..., int]] = {
     "center": _width, "ljust": _width, "rjust": _width, "zfill": _width,
-    "expandtabs": lambda text, tabsize=8: len(text) + text.count("\t") * tabsize,
+    "expandtabs": lambda text, tabsize=8: len(text) + text.count("\t" if isinstance(text, str) else b"\t") * tabsize,
     "replace": _replaced,
     "join": lambda separator, items: _joined(separator, items),
+    "translate": _translated,
     "format": lambda fmt, *args, **kwargs: format_width(fmt, *args, **kwargs),
     "format_map": lambda fmt, mapping: format_width(fmt, **mapping),
 }
@@ -181,7 +241,19 @@ _FILTERS: dict[str, Callable[..., int]] = {
 
 def _sized(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """`args` with iterators (`map`, `select`, ... give them) read into lists, so that an estimate can count them."""
-    return tuple(list(arg) if isinstance(arg, Iterator) else arg for arg in args)
+    return tuple(_read(arg) if isinstance(arg, Iterator) else arg for arg in args)
+
+
+def _read(items: Iterator[Any]) -> list[Any]:
+    """The rest of `items`, refused as soon as they pass MAX_SIZE in all: each may be large, and no count says how
+    many there are."""
+    read: list[Any] = []
+    total = 0
+    for item in items:
+        total += 1 + size(item, MAX_SIZE - total)
+        expect(total, "the items read for a filter or call")
+        read.append(item)
+    return read
 
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -233,6 +305,47 @@ class _Code(CodeGenerator):
         super().visit_Concat(node, frame)
         self.write(")")
 
+    # A literal holding a value many times (`[a, a, a]`) is far larger than its parts; tuples that are assignment
+    # targets (`{% for a, b in ... %}`) are not values.
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self._built(super().visit_List, node, frame)
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self._built(super().visit_Dict, node, frame)
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx == "load":
+            self._built(super().visit_Tuple, node, frame)
+        else:
+            super().visit_Tuple(node, frame)
+
+    def _built(self, visit: Callable[[Any, Frame], None], node: nodes.Node, frame: Frame) -> None:
+        self.write("environment.built(")
+        visit(node, frame)
+        self.write(")")
+
+    def buffer(self, frame: Frame) -> None:
+        """Text that a block (`{% set %}`, a macro, `{% filter %}`) makes goes to a _Text, which counts it as it
+        grows: Jinja2 would join it only at the block's end."""
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.text()")
+
+
+class _Text(list):
+    """Text that a render makes, refused as soon as it passes MAX_SIZE characters."""
+
+    length = 0
+
+    def append(self, part: str) -> None:
+        self.length += len(part)
+        if self.length > MAX_SIZE:
+            expect(self.length, "the template's text")
+        super().append(part)
+
+    def extend(self, parts: Iterable[str]) -> None:
+        for part in parts:
+            self.append(part)
+
 
 class _Nesting(Extension):
     """Refuses brackets nested past MAX_NESTING as the template is read, before Jinja2's parser recurses into them."""
@@ -269,17 +382,31 @@ class Sandbox(ImmutableSandboxedEnvironment):
         tick()
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox hands out str.format wrapped
         name = getattr(method, "__name__", "")
-        if isinstance(getattr(method, "__self__", None), str) and name in _METHODS:
+        if isinstance(getattr(method, "__self__", None), _TEXT) and name in _METHODS:
             args = _sized(args)
-            expect(_METHODS[name](method.__self__, *args, **kwargs), f"str.{name}")
+            expect(_METHODS[name](method.__self__, *args, **kwargs), f"{type(method.__self__).__name__}.{name}")
         return checked(super().call(__context, __obj, *args, **kwargs), f"calling {name or 'a function'}")
+
+    text = _Text
 
     @staticmethod
     def concat(parts: Iterable[str]) -> str:
-        """Text made of `parts` (a render's output, a `{% set %}` block, a macro's body), within MAX_SIZE."""
-        parts = list(parts)
-        expect(sum(map(len, parts)), "the template's text")
-        return "".join(parts)
+        """Text made of `parts` (a render's output, a `{% set %}` block, a macro's body), within MAX_SIZE: a render's
+        output comes as it is made, and is refused once past it."""
+        if isinstance(parts, _Text):
+            return "".join(parts)
+        text, length = [], 0
+        for part in parts:  # inline rather than _Text.append: the output of every render comes this way
+            length += len(part)
+            if length > MAX_SIZE:
+                expect(length, "the template's text")
+            text.append(part)
+        return "".join(text)
+
+    @staticmethod
+    def built(value: Any) -> Any:
+        """A list, tuple or dict the template writes (the code generator's hook), within MAX_SIZE."""
+        return checked(value, "a list, tuple or dict of the template")
 
     @staticmethod
     def joined(value: str) -> str:
@@ -323,5 +450,7 @@ def render(template: Template, context: dict[str, Any]) -> str:
     token = _budget.set(_Budget(MAX_STEPS, time.monotonic() + MAX_SECONDS))
     try:
         return template.render(context)
+    except MemoryError:  # bounds make this rare (a large value from the data); its own message is empty
+        raise TemplateLimit("the template needs more memory than it may use") from None
     finally:
         _budget.reset(token)

@@ -346,8 +346,9 @@ def _range(*args: Any) -> range:
 
 class _Limits:
     """Where a template goes past the sandbox's bounds with values known before a run: constant expressions
-    (`10 ** 10 ** 9`, `'x' * 10 ** 10`, computed with the sandbox's own checks) and loops over constants nested past
-    a render's MAX_STEPS. Recursive, which parse's MAX_DEPTH keeps within the stack."""
+    (`10 ** 10 ** 9`, `'x' * 10 ** 10`, computed with the sandbox's own checks), and loops over constants nested past
+    a render's MAX_STEPS or writing more than its MAX_SIZE of text. Recursive, which parse's MAX_DEPTH keeps within
+    the stack."""
 
     def __init__(self, tree: nodes.Template) -> None:
         self.found: tuple[str, ...] = ()
@@ -362,13 +363,17 @@ class _Limits:
         try:
             if isinstance(node, nodes.Const):
                 return node.value
+            if isinstance(node, nodes.TemplateData):
+                return node.data
             if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range" \
                     and len(values) == 1 + len(node.args) and all(v is not _NOT_CONSTANT for v in values[1:]):
                 return _range(*values[1:])
             if any(v is _NOT_CONSTANT for v in values):
                 return _NOT_CONSTANT
             if isinstance(node, nodes.List | nodes.Tuple):
-                return values
+                return sandbox.environment.built(values)
+            if isinstance(node, nodes.Output):
+                return "".join(map(str, values))
             if isinstance(node, nodes.BinExpr) and node.operator in sandbox.OPERATORS:
                 return sandbox.binop(node.operator, *values)
             if isinstance(node, nodes.Concat):
@@ -379,17 +384,32 @@ class _Limits:
             pass  # an error of the run, not a bound
         return _NOT_CONSTANT
 
-    def loop(self, node: nodes.For, runs: int) -> None:
-        """Check the loop `node`, run `runs` times, and what it holds."""
+    def loop(self, node: nodes.For, runs: int) -> int:
+        """Check the loop `node`, run `runs` times, and what it holds; the characters of constant text it writes
+        each time it runs, at least (0 once reported, so that the loops around it do not report it again)."""
         items = self.value(node.iter, runs)
         times = len(items) if isinstance(items, range | list | str) else 1
         if runs <= sandbox.MAX_STEPS < runs * times:
             self.found += (f"loops nested here run {runs * times:,} times; a render may run at most "
                            f"{sandbox.MAX_STEPS:,} loop iterations and calls{_line(node.lineno)}",)
-        for child in node.body + ([node.test] if node.test else []):
-            self.value(child, runs * times)
+        written = 0
+        for child in node.body:
+            if isinstance(child, nodes.For):
+                written += self.loop(child, runs * times)
+                continue
+            text = self.value(child, runs * times)
+            if isinstance(child, nodes.Output) and isinstance(text, str):
+                written += len(text)
+        if node.test:
+            self.value(node.test, runs * times)
+            written = 0  # the body may run for none of the items
         for child in node.else_:
             self.value(child, runs)
+        if runs * times * written > sandbox.MAX_SIZE:
+            self.found += (f"this loop writes {runs * times * written:,} characters; a render may make at most "
+                           f"{sandbox.MAX_SIZE:,}{_line(node.lineno)}",)
+            return 0
+        return times * written
 
 
 def _nodes(tree: nodes.Node) -> Iterator[nodes.Node]:
