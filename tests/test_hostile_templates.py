@@ -124,6 +124,7 @@ def test_bombs_seen_before_a_run_are_reported_by_validate(bomb: str, tools, tmp_
      "text"),
     ("{% set ns = namespace(a=[]) %}{% for i in range(3000) %}{% set ns.a = ns.a + [(inputs.s * 999990) ~ i] %}"
      "{% endfor %}", {"s": "x"}, "`+`"),
+    ("{{ ([[inputs.n]] * 300000)|sum(start=[]) }}", {"n": 1}, "filter `sum`"),  # small, but quadratic work
 ])
 def test_bombs_that_depend_on_data_stop_the_render(bomb: str, inputs: dict, bound: str, tools) -> None:
     assert problems(bomb, tools) == []  # nothing to see before the data comes

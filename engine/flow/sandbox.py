@@ -189,9 +189,10 @@ def _translated(text: Any, table: Any) -> int:
 
 
 def _summed(items: Any) -> int:
+    # A sum of sequences copies the growing result at each item: its work is quadratic in the items, not its size.
     if not isinstance(items, list | tuple):
         return 0
-    return sum(len(item) for item in items if isinstance(item, str | list | tuple))
+    return sum(len(item) for item in items if isinstance(item, str | list | tuple)) * max(1, len(items) // 2)
 
 
 def _wrapped(text: Any, width: Any = 79, breaking: Any = True, wrapstring: Any = None, *args: Any) -> int:
