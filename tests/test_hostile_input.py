@@ -63,6 +63,12 @@ def flow(tmp_path: Path) -> Path:
     return path
 
 
+def run_on(flow: Path, cassette: Path, db: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`flowrun run` of `flow` on the scripted backend with `cassette`, stored in `db`."""
+    return cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
+               "--db", str(db), env=env)
+
+
 def write_cassette(path: Path, answers: dict[str, str], times: int = 1) -> Path:
     path.write_text(json.dumps({"responses": [{"key": k, "text": v, "times": times} for k, v in answers.items()]}))
     return path
@@ -136,8 +142,7 @@ def test_an_integer_too_long_for_python_is_reported_where_it_is(tmp_path: Path, 
         assert f"{big}:8:21: error FR004 yaml-unsupported: an integer of more than 4,300 digits" in out
     cassette = tmp_path / "big.cassette.yaml"
     cassette.write_text(f"responses:\n  - {{text: hi, times: {digits}}}\n")
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(tmp_path / "runs.db"))
+    code, _, err = run_on(flow, cassette, tmp_path / "runs.db")
     assert code == 2 and f"error: {cassette}:2:23: an integer of more than 4,300 digits" in err
     config = tmp_path / "agent.json"
     config.write_text(json.dumps({"name": "A", "description": "d", "flow": ["Step 1:::Terminal:::done"]})[:-1]
@@ -150,8 +155,7 @@ def test_an_integer_too_long_for_python_is_reported_where_it_is(tmp_path: Path, 
 def test_a_deeply_nested_answer_fails_the_run_and_keeps_its_steps(tmp_path: Path, flow: Path, step: str) -> None:
     db = tmp_path / "runs.db"
     cassette = write_cassette(tmp_path / "deep.cassette.yaml", {**ANSWERS, step: DEEP}, times=2)
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(db))
+    code, _, err = run_on(flow, cassette, db)
     assert code == 1, err
     (run,) = Storage(f"sqlite:///{db}").rows(RunRow)
     assert run.status == "failed" and "internal error" not in run.error
@@ -165,8 +169,7 @@ def test_a_deeply_nested_answer_fails_the_run_and_keeps_its_steps(tmp_path: Path
 def test_an_answer_with_numbers_json_does_not_have_is_not_kept(tmp_path: Path, flow: Path) -> None:
     db = tmp_path / "runs.db"
     cassette = write_cassette(tmp_path / "nan.cassette.yaml", {**ANSWERS, "data": "[NaN, 1e999]"}, times=2)
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(db))
+    code, _, err = run_on(flow, cassette, db)
     assert code == 1 and "it is not JSON (NaN is not a number JSON allows: give a finite number)" in err
     assert [s.step for s in Storage(f"sqlite:///{db}").rows(StepRow)] == ["begin"]
 
@@ -215,8 +218,7 @@ def test_a_cassette_prompt_that_is_not_a_pattern(tmp_path: Path, flow: Path, ent
                                                  said: str) -> None:
     cassette = tmp_path / "bad.cassette.yaml"
     cassette.write_text(f"responses:\n  - {{key: data, text: '[]'}}\n  - {entry}\n")
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(tmp_path / "runs.db"))
+    code, _, err = run_on(flow, cassette, tmp_path / "runs.db")
     assert code == 2 and f"error: {cassette}:{where}: {said}" in err
 
 
@@ -225,8 +227,7 @@ def test_a_cassette_prompt_that_is_not_a_pattern(tmp_path: Path, flow: Path, ent
 def test_a_token_delay_that_is_not_a_finite_wait(tmp_path: Path, flow: Path, delay: str) -> None:
     cassette = tmp_path / "slow.cassette.yaml"
     cassette.write_text(f"token_delay: {delay}\nresponses:\n  - {{text: hi}}\n")
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(tmp_path / "runs.db"))
+    code, _, err = run_on(flow, cassette, tmp_path / "runs.db")
     assert code == 2 and f"error: {cassette}:1:14: `token_delay` is a finite number of seconds, 0 or more" in err
 
 
@@ -278,8 +279,7 @@ cases:
 @pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
 def test_a_database_timeout_that_is_not_finite(tmp_path: Path, flow: Path, value: str) -> None:
     cassette = write_cassette(tmp_path / "ok.cassette.yaml", ANSWERS)
-    code, _, err = cli("run", str(flow), "-i", "topic=x", "--backend", "scripted", "--cassette", str(cassette),
-                       "--db", str(tmp_path / "runs.db"), env={"FLOWRUN_DB_TIMEOUT": value})
+    code, _, err = run_on(flow, cassette, tmp_path / "runs.db", env={"FLOWRUN_DB_TIMEOUT": value})
     assert code == 2
     assert f"error: FLOWRUN_DB_TIMEOUT is {value!r}: it must be a finite number of seconds, 0 or more" in err
 
