@@ -45,13 +45,13 @@ class Kernel:
                  memory_capacity: int = 32, workspaces: Path | None = None, retry: Backoff | None = None) -> None:
         self.storage = storage
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
-        self.max_result = max_result()  # bytes of a model answer kept (engine.kernel.bounds)
+        self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
         self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
         self.context = ContextManager(storage)
         self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
-        self.tools = ToolManager(tools, storage)
+        self.tools = ToolManager(tools, storage, self.max_result)
         self.access = AccessManager(storage, groups=groups or {})
         self.memory = Memory(storage, memory_capacity)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.json_schema import compile_schema
-from engine.kernel.bounds import MAX_MESSAGE, cut, max_result
+from engine.kernel.bounds import MAX_MESSAGE, cut
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, ToolCallRow, through
 from engine.kernel.syscall import Syscall
@@ -96,11 +96,11 @@ class ToolManager:
     """Calls tools by name, recording each call in `storage`. Its worker processes end with it (or with this
     process)."""
 
-    def __init__(self, tools: Iterable[Tool], storage: Storage) -> None:
+    def __init__(self, tools: Iterable[Tool], storage: Storage, max_result: int) -> None:
         self.tools = {tool.name: tool for tool in tools}
         self.storage = storage
         self._slots = {tool.name: asyncio.Semaphore(tool.concurrency) for tool in self.tools.values()}
-        self.max_result = max_result()  # bytes of a result kept (engine.kernel.bounds)
+        self.max_result = max_result  # bytes of a result kept (engine.kernel.bounds)
         in_workers = [t for t in self.tools.values() if t.entry is not None]
         self._workers = WorkerPool([(t.entry, str(t.base)) for t in in_workers],
                                    calls=sum(t.concurrency for t in in_workers))
