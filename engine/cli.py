@@ -92,11 +92,14 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool, tool_paths: tuple[
 @click.option("--format", "fmt", type=click.Choice(GRAPH_FORMATS), default="mermaid", show_default=True)
 @_tools_option
 def graph(flow: Path, fmt: str, tool_paths: tuple[Path, ...]) -> None:
-    """Print FLOW's graph as a Mermaid or Graphviz DOT diagram."""
+    """Print FLOW's graph as a Mermaid or Graphviz DOT diagram.
+
+    Exit status: 0 printed, 2 FLOW is not valid (its problems are printed) or bad usage.
+    """
     checked = load_flow(flow, tool_paths)
     if not checked.ok:
         _print_problems(checked.diagnostics, [str(flow)])
-        sys.exit(1)
+        sys.exit(EXIT_USAGE)
     click.echo(render_graph(checked.graph, fmt))
 
 
@@ -105,13 +108,17 @@ def graph(flow: Path, fmt: str, tool_paths: tuple[Path, ...]) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
 @_tools_option
 def import_aios_command(config: Path, output: Path | None, tool_paths: tuple[Path, ...]) -> None:
-    """Convert a legacy AIOS agent config (JSON) into a format-1 flow."""
+    """Convert a legacy AIOS agent config (JSON) into a format-1 flow.
+
+    Exit status: 0 converted, 1 converted but the flow has errors (it is still written), 2 CONFIG cannot be
+    converted (its problems are printed) or bad usage.
+    """
     tools = load_tools(tool_paths)
     imported = import_aios(load_file(config), tools.tools)
     problems = tools.diagnostics + imported.diagnostics
     if imported.data is None:
         _print_problems(problems, [str(config)])
-        sys.exit(1)
+        sys.exit(EXIT_USAGE)
     text = to_yaml(imported.data, output, str(config))
     problems += check_flow_text(text, str(output or "<stdout>"), tools.tools).diagnostics
     if problems:
@@ -192,7 +199,7 @@ def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:
     if not checked.ok:
         _print_problems(checked.diagnostics, [str(flow)])
         click.echo(f"error: {flow} is not valid: fix the errors above (`flowrun validate {flow}`)", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(EXIT_USAGE)
     return checked
 
 
@@ -347,7 +354,8 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
     """Run the test cases of flows: FLOW.test.yaml beside each FLOW.yaml (PATHS: test files, flows, or
     directories holding them). Reports each case, with what differs, and the steps and branches no case took.
 
-    Exit status: 0 every case passed, 1 a case failed or a test file is not valid.
+    Exit status: 0 every case passed, 1 a case failed, 2 a test file (or its flow or cassette) is not valid, or
+    bad usage.
     """
     tests, untested = flowtest.discover(paths)
     backend_for = flowtest.backends(kind, model, say=lambda line: click.echo(line, err=True))
@@ -375,7 +383,7 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
         click.echo(f"\n{cases - failed} of {cases} cases passed in {len(tests) - invalid} test files"
                    + (f"; {invalid} test files are not valid" if invalid else "")
                    + "".join(f"; no test cases for {p}" for p in untested), err=True)
-    sys.exit(EXIT_FAILED if failed or invalid else 0)
+    sys.exit(EXIT_USAGE if invalid else EXIT_FAILED if failed else 0)
 
 
 @main.group()

@@ -25,6 +25,7 @@ from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
+from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.json_schema import compile_schema
@@ -232,7 +233,7 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
         outcome = await run_flow(kernel, checked.graph, inputs, file=file, progress=progress)
-        steps = storage.of_runs(StepRow, [outcome.run_id])
+        steps = steps_of(storage, outcome.run_id)
     finally:
         storage.close()
     return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started)

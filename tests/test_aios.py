@@ -122,5 +122,5 @@ def test_cli_writes_a_flow_that_validates(tmp_path: Path) -> None:
 
 def test_cli_fails_on_a_broken_config() -> None:
     result = CliRunner().invoke(main, ["import-aios", str(AIOS / "broken.json")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"broken.json:{_line_of(AIOS / 'broken.json', 'Step 2:::Choice')}:9: error FR501" in result.output

@@ -127,7 +127,7 @@ def test_graph_dot() -> None:
 
 def test_graph_of_an_invalid_flow_prints_diagnostics() -> None:
     code, out, err = run("graph", str(INVALID / "FR101_unknown_target.yaml"))
-    assert code == 1 and out == "" and "FR101" in err
+    assert code == 2 and out == "" and "FR101" in err
 
 
 def test_tools_list() -> None:

@@ -75,21 +75,21 @@ def test_a_bad_test_file_is_reported_where_it_is_wrong(tmp_path: Path) -> None:
       branches: {check_answer: maybe}
 """)
     code, _, err = cli("test", str(cases))
-    assert code == 1
+    assert code == 2
     assert f"{cases}:5:15: error FR602" in err and "gone.cassette.yaml does not exist" in err
     assert f"{cases}:7:20: error FR601" in err and "the flow has no step 'solve_nxt'" in err
     assert "step 'check_answer' has no branch 'maybe' (its labels: yes, no)" in err
     assert "0 of 0 cases passed in 0 test files; 1 test files are not valid" in err
     cases.write_text("cases:\n  - name: x\n    expects: {}\n")
     code, _, err = cli("test", str(cases))
-    assert code == 1 and f"{cases}:3:5: error FR003" in err and "expects" in err
+    assert code == 2 and f"{cases}:3:5: error FR003" in err and "expects" in err
 
 
 def test_a_flow_without_cases_and_a_case_without_answers(tmp_path: Path) -> None:
     flow = tmp_path / "math.yaml"
     flow.write_text((FLOWS / "math_agent.yaml").read_text())
     code, _, err = cli("test", str(flow))
-    assert code == 1 and "no test cases: write them in math.test.yaml beside the flow" in err
+    assert code == 2 and "no test cases: write them in math.test.yaml beside the flow" in err
     code, _, err = cli("test", str(tmp_path))
     assert code == 0 and f"no test cases for {flow}" in err
     (tmp_path / "math.test.yaml").write_text("cases:\n  - name: on a model only\n    inputs: {problem: 1 + 1}\n")

@@ -136,7 +136,7 @@ steps:
     cassette.write_text("responses:\n  - {key: done, text: 'the answer'}\n")
     done = subprocess.run([FLOWRUN, "run", str(flow), "-i", "query=x", "--backend", "scripted", "--cassette",
                            str(cassette)], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 1 and "FR006" in done.stdout + done.stderr, done.stderr
+    assert done.returncode == 2 and "FR006" in done.stdout + done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert asked == []
 

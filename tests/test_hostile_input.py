@@ -119,7 +119,7 @@ def test_a_flow_or_cassette_that_is_not_one_is_not_quoted(tmp_path: Path) -> Non
         cases = tmp_path / "leak.test.yaml"
         cases.write_text(f"flow: {target}\ncases:\n  - name: x\n")
         code, out, err = cli("test", str(cases))
-        assert code == 1
+        assert code == 2
         assert "hunter2" not in out + err
         assert f"{cases}:1:7: error FR602" in err and f"{tmp_path / target} is not a flow" in err
         cases.write_text(f"flow: {FLOWS / 'math_agent.yaml'}\ncases:\n  - name: x\n    cassette: {target}\n"
@@ -148,7 +148,7 @@ def test_an_integer_too_long_for_python_is_reported_where_it_is(tmp_path: Path, 
     config.write_text(json.dumps({"name": "A", "description": "d", "flow": ["Step 1:::Terminal:::done"]})[:-1]
                       + f', "max": {digits}}}')
     code, _, err = cli("import-aios", str(config))
-    assert code == 1 and f"{config}:1:80: error FR004" in err
+    assert code == 2 and f"{config}:1:80: error FR004" in err
 
 
 @pytest.mark.parametrize("step", ["data", "compute", "check"])
@@ -259,7 +259,7 @@ cases:
     responses: [{{prompt: 5, text: '{{}}'}}]
 """)
     code, _, err = cli("test", str(cases))
-    assert code == 1
+    assert code == 2
     assert (f"{cases}:6:48: error FR003 schema: case 'matches': `matches` is not a valid regular expression: "
             "missing )") in err
     assert f"{cases}:9:26: error FR003 schema: case 'prompt': response 1: `prompt` is a regular expression" in err
@@ -273,7 +273,7 @@ cases:
     expect: {{status: failed, answer: {{schema: {{type: 5}}}}}}
 """)
     code, _, err = cli("test", str(cases))
-    assert code == 1 and f"{cases}:6:54: error FR003 schema: " in err and "Traceback" not in err
+    assert code == 2 and f"{cases}:6:54: error FR003 schema: " in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e999"])

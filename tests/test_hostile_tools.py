@@ -21,8 +21,9 @@ import jsonschema_rs
 import pytest
 
 from engine.flow.manifest import load_tools
+from engine.interpreter.runs import steps_of
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import StepRow, Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage, SyscallRow, ToolCallRow
 from engine.kernel.tools import ToolError, tool_from_manifest
 from engine.llm.base import Request
 from engine.llm.ollama import OllamaBackend
@@ -42,7 +43,7 @@ def kernel_with(tmp_path: Path, backend, *names: str) -> Kernel:
 
 
 def call(kernel: Kernel, name: str, **arguments):
-    return asyncio.run(kernel.call_tool("agent", "run", name, arguments))
+    return asyncio.run(kernel.call_tool("agent", "run", name, arguments)).result
 
 
 # Item 4: a `tool:` step runs only its tool.
@@ -393,8 +394,31 @@ def test_a_run_whose_tool_returns_200_mb_stores_a_small_database(tmp_path: Path,
     assert process.returncode == 0 and "all done" in out, err
     size = sum(f.stat().st_size for f in tmp_path.glob("runs.db*"))
     assert size < 10_000_000, f"{size} bytes stored"
-    (step,) = [s for s in Storage(f"sqlite:///{tmp_path / 'runs.db'}").rows(StepRow) if s.step == "work"]
+    (step,) = [s for s in steps_of(Storage(f"sqlite:///{tmp_path / 'runs.db'}"), runs_of(tmp_path / "runs.db")[0].id)
+               if s.step == "work"]
     assert step.output.endswith("[cut by flowrun: 200000000 bytes, more than FLOWRUN_MAX_RESULT (1000000)]")
+
+
+def test_a_tool_steps_result_is_stored_once(tmp_path: Path, two_steps: Path) -> None:
+    tools = big_tool(tmp_path)
+    two_steps.write_text(TWO_STEPS.replace("tools: [nap]", "tools: [big]")
+                         .replace("    next: done\n", "    tool: big\n    next: done\n"))
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("""responses:\n  - {key: work, text: '{"tool": "big", "arguments": {"size": 3000000}}'}\n"""
+                       "  - {key: done, text: all done}\n")
+    db = tmp_path / "runs.db"
+    code, out, err = cli("run", str(two_steps), "-i", "topic=x", "--tools", str(tools), "--backend", "scripted",
+                         "--cassette", str(answers), "--db", str(db), env={"FLOWRUN_MAX_RESULT": "100000"})
+    assert code == 0 and "all done" in out, err
+    with sqlite3.connect(db) as con:  # every table, every column: the result's end is in one row only
+        dump = "\n".join(con.iterdump())
+    assert dump.count("[cut by flowrun: 3000000 bytes") == 1
+    (run,) = runs_of(db)
+    work = next(s for s in steps_of(Storage(f"sqlite:///{db}"), run.id) if s.step == "work")
+    assert work.output == work.tools[0]["result"] and work.output.startswith("x" * 99000)
+    assert work.tools[0]["arguments"] == {"size": 3000000}
+    code, out, err = cli("runs", "show", run.id[:8], "--db", str(db))
+    assert code == 0 and 'big' in out and '{"size": 3000000} -> xxxx' in out, out + err
 
 
 def test_a_max_result_that_is_not_a_number_is_a_clear_error(tmp_path: Path) -> None:
@@ -495,5 +519,5 @@ def test_calls_in_flight_past_the_default_thread_pool_do_not_time_out(tmp_path: 
         return await asyncio.gather(*(kernel.call_tool("agent", "run", "nap", {"seconds": 2}) for _ in range(16)),
                                     return_exceptions=True)
 
-    results = asyncio.run(calls())
+    results = [getattr(r, "result", r) for r in asyncio.run(calls())]
     assert results == [2] * 16, [r for r in results if r != 2][:1]

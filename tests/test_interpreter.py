@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engine.flow.validate import CheckedFlow, load_flow
+from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, read_cassette
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
@@ -36,7 +37,7 @@ def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs:
 
 
 def stored_steps(kernel: Kernel, outcome: RunOutcome) -> list[StepRow]:
-    return kernel.storage.of_runs(StepRow, [outcome.run_id])
+    return steps_of(kernel.storage, outcome.run_id)
 
 
 def branches(steps: list[StepRow], step: str) -> list[str | None]:

@@ -92,7 +92,7 @@ def test_tool_calls_run_while_the_model_is_busy(storage: Storage) -> None:
         generation = asyncio.create_task(kernel.generate("agent", "run", ask("long")))
         await asyncio.sleep(0.05)  # the model is generating now, and holds the only slot
         assert kernel.scheduler.running == 1
-        assert await kernel.call_tool("agent", "run", "nap", {"label": "x"}) == "slept x"
+        assert (await kernel.call_tool("agent", "run", "nap", {"label": "x"})).result == "slept x"
         assert not generation.done()  # the tool call finished first
         await generation
 
@@ -109,7 +109,7 @@ def test_a_busy_tool_makes_callers_wait_and_drops_none(storage: Storage) -> None
     async def main() -> list:
         return await asyncio.gather(*(kernel.call_tool("agent", "run", "nap", {"label": str(i)}) for i in range(5)))
 
-    assert asyncio.run(main()) == [f"slept {i}" for i in range(5)]
+    assert [call.result for call in asyncio.run(main())] == [f"slept {i}" for i in range(5)]
     assert [kind for kind, _ in log] == ["in", "out"] * 5  # never two at once: concurrency 1
     waits = sorted(r.waiting for r in storage.rows(SyscallRow))
     assert waits[-1] >= 0.06  # the last caller waited for the four before it
@@ -241,6 +241,18 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     assert storage.rows(Meta)[0].value == str(SCHEMA_VERSION)
 
 
+def test_tool_calls_stored_before_schema_6_get_a_key_a_step_can_refer_to(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    storage = Storage(f"sqlite:///{path}")
+    storage.record_tool_call(ToolCallRow(run_id="r1", agent="A", tool="t", arguments={}, result=42, started=1.0,
+                                         finished=2.0))
+    storage.close()
+    with sqlite3.connect(path) as old:
+        old.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    (call,) = Storage(f"sqlite:///{path}").rows(ToolCallRow)
+    assert call.syscall == f"row-{call.id}" and call.result == 42
+
+
 def test_tool_code_is_loaded_from_a_file_beside_the_manifest(tmp_path: Path) -> None:
     (tmp_path / "adder.py").write_text("def add(a, b):\n    return a + b\n")
     assert load_entry("adder.py:add", tmp_path)(a=2, b=3) == 5
@@ -336,4 +348,4 @@ def test_a_manifest_and_its_code_become_a_tool_the_kernel_calls(storage: Storage
     assert not manifests.diagnostics
     kernel = Kernel(scripted([]), storage, tools=[tool_from_manifest(manifests.tools["greet"])])
     kernel.access.allow_tools("agent", ["greet"])
-    assert asyncio.run(kernel.call_tool("agent", "run", "greet", {"name": "Ada"})) == "hello Ada"
+    assert asyncio.run(kernel.call_tool("agent", "run", "greet", {"name": "Ada"})).result == "hello Ada"

@@ -15,7 +15,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import main
-from engine.kernel.storage import RunRow, StepRow, Storage
+from engine.interpreter.runs import with_calls
+from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
 from tests.conftest import FLOWS, TWO_STEPS
 
 CASSETTES = FLOWS / "cassettes"
@@ -27,7 +28,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
 
 
 def steps_of(db: Path) -> list[StepRow]:
-    return Storage(f"sqlite:///{db}").rows(StepRow)
+    """Every run's steps in `db`, read back as flowrun reads them (tool results from their calls' records)."""
+    storage = Storage(f"sqlite:///{db}")
+    return with_calls(storage.rows(StepRow), storage.rows(ToolCallRow))
 
 
 def runs_of(db: Path) -> list[RunRow]:
@@ -66,7 +69,7 @@ def test_an_invalid_flow_is_refused_with_its_diagnostics(tmp_path: Path) -> None
     flow.write_text(TWO_STEPS.replace("next: done", "next: nowhere"))
     code, _, err = cli("run", str(flow), "--backend", "scripted", "--cassette",
                        str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(tmp_path / "runs.db"))
-    assert code == 1 and "FR101" in err and "is not valid" in err
+    assert code == 2 and "FR101" in err and "is not valid" in err
     assert not (tmp_path / "runs.db").exists()
 
 

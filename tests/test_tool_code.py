@@ -26,7 +26,7 @@ def kernel(tmp_path: Path) -> Kernel:
 
 
 def calc(kernel: Kernel, expression: str):
-    return asyncio.run(kernel.call_tool("math", "run", "calculator", {"expression": expression}))["result"]
+    return asyncio.run(kernel.call_tool("math", "run", "calculator", {"expression": expression})).result["result"]
 
 
 @pytest.mark.parametrize(("expression", "value"), [
@@ -65,7 +65,7 @@ def test_every_call_is_recorded(kernel: Kernel) -> None:
 
 
 def files(kernel: Kernel, run: str, name: str, **arguments):
-    return asyncio.run(kernel.call_tool("writer", run, name, arguments))
+    return asyncio.run(kernel.call_tool("writer", run, name, arguments)).result
 
 
 def test_files_stay_in_the_run_workspace(kernel: Kernel, tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def travel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kernel:
 
 
 def trip(kernel: Kernel, name: str, **arguments):
-    return asyncio.run(kernel.call_tool("travel", "run", name, arguments))
+    return asyncio.run(kernel.call_tool("travel", "run", name, arguments)).result
 
 
 def test_the_travel_database_supports_a_multi_day_trip(travel: Kernel) -> None:
@@ -177,7 +177,7 @@ def test_the_travel_manifests_enumerate_exactly_the_database(travel: Kernel) -> 
 
 
 def query(kernel: Kernel, text: str, **extra):
-    return asyncio.run(kernel.call_tool("analyst", "run", "sql_query", {"query": text, **extra}))
+    return asyncio.run(kernel.call_tool("analyst", "run", "sql_query", {"query": text, **extra})).result
 
 
 def test_sql_query_reads_the_travel_database(travel: Kernel) -> None:

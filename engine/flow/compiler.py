@@ -12,7 +12,8 @@ def compile_flow(flow: Flow) -> nx.MultiDiGraph:
 
     A MultiDiGraph (a networkx DiGraph subclass) because two branches of a decision may lead to the same step.
     Edges to steps that do not exist are left out; the checks report them. `graph.graph` holds `flow` and `start`
-    (and, from check_flow, the file's `sha256`).
+    (and, from check_flow, the file's `sha256`; and on each node, `at`: the line and column of each of the step's
+    templates).
     """
     graph = nx.MultiDiGraph(flow=flow, start=flow.start)
     graph.add_nodes_from((step.id, {"step": step}) for step in flow.steps.values())

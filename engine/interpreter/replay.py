@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.resume import journal_of
-from engine.interpreter.runs import RunRecord
+from engine.interpreter.runs import RunRecord, with_calls
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.storage import StepRow, Storage
@@ -41,7 +41,8 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
             progress = Progress()
             kernel.journals[progress.run_id] = journal_of(recorded.syscalls, recorded.tools, strict=True)
             outcome = await run_flow(kernel, checked.graph, recorded.run.inputs or {}, file=file, progress=progress)
-            steps = storage.of_runs(StepRow, [outcome.run_id])
+            # its tool results are the recording's, given back by the journal: its steps refer to those calls
+            steps = with_calls(storage.of_runs(StepRow, [outcome.run_id]), recorded.tools)
         finally:
             storage.close()
     replay = Replay(recorded, outcome, steps)

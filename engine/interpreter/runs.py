@@ -84,7 +84,31 @@ def cassette(found: RunRecord) -> dict[str, Any]:
 def record(storage: Storage, run_id: str) -> RunRecord:
     """The stored record of the run whose id is or starts with `run_id`."""
     run = storage.find_run(run_id)
-    return RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow)))
+    steps, syscalls, tools = (storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow))
+    return RunRecord(run, with_calls(steps, tools), syscalls, tools)
+
+
+def steps_of(storage: Storage, run_id: str) -> list[StepRow]:
+    """The stored steps of run `run_id`, as `with_calls` gives them."""
+    return with_calls(storage.of_runs(StepRow, [run_id]), storage.of_runs(ToolCallRow, [run_id]))
+
+
+def with_calls(steps: list[StepRow], calls: list[ToolCallRow]) -> list[StepRow]:
+    """`steps` with each tool call entry completed from the call's record (`calls`): its arguments, and its result
+    or error; and a step's output, where it is a call's result. A step's record refers to its calls (StepRow.tools)
+    so that a tool's result, up to FLOWRUN_MAX_RESULT, is stored once."""
+    by_syscall = {call.syscall: call for call in calls if call.syscall is not None}
+    for step in steps:
+        entries = []
+        for entry in step.tools or []:
+            call = by_syscall.get(entry.get("syscall"))
+            if call is not None:
+                entry = {**entry, "arguments": call.arguments, "result": call.result, "error": call.error}
+                if entry.pop("output", False):
+                    step.output = call.result
+            entries.append(entry)
+        step.tools = entries or step.tools
+    return steps
 
 
 RESUMABLE = ("interrupted", "paused", "failed", "crashed")

@@ -36,7 +36,7 @@ from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
-from engine.kernel.tools import ToolError
+from engine.kernel.tools import ToolCall, ToolError
 from engine.llm.base import BackendError, ModelUnavailable, Request
 from engine.llm.scripted import CassetteError
 
@@ -78,7 +78,7 @@ class RunOutcome:
 class _Run:
     """The state of one walk: what templates see (`inputs`, `steps`, `visits`) and the path so far."""
 
-    flow: Flow
+    graph: nx.MultiDiGraph
     file: str
     inputs: dict[str, Any]
     progress: Progress
@@ -90,9 +90,13 @@ class _Run:
     @classmethod
     def new(cls, graph: nx.MultiDiGraph, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
         flow: Flow = graph.graph["flow"]
-        run = cls(flow, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+        run = cls(graph, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
         return run
+
+    @property
+    def flow(self) -> Flow:
+        return self.graph.graph["flow"]
 
     @property
     def id(self) -> str:
@@ -107,7 +111,9 @@ class _Run:
         try:
             return render(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
-            raise RunError(f"{self.file}: step {step.id}: its {name} cannot be rendered: {exc}") from None
+            at = self.graph.nodes[step.id].get("at", {}).get(name)
+            where = f"{self.file}:{at[0]}:{at[1]}" if at else self.file
+            raise RunError(f"{where}: step {step.id}: its {name} cannot be rendered: {exc}") from None
 
 
 @dataclass
@@ -118,7 +124,16 @@ class _Done:
     output: Any
     prompt: list[dict[str, str]] | None = None
     branch: str | None = None
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    from_tool: bool = False  # the output is the last call's result (stored once, in the call's record)
+
+    def stored_calls(self) -> list[dict[str, Any]] | None:
+        """The step record's entries for its tool calls: each refers to its call's record, which holds the
+        arguments and result (see StepRow.tools)."""
+        entries: list[dict[str, Any]] = [{"tool": c.tool, "syscall": c.syscall} for c in self.tool_calls]
+        if self.from_tool:
+            entries[-1]["output"] = True
+        return entries or None
 
 
 async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any], *, file: str,
@@ -222,12 +237,13 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str)
         run.progress.step = step.id
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         done = await _EXECUTE[step.kind](kernel, run, step)
-        row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, done.output, done.branch,
-                         done.tool_calls or None, kernel.scheduler.generated[run.id] - tokens, started, time.time(),
-                         done.ask)
+        row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, None if done.from_tool else done.output,
+                         done.branch, done.stored_calls(), kernel.scheduler.generated[run.id] - tokens, started,
+                         time.time(), done.ask)
         run.steps[step.id] = {"output": done.output}
         if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
-            await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, done.tool_calls))
+            calls = [vars(call) for call in done.tool_calls]
+            await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(graph, step, done.branch or "next")
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.progress.steps += 1
@@ -258,12 +274,11 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
     ask = ask_for(text, tools=names)
     messages = _messages(kernel, run, ask, names)
     call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
-    calls = [{"tool": call.tool, "arguments": call.arguments, "result": call.result}]
     if step.output_schema is None:
-        return _Done(ask, call.result, messages, tool_calls=calls)
+        return _Done(ask, call.result, messages, tool_calls=[call], from_tool=True)
     said = f"{text}\n{call.tool} returned: {json.dumps(call.result, ensure_ascii=False)}"
     done = await _answer(kernel, run, step, said)
-    done.tool_calls = calls
+    done.tool_calls = [call]
     return done
 
 

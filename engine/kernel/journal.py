@@ -31,13 +31,14 @@ class RecordedAnswer:
 
 @dataclass(frozen=True)
 class RecordedTool:
-    """A tool call as recorded: the result, or the error it raised, and its row id."""
+    """A tool call as recorded: the result, or the error it raised, its row id and its syscall's id."""
 
     tool: str
     arguments: Any
     result: Any = None
     error: str | None = None
     id: int | None = None
+    syscall: str | None = None
 
 
 @dataclass

@@ -119,8 +119,8 @@ class Kernel:
             raise KernelError(f"the model answered {said!r}, not one of {', '.join(labels)}")
         return label
 
-    async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> Any:
-        """Call tool `name` for `agent`, if the access manager allows it."""
+    async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> ToolCall:
+        """Call tool `name` for `agent`, if the access manager allows it; the call made, with its result."""
         syscall = Syscall(SyscallKind.TOOL, agent, run)
         error = None
         try:
@@ -160,7 +160,7 @@ class Kernel:
                 name, arguments = choice["tool"], choice["arguments"]
                 if name not in tools:
                     raise ValueError(f"{name!r} is not a tool this step may use; use {' or '.join(tools)}")
-                return ToolCall(name, arguments, await self.call_tool(agent, run, name, arguments))
+                return await self.call_tool(agent, run, name, arguments)
             except ToolError as exc:
                 if not isinstance(exc, BadArguments) and not tools[name].idempotent:
                     raise

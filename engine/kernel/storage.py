@@ -39,7 +39,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -49,6 +49,7 @@ _ADDED_COLUMNS = {
         ("runs", "pid", "INTEGER"), ("steps", "ask", "TEXT"), ("syscalls", "superseded", "BOOLEAN"),
         ("tool_calls", "pending", "BOOLEAN"), ("tool_calls", "superseded", "BOOLEAN"), ("snapshots", "key", "VARCHAR")),
     5: (("runs", "pid_started", "FLOAT"),),
+    6: (("tool_calls", "syscall", "VARCHAR"),),
 }
 _STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
@@ -97,7 +98,10 @@ class StepRow(SQLModel, table=True):
     prompt: Any = Field(default=None, sa_column=Column(JSON))
     output: Any = Field(default=None, sa_column=Column(JSON))
     branch: str | None = None
-    tools: Any = Field(default=None, sa_column=Column(JSON))  # [{tool, arguments, result | error}] in call order
+    # [{tool, syscall}] in call order: each call's arguments and result are in tool_calls, under its syscall (one
+    # marked "output" is the step's output, which is then not stored here); before schema 6, [{tool, arguments,
+    # result}]. engine.interpreter.runs reads them back.
+    tools: Any = Field(default=None, sa_column=Column(JSON))
     tokens: int = 0
     started: float
     finished: float
@@ -180,6 +184,7 @@ class ToolCallRow(SQLModel, table=True):
     run_id: str = Field(index=True)
     agent: str
     tool: str = Field(index=True)
+    syscall: str | None = None  # the id of the tool syscall that made it: how a step's record refers to it
     arguments: Any = Field(default=None, sa_column=Column(JSON))
     result: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
@@ -291,6 +296,9 @@ class Storage:
                         db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 if version == 5:
                     _unique_steps(db)
+                if version == 6:  # a key for the calls stored before, which a resumed run may give back
+                    db.execute(text("UPDATE tool_calls SET syscall = 'row-' || CAST(id AS VARCHAR) "
+                                    "WHERE syscall IS NULL"))
             db.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif int(found) > SCHEMA_VERSION:
             raise StorageError(f"database {self.url} has schema version {found}, newer than this "

@@ -33,11 +33,13 @@ class BadArguments(ToolError):
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A tool call a model made: the tool, the arguments it gave, and what the tool returned."""
+    """A tool call made: the tool, its arguments, what the tool returned, and the key of the call's record (the
+    `syscall` of its tool_calls row, where its result is stored)."""
 
     tool: str
     arguments: Any
     result: Any
+    syscall: str | None
 
 
 class ManifestLike(Protocol):
@@ -106,9 +108,9 @@ class ToolManager:
                                    calls=sum(t.concurrency for t in in_workers))
         weakref.finalize(self, self._workers.close)
 
-    async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> Any:
+    async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> ToolCall:
         """Call tool `name` with `arguments` (checked first) within its concurrency limit and timeout, or give the
-        result `journal` recorded for that call instead.
+        call `journal` recorded instead.
 
         `syscall` gets its start (when the call got one of the tool's slots) and finish times. A tool that is not
         idempotent has its call stored as pending before it runs, so that a run resumed after a crash can tell a
@@ -124,9 +126,9 @@ class ToolManager:
             syscall.started = syscall.finished = time.time()
             if recorded.error is not None:
                 raise (BadArguments if problems else ToolError)(recorded.error)
-            return recorded.result
-        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, arguments=cut(arguments, self.max_result),
-                          started=time.time(), finished=time.time())
+            return ToolCall(name, arguments, recorded.result, recorded.syscall)
+        row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, syscall=syscall.id,
+                          arguments=cut(arguments, self.max_result), started=time.time(), finished=time.time())
         try:
             if problems:
                 raise BadArguments(f"arguments for {name}: " + "; ".join(problems))
@@ -142,7 +144,7 @@ class ToolManager:
                     row.result = cut(await self._run(tool, arguments), self.max_result)
                 finally:
                     call_key.reset(key)
-            return row.result
+            return ToolCall(name, arguments, row.result, row.syscall)
         except TimeoutError:
             row.error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
             raise ToolError(row.error) from None
