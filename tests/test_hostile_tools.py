@@ -399,13 +399,16 @@ def test_a_run_whose_tool_returns_200_mb_stores_a_small_database(tmp_path: Path,
     assert step.output.endswith("[cut by flowrun: 200000000 bytes, more than FLOWRUN_MAX_RESULT (1000000)]")
 
 
-def test_a_tool_steps_result_is_stored_once(tmp_path: Path, two_steps: Path) -> None:
+@pytest.mark.parametrize("restated", [False, True], ids=["output", "restated-by-output_schema"])
+def test_a_tool_steps_result_is_stored_once(restated: bool, tmp_path: Path, two_steps: Path) -> None:
     tools = big_tool(tmp_path)
+    schema = "    output_schema: {type: object, properties: {n: {type: integer}}}\n" if restated else ""
     two_steps.write_text(TWO_STEPS.replace("tools: [nap]", "tools: [big]")
-                         .replace("    next: done\n", "    tool: big\n    next: done\n"))
+                         .replace("    next: done\n", f"    tool: big\n{schema}    next: done\n"))
     answers = tmp_path / "answers.yaml"
     answers.write_text("""responses:\n  - {key: work, text: '{"tool": "big", "arguments": {"size": 3000000}}'}\n"""
-                       "  - {key: done, text: all done}\n")
+                       + ("""  - {key: work, text: '{"n": 1}'}\n""" if restated else "")
+                       + "  - {key: done, text: all done}\n")
     db = tmp_path / "runs.db"
     code, out, err = cli("run", str(two_steps), "-i", "topic=x", "--tools", str(tools), "--backend", "scripted",
                          "--cassette", str(answers), "--db", str(db), env={"FLOWRUN_MAX_RESULT": "100000"})
@@ -415,8 +418,13 @@ def test_a_tool_steps_result_is_stored_once(tmp_path: Path, two_steps: Path) -> 
     assert dump.count("[cut by flowrun: 3000000 bytes") == 1
     (run,) = runs_of(db)
     work = next(s for s in steps_of(Storage(f"sqlite:///{db}"), run.id) if s.step == "work")
-    assert work.output == work.tools[0]["result"] and work.output.startswith("x" * 99000)
-    assert work.tools[0]["arguments"] == {"size": 3000000}
+    result = work.tools[0]["result"]
+    assert result.startswith("x" * 99000) and work.tools[0]["arguments"] == {"size": 3000000}
+    if restated:  # the prompt that showed the result is read back as it was sent
+        assert work.output == {"n": 1} and f"big returned: {json.dumps(result, ensure_ascii=False)}" in work.ask
+        assert work.prompt[-1] == {"role": "user", "content": work.ask}
+    else:
+        assert work.output == result
     code, out, err = cli("runs", "show", run.id[:8], "--db", str(db))
     assert code == 0 and 'big' in out and '{"size": 3000000} -> xxxx' in out, out + err
 

@@ -4,6 +4,7 @@ replaying runs, and for `flowrun runs` and `flowrun batch`."""
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +94,15 @@ def steps_of(storage: Storage, run_id: str) -> list[StepRow]:
     return with_calls(storage.of_runs(StepRow, [run_id]), storage.of_runs(ToolCallRow, [run_id]))
 
 
+def result_mark(syscall: str | None) -> str:
+    """What a step's stored ask and prompt hold in place of the result of tool call `syscall` they showed."""
+    return f"<the result of tool call {syscall}>"
+
+
 def with_calls(steps: list[StepRow], calls: list[ToolCallRow]) -> list[StepRow]:
     """`steps` with each tool call entry completed from the call's record (`calls`): its arguments, and its result
-    or error; and a step's output, where it is a call's result. A step's record refers to its calls (StepRow.tools)
-    so that a tool's result, up to FLOWRUN_MAX_RESULT, is stored once."""
+    or error; and a step's output, ask and prompt, where they hold a call's result. A step's record refers to its
+    calls (StepRow.tools) so that a tool's result, up to FLOWRUN_MAX_RESULT, is stored once."""
     by_syscall = {call.syscall: call for call in calls if call.syscall is not None}
     for step in steps:
         entries = []
@@ -106,6 +112,10 @@ def with_calls(steps: list[StepRow], calls: list[ToolCallRow]) -> list[StepRow]:
                 entry = {**entry, "arguments": call.arguments, "result": call.result, "error": call.error}
                 if entry.pop("output", False):
                     step.output = call.result
+                if entry.pop("shown", False):
+                    mark, shown = result_mark(call.syscall), json.dumps(call.result, ensure_ascii=False)
+                    step.ask = (step.ask or "").replace(mark, shown)
+                    step.prompt = [{**m, "content": m["content"].replace(mark, shown)} for m in step.prompt or []]
             entries.append(entry)
         step.tools = entries or step.tools
     return steps

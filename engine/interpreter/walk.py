@@ -29,6 +29,7 @@ import psutil
 from engine.flow.model import Flow, Step
 from engine.flow.templates import render
 from engine.interpreter.prompts import ask_for, progress_entries, step_messages
+from engine.interpreter.runs import result_mark
 from engine.json_schema import compile_schema
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
@@ -125,15 +126,24 @@ class _Done:
     prompt: list[dict[str, str]] | None = None
     branch: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
-    from_tool: bool = False  # the output is the last call's result (stored once, in the call's record)
+    from_tool: bool = False  # the output is the last call's result
+    shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
 
-    def stored_calls(self) -> list[dict[str, Any]] | None:
-        """The step record's entries for its tool calls: each refers to its call's record, which holds the
-        arguments and result (see StepRow.tools)."""
-        entries: list[dict[str, Any]] = [{"tool": c.tool, "syscall": c.syscall} for c in self.tool_calls]
+    def record(self, run: str, step: Step, visit: int, tokens: int, started: float) -> StepRecord:
+        """What the steps table keeps of this step. A tool's result is stored once, in its call's record: the
+        step's entries for its calls refer to theirs, and so do its output and prompt where they hold a result
+        (engine.interpreter.runs.with_calls reads them back whole)."""
+        calls: list[dict[str, Any]] = [{"tool": c.tool, "syscall": c.syscall} for c in self.tool_calls]
+        ask, prompt = self.ask, self.prompt
         if self.from_tool:
-            entries[-1]["output"] = True
-        return entries or None
+            calls[-1]["output"] = True
+        if self.shown and prompt:
+            calls[-1]["shown"] = True
+            mark = result_mark(self.tool_calls[-1].syscall)
+            ask = ask.replace(self.shown, mark)
+            prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
+        return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
+                          self.branch, calls or None, tokens, started, time.time(), ask)
 
 
 async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any], *, file: str,
@@ -237,9 +247,7 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str)
         run.progress.step = step.id
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         done = await _EXECUTE[step.kind](kernel, run, step)
-        row = StepRecord(run.id, step.id, visit, step.kind, done.prompt, None if done.from_tool else done.output,
-                         done.branch, done.stored_calls(), kernel.scheduler.generated[run.id] - tokens, started,
-                         time.time(), done.ask)
+        row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started)
         run.steps[step.id] = {"output": done.output}
         if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
@@ -276,9 +284,9 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
     call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
     if step.output_schema is None:
         return _Done(ask, call.result, messages, tool_calls=[call], from_tool=True)
-    said = f"{text}\n{call.tool} returned: {json.dumps(call.result, ensure_ascii=False)}"
-    done = await _answer(kernel, run, step, said)
-    done.tool_calls = [call]
+    shown = json.dumps(call.result, ensure_ascii=False)
+    done = await _answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
+    done.tool_calls, done.shown = [call], shown
     return done
 
 
