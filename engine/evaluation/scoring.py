@@ -25,7 +25,7 @@ def verdict(value: Any) -> tuple[float, str | None] | None:
     reason = None
     if isinstance(value, dict) and "score" in value:
         value, reason = value["score"], value.get("reason")
-    elif isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[1], str):
+    elif isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[1], str | None):
         value, reason = value
     if isinstance(value, str):
         word = value.strip().strip('"').strip().lower()
