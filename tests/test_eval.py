@@ -259,10 +259,11 @@ def test_compare_runs_each_configuration_and_shows_the_difference(tmp_path: Path
     cases = [case(str(n), "20", {"number": 20}, routes={"level": "easy"},
                   responses=[{"key": "level", "text": '"easy"'}, {"key": "answer", "text": "20"},
                              {"key": "think", "text": "21"}]) for n in range(4)]
-    found = report(tmp_path, cases, "--compare", f"flow={tmp_path / 'hard.yaml'}", "--compare", "model=other")
-    first, hard, other = found["configurations"]
-    assert (first["accuracy"], hard["accuracy"], other["accuracy"]) == (1.0, 0.0, 1.0)
-    assert hard["flow"] == str(tmp_path / "hard.yaml") and other["model"] is None  # a cassette has no model
+    found = report(tmp_path, cases, "--compare", f"flow={tmp_path / 'hard.yaml'}", "--compare",
+                   f"backend=cassette,flow={tmp_path / 'quiz.yaml'}")
+    first, hard, again = found["configurations"]
+    assert (first["accuracy"], hard["accuracy"], again["accuracy"]) == (1.0, 0.0, 1.0)
+    assert hard["flow"] == str(tmp_path / "hard.yaml") and again["model"] is None  # a cassette has no model
     assert hard["routes"]["level"]["right"] == 0 and hard["per_case"]["model_calls"] == 1  # decided by data
     assert [d["accuracy"] for d in found["differences"]] == [-1.0, 0.0]
     assert found["differences"][0]["model_calls"] == -1
@@ -332,6 +333,12 @@ def test_bad_data_exits_2_naming_the_line(tmp_path: Path, line: str, said: str) 
     assert not (tmp_path / "runs.db").exists() or "no runs" in cli("runs", "list", "--db", str(tmp_path / "runs.db"))[2]
 
 
-def test_a_bad_compare_spec_exits_2(tmp_path: Path) -> None:
-    code, _, err = evaluate(tmp_path, [case("x", "1", {"number": 1})], "--compare", "temperature=1")
-    assert code == 2 and "--compare 'temperature=1': give model=NAME, backend=KIND or flow=PATH" in err
+@pytest.mark.parametrize(("spec", "said"), [
+    ("temperature=1", "--compare 'temperature=1': give model=NAME, backend=KIND or flow=PATH"),
+    ("backend=gpt", "--compare 'backend=gpt': the backend is one of cassette, auto, ollama, embedded"),
+    ("flow=gone.yaml", "--compare 'flow=gone.yaml': there is no flow file gone.yaml"),
+    ("model=smollm2-360m", "--compare 'model=smollm2-360m': the cassette backend has no model"),
+])
+def test_a_bad_compare_spec_exits_2(tmp_path: Path, spec: str, said: str) -> None:
+    code, _, err = evaluate(tmp_path, [case("x", "1", {"number": 1})], "--compare", spec)
+    assert code == 2 and said in err

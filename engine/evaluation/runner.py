@@ -45,15 +45,24 @@ class Config:
     model: str | None = None
 
     def compared(self, spec: str) -> Config:
-        """This configuration with what `spec` changes: model=NAME, backend=KIND or flow=PATH."""
-        key, sep, value = spec.partition("=")
-        if not sep or key not in COMPARED or not value:
-            raise EvalError(f"--compare {spec!r}: give model=NAME, backend=KIND or flow=PATH")
-        if key == "backend" and value not in BACKENDS:
-            raise EvalError(f"--compare {spec!r}: the backend is one of {', '.join(BACKENDS)}")
-        if key == "flow" and not Path(value).is_file():
-            raise EvalError(f"--compare {spec!r}: there is no flow file {value}")
-        return replace(self, **{key: Path(value) if key == "flow" else value})
+        """This configuration with what `spec` changes: model=NAME, backend=KIND or flow=PATH, or several of them
+        joined by commas (backend=ollama,model=qwen2.5:0.5b)."""
+        changes: dict[str, Any] = {}
+        for part in spec.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key not in COMPARED or not value:
+                raise EvalError(f"--compare {spec!r}: give model=NAME, backend=KIND or flow=PATH (several joined by "
+                                "commas)")
+            if key == "backend" and value not in BACKENDS:
+                raise EvalError(f"--compare {spec!r}: the backend is one of {', '.join(BACKENDS)}")
+            if key == "flow" and not Path(value).is_file():
+                raise EvalError(f"--compare {spec!r}: there is no flow file {value}")
+            changes[key] = Path(value) if key == "flow" else value
+        compared = replace(self, **changes)
+        if "model" in changes and compared.backend == CASSETTE:
+            raise EvalError(f"--compare {spec!r}: the cassette backend has no model: compare models on a model "
+                            "backend (--backend, or backend=KIND,model=NAME)")
+        return compared
 
 
 @dataclass
