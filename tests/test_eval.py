@@ -5,12 +5,14 @@ the exit statuses, and runs stored where `flowrun runs` finds them."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.answers import read_number
+from engine.evaluation import scoring
 from engine.evaluation.stats import wilson
 from tests.conftest import FLOWS
 from tests.test_run_cli import cli
@@ -204,6 +206,17 @@ def broken(answer, case):
     assert by_name(found)["broken"]["reasons"] == ["the scorer scorers.py:broken raised RuntimeError: no idea"]
 
 
+def test_a_scorer_that_hangs_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scoring, "SCORER_SECONDS", 1.0)
+    (tmp_path / "slow.py").write_text("import time\n\ndef score(answer, case):\n    time.sleep(60)\n")
+    started = time.monotonic()
+    found = report(tmp_path, [case("slow", "1", {"scorer": "slow.py:score"}), case("fast", "1", {"number": 1})])
+    assert time.monotonic() - started < 20
+    results = by_name(found["configurations"][0])
+    assert results["slow"]["reasons"] == ["the scorer slow.py:score took over 1 s and was stopped"]
+    assert results["fast"]["passed"]
+
+
 def test_a_judge_flow_scores_the_answer_with_its_verdict(tmp_path: Path) -> None:
     (tmp_path / "judge.yaml").write_text(JUDGE)
     cases = [
@@ -277,9 +290,10 @@ def test_compare_runs_each_configuration_and_shows_the_difference(tmp_path: Path
 
 
 def test_the_three_formats(tmp_path: Path) -> None:
-    cases = [case("right", "20", {"number": 20}, routes={"level": "easy"}), case("wrong", "2", {"number": 20})]
+    cases = [case("right", "20", {"number": 20}, routes={"level": "easy"}),
+             case("wrong", "\u001b]0;retitled\u0007\u001b[2J2", {"number": 20})]
     code, text, _ = evaluate(tmp_path, cases)
-    assert code == 0
+    assert code == 0 and "\x1b" not in text and "\x07" not in text  # a model cannot drive the terminal
     rows = {line.split("  ")[0]: line.split()[-1] for line in text.splitlines() if "  " in line}
     assert rows["accuracy"] == "0.500" and rows["route level"] == "(1.000)"
     assert "95% CI" in text and "0.095 to 0.905" in text and "the Wilson score interval" in text

@@ -26,8 +26,8 @@ def render(evaluations: Sequence[Evaluation], fmt: str) -> str:
         failing = [r for r in evaluation.results if not r.passed]
         if failing:
             lines += ["", f"failing cases of {n}: {evaluation.label} (open one with `flowrun runs show RUN`):"]
-            lines += [f"  {r.name} · run {r.run_id[:12] if r.run_id else '-'} · score {r.score:g}: "
-                      + printable("; ".join(r.reasons)) for r in failing]
+            lines += [printable(f"  {r.name} · run {r.run_id[:12] if r.run_id else '-'} · score {r.score:g}: "
+                                + "; ".join(r.reasons)) for r in failing]
     return "\n".join(lines)
 
 
