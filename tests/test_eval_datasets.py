@@ -1,0 +1,224 @@
+"""The evaluation datasets in flows/evals/: every case fits the agreed format and its flow, each flow has at least
+30, and the scorers the datasets name judge answers right against the travel database."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.flow.validate import load_flow
+from engine.interpreter.inputs import resolve_inputs
+from engine.json_schema import compile_schema
+from engine.kernel.tool_code import load_entry
+from engine.llm.scripted import ScriptedBackend
+from engine.patterns import compile_pattern
+from engine.resources import data_dir
+from tests.conftest import FLOW_FILES, FLOWS
+
+EVALS = FLOWS / "evals"
+KEYS = {"name", "inputs", "expect", "routes", "responses", "files"}  # files: written into the run's workspace
+CHECKS = {"equals", "number", "tolerance", "rel_tolerance", "contains", "matches", "schema", "scorer", "judge"}
+
+
+def cases_of(flow: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, case) for each line of the flow's dataset."""
+    lines = (EVALS / f"{flow.stem}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [(n, json.loads(line)) for n, line in enumerate(lines, 1)]
+
+
+@pytest.mark.parametrize("flow", FLOW_FILES, ids=lambda p: p.stem)
+def test_every_flow_has_a_dataset_of_at_least_30_cases_that_fit_it(flow: Path) -> None:
+    checked = load_flow(flow)
+    assert checked.ok, checked.diagnostics
+    steps = checked.flow.steps
+    cases = cases_of(flow)
+    assert len(cases) >= 30
+    names = [case["name"] for _, case in cases]
+    assert len(set(names)) == len(names), "names are unique"
+    for n, case in cases:
+        where = f"{flow.stem}.jsonl:{n}"
+        assert isinstance(case, dict) and set(case) <= KEYS and {"name", "inputs", "expect"} <= set(case), where
+        resolve_inputs(checked.flow, case["inputs"], where)
+        expect = case["expect"]
+        assert expect and set(expect) <= CHECKS, where
+        assert ("tolerance" in expect or "rel_tolerance" in expect) <= ("number" in expect), where
+        assert isinstance(expect.get("number", 0), int | float), where
+        if "matches" in expect:
+            compile_pattern(expect["matches"])
+        if "schema" in expect:
+            compile_schema(expect["schema"])
+        contains = expect.get("contains", [])
+        assert all(isinstance(s, str) and s for s in ([contains] if isinstance(contains, str) else contains)), where
+        if "scorer" in expect:
+            assert callable(load_entry(expect["scorer"], EVALS)), where
+        if "judge" in expect:
+            assert load_flow(EVALS / expect["judge"]).ok, where
+        for step, labels in case.get("routes", {}).items():
+            assert steps[step].kind == "decision", where
+            assert set([labels] if isinstance(labels, str) else labels) <= set(steps[step].branches), where
+        if "responses" in case:
+            ScriptedBackend.from_responses(case["responses"])
+        assert set(case.get("inputs", {}).get("files", [])) <= set(case.get("files", {})), where
+
+
+# The travel scorer, on plans made here from the travel tools' own answers.
+
+def travel(name: str) -> Callable[..., Any]:
+    return load_entry(f"travel.py:{name}", data_dir("tools"))
+
+
+sound_plan = load_entry("travel_checks.py:sound_plan", EVALS)
+trip_of = load_entry("travel_checks.py:trip_of", EVALS)
+QUERY = "3 days from Seattle to Austin, leaving 2025-03-10"
+
+
+def flight(origin: str, destination: str, day: str) -> str:
+    f = travel("flight_search")(origin, destination, day)["flights"][0]
+    return (f"Flight Number: {f['flight']}, from {origin} to {destination}, Departure Time: {f['departure']}, "
+            f"Arrival Time: {f['arrival']}")
+
+
+def road(mode: str, origin: str, destination: str) -> str:
+    d = travel("distance")(origin, destination, mode.lower())
+    return f"{mode}, from {origin} to {destination}, duration: {d['hours']} hours, distance: {d['miles']} miles, " \
+           f"cost: {d['cost']}"
+
+
+def names(kind: str, city: str) -> list[str]:
+    return list(dict.fromkeys(f"{r['name']}, {city}" for r in travel(f"{kind}_search")(city, 50)[f"{kind}s"]))
+
+
+def hotel(city: str, nights: int) -> str:
+    stays = travel("accommodation_search")(city, 50)["accommodations"]
+    return next(f"{s['name']}, {city}" for s in stays if s["minimum_nights"] <= nights)
+
+
+def day(n: int, city: str, transport: str = "-", meals: tuple[str, str, str] = ("-", "-", "-"),
+        attraction: str = "-", accommodation: str = "-") -> dict[str, Any]:
+    return {"days": n, "current_city": city, "transportation": transport, "breakfast": meals[0],
+            "attraction": attraction, "lunch": meals[1], "dinner": meals[2], "accommodation": accommodation}
+
+
+def austin() -> list[dict[str, Any]]:
+    """A sound plan for QUERY."""
+    meals, sights, stay = names("restaurant", "Austin"), names("attraction", "Austin"), hotel("Austin", 2)
+    return [
+        day(1, "from Seattle to Austin", flight("Seattle", "Austin", "2025-03-10"), ("-", meals[0], meals[1]),
+            f"{sights[0]};", stay),
+        day(2, "Austin", "-", (meals[2], meals[3], meals[4]), f"{sights[1]}; {sights[2]}", stay),
+        day(3, "from Austin to Seattle", flight("Austin", "Seattle", "2025-03-12"), (meals[5], "-", "-")),
+    ]
+
+
+def test_the_trip_is_read_from_the_query_in_its_several_wordings() -> None:
+    assert trip_of("Can you plan 4 days in Texas for me? I leave from Miami on 2025-07-01.")._asdict() == {
+        "origin": "Miami", "destination": "Texas", "days": 4, "date": trip_of(QUERY).date.replace(month=7, day=1)}
+    assert (trip_of("A three-day trip from new york city to New York, 2025-01-02").destination,
+            trip_of("A three-day trip from new york city to New York, 2025-01-02").origin) == ("New York",
+                                                                                              "New York City")
+    with pytest.raises(ValueError, match="must name the origin"):
+        trip_of("3 days in Texas, leaving 2025-03-10")
+
+
+def test_a_sound_plan_scores_1_as_a_list_and_as_json_text() -> None:
+    assert sound_plan(austin(), {"inputs": {"query": QUERY}}) == (1.0, "a sound 3-day plan from Seattle to Austin")
+    assert sound_plan(json.dumps(austin()), {"inputs": {"query": QUERY}})[0] == 1.0
+
+
+def test_a_state_trip_may_move_between_its_cities_and_a_one_day_trip_goes_there_and_back() -> None:
+    meals, later = names("restaurant", "Dallas"), names("restaurant", "Houston")
+    state = [
+        day(1, "from Seattle to Dallas", flight("Seattle", "Dallas", "2025-03-10"), ("-", meals[0], meals[1]),
+            names("attraction", "Dallas")[0], hotel("Dallas", 1)),
+        day(2, "from Dallas to Houston", road("Taxi", "Dallas", "Houston"), (meals[2], later[0], later[1]),
+            names("attraction", "Houston")[0], hotel("Houston", 1)),
+        day(3, "from Houston to Seattle", flight("Houston", "Seattle", "2025-03-12"), (later[2], "-", "-")),
+    ]
+    assert sound_plan(state, {"inputs": {"query": "3 days from Seattle to Texas, leaving 2025-03-10"}})[0] == 1.0
+    there_and_back = [day(1, "from Tacoma to Olympia to Tacoma",
+                          f"{road('Self-driving', 'Tacoma', 'Olympia')}; {road('Taxi', 'Olympia', 'Tacoma')}",
+                          tuple(names("restaurant", "Olympia")[:3]), names("attraction", "Olympia")[0])]
+    assert sound_plan(there_and_back, {"inputs": {"query": "1 day from Tacoma to Olympia on 2025-03-15"}})[0] == 1.0
+
+
+def dallas_lunch(plan: list[dict[str, Any]]) -> None:
+    plan[1]["lunch"] = names("restaurant", "Dallas")[0]
+
+
+def foreign_restaurant(plan: list[dict[str, Any]]) -> None:
+    austin = names("restaurant", "Austin")
+    plan[1]["dinner"] = next(n.replace(", Dallas", ", Austin") for n in names("restaurant", "Dallas")
+                             if n.replace(", Dallas", ", Austin") not in austin)
+
+
+def wrong_flight(plan: list[dict[str, Any]]) -> None:
+    plan[0]["transportation"] = flight("Seattle", "Austin", "2025-03-11")  # a flight of the next day
+
+
+UNSOUND: dict[str, tuple[Callable[[list[dict[str, Any]]], Any], str]] = {
+    "a day too few": (lambda p: p.pop(1), "the plan has 2 days, the query asks for 3"),
+    "days numbered wrong": (lambda p: p[1].update(days=3), "day 2 says it is day 3"),
+    "a field missing": (lambda p: p[1].pop("lunch"), "day 2 is not an object with"),
+    "a restaurant of another city": (dallas_lunch, "day 2: lunch '.*, Dallas' is not in Austin"),
+    "a restaurant Austin does not have": (foreign_restaurant, "is not one of the restaurants of Austin"),
+    "an attraction that does not exist": (lambda p: p[1].update(attraction="Austin Moon Base, Austin"),
+                                          "'Austin Moon Base' is not one of the attractions of Austin"),
+    "a restaurant twice": (lambda p: p[1].update(dinner=p[0]["lunch"]), "day 2: dinner .* repeats day 1's lunch"),
+    "an attraction twice": (lambda p: p[1].update(attraction=p[0]["attraction"]),
+                            "day 2: attraction .* repeats day 1's attraction"),
+    "a flight of another date": (wrong_flight, "there is no flight F\\d+ from Seattle to Austin on 2025-03-10"),
+    "a flight on another route": (lambda p: p[0].update(transportation=flight("Seattle", "Dallas", "2025-03-10")),
+                                  "does not go from Seattle to Austin"),
+    "a made-up transport": (lambda p: p[0].update(transportation="Bus, from Seattle to Austin"),
+                            "neither a flight"),
+    "no transport on a day of travel": (lambda p: p[0].update(transportation="-"), "has 0 legs for the 1 moves"),
+    "a taxi at the wrong price": (lambda p: p[0].update(transportation=road("Taxi", "Seattle", "Austin") + "0"),
+                                  "states cost \\d+, the database says"),
+    "no way back": (lambda p: p[2].update(current_city="Austin", transportation="-"),
+                    "the last day ends in Austin, not back in Seattle"),
+    "day 1 stays home": (lambda p: p[0].update(current_city="Seattle", transportation="-"), "day 1 does not leave"),
+    "a jump between cities": (lambda p: p[1].update(current_city="Dallas"),
+                              "day 2 starts in Dallas, but the plan is in Austin"),
+    "a place not in the database": (lambda p: p[1].update(current_city="Boston"), "not a city of the database"),
+    "a day without travel that skips a meal": (lambda p: p[1].update(breakfast="-"), "day 2 has no breakfast"),
+    "two restaurants for one meal": (lambda p: p[1].update(lunch=f"{p[1]['lunch']}; {p[1]['dinner']}"),
+                                     "names more than one restaurant"),
+    "no bed for a night": (lambda p: p[1].update(accommodation="-"), "day 2: accommodation '-' is not in Austin"),
+    "an accommodation on the way home": (lambda p: p[2].update(accommodation=p[1]["accommodation"]),
+                                         "the last day goes home and needs no accommodation"),
+    "a made-up accommodation": (lambda p: p[1].update(accommodation="Moon Hotel, Austin"),
+                                "'Moon Hotel' is not one of the accommodations of Austin"),
+}
+
+
+@pytest.mark.parametrize("mistake", UNSOUND)
+def test_each_unsound_plan_scores_0_with_its_first_problem(mistake: str) -> None:
+    change, reason = UNSOUND[mistake]
+    plan = copy.deepcopy(austin())
+    change(plan)
+    score, why = sound_plan(plan, {"inputs": {"query": QUERY}})
+    assert score == 0.0
+    assert re.search(reason, why), why
+
+
+def test_an_answer_that_is_no_plan_scores_0() -> None:
+    assert sound_plan("day 1: Austin", {"inputs": {"query": QUERY}}) == (
+        0.0, "the plan is not JSON: Expecting value: line 1 column 1 (char 0)")
+    assert sound_plan({"plan": austin()}, {"inputs": {"query": QUERY}}) == (
+        0.0, "the plan is a dict, not a list of days")
+
+
+def test_a_stay_shorter_than_its_minimum_nights_and_a_city_outside_the_state_are_unsound() -> None:
+    stays = travel("accommodation_search")("Austin", 50)["accommodations"]
+    strict = next(s["name"] for s in stays if s["minimum_nights"] > 2)
+    plan = austin()
+    plan[0]["accommodation"] = plan[1]["accommodation"] = f"{strict}, Austin"
+    assert sound_plan(plan, {"inputs": {"query": QUERY}})[1].startswith(f"day 1: {strict}, Austin takes at least")
+    colorado = {"inputs": {"query": "3 days from Seattle to Colorado, leaving 2025-03-10"}}
+    assert sound_plan(austin(), colorado) == (0.0, "day 1 goes to Austin, which is not in Colorado")
