@@ -222,3 +222,33 @@ def test_a_stay_shorter_than_its_minimum_nights_and_a_city_outside_the_state_are
     assert sound_plan(plan, {"inputs": {"query": QUERY}})[1].startswith(f"day 1: {strict}, Austin takes at least")
     colorado = {"inputs": {"query": "3 days from Seattle to Colorado, leaving 2025-03-10"}}
     assert sound_plan(austin(), colorado) == (0.0, "day 1 goes to Austin, which is not in Colorado")
+
+
+# The rec scorer.
+
+real_names = load_entry("rec_checks.py:real_names", EVALS)
+KINDS = {"hotel": "accommodation", "restaurant": "restaurant"}
+
+
+@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "rec_agent.yaml"), ids=lambda v: str(v)[:40])
+def test_each_rec_case_has_an_answer_in_the_data_and_made_up_or_other_places_fail(n: int, case: dict[str, Any]) -> None:
+    city = load_entry("travel_checks.py:places_in", EVALS)(case["inputs"]["request"])[0][1]
+    kind = case["routes"]["direction"]
+    mine, other = (names(k, city) for k in (KINDS[kind], KINDS[({"hotel", "restaurant"} - {kind}).pop()]))
+    scores = [real_names({"recommendations": [{"name": p.rpartition(",")[0]}]}, case)[0] for p in mine]
+    assert 1.0 in scores
+    assert real_names({"recommendations": [{"name": other[0].rpartition(",")[0], "why": "."}]}, case)[0] == 0.0
+    assert real_names(json.dumps({"recommendations": [{"name": "Moon Palace"}]}), case) == (
+        0.0, f"'Moon Palace' is not one of the {KINDS[kind]}s of {city}")
+
+
+def test_a_rec_answer_that_breaks_the_price_or_the_cuisine_asked_for_fails() -> None:
+    cheap = {"inputs": {"request": "a room in Austin under $100"}, "routes": {"direction": "hotel"}}
+    stays = travel("accommodation_search")("Austin", 50)["accommodations"]
+    assert real_names({"recommendations": [{"name": stays[0]["name"]}]}, cheap) == (
+        0.0, f"{stays[0]['name']!r} costs {stays[0]['price']}, not under $100")
+    food = travel("restaurant_search")("Austin", 50)["restaurants"]
+    thai = {"inputs": {"request": "Thai food in Austin"}, "routes": {"direction": "restaurant"}}
+    other = next(r for r in food if r["cuisine"] != "Thai")
+    assert real_names({"recommendations": [{"name": other["name"]}]}, thai)[1].endswith("not Thai")
+    assert real_names({"recommendations": []}, thai)[0] == 0.0

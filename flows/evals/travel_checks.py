@@ -50,14 +50,15 @@ class Trip(NamedTuple):
 
 
 @cache
-def _tool(name: str) -> Callable[..., Any]:
+def tool(name: str) -> Callable[..., Any]:
+    """The travel tool `name` (a function of tools/travel.py)."""
     return load_entry(f"travel.py:{name}", data_dir("tools"))
 
 
 @cache
 def _places() -> dict[str, str]:
     """Each city of the database (lower case) -> its state; each state (lower case) -> "" ."""
-    db = sqlite3.connect(f"file:{_tool('database')()}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{tool('database')()}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT name, state FROM cities").fetchall()
     finally:
@@ -69,18 +70,26 @@ def _canonical(name: str) -> str | None:
     return next((p for p in _places() if p.casefold() == name.strip().casefold()), None)
 
 
+def _names() -> str:
+    """A pattern that matches any place (the longest first: New York City, not New York)."""
+    return "|".join(re.escape(p) for p in sorted(_places(), key=len, reverse=True))
+
+
+def places_in(text: str) -> list[tuple[int, str]]:
+    """(offset, canonical name) of each city and state `text` names, in order."""
+    return [(m.start(), _canonical(m.group(1))) for m in re.finditer(rf"\b({_names()})\b", text, re.IGNORECASE)]
+
+
 def trip_of(query: str) -> Trip:
     """The trip `query` asks for; a ValueError when it does not say where from, where to, how long or when."""
-    names = "|".join(re.escape(p) for p in sorted(_places(), key=len, reverse=True))
-    origin = re.search(rf"\bfrom\s+({names})\b", query, re.IGNORECASE)
+    origin = re.search(rf"\bfrom\s+({_names()})\b", query, re.IGNORECASE)
     days = re.search(rf"\b(\d+|{'|'.join(NUMBERS)})[- ]days?\b", query, re.IGNORECASE)
     when = re.search(r"\b\d{4}-\d{2}-\d{2}\b", query)
     if not (origin and days and when):
         raise ValueError(f"the query {query!r} must name the origin (from CITY), the days (N days) and the date "
                          "(YYYY-MM-DD)")
     start = _canonical(origin.group(1))
-    others = [_canonical(m.group(1)) for m in re.finditer(rf"\b({names})\b", query, re.IGNORECASE)
-              if m.start() != origin.start(1)]
+    others = [place for at, place in places_in(query) if at != origin.start(1)]
     if not _places()[start] or not others:
         raise ValueError(f"the query {query!r} must go from a city of the database to another city or a state")
     count = days.group(1).lower()
@@ -171,13 +180,13 @@ def _transport(n: int, text: str, cities: list[str], day: Date) -> None:
         if (_canonical(found.group(2)), _canonical(found.group(3))) != (a, b):
             raise Unsound(f"day {n}: transportation {leg!r} does not go from {a} to {b}")
         if flight:
-            flights = _tool("flight_search")(a, b, day.isoformat())["flights"]
+            flights = tool("flight_search")(a, b, day.isoformat())["flights"]
             times = (flight.group(4).zfill(5), flight.group(5).zfill(5))
             if not any((f["flight"], f["departure"], f["arrival"]) == (flight.group(1), *times) for f in flights):
                 raise Unsound(f"day {n}: there is no flight {flight.group(1)} from {a} to {b} on {day} at "
                               f"{times[0]}-{times[1]}")
         else:
-            _road(n, leg, road.group(4) or "", _tool("distance")(a, b, road.group(1).lower()))
+            _road(n, leg, road.group(4) or "", tool("distance")(a, b, road.group(1).lower()))
 
 
 def _road(n: int, leg: str, details: str, facts: dict[str, Any]) -> None:
@@ -195,7 +204,7 @@ def _place(n: int, field: str, item: str, cities: list[str]) -> tuple[str, str, 
     if found not in cities:
         raise Unsound(f"day {n}: {field} {item.strip()!r} is not in {' or '.join(cities)} (give it as Name, City)")
     kind = "attractions" if field == "attraction" else "restaurants"
-    known = {r["name"].casefold() for r in _tool(f"{kind[:-1]}_search")(found, 50)[kind]}
+    known = {r["name"].casefold() for r in tool(f"{kind[:-1]}_search")(found, 50)[kind]}
     if name.strip().casefold() not in known:
         raise Unsound(f"day {n}: {field} {name.strip()!r} is not one of the {kind} of {found}")
     return kind, name.strip().casefold(), found
@@ -210,7 +219,7 @@ def _accommodation(n: int, text: str, here: str, last: bool) -> tuple[str, int] 
     name, _, city = text.strip().rpartition(",")
     if _canonical(city) != here:
         raise Unsound(f"day {n}: accommodation {text!r} is not in {here}, where the day ends")
-    stays = [s for s in _tool("accommodation_search")(here, 50)["accommodations"]
+    stays = [s for s in tool("accommodation_search")(here, 50)["accommodations"]
              if s["name"].casefold() == name.strip().casefold()]
     if not stays:
         raise Unsound(f"day {n}: accommodation {name.strip()!r} is not one of the accommodations of {here}")
