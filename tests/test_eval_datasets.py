@@ -17,7 +17,7 @@ from engine.interpreter.inputs import resolve_inputs
 from engine.json_schema import compile_schema
 from engine.kernel.tool_code import load_entry
 from engine.llm.scripted import ScriptedBackend
-from engine.patterns import compile_pattern
+from engine.patterns import compile_pattern, found_in
 from engine.resources import data_dir
 from tests.conftest import FLOW_FILES, FLOWS
 
@@ -252,3 +252,15 @@ def test_a_rec_answer_that_breaks_the_price_or_the_cuisine_asked_for_fails() -> 
     other = next(r for r in food if r["cuisine"] != "Thai")
     assert real_names({"recommendations": [{"name": other["name"]}]}, thai)[1].endswith("not Thai")
     assert real_names({"recommendations": []}, thai)[0] == 0.0
+
+
+@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "notes_digest.yaml"), ids=lambda v: str(v)[:30])
+def test_each_fact_a_digest_must_mention_is_in_its_notes_and_what_it_must_not_is_off_topic(
+        n: int, case: dict[str, Any]) -> None:
+    notes = " ".join(case["files"].values()).casefold()
+    assert case["expect"]["contains"][-1] == "digest.md", "the summary says where the digest was saved"
+    assert all(fact.casefold() in notes for fact in case["expect"]["contains"][:-1])
+    if "matches" in case["expect"]:
+        off_topic = compile_pattern(case["expect"]["matches"])
+        assert not found_in(off_topic, notes), "the word left out is in the notes"
+        assert found_in(off_topic, " ".join(case["expect"]["contains"]))
