@@ -262,5 +262,12 @@ def test_each_fact_a_digest_must_mention_is_in_its_notes_and_what_it_must_not_is
     assert all(fact.casefold() in notes for fact in case["expect"]["contains"][:-1])
     if "matches" in case["expect"]:
         off_topic = compile_pattern(case["expect"]["matches"])
-        assert not found_in(off_topic, notes), "the word left out is in the notes"
+        assert not found_in(off_topic, notes), "the word to leave out is in the notes"
         assert found_in(off_topic, " ".join(case["expect"]["contains"]))
+
+
+@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "narrative_agent.yaml"), ids=lambda v: str(v)[:30])
+def test_a_story_must_keep_what_its_premise_names_and_be_a_whole_story(n: int, case: dict[str, Any]) -> None:
+    premise = case["inputs"]["premise"].casefold()
+    assert all(word.casefold() in premise for word in case["expect"]["contains"])
+    assert not found_in(compile_pattern(case["expect"]["matches"]), case["inputs"]["premise"])
