@@ -32,6 +32,11 @@ def cases_of(flow: Path) -> list[tuple[int, dict[str, Any]]]:
     return [(n, json.loads(line)) for n, line in enumerate(lines, 1)]
 
 
+def each_case(flow: str) -> list[Any]:
+    """The cases of the dataset of `flow`, as test parameters named after them."""
+    return [pytest.param(case, id=case["name"]) for _, case in cases_of(FLOWS / f"{flow}.yaml")]
+
+
 @pytest.mark.parametrize("flow", FLOW_FILES, ids=lambda p: p.stem)
 def test_every_flow_has_a_dataset_of_at_least_30_cases_that_fit_it(flow: Path) -> None:
     checked = load_flow(flow)
@@ -230,8 +235,8 @@ real_names = load_entry("rec_checks.py:real_names", EVALS)
 KINDS = {"hotel": "accommodation", "restaurant": "restaurant"}
 
 
-@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "rec_agent.yaml"), ids=lambda v: str(v)[:40])
-def test_each_rec_case_has_an_answer_in_the_data_and_made_up_or_other_places_fail(n: int, case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", each_case("rec_agent"))
+def test_each_rec_case_has_an_answer_in_the_data_and_made_up_or_other_places_fail(case: dict[str, Any]) -> None:
     city = load_entry("travel_checks.py:places_in", EVALS)(case["inputs"]["request"])[0][1]
     kind = case["routes"]["direction"]
     mine, other = (names(k, city) for k in (KINDS[kind], KINDS[({"hotel", "restaurant"} - {kind}).pop()]))
@@ -254,9 +259,9 @@ def test_a_rec_answer_that_breaks_the_price_or_the_cuisine_asked_for_fails() -> 
     assert real_names({"recommendations": []}, thai)[0] == 0.0
 
 
-@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "notes_digest.yaml"), ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize("case", each_case("notes_digest"))
 def test_each_fact_a_digest_must_mention_is_in_its_notes_and_what_it_must_not_is_off_topic(
-        n: int, case: dict[str, Any]) -> None:
+        case: dict[str, Any]) -> None:
     notes = " ".join(case["files"].values()).casefold()
     assert case["expect"]["contains"][-1] == "digest.md", "the summary says where the digest was saved"
     assert all(fact.casefold() in notes for fact in case["expect"]["contains"][:-1])
@@ -266,8 +271,84 @@ def test_each_fact_a_digest_must_mention_is_in_its_notes_and_what_it_must_not_is
         assert found_in(off_topic, " ".join(case["expect"]["contains"]))
 
 
-@pytest.mark.parametrize(("n", "case"), cases_of(FLOWS / "narrative_agent.yaml"), ids=lambda v: str(v)[:30])
-def test_a_story_must_keep_what_its_premise_names_and_be_a_whole_story(n: int, case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", each_case("narrative_agent"))
+def test_a_story_must_keep_what_its_premise_names_and_be_a_whole_story(case: dict[str, Any]) -> None:
     premise = case["inputs"]["premise"].casefold()
     assert all(word.casefold() in premise for word in case["expect"]["contains"])
     assert not found_in(compile_pattern(case["expect"]["matches"]), case["inputs"]["premise"])
+
+
+# The SQL answers, checked again through the sql_query tool against the database it reads.
+
+ANSWERED_BY = {
+    "count-cities": "select count(*) from cities",
+    "count-restaurants": "select count(*) from restaurants",
+    "texas-cities": "select count(*) from cities where state='Texas'",
+    "austin-top-restaurant": "select name from restaurants where city='Austin' order by rating desc limit 1",
+    "cheapest-stay": "select name, city from accommodations order by price limit 1",
+    "seattle-average-price": "select avg(price) from accommodations where city='Seattle'",
+    "japanese-count": "select count(*) from restaurants where cuisine='Japanese'",
+    "top-cuisine": "select cuisine from restaurants group by cuisine order by count(*) desc limit 1",
+    "miami-priciest-stay": "select name from accommodations where city='Miami' order by price desc limit 1",
+    "multi-night-stays": "select count(*) from accommodations where minimum_nights>1",
+    "chicago-average-rating": "select avg(rating) from restaurants where city='Chicago'",
+    "florida-cheapest-food": ("select r.city from restaurants r join cities c on r.city=c.name"
+                              " where c.state='Florida' group by r.city order by avg(average_cost) limit 1"),
+    "colorado-attractions": ("select count(*) from attractions a join cities c on a.city=c.name"
+                             " where c.state='Colorado'"),
+    "northernmost": "select name from cities order by latitude desc limit 1",
+    "southernmost": "select name from cities order by latitude limit 1",
+    "illinois-top-rated": ("select count(*) from restaurants r join cities c on r.city=c.name"
+                           " where c.state='Illinois' and rating>=4.5"),
+    "nyc-most-guests": ("select name from accommodations where city='New York City'"
+                        " order by maximum_occupancy desc limit 1"),
+    "denver-cheapest-food": "select name from restaurants where city='Denver' order by average_cost limit 1",
+    "entire-homes": "select count(*) from accommodations where room_type='Entire home'",
+    "shared-room-price": "select avg(price) from accommodations where room_type='Shared room'",
+    "priciest-state": ("select c.state from accommodations a join cities c on a.city=c.name group by c.state"
+                       " order by avg(price) desc limit 1"),
+    "california-budget-cities": ("select count(distinct a.city) from accommodations a"
+                                 " join cities c on a.city=c.name where c.state='California' and price<100"),
+    "count-attractions": "select count(*) from attractions",
+    "italian-city": ("select city from restaurants where cuisine='Italian' group by city"
+                     " order by count(*) desc limit 1"),
+    "bbq-average-cost": "select avg(average_cost) from restaurants where cuisine='BBQ'",
+    "houston-earliest": ("select name from attractions where city='Houston'"
+                         " order by cast(substr(hours,1,instr(hours,':')-1) as int) limit 1"),
+    "washington-cheap-food": ("select count(*) from restaurants r join cities c on r.city=c.name"
+                              " where c.state='Washington' and average_cost<20"),
+    "denver-best-stay": "select name, rating from accommodations where city='Denver' order by rating desc limit 1",
+    "cuisine-count": "select count(distinct cuisine) from restaurants",
+    "best-rated-city": "select city from restaurants group by city order by avg(rating) desc limit 1",
+    "chicago-private-room": "select min(price) from accommodations where city='Chicago' and room_type='Private room'",
+    "zoo-cities": "select count(distinct city) from attractions where name like '%Zoo'",
+    "florida-restaurants": ("select count(*) from restaurants r join cities c on r.city=c.name"
+                            " where c.state='Florida'"),
+    "austin-thai": "select count(*) from restaurants where city='Austin' and cuisine='Thai'",
+    "stay-average-rating": "select avg(rating) from accommodations",
+    "colorado-priciest-city": ("select a.city from accommodations a join cities c on a.city=c.name"
+                               " where c.state='Colorado' group by a.city order by avg(price) desc limit 1"),
+    "spokane-zoo-hours": "select hours from attractions where name='Spokane Zoo'",
+    "san-diego-zoo-address": "select address from attractions where name='San Diego Zoo'",
+    "cheapest-cuisine": "select cuisine from restaurants group by cuisine order by avg(average_cost) limit 1",
+    "sf-cheapest-stay": "select name, price from accommodations where city='San Francisco' order by price limit 1",
+    "priciest-stay": "select name from accommodations order by price desc limit 1",
+    "rated-above-4": "select count(*) from restaurants where rating > 4",
+    "city-most-above-4": "select city from restaurants where rating > 4 group by city order by count(*) desc limit 1",
+    "orlando-guests": "select sum(maximum_occupancy) from accommodations where city='Orlando'",
+}
+
+
+def test_each_sql_answer_is_what_its_query_returns_through_the_sql_query_tool() -> None:
+    sql_query = load_entry("sql.py:sql_query", data_dir("tools"))
+    cases = {case["name"]: case["expect"] for _, case in cases_of(FLOWS / "sql_analyst.yaml")}
+    assert set(cases) == set(ANSWERED_BY)
+    for name, query in ANSWERED_BY.items():
+        rows = sql_query(query)["rows"]
+        text, expect = " ".join(map(str, rows[0])), cases[name]
+        assert len(rows) == 1, name
+        if "number" in expect:
+            assert abs(rows[0][0] - expect["number"]) <= expect.get("tolerance", 1e-6), name
+        contains = expect.get("contains", [])
+        assert all(s in text for s in ([contains] if isinstance(contains, str) else contains)), name
+        assert "matches" not in expect or found_in(compile_pattern(expect["matches"]), text), name
