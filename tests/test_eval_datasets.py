@@ -352,3 +352,31 @@ def test_each_sql_answer_is_what_its_query_returns_through_the_sql_query_tool() 
         contains = expect.get("contains", [])
         assert all(s in text for s in ([contains] if isinstance(contains, str) else contains)), name
         assert "matches" not in expect or found_in(compile_pattern(expect["matches"]), text), name
+
+
+# The math answers, worked out again with the calculator tool the flow uses.
+
+SOLVED_BY = {
+    "percent-of": "240 * 15 / 100", "percent-what": "12 / 80 * 100", "rect-area": "12 * 7.5",
+    "miles-to-km": "5 * 1.609344", "speed-kmh": "150 / 2", "average-four": "(12 + 15 + 18 + 25) / 4",
+    "average-week": "(12 + 15 + 11 + 14 + 13 + 16 + 17) / 7", "minutes-to-seconds": "3.5 * 60",
+    "fahrenheit": "(100 - 32) * 5 / 9", "circle-area": "pi * 3 ** 2", "weeks-to-hours": "2 * 7 * 24",
+    "wage": "18 * 37.5", "split-bill": "96 / 6", "power": "2 ** 10", "square-perimeter": "4 * 9",
+    "m-to-cm": "3.2 * 100", "sqrt": "sqrt(144)", "discount": "40 - 40 * 25 / 100",
+    "cyclist-ms": "54 / 1.5 * 1000 / 3600", "discount-then-tax": "80 * 0.85 * 1.08", "carpet": "5 * 4 * 12",
+    "fourth-test": "4 * 85 - (72 + 85 + 90)", "fuel": "350 / 100 * 6", "tank-hours": "1800 / 15 / 60",
+    "recipe": "250 / 4 * 10", "laps-kmh": "400 / 80 * 3.6", "stock-rise": "(65 - 50) / 50 * 100",
+    "triangle-square": "sqrt(10 * 6 / 2)", "fence": "2 * (20 + 15) * 8", "average-speed": "(90 * 2 + 60) / 3",
+    "glasses": "3 * 1500 / 250", "bus-pass": "45 * 1.2 * 12", "box-litres": "30 * 20 * 10 / 1000",
+    "marathon-pace": "3.5 * 60 / 42.195", "pizza-slice": "pi * 15 ** 2 / 8",
+}
+
+
+def test_each_math_answer_is_what_the_calculator_gives_for_its_working() -> None:
+    calculate = load_entry("calculator.py:calculate", data_dir("tools"))
+    cases = {case["name"].partition(": ")[2]: case["expect"] for _, case in cases_of(FLOWS / "math_agent.yaml")}
+    assert set(cases) == set(SOLVED_BY)
+    for name, working in SOLVED_BY.items():
+        expect, result = cases[name], float(calculate(working)["result"])
+        allowed = expect.get("tolerance", 1e-6) + expect.get("rel_tolerance", 0) * abs(result)
+        assert abs(result - expect["number"]) <= allowed, name
