@@ -83,10 +83,13 @@ trip_of = load_entry("travel_checks.py:trip_of", EVALS)
 QUERY = "3 days from Seattle to Austin, leaving 2025-03-10"
 
 
-def flight(origin: str, destination: str, day: str) -> str:
-    f = travel("flight_search")(origin, destination, day)["flights"][0]
+def leg(f: dict[str, Any], origin: str, destination: str) -> str:
     return (f"Flight Number: {f['flight']}, from {origin} to {destination}, Departure Time: {f['departure']}, "
             f"Arrival Time: {f['arrival']}")
+
+
+def flight(origin: str, destination: str, day: str) -> str:
+    return leg(travel("flight_search")(origin, destination, day)["flights"][0], origin, destination)
 
 
 def road(mode: str, origin: str, destination: str) -> str:
@@ -150,6 +153,19 @@ def test_a_state_trip_may_move_between_its_cities_and_a_one_day_trip_goes_there_
                           f"{road('Self-driving', 'Tacoma', 'Olympia')}; {road('Taxi', 'Olympia', 'Tacoma')}",
                           tuple(names("restaurant", "Olympia")[:3]), names("attraction", "Olympia")[0])]
     assert sound_plan(there_and_back, {"inputs": {"query": "1 day from Tacoma to Olympia on 2025-03-15"}})[0] == 1.0
+
+
+def test_a_day_that_flies_there_and_back_takes_off_again_only_after_it_lands() -> None:
+    there = travel("flight_search")("Chicago", "Springfield", "2025-05-06")["flights"][0]
+    back = travel("flight_search")("Springfield", "Chicago", "2025-05-06")["flights"]
+    case = {"inputs": {"query": "1 day from Chicago to Springfield on 2025-05-06"}}
+    for later, score in ((True, 1.0), (False, 0.0)):
+        home = next(f for f in back if (f["departure"] >= there["arrival"]) == later)
+        plan = [day(1, "from Chicago to Springfield to Chicago",
+                    f"{leg(there, 'Chicago', 'Springfield')}; {leg(home, 'Springfield', 'Chicago')}")]
+        assert sound_plan(plan, case)[0] == score
+    assert sound_plan(plan, case)[1] == (f"day 1: flight {home['flight']} leaves at {home['departure']}, before "
+                                         f"the flight before it lands ({there['arrival']})")
 
 
 def dallas_lunch(plan: list[dict[str, Any]]) -> None:

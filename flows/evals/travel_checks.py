@@ -1,12 +1,13 @@
 """Scorers for travel_agent's answers (travel_agent.jsonl): is a plan sound against the travel database?
 
 A plan is TravelPlanner's format: a list of days (or its JSON text), each an object with `days` (1, 2, ...),
-`current_city` ("Austin", or "from Seattle to Austin" on a day of travel; "from A to B to A" when one day goes
-there and back), `transportation` (one leg per move, separated by ";": "Flight Number: F0123456, from A to B,
-Departure Time: 08:05, Arrival Time: 11:40", "Self-driving, from A to B, duration: ..., distance: ..., cost: ..."
-or "Taxi, from A to B, ..."), `breakfast`, `lunch`, `dinner` and `accommodation` ("Name, City"), `attraction`
-("Name, City", several separated by ";"), and "-" where nothing applies. A day without travel has all three
-meals and an attraction; every night but the last has an accommodation, for at least its minimum nights.
+`current_city` ("Austin", or "from Seattle to Austin" on a day of travel; "from A to B to A" when one day goes there
+and back), `transportation` (one leg per move, separated by ";": "Flight Number: F0123456, from A to B, Departure
+Time: 08:05, Arrival Time: 11:40", "Self-driving, from A to B, duration: ..., distance: ..., cost: ..." or "Taxi,
+from A to B, ..."; a flight leaves after the day's previous flight lands), `breakfast`, `lunch`, `dinner` and
+`accommodation` ("Name, City"), `attraction` ("Name, City", several separated by ";"), and "-" where nothing
+applies. A day without travel has all three meals and an attraction; every night but the last has an accommodation,
+for at least its minimum nights.
 
 The trip a plan must fit is read from the case's query: the origin city after "from", the destination (a city or
 a state: the first other place named), the days ("3 days", "a three-day trip") and the date (YYYY-MM-DD). Facts
@@ -171,6 +172,7 @@ def _transport(n: int, text: str, cities: list[str], day: Date) -> None:
     if len(legs) != len(moves):
         raise Unsound(f"day {n}: transportation {text!r} has {len(legs)} legs for the {len(moves)} moves of "
                       f"current_city")
+    landed = "00:00"  # when the day's last flight so far landed ("24:00" after midnight)
     for leg, (a, b) in zip(legs, moves, strict=True):
         flight, road = FLIGHT.match(leg), ROAD.match(leg)
         found = flight or road
@@ -185,6 +187,10 @@ def _transport(n: int, text: str, cities: list[str], day: Date) -> None:
             if not any((f["flight"], f["departure"], f["arrival"]) == (flight.group(1), *times) for f in flights):
                 raise Unsound(f"day {n}: there is no flight {flight.group(1)} from {a} to {b} on {day} at "
                               f"{times[0]}-{times[1]}")
+            if times[0] < landed:
+                raise Unsound(f"day {n}: flight {flight.group(1)} leaves at {times[0]}, before the flight before it "
+                              f"lands ({landed})")
+            landed = times[1] if times[1] > times[0] else "24:00"
         else:
             _road(n, leg, road.group(4) or "", tool("distance")(a, b, road.group(1).lower()))
 
