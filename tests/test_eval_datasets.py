@@ -7,6 +7,7 @@ import copy
 import json
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,26 +103,57 @@ def names(kind: str, city: str) -> list[str]:
     return list(dict.fromkeys(f"{r['name']}, {city}" for r in travel(f"{kind}_search")(city, 50)[f"{kind}s"]))
 
 
-def hotel(city: str, nights: int) -> str:
+def hotel(city: str, nights: int) -> str | None:
+    """An accommodation of `city` that takes a stay of `nights`, if it has one."""
     stays = travel("accommodation_search")(city, 50)["accommodations"]
-    return next(f"{s['name']}, {city}" for s in stays if s["minimum_nights"] <= nights)
+    return next((f"{s['name']}, {city}" for s in stays if s["minimum_nights"] <= nights), None)
 
 
-def day(n: int, city: str, transport: str = "-", meals: tuple[str, str, str] = ("-", "-", "-"),
-        attraction: str = "-", accommodation: str = "-") -> dict[str, Any]:
+def day(n: int, city: str, transport: str = "-", meals: tuple[str, ...] = ("-", "-", "-"),
+        attraction: str = "-", accommodation: str | None = "-") -> dict[str, Any]:
     return {"days": n, "current_city": city, "transportation": transport, "breakfast": meals[0],
             "attraction": attraction, "lunch": meals[1], "dinner": meals[2], "accommodation": accommodation}
 
 
+def state_cities(place: str) -> list[str] | None:
+    """The cities of the state `place`; None when it is a city."""
+    try:
+        return travel("city_search")(place)["cities"]
+    except ValueError:
+        return None
+
+
+def plan_for(query: str, transport: Callable[[str, str, str], str]) -> list[dict[str, Any]]:
+    """A sound plan for `query` from the travel tools' answers: the first city of the destination with a bed for
+    the trip, its restaurants and attractions in turn, `transport` (origin, destination, date) to and fro."""
+    trip = trip_of(query)
+    home, last, nights = trip.origin, trip.days, trip.days - 1
+    cities = state_cities(trip.destination) or [trip.destination]
+    city = next(c for c in cities if c != home and (not nights or hotel(c, nights)))
+    meals, sights, stay = names("restaurant", city), names("attraction", city), hotel(city, nights)
+    when = [(trip.date + timedelta(days=n)).isoformat() for n in range(last)]
+    if last == 1:
+        return [day(1, f"from {home} to {city} to {home}",
+                    f"{transport(home, city, when[0])}; {transport(city, home, when[0])}", tuple(meals[:3]),
+                    f"{sights[0]}; {sights[1]}")]
+    return [day(1, f"from {home} to {city}", transport(home, city, when[0]), ("-", *meals[:2]), f"{sights[0]};",
+                stay),
+            *(day(n, city, "-", tuple(meals[3 * n - 4:3 * n - 1]), sights[n - 1], stay) for n in range(2, last)),
+            day(last, f"from {city} to {home}", transport(city, home, when[-1]), (meals[3 * last - 4], "-", "-"))]
+
+
 def austin() -> list[dict[str, Any]]:
-    """A sound plan for QUERY."""
-    meals, sights, stay = names("restaurant", "Austin"), names("attraction", "Austin"), hotel("Austin", 2)
-    return [
-        day(1, "from Seattle to Austin", flight("Seattle", "Austin", "2025-03-10"), ("-", meals[0], meals[1]),
-            f"{sights[0]};", stay),
-        day(2, "Austin", "-", (meals[2], meals[3], meals[4]), f"{sights[1]}; {sights[2]}", stay),
-        day(3, "from Austin to Seattle", flight("Austin", "Seattle", "2025-03-12"), (meals[5], "-", "-")),
-    ]
+    """A sound plan for QUERY, by air."""
+    return plan_for(QUERY, flight)
+
+
+@pytest.mark.parametrize("case", each_case("travel_agent"))
+def test_each_trip_asked_for_has_a_sound_plan(case: dict[str, Any]) -> None:
+    trip = trip_of(case["inputs"]["query"])
+    assert trip.origin != trip.destination and 1 <= trip.days <= 5
+    assert case["routes"]["destination_kind"] == ("state" if state_cities(trip.destination) else "city")
+    plan = plan_for(case["inputs"]["query"], lambda a, b, _: road("Taxi", a, b))
+    assert sound_plan(plan, case) == (1.0, f"a sound {trip.days}-day plan from {trip.origin} to {trip.destination}")
 
 
 def test_the_trip_is_read_from_the_query_in_its_several_wordings() -> None:
