@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def test_every_flow_has_a_dataset_of_at_least_30_cases_that_fit_it(flow: Path) -
 
 # The travel scorer, on plans made here from the travel tools' own answers.
 
+@cache
 def travel(name: str) -> Callable[..., Any]:
     return load_entry(f"travel.py:{name}", data_dir("tools"))
 
