@@ -58,7 +58,7 @@ def tool(name: str) -> Callable[..., Any]:
 
 @cache
 def _places() -> dict[str, str]:
-    """Each city of the database (lower case) -> its state; each state (lower case) -> "" ."""
+    """Each city of the database -> its state; each state -> "" (none)."""
     db = sqlite3.connect(f"file:{tool('database')()}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT name, state FROM cities").fetchall()
