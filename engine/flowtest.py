@@ -28,7 +28,7 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
-from engine.kernel.confine import confined
+from engine.kernel.confine import write_files
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
@@ -222,10 +222,7 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
     progress = Progress()
     try:  # the case's files go where its run's write_file would put them, and nowhere else
-        for name, text in case.files.items():
-            target = confined(scratch / "workspaces" / progress.run_id, name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+        write_files(scratch / "workspaces" / progress.run_id, case.files)
     except (ValueError, OSError) as exc:
         return CaseResult(case, None, [], [f"files: {exc}"], time.monotonic() - started)
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")

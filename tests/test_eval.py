@@ -14,6 +14,7 @@ import pytest
 from engine.answers import read_number
 from engine.evaluation import scoring
 from engine.evaluation.stats import wilson
+from engine.kernel.storage import Storage, ToolCallRow
 from tests.conftest import FLOWS
 from tests.test_run_cli import cli
 
@@ -356,3 +357,39 @@ def test_bad_data_exits_2_naming_the_line(tmp_path: Path, line: str, said: str) 
 def test_a_bad_compare_spec_exits_2(tmp_path: Path, spec: str, said: str) -> None:
     code, _, err = evaluate(tmp_path, [case("x", "1", {"number": 1})], "--compare", spec)
     assert code == 2 and said in err
+
+
+READER = """\
+flowrun: 1
+name: Reader
+description: A test agent.
+tools: [read_file]
+steps:
+  read:
+    kind: process
+    instruction: Read the note.
+    tool: read_file
+    next: done
+  done:
+    kind: terminal
+    instruction: Say what it says.
+"""
+
+
+def test_a_cases_files_are_put_in_its_runs_workspace_and_nowhere_else(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # runs keep their workspaces in .flowrun/workspaces/RUN
+    reads = [{"key": "read", "text": '{"tool": "read_file", "arguments": {"path": "notes/a.txt"}}'},
+             {"key": "done", "text": "it says hello"}]
+    cases = [{"name": n, "files": {"notes/a.txt": f"hello from {n}"}, "expect": {"contains": "hello"},
+              "responses": reads} for n in ("one", "two")]
+    found = report(tmp_path, cases, flow=READER)["configurations"][0]
+    assert found["accuracy"] == 1.0
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    for result in found["results"]:  # each run read its own case's file
+        (call,) = storage.of_runs(ToolCallRow, [result["run_id"]])
+        assert call.result["content"] == f"hello from {result['name']}"
+
+    code, out, err = evaluate(tmp_path, [cases[0], {**cases[1], "files": {"../../../escape.txt": "x"}}], flow=READER)
+    assert code == 2 and f"{tmp_path / 'cases.jsonl'}:2: files: '../../../escape.txt' is outside" in err, out + err
+    assert not (tmp_path / "escape.txt").exists() and not list(tmp_path.parent.glob("escape.txt"))

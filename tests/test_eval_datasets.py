@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 
+from engine.evaluation.dataset import case_inputs, read_dataset
 from engine.flow.validate import load_flow
-from engine.interpreter.inputs import resolve_inputs
-from engine.json_schema import compile_schema
 from engine.kernel.tool_code import load_entry
-from engine.llm.scripted import ScriptedBackend
 from engine.patterns import compile_pattern, found_in
 from engine.resources import data_dir
 from tests.conftest import FLOW_FILES, FLOWS
@@ -41,37 +39,16 @@ def each_case(flow: str) -> list[Any]:
 
 @pytest.mark.parametrize("flow", FLOW_FILES, ids=lambda p: p.stem)
 def test_every_flow_has_a_dataset_of_at_least_30_cases_that_fit_it(flow: Path) -> None:
+    """As `flowrun eval` reads it: each line a case of the published format, its scorers loaded and judges valid,
+    its inputs and routes fitting the flow; and each case's input files among the files it gives."""
     checked = load_flow(flow)
     assert checked.ok, checked.diagnostics
-    steps = checked.flow.steps
-    cases = cases_of(flow)
-    assert len(cases) >= 30
-    names = [case["name"] for _, case in cases]
-    assert len(set(names)) == len(names), "names are unique"
-    for n, case in cases:
-        where = f"{flow.stem}.jsonl:{n}"
-        assert isinstance(case, dict) and set(case) <= KEYS and {"name", "inputs", "expect"} <= set(case), where
-        resolve_inputs(checked.flow, case["inputs"], where)
-        expect = case["expect"]
-        assert expect and set(expect) <= CHECKS, where
-        assert ("tolerance" in expect or "rel_tolerance" in expect) <= ("number" in expect), where
-        assert isinstance(expect.get("number", 0), int | float), where
-        if "matches" in expect:
-            compile_pattern(expect["matches"])
-        if "schema" in expect:
-            compile_schema(expect["schema"])
-        contains = expect.get("contains", [])
-        assert all(isinstance(s, str) and s for s in ([contains] if isinstance(contains, str) else contains)), where
-        if "scorer" in expect:
-            assert callable(load_entry(expect["scorer"], EVALS)), where
-        if "judge" in expect:
-            assert load_flow(EVALS / expect["judge"]).ok, where
-        for step, labels in case.get("routes", {}).items():
-            assert steps[step].kind == "decision", where
-            assert set([labels] if isinstance(labels, str) else labels) <= set(steps[step].branches), where
-        if "responses" in case:
-            ScriptedBackend.from_responses(case["responses"])
-        assert set(case.get("inputs", {}).get("files", [])) <= set(case.get("files", {})), where
+    dataset = read_dataset(EVALS / f"{flow.stem}.jsonl")
+    assert len(dataset.cases) >= 30
+    case_inputs(dataset, checked)
+    for case in dataset.cases:
+        assert case.expect, case.name
+        assert set(case.inputs.get("files", [])) <= set(case.files), case.name
 
 
 # The travel scorer, on plans made here from the travel tools' own answers.

@@ -48,6 +48,10 @@ class EvalCase:
     def responses(self) -> list[Any] | None:
         return self.data.get("responses")
 
+    @property
+    def files(self) -> dict[str, str]:
+        return self.data.get("files", {})
+
 
 @dataclass
 class Dataset:

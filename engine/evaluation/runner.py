@@ -25,6 +25,7 @@ from engine.interpreter.batch import run_batch
 from engine.interpreter.runs import figures
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome
+from engine.kernel.confine import write_files
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.models import DEFAULT_MODEL
@@ -170,6 +171,11 @@ def prepare(config: Config, checked: CheckedFlow, dataset: Dataset, storage: Sto
 async def evaluate(plan: Plan) -> Evaluation:
     """Run every case of the plan and score it."""
     cases = [c for c in plan.dataset.cases if c.name in plan.progress]
+    for case in cases:  # where the run's read_file and write_file work (Kernel.call_tool)
+        try:
+            write_files(plan.kernel.workspaces / plan.progress[case.name].run_id, case.files)
+        except (ValueError, OSError) as exc:
+            raise EvalError(f"{plan.dataset.path}:{case.line}: files: {exc}") from None
     scripts = plan.kernel.scheduler.backend
     if isinstance(scripts, RunScripts):
         for case in cases:
