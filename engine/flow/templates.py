@@ -556,7 +556,9 @@ def _check_chain(chain: tuple[str, ...], flow: Flow) -> Iterator[str]:
 def _check_field(step: Step, name: str) -> Iterator[str]:
     reference = f"steps.{step.id}.output.{name}"
     if step.output_schema is None:
-        if step.output is None or not facts(step.output).expression:  # an expression's value may be any data
+        # data of a shape not declared: a tool's result, or the value of an `output` that is one expression
+        data = facts(step.output).expression if step.output is not None else step.tool is not None
+        if not data:
             yield f"{reference}: step {step.id!r} has no output_schema, so its output is text with no fields"
         return
     properties = step.output_schema.get("properties")
