@@ -174,7 +174,7 @@ def test_the_shipped_flows_still_validate() -> None:
 
 # --- runs -------------------------------------------------------------------------------------------------------
 
-SPEED = """\
+COMPUTE = """\
 flowrun: 1
 name: Speed
 description: You solve arithmetic.
@@ -186,6 +186,8 @@ steps:
     kind: process
     instruction: Write the arithmetic for {{ inputs.problem }}.
     tool: calculator
+"""
+SPEED = COMPUTE + """\
 OUTPUT
     next: answer
   answer:
@@ -366,18 +368,7 @@ def test_examples_go_into_the_prompt_as_turns_in_the_form_the_model_answers_in(t
 
 # --- resume and replay ------------------------------------------------------------------------------------------
 
-DURABLE = """\
-flowrun: 1
-name: Durable
-description: You solve arithmetic.
-inputs:
-  problem: {type: string}
-tools: [calculator]
-steps:
-  compute:
-    kind: process
-    instruction: Write the arithmetic for {{ inputs.problem }}.
-    tool: calculator
+DURABLE = COMPUTE + """\
     output: "{{ result.result }}"
     next: check
   check:
