@@ -293,6 +293,17 @@ def test_an_output_that_does_not_fit_its_schema_fails_the_run_at_the_output_fiel
     assert "it is not JSON" in outcome.error
 
 
+def test_an_output_value_is_bounded_and_must_be_json_data(tmp_path: Path) -> None:
+    for output, said in (("{{ inputs.words * 10 ** 6 }}", "would make at least 14,000,000 characters"),
+                         ("{{ namespace(n=inputs.n) }}", "its value is not JSON data"),
+                         ("{{ steps.record.output }}", "has no attribute 'record'")):
+        flow = flow_file(tmp_path, VALUES.replace('"{{ inputs.n * 2 }}"', f'"{output}"'))
+        outcome, _ = run(flow, [], {"n": 7, "words": "red green blue"}, tmp_path / str(len(said)))
+        assert outcome.status == "failed"
+        assert outcome.error.startswith(f"{flow}:10:13: step number: its output cannot be rendered: ")
+        assert said in outcome.error
+
+
 EXAMPLES = """\
 flowrun: 1
 name: Examples

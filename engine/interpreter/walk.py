@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,7 +356,7 @@ _EXECUTE: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {
 
 
 def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list[str] = (),
-              examples: list[dict[str, str]] | tuple[()] = ()) -> list[dict[str, str]]:
+              examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
     known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
     return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples)
 
