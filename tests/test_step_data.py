@@ -354,11 +354,11 @@ def test_examples_go_into_the_prompt_as_turns_in_the_form_the_model_answers_in(t
     outcome, kernel = run(flow_file(tmp_path, EXAMPLES), responses, {"query": "3 days in Texas"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     prompts = {s.step: s.prompt for s in stored_steps(kernel, outcome)}
+    count = {"parse": 1, "hours": 1, "long": 2, "done": 1}  # examples per step
 
     def turns(step: str) -> list[tuple[str, str]]:  # between the system message (and progress) and the ask
         return [(m["role"], m["content"]) for m in prompts[step][-1 - 2 * count[step]:-1]]
 
-    count = {"parse": 1, "hours": 1, "long": 2, "done": 1}
     assert turns("parse") == [
         ("user", 'How many days: a weekend in Austin\nAnswer with JSON like {"days": 0}'),
         ("assistant", '{"days": 2}')]
