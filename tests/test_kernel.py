@@ -349,3 +349,16 @@ def test_a_manifest_and_its_code_become_a_tool_the_kernel_calls(storage: Storage
     kernel = Kernel(scripted([]), storage, tools=[tool_from_manifest(manifests.tools["greet"])])
     kernel.access.allow_tools("agent", ["greet"])
     assert asyncio.run(kernel.call_tool("agent", "run", "greet", {"name": "Ada"})).result == "hello Ada"
+
+
+def test_json_values_read_back_exactly_on_sqlite(tmp_path: Path) -> None:
+    values = [20.0, 2 ** 70, 12345678901234567890, -0.0, 1.5e300, "5", "20.0", True, None, {"a": 20.0}, [1.0]]
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    for n, value in enumerate(values):
+        storage.record_step(StepRecord("r1", f"s{n}", 1, "process", None, value, None, None, 0, 1.0, 2.0))
+    got = [step.output for step in storage.of_runs(StepRow, ["r1"])]
+    assert got == values and [type(v) for v in got] == [type(v) for v in values]  # 20.0 was read back as 20
+    storage.close()
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # as an older flowrun stored it: SQLite made it an INTEGER
+        db.execute("UPDATE steps SET output = 20 WHERE step = 's0'")
+    assert Storage(f"sqlite:///{tmp_path / 'runs.db'}").of_runs(StepRow, ["r1"])[0].output == 20

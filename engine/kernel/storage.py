@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import threading
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, Index, bindparam, event, inspect, text
+from sqlalchemy import JSON, Column, Connection, Dialect, Index, TypeDecorator, bindparam, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
@@ -62,6 +63,32 @@ class Busy(StorageError):
     """Another process holds the database locked (a write is tried again until FLOWRUN_DB_TIMEOUT)."""
 
 
+class ExactJSON(TypeDecorator):
+    """JSON that reads back as it was written on SQLite too. There a column declared JSON has NUMERIC affinity,
+    which stores the text of a bare number as an INTEGER or REAL (20.0 read back as 20, 2**70 as a float): a bare
+    number is bound as a BLOB, which no affinity converts. Rows stored before keep what SQLite made of them."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def bind(value: Any) -> str | bytes:
+            data = json.dumps(value)
+            return data.encode() if isinstance(value, int | float) and not isinstance(value, bool) else data
+        return bind
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def read(value: Any) -> Any:
+            return json.loads(value) if isinstance(value, str | bytes) else value
+        return read
+
+
 class Meta(SQLModel, table=True):
     __tablename__ = "meta"
     key: str = Field(primary_key=True)
@@ -80,8 +107,8 @@ class RunRow(SQLModel, table=True):
     host: str | None = None  # the machine and process running it (a `running` run whose process is gone crashed)
     pid: int | None = None
     pid_started: float | None = None  # when that process started (a later process given the same pid is not it)
-    inputs: Any = Field(default=None, sa_column=Column(JSON))
-    answer: Any = Field(default=None, sa_column=Column(JSON))
+    inputs: Any = Field(default=None, sa_column=Column(ExactJSON))
+    answer: Any = Field(default=None, sa_column=Column(ExactJSON))
     error: str | None = None
     created: float
     finished: float | None = None
@@ -95,13 +122,13 @@ class StepRow(SQLModel, table=True):
     step: str
     visit: int
     kind: str
-    prompt: Any = Field(default=None, sa_column=Column(JSON))
-    output: Any = Field(default=None, sa_column=Column(JSON))
+    prompt: Any = Field(default=None, sa_column=Column(ExactJSON))
+    output: Any = Field(default=None, sa_column=Column(ExactJSON))
     branch: str | None = None
     # [{tool, syscall}] in call order: each call's arguments and result are in tool_calls, under its syscall (one
     # marked "output" is the step's output, which is then not stored here); before schema 6, [{tool, arguments,
     # result}]. engine.interpreter.runs reads them back.
-    tools: Any = Field(default=None, sa_column=Column(JSON))
+    tools: Any = Field(default=None, sa_column=Column(ExactJSON))
     tokens: int = 0
     started: float
     finished: float
@@ -131,7 +158,7 @@ class AgentDataRow(SQLModel, table=True):
     __tablename__ = "agent_data"
     agent: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
-    value: Any = Field(default=None, sa_column=Column(JSON))
+    value: Any = Field(default=None, sa_column=Column(ExactJSON))
     updated: float
 
 
@@ -149,7 +176,7 @@ class SyscallRow(SQLModel, table=True):
     turnaround: float | None
     tokens: int
     preemptions: int
-    slices: Any = Field(default=None, sa_column=Column(JSON))  # [start, end] of each time an LLM syscall ran
+    slices: Any = Field(default=None, sa_column=Column(ExactJSON))  # [start, end] of each time an LLM syscall ran
     key: str | None = None  # an LLM syscall's request key (the interpreter's step id)
     text: str | None = None  # and the text it generated: with the key, what a cassette replays
     error: str | None = None
@@ -164,7 +191,7 @@ class SnapshotRow(SQLModel, table=True):
     key: str | None = None  # the request key of the generation it suspends
     text: str
     tokens: int
-    state: Any = Field(default=None, sa_column=Column(JSON))
+    state: Any = Field(default=None, sa_column=Column(ExactJSON))
     created: float
 
 
@@ -185,8 +212,8 @@ class ToolCallRow(SQLModel, table=True):
     agent: str
     tool: str = Field(index=True)
     syscall: str | None = None  # the id of the tool syscall that made it: how a step's record refers to it
-    arguments: Any = Field(default=None, sa_column=Column(JSON))
-    result: Any = Field(default=None, sa_column=Column(JSON))
+    arguments: Any = Field(default=None, sa_column=Column(ExactJSON))
+    result: Any = Field(default=None, sa_column=Column(ExactJSON))
     error: str | None = None
     started: float
     finished: float
