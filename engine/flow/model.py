@@ -26,6 +26,8 @@ class Step:
     tool: str | None = None
     tools: tuple[str, ...] = ()
     output_schema: dict[str, Any] | None = None
+    samples: int | None = None  # draw each model call's answer this many times and keep the most common
+    temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
@@ -105,6 +107,9 @@ def _step(sid: str, raw: Any) -> Step:
         branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
+        samples=samples if _is_int(samples := raw.get("samples")) else None,
+        temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
+        else None,
         **text,
     )
 
