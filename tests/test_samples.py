@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -256,3 +257,65 @@ def test_bad_sampling_fields_are_schema_errors_at_their_line(fields: str, at: tu
     found = check_flow_text(text, "voter.yaml", tools=_tools())
     (problem,) = found.diagnostics
     assert (problem.code, (problem.line, problem.column)) == ("FR003", at) and message in problem.message
+
+
+REPEATER = "Continue the sequence: 1.1.1.1.1.1.1.1"
+VERSION = {"type": "object", "properties": {"version": {"type": "string"}}, "required": ["version"]}
+
+
+def test_repetition_options_reach_the_backend_from_the_flow(tmp_path: Path) -> None:
+    options = "{repeat_penalty: 1.05, repeat_last_n: 32, dry_multiplier: 0.5, dry_allowed_length: 4}"
+    flow = checked(FLOW.replace("steps:\n", f"model: {{options: {options}}}\nsteps:\n", 1))
+    backend = Watched(ANSWERS)
+    assert run_voter(backend, tmp_path / "runs.db", flow)[0].status == "finished"
+    assert all(r.options["repeat_penalty"] == 1.05 and r.options["dry_allowed_length"] == 4 for r in backend.requests)
+    bad = check_flow_text(FLOW.replace("steps:\n", "model: {options: {dry_multiplier: -1}}\nsteps:\n", 1),
+                          "voter.yaml", tools=_tools())
+    assert [(d.code, d.line) for d in bad.diagnostics] == [("FR003", 7)]
+
+
+def test_ollama_gets_the_repeat_penalty_and_no_dry_option_it_lacks() -> None:
+    from engine.llm.ollama import OllamaBackend
+    from tests.fake_ollama import FakeOllama
+
+    fake = FakeOllama({"m": "one two"})
+    try:
+        backend = OllamaBackend("m", server=fake.url)
+        options = {"repeat_penalty": 1.2, "repeat_last_n": 32, "dry_multiplier": 0.8, "dry_allowed_length": 3}
+        result = asyncio.run(backend.generate(Request([{"role": "user", "content": "hi"}], options=options),
+                                              lambda _: False))
+        assert result.text == "one two"
+        sent = fake.requests[-1]["options"]
+        assert (sent["repeat_penalty"], sent["repeat_last_n"]) == (1.2, 32) and not any("dry" in k for k in sent)
+    finally:
+        fake.close()
+
+
+@pytest.mark.slow
+def test_the_embedded_model_stops_looping_with_its_default_dry_sampler() -> None:
+    import re
+
+    from engine.llm import models
+    from engine.llm.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(models.resolve(models.DEFAULT_MODEL), slots=1, context=1024)
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": REPEATER}]
+
+    def text(schema: dict[str, Any] | None = None, slice_tokens: int = 0, **options: Any) -> str:
+        """The model's answer, suspended and resumed every `slice_tokens` tokens (0: never)."""
+        request = Request(messages, schema=schema, options={"temperature": 0, "top_k": 1, "max_tokens": 48, **options})
+        snapshot = None
+        while True:
+            counted = itertools.count(1)
+            result = asyncio.run(backend.generate(request, lambda _, n=counted: next(n) == slice_tokens, snapshot))
+            if result.snapshot is None:
+                return result.text
+            snapshot = result.snapshot
+
+    loop = re.compile(r"(1\.){8}")
+    assert loop.search(text(dry_multiplier=0)) and loop.search(text(VERSION, dry_multiplier=0))  # without DRY
+    free, data = text(), text(VERSION)
+    assert not loop.search(free), free
+    assert not loop.search(data), data  # DRY acts under the schema's grammar too
+    assert isinstance(json.loads(data)["version"], str)
+    assert text(slice_tokens=8) == free  # DRY sees the resumed prompt's tokens as it saw them generated
