@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.console import run_text
 from engine.flow.validate import CheckedFlow, check_flow_text
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import resume_run, stopped
@@ -223,6 +224,52 @@ def test_a_replay_reproduces_the_vote_whatever_order_the_samples_finished_in(tmp
     replay = asyncio.run(replay_run(recorded, checked(), file="voter.yaml"))
     assert replay.differences == [] and replay.outcome.status == "finished"
     assert [s.vote for s in replay.steps] == [s.vote for s in recorded.steps]
+
+
+PICKER = """\
+flowrun: 1
+name: Picker
+description: A test agent.
+tools: [calculator]
+steps:
+  work:
+    kind: process
+    tools: [calculator]
+    samples: 3
+    instruction: Compute 6 times 7, and say it as data.
+    output_schema: {type: object, properties: {result: {type: number}}, required: [result]}
+    next: done
+  done:
+    kind: terminal
+    instruction: Say the result.
+"""
+
+
+def test_a_step_that_may_pick_a_tool_votes_on_the_pick_the_call_and_the_answer(tmp_path: Path) -> None:
+    flow = checked(PICKER)
+    call = '{"tool": "calculator", "arguments": {"expression": "6*7"}}'
+    answers = [  # in the order each sample asks: its choice of tool, its call, its answer
+        {"key": "done", "text": "42"},
+        {"key": "work#1", "text": '"none"'}, {"key": "work#1", "text": call},
+        {"key": "work#1", "text": '{"result": 42}'},
+        {"key": "work#2", "text": '"calculator"'}, {"key": "work#2", "text": '{"tool": "calculator"}'},
+        {"key": "work#2", "text": '{"result": 41}'},
+        {"key": "work#3", "text": '"calculator"'}, {"key": "work#3", "text": call},
+        {"key": "work#3", "text": '{"result": 42}'},
+    ]
+    kernel = kernel_on(Watched(answers), tmp_path / "runs.db", flow)
+    outcome = asyncio.run(run_flow(kernel, flow.graph, {}, file="picker.yaml"))
+    assert outcome.status == "finished", outcome.error
+    step = steps_of(kernel.storage, outcome.run_id)[0]
+    assert step.output == {"result": 42}
+    assert [(v["winner"], v["counts"], v["unfit"]) for v in step.vote] == [
+        (2, {"2": 2, "1": 1}, []),  # calculator, not none
+        (1, {"1": 2}, [2]),  # sample 2's call has no arguments: not counted
+        (1, {"1": 2, "2": 1}, []),
+    ]
+    assert [(c.tool, c.arguments) for c in kernel.storage.rows(ToolCallRow)] == [("calculator", {"expression": "6*7"})]
+    shown = run_text(record(kernel.storage, outcome.run_id))
+    assert "2 of 3 samples agreed (sample 2)" in shown and "2 of 3 samples agreed (sample 1), 1 not counted" in shown
 
 
 def test_samples_of_one_step_take_their_own_recorded_answers_in_any_order() -> None:
