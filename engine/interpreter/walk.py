@@ -5,6 +5,8 @@
               the model to state it as data; with `tools: [..]` the model first chooses one of them or none.
     decision  `decide:` renders a label from data, with no model call; otherwise choose: one label, constrained.
     terminal  generate, as a process without tools; its output is the run's answer.
+With `samples: N` each model call of a step is asked N times at once and the most common answer kept (the tool is
+then called once, with the winning arguments): engine.interpreter.vote.
 
 A run's record (storage.start_run) is made before its first step and each step's (storage.record_step) is
 committed before the next one starts, so a run that fails or is interrupted keeps every step it finished.

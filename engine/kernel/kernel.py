@@ -1,6 +1,7 @@
 """The kernel: the syscalls an agent run can make, each scheduled, checked and stored.
 
-    generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager)
+    generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager);
+    pick_tool                      use_tool's pick of a tool and arguments, without the call
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
