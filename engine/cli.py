@@ -14,6 +14,10 @@ import click
 import yaml
 
 from engine import __version__, console, flowtest
+from engine.evaluation.dataset import EvalError, read_dataset
+from engine.evaluation.report import FORMATS as EVAL_FORMATS
+from engine.evaluation.report import as_json, render
+from engine.evaluation.runner import BACKENDS, CASSETTE, Config, evaluate, prepare
 from engine.flow.aios import import_aios, to_yaml
 from engine.flow.diagnostics import Diagnostic, has_errors
 from engine.flow.loader import load_file
@@ -180,7 +184,7 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
 # What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
 # a message and exit status 2, never a traceback.
 _USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError,
-                SettingError)
+                SettingError, EvalError)
 EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
@@ -384,6 +388,46 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
                    + (f"; {invalid} test files are not valid" if invalid else "")
                    + "".join(f"; no test cases for {p}" for p in untested), err=True)
     sys.exit(EXIT_USAGE if invalid else EXIT_FAILED if failed else 0)
+
+
+@main.command("eval")
+@click.argument("flow", type=_existing)
+@click.option("--data", type=_existing, required=True,
+              help="The cases: JSON Lines, one case a line (name, inputs, expect, routes, responses).")
+@click.option("--backend", "kind", type=click.Choice(BACKENDS), default=CASSETTE, show_default=True,
+              help="cassette: each case's recorded `responses`; auto, ollama, embedded: a model.")
+@click.option("--model", help="The model for a model backend [default: the flow's model.name, else smollm2-135m].")
+@click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Runs at once.")
+@click.option("--compare", "specs", multiple=True, metavar="SPEC",
+              help="Evaluate again with model=NAME, backend=KIND or flow=PATH instead, shown side by side with the "
+                   "difference. Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(EVAL_FORMATS), default="text", show_default=True)
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Exit 1 when FLOW's accuracy (as given, not a "
+                                                                  "--compare's) is below this fraction.")
+@_db_option
+@_tools_option
+def eval_command(flow: Path, data: Path, kind: str, model: str | None, concurrency: int, specs: tuple[str, ...],
+                 fmt: str, min_accuracy: float | None, db: str | None, tool_paths: tuple[Path, ...]) -> None:
+    """Run FLOW once per case of --data and score its answers: accuracy with a 95% confidence interval, route
+    accuracy per decision, tokens, model calls and seconds per case, and each failing case with its run and why.
+
+    Exit status: 0 scored, 1 the accuracy is below --min-accuracy, 2 bad input (a line that is not a case, an
+    unknown check, a scorer that cannot be loaded, a judge that is not a flow) or setup, 130 Ctrl-C or SIGTERM.
+    """
+    with _user_errors():
+        configs = [Config(flow, kind, model)]
+        configs += [configs[0].compared(spec) for spec in specs]
+        dataset = read_dataset(data, tool_paths)
+    checked = {config.flow: _valid_flow(config.flow, tool_paths) for config in configs}
+    evaluations = []
+    with _user_errors():
+        storage = Storage(db)
+        for config in configs:
+            plan = prepare(config, checked[config.flow], dataset, storage, concurrency=concurrency,
+                           say=lambda line: click.echo(line, err=True))
+            evaluations += _run_live(evaluate(plan), list(plan.progress.values()), plan.kernel, fmt != "text")
+    click.echo(json.dumps(as_json(evaluations)) if fmt == "json" else render(evaluations, fmt))
+    sys.exit(EXIT_FAILED if min_accuracy is not None and evaluations[0].accuracy < min_accuracy else 0)
 
 
 @main.group()

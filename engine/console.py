@@ -64,7 +64,7 @@ def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: 
     else:
         done = sum(p.status not in ("waiting", "running") for p in progress)
         running = sum(p.status == "running" for p in progress)
-        filled = round(20 * done / len(progress))
+        filled = round(20 * done / max(1, len(progress)))  # an eval whose cases all lack answers runs none
         where = f"[{'#' * filled}{'-' * (20 - filled)}] {done}/{len(progress)} runs, {running} running"
     return f"{where} · {rate} · {elapsed:.1f} s"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from typing import Any
 
 import networkx as nx
 
+from engine import answers
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
@@ -28,13 +28,12 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
-from engine.json_schema import compile_schema
-from engine.kernel.confine import confined
+from engine.kernel.confine import write_files
 from engine.kernel.storage import StepRow, Storage
 from engine.llm.base import Backend, BackendError
 from engine.llm.models import DEFAULT_MODEL, ModelError
 from engine.llm.scripted import CassetteError, ScriptedBackend
-from engine.patterns import PatternError, compile_pattern, found_in
+from engine.patterns import PatternError, compile_pattern
 
 SUFFIX = ".test.yaml"
 
@@ -223,10 +222,7 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
     progress = Progress()
     try:  # the case's files go where its run's write_file would put them, and nowhere else
-        for name, text in case.files.items():
-            target = confined(scratch / "workspaces" / progress.run_id, name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+        write_files(scratch / "workspaces" / progress.run_id, case.files)
     except (ValueError, OSError) as exc:
         return CaseResult(case, None, [], [f"files: {exc}"], time.monotonic() - started)
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
@@ -261,35 +257,12 @@ def check(expect: dict[str, Any], outcome: RunOutcome, steps: list[StepRow]) -> 
         if taken != wanted:
             problems.append(f"decision {step} should take {_labels(wanted)}, but took {_labels(taken)}")
     if "answer" in expect and outcome.status == "finished":
-        problems.extend(_answer_problems(expect["answer"], outcome.answer))
+        problems.extend(answers.problems(expect["answer"], outcome.answer))
     return problems
 
 
 def _labels(labels: list[Any]) -> str:
     return "nothing (it did not run)" if not labels else ", then ".join(repr(label) for label in labels)
-
-
-def _answer_problems(checks: dict[str, Any], answer: Any) -> list[str]:
-    text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
-    shown = text if len(text) <= 300 else text[:299] + "…"
-    problems = []
-    if "equals" in checks and answer != checks["equals"]:
-        problems.append(f"the answer should be {json.dumps(checks['equals'], ensure_ascii=False)}, but is {shown}")
-    wanted = checks.get("contains", [])
-    for part in [wanted] if isinstance(wanted, str) else wanted:
-        if part not in text:
-            problems.append(f"the answer should contain {part!r}, but is: {shown}")
-    if "matches" in checks:
-        try:
-            if not found_in(compile_pattern(checks["matches"]), text):
-                problems.append(f"the answer should match /{checks['matches']}/, but is: {shown}")
-        except PatternError as exc:
-            problems.append(f"the answer's check `matches`: {exc}")
-    if "schema" in checks:
-        errors = [e.message for e in compile_schema(checks["schema"]).iter_errors(answer)]
-        if errors:
-            problems.append(f"the answer does not fit the schema ({'; '.join(errors)}): {shown}")
-    return problems
 
 
 def run_tests(found: TestFile, backend_for: BackendFor) -> list[CaseResult]:

@@ -57,6 +57,8 @@ steps:
     instruction: State the result.
 """
 
+ANSWER_SCHEMA = ("    output_schema:\n      type: object\n"
+                 "      properties: {value: {type: number}, unit: {type: string}}\n      required: [value, unit]\n")
 ANSWERS = [
     # sample 2's arguments are sample 1's written another way: the same pick
     {"key": "work#1", "text": '{"tool": "calculator", "arguments": {"expression": "6*7"}}'},
@@ -176,8 +178,7 @@ def test_a_tie_goes_to_the_first_sample_drawn_not_the_first_to_finish(tmp_path: 
 
 
 def test_free_text_votes_on_the_exact_text(tmp_path: Path) -> None:
-    flow = checked(FLOW.replace("    output_schema:\n      type: object\n      properties: {value: {type: number}, "
-                                "unit: {type: string}}\n      required: [value, unit]\n", ""))
+    flow = checked(FLOW.replace(ANSWER_SCHEMA, ""))
     answers = [a for a in ANSWERS if not a["key"].startswith("answer")]
     answers += [{"key": "answer#1", "text": "42 m"}, {"key": "answer#2", "text": "42 metres"},
                 {"key": "answer#3", "text": " 42 metres\n"}, {"key": "answer#4", "text": "42 M"}]
@@ -366,3 +367,16 @@ def test_the_embedded_model_stops_looping_with_its_default_dry_sampler() -> None
     assert not loop.search(data), data  # DRY acts under the schema's grammar too
     assert isinstance(json.loads(data)["version"], str)
     assert text(slice_tokens=8) == free  # DRY sees the resumed prompt's tokens as it saw them generated
+
+
+def test_output_refuses_samples_where_it_asks_no_model_and_takes_the_voted_call_where_it_does(tmp_path: Path) -> None:
+    no_call = FLOW.replace(ANSWER_SCHEMA + "    instruction: State the result.\n",
+                           '    output: "{{ steps.work.output.result }}"\n')
+    found = check_flow_text(no_call, "voter.yaml", tools=_tools())
+    (problem,) = found.diagnostics
+    assert (problem.code, problem.line, problem.column) == ("FR003", 21, 3) and "nothing to sample" in problem.message
+    flow = checked(FLOW.replace("    next: judge\n", '    output: "{{ result.result }}"\n    next: judge\n'))
+    outcome, kernel = run_voter(Watched(ANSWERS), tmp_path / "runs.db", flow)
+    assert outcome.status == "finished", outcome.error
+    work = steps_of(kernel.storage, outcome.run_id)[0]
+    assert work.output == 42 and work.vote[0]["counts"] == {"1": 2, "3": 1}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
+import jsonschema_rs
 import networkx as nx
 
 from engine.flow.diagnostics import Diagnostic, diagnostic
@@ -12,6 +14,7 @@ from engine.flow.manifest import ToolManifest
 from engine.flow.model import Flow, Step
 from engine.flow.schema import suggest
 from engine.flow.templates import template_problems
+from engine.json_schema import schema_problems
 
 
 def check_targets(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
@@ -139,6 +142,59 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
 def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: Mapping[str, object]) -> Diagnostic:
     message = f"no tool manifest defines {name!r}{suggest(name, tools)}; see `flowrun tools list`"
     return diagnostic("FR201", message, doc.file, doc.position(path))
+
+
+def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
+    """FR107 `output` with a choice of tools, FR108 an example answer the step could not give, FR109 examples that
+    no model call of the step uses."""
+    for step in flow.steps.values():
+        if step.output is not None and step.tools and not step.tool:
+            message = (f"step {step.id!r} chooses among tools, so what `output` would build on is unknown: name the "
+                       "tool with `tool:` (`result` is then its result) or drop `output`")
+            yield diagnostic("FR107", message, doc.file, doc.position(("steps", step.id, "output")))
+        if not step.examples:
+            continue
+        unused = _unused_examples(step)
+        if unused:
+            message = f"step {step.id!r} {unused}, so its examples are never sent: remove them"
+            yield diagnostic("FR109", message, doc.file, doc.position(("steps", step.id, "examples"), key=True))
+            continue
+        for i, example in enumerate(step.examples):
+            problem = _answer_problem(step, example.answer, tools)
+            if problem:
+                where = doc.position(("steps", step.id, "examples", i, "answer"))
+                yield diagnostic("FR108", f"example {i + 1} of step {step.id!r}: {problem}", doc.file, where)
+
+
+def _unused_examples(step: Step) -> str | None:
+    if step.tools and not step.tool:
+        return "chooses among `tools` (examples teach a call of one `tool:`)"
+    if step.decide is not None:
+        return "decides with `decide`, asking the model nothing"
+    if step.output is not None and not step.tool:
+        return "builds its output with `output`, asking the model nothing"
+    return None
+
+
+def _answer_problem(step: Step, answer: Any, tools: Mapping[str, ToolManifest]) -> str | None:
+    """What is wrong with `answer` as one `step` could give, or None (also where the step's schema or tool is
+    itself wrong, which other diagnostics report)."""
+    if step.kind == "decision":
+        if isinstance(answer, str) and answer in step.branches:
+            return None
+        return f"the answer {answer!r} is not one of the branch labels ({', '.join(step.branches)})"
+    if step.tool:
+        manifest = tools.get(step.tool)
+        schema, what = (manifest.parameters, f"the arguments of {step.tool}") if manifest else (None, "")
+    else:
+        schema, what = step.output_schema, "the output_schema"
+    if schema is None:
+        return None
+    try:
+        problems = schema_problems(schema, answer, "answer")
+    except jsonschema_rs.ValidationError:
+        return None
+    return f"the answer does not match {what}: {'; '.join(problems)}" if problems else None
 
 
 def check_templates(flow: Flow, doc: Document) -> Iterator[Diagnostic]:

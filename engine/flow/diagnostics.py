@@ -55,6 +55,15 @@ RULES: dict[str, Rule] = {
              "Merge the two branches or rename one label."),
         Rule("FR106", "terminal-has-edges", _E, "A terminal step ends the run; it cannot have `next` or `branches`.",
              "Remove `next` or `branches`, or make the step a process or decision."),
+        Rule("FR107", "output-with-tool-choice", _E, "A step has `output` and `tools` (a choice of tools): what its "
+             "`output` would be built from depends on a choice the model may not make.",
+             "Name the tool with `tool:` (its result is `result` in `output`), or drop `output`."),
+        Rule("FR108", "example-answer", _E, "An example's answer is not one the step could give: not a branch label "
+             "of the decision, not arguments the tool takes, or not matching the step's `output_schema`.",
+             "Change the answer as the message says, so that the model learns the form it must give."),
+        Rule("FR109", "unused-examples", _W, "A step has `examples` but asks the model nothing they could show "
+             "(`output` without `tool`, a decision with `decide`), or chooses among `tools`, where they are not used.",
+             "Remove the examples, or give them to a step that asks the model (with `tool:` for a tool call)."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

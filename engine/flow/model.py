@@ -12,9 +12,18 @@ from typing import Any
 DEFAULT_MAX_STEPS = 100
 
 
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A worked example of a step: `input` stands for its instruction or question, `answer` for what it answers."""
+
+    input: str
+    answer: Any
+
+
 @dataclass(slots=True)
 class Step:
-    """One step. `instruction` is set for process and terminal steps, `question` for decisions."""
+    """One step. `instruction` is set for process and terminal steps (optional with `output`), `question` for
+    decisions."""
 
     id: str
     kind: str  # "process", "decision" or "terminal"; "" when missing or unknown
@@ -26,6 +35,8 @@ class Step:
     tool: str | None = None
     tools: tuple[str, ...] = ()
     output_schema: dict[str, Any] | None = None
+    output: str | None = None  # a template that builds the output from data
+    examples: tuple[Example, ...] = ()
     samples: int | None = None  # draw each model call's answer this many times and keep the most common
     temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
 
@@ -36,7 +47,8 @@ class Step:
 
     def templates(self) -> list[tuple[str, str]]:
         """(field, text) for each field of this step that is a template."""
-        fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide))
+        fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
+                  ("output", self.output))
         return [(name, text) for name, text in fields if text is not None]
 
     def used_tools(self) -> tuple[str, ...]:
@@ -92,7 +104,7 @@ def flow_from_data(data: Any) -> Flow:
 
 
 _KINDS = frozenset({"process", "decision", "terminal"})
-_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool")
+_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output")
 
 
 def _step(sid: str, raw: Any) -> Step:
@@ -107,11 +119,20 @@ def _step(sid: str, raw: Any) -> Step:
         branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
+        examples=_examples(raw.get("examples")),
         samples=samples if _is_int(samples := raw.get("samples")) else None,
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
         else None,
         **text,
     )
+
+
+def _examples(value: Any) -> tuple[Example, ...]:
+    """The examples in `value`, or none unless every one is well-formed (so that each keeps its index)."""
+    items = value if isinstance(value, list) else []
+    if not all(isinstance(item, dict) and isinstance(item.get("input"), str) and "answer" in item for item in items):
+        return ()
+    return tuple(Example(item["input"], item["answer"]) for item in items)
 
 
 def _dict(value: Any) -> dict[str, Any]:

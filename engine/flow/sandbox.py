@@ -27,6 +27,7 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator, MappingView, Sized
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from jinja2 import StrictUndefined, Template, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.ext import Extension
 from jinja2.lexer import TokenStream
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace
 
@@ -448,9 +449,40 @@ def compile_template(text: str) -> Template:
 
 def render(template: Template, context: dict[str, Any]) -> str:
     """`template` rendered with `context` within one render's budget."""
+    with _bounded():
+        return template.render(context)
+
+
+_VALUE = "value"  # where a template of compile_value leaves its value
+
+
+def compile_value(expression: nodes.Expr) -> Template:
+    """A template that computes `expression` (a node of a tree `parse` gave) for `value`, as Jinja2's
+    compile_expression does, in this environment."""
+    tree = nodes.Template([nodes.Assign(nodes.Name(_VALUE, "store"), expression, lineno=1)], lineno=1)
+    tree.set_environment(environment)
+    return environment.from_string(tree)
+
+
+def value(template: Template, context: dict[str, Any]) -> Any:
+    """The value `template` (from compile_value) computes with `context` within one render's budget. An iterator
+    (what `map` or `select` give) or a range is read into a list, within the bounds."""
+    with _bounded():
+        run = template.new_context(context)
+        for _ in template.root_render_func(run):
+            pass
+        found = run.vars[_VALUE]
+        if isinstance(found, Undefined):
+            str(found)  # StrictUndefined raises here, naming what is undefined
+        return _read(iter(found)) if isinstance(found, Iterator | range) else found
+
+
+@contextmanager
+def _bounded() -> Iterator[None]:
+    """One render's budget, for the render in its block."""
     token = _budget.set(_Budget(MAX_STEPS, time.monotonic() + MAX_SECONDS))
     try:
-        return template.render(context)
+        yield
     except MemoryError:  # bounds make this rare (a large value from the data); its own message is empty
         raise TemplateLimit("the template needs more memory than it may use") from None
     finally:

@@ -52,7 +52,7 @@ _EMBEDDED: dict[str, Any] = {
 
 @functools.cache
 def schema(name: str) -> dict[str, Any]:
-    """The published schema `name` ("flow", "tool" or "flowtest") from schemas/."""
+    """The published schema `name` ("flow", "tool", "flowtest" or "evalcase") from schemas/."""
     return json.loads((data_dir("schemas") / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
@@ -169,9 +169,10 @@ def _subschema(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> di
     parts = list(error.schema_path)[:-1]
     if error.absolute_keyword_location is not None:
         resource, _, pointer = error.absolute_keyword_location.partition("#")
-        if resource != _EMBEDDED["$id"]:
+        node = {_EMBEDDED["$id"]: _EMBEDDED, root.get("$id"): root}.get(resource)  # reached through a `$ref`
+        if node is None:
             return {}
-        node, parts = _EMBEDDED, pointer.split("/")[1:-1]  # its keys need no JSON Pointer escapes
+        parts = pointer.split("/")[1:-1]  # their keys need no JSON Pointer escapes
     for part in parts:
         try:
             node = node[part]

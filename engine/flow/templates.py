@@ -1,7 +1,9 @@
 """Jinja2 templates in flows: rendering them in the sandbox (sandbox.py), and static checks of what they use.
 
 A template sees three names: `inputs` (the run's inputs), `steps` (`steps.<id>.output`: a step's latest result,
-data when it has an output_schema) and `visits` (`visits.<id>`: how often a step has run).
+data when it has an output_schema) and `visits` (`visits.<id>`: how often a step has run); a step's `output`
+template with a `tool` also sees `result`, the tool's result. Most templates render to text; `evaluate` gives the
+value of one that is a single `{{ expression }}` (a step's `output`).
 
 Checking happens in two parts: `facts` reads what a template text uses (context-free, so cached per text), and
 `template_problems` checks those facts against a flow. Templates render in the bounded sandbox of sandbox.py;
@@ -11,6 +13,7 @@ validation reports what that sandbox would refuse wherever it can be seen before
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from engine.flow.model import Flow, Step
 from engine.flow.sandbox import TemplateLimit, environment
 
 NAMES = ("inputs", "steps", "visits")
+RESULT = "result"  # the tool's result, in the `output` template of a step with `tool`
 STEP_ATTRIBUTES = ("output",)
 _IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 
@@ -58,6 +62,7 @@ def is_template(text: str) -> bool:
 
 # A template whose every hole is a plain path (`{{ steps.plan.output.items[0] }}`) and that has no other markup.
 _PLAIN_HOLE = re.compile(r"\{\{\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*)\s*\}\}")
+_PLAIN_VALUE = re.compile(rf"\s*{_PLAIN_HOLE.pattern}\s*")
 _PATH_PART = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]")
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
@@ -83,19 +88,8 @@ def _plain(text: str, context: dict[str, Any]) -> str | None:
     pieces, last = [], 0
     for hole in _PLAIN_HOLE.finditer(text):
         pieces.append(text[last:hole.start()])
-        path = hole.group(1)
-        name = path.split(".", 1)[0].split("[", 1)[0]
-        if name not in context:
-            return None
-        value = context[name]
-        for key, index in _PATH_PART.findall(path[len(name):]):
-            if key and isinstance(value, dict) and key in value and key not in _DICT_ATTRIBUTES:
-                value = value[key]
-            elif index and isinstance(value, list) and int(index) < len(value):
-                value = value[int(index)]
-            else:
-                return None
-        if not isinstance(value, str | int | float | bool | type(None)):
+        value = _lookup(hole.group(1), context)
+        if not isinstance(value, str | int | float | bool | type(None)):  # _MISSING among them
             return None
         pieces.append(str(value))
         last = hole.end()
@@ -103,9 +97,55 @@ def _plain(text: str, context: dict[str, Any]) -> str | None:
     return "".join(pieces)
 
 
+_MISSING = object()
+
+
+def _lookup(path: str, context: dict[str, Any]) -> Any:
+    """The value at the plain `path` in `context`, or _MISSING where Jinja2 semantics need Jinja2 (a missing name,
+    a key that is also a dict attribute)."""
+    name = path.split(".", 1)[0].split("[", 1)[0]
+    if name not in context:
+        return _MISSING
+    value = context[name]
+    for key, index in _PATH_PART.findall(path[len(name):]):
+        if key and isinstance(value, dict) and key in value and key not in _DICT_ATTRIBUTES:
+            value = value[key]
+        elif index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        else:
+            return _MISSING
+    return value
+
+
+def evaluate(text: str, context: dict[str, Any]) -> Any:
+    """The value of template `text` with `context`: when it is one `{{ expression }}` (blank text around it
+    aside), the expression's value as JSON data (a number stays a number, a tuple becomes a list); else its text.
+
+    A plain path gives the very value it names (already data), with no template compiled.
+    """
+    if not facts(text).expression:
+        return render(text, context)
+    plain = _PLAIN_VALUE.fullmatch(text)
+    found = _lookup(plain.group(1), context) if plain else _MISSING
+    if found is not _MISSING:
+        return found
+    found = sandbox.value(_compiled_value(text), context)
+    try:  # as storage will keep it and a resumed run read it back
+        return json.loads(json.dumps(found, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"its value is not JSON data: {exc}") from None
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(text: str) -> Template:
     return sandbox.compile_template(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_value(text: str) -> Template:
+    expression = _single(sandbox.parse(text))
+    assert expression is not None  # evaluate asks only for templates whose facts say they are one expression
+    return sandbox.compile_value(expression)
 
 
 @dataclass(frozen=True)
@@ -117,6 +157,7 @@ class Facts:
     references: tuple[tuple[str, ...], ...] = ()  # the longest constant chain of each `a.b.c` / `a["b"]`
     unsupported: tuple[str, ...] = ()  # unknown filters and tests, include/import/extends
     outcomes: frozenset[str] | None = None  # every value the whole template can render, when only constants
+    expression: bool = False  # the whole template is one `{{ expression }}` (blank text around it aside)
     limits: tuple[str, ...] = ()  # sandbox bounds it goes past whatever the data (sandbox.TemplateLimit)
     refused: tuple[str, ...] = ()  # attributes and methods the sandbox refuses
 
@@ -166,7 +207,7 @@ class _Reader:
         if any(is_template(data) for data in parts[0::2]):
             return None
         holes = parts[1::2]
-        readers, outcomes = [], None
+        readers, outcomes, expression = [], None, False
         for hole in holes:
             if hole[:1] in ("-", "+") or hole[-1:] in ("-", "+"):
                 return None  # whitespace control
@@ -182,12 +223,13 @@ class _Reader:
                 return None
             readers.append(reader)
             if len(holes) == 1 and not "".join(parts[0::2]).strip():
-                outcomes = values
+                outcomes, expression = values, True
         return Facts(
             free_names=frozenset(n for r in readers for n in r.names) - set(_IMPLICIT) - set(environment.globals),
             references=tuple(ref for r in readers for ref in r.references),
             unsupported=tuple(msg for r in readers for msg in r.unsupported),
             outcomes=outcomes,
+            expression=expression,
             refused=tuple(msg for r in readers for msg in r.refused),
         )
 
@@ -320,11 +362,13 @@ def _walk(tree: nodes.Template) -> Facts:
             unsupported.append(f"unknown test {node.name!r}")
         elif isinstance(node, nodes.Extends | nodes.Include | nodes.Import | nodes.FromImport):
             unsupported.append(f"`{{% {type(node).__name__.lower()} %}}` is not available in flow templates")
+    single = _single(tree)
     return Facts(
         free_names=frozenset(loaded - stored - set(environment.globals)),
         references=tuple(references),
         unsupported=tuple(unsupported),
-        outcomes=_outcomes(tree),
+        outcomes=None if single is None else _constant_values(single),
+        expression=single is not None and not isinstance(single, nodes.TemplateData),
         limits=_Limits(tree).found,
         refused=tuple(refused),
     )
@@ -437,16 +481,16 @@ def _chain(node: nodes.Expr) -> tuple[str, ...] | None:
     return (node.name, *reversed(parts))
 
 
-def _outcomes(tree: nodes.Template) -> frozenset[str] | None:
-    """Every value the template renders to, when it is one expression of string constants and if-else."""
-    expressions = [e for output in tree.body if isinstance(output, nodes.Output) for e in output.nodes]
-    expressions = [e for e in expressions if not (isinstance(e, nodes.TemplateData) and not e.data.strip())]
-    if len(expressions) != 1 or len(tree.body) != 1:
+def _single(tree: nodes.Template) -> nodes.Expr | None:
+    """The one expression or text a template outputs, blank text around it aside; None when it has more."""
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
         return None
-    return _constant_values(expressions[0])
+    found = [e for e in tree.body[0].nodes if not (isinstance(e, nodes.TemplateData) and not e.data.strip())]
+    return found[0] if len(found) == 1 else None
 
 
 def _constant_values(expr: nodes.Node) -> frozenset[str] | None:
+    """Every value `expr` gives, when it is made of string constants and if-else."""
     if isinstance(expr, nodes.Const) and isinstance(expr.value, str):
         return frozenset({expr.value})
     if isinstance(expr, nodes.TemplateData):
@@ -476,8 +520,10 @@ def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Pro
     problems = [Problem("FR301", message) for message in found.unsupported]
     problems += [Problem("FR304", message) for message in found.limits]
     problems += [Problem("FR305", message) for message in found.refused]
-    for name in sorted(found.free_names - set(NAMES)):
-        problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(NAMES)}"))
+    names = (*NAMES, RESULT) if field == "output" and step.tool else NAMES
+    for name in sorted(found.free_names - set(names)):
+        hint = f" (`{RESULT}` is the tool's result, in the `output` of a step with `tool`)" if name == RESULT else ""
+        problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(names)}{hint}"))
     for chain in found.references:
         if chain[0] in NAMES:
             problems.extend(Problem("FR302", message) for message in _check_chain(chain, flow))
@@ -510,7 +556,10 @@ def _check_chain(chain: tuple[str, ...], flow: Flow) -> Iterator[str]:
 def _check_field(step: Step, name: str) -> Iterator[str]:
     reference = f"steps.{step.id}.output.{name}"
     if step.output_schema is None:
-        yield f"{reference}: step {step.id!r} has no output_schema, so its output is text with no fields"
+        # data of a shape not declared: a tool's result, or the value of an `output` that is one expression
+        data = facts(step.output).expression if step.output is not None else step.tool is not None
+        if not data:
+            yield f"{reference}: step {step.id!r} has no output_schema, so its output is text with no fields"
         return
     properties = step.output_schema.get("properties")
     if isinstance(properties, dict) and name not in properties:

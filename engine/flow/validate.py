@@ -58,6 +58,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found.extend(checks.check_labels(flow, doc))
     found.extend(checks.check_loops(flow, graph, doc))
     found.extend(checks.check_tools(flow, tools, doc))
+    found.extend(checks.check_step_data(flow, tools, doc))
     found.extend(checks.check_templates(flow, doc))
     return CheckedFlow(flow, graph, sorted(found, key=lambda d: (d.line, d.column, d.code)), tools)
 

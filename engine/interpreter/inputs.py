@@ -84,8 +84,9 @@ def read_inputs(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, inputs) for each line of the JSON Lines file at `path`, blank lines skipped."""
+def read_input_lines(path: Path, what: str = "the inputs of one run") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each line of the JSON Lines file at `path`, blank lines skipped; `what` says what
+    each object is, for messages."""
     found = []
     for n, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
@@ -95,8 +96,8 @@ def read_input_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         except ValueError as exc:
             raise InputError(f"{path}:{n}: not JSON: {exc}") from None
         if not isinstance(value, dict):
-            raise InputError(f"{path}:{n}: each line is a JSON object of inputs")
+            raise InputError(f"{path}:{n}: each line is a JSON object: {what}")
         found.append((n, value))
     if not found:
-        raise InputError(f"{path}: no inputs: write one JSON object per line")
+        raise InputError(f"{path}: nothing to run: write one JSON object per line, {what}")
     return found

@@ -1,6 +1,7 @@
 """The messages a step sends the model: the agent's description and the task's inputs (one system message, the
 same for the whole run, never dropped), the progress so far (short-term memory, oldest first, which the context
-manager may drop or summarize), and last the step's own instruction or question with the tools it may use.
+manager may drop or summarize), the step's examples as turns of the conversation (`shots`), and last the step's own
+instruction or question with the tools it may use.
 
 Whatever changes from step to step comes last, so that the start of every prompt of a run is the same and a
 backend's cached prompt prefix is reused instead of recomputed.
@@ -12,6 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from engine.flow.model import Example
 from engine.kernel.memory import Entry
 from engine.kernel.tools import Tool
 
@@ -19,8 +21,9 @@ ENTRY_ROOM = 600  # characters of one progress entry; a long tool result fills t
 
 
 def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool], progress: Iterable[Entry],
-                  ask: str) -> list[dict[str, str]]:
-    """The chat messages for one model call of a step; `ask` is the rendered instruction with what to answer."""
+                  ask: str, examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat messages for one model call of a step; `ask` is the rendered instruction with what to answer,
+    `examples` the step's turns from `shots`."""
     system = description.strip()
     if inputs:
         system += "\n\nThe task's inputs:\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in inputs.items())
@@ -28,7 +31,22 @@ def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool
     if listed:
         ask = "Tools you can use:\n" + "\n".join(listed) + "\n\n" + ask
     history = [{"role": e.role, "content": e.content} for e in progress]
-    return [{"role": "system", "content": system}, *history, {"role": "user", "content": ask}]
+    return [{"role": "system", "content": system}, *history, *examples, {"role": "user", "content": ask}]
+
+
+def shots(examples: Iterable[Example], schema: dict[str, Any] | None = None, labels: Iterable[str] = (),
+          tool: str | None = None) -> list[dict[str, str]]:
+    """Each example as a user turn asked as the step asks (`ask_for` with the same form of answer) and the
+    assistant's answer in exactly the form the model must give: a label as the JSON string `choose` constrains
+    it to, a call as `{"tool": ..., "arguments": ...}`, data as JSON, text as it is."""
+    labels = list(labels)
+    turns = []
+    for example in examples:
+        answer = {"tool": tool, "arguments": example.answer} if tool else example.answer
+        free = not (labels or tool or schema is not None) and isinstance(answer, str)
+        turns += [{"role": "user", "content": ask_for(example.input, schema, labels, [tool] if tool else ())},
+                  {"role": "assistant", "content": answer if free else json.dumps(answer, ensure_ascii=False)}]
+    return turns
 
 
 def ask_for(instruction: str, schema: dict[str, Any] | None = None, labels: Iterable[str] = (),

@@ -19,12 +19,14 @@ LLM_KINDS = ("generate", "choose", "call_tool")
 
 @dataclass
 class RunFigures:
-    """One run in numbers. `waiting`: seconds its model calls spent queued (preempted spells included);
-    `running`: seconds they held a slot; `turnaround`: from the run's start to its end (None while it runs)."""
+    """One run in numbers. `calls`: its model calls; `waiting`: seconds they spent queued (preempted spells
+    included); `running`: seconds they held a slot; `turnaround`: from the run's start to its end (None while it
+    runs)."""
 
     run: RunRow
     steps: int = 0
     tokens: int = 0
+    calls: int = 0
     waiting: float = 0.0
     running: float = 0.0
 
@@ -64,6 +66,7 @@ def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
         found[step.run_id].tokens += step.tokens
     for call in storage.of_runs(SyscallRow, ids):
         if call.kind in LLM_KINDS:
+            found[call.run_id].calls += 1
             found[call.run_id].waiting += waited(call)
             found[call.run_id].running += ran(call)
     return list(found.values())

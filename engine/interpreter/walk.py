@@ -3,8 +3,12 @@
     process   generate, constrained to the step's output_schema when it has one. With `tool: X` the model fills
               in X's arguments (use_tool) and the tool's result is the step's output, unless an output_schema asks
               the model to state it as data; with `tools: [..]` the model first chooses one of them or none.
+              With `output:`, the template builds the output instead, from data (and the tool's `result`), with
+              no model call for it; the step's ask is its instruction, or its id when it has none.
     decision  `decide:` renders a label from data, with no model call; otherwise choose: one label, constrained.
     terminal  generate, as a process without tools; its output is the run's answer.
+A step's `examples` go into the prompt of its model call (engine.interpreter.prompts.shots): the decision's choice,
+the tool call of a `tool:` step, else its answer.
 With `samples: N` each model call of a step is asked N times at once and the most common answer kept (the tool is
 then called once, with the winning arguments): engine.interpreter.vote.
 
@@ -15,13 +19,12 @@ committed before the next one starts, so a run that fails or is interrupted keep
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +32,11 @@ import networkx as nx
 import psutil
 
 from engine.flow.model import Flow, Step
-from engine.flow.templates import render
-from engine.interpreter.prompts import ask_for, progress_entries, step_messages
+from engine.flow.templates import RESULT, evaluate, facts, render
+from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
 from engine.interpreter.vote import Unfit, majority, sample_key, sample_options
-from engine.json_schema import compile_schema
+from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
 from engine.kernel.context import ContextOverflow, WindowPolicy
@@ -113,12 +116,24 @@ class _Run:
 
     def render(self, step: Step, name: str, text: str) -> str:
         """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits."""
+        return self._template(render, step, name, text, {})
+
+    def value(self, step: Step, name: str, text: str, names: dict[str, Any]) -> Any:
+        """The value of template `text` (field `name` of `step`; engine.flow.templates.evaluate), with `names`
+        besides the run's inputs, step outputs and visits."""
+        return self._template(evaluate, step, name, text, names)
+
+    def _template(self, function: Callable[[str, dict[str, Any]], Any], step: Step, name: str, text: str,
+                  names: dict[str, Any]) -> Any:
         try:
-            return render(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits})
+            return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits, **names})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
-            at = self.graph.nodes[step.id].get("at", {}).get(name)
-            where = f"{self.file}:{at[0]}:{at[1]}" if at else self.file
-            raise RunError(f"{where}: step {step.id}: its {name} cannot be rendered: {exc}") from None
+            raise RunError(f"{self.at(step, name)}: step {step.id}: its {name} cannot be rendered: {exc}") from None
+
+    def at(self, step: Step, name: str) -> str:
+        """Where field `name` of `step` stands: file:line:col (the file alone where it is not known)."""
+        at = self.graph.nodes[step.id].get("at", {}).get(name)
+        return f"{self.file}:{at[0]}:{at[1]}" if at else self.file
 
 
 @dataclass
@@ -282,10 +297,12 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         ask = ask_for(f"{text}\nWhich tool should this step use, if any?", labels=[*names, NO_TOOL])
         chosen = await _choose(kernel, run, step, _messages(kernel, run, ask, names), [*names, NO_TOOL])
         names = () if chosen == NO_TOOL else (chosen,)
+    if not names and step.output is not None:
+        return _Done(text or step.id, _output(run, step, {}))
     if not names:
         return await _answer(kernel, run, step, text)
     ask = ask_for(text, tools=names)
-    messages = _messages(kernel, run, ask, names)
+    messages = _messages(kernel, run, ask, names, shots(step.examples, tool=step.tool) if step.tool else ())
     if step.samples:
         async def pick(key: str, options: dict[str, Any]) -> Any:
             try:
@@ -299,6 +316,9 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         call = await kernel.call_tool(run.agent, run.id, picked["tool"], picked["arguments"])
     else:
         call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
+    if step.output is not None:
+        output = _output(run, step, {RESULT: call.result})
+        return _Done(ask, output, messages, tool_calls=[call], from_tool=output is call.result)
     if step.output_schema is None:
         return _Done(ask, call.result, messages, tool_calls=[call], from_tool=True)
     shown = json.dumps(call.result, ensure_ascii=False)
@@ -312,7 +332,8 @@ async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
     most: a second time with what was wrong, for a backend that cannot constrain its output)."""
     schema = step.output_schema
     ask = ask_for(text, schema)
-    messages = _messages(kernel, run, ask)
+    # a tool step's examples are its calls (see _process), not what it states of their results
+    messages = _messages(kernel, run, ask, examples=() if step.used_tools() else shots(step.examples, schema))
     window = WindowPolicy(run.flow.context_policy)
     if step.samples:  # one try each: a sample that does not fit is not counted
         async def sample(key: str, options: dict[str, Any]) -> Any:
@@ -351,7 +372,7 @@ async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
                            f"({', '.join(labels)})")
         return _Done(question, label, branch=label)
     ask = ask_for(question, labels=labels)
-    messages = _messages(kernel, run, ask)
+    messages = _messages(kernel, run, ask, examples=shots(step.examples, labels=labels))
     label = await _choose(kernel, run, step, messages, labels)
     return _Done(ask, label, messages, branch=label)
 
@@ -400,9 +421,27 @@ _EXECUTE: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {
 }
 
 
-def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]:
+def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list[str] = (),
+              examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
     known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
-    return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask)
+    return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples)
+
+
+def _output(run: _Run, step: Step, names: dict[str, Any]) -> Any:
+    """What the step's `output` template builds with `names`: its value, or its text (read as JSON where the step
+    has an output_schema), which must match the output_schema. A RunError at the `output` field where not."""
+    text = step.output or ""
+    value = run.value(step, "output", text, names)
+    if step.output_schema is None:
+        return value
+    if facts(text).expression:
+        problem = "; ".join(schema_problems(step.output_schema, value, "the output"))
+    else:
+        value, problem = _data(value, step.output_schema)
+    if problem:
+        raise RunError(f"{run.at(step, 'output')}: step {step.id}: its output does not fit its output_schema: "
+                       f"{problem}")
+    return value
 
 
 def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
@@ -411,14 +450,8 @@ def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
         value = parse_json(text)
     except ValueError as exc:
         return None, f"it is not JSON ({exc})"
-    problems = [f"{'.'.join(map(str, e.instance_path)) or 'the answer'}: {e.message}"
-                for e in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value)]
+    problems = schema_problems(schema, value)
     return (None, "; ".join(problems)) if problems else (value, "")
-
-
-@functools.lru_cache(maxsize=256)
-def _validator(schema: str) -> Any:
-    return compile_schema(json.loads(schema))
 
 
 def _ordinal(n: int) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class Kernel:
         journal = self.journals.get(run)
         if journal is not None and (text := journal.answer(request.key)) is not None:
             return Result(text, "stop", 0, 0)
-        syscall = Syscall(kind, agent, run, request, priority)
+        syscall = Syscall(kind, agent, run, replace(request, run=run), priority)
         if journal is not None and (snapshot := journal.snapshot(request.key)) is not None:
             self.context.suspend(syscall, snapshot, store=False)
         error = None

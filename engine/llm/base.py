@@ -24,7 +24,8 @@ OnToken = Callable[[str], bool]
 class Request:
     """What to generate: chat messages, an optional JSON Schema (or GBNF grammar) the output must match, options.
 
-    `key` names the request for backends that answer from a script (the interpreter passes the step id).
+    `key` names the request for backends that answer from a script (the interpreter passes the step id), and
+    `run` the run it is for (the kernel sets it), for those that answer each run from a script of its own.
     """
 
     messages: list[dict[str, str]]
@@ -32,6 +33,7 @@ class Request:
     grammar: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    run: str = ""
 
 
 STRING_ROOM = 160  # characters, for a string a schema leaves unbounded

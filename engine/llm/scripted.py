@@ -135,6 +135,23 @@ class ScriptedBackend:
         return Result(text, "stop", prompt_tokens, done - start)
 
 
+@dataclass
+class RunScripts:
+    """Answers each run from a cassette of its own (`scripts`, by run id; Request.run says whose a request is):
+    many runs, each with its recorded answers, sharing one kernel and its scheduler."""
+
+    scripts: dict[str, ScriptedBackend] = field(default_factory=dict)
+    slots: int = 1
+    context: int = 1_000_000
+    name: str = field(default="scripted", init=False)
+    count_tokens = ScriptedBackend.count_tokens  # it counts words, whoever asks
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        if request.run not in self.scripts:
+            raise CassetteError(f"no recorded answers for run {request.run or '(none named)'}")
+        return await self.scripts[request.run].generate(request, on_token, resume)
+
+
 def _prompted(pattern: regex.Pattern[str], prompt: str) -> bool:
     try:
         return found_in(pattern, prompt)

@@ -1,0 +1,452 @@
+"""A step's `output:` (its output built from data, with no model call for it) and `examples:` (few-shot turns in
+its prompt): what validation reports, what a run on the scripted backend asks and keeps, and resume and replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.flow.validate import check_flow_text, load_flow
+from engine.interpreter.runs import LLM_KINDS
+from engine.kernel.storage import StepRow, Storage, SyscallRow
+from tests.test_interpreter import run, stored_steps
+from tests.test_run_cli import cli, runs_of, steps_of
+
+
+def diagnostics(text: str, tools: dict[str, Any]) -> set[tuple[int, int, str]]:
+    return {(d.line, d.column, d.code) for d in check_flow_text(text, "flow.yaml", tools).diagnostics}
+
+
+def model_calls(kernel: Any, step: str | None = None) -> list[SyscallRow]:
+    return [c for c in kernel.storage.rows(SyscallRow) if c.kind in LLM_KINDS and step in (None, c.key)]
+
+
+def flow_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "flow.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+HEAD = """\
+flowrun: 1
+name: StepData
+inputs:
+  n: {type: integer}
+tools: [calculator]
+steps:
+"""
+
+
+def test_output_templates_are_checked_like_the_others_at_their_position(tools) -> None:
+    text = HEAD + """\
+  compute:
+    kind: process
+    instruction: Write 2 * {{ inputs.n }}.
+    tool: calculator
+    output: "{{ result.result }}"
+    next: twice
+  twice:
+    kind: process
+    output: "{{ result * 2 }}"
+    next: bad
+  bad:
+    kind: process
+    output: "{{ inputs.m }} and {{ inputs.n.__class__ }}"
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.compute.output.value }} {{ steps.bad.output.value }}"
+"""
+    assert diagnostics(text, tools) == {
+        (15, 13, "FR302"),  # `result` is only on a step with `tool`
+        (19, 13, "FR302"), (19, 13, "FR305"),  # an unknown input; a Python internal
+        (23, 13, "FR302"),  # `bad` gives text (not one expression), which has no fields; `compute`'s is data
+    }
+
+
+def test_instruction_is_optional_only_where_output_needs_no_model(tools) -> None:
+    text = HEAD + """\
+  compute:
+    kind: process
+    tool: calculator
+    output: "{{ result.result }}"
+    next: plain
+  plain:
+    kind: process
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.compute.output }}"
+"""
+    found = check_flow_text(text, "flow.yaml", tools).diagnostics
+    assert {(d.line, d.code) for d in found} == {(7, "FR003"), (12, "FR003")}
+    assert all("missing required key 'instruction'" in d.message for d in found)
+
+
+def test_output_with_a_choice_of_tools_is_its_own_error(tools) -> None:
+    text = HEAD + """\
+  compute:
+    kind: process
+    instruction: Compute if you must.
+    tools: [calculator]
+    output: "{{ steps.compute.output }}"
+    next: done
+  done:
+    kind: terminal
+    instruction: Answer.
+"""
+    assert diagnostics(text, tools) == {(11, 13, "FR107")}
+
+
+def test_each_example_answer_is_checked_where_it_stands(tools) -> None:
+    text = HEAD + """\
+  parse:
+    kind: process
+    instruction: How many days?
+    output_schema: {type: object, properties: {days: {type: integer}}, required: [days]}
+    examples:
+      - {input: Three days, answer: {days: 3}}
+      - {input: A week, answer: {days: seven}}
+    next: compute
+  compute:
+    kind: process
+    instruction: Hours in the days.
+    tool: calculator
+    examples:
+      - input: Hours in 2 days
+        answer: {expression: "2 * 24"}
+      - input: Hours in 3 days
+        answer: {formula: "3 * 24"}
+    next: long
+  long:
+    kind: decision
+    question: Is it long?
+    examples:
+      - {input: 2 hours?, answer: "no"}
+      - {input: 90 hours?, answer: maybe}
+      - {input: 3 weeks?, answer: [yes]}
+    branches: {"yes": done, "no": done}
+  done:
+    kind: terminal
+    instruction: Say it.
+    examples:
+      - {input: Say 3, answer: It is 3 days.}
+"""
+    found = check_flow_text(text, "flow.yaml", tools).diagnostics
+    assert {(d.line, d.column, d.code) for d in found} == {(13, 33, "FR108"), (23, 17, "FR108"),
+                                                           (30, 36, "FR108"), (31, 35, "FR108")}
+    messages = {d.line: d.message for d in found}
+    assert messages[13].startswith("example 2 of step 'parse': ") and 'days: "seven" is not of type' in messages[13]
+    assert "the arguments of calculator" in messages[23] and "'formula' was unexpected" in messages[23]
+    assert "'maybe' is not one of the branch labels (yes, no)" in messages[30]
+
+
+def test_examples_are_bounded_and_examples_no_call_uses_are_warned_about(tools) -> None:
+    many = "".join(f"      - {{input: q{i}, answer: a{i}}}\n" for i in range(11))
+    text = HEAD.replace("tools: [calculator]\n", "") + f"""\
+  work:
+    kind: process
+    instruction: Work.
+    examples:
+{many}    next: count
+  count:
+    kind: process
+    output: "{{{{ visits.work }}}}"
+    examples:
+      - {{input: Count, answer: "1"}}
+    next: done
+  done:
+    kind: terminal
+    output: "{{{{ steps.count.output }}}}"
+"""
+    found = check_flow_text(text, "flow.yaml", tools).diagnostics
+    assert {(d.line, d.code, d.severity.value) for d in found} == {(9, "FR003", "error"), (25, "FR109", "warning")}
+    assert any("at most 10 examples" in d.message for d in found)
+
+
+def test_the_shipped_flows_still_validate() -> None:
+    code, out, _ = cli("validate", "flows/", "tools/")
+    assert code == 0, out
+
+
+# --- runs -------------------------------------------------------------------------------------------------------
+
+COMPUTE = """\
+flowrun: 1
+name: Speed
+description: You solve arithmetic.
+inputs:
+  problem: {type: string}
+tools: [calculator]
+steps:
+  compute:
+    kind: process
+    instruction: Write the arithmetic for {{ inputs.problem }}.
+    tool: calculator
+"""
+SPEED = COMPUTE + """\
+OUTPUT
+    next: answer
+  answer:
+    kind: terminal
+    output: "{{ ANSWER }} m/s"
+"""
+
+
+def speed(tmp_path: Path, output: str, answer: str) -> Path:
+    return flow_file(tmp_path, SPEED.replace("OUTPUT", output).replace("ANSWER", answer))
+
+
+CALL = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "100 / 8"}}'}]
+
+
+def test_a_terminal_with_output_answers_from_a_recorded_tool_result_with_no_model_call(tmp_path: Path) -> None:
+    flow = speed(tmp_path, "", "steps.compute.output.result")  # compute keeps the tool's whole result
+    outcome, kernel = run(flow, CALL, {"problem": "100 m in 8 s"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    assert outcome.answer == "12.5 m/s"
+    assert [c.kind for c in model_calls(kernel)] == ["call_tool"]  # compute's call only
+    assert not model_calls(kernel, "answer")
+    (done,) = [s for s in stored_steps(kernel, outcome) if s.step == "answer"]
+    assert (done.output, done.prompt, done.tokens) == ("12.5 m/s", None, 0)
+
+
+def test_a_tool_step_with_output_keeps_a_field_of_the_result_and_asks_nothing_more(tmp_path: Path) -> None:
+    flow = speed(tmp_path, '    output: "{{ result.result }}"', "steps.compute.output")
+    outcome, kernel = run(flow, CALL, {"problem": "100 m in 8 s"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    compute = stored_steps(kernel, outcome)[0]
+    assert compute.output == 12.5 and isinstance(compute.output, float)
+    assert compute.tools[0]["result"] == {"expression": "100 / 8", "result": 12.5}
+    assert [c.kind for c in model_calls(kernel)] == ["call_tool"]
+    assert outcome.answer == "12.5 m/s"
+
+
+VALUES = """\
+flowrun: 1
+name: Values
+inputs:
+  n: {type: integer}
+  words: {type: string}
+limits: {max_steps: 10}
+steps:
+  number:
+    kind: process
+    output: "{{ inputs.n * 2 }}"
+    next: listed
+  listed:
+    kind: process
+    output: "{{ inputs.words.split() }}"
+    next: text
+  text:
+    kind: process
+    instruction: Say n.
+    output: "n is {{ inputs.n }}"
+    next: record
+  record:
+    kind: process
+    output: '{"n": {{ inputs.n }}, "words": {{ steps.listed.output | length }}}'
+    output_schema:
+      type: object
+      properties: {n: {type: integer}, words: {type: integer}}
+      required: [n, words]
+    next: big
+  big:
+    kind: decision
+    question: Is it big?
+    decide: "{{ 'yes' if steps.number.output > 10 and steps.record.output.words == 3 else 'no' }}"
+    branches: {"yes": done, "no": done}
+  done:
+    kind: terminal
+    output: |
+      {{ {"twice": steps.number.output, "first": steps.listed.output[0], "text": steps.text.output} }}
+    output_schema: {type: object, required: [twice, first, text]}
+"""
+
+
+def test_one_expression_gives_its_value_other_templates_text_and_json_where_a_schema_asks(tmp_path: Path) -> None:
+    outcome, kernel = run(flow_file(tmp_path, VALUES), [], {"n": 7, "words": "red green blue"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    outputs = {s.step: s.output for s in stored_steps(kernel, outcome)}
+    assert outputs == {"number": 14, "listed": ["red", "green", "blue"], "text": "n is 7",
+                       "record": {"n": 7, "words": 3}, "big": "yes",
+                       "done": {"twice": 14, "first": "red", "text": "n is 7"}}
+    assert outcome.answer == outputs["done"]
+    assert not model_calls(kernel)
+    text = next(s for s in stored_steps(kernel, outcome) if s.step == "text")
+    assert text.ask == "Say n." and next(s for s in stored_steps(kernel, outcome) if s.step == "number").ask == "number"
+
+
+def test_an_output_that_does_not_fit_its_schema_fails_the_run_at_the_output_field(tmp_path: Path) -> None:
+    wrong_type = VALUES.replace("properties: {n: {type: integer}", "properties: {n: {type: string}")
+    outcome, kernel = run(flow_file(tmp_path, wrong_type), [], {"n": 7, "words": "a b c"}, tmp_path)
+    assert outcome.status == "failed"
+    assert outcome.error == (f"{tmp_path / 'flow.yaml'}:23:13: step record: its output does not fit its "
+                             'output_schema: n: 7 is not of type "string"')
+    assert [s.step for s in stored_steps(kernel, outcome)] == ["number", "listed", "text"]  # kept
+    not_json = VALUES.replace(""""words": {{ steps.listed.output | length }}}'""", """words: many}'""")
+    outcome, _ = run(flow_file(tmp_path, not_json), [], {"n": 7, "words": "a b c"}, tmp_path / "again")
+    assert outcome.status == "failed" and ":23:13: step record: its output does not fit" in outcome.error
+    assert "it is not JSON" in outcome.error
+
+
+def test_an_output_value_is_bounded_and_must_be_json_data(tmp_path: Path) -> None:
+    for output, said in (("{{ inputs.words * 10 ** 6 }}", "would make at least 14,000,000 characters"),
+                         ("{{ namespace(n=inputs.n) }}", "its value is not JSON data"),
+                         ("{{ steps.record.output }}", "has no attribute 'record'")):
+        flow = flow_file(tmp_path, VALUES.replace('"{{ inputs.n * 2 }}"', f'"{output}"'))
+        outcome, _ = run(flow, [], {"n": 7, "words": "red green blue"}, tmp_path / str(len(said)))
+        assert outcome.status == "failed"
+        assert outcome.error.startswith(f"{flow}:10:13: step number: its output cannot be rendered: ")
+        assert said in outcome.error
+
+
+EXAMPLES = """\
+flowrun: 1
+name: Examples
+description: You plan trips.
+inputs:
+  query: {type: string}
+tools: [calculator]
+steps:
+  parse:
+    kind: process
+    instruction: "How many days: {{ inputs.query }}"
+    output_schema: {type: object, properties: {days: {type: integer}}, required: [days]}
+    examples:
+      - {input: "How many days: a weekend in Austin", answer: {days: 2}}
+    next: hours
+  hours:
+    kind: process
+    instruction: Hours in {{ steps.parse.output.days }} days.
+    tool: calculator
+    output: "{{ result.result }}"
+    examples:
+      - {input: Hours in 2 days., answer: {expression: 2 * 24}}
+    next: long
+  long:
+    kind: decision
+    question: Are {{ steps.hours.output }} hours long?
+    examples:
+      - {input: Are 5 hours long?, answer: "no"}
+      - {input: Are 300 hours long?, answer: "yes"}
+    branches: {"yes": done, "no": done}
+  done:
+    kind: terminal
+    instruction: Say how long the trip is.
+    examples:
+      - {input: Say how long the trip is., answer: Two days.}
+"""
+
+
+def test_examples_go_into_the_prompt_as_turns_in_the_form_the_model_answers_in(tmp_path: Path) -> None:
+    responses = [
+        {"key": "parse", "text": '{"days": 3}'},
+        {"key": "hours", "text": '{"tool": "calculator", "arguments": {"expression": "3 * 24"}}'},
+        # answered only if the examples were sent, in the form choose constrains the answer to
+        {"prompt": r'Are 300 hours long\?\nAnswer with exactly one of: yes, no\.\n"yes"\nAre 72 hours long\?',
+         "text": '"no"'},
+        {"key": "done", "text": "Three days."},
+    ]
+    outcome, kernel = run(flow_file(tmp_path, EXAMPLES), responses, {"query": "3 days in Texas"}, tmp_path)
+    assert outcome.status == "finished", outcome.error
+    prompts = {s.step: s.prompt for s in stored_steps(kernel, outcome)}
+    count = {"parse": 1, "hours": 1, "long": 2, "done": 1}  # examples per step
+
+    def turns(step: str) -> list[tuple[str, str]]:  # between the system message (and progress) and the ask
+        return [(m["role"], m["content"]) for m in prompts[step][-1 - 2 * count[step]:-1]]
+
+    assert turns("parse") == [
+        ("user", 'How many days: a weekend in Austin\nAnswer with JSON like {"days": 0}'),
+        ("assistant", '{"days": 2}')]
+    assert turns("hours") == [
+        ("user", 'Hours in 2 days.\nCall calculator: answer with JSON, {"tool": "<its name>", "arguments": {...}}.'),
+        ("assistant", '{"tool": "calculator", "arguments": {"expression": "2 * 24"}}')]
+    assert turns("long") == [
+        ("user", "Are 5 hours long?\nAnswer with exactly one of: yes, no."), ("assistant", '"no"'),
+        ("user", "Are 300 hours long?\nAnswer with exactly one of: yes, no."), ("assistant", '"yes"')]
+    assert turns("done") == [("user", "Say how long the trip is."), ("assistant", "Two days.")]
+    for step in count:  # the system message first, the step's own ask last
+        assert prompts[step][0]["role"] == "system" and prompts[step][-1]["role"] == "user"
+    # progress comes before the examples, so a run's prompts share their start (a backend's cached prefix)
+    assert prompts["long"][:3] == prompts["done"][:3] and len(prompts["done"]) == 1 + 6 + 2 + 1
+    assert prompts["long"][-1]["content"].startswith("Are 72 hours long?")
+    assert outcome.answer == "Three days."
+
+
+# --- resume and replay ------------------------------------------------------------------------------------------
+
+DURABLE = COMPUTE + """\
+    output: "{{ result.result }}"
+    next: check
+  check:
+    kind: process
+    instruction: Check {{ steps.compute.output }} by multiplying back.
+    tool: calculator
+    output: "{{ result }}"
+    next: explain
+  explain:
+    kind: process
+    instruction: Explain {{ steps.compute.output }} in words.
+    next: answer
+  answer:
+    kind: terminal
+    output: "{{ steps.compute.output }} m/s ({{ steps.explain.output }}; check {{ steps.check.output.result }})"
+"""
+
+DURABLE_ANSWERS = """\
+responses:
+  - {key: compute, text: '{"tool": "calculator", "arguments": {"expression": "100 / 8"}}'}
+  - {key: check, text: '{"tool": "calculator", "arguments": {"expression": "12.5 * 8"}}'}
+  - {key: explain, text: twelve and a half metres each second}
+"""
+
+
+def shape(steps: list[StepRow]) -> list[tuple[str, int, str | None, Any]]:
+    return [(s.step, s.visit, s.branch, s.output) for s in steps]
+
+
+def test_a_run_with_output_steps_resumes_and_replays_to_the_same_steps(tmp_path: Path) -> None:
+    flow = flow_file(tmp_path, DURABLE)
+    good = tmp_path / "good.yaml"
+    good.write_text(DURABLE_ANSWERS)
+    short = tmp_path / "short.yaml"  # no answer for `explain`: the run fails there
+    short.write_text(DURABLE_ANSWERS.rsplit("  - {key: explain", 1)[0])
+    run_args = ["run", str(flow), "-i", "problem=100 m in 8 s", "--backend", "scripted", "--json"]
+
+    whole = tmp_path / "whole.db"
+    code, out, err = cli(*run_args, "--cassette", str(good), "--db", str(whole))
+    assert code == 0, err
+    answer = "12.5 m/s (twelve and a half metres each second; check 100.0)"
+    assert json.loads(out)["answer"] == answer
+
+    db = tmp_path / "runs.db"
+    code, out, _ = cli(*run_args, "--cassette", str(short), "--db", str(db))
+    assert code == 1 and json.loads(out)["status"] == "failed"
+    run_id = json.loads(out)["run_id"]
+    assert [s.step for s in steps_of(db)] == ["compute", "check"]
+    code, _, err = cli("runs", "resume", run_id, "--backend", "scripted", "--cassette", str(good), "--db", str(db))
+    assert code == 0, err
+    assert shape(steps_of(db)) == shape(steps_of(whole))
+    assert runs_of(db)[0].answer == answer
+    read_back = {s.step: s.output for s in steps_of(db)}
+    assert read_back["check"] == {"expression": "12.5 * 8", "result": 100.0}
+    raw = {s.step: s.output for s in Storage(f"sqlite:///{db}").rows(StepRow)}
+    assert raw["check"] is None  # `{{ result }}` is the tool's result, which its call's record holds: stored once
+    assert raw["compute"] == 12.5
+
+    code, out, err = cli("runs", "replay", run_id, "--db", str(db))
+    assert code == 0, out + err
+    assert "the same path, outputs and answer as recorded" in out
+
+
+def test_load_flow_reads_output_and_examples_into_the_model(tmp_path: Path) -> None:
+    checked = load_flow(flow_file(tmp_path, EXAMPLES))
+    assert checked.ok, checked.diagnostics
+    hours, long = checked.flow.steps["hours"], checked.flow.steps["long"]
+    assert hours.output == "{{ result.result }}" and hours.examples[0].answer == {"expression": "2 * 24"}
+    assert [e.answer for e in long.examples] == ["no", "yes"]
+    assert checked.graph.nodes["hours"]["at"]["output"] == (19, 13)
