@@ -1,9 +1,10 @@
 """Self-consistency (`samples: N`, `vote: majority`): one model call of a step drawn N times, the most common answer
 kept.
 
-Sample n (from 1) of step `s` is asked with the request key `s#n`, derived from where it stands and not from when it
-is answered, so that a resumed or replayed run gives each sample its own recorded answer whatever order they finish
-in (engine.kernel.journal), and a cassette can answer one sample (`key: s#2`) or all of a step's (`key: s`).
+Sample n (from 1) of step `s` is asked with the request key `s#n` (engine.llm.base.sample_key), derived from where
+it stands and not from when it is answered, so that a resumed or replayed run gives each sample its own recorded
+answer whatever order they finish in (engine.kernel.journal), and a cassette can answer one sample (`key: s#2`) or
+all of a step's (`key: s`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ class Unfit:
     """A sample whose answer cannot be counted (not a label, not data matching the schema, not a valid call)."""
 
     problem: str
-
-
-def sample_key(step: str, n: int) -> str:
-    """The request key of sample `n` (from 1) of step `step`."""
-    return f"{step}#{n}"
 
 
 def sample_options(options: dict[str, Any], temperature: float | None, n: int) -> dict[str, Any]:

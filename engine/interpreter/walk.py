@@ -35,7 +35,7 @@ from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
-from engine.interpreter.vote import Unfit, majority, sample_key, sample_options
+from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
@@ -44,7 +44,7 @@ from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import BadArguments, ToolCall, ToolError
-from engine.llm.base import BackendError, ModelUnavailable, Request
+from engine.llm.base import BackendError, ModelUnavailable, Request, sample_key
 from engine.llm.scripted import CassetteError
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens

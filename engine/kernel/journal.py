@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.llm.base import Snapshot
+from engine.llm.base import Snapshot, sampled
 
 
 class Divergence(Exception):
@@ -59,8 +59,9 @@ class Journal:
     def answer(self, key: str) -> str | None:
         """The next recorded answer if it was for a request with `key`; else None (strict: Divergence).
 
-        Samples of one call (keys `step#n`, asked at once) may ask in any order: each takes the first answer with
-        its key among the samples of that step recorded next, and one not recorded leaves the others theirs.
+        Samples of one request (engine.llm.base.sample_key), drawn at once, may ask in any order: each takes the
+        first answer with its key among the samples of that request recorded next, and one not recorded leaves the
+        others theirs.
         """
         at = self._find(key)
         if at is not None:
@@ -71,7 +72,7 @@ class Journal:
             recorded = f"the recorded run asked for {self.answers[0].key!r} here" if self.answers else \
                 "the recorded run asked the model nothing more"
             raise Divergence(f"a model call for {key!r}, but {recorded}")
-        if self.answers and _sample_of(self.answers[0].key) == _sample_of(key) is not None:
+        if self.answers and sampled(self.answers[0].key) == sampled(key) is not None:
             return None  # a sample the run did not get an answer for before it stopped
         if self.answers:  # what follows was answered for another path, and so was any snapshot
             self.supersede([a.id for a in self.answers if a.id is not None], [])
@@ -80,12 +81,12 @@ class Journal:
         return None
 
     def _find(self, key: str) -> int | None:
-        """Where the answer for `key` is: first, or (for a sample) among the samples of its step that come first."""
-        step = _sample_of(key)
+        """Where the answer for `key` is: first, or (for a sample) among the samples of its request that come first."""
+        of = sampled(key)
         for n, recorded in enumerate(self.answers):
             if recorded.key == key:
                 return n
-            if step is None or _sample_of(recorded.key) != step:
+            if of is None or sampled(recorded.key) != of:
                 return None
         return None
 
@@ -121,9 +122,3 @@ class Journal:
             self.supersede([], [t.id for t in self.tools if t.id is not None])
             self.tools.clear()
         return None
-
-
-def _sample_of(key: str) -> str | None:
-    """The step whose sample `key` asks for (engine.interpreter.vote.sample_key), or None if it is no sample's."""
-    step, mark, n = key.partition("#")
-    return step if mark and n.isdigit() else None

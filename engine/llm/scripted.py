@@ -28,7 +28,7 @@ from typing import Any
 
 import regex
 
-from engine.llm.base import OnToken, Request, Result, Snapshot
+from engine.llm.base import OnToken, Request, Result, Snapshot, sampled
 from engine.patterns import PatternError, compile_pattern, found_in
 
 _TOKEN = re.compile(r"\s*\S+|\s+\Z")
@@ -94,10 +94,10 @@ class ScriptedBackend:
         """The text of the first entry left for `request`: by key (a sample's, `step#n`, else its step's), else by
         prompt, else in order."""
         prompt = "\n".join(m.get("content", "") for m in request.messages)
-        step, sample, _ = request.key.partition("#")
+        of = sampled(request.key)
         for fits in (
             lambda e: e.keys is not None and request.key in e.keys,
-            lambda e: sample and e.keys is not None and step in e.keys,
+            lambda e: e.keys is not None and of in e.keys,
             lambda e: e.keys is None and e.prompt is not None and _prompted(e.prompt, prompt),
             lambda e: e.keys is None and e.prompt is None,
         ):
