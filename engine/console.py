@@ -84,6 +84,13 @@ def runs_table(found: Sequence[RunFigures]) -> str:
                   "answer / error"), rows)
 
 
+def _vote(tally: dict[str, Any]) -> str:
+    """How a sampled call's vote went (engine.interpreter.vote.Tally.record), in words."""
+    agreed = tally["counts"][str(tally["winner"])]
+    unfit = f", {len(tally['unfit'])} not counted" if tally["unfit"] else ""
+    return f"{agreed} of {tally['samples']} samples agreed (sample {tally['winner']}){unfit}"
+
+
 def run_text(record: RunRecord) -> str:
     """A stored run: what it was given, each step with its branch, tool calls, tokens and time, and its end."""
     run = record.run
@@ -99,6 +106,7 @@ def run_text(record: RunRecord) -> str:
         rows.extend(("", f"  {call['tool']}", "", "", "", "", "",
                      f"{_short(call['arguments'], 30)} -> {_short(call.get('result'), 40)}")
                     for call in step.tools or [])
+        rows.extend(("", "  vote", "", "", "", "", "", _vote(tally)) for tally in step.vote or [])
     lines.append(table(("#", "step", "visit", "kind", "branch", "tokens", "time", "output"), rows))
     lines.append("")
     if run.status == "finished":

@@ -37,6 +37,8 @@ class Step:
     output_schema: dict[str, Any] | None = None
     output: str | None = None  # a template that builds the output from data
     examples: tuple[Example, ...] = ()
+    samples: int | None = None  # draw each model call's answer this many times and keep the most common
+    temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
@@ -118,6 +120,9 @@ def _step(sid: str, raw: Any) -> Step:
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
         examples=_examples(raw.get("examples")),
+        samples=samples if _is_int(samples := raw.get("samples")) else None,
+        temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
+        else None,
         **text,
     )
 

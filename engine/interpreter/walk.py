@@ -9,6 +9,8 @@
     terminal  generate, as a process without tools; its output is the run's answer.
 A step's `examples` go into the prompt of its model call (engine.interpreter.prompts.shots): the decision's choice,
 the tool call of a `tool:` step, else its answer.
+With `samples: N` each model call of a step is asked N times at once and the most common answer kept (the tool is
+then called once, with the winning arguments): engine.interpreter.vote.
 
 A run's record (storage.start_run) is made before its first step and each step's (storage.record_step) is
 committed before the next one starts, so a run that fails or is interrupted keeps every step it finished.
@@ -33,6 +35,7 @@ from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
+from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessDenied
@@ -40,8 +43,8 @@ from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.journal import Divergence
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
-from engine.kernel.tools import ToolCall, ToolError
-from engine.llm.base import BackendError, ModelUnavailable, Request
+from engine.kernel.tools import BadArguments, ToolCall, ToolError
+from engine.llm.base import BackendError, ModelUnavailable, Request, sample_key
 from engine.llm.scripted import CassetteError
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
@@ -90,6 +93,7 @@ class _Run:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> {"output": latest output}
     visits: dict[str, int] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
 
     @classmethod
     def new(cls, graph: nx.MultiDiGraph, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
@@ -144,7 +148,8 @@ class _Done:
     from_tool: bool = False  # the output is the last call's result
     shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
 
-    def record(self, run: str, step: Step, visit: int, tokens: int, started: float) -> StepRecord:
+    def record(self, run: str, step: Step, visit: int, tokens: int, started: float,
+               votes: list[dict[str, Any]]) -> StepRecord:
         """What the steps table keeps of this step. A tool's result is stored once, in its call's record: the
         step's entries for its calls refer to theirs, and so do its output and prompt where they hold a result
         (engine.interpreter.runs.with_calls reads them back whole)."""
@@ -158,7 +163,7 @@ class _Done:
             ask = ask.replace(self.shown, mark)
             prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
         return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
-                          self.branch, calls or None, tokens, started, time.time(), ask)
+                          self.branch, calls or None, tokens, started, time.time(), ask, votes or None)
 
 
 async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any], *, file: str,
@@ -261,8 +266,9 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str)
         run.path.append(step.id)
         run.progress.step = step.id
         tokens, started = kernel.scheduler.generated[run.id], time.time()
+        run.votes = []
         done = await _EXECUTE[step.kind](kernel, run, step)
-        row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started)
+        row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started, run.votes)
         run.steps[step.id] = {"output": done.output}
         if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
@@ -289,8 +295,7 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
     names = step.used_tools()
     if step.tools and not step.tool:
         ask = ask_for(f"{text}\nWhich tool should this step use, if any?", labels=[*names, NO_TOOL])
-        chosen = await kernel.choose(run.agent, run.id, _messages(kernel, run, ask, names), [*names, NO_TOOL],
-                                     options={**run.options, "max_tokens": CHOICE_MAX_TOKENS}, key=step.id)
+        chosen = await _choose(kernel, run, step, _messages(kernel, run, ask, names), [*names, NO_TOOL])
         names = () if chosen == NO_TOOL else (chosen,)
     if not names and step.output is not None:
         return _Done(text or step.id, _output(run, step, {}))
@@ -298,7 +303,19 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         return await _answer(kernel, run, step, text)
     ask = ask_for(text, tools=names)
     messages = _messages(kernel, run, ask, names, shots(step.examples, tool=step.tool) if step.tool else ())
-    call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
+    if step.samples:
+        async def pick(key: str, options: dict[str, Any]) -> Any:
+            try:
+                tool, arguments = await kernel.pick_tool(run.agent, run.id, messages, list(names), options=options,
+                                                         key=key)
+            except BadArguments as exc:
+                return Unfit(str(exc))
+            return {"tool": tool, "arguments": arguments}
+
+        picked = await _voted(run, step, pick)
+        call = await kernel.call_tool(run.agent, run.id, picked["tool"], picked["arguments"])
+    else:
+        call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
     if step.output is not None:
         output = _output(run, step, {RESULT: call.result})
         return _Done(ask, output, messages, tool_calls=[call], from_tool=output is call.result)
@@ -317,10 +334,21 @@ async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
     ask = ask_for(text, schema)
     # a tool step's examples are its calls (see _process), not what it states of their results
     messages = _messages(kernel, run, ask, examples=() if step.used_tools() else shots(step.examples, schema))
+    window = WindowPolicy(run.flow.context_policy)
+    if step.samples:  # one try each: a sample that does not fit is not counted
+        async def sample(key: str, options: dict[str, Any]) -> Any:
+            result = await kernel.generate(run.agent, run.id, Request(messages, schema=schema, options=options,
+                                                                      key=key), window=window)
+            if schema is None:
+                return result.text.strip()
+            value, problem = _data(result.text, schema)
+            return Unfit(problem) if problem else value
+
+        return _Done(ask, await _voted(run, step, sample), messages)
     asked, problem = messages, ""
     for _ in range(2 if schema is not None else 1):
         request = Request(asked, schema=schema, options=run.options, key=step.id)
-        result = await kernel.generate(run.agent, run.id, request, window=WindowPolicy(run.flow.context_policy))
+        result = await kernel.generate(run.agent, run.id, request, window=window)
         if schema is None:
             return _Done(ask, result.text.strip(), messages)
         value, problem = _data(result.text, schema)
@@ -345,9 +373,47 @@ async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
         return _Done(question, label, branch=label)
     ask = ask_for(question, labels=labels)
     messages = _messages(kernel, run, ask, examples=shots(step.examples, labels=labels))
-    label = await kernel.choose(run.agent, run.id, messages, labels, key=step.id,
-                                options={**run.options, "max_tokens": CHOICE_MAX_TOKENS})
+    label = await _choose(kernel, run, step, messages, labels)
     return _Done(ask, label, messages, branch=label)
+
+
+async def _choose(kernel: Kernel, run: _Run, step: Step, messages: list[dict[str, str]], labels: list[str]) -> str:
+    """One of `labels`, chosen by the model (by a vote of the step's samples, if it has them)."""
+    async def choose(key: str, options: dict[str, Any]) -> str:
+        return await kernel.choose(run.agent, run.id, messages, labels, key=key,
+                                   options={**options, "max_tokens": CHOICE_MAX_TOKENS})
+
+    if not step.samples:
+        return await choose(step.id, run.options)
+
+    async def sample(key: str, options: dict[str, Any]) -> Any:
+        try:
+            return await choose(key, options)
+        except KernelError as exc:  # an answer that is not a label (a backend that cannot constrain it)
+            return Unfit(str(exc))
+
+    return await _voted(run, step, sample)
+
+
+async def _voted(run: _Run, step: Step, draw: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> Any:
+    """The most common of `step.samples` answers of `draw(key, options)`, all asked at once (so that the scheduler
+    shares the model's slots among them), each with its sample's key and options; how the vote went joins
+    `run.votes`. An Unfit answer is not counted; a step none of whose samples count fails, and so does one whose
+    sample failed (with the first failure, once the others are done)."""
+    drawn = [asyncio.ensure_future(draw(sample_key(step.id, n), sample_options(run.options, step.temperature, n)))
+             for n in range(1, (step.samples or 1) + 1)]
+    # A sample that fails lets the others finish, so that a resumed run has their answers; cancelling the run
+    # cancels them all.
+    answers = await asyncio.gather(*drawn, return_exceptions=True)
+    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    if failed is not None:
+        raise failed
+    tally = majority(answers)
+    if tally is None:
+        raise RunError(f"{run.file}: step {step.id}: none of its {len(answers)} samples gave an answer that can be "
+                       f"counted (the first: {answers[0].problem}); a larger model may do better (--model)")
+    run.votes.append(tally.record())
+    return answers[tally.winner]
 
 
 _EXECUTE: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {

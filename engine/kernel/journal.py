@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.llm.base import Snapshot
+from engine.llm.base import Snapshot, sampled
 
 
 class Divergence(Exception):
@@ -57,17 +57,37 @@ class Journal:
     supersede: Callable[[list[str], list[int]], None] = lambda calls, tools: None
 
     def answer(self, key: str) -> str | None:
-        """The next recorded answer if it was for a request with `key`; else None (strict: Divergence)."""
-        if self.answers and self.answers[0].key == key:
-            return self.answers.popleft().text
+        """The next recorded answer if it was for a request with `key`; else None (strict: Divergence).
+
+        Samples of one request (engine.llm.base.sample_key), drawn at once, may ask in any order: each takes the
+        first answer with its key among the samples of that request recorded next, and one not recorded leaves the
+        others theirs.
+        """
+        at = self._find(key)
+        if at is not None:
+            found = self.answers[at]
+            del self.answers[at]
+            return found.text
         if self.strict:
             recorded = f"the recorded run asked for {self.answers[0].key!r} here" if self.answers else \
                 "the recorded run asked the model nothing more"
             raise Divergence(f"a model call for {key!r}, but {recorded}")
+        if self.answers and sampled(self.answers[0].key) == sampled(key) is not None:
+            return None  # a sample the run did not get an answer for before it stopped
         if self.answers:  # what follows was answered for another path, and so was any snapshot
             self.supersede([a.id for a in self.answers if a.id is not None], [])
             self.answers.clear()
             self.snapshots.clear()
+        return None
+
+    def _find(self, key: str) -> int | None:
+        """Where the answer for `key` is: first, or (for a sample) among the samples of its request that come first."""
+        of = sampled(key)
+        for n, recorded in enumerate(self.answers):
+            if recorded.key == key:
+                return n
+            if of is None or sampled(recorded.key) != of:
+                return None
         return None
 
     def drop_unused(self) -> None:

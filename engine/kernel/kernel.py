@@ -1,6 +1,7 @@
 """The kernel: the syscalls an agent run can make, each scheduled, checked and stored.
 
-    generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager)
+    generate / choose / use_tool   LLM syscalls: scheduler.submit (snapshots through the context manager);
+    pick_tool                      use_tool's pick of a tool and arguments, without the call
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
@@ -146,21 +147,13 @@ class Kernel:
         fail the tool's schema, and errors of an idempotent tool (one that may be repeated) go back to the model
         once, with the message; then the call fails.
         """
-        tools = {n: self.tools.tools[n] for n in names if n in self.tools.tools}
-        if not tools:
-            raise ToolError(f"none of the tools {', '.join(names)} is loaded")
-        schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                             "properties": {"tool": {"const": n}, "arguments": t.parameters}}
-                            for n, t in tools.items()]}
+        tools, schema = self._callable(names)
         asked, problem = list(messages), None
         for _ in range(2):
             request = Request(asked, schema=schema, options=options or {}, key=key)
             result = await self.generate(agent, run, request, priority, SyscallKind.CALL_TOOL)
             try:
-                choice = parse_json(result.text)
-                name, arguments = choice["tool"], choice["arguments"]
-                if name not in tools:
-                    raise ValueError(f"{name!r} is not a tool this step may use; use {' or '.join(tools)}")
+                name, arguments = _tool_choice(result.text, tools)
                 return await self.call_tool(agent, run, name, arguments)
             except ToolError as exc:
                 if not isinstance(exc, BadArguments) and not tools[name].idempotent:
@@ -171,6 +164,33 @@ class Kernel:
             asked = [*messages, {"role": "assistant", "content": result.text},
                      {"role": "user", "content": f"That tool call is invalid: {problem}. Answer with a valid one."}]
         raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
+
+    async def pick_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
+                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> tuple[str, Any]:
+        """The model's pick of one of the tools `names` and its arguments, as use_tool asks for it, without calling
+        the tool (a caller votes on several picks, then calls the winner once); BadArguments when the answer is not
+        a call of one of them with arguments its parameters accept."""
+        tools, schema = self._callable(names)
+        request = Request(messages, schema=schema, options=options or {}, key=key)
+        result = await self.generate(agent, run, request, priority, SyscallKind.CALL_TOOL)
+        try:
+            name, arguments = _tool_choice(result.text, tools)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadArguments(f"the model's tool call is invalid: {exc}") from None
+        problems = tools[name].problems(arguments)
+        if problems:
+            raise BadArguments(f"arguments for {name}: " + "; ".join(problems))
+        return name, arguments
+
+    def _callable(self, names: list[str]) -> tuple[dict[str, Tool], dict[str, Any]]:
+        """The loaded tools among `names`, and the JSON Schema of a call of one of them."""
+        tools = {n: self.tools.tools[n] for n in names if n in self.tools.tools}
+        if not tools:
+            raise ToolError(f"none of the tools {', '.join(names)} is loaded")
+        schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
+                             "properties": {"tool": {"const": n}, "arguments": t.parameters}}
+                            for n, t in tools.items()]}
+        return tools, schema
 
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
         """Add interactions, (role, content) each, to the run's short-term memory (in process; what it evicts to
@@ -224,6 +244,16 @@ class Kernel:
                 self.storage.record_syscall(syscall, error)
 
         return await asyncio.to_thread(serve)
+
+
+def _tool_choice(text: str, tools: Mapping[str, Tool]) -> tuple[str, Any]:
+    """The tool and arguments a model's answer `text` names (ValueError, KeyError or TypeError if it names none of
+    `tools`)."""
+    choice = parse_json(text)
+    name, arguments = choice["tool"], choice["arguments"]
+    if name not in tools:
+        raise ValueError(f"{name!r} is not a tool this step may use; use {' or '.join(tools)}")
+    return name, arguments
 
 
 def _json_string(text: str) -> str:

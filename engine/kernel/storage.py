@@ -40,7 +40,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -51,6 +51,7 @@ _ADDED_COLUMNS = {
         ("tool_calls", "pending", "BOOLEAN"), ("tool_calls", "superseded", "BOOLEAN"), ("snapshots", "key", "VARCHAR")),
     5: (("runs", "pid_started", "FLOAT"),),
     6: (("tool_calls", "syscall", "VARCHAR"),),
+    7: (("steps", "vote", "JSON"),),
 }
 _STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
@@ -133,6 +134,7 @@ class StepRow(SQLModel, table=True):
     started: float
     finished: float
     ask: str | None = None  # the instruction or question as the step put it (what short-term memory keeps)
+    vote: Any = Field(default=None, sa_column=Column(JSON))  # [engine.interpreter.vote.Tally.record()] if sampled
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,7 @@ class StepRecord:
     started: float
     finished: float
     ask: str | None = None
+    vote: Any = None
 
 
 class AgentDataRow(SQLModel, table=True):

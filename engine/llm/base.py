@@ -36,6 +36,18 @@ class Request:
     run: str = ""
 
 
+def sample_key(key: str, n: int) -> str:
+    """The key of sample `n` (from 1) of the request keyed `key`: one of several drawn at once, which may be answered
+    in any order."""
+    return f"{key}#{n}"
+
+
+def sampled(key: str) -> str | None:
+    """The key of the request whose sample (sample_key) `key` is; None when it is no sample's."""
+    base, mark, n = key.partition("#")
+    return base if mark and n.isdigit() else None
+
+
 STRING_ROOM = 160  # characters, for a string a schema leaves unbounded
 ITEMS_ROOM = 10  # items, for an array a schema leaves unbounded
 

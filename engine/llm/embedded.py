@@ -25,7 +25,17 @@ from typing import Any
 
 from engine.llm.base import BackendError, OnToken, Request, Result, Snapshot, bounded, remaining_tokens
 
-_SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop"}
+_SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
+             "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n", "dry_multiplier": "dry_multiplier",
+             "dry_allowed_length": "dry_allowed_length"}
+# llama.cpp's DRY sampler ("don't repeat yourself") unless the options say otherwise: it penalizes a token that
+# would extend a run of tokens already seen in the last 64 (prompt included) past `dry_allowed_length`, which keeps
+# a small model from looping on "1.1.1.1..." to max_tokens; it also acts under a JSON Schema or grammar, so a free
+# string of structured output cannot be filled that way either. Its sequence breakers (newline, ':', '"', '*') end
+# a run, so JSON's punctuation is never penalized (nor, alas, a list repeating one line). 3 lets a name of up to
+# three tokens be copied from the prompt freely. A classic repeat penalty stays off (1.0): it penalizes every reuse
+# of a token, and on SmolLM2-135M already garbles text at 1.15.
+REPETITION = {"dry_multiplier": 0.8, "dry_allowed_length": 3}
 
 
 class EmbeddedBackend:
@@ -85,13 +95,14 @@ class EmbeddedBackend:
         if resume:
             self._restore(slot, resume.state["kv"])
         constrained = request.schema is not None or request.grammar is not None
+        options = REPETITION | request.options
         body: dict[str, Any] = {
             "prompt": [prompt, *ids] if ids else prompt,
             "stream": True,
             "logprobs": 1,  # streams each token's id, which a token-exact resume needs
             "cache_prompt": True,
             "id_slot": slot,
-            **{ours: request.options[key] for key, ours in _SAMPLING.items() if key in request.options},
+            **{ours: options[key] for key, ours in _SAMPLING.items() if key in options},
         }
         left = remaining_tokens(request, resume)
         if left is not None:

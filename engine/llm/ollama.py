@@ -29,8 +29,10 @@ from engine.llm.base import (
 from engine.settings import number
 
 DEFAULT_HOST = "http://localhost:11434"
+# Ollama has no DRY sampler: dry_multiplier and dry_allowed_length are not sent (its own repeat_penalty, 1.1 unless
+# the options set one, acts instead).
 _OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed", "stop": "stop",
-            "num_ctx": "num_ctx"}
+            "num_ctx": "num_ctx", "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n"}
 
 
 def host() -> str:

@@ -5,6 +5,8 @@ A cassette is YAML (read by the layer above, with the flow loader's YAML 1.2 rul
     responses:
       - key: parse_query            # for requests with this key (the interpreter uses the step id), in order
         text: '{"days": 3, "origin": "Seattle"}'
+      - key: vote#2                 # for sample 2 of step vote (`samples: N`); `key: vote` serves its samples too
+        text: yes
       - key: [breakfast, lunch]     # for requests with any of these keys
         text: '{"tool": "restaurant_search", "arguments": {"city": "Austin"}}'
         times: 4                    # answers this many requests (default 1)
@@ -26,7 +28,7 @@ from typing import Any
 
 import regex
 
-from engine.llm.base import OnToken, Request, Result, Snapshot
+from engine.llm.base import OnToken, Request, Result, Snapshot, sampled
 from engine.patterns import PatternError, compile_pattern, found_in
 
 _TOKEN = re.compile(r"\s*\S+|\s+\Z")
@@ -89,10 +91,13 @@ class ScriptedBackend:
         return cls(entries, **options)
 
     def answer(self, request: Request) -> str:
-        """The text of the first entry left for `request`: by key, else by prompt, else in order."""
+        """The text of the first entry left for `request`: by key (a sample's, `step#n`, else its step's), else by
+        prompt, else in order."""
         prompt = "\n".join(m.get("content", "") for m in request.messages)
+        of = sampled(request.key)
         for fits in (
             lambda e: e.keys is not None and request.key in e.keys,
+            lambda e: e.keys is not None and of in e.keys,
             lambda e: e.keys is None and e.prompt is not None and _prompted(e.prompt, prompt),
             lambda e: e.keys is None and e.prompt is None,
         ):
