@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
 FLOW_FILES = sorted(p for p in FLOWS.glob("*.yaml") if not p.name.endswith(NOT_FLOWS))  # not test cases
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MATH_LOOP = Path(__file__).resolve().parent / "flows" / "math_loop.yaml"  # many steps, a loop, tool calls
+MATH_LOOP_CASSETTE = MATH_LOOP.with_name("math_loop.cassette.yaml")
 INVALID = FIXTURES / "invalid"
 
 _MARKER = re.compile(r"#\s*<-\s*(.*)$")

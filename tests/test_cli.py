@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import validate_paths
-from tests.conftest import FLOW_FILES, FLOWS, INVALID
+from tests.conftest import FLOW_FILES, FLOWS, INVALID, MATH_LOOP
 
 # How many diagnostics the fixtures give (tests/test_checks.py checks that they are exactly the marked ones).
 ALL_EXPECTED = len(validate_paths([INVALID]).diagnostics)
@@ -119,7 +119,7 @@ def test_graph_mermaid_of_travel_agent() -> None:
 
 
 def test_graph_dot() -> None:
-    code, out, _ = run("graph", str(FLOWS / "math_agent.yaml"), "--format", "dot")
+    code, out, _ = run("graph", str(MATH_LOOP), "--format", "dot")
     assert code == 0 and out.startswith('digraph "MathAgent" {')
     assert '"more_subproblems" -> "solve_next" [label="yes"];' in out
     assert '"more_subproblems" [shape=diamond];' in out

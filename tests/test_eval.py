@@ -15,7 +15,7 @@ from engine.answers import read_number
 from engine.evaluation import scoring
 from engine.evaluation.stats import wilson
 from engine.kernel.storage import Storage, ToolCallRow
-from tests.conftest import FLOWS
+from tests.conftest import MATH_LOOP
 from tests.test_run_cli import cli
 
 # A decision the model makes, then one of two terminals, whose text is the answer.
@@ -134,7 +134,7 @@ def test_every_check_kind_scores_the_answer(tmp_path: Path) -> None:
     assert "does not fit the schema" in results["schema"]["reasons"][0]
 
 
-def test_the_shipped_math_agent_is_scored_on_recorded_answers(tmp_path: Path) -> None:
+def test_a_flow_with_a_loop_is_scored_on_recorded_answers(tmp_path: Path) -> None:
     recorded = [
         {"key": "plan", "text": '{"subproblems": ["180 km in metres", "2.5 hours in seconds", "metres per second"]}'},
         {"key": "solve_next", "text": '{"tool": "calculator", "arguments": {"expression": "180 * 1000"}}'},
@@ -150,7 +150,7 @@ def test_the_shipped_math_agent_is_scored_on_recorded_answers(tmp_path: Path) ->
              "routes": {"check_answer": "no", "more_subproblems": ["yes", "no"]}}
     data = tmp_path / "math.jsonl"
     data.write_text(json.dumps(speed) + "\n" + json.dumps(wrong) + "\n")
-    code, out, err = cli("eval", str(FLOWS / "math_agent.yaml"), "--data", str(data), "--db", str(tmp_path / "r.db"),
+    code, out, err = cli("eval", str(MATH_LOOP), "--data", str(data), "--db", str(tmp_path / "r.db"),
                          "--format", "json")
     assert code == 0, out + err
     found = json.loads(out)["configurations"][0]

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import FLOWS
+from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE
 from tests.test_run_cli import cli
 
 MATH_CASE = f"""\
-flow: {FLOWS / "math_agent.yaml"}
+flow: {MATH_LOOP}
 cases:
   - name: the speed
     inputs: {{problem: "A train covers 180 km in 2.5 hours. What is its speed in m/s?"}}
-    cassette: {FLOWS / "cassettes" / "math_agent.cassette.yaml"}
+    cassette: {MATH_LOOP_CASSETTE}
     expect:
 """
 
@@ -54,7 +54,7 @@ def test_a_broken_expectation_fails_with_what_differs(tmp_path: Path) -> None:
 def test_a_case_that_should_fail_and_does(tmp_path: Path) -> None:
     cases = tmp_path / "fails.test.yaml"
     cases.write_text(f"""\
-flow: {FLOWS / "math_agent.yaml"}
+flow: {MATH_LOOP}
 cases:
   - name: a plan without sub-problems
     inputs: {{problem: "1 + 1"}}
@@ -70,7 +70,7 @@ cases:
 
 def test_a_bad_test_file_is_reported_where_it_is_wrong(tmp_path: Path) -> None:
     cases = tmp_path / "bad.test.yaml"
-    cases.write_text(MATH_CASE.replace("math_agent.cassette", "gone.cassette") + """\
+    cases.write_text(MATH_CASE.replace("math_loop.cassette", "gone.cassette") + """\
       path: [plan, solve_nxt]
       branches: {check_answer: maybe}
 """)
@@ -87,7 +87,7 @@ def test_a_bad_test_file_is_reported_where_it_is_wrong(tmp_path: Path) -> None:
 
 def test_a_flow_without_cases_and_a_case_without_answers(tmp_path: Path) -> None:
     flow = tmp_path / "math.yaml"
-    flow.write_text((FLOWS / "math_agent.yaml").read_text())
+    flow.write_text(MATH_LOOP.read_text())
     code, _, err = cli("test", str(flow))
     assert code == 2 and "no test cases: write them in math.test.yaml beside the flow" in err
     code, _, err = cli("test", str(tmp_path))

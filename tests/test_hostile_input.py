@@ -13,7 +13,7 @@ import pytest
 
 from engine.kernel.retry import Backoff
 from engine.kernel.storage import RunRow, StepRow, Storage
-from tests.conftest import FLOWS
+from tests.conftest import MATH_LOOP
 from tests.test_run_cli import cli
 
 # A decision needing no model, then a step the model answers with data, a tool call and a choice.
@@ -84,7 +84,7 @@ def test_a_case_cannot_write_files_outside_its_workspace(tmp_path: Path, monkeyp
     absolute, climbed = tmp_path / "absolute.txt", scratch / "climbed.txt"
     cases = tmp_path / "escape.test.yaml"
     cases.write_text(f"""\
-flow: {FLOWS / "math_agent.yaml"}
+flow: {MATH_LOOP}
 cases:
   - name: absolute
     inputs: {{problem: "1 + 1"}}
@@ -122,7 +122,7 @@ def test_a_flow_or_cassette_that_is_not_one_is_not_quoted(tmp_path: Path) -> Non
         assert code == 2
         assert "hunter2" not in out + err
         assert f"{cases}:1:7: error FR602" in err and f"{tmp_path / target} is not a flow" in err
-        cases.write_text(f"flow: {FLOWS / 'math_agent.yaml'}\ncases:\n  - name: x\n    cassette: {target}\n"
+        cases.write_text(f"flow: {MATH_LOOP}\ncases:\n  - name: x\n    cassette: {target}\n"
                          "    inputs: {problem: x}\n")
         code, out, err = cli("test", str(cases))
         assert code == 1 and "is a mapping with a `responses` list" in out
@@ -248,7 +248,7 @@ def test_a_catastrophic_cassette_pattern_is_cut_short(tmp_path: Path, flow: Path
 def test_a_test_case_check_that_cannot_be_used(tmp_path: Path) -> None:
     cases = tmp_path / "bad.test.yaml"
     cases.write_text(f"""\
-flow: {FLOWS / "math_agent.yaml"}
+flow: {MATH_LOOP}
 cases:
   - name: matches
     inputs: {{problem: x}}
@@ -265,7 +265,7 @@ cases:
     assert f"{cases}:9:26: error FR003 schema: case 'prompt': response 1: `prompt` is a regular expression" in err
     # a schema that is no JSON Schema is the file's schema check's to report (against the metaschema)
     cases.write_text(f"""\
-flow: {FLOWS / "math_agent.yaml"}
+flow: {MATH_LOOP}
 cases:
   - name: schema
     inputs: {{problem: x}}

@@ -28,9 +28,9 @@ from engine.kernel.tools import ToolError, tool_from_manifest
 from engine.llm.base import Request
 from engine.llm.ollama import OllamaBackend
 from engine.llm.scripted import ScriptedBackend
-from tests.conftest import TWO_STEPS
+from tests.conftest import MATH_LOOP_CASSETTE, TWO_STEPS
 from tests.fake_ollama import FakeOllama
-from tests.test_run_cli import CASSETTES, MATH, cli, runs_of
+from tests.test_run_cli import MATH, cli, runs_of
 
 BUNDLED = load_tools([]).tools
 
@@ -430,7 +430,7 @@ def test_a_tool_steps_result_is_stored_once(restated: bool, tmp_path: Path, two_
 
 
 def test_a_max_result_that_is_not_a_number_is_a_clear_error(tmp_path: Path) -> None:
-    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                        "--db", str(tmp_path / "runs.db"), env={"FLOWRUN_MAX_RESULT": "1 MB"})
     assert code == 2 and "FLOWRUN_MAX_RESULT is '1 MB': it must be a whole number" in err and "Traceback" not in err
 

@@ -17,7 +17,7 @@ from engine.interpreter.setup import kernel_for, read_cassette
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import MemoryRow, RunRow, StepRow, Storage, SyscallRow, ToolCallRow
-from tests.conftest import FLOWS
+from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE
 
 CASSETTES = FLOWS / "cassettes"
 
@@ -97,8 +97,8 @@ def test_the_travel_cassettes_take_every_branch(tmp_path: Path) -> None:
     assert {(a, b) for a, b, _ in checked.graph.edges(keys=True)} == taken
 
 
-def test_math_agent_solves_each_subproblem_with_the_calculator(tmp_path: Path) -> None:
-    outcome, kernel = run(FLOWS / "math_agent.yaml", CASSETTES / "math_agent.cassette.yaml",
+def test_the_math_loop_solves_each_subproblem_with_the_calculator(tmp_path: Path) -> None:
+    outcome, kernel = run(MATH_LOOP, MATH_LOOP_CASSETTE,
                           {"problem": "A train covers 180 km in 2.5 hours. What is its speed in m/s?"}, tmp_path)
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["plan", "solve_next", "more_subproblems", "solve_next", "more_subproblems",

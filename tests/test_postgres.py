@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
-from tests.conftest import FLOWS, ROOT
+from tests.conftest import MATH_LOOP, ROOT
 from tests.test_crash import HERE
 from tests.test_run_cli import cli
 
@@ -141,7 +141,7 @@ def test_processes_writing_one_database_at_once_lose_nothing(postgres: str, tmp_
     inputs.write_text("".join(json.dumps({"problem": f"train {n}: 180 km in 2.5 h, in m/s?"}) + "\n"
                               for n in range(RUNS)))
     batches = [subprocess.Popen(
-        [sys.executable, "-m", "engine", "batch", str(FLOWS / "math_agent.yaml"), "--inputs", str(inputs),
+        [sys.executable, "-m", "engine", "batch", str(MATH_LOOP), "--inputs", str(inputs),
          "--concurrency", "4", "--backend", "scripted", "--cassette", str(tmp_path / "answers.yaml"),
          "--db", postgres, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(PROCESSES)]

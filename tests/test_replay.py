@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FLOWS
+from tests.conftest import MATH_LOOP, MATH_LOOP_CASSETTE
 from tests.test_crash import HERE
-from tests.test_run_cli import CASSETTES, cli, runs_of
+from tests.test_run_cli import cli, runs_of
 
 LEDGER = ["--tools", str(HERE)]
 
@@ -70,12 +70,12 @@ def test_a_failed_run_resumed_replays_as_it_ended(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     bad = tmp_path / "bad.yaml"
     bad.write_text("responses:\n  - {key: plan, times: 2, text: '{\"steps\": 3}'}\n")
-    math = ["run", str(FLOWS / "math_agent.yaml"), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
+    math = ["run", str(MATH_LOOP), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
     code, out, _ = cli(*math, "--backend", "scripted", "--cassette", str(bad), "--db", str(db), "--json")
     assert code == 1 and json.loads(out)["status"] == "failed"
     run_id = json.loads(out)["run_id"]
     code, _, err = cli("runs", "resume", run_id, "--backend", "scripted", "--cassette",
-                       str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(db))
+                       str(MATH_LOOP_CASSETTE), "--db", str(db))
     assert code == 0, err
     code, out, err = cli("runs", "replay", run_id, "--db", str(db))
     assert code == 0 and "replayed without a model: 9 steps" in out, out + err

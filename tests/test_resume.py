@@ -16,10 +16,11 @@ from engine.kernel.storage import RunRow, SnapshotRow, StepRecord, StepRow, Stor
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.base import Request, Snapshot
 from engine.llm.scripted import tokenize
+from tests.conftest import MATH_LOOP_CASSETTE
 from tests.test_crash import HERE
-from tests.test_run_cli import CASSETTES, MATH, cassette, cli, runs_of, slow_run, steps_of, wait_for_steps
+from tests.test_run_cli import MATH, cassette, cli, runs_of, slow_run, steps_of, wait_for_steps
 
-MATH_CASSETTE = ["--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml")]
+MATH_CASSETTE = ["--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE)]
 
 
 def model_calls(db: Path) -> Counter[str | None]:

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.interpreter.runs import with_calls
 from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
-from tests.conftest import FLOWS, TWO_STEPS
+from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE, TWO_STEPS
 
 CASSETTES = FLOWS / "cassettes"
-MATH = ["run", str(FLOWS / "math_agent.yaml"), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
+MATH = ["run", str(MATH_LOOP), "-i", "problem=180 km in 2.5 h: speed in m/s?"]
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, list(args), env=env)
@@ -45,13 +45,13 @@ def cassette(tmp_path: Path, text: str) -> str:
 
 def test_run_prints_the_answer_and_the_run_id_and_stores_it(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    code, out, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    code, out, err = cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                          "--db", str(db))
     assert code == 0, err
     assert json.loads(out) == {"answer": "20 m/s", "working": "180000 m / 9000 s"}
     (run,) = runs_of(db)
     assert f"run {run.id} finished in 9 steps" in err and run.status == "finished"
-    code, out, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    code, out, err = cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                          "--db", str(db), "--json")
     result = json.loads(out)
     assert (code, result["status"], result["answer"]["answer"], len(result["steps"])) == (0, "finished", "20 m/s", 9)
@@ -68,15 +68,15 @@ def test_an_invalid_flow_is_refused_with_its_diagnostics(tmp_path: Path) -> None
     flow = tmp_path / "bad.yaml"
     flow.write_text(TWO_STEPS.replace("next: done", "next: nowhere"))
     code, _, err = cli("run", str(flow), "--backend", "scripted", "--cassette",
-                       str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(tmp_path / "runs.db"))
+                       str(MATH_LOOP_CASSETTE), "--db", str(tmp_path / "runs.db"))
     assert code == 2 and "FR101" in err and "is not valid" in err
     assert not (tmp_path / "runs.db").exists()
 
 
 def test_missing_and_unknown_inputs(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    base = ["run", str(FLOWS / "math_agent.yaml"), "--backend", "scripted", "--cassette",
-            str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(db)]
+    base = ["run", str(MATH_LOOP), "--backend", "scripted", "--cassette",
+            str(MATH_LOOP_CASSETTE), "--db", str(db)]
     code, _, err = cli(*base)
     assert code == 2 and "input 'problem' is required: give it with -i problem=..." in err
     code, _, err = cli(*base, "-i", "problem=x", "-i", "colour=red")
@@ -95,18 +95,18 @@ def test_unknown_model(tmp_path: Path) -> None:
 
 def test_an_answer_failing_its_schema_twice(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    broken = (CASSETTES / "math_agent.cassette.yaml").read_text().replace(
+    broken = MATH_LOOP_CASSETTE.read_text().replace(
         '{key: answer, text: \'{"answer": "20 m/s", "working": "180000 m / 9000 s"}\'}',
         "{key: answer, text: 'twenty', times: 2}")
     code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", cassette(tmp_path, broken), "--db", str(db))
     assert code == 1 and "step answer: the model's answer failed the step's output_schema twice" in err
     assert "it is not JSON" in err
-    assert len(steps_of(db)) == 8 and runs_of(db)[0].error.startswith(str(FLOWS / "math_agent.yaml"))
+    assert len(steps_of(db)) == 8 and runs_of(db)[0].error.startswith(str(MATH_LOOP))
 
 
 def test_a_failing_tool_is_sent_back_once_then_fails_the_run(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    broken = (CASSETTES / "math_agent.cassette.yaml").read_text().replace("2.5 * 3600", "2.5 / 0")
+    broken = MATH_LOOP_CASSETTE.read_text().replace("2.5 * 3600", "2.5 / 0")
     broken = broken.replace("180000 / 9000", "2.5 / 0")  # the second try is no better
     code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", cassette(tmp_path, broken), "--db", str(db))
     assert code == 1 and "step solve_next" in err and "still failed after the error was sent back" in err
@@ -128,10 +128,10 @@ def test_a_tool_timeout(tmp_path: Path, two_steps: Path) -> None:
 
 def test_a_read_only_database_stops_the_run_and_keeps_what_it_holds(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    assert cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    assert cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                "--db", str(db))[0] == 0
     read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
-    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                        "--db", read_only)
     assert code in (1, 2) and "read-only" in err and "Traceback" not in err
     (kept,) = runs_of(db)
@@ -141,14 +141,14 @@ def test_a_read_only_database_stops_the_run_and_keeps_what_it_holds(tmp_path: Pa
 def test_an_unusable_database_location(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(CASSETTES / "math_agent.cassette.yaml"),
+    code, _, err = cli(*MATH, "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                        "--db", str(blocker / "runs.db"))
     assert code == 2 and "cannot create the folder of database" in err
 
 
 def slow_run(tmp_path: Path, db: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """`flowrun run` of math_agent in a process of its own, each token taking 20 ms."""
-    slow = (CASSETTES / "math_agent.cassette.yaml").read_text().replace("responses:", "token_delay: 0.02\nresponses:")
+    """`flowrun run` of math_loop in a process of its own, each token taking 20 ms."""
+    slow = MATH_LOOP_CASSETTE.read_text().replace("responses:", "token_delay: 0.02\nresponses:")
     return subprocess.Popen(
         [sys.executable, "-m", "engine", *MATH, "--backend", "scripted", "--cassette", cassette(tmp_path, slow),
          "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -208,7 +208,7 @@ def test_batch_runs_share_the_model_and_print_a_summary(tmp_path: Path) -> None:
         '{key: solve_next, text: \'{"tool": "calculator", "arguments": {"expression": "6 * 7"}}\', times: 3}',
         "{key: check_answer, text: 'yes', times: 3}",
         '{key: answer, text: \'{"answer": "42"}\', times: 3}'])
-    code, out, err = cli("batch", str(FLOWS / "math_agent.yaml"), "--inputs", str(inputs), "--concurrency", "3",
+    code, out, err = cli("batch", str(MATH_LOOP), "--inputs", str(inputs), "--concurrency", "3",
                          "--backend", "scripted", "--cassette", cassette(tmp_path, answers), "--db", str(db))
     assert code == 0, err
     assert out.count("finished") == 3 and "waiting" in out.splitlines()[0] and "3 of 3 runs finished" in err
@@ -225,12 +225,12 @@ def test_batch_runs_share_the_model_and_print_a_summary(tmp_path: Path) -> None:
 def test_batch_input_errors_name_the_line(tmp_path: Path) -> None:
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text('{"problem": "a"}\n{"problem": 3}\n')
-    code, _, err = cli("batch", str(FLOWS / "math_agent.yaml"), "--inputs", str(inputs), "--backend", "scripted",
-                       "--cassette", str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(tmp_path / "r.db"))
+    code, _, err = cli("batch", str(MATH_LOOP), "--inputs", str(inputs), "--backend", "scripted",
+                       "--cassette", str(MATH_LOOP_CASSETTE), "--db", str(tmp_path / "r.db"))
     assert code == 2 and f"{inputs}:2: input 'problem': 3 is not of type \"string\"" in err
     inputs.write_text("{\n")
-    code, _, err = cli("batch", str(FLOWS / "math_agent.yaml"), "--inputs", str(inputs), "--backend", "scripted",
-                       "--cassette", str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(tmp_path / "r.db"))
+    code, _, err = cli("batch", str(MATH_LOOP), "--inputs", str(inputs), "--backend", "scripted",
+                       "--cassette", str(MATH_LOOP_CASSETTE), "--db", str(tmp_path / "r.db"))
     assert code == 2 and f"{inputs}:1: not JSON" in err
 
 
@@ -262,8 +262,8 @@ def test_an_exported_run_replays_on_the_scripted_backend(tmp_path: Path) -> None
 def test_inputs_from_a_file(tmp_path: Path) -> None:
     given = tmp_path / "inputs.json"
     given.write_text(json.dumps({"problem": "from the file"}))
-    base = [str(FLOWS / "math_agent.yaml"), "--backend", "scripted", "--cassette",
-            str(CASSETTES / "math_agent.cassette.yaml"), "--db", str(tmp_path / "r.db")]
+    base = [str(MATH_LOOP), "--backend", "scripted", "--cassette",
+            str(MATH_LOOP_CASSETTE), "--db", str(tmp_path / "r.db")]
     code, _, err = cli("run", *base, "--input-file", str(given), "--json")
     assert code == 0, err
     assert runs_of(tmp_path / "r.db")[0].inputs == {"problem": "from the file"}
