@@ -226,4 +226,4 @@ def test_a_megabyte_of_template_text_validates_in_well_under_a_minute(hostile: s
     found = problems(hostile, tools)
     elapsed = time.perf_counter() - start
     assert found == ([(code, *WHERE)] if code else [])
-    assert elapsed < 10, f"{elapsed:.1f} s"  # about 0.1 s here; the quadratic splitter took hours
+    assert elapsed < 60, f"{elapsed:.1f} s"  # 0.1-0.5 s here, 12 s on a crowded machine; quadratic took hours
