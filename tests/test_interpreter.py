@@ -153,8 +153,9 @@ def test_sql_analyst_fixes_its_query_once(tmp_path: Path) -> None:
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["write_query", "result_ok", "retries_left", "fix_query", "result_ok", "answer"]
     steps = stored_steps(kernel, outcome)
-    assert (steps[0].output["columns"], steps[0].output["rows"]) == (["n"], [[30]])
+    assert (steps[0].output["columns"], steps[0].output["rows"]) == (["name"], [])
     assert steps[3].output["rows"] == [["California", 5]]
+    assert outcome.answer == "state: California, n: 5"
 
 
 def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> None:
