@@ -173,14 +173,14 @@ def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> N
     outcome = asyncio.run(run_flow(kernel, checked.graph, {"topic": "bees", "files": ["a.md", "b.md"]},
                                    file="notes_digest.yaml", progress=progress))
     assert outcome.status == "finished", outcome.error
-    assert outcome.path == ["read_next", "take_notes", "files_left", "read_next", "take_notes", "files_left",
-                            "write_digest", "summary"]
+    assert outcome.path == ["read_next", "files_left", "read_next", "files_left", "write_digest", "summary"]
     steps = stored_steps(kernel, outcome)
-    assert [s.output["content"] for s in steps if s.step == "read_next"] == ["Bees visit clover.",
-                                                                           "Clover wilts without rain."]
-    # take_notes' instruction names the file just read: visits count the current visit.
-    assert [s.prompt[-1]["content"].split(" says about")[0][-4:] for s in steps if s.step == "take_notes"] == \
-        ["a.md", "b.md"]
+    # each visit's output is the files read so far, with what they say
+    assert [[n["content"] for n in s.output] for s in steps if s.step == "read_next"] == [
+        ["Bees visit clover."], ["Bees visit clover.", "Clover wilts without rain."]]
+    # read_next's instruction names the file to read: visits count the current visit.
+    assert [s.prompt[-1]["content"].split("\n")[-2] for s in steps if s.step == "read_next"] == \
+        ["Read the file a.md.", "Read the file b.md."]
     assert "(b.md)" in (notes / "digest.md").read_text()
 
 
