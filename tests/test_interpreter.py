@@ -132,7 +132,10 @@ def test_narrative_agent_revises_twice_then_saves_the_story(tmp_path: Path) -> N
     assert outcome.path[-2:] == ["save_story", "story"]
     saved = tmp_path / "workspaces" / outcome.run_id / "story.md"
     assert saved.read_text().startswith("# The Keeper of Vey")
-    assert outcome.answer.startswith("The Keeper of Vey")
+    # the answer is the parts as written, the conclusion as last revised
+    parts = {s.step: s.output for s in steps}
+    assert outcome.answer == "\n\n".join([*(parts[p] for p in ("introduction", "rising_action", "climax", "revise")),
+                                          "(Saved as story.md.)"])
 
 
 def test_rec_agent_takes_the_hotel_branch(tmp_path: Path) -> None:
