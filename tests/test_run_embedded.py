@@ -66,8 +66,9 @@ def test_route_contracts_on_the_embedded_model(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(ROOT)})
     report = json.loads(done.stdout)
     (found,) = report["files"]
-    assert [c["name"] for c in found["cases"]] == ["a quiet hotel in Austin takes the hotel branch",
-                                                   "a dinner in Austin takes the restaurant branch"]
+    assert [c["name"] for c in found["cases"]] == [
+        "a quiet hotel in Austin takes the hotel branch and keeps to the budget",
+        "Thai food in Seattle takes the restaurant branch and lists only Thai places"]
     for case in found["cases"]:
         assert case["steps"][:2] == ["understand", "direction"] or not case["passed"]
         assert case["passed"] == (case["problems"] == [])
