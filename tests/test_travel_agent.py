@@ -93,6 +93,21 @@ def test_a_reading_that_names_places_the_request_does_not_is_corrected_from_the_
     assert sound_plan(outcome.answer, {"inputs": {"query": query}})[0] == 1.0
 
 
+@pytest.mark.parametrize("query, days", [
+    ("A three-day trip from Denver to San Francisco, leaving on 2025-08-20", 3),
+    ("Plan a 2-day trip from Denver to San Francisco starting 2025-08-20.", 2),
+    ("Two days, from Denver to San Francisco, on 2025-08-20", 2),
+    ("A week from Denver to San Francisco, 2025-08-20", 5),  # no number of days stated: the model's reading stays
+    ("40 days from Denver to San Francisco, 2025-08-20", 5),  # more than the parse allows: the model's reading stays
+])
+def test_the_days_a_request_states_are_taken_over_the_models_reading(query: str, days: int, tmp_path: Path) -> None:
+    outcome, kernel = run(CHECKED, reading(5, "Denver", "San Francisco", date(2025, 8, 20)), {"query": query},
+                          tmp_path)
+    assert outcome.status == "finished", outcome.error
+    assert next(s.output for s in stored_steps(kernel, outcome) if s.step == "trip")["days"] == days
+    assert len(outcome.answer) == days
+
+
 def test_a_reading_the_request_bears_out_is_kept_even_against_the_order_it_names_places(tmp_path: Path) -> None:
     query = "I want to see Rochester for two days. I live in Tampa and can go on 2025-08-09."
     outcome, kernel = run(CHECKED, reading(2, "Tampa", "Rochester", date(2025, 8, 9)), {"query": query}, tmp_path)
