@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
-import networkx as nx
 from click.testing import CliRunner
 
 from engine.cli import main
 from engine.flow.aios import import_aios, to_yaml
 from engine.flow.loader import load_file, load_yaml
-from engine.flow.validate import check_flow_text, load_flow
-from tests.conftest import FIXTURES, FLOWS
+from engine.flow.validate import check_flow_text
+from tests.conftest import FIXTURES
 
 AIOS = FIXTURES / "aios"
 
@@ -26,18 +26,14 @@ def _line_of(path: Path, text: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
-def test_legacy_travel_agent_imports_cleanly_and_is_isomorphic_to_the_flow(tools) -> None:
+def test_legacy_travel_agent_imports_cleanly_with_its_24_step_graph(tools) -> None:
     data, problems = _import(AIOS / "travel_agent.json", tools)
     assert problems == []
     checked = check_flow_text(to_yaml(data, None, "travel_agent.json"), "imported.yaml", tools)
     assert checked.diagnostics == []  # not even a warning
-    ours = load_flow(FLOWS / "travel_agent.yaml").graph
-    assert checked.graph.number_of_nodes() == ours.number_of_nodes() == 24
-    assert nx.is_isomorphic(
-        checked.graph, ours,
-        node_match=lambda a, b: a["step"].kind == b["step"].kind,
-        edge_match=lambda a, b: set(a) == set(b),  # multigraph edges: the sets of labels between two steps
-    )
+    kinds = Counter(step.kind for step in checked.flow.steps.values())
+    assert (kinds["process"], kinds["decision"], kinds["terminal"]) == (17, 6, 1)
+    assert checked.graph.number_of_edges() == 29  # one way on from each process, two branches from each decision
 
 
 def test_every_branch_of_a_decision_is_kept_and_names_are_case_insensitive(tools) -> None:

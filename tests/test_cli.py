@@ -112,10 +112,10 @@ def test_graph_mermaid_of_travel_agent() -> None:
     nodes = [line for line in lines if re.match(r"^    \w+(\[|\{|\(\[)\"", line)]
     edges = [line for line in lines if "-->" in line]
     labelled = [line for line in edges if "-->|" in line]
-    assert len(nodes) == 24
-    assert len(edges) == 29  # one way on from each of 17 process steps, two branches from each of 6 decisions
-    assert len(labelled) == 12
-    assert '    destination_kind -->|"city"| taxi_there' in lines
+    assert len(nodes) == 17
+    assert len(edges) == 17  # one way on from each of 15 process steps, two branches from the one decision
+    assert len(labelled) == 2
+    assert '    destination_kind -->|"city"| trip_city' in lines
 
 
 def test_graph_dot() -> None:

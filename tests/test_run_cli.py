@@ -241,15 +241,16 @@ def test_runs_show_an_unknown_run(tmp_path: Path) -> None:
 
 def test_an_exported_run_replays_on_the_scripted_backend(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    first = json.loads(cli("run", str(FLOWS / "travel_agent.yaml"), "-i", "query=7 days in Texas", "--json",
-                           "--backend", "scripted", "--cassette", str(CASSETTES / "travel_agent-state.cassette.yaml"),
+    inputs = ["-i", "question=Which state?", "-i", "tables=cities"]
+    first = json.loads(cli("run", str(FLOWS / "sql_analyst.yaml"), *inputs, "--json",
+                           "--backend", "scripted", "--cassette", str(CASSETTES / "sql_analyst.cassette.yaml"),
                            "--db", str(db))[1])
     exported = tmp_path / "exported.yaml"
     code, _, err = cli("runs", "export", first["run_id"][:10], "-o", str(exported), "--db", str(db))
     assert code == 0 and "wrote" in err
     written = exported.read_text()
-    assert "key: destination_kind" in written and "text: 'no'" in written  # quoted: read back as text, not false
-    again = json.loads(cli("run", str(FLOWS / "travel_agent.yaml"), "-i", "query=7 days in Texas", "--json",
+    assert "key: result_ok" in written and "text: 'no'" in written  # quoted: read back as text, not false
+    again = json.loads(cli("run", str(FLOWS / "sql_analyst.yaml"), *inputs, "--json",
                            "--backend", "scripted", "--cassette", str(exported), "--db", str(db))[1])
     assert (again["status"], again["steps"], again["answer"]) == ("finished", first["steps"], first["answer"])
     runs = {r.id: r for r in runs_of(db)}

@@ -380,3 +380,12 @@ def test_output_refuses_samples_where_it_asks_no_model_and_takes_the_voted_call_
     assert outcome.status == "finished", outcome.error
     work = steps_of(kernel.storage, outcome.run_id)[0]
     assert work.output == 42 and work.vote[0]["counts"] == {"1": 2, "3": 1}
+
+
+def test_samples_on_a_step_that_asks_the_model_nothing_are_a_schema_error() -> None:
+    fixed = FLOW.replace("    tool: calculator\n    samples: 3\n",
+                         "    tool: calculator\n    arguments: {expression: '6*7'}\n    samples: 3\n")
+    (problem,) = check_flow_text(fixed, "voter.yaml", tools=_tools()).diagnostics
+    assert (problem.code, problem.line, problem.column) == ("FR003", 8, 3) and "nothing to sample" in problem.message
+    restated = fixed.replace("    next: judge\n", "    output_schema: {type: object}\n    next: judge\n", 1)
+    assert check_flow_text(restated, "voter.yaml", tools=_tools()).diagnostics == []  # the restatement is sampled

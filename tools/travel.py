@@ -1,5 +1,6 @@
 """The travel database and its tools: city_search, flight_search, distance, restaurant_search,
-attraction_search, accommodation_search.
+attraction_search, accommodation_search, place_search (the places a text names); and trip_dates, the calendar
+of a trip.
 
 The database is a SQLite file generated deterministically (same seed, same rows) on first use under the flowrun
 cache (`$XDG_CACHE_HOME/flowrun`, else `~/.cache/flowrun`; FLOWRUN_TRAVEL_DB names another file), or with
@@ -13,9 +14,11 @@ import hashlib
 import math
 import os
 import random
+import re
 import sqlite3
 import sys
 from datetime import date as Date
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,28 @@ def flight_search(origin: str, destination: str, date: str) -> dict[str, Any]:
                         "price": round(60 + miles * rng.uniform(0.08, 0.2))})
     flights.sort(key=lambda f: f["departure"])
     return {"origin": a["name"], "destination": b["name"], "date": date, "flights": flights}
+
+
+def place_search(text: str) -> dict[str, Any]:
+    """The cities and states of the database that `text` names, in the order it names them (the longest name first
+    where names overlap: New York City, not New York)."""
+    with _connect() as db:
+        rows = db.execute("SELECT name, state FROM cities").fetchall()
+    places = {r["name"]: {"name": r["name"], "kind": "city", "state": r["state"]} for r in rows}
+    places |= {r["state"]: {"name": r["state"], "kind": "state"} for r in rows}
+    names = "|".join(re.escape(p) for p in sorted(places, key=len, reverse=True))
+    found = [places[next(p for p in places if p.casefold() == m.group(1).casefold())]
+             for m in re.finditer(rf"\b({names})\b", text, re.IGNORECASE)]
+    return {"places": found}
+
+
+def trip_dates(start: str, days: int) -> dict[str, Any]:
+    """The date of each day of a trip of `days` days from `start` (YYYY-MM-DD)."""
+    try:
+        first = Date.fromisoformat(start)
+    except ValueError:
+        raise ValueError(f"{start!r} is not a date: use YYYY-MM-DD") from None
+    return {"start": start, "days": days, "dates": [(first + timedelta(days=n)).isoformat() for n in range(days)]}
 
 
 def _listing(table: str, columns: str, city: str, limit: int, order: str) -> dict[str, Any]:

@@ -173,6 +173,8 @@ def _unused_examples(step: Step) -> str | None:
         return "decides with `decide`, asking the model nothing"
     if step.output is not None and not step.tool:
         return "builds its output with `output`, asking the model nothing"
+    if step.arguments is not None:
+        return "calls its tool with `arguments`, asking the model nothing"
     return None
 
 
@@ -202,7 +204,8 @@ def check_templates(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
     for step in flow.steps.values():
         for field, text in step.templates():
             for problem in template_problems(text, flow, step, field):
-                yield diagnostic(problem.code, problem.message, doc.file, doc.position(("steps", step.id, field)))
+                yield diagnostic(problem.code, problem.message, doc.file,
+                                 doc.position(("steps", step.id, *field.split("."))))
 
 
 def _data(doc: Document) -> dict[str, object]:

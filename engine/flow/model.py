@@ -33,6 +33,7 @@ class Step:
     branches: dict[str, str] = field(default_factory=dict)  # label -> step id
     decide: str | None = None
     tool: str | None = None
+    arguments: dict[str, Any] | None = None  # the tool's arguments from data: name -> value (a string: a template)
     tools: tuple[str, ...] = ()
     output_schema: dict[str, Any] | None = None
     output: str | None = None  # a template that builds the output from data
@@ -46,10 +47,12 @@ class Step:
         return out + list(self.branches.items())
 
     def templates(self) -> list[tuple[str, str]]:
-        """(field, text) for each field of this step that is a template."""
+        """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
         fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
                   ("output", self.output))
-        return [(name, text) for name, text in fields if text is not None]
+        arguments = [(f"arguments.{name}", value) for name, value in (self.arguments or {}).items()
+                     if isinstance(value, str)]
+        return [(name, text) for name, text in fields if text is not None] + arguments
 
     def used_tools(self) -> tuple[str, ...]:
         """The tools this step may call."""
@@ -113,12 +116,14 @@ def _step(sid: str, raw: Any) -> Step:
     kind = raw.get("kind")
     schema = raw.get("output_schema")
     branches = raw.get("branches")
+    arguments = raw.get("arguments")
     return Step(
         id=sid,
         kind=kind if isinstance(kind, str) and kind in _KINDS else "",
         branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
+        arguments=arguments if isinstance(arguments, dict) else None,
         examples=_examples(raw.get("examples")),
         samples=samples if _is_int(samples := raw.get("samples")) else None,
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)

@@ -344,6 +344,8 @@ def _walk(tree: nodes.Template) -> Facts:
     for node in _nodes(tree):
         if isinstance(node, nodes.Name):
             (loaded if node.ctx == "load" else stored).add(node.name)
+        elif isinstance(node, nodes.Macro):  # its name is a plain string, not a Name node
+            stored.add(node.name)
         elif isinstance(node, nodes.Getattr | nodes.Getitem):
             inner.add(id(node.node))
             if id(node) not in inner:

@@ -51,7 +51,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     graph = compile_flow(flow)
     graph.graph["sha256"] = doc.sha256
     for sid, step in flow.steps.items():  # where a template that fails at run time stands, for its message
-        graph.nodes[sid]["at"] = {name: doc.position(("steps", sid, name)) for name, _ in step.templates()}
+        graph.nodes[sid]["at"] = {name: doc.position(("steps", sid, *name.split("."))) for name, _ in step.templates()}
     found.extend(checks.check_targets(flow, doc))
     found.extend(checks.check_reachability(flow, graph, doc))
     found.extend(checks.check_termination(flow, graph, doc))

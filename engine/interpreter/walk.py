@@ -4,7 +4,8 @@
               in X's arguments (use_tool) and the tool's result is the step's output, unless an output_schema asks
               the model to state it as data; with `tools: [..]` the model first chooses one of them or none.
               With `output:`, the template builds the output instead, from data (and the tool's `result`), with
-              no model call for it; the step's ask is its instruction, or its id when it has none.
+              no model call for it; the step's ask is its instruction, or its id when it has none. With
+              `arguments:` (and `tool: X`), X is called with arguments built from data, with no model call.
     decision  `decide:` renders a label from data, with no model call; otherwise choose: one label, constrained.
     terminal  generate, as a process without tools; its output is the run's answer.
 A step's `examples` go into the prompt of its model call (engine.interpreter.prompts.shots): the decision's choice,
@@ -301,21 +302,14 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         return _Done(text or step.id, _output(run, step, {}))
     if not names:
         return await _answer(kernel, run, step, text)
-    ask = ask_for(text, tools=names)
-    messages = _messages(kernel, run, ask, names, shots(step.examples, tool=step.tool) if step.tool else ())
-    if step.samples:
-        async def pick(key: str, options: dict[str, Any]) -> Any:
-            try:
-                tool, arguments = await kernel.pick_tool(run.agent, run.id, messages, list(names), options=options,
-                                                         key=key)
-            except BadArguments as exc:
-                return Unfit(str(exc))
-            return {"tool": tool, "arguments": arguments}
-
-        picked = await _voted(run, step, pick)
-        call = await kernel.call_tool(run.agent, run.id, picked["tool"], picked["arguments"])
+    if step.tool and step.arguments is not None:
+        ask, messages = text or step.id, None
+        call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
     else:
-        call = await kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id)
+        ask = ask_for(text, tools=names)
+        messages = _messages(kernel, run, ask, names, shots(step.examples, tool=step.tool) if step.tool else ())
+        call = await (_voted_call(kernel, run, step, messages, names) if step.samples else
+                      kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id))
     if step.output is not None:
         output = _output(run, step, {RESULT: call.result})
         return _Done(ask, output, messages, tool_calls=[call], from_tool=output is call.result)
@@ -325,6 +319,21 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
     done = await _answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
     done.tool_calls, done.shown = [call], shown
     return done
+
+
+async def _voted_call(kernel: Kernel, run: _Run, step: Step, messages: list[dict[str, str]],
+                      names: tuple[str, ...] | list[str]) -> ToolCall:
+    """The call of the tool and arguments most of the step's samples picked (made once)."""
+    async def pick(key: str, options: dict[str, Any]) -> Any:
+        try:
+            tool, arguments = await kernel.pick_tool(run.agent, run.id, messages, list(names), options=options,
+                                                     key=key)
+        except BadArguments as exc:
+            return Unfit(str(exc))
+        return {"tool": tool, "arguments": arguments}
+
+    picked = await _voted(run, step, pick)
+    return await kernel.call_tool(run.agent, run.id, picked["tool"], picked["arguments"])
 
 
 async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
@@ -425,6 +434,13 @@ def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list
               examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
     known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
     return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples)
+
+
+def _arguments(run: _Run, step: Step) -> dict[str, Any]:
+    """The tool arguments of a step with `arguments`: each string rendered as a template (its value where it is one
+    `{{ expression }}`), anything else as written. The tool manager checks them against the tool's parameters."""
+    return {name: run.value(step, f"arguments.{name}", value, {}) if isinstance(value, str) else value
+            for name, value in (step.arguments or {}).items()}
 
 
 def _output(run: _Run, step: Step, names: dict[str, Any]) -> Any:
