@@ -241,16 +241,16 @@ def test_runs_show_an_unknown_run(tmp_path: Path) -> None:
 
 def test_an_exported_run_replays_on_the_scripted_backend(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    inputs = ["-i", "question=Which state?", "-i", "tables=cities"]
-    first = json.loads(cli("run", str(FLOWS / "sql_analyst.yaml"), *inputs, "--json",
-                           "--backend", "scripted", "--cassette", str(CASSETTES / "sql_analyst.cassette.yaml"),
+    inputs = ["-i", "problem=180 km in 2.5 h: speed in m/s?"]
+    first = json.loads(cli("run", str(MATH_LOOP), *inputs, "--json",
+                           "--backend", "scripted", "--cassette", str(MATH_LOOP_CASSETTE),
                            "--db", str(db))[1])
     exported = tmp_path / "exported.yaml"
     code, _, err = cli("runs", "export", first["run_id"][:10], "-o", str(exported), "--db", str(db))
     assert code == 0 and "wrote" in err
     written = exported.read_text()
-    assert "key: result_ok" in written and "text: 'no'" in written  # quoted: read back as text, not false
-    again = json.loads(cli("run", str(FLOWS / "sql_analyst.yaml"), *inputs, "--json",
+    assert "key: check_answer" in written and "text: 'yes'" in written  # quoted: read back as text, not true
+    again = json.loads(cli("run", str(MATH_LOOP), *inputs, "--json",
                            "--backend", "scripted", "--cassette", str(exported), "--db", str(db))[1])
     assert (again["status"], again["steps"], again["answer"]) == ("finished", first["steps"], first["answer"])
     runs = {r.id: r for r in runs_of(db)}
