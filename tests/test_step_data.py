@@ -167,6 +167,26 @@ def test_examples_are_bounded_and_examples_no_call_uses_are_warned_about(tools) 
     assert any("at most 10 examples" in d.message for d in found)
 
 
+def test_examples_shown_lets_a_step_keep_a_bank_of_examples_and_is_itself_bounded(tools) -> None:
+    bank = "".join(f"      - {{input: q{i}, answer: a{i}}}\n" for i in range(40))
+    text = HEAD.replace("tools: [calculator]\n", "") + f"""\
+  work:
+    kind: process
+    instruction: Work.
+    examples_shown: SHOWN
+    examples:
+{bank}    next: done
+  done:
+    kind: terminal
+    instruction: Done.
+    examples_shown: 2
+"""
+    assert diagnostics(text.replace("SHOWN", "3").replace("    examples_shown: 2\n", ""), tools) == set()
+    found = check_flow_text(text.replace("SHOWN", "11"), "flow.yaml", tools).diagnostics
+    assert {(d.line, d.code) for d in found} == {(9, "FR003"), (52, "FR003")}
+    assert any("`examples_shown` picks among the step's `examples`" in d.message for d in found)
+
+
 def test_the_shipped_flows_still_validate() -> None:
     code, out, _ = cli("validate", "flows/", "tools/")
     assert code == 0, out
@@ -375,6 +395,45 @@ def test_examples_go_into_the_prompt_as_turns_in_the_form_the_model_answers_in(t
     assert prompts["long"][:3] == prompts["done"][:3] and len(prompts["done"]) == 1 + 6 + 2 + 1
     assert prompts["long"][-1]["content"].startswith("Are 72 hours long?")
     assert outcome.answer == "Three days."
+
+
+BANK = """\
+flowrun: 1
+name: Bank
+inputs:
+  problem: {type: string}
+steps:
+  kind_of:
+    kind: decision
+    question: "Which kind of problem: {{ inputs.problem }}"
+    examples_shown: 2
+    examples:
+      - {input: "Which kind of problem: What is 30% of 450?", answer: percent}
+      - {input: "Which kind of problem: 12 boxes hold 10 pens each. How many pens?", answer: product}
+      - {input: "Which kind of problem: What is the average of 4, 8 and 9?", answer: average}
+      - {input: "Which kind of problem: What percentage of 50 is 5?", answer: percent}
+      - {input: "Which kind of problem: A glass holds 200 ml. How many glasses fill 2 litres?", answer: ratio}
+    branches: {percent: done, product: done, average: done, ratio: done}
+  done:
+    kind: terminal
+    output: "{{ steps.kind_of.output }}"
+"""
+
+
+def test_examples_shown_sends_those_most_like_the_question_the_most_alike_last(tmp_path: Path) -> None:
+    problems = {"What is the average of 7 and 9?": ["percent", "average"],
+                "A box holds 6 glasses. How many glasses are in 4 boxes?": ["product", "ratio"],
+                "What percentage of 80 is 12?": ["percent", "percent"]}
+    for problem, expected in problems.items():
+        responses = [{"key": "kind_of", "text": f'"{expected[-1]}"'}]
+        outcome, kernel = run(flow_file(tmp_path, BANK), responses, {"problem": problem}, tmp_path / expected[0])
+        assert outcome.status == "finished", outcome.error
+        prompt = next(s.prompt for s in stored_steps(kernel, outcome) if s.step == "kind_of")
+        shown = [json.loads(m["content"]) for m in prompt if m["role"] == "assistant"]
+        assert shown == expected, problem
+        assert "Which kind of problem: " + problem in prompt[-1]["content"]
+        if problem.startswith("What percentage"):  # the nearest, sharing "what percentage of", comes last
+            assert "What percentage of 50 is 5?" in prompt[-3]["content"]
 
 
 # --- resume and replay ------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class Step:
     output_schema: dict[str, Any] | None = None
     output: str | None = None  # a template that builds the output from data
     examples: tuple[Example, ...] = ()
+    examples_shown: int | None = None  # send only this many examples, those most like the question (None: all)
     samples: int | None = None  # draw each model call's answer this many times and keep the most common
     temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
 
@@ -125,6 +126,7 @@ def _step(sid: str, raw: Any) -> Step:
         output_schema=schema if isinstance(schema, dict) else None,
         arguments=arguments if isinstance(arguments, dict) else None,
         examples=_examples(raw.get("examples")),
+        examples_shown=shown if _is_int(shown := raw.get("examples_shown")) else None,
         samples=samples if _is_int(samples := raw.get("samples")) else None,
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
         else None,

@@ -34,7 +34,7 @@ import psutil
 
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
-from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
+from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
 from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
@@ -307,7 +307,7 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
     else:
         ask = ask_for(text, tools=names)
-        messages = _messages(kernel, run, ask, names, shots(step.examples, tool=step.tool) if step.tool else ())
+        messages = _messages(kernel, run, ask, names, _shots(step, text, tool=step.tool) if step.tool else ())
         call = await (_voted_call(kernel, run, step, messages, names) if step.samples else
                       kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id))
     if step.output is not None:
@@ -342,7 +342,7 @@ async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
     schema = step.output_schema
     ask = ask_for(text, schema)
     # a tool step's examples are its calls (see _process), not what it states of their results
-    messages = _messages(kernel, run, ask, examples=() if step.used_tools() else shots(step.examples, schema))
+    messages = _messages(kernel, run, ask, examples=() if step.used_tools() else _shots(step, text, schema))
     window = WindowPolicy(run.flow.context_policy)
     if step.samples:  # one try each: a sample that does not fit is not counted
         async def sample(key: str, options: dict[str, Any]) -> Any:
@@ -381,7 +381,7 @@ async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
                            f"({', '.join(labels)})")
         return _Done(question, label, branch=label)
     ask = ask_for(question, labels=labels)
-    messages = _messages(kernel, run, ask, examples=shots(step.examples, labels=labels))
+    messages = _messages(kernel, run, ask, examples=_shots(step, question, labels=labels))
     label = await _choose(kernel, run, step, messages, labels)
     return _Done(ask, label, messages, branch=label)
 
@@ -434,6 +434,12 @@ def _messages(kernel: Kernel, run: _Run, ask: str, tools: tuple[str, ...] | list
               examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
     known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
     return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples)
+
+
+def _shots(step: Step, question: str, schema: dict[str, Any] | None = None, labels: Iterable[str] = (),
+           tool: str | None = None) -> list[dict[str, str]]:
+    """The turns of the step's examples sent with `question`: all of them, or the `examples_shown` most like it."""
+    return shots(nearest(step.examples, question, step.examples_shown), schema, labels, tool)
 
 
 def _arguments(run: _Run, step: Step) -> dict[str, Any]:
