@@ -399,11 +399,40 @@ SOLVED_BY = {
 }
 
 
-def test_each_math_answer_is_what_the_calculator_gives_for_its_working() -> None:
+# Written after math_agent's bank of examples, to see how far the bank carries to problems it was not written with.
+HOLDOUT_SOLVED_BY = {
+    "percent-of": "650 * 12 / 100", "percent-what": "40 / 250 * 100", "garden-area": "14 * 6",
+    "hours-to-minutes": "4.5 * 60", "plane-speed": "1800 / 3", "average": "(7 + 11 + 13 + 9) / 4",
+    "discount": "120 * 0.7", "kg-to-g": "3.2 * 1000", "square-area": "11 ** 2", "cube": "5 ** 3",
+    "sqrt": "sqrt(225)", "triangle-area": "9 * 4 / 2", "pens": "1.25 * 16", "sweets": "72 / 8",
+    "celsius": "20 * 1.8 + 32", "circle-area": "pi * 25", "days-to-hours": "5 * 24",
+    "speed-minutes": "90 / (45 / 60)", "up-and-down": "50 * 1.1 * 0.9", "paint": "8 * 3 / 12",
+    "bus-students": "480 * 0.65", "pancakes": "36 / 12 * 3", "week-wage": "22 * 8 * 5", "tank-range": "60 / 5 * 100",
+    "rect-width": "30 / 2 - 9", "ride-metres": "18 * 2.5 * 1000", "cups": "4 * 2000 / 250",
+    "laptop": "900 * 0.8 * 1.05", "pages": "(40 + 55 + 45) / 3", "pace-time": "6 * 15",
+}
+HOLDOUT = EVALS / "math_agent.holdout.jsonl"
+
+
+def test_the_math_holdout_set_fits_the_flow_and_shares_no_problem_with_its_examples() -> None:
+    checked = load_flow(FLOWS / "math_agent.yaml")
+    dataset = read_dataset(HOLDOUT)
+    case_inputs(dataset, checked)
+    assert len(dataset.cases) >= 30
+    shown = {e.input for step in checked.flow.steps.values() for e in step.examples}
+    problems = [c.inputs["problem"] for c in dataset.cases]
+    problems += [case["inputs"]["problem"] for _, case in cases_of(FLOWS / "math_agent.yaml")]
+    assert not [p for p in problems if any(p in text for text in shown)]
+
+
+@pytest.mark.parametrize("data, solved_by", [(EVALS / "math_agent.jsonl", SOLVED_BY), (HOLDOUT, HOLDOUT_SOLVED_BY)],
+                         ids=["dataset", "holdout"])
+def test_each_math_answer_is_what_the_calculator_gives_for_its_working(data: Path, solved_by: dict[str, str]) -> None:
     calculate = load_entry("calculator.py:calculate", data_dir("tools"))
-    cases = {case["name"].partition(": ")[2]: case["expect"] for _, case in cases_of(FLOWS / "math_agent.yaml")}
-    assert set(cases) == set(SOLVED_BY)
-    for name, working in SOLVED_BY.items():
+    lines = data.read_text(encoding="utf-8").splitlines()
+    cases = {case["name"].partition(": ")[2]: case["expect"] for case in map(json.loads, lines)}
+    assert set(cases) == set(solved_by)
+    for name, working in solved_by.items():
         expect, result = cases[name], float(calculate(working)["result"])
         allowed = expect.get("tolerance", 1e-6) + expect.get("rel_tolerance", 0) * abs(result)
         assert abs(result - expect["number"]) <= allowed, name
