@@ -170,9 +170,10 @@ def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> N
     # each visit's output is the files read so far, with what they say
     assert [[n["content"] for n in s.output] for s in steps if s.step == "read_next"] == [
         ["Bees visit clover."], ["Bees visit clover.", "Clover wilts without rain."]]
-    # read_next's instruction names the file to read: visits count the current visit.
-    assert [s.prompt[-1]["content"].split("\n")[-2] for s in steps if s.step == "read_next"] == \
-        ["Read the file a.md.", "Read the file b.md."]
+    # read_next reads the file the inputs name, with no model call: visits count the current visit.
+    assert [s.prompt for s in steps if s.step == "read_next"] == [None, None]
+    assert [c.arguments for c in kernel.storage.rows(ToolCallRow) if c.tool == "read_file"] == [
+        {"path": "a.md"}, {"path": "b.md"}]
     assert "(b.md)" in (notes / "digest.md").read_text()
 
 

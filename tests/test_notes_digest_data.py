@@ -22,12 +22,10 @@ EVALS = FLOWS / "evals"
 
 
 def run_on(files: dict[str, str], inputs: dict[str, Any], digest: str, tmp_path: Path) -> RunOutcome:
-    """A run over `files` whose model reads each file named in `inputs` and writes `digest` to digest.md."""
+    """A run over `files` that reads each file named in `inputs` and whose model writes `digest` to digest.md."""
     checked = load_flow(FLOWS / "notes_digest.yaml")
-    calls = [{"key": "read_next", "text": json.dumps({"tool": "read_file", "arguments": {"path": name}})}
-             for name in inputs["files"]]
     write = {"tool": "write_file", "arguments": {"path": "digest.md", "content": digest}}
-    backend = ScriptedBackend.from_responses([*calls, {"key": "write_digest", "text": json.dumps(write)}])
+    backend = ScriptedBackend.from_responses([{"key": "write_digest", "text": json.dumps(write)}])
     kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
     workspace = tmp_path / "notes"
     workspace.mkdir()
