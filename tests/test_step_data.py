@@ -144,14 +144,21 @@ def test_each_example_answer_is_checked_where_it_stands(tools) -> None:
     assert "'maybe' is not one of the branch labels (yes, no)" in messages[30]
 
 
+NO_TOOLS = HEAD.replace("tools: [calculator]\n", "")
+
+
+def examples(n: int) -> str:
+    """`n` examples of a step, as YAML lines of its `examples` list."""
+    return "".join(f"      - {{input: q{i}, answer: a{i}}}\n" for i in range(n))
+
+
 def test_examples_are_bounded_and_examples_no_call_uses_are_warned_about(tools) -> None:
-    many = "".join(f"      - {{input: q{i}, answer: a{i}}}\n" for i in range(11))
-    text = HEAD.replace("tools: [calculator]\n", "") + f"""\
+    text = NO_TOOLS + f"""\
   work:
     kind: process
     instruction: Work.
     examples:
-{many}    next: count
+{examples(11)}    next: count
   count:
     kind: process
     output: "{{{{ visits.work }}}}"
@@ -168,14 +175,13 @@ def test_examples_are_bounded_and_examples_no_call_uses_are_warned_about(tools) 
 
 
 def test_examples_shown_lets_a_step_keep_a_bank_of_examples_and_is_itself_bounded(tools) -> None:
-    bank = "".join(f"      - {{input: q{i}, answer: a{i}}}\n" for i in range(40))
-    text = HEAD.replace("tools: [calculator]\n", "") + f"""\
+    text = NO_TOOLS + f"""\
   work:
     kind: process
     instruction: Work.
     examples_shown: SHOWN
     examples:
-{bank}    next: done
+{examples(40)}    next: done
   done:
     kind: terminal
     instruction: Done.
