@@ -14,7 +14,8 @@ import click
 import yaml
 
 from engine import __version__, console, flowtest
-from engine.evaluation.dataset import EvalError, read_dataset
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, FlowrunError
+from engine.evaluation.dataset import read_dataset
 from engine.evaluation.report import FORMATS as EVAL_FORMATS
 from engine.evaluation.report import as_json, render
 from engine.evaluation.runner import BACKENDS, CASSETTE, Config, evaluate, prepare
@@ -28,22 +29,18 @@ from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter.batch import run_batch
-from engine.interpreter.inputs import InputError, parse_pairs, read_input_lines, read_inputs, resolve_inputs
+from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
-from engine.interpreter.resume import ResumeError, check_flow_for, resume_run, stopped
+from engine.interpreter.resume import check_flow_for, resume_run, stopped
 from engine.interpreter.runs import RESUMABLE, cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
-from engine.kernel.storage import Storage, StorageError
-from engine.kernel.tools import ToolError
-from engine.llm.base import BackendError
+from engine.kernel.storage import Storage
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
-from engine.llm.scripted import CassetteError
-from engine.settings import SettingError
-from engine.timeline import PlotError, draw
+from engine.timeline import draw
 
 _existing = click.Path(exists=True, path_type=Path)
 _tools_option = click.option(
@@ -181,20 +178,15 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-# What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be written):
-# a message and exit status 2, never a traceback.
-_USER_ERRORS = (InputError, ModelError, BackendError, StorageError, CassetteError, ToolError, PlotError, ResumeError,
-                SettingError, EvalError)
-EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
+    """What a user can get wrong or meet (a missing input, a model that is not there, a database that cannot be
+    written): its message and the error's exit status, never a traceback."""
     try:
         yield
-    except _USER_ERRORS as exc:
+    except FlowrunError as exc:
         click.echo(f"error: {console.printable(str(exc))}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exc.exit_code)
 
 
 def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:

@@ -20,6 +20,7 @@ from typing import Any
 import networkx as nx
 
 from engine import answers
+from engine.errors import FlowrunError
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
@@ -30,8 +31,8 @@ from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.confine import write_files
 from engine.kernel.storage import StepRow, Storage
-from engine.llm.base import Backend, BackendError
-from engine.llm.models import DEFAULT_MODEL, ModelError
+from engine.llm.base import Backend
+from engine.llm.models import DEFAULT_MODEL
 from engine.llm.scripted import CassetteError, ScriptedBackend
 from engine.patterns import PatternError, compile_pattern
 
@@ -272,7 +273,7 @@ def run_tests(found: TestFile, backend_for: BackendFor) -> list[CaseResult]:
     for case in found.cases:
         try:
             backend = backend_for(found.flow, case)
-        except (CassetteError, BackendError, ModelError) as exc:
+        except FlowrunError as exc:  # no backend for the case (a bad cassette, a model not there): it fails
             results.append(CaseResult(case, None, [], [str(exc)], 0.0))
             continue
         with tempfile.TemporaryDirectory(prefix="flowrun-test-") as scratch:

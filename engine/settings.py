@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import os
 
+from engine.errors import FlowrunError
 
-class SettingError(ValueError):
+
+class SettingError(FlowrunError, ValueError):
     """An environment variable holds something other than what it needs; the message says which and what."""
 
 

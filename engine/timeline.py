@@ -10,12 +10,13 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.errors import FlowrunError
 from engine.interpreter.runs import LLM_KINDS, RunRecord
 
 COLORS = {"waiting": "#f2c14e", "model": "#2b6cb0", "tool": "#38a169", "other": "#a0aec0"}
 
 
-class PlotError(Exception):
+class PlotError(FlowrunError):
     """The picture cannot be drawn; the message says why."""
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import FlowrunError
 from engine.flow.loader import Document
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import CheckedFlow, load_flow
@@ -19,7 +20,7 @@ from engine.patterns import PatternError, compile_pattern
 JUDGE_INPUTS = ("answer", "case")  # what a judge flow is given, both as text
 
 
-class EvalError(Exception):
+class EvalError(FlowrunError):
     """Bad eval input: a data file, a scorer or judge it names, a --compare spec. The message says where and what
     to do."""
 

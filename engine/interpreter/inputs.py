@@ -7,13 +7,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.errors import FlowrunError
 from engine.flow.model import Flow
 from engine.flow.schema import shorten
 from engine.json_schema import compile_schema
 from engine.jsontext import parse_json
 
 
-class InputError(Exception):
+class InputError(FlowrunError):
     """The inputs do not fit the flow; the message says which and what to do."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from engine.errors import FlowrunError
 from engine.interpreter.runs import LLM_KINDS, RESUMABLE, alive, answer_stands, record, status
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
@@ -17,7 +18,7 @@ from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, Syscall
 from engine.llm.base import Snapshot
 
 
-class ResumeError(Exception):
+class ResumeError(FlowrunError):
     """The run cannot be resumed (or not without --force); the message says why and what to do."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import networkx as nx
 import psutil
 
+from engine.errors import FlowrunError, RunFailure
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
@@ -39,25 +40,17 @@ from engine.interpreter.runs import result_mark
 from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
-from engine.kernel.access import AccessDenied
-from engine.kernel.context import ContextOverflow, WindowPolicy
-from engine.kernel.journal import Divergence
+from engine.kernel.context import WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
-from engine.kernel.tools import BadArguments, ToolCall, ToolError
-from engine.llm.base import BackendError, ModelUnavailable, Request, sample_key
-from engine.llm.scripted import CassetteError
+from engine.kernel.tools import BadArguments, ToolCall
+from engine.llm.base import Request, sample_key
 
 DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
 CHOICE_MAX_TOKENS = 32  # a label, quoted
 NO_TOOL = "none"  # the choice of a `tools:` step that needs none of them
 
-# What ends a run as failed, with its message; anything else is a bug in flowrun, and is raised.
-RUN_FAILURES = (KernelError, ToolError, BackendError, ContextOverflow, AccessDenied, StorageError, CassetteError,
-                Divergence)
-
-
-class RunError(Exception):
+class RunError(RunFailure):
     """The run cannot go on: a limit reached, a template that cannot be rendered, a model answer that does not fit."""
 
 
@@ -224,14 +217,13 @@ async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> R
     except asyncio.CancelledError:
         await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
         raise
-    except ModelUnavailable as exc:
-        return await _end(kernel, run, "paused", error=f"step {run.path[-1]}: {exc}")
-    except (RunError, *RUN_FAILURES) as exc:
-        at = "" if isinstance(exc, RunError) or not run.path else f"step {run.path[-1]}: "
-        return await _end(kernel, run, "failed", error=f"{at}{exc}")
     except Exception as exc:
-        await _end(kernel, run, "failed", error=f"internal error in flowrun: {type(exc).__name__}: {exc}")
-        raise
+        status = exc.ends_run if isinstance(exc, FlowrunError) else None
+        if status is None:  # a bug in flowrun: the run is stored as failed, and the error raised
+            await _end(kernel, run, "failed", error=f"internal error in flowrun: {type(exc).__name__}: {exc}")
+            raise
+        at = "" if isinstance(exc, RunError) or not run.path else f"step {run.path[-1]}: "
+        return await _end(kernel, run, status, error=f"{at}{exc}")
     return await _end(kernel, run, "finished", answer=answer)
 
 

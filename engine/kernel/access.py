@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from engine.errors import RunFailure
 from engine.kernel.storage import Storage
 
 ANY = "*"
 
 
-class AccessDenied(Exception):
+class AccessDenied(RunFailure):
     """An agent asked for something it may not have."""
 
 

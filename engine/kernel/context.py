@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
+from engine.errors import RunFailure
 from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Backend, Request, Snapshot
@@ -21,7 +22,7 @@ class WindowPolicy(StrEnum):
     SUMMARIZE = "summarize"  # replace it with a summary the model writes
 
 
-class ContextOverflow(Exception):
+class ContextOverflow(RunFailure):
     """A prompt does not fit the model's window even with all progress dropped."""
 
 

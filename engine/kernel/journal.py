@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import RunFailure
 from engine.llm.base import Snapshot, sampled
 
 
-class Divergence(Exception):
+class Divergence(RunFailure):
     """A replayed run asked for something the recorded run did not; the message says what and where."""
 
 

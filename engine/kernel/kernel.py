@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.errors import RunFailure
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
 from engine.kernel.bounds import cut, max_result
@@ -35,7 +36,7 @@ from engine.llm.base import Backend, ModelUnavailable, Request, Result
 SUMMARY_TOKENS = 128
 
 
-class KernelError(Exception):
+class KernelError(RunFailure):
     """A syscall could not be served; the message says why."""
 
 

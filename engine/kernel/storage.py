@@ -33,6 +33,7 @@ from sqlalchemy import JSON, Column, Connection, Dialect, Index, TypeDecorator, 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
+from engine.errors import RunFailure
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
@@ -56,7 +57,7 @@ _ADDED_COLUMNS = {
 _STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
 
-class StorageError(Exception):
+class StorageError(RunFailure):
     """The database cannot be used; the message says why and what to do."""
 
 

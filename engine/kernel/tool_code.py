@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.errors import RunFailure
 from engine.kernel.bounds import MAX_MESSAGE, cut
 
 # The run's workspace directory while a tool runs (the kernel sets it per call). Tools that touch files (read_file,
@@ -37,7 +38,7 @@ workspace: contextvars.ContextVar[Path] = contextvars.ContextVar("workspace")
 call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_key", default=None)
 
 
-class ToolError(Exception):
+class ToolError(RunFailure):
     """A tool call failed: bad arguments, a timeout, or an error in the tool; the message says which."""
 
 

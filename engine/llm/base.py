@@ -6,14 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine.errors import RunFailure, RunStatus
 
-class BackendError(Exception):
+
+class BackendError(RunFailure):
     """The model backend failed; the message says why and what to do."""
 
 
 class ModelUnavailable(BackendError):
     """The model could not be reached, or failed in a way that may pass (refused, stalled, a server error, a stream
-    cut off): worth trying again later."""
+    cut off): worth trying again later. It pauses the run it stops, to be resumed when the model is back."""
+
+    ends_run = RunStatus.PAUSED
 
 
 # Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import FlowrunError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
-class ModelError(Exception):
+class ModelError(FlowrunError):
     """A model cannot be found, fetched or checked; the message says what to do."""
 
 

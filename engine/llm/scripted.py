@@ -28,6 +28,7 @@ from typing import Any
 
 import regex
 
+from engine.errors import RunFailure
 from engine.llm.base import OnToken, Request, Result, Snapshot, sampled
 from engine.patterns import PatternError, compile_pattern, found_in
 
@@ -39,7 +40,7 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-class CassetteError(Exception):
+class CassetteError(RunFailure):
     """The cassette is malformed or has no answer for a request. `at`: the path to the bad value within the
     cassette's `responses` (empty when it is not one value)."""
 

@@ -1,0 +1,49 @@
+"""What can go wrong, in one hierarchy, and how a run can stand.
+
+Every error a user can meet is a FlowrunError. Like click's ClickException, the class says what follows from it:
+`exit_code`, the status a command exits with when the error stops it (with its message, never a traceback), and
+`ends_run`, the status a run ends with when the error stops one of its steps (None: the error is not about a run,
+and one raised inside a run is a bug in flowrun). Front ends catch FlowrunError instead of keeping lists of classes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    """Where a run stands. Stored as its text, so a value read back from storage compares equal to its member."""
+
+    WAITING = "waiting"  # queued in a batch, not started yet (progress displays only: never stored)
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    PAUSED = "paused"  # the model was unavailable: resume it when it is back
+    INTERRUPTED = "interrupted"  # stopped by the user (Ctrl-C) or a signal
+    CRASHED = "crashed"  # stored as running, but the process that ran it is gone (never stored: runs.status says it)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether `flowrun resume` continues a run in this status (a failed one from its failed step)."""
+        return self in (RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run came to its end, well or not: what a replay can replay."""
+        return self in (RunStatus.FINISHED, RunStatus.FAILED)
+
+
+EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+class FlowrunError(Exception):
+    """An error a user can meet; its message says what and what to do."""
+
+    exit_code: int = EXIT_USAGE
+    ends_run: RunStatus | None = None
+
+
+class RunFailure(FlowrunError):
+    """An error that ends the run it happens in as failed, with its message."""
+
+    ends_run = RunStatus.FAILED
