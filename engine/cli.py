@@ -14,7 +14,7 @@ import click
 import yaml
 
 from engine import __version__, console, flowtest
-from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, FlowrunError
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, FlowrunError, RunStatus
 from engine.evaluation.dataset import read_dataset
 from engine.evaluation.report import FORMATS as EVAL_FORMATS
 from engine.evaluation.report import as_json, render
@@ -33,7 +33,7 @@ from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import check_flow_for, resume_run, stopped
-from engine.interpreter.runs import RESUMABLE, cassette, figures, flow_file, record, status
+from engine.interpreter.runs import cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
@@ -265,7 +265,7 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "answer": outcome.answer,
                                "error": outcome.error, "steps": outcome.path, "db": kernel.storage.url}))
-    elif outcome.status == "finished":
+    elif outcome.status == RunStatus.FINISHED:
         answer = outcome.answer if isinstance(outcome.answer, str) else json.dumps(outcome.answer, indent=2)
         click.echo(console.printable(answer))
     _say_end(outcome)
@@ -274,8 +274,8 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
 
 def _exit_status(outcomes: list[RunOutcome]) -> int:
     """0 when every run finished; else 1 if one failed (or was interrupted), else 3 (some paused)."""
-    ended = {o.status for o in outcomes} - {"finished"}
-    return 0 if not ended else EXIT_PAUSED if ended == {"paused"} else EXIT_FAILED
+    ended = {o.status for o in outcomes} - {RunStatus.FINISHED}
+    return 0 if not ended else EXIT_PAUSED if ended == {RunStatus.PAUSED} else EXIT_FAILED
 
 
 @main.command()
@@ -306,7 +306,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
                                 "answer": f.run.answer, "error": f.run.error} for f in found]))
     else:
         click.echo(console.runs_table(found))
-        finished = sum(o.status == "finished" for o in outcomes)
+        finished = sum(o.status == RunStatus.FINISHED for o in outcomes)
         click.echo(f"\nbatch {found[0].run.batch}: {finished} of {len(outcomes)} runs finished "
                    f"(`flowrun runs timeline --batch {(found[0].run.batch or '')[:12]} --png timeline.png`)",
                    err=True)
@@ -320,7 +320,7 @@ def _run_live(work: Any, progress: list[Progress], kernel: Any, quiet: bool) -> 
         outcome = asyncio.run(console.watch(work, progress, kernel.scheduler.generated, live=live))
     except KeyboardInterrupt:
         for shown in progress:
-            if shown.status == "interrupted":
+            if shown.status == RunStatus.INTERRUPTED:
                 click.echo(f"interrupted: run {shown.run_id} stopped at step {shown.step}; its {shown.steps} "
                            f"finished steps are kept (`flowrun runs show {shown.run_id[:12]}`)", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -329,12 +329,12 @@ def _run_live(work: Any, progress: list[Progress], kernel: Any, quiet: bool) -> 
 
 def _say_end(outcome: RunOutcome) -> None:
     show = f"`flowrun runs show {outcome.run_id[:12]}`"
-    if outcome.status == "finished":
+    if outcome.status == RunStatus.FINISHED:
         click.echo(f"run {outcome.run_id} finished in {len(outcome.path)} steps ({show})", err=True)
     else:
         click.echo(f"error: run {outcome.run_id} {outcome.status}: {console.printable(outcome.error or '')}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
-        if outcome.status == "paused":
+        if outcome.status == RunStatus.PAUSED:
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
 
 
@@ -576,7 +576,8 @@ class _Duration(click.ParamType):
 @runs.command("prune")
 @click.option("--older-than", type=_Duration(), metavar="DURATION",
               help="Only runs started longer ago than this: a number and a unit (s, m, h, d, w), e.g. 12h or 30d.")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(["finished", *RESUMABLE]),
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice([s.value for s in RunStatus if s.resumable or s is RunStatus.FINISHED]),
               help="Only runs with this status (as `runs list` shows it). Repeatable.")
 @click.option("--keep", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest runs in any case.")
 @click.option("--keep-memories", is_flag=True, help="Keep the long-term memories the runs added.")

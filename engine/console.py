@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
+from engine.errors import RunStatus
 from engine.flowtest import CaseResult, Coverage, TestFile
-from engine.interpreter.runs import RESUMABLE, RunFigures, RunRecord, status
+from engine.interpreter.runs import RunFigures, RunRecord, status
 from engine.interpreter.walk import Progress
 from engine.kernel.storage import RunRow
 
@@ -62,8 +63,8 @@ def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: 
     if len(progress) == 1:
         where = f"step {progress[0].steps + 1}: {progress[0].step or 'starting'}"
     else:
-        done = sum(p.status not in ("waiting", "running") for p in progress)
-        running = sum(p.status == "running" for p in progress)
+        done = sum(p.status not in (RunStatus.WAITING, RunStatus.RUNNING) for p in progress)
+        running = sum(p.status == RunStatus.RUNNING for p in progress)
         filled = round(20 * done / max(1, len(progress)))  # an eval whose cases all lack answers runs none
         where = f"[{'#' * filled}{'-' * (20 - filled)}] {done}/{len(progress)} runs, {running} running"
     return f"{where} · {rate} · {elapsed:.1f} s"
@@ -109,18 +110,18 @@ def run_text(record: RunRecord) -> str:
         rows.extend(("", "  vote", "", "", "", "", "", _vote(tally)) for tally in step.vote or [])
     lines.append(table(("#", "step", "visit", "kind", "branch", "tokens", "time", "output"), rows))
     lines.append("")
-    if run.status == "finished":
+    if run.status == RunStatus.FINISHED:
         lines.append("answer: " + _text(run.answer))
     elif run.error:
         lines.append(f"{run.status}: {printable(run.error)}")
-    if status(run) in RESUMABLE:
+    if status(run).resumable:
         lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
 
 
 def resumable_note(runs: Sequence[RunRow]) -> str:
     """How to resume those of `runs` that stopped before their end ("" when none did)."""
-    stopped = [r for r in runs if status(r) in RESUMABLE]
+    stopped = [r for r in runs if status(r).resumable]
     if not stopped:
         return ""
     return (f"{len(stopped)} of these runs stopped before their end and can be resumed: "

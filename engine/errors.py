@@ -17,9 +17,9 @@ class RunStatus(StrEnum):
     WAITING = "waiting"  # queued in a batch, not started yet (progress displays only: never stored)
     RUNNING = "running"
     FINISHED = "finished"
-    FAILED = "failed"
-    PAUSED = "paused"  # the model was unavailable: resume it when it is back
     INTERRUPTED = "interrupted"  # stopped by the user (Ctrl-C) or a signal
+    PAUSED = "paused"  # the model was unavailable: resume it when it is back
+    FAILED = "failed"
     CRASHED = "crashed"  # stored as running, but the process that ran it is gone (never stored: runs.status says it)
 
     @property

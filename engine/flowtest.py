@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 
 from engine import answers
-from engine.errors import FlowrunError
+from engine.errors import FlowrunError, RunStatus
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
@@ -239,7 +239,7 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
 def check(expect: dict[str, Any], outcome: RunOutcome, steps: list[StepRow]) -> list[str]:
     """What about the run breaks `expect`, each as a readable difference (empty: nothing)."""
     problems = []
-    status = expect.get("status", "finished")
+    status = expect.get("status", RunStatus.FINISHED)
     if outcome.status != status:
         problems.append(f"the run should have {status}, but it {outcome.status}"
                         + (f": {outcome.error}" if outcome.error else ""))
@@ -257,7 +257,7 @@ def check(expect: dict[str, Any], outcome: RunOutcome, steps: list[StepRow]) -> 
         wanted = [labels] * max(1, len(taken)) if isinstance(labels, str) else labels
         if taken != wanted:
             problems.append(f"decision {step} should take {_labels(wanted)}, but took {_labels(taken)}")
-    if "answer" in expect and outcome.status == "finished":
+    if "answer" in expect and outcome.status == RunStatus.FINISHED:
         problems.extend(answers.problems(expect["answer"], outcome.answer))
     return problems
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import answers
+from engine.errors import RunStatus
 from engine.evaluation.dataset import Dataset, EvalCase, EvalError, case_inputs
 from engine.evaluation.scoring import Scorers, answer_score, routes_taken, verdict
 from engine.evaluation.stats import wilson
@@ -194,7 +195,7 @@ async def _judge(plan: Plan, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome
     judged: dict[str, RunOutcome] = {}
     for judge, checked in plan.dataset.judges.items():
         cases = [c for c in plan.dataset.cases if c.expect.get("judge") == judge
-                 and c.name in ran and ran[c.name].status == "finished"]
+                 and c.name in ran and ran[c.name].status == RunStatus.FINISHED]
         if not cases:
             continue
         progress = [Progress() for _ in cases]
@@ -236,7 +237,7 @@ async def _case(case: EvalCase, outcome: RunOutcome | None, judge: RunOutcome | 
     result = CaseResult(case.name, 0.0, [], outcome.status, outcome.run_id, outcome.answer,
                         routes_taken(case.routes, steps.get(outcome.run_id, [])), judge and judge.run_id,
                         figured.tokens, figured.calls, figured.turnaround or 0.0)
-    if outcome.status != "finished":
+    if outcome.status != RunStatus.FINISHED:
         result.reasons.append(f"the run {outcome.status}: {outcome.error}")
         return result
     scores = []
@@ -258,7 +259,7 @@ async def _case(case: EvalCase, outcome: RunOutcome | None, judge: RunOutcome | 
 
 def _judged(judge: str, outcome: RunOutcome) -> tuple[float, str]:
     """The judge run's verdict, with why it is less than 1."""
-    if outcome.status != "finished":
+    if outcome.status != RunStatus.FINISHED:
         return 0.0, f"the judge {judge} {outcome.status} (run {outcome.run_id}): {outcome.error}"
     found = verdict(outcome.answer)
     text = answers.answer_text(outcome.answer)[:200]

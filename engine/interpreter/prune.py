@@ -9,6 +9,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from engine.errors import RunStatus
 from engine.interpreter.runs import status
 from engine.kernel.storage import RunRow, SnapshotRow, Storage
 from engine.llm.embedded import discard
@@ -40,7 +41,8 @@ def chosen(runs: list[RunRow], *, older_than: float | None = None, statuses: Col
     before `now`, with one of `statuses` (as `runs list` shows them, crashed included) if any is given, and not
     running."""
     since = (now or time.time()) - (older_than or 0)
-    return [run for run in runs[keep:] if status(run) != "running" and (older_than is None or run.created < since)
+    return [run for run in runs[keep:]
+            if status(run) != RunStatus.RUNNING and (older_than is None or run.created < since)
             and (not statuses or status(run) in statuses)]
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from engine.errors import FlowrunError
-from engine.interpreter.runs import LLM_KINDS, RESUMABLE, alive, answer_stands, record, status
+from engine.errors import FlowrunError, RunStatus
+from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, status
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
@@ -51,11 +51,11 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     found = record(storage, run_id)
     run = found.run
     now = status(run)
-    if now not in RESUMABLE and not (now == "running" and force and not alive(run)):
-        why = {"finished": "it finished: there is nothing to resume",
-               "running": f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
+    if not now.resumable and not (now == RunStatus.RUNNING and force and not alive(run)):
+        why = {RunStatus.FINISHED: "it finished: there is nothing to resume",
+               RunStatus.RUNNING: f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
                           "resume it with --force"}.get(now, f"it is {now}")
-        if now == "running" and alive(run):  # resuming it would run it twice at once
+        if now == RunStatus.RUNNING and alive(run):  # resuming it would run it twice at once
             why = (f"it is running in process {run.pid} on this machine: wait for it to end, or stop it (Ctrl-C "
                    f"or `kill {run.pid}`) and resume it then")
         raise ResumeError(f"run {run.id} cannot be resumed: {why}")
@@ -64,7 +64,7 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     later = [c for c in found.syscalls if c.created >= since and not c.superseded]
     # A failed run's last step is run afresh (the model's answers may be what failed); its tools' results stand.
     # A tool's error is not given back either: the call is made again.
-    fresh = run.status == "failed"
+    fresh = run.status == RunStatus.FAILED
     journal = journal_of([] if fresh else later, tools, strict=False)
     journal.supersede = lambda calls, tools: storage.later(storage.supersede, calls, tools)
     stale = ([c.id for c in later if fresh and c.kind in LLM_KINDS], [t.id for t in tools if t.error and t.id])

@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 
+from engine.errors import RunStatus
 from engine.kernel.storage import RunRow, StepRow, Storage, StorageError, SyscallRow, ToolCallRow
 
 LLM_KINDS = ("generate", "choose", "call_tool")
@@ -124,9 +125,6 @@ def with_calls(steps: list[StepRow], calls: list[ToolCallRow]) -> list[StepRow]:
     return steps
 
 
-RESUMABLE = ("interrupted", "paused", "failed", "crashed")
-
-
 def flow_file(run: RunRow, given: Path | None = None) -> Path:
     """The flow file of `run`: `given`, else the path the run was started with (a StorageError if not there)."""
     path = given or Path(run.flow)
@@ -135,9 +133,9 @@ def flow_file(run: RunRow, given: Path | None = None) -> Path:
     return path
 
 
-def status(run: RunRow) -> str:
+def status(run: RunRow) -> RunStatus:
     """The run's status, where a `running` run whose process is gone (on this machine) is `crashed`."""
-    return "crashed" if run.status == "running" and alive(run) is False else run.status
+    return RunStatus.CRASHED if run.status == RunStatus.RUNNING and alive(run) is False else RunStatus(run.status)
 
 
 def alive(run: RunRow) -> bool | None:

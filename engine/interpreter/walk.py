@@ -32,7 +32,7 @@ from typing import Any
 import networkx as nx
 import psutil
 
-from engine.errors import FlowrunError, RunFailure
+from engine.errors import FlowrunError, RunFailure, RunStatus
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
@@ -61,7 +61,7 @@ class Progress:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     step: str = ""
     steps: int = 0
-    status: str = "waiting"  # waiting (for a batch's turn), running, finished, failed, paused, interrupted
+    status: RunStatus = RunStatus.WAITING
 
 
 @dataclass
@@ -69,7 +69,7 @@ class RunOutcome:
     """How a run ended: `status` finished (with `answer`), failed or paused (with `error`) or interrupted."""
 
     run_id: str
-    status: str
+    status: RunStatus
     answer: Any = None
     error: str | None = None
     path: list[str] = field(default_factory=list)
@@ -170,7 +170,7 @@ async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any
     """
     run = _Run.new(graph, file, inputs, progress or Progress())
     workspace = kernel.run_workspaces.get(run.id)
-    row = RunRow(id=run.id, agent=run.agent, flow=file, status="running", batch=batch, inputs=inputs,
+    row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=graph.graph.get("sha256"),
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
 
@@ -197,7 +197,7 @@ async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, step
                                                                       stored.tools or []))
     run.progress.steps = len(steps)
     if steps and steps[-1].kind == "terminal":  # it ended, but the process stopped before storing so
-        return await _end(kernel, run, "finished", answer=steps[-1].output)
+        return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
     current = graph.graph["start"] if not steps else \
         _follow(graph, graph.nodes[steps[-1].step]["step"], steps[-1].branch or "next")
     return await _drive(kernel, run, _walk(kernel, graph, run, current))
@@ -211,32 +211,33 @@ def process_id() -> dict[str, Any]:
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
     """Await `walk` (the run's steps, to its answer) and store how the run ended."""
     kernel.access.allow_tools(run.agent, run.flow.tools)
-    run.progress.status = "running"
+    run.progress.status = RunStatus.RUNNING
     try:
         answer = await walk
     except asyncio.CancelledError:
-        await _end(kernel, run, "interrupted", error=f"interrupted at step {run.progress.step}")
+        await _end(kernel, run, RunStatus.INTERRUPTED, error=f"interrupted at step {run.progress.step}")
         raise
     except Exception as exc:
         status = exc.ends_run if isinstance(exc, FlowrunError) else None
         if status is None:  # a bug in flowrun: the run is stored as failed, and the error raised
-            await _end(kernel, run, "failed", error=f"internal error in flowrun: {type(exc).__name__}: {exc}")
+            await _end(kernel, run, RunStatus.FAILED, error=f"internal error in flowrun: {type(exc).__name__}: {exc}")
             raise
         at = "" if isinstance(exc, RunError) or not run.path else f"step {run.path[-1]}: "
         return await _end(kernel, run, status, error=f"{at}{exc}")
-    return await _end(kernel, run, "finished", answer=answer)
+    return await _end(kernel, run, RunStatus.FINISHED, answer=answer)
 
 
-async def _end(kernel: Kernel, run: _Run, status: str, answer: Any = None, error: str | None = None) -> RunOutcome:
+async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
+               error: str | None = None) -> RunOutcome:
     """Store how the run ended (and move its short-term memory to long-term memory)."""
     journal = kernel.journals.pop(run.id, None)
-    if journal is not None and status == "finished":
+    if journal is not None and status == RunStatus.FINISHED:
         journal.drop_unused()
     try:
         kernel.memory.end_run(run.id)
         await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
     except StorageError as exc:
-        status, error = "failed", f"{error or 'the run finished'}; and its end could not be stored: {exc}"
+        status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     run.progress.status = status
     return RunOutcome(run.id, status, answer, error, run.path)
 

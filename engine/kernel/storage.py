@@ -33,7 +33,7 @@ from sqlalchemy import JSON, Column, Connection, Dialect, Index, TypeDecorator, 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
 
-from engine.errors import RunFailure
+from engine.errors import RunFailure, RunStatus
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Snapshot
@@ -473,7 +473,7 @@ class Storage:
             claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
-                                 .values(status="running", error=None, finished=None, **process))
+                                 .values(status=RunStatus.RUNNING, error=None, finished=None, **process))
             if claimed.rowcount == 1:
                 self._supersede(db, *stale)
             return claimed.rowcount == 1
