@@ -47,7 +47,7 @@ def run_once(steps: int, folder: Path) -> tuple[float, list[float]]:
     storage = Storage(f"sqlite:///{folder / 'bench.db'}")
     kernel = kernel_for([checked], backend, storage)
     started = time.perf_counter()
-    outcome = asyncio.run(run_flow(kernel, checked.graph, {"topic": "x"}, file="linear.yaml"))
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {"topic": "x"}, file="linear.yaml"))
     wall = time.perf_counter() - started
     assert outcome.status == "finished", outcome.error
     rows = storage.of_runs(StepRow, [outcome.run_id])

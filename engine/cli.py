@@ -101,7 +101,7 @@ def graph(flow: Path, fmt: str, tool_paths: tuple[Path, ...]) -> None:
     if not checked.ok:
         _print_problems(checked.diagnostics, [str(flow)])
         sys.exit(EXIT_USAGE)
-    click.echo(render_graph(checked.graph, fmt))
+    click.echo(render_graph(checked.compiled, fmt))
 
 
 @main.command("import-aios")
@@ -255,7 +255,7 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         if workspace is not None:
             kernel.run_workspaces[progress.run_id] = workspace
-        work = run_flow(kernel, checked.graph, inputs, file=str(flow), progress=progress)
+        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), progress=progress)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 
@@ -297,7 +297,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         progress = [Progress() for _ in inputs]
-        work = run_batch(kernel, checked.graph, inputs, file=str(flow), concurrency=concurrency, progress=progress)
+        work = run_batch(kernel, checked.compiled, inputs, file=str(flow), concurrency=concurrency, progress=progress)
         outcomes = _run_live(work, progress, kernel, as_json)
         found = figures(kernel.storage, [kernel.storage.find_run(o.run_id) for o in outcomes])
     if as_json:
@@ -487,10 +487,10 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
         flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
-        check_flow_for(found, checked.graph, force=force, rerun=rerun_unrecorded)
+        check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
         progress = Progress(found.run.id)
-        work = resume_run(kernel, checked.graph, found, file=str(flow), progress=progress)
+        work = resume_run(kernel, checked.compiled, found, file=str(flow), progress=progress)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 

@@ -229,7 +229,7 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
-        outcome = await run_flow(kernel, checked.graph, inputs, file=file, progress=progress)
+        outcome = await run_flow(kernel, checked.compiled, inputs, file=file, progress=progress)
         steps = steps_of(storage, outcome.run_id)
     finally:
         storage.close()

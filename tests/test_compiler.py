@@ -32,11 +32,12 @@ def test_graph_nodes_carry_steps_and_edges_carry_labels(tools) -> None:
     assert checked.ok and not checked.diagnostics
     graph = checked.graph
     assert isinstance(graph, nx.DiGraph)
-    assert graph.graph["start"] == "ask"
+    assert checked.compiled.start == "ask"
     assert graph.nodes["work"]["step"].kind == "process"
     assert sorted(graph.edges(keys=True)) == [("ask", "done", "c"), ("ask", "work", "a"), ("ask", "work", "b"),
                                               ("work", "ask", "next")]
     assert all(data["label"] == key for _, _, key, data in graph.edges(keys=True, data=True))
+    assert [checked.compiled.next("ask", label) for label in ("a", "c", "next")] == ["work", "done", None]
 
 
 def test_start_defaults_to_first_step_and_can_be_set() -> None:
@@ -47,7 +48,7 @@ def test_start_defaults_to_first_step_and_can_be_set() -> None:
 
 def test_terminal_edges_are_not_part_of_the_graph() -> None:
     flow = flow_from_data({"steps": {"t": {"kind": "terminal", "instruction": "i", "next": "t"}}})
-    assert compile_flow(flow).number_of_edges() == 0
+    assert compile_flow(flow).graph.number_of_edges() == 0
 
 
 def test_schema_errors_still_let_graph_checks_run(tools) -> None:

@@ -100,7 +100,7 @@ def run_ledger(storage: Storage, tmp_path: Path) -> RunOutcome:
     checked = load_flow(FLOWS_HERE / "ledger.yaml", [FLOWS_HERE])
     kernel = kernel_for([checked], read_cassette(FLOWS_HERE / "ledger.cassette.yaml"), storage,
                         workspaces=tmp_path / "workspaces")
-    return asyncio.run(run_flow(kernel, checked.graph, {"purchases": "apples 3, bread 2 and milk 1.5"},
+    return asyncio.run(run_flow(kernel, checked.compiled, {"purchases": "apples 3, bread 2 and milk 1.5"},
                                 file=str(FLOWS_HERE / "ledger.yaml")))
 
 

@@ -476,7 +476,7 @@ steps:
 """
     checked = check_flow_text(text, "flow.yaml", tools)
     assert checked.ok, checked.diagnostics
-    drawn = re.findall(r'-->\|"(.*)"\|', render_graph(checked.graph, "mermaid"))
+    drawn = re.findall(r'-->\|"(.*)"\|', render_graph(checked.compiled, "mermaid"))
     assert len(drawn) == len(labels)
     for label in drawn:
         assert not re.search(r"[<>&\"]", label), label

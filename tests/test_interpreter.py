@@ -33,7 +33,7 @@ def run(flow: Path | CheckedFlow, cassette: Path | list[dict[str, Any]], inputs:
     backend = read_cassette(cassette) if isinstance(cassette, Path) else ScriptedBackend.from_responses(cassette)
     kernel = kernel_for([checked], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                         workspaces=tmp_path / "workspaces")
-    outcome = asyncio.run(run_flow(kernel, checked.graph, inputs, file=str(flow)))
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, inputs, file=str(flow)))
     return outcome, kernel
 
 
@@ -162,7 +162,7 @@ def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> N
 
     progress = Progress()
     kernel.run_workspaces[progress.run_id] = notes
-    outcome = asyncio.run(run_flow(kernel, checked.graph, {"topic": "bees", "files": ["a.md", "b.md"]},
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {"topic": "bees", "files": ["a.md", "b.md"]},
                                    file="notes_digest.yaml", progress=progress))
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["read_next", "files_left", "read_next", "files_left", "write_digest", "summary"]

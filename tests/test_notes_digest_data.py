@@ -33,7 +33,7 @@ def run_on(files: dict[str, str], inputs: dict[str, Any], digest: str, tmp_path:
         (workspace / name).write_text(text, encoding="utf-8")
     progress = Progress()
     kernel.run_workspaces[progress.run_id] = workspace
-    return asyncio.run(run_flow(kernel, checked.graph, inputs, file="notes_digest.yaml", progress=progress))
+    return asyncio.run(run_flow(kernel, checked.compiled, inputs, file="notes_digest.yaml", progress=progress))
 
 
 def dataset() -> list[Any]:

@@ -120,7 +120,7 @@ def kernel_on(backend: ScriptedBackend, db: Path, flow: CheckedFlow) -> Kernel:
 def run_voter(backend: ScriptedBackend, db: Path, flow: CheckedFlow | None = None) -> tuple[RunOutcome, Kernel]:
     flow = flow or checked()
     kernel = kernel_on(backend, db, flow)
-    outcome = asyncio.run(run_flow(kernel, flow.graph, {"question": "6 times 7"}, file="voter.yaml"))
+    outcome = asyncio.run(run_flow(kernel, flow.compiled, {"question": "6 times 7"}, file="voter.yaml"))
     return outcome, kernel
 
 
@@ -209,7 +209,7 @@ def test_a_run_stopped_among_its_samples_resumes_with_those_it_got(tmp_path: Pat
     again = Watched(ANSWERS)
     again.skip(found.answered)  # as `flowrun runs resume` does for a cassette
     kernel = kernel_for([checked()], again, storage, workspaces=tmp_path / "workspaces")
-    resumed = asyncio.run(resume_run(kernel, checked().graph, found, file="voter.yaml"))
+    resumed = asyncio.run(resume_run(kernel, checked().compiled, found, file="voter.yaml"))
     assert resumed.status == "finished", resumed.error
     asked = Counter(r.key for r in again.requests)
     assert asked["judge#1"] == 1 and asked["judge#2"] == asked["judge#3"] == 0 and asked["work#1"] == 0
@@ -259,7 +259,7 @@ def test_a_step_that_may_pick_a_tool_votes_on_the_pick_the_call_and_the_answer(t
         {"key": "work#3", "text": '{"result": 42}'},
     ]
     kernel = kernel_on(Watched(answers), tmp_path / "runs.db", flow)
-    outcome = asyncio.run(run_flow(kernel, flow.graph, {}, file="picker.yaml"))
+    outcome = asyncio.run(run_flow(kernel, flow.compiled, {}, file="picker.yaml"))
     assert outcome.status == "finished", outcome.error
     step = steps_of(kernel.storage, outcome.run_id)[0]
     assert step.output == {"result": 42}

@@ -514,4 +514,4 @@ def test_load_flow_reads_output_and_examples_into_the_model(tmp_path: Path) -> N
     hours, long = checked.flow.steps["hours"], checked.flow.steps["long"]
     assert hours.output == "{{ result.result }}" and hours.examples[0].answer == {"expression": "2 * 24"}
     assert [e.answer for e in long.examples] == ["no", "yes"]
-    assert checked.graph.nodes["hours"]["at"]["output"] == (19, 13)
+    assert checked.compiled.at["hours"]["output"] == (19, 13)

@@ -181,7 +181,7 @@ async def evaluate(plan: Plan) -> Evaluation:
     if isinstance(scripts, RunScripts):
         for case in cases:
             scripts.scripts[plan.progress[case.name].run_id] = ScriptedBackend.from_responses(case.responses)
-    outcomes = await run_batch(plan.kernel, plan.checked.graph, [plan.inputs[c.name] for c in cases],
+    outcomes = await run_batch(plan.kernel, plan.checked.compiled, [plan.inputs[c.name] for c in cases],
                                file=str(plan.config.flow), concurrency=plan.concurrency,
                                progress=[plan.progress[c.name] for c in cases], batch=plan.batch)
     ran = dict(zip([c.name for c in cases], outcomes, strict=True))
@@ -205,7 +205,7 @@ async def _judge(plan: Plan, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome
                 scripts.scripts[shown.run_id] = scripts.scripts[plan.progress[case.name].run_id]
         inputs = [{"answer": answers.answer_text(ran[c.name].answer), "case": json.dumps(c.data, ensure_ascii=False)}
                   for c in cases]
-        outcomes = await run_batch(plan.kernel, checked.graph, inputs, file=str(plan.dataset.judge_path(cases[0])),
+        outcomes = await run_batch(plan.kernel, checked.compiled, inputs, file=str(plan.dataset.judge_path(cases[0])),
                                    concurrency=plan.concurrency, progress=progress, batch=plan.batch)
         judged.update(zip([c.name for c in cases], outcomes, strict=True))
     return judged

@@ -86,7 +86,7 @@ def import_aios(doc: Document, tools: Mapping[str, ToolManifest]) -> Imported:
     data["inputs"] = {"query": {"type": "string", "description": "The task for the agent."}}
     if known:
         data["tools"] = known
-    graph = compile_flow(flow_from_data({"steps": steps}))
+    graph = compile_flow(flow_from_data({"steps": steps})).graph
     data["limits"] = {"max_steps": len(steps) if nx.is_directed_acyclic_graph(graph) else max(200, 10 * len(steps))}
     data["steps"] = steps
     result.data = data

@@ -1,8 +1,8 @@
-"""Drawing a compiled flow graph as Mermaid or Graphviz DOT text."""
+"""Drawing a compiled flow's graph as Mermaid or Graphviz DOT text."""
 
 from __future__ import annotations
 
-import networkx as nx
+from engine.flow.compiler import CompiledFlow
 
 FORMATS = ("mermaid", "dot")
 
@@ -16,12 +16,13 @@ _MERMAID_RESERVED = frozenset({"end", "graph", "subgraph", "flowchart", "style",
 _MERMAID_TEXT = str.maketrans({"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;"})
 
 
-def render_graph(graph: nx.MultiDiGraph, fmt: str) -> str:
+def render_graph(compiled: CompiledFlow, fmt: str) -> str:
     """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded."""
-    return _mermaid(graph) if fmt == "mermaid" else _dot(graph)
+    return _mermaid(compiled) if fmt == "mermaid" else _dot(compiled)
 
 
-def _mermaid(graph: nx.MultiDiGraph) -> str:
+def _mermaid(compiled: CompiledFlow) -> str:
+    graph = compiled.graph
     shapes = {"process": '["{}"]', "decision": '{{"{}"}}', "terminal": '(["{}"])'}
 
     def node_id(step_id: str) -> str:
@@ -34,9 +35,8 @@ def _mermaid(graph: nx.MultiDiGraph) -> str:
     for source, target, label in graph.edges(keys=True):
         arrow = "-->" if label == "next" else f'-->|"{label.translate(_MERMAID_TEXT)}"|'
         lines.append(f"    {node_id(source)} {arrow} {node_id(target)}")
-    start = graph.graph.get("start")
-    if start in graph:
-        lines.append(f"    style {node_id(start)} stroke-width:3px")
+    if compiled.start in graph:
+        lines.append(f"    style {node_id(compiled.start)} stroke-width:3px")
     return "\n".join(lines)
 
 
@@ -44,12 +44,12 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _dot(graph: nx.MultiDiGraph) -> str:
+def _dot(compiled: CompiledFlow) -> str:
     shapes = {"process": "box", "decision": "diamond", "terminal": "box, style=rounded, peripheries=2"}
-    flow = graph.graph.get("flow")
-    lines = [f"digraph {_quote(flow.name if flow else 'flow')} {{", "    rankdir=TB;"]
+    graph = compiled.graph
+    lines = [f"digraph {_quote(compiled.flow.name or 'flow')} {{", "    rankdir=TB;"]
     for step_id, data in graph.nodes(data=True):
-        width = ", penwidth=3" if step_id == graph.graph.get("start") else ""
+        width = ", penwidth=3" if step_id == compiled.start else ""
         lines.append(f"    {_quote(step_id)} [shape={shapes.get(data['step'].kind, 'box')}{width}];")
     for source, target, label in graph.edges(keys=True):
         attributes = "" if label == "next" else f" [label={_quote(label)}]"

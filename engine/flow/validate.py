@@ -12,7 +12,7 @@ from pathlib import Path
 import networkx as nx
 
 from engine.flow import checks
-from engine.flow.compiler import compile_flow
+from engine.flow.compiler import CompiledFlow, compile_flow
 from engine.flow.diagnostics import Diagnostic, Severity, diagnostic, has_errors
 from engine.flow.loader import Document, gc_paused, load_file, load_yaml
 from engine.flow.manifest import SUFFIXES as MANIFEST_SUFFIXES
@@ -29,10 +29,17 @@ NOT_FLOWS = tuple(f"{kind}{suffix}" for kind in (".test", ".cassette") for suffi
 class CheckedFlow:
     """A flow file after every check: its model, its graph and its diagnostics (usable when `ok`)."""
 
-    flow: Flow
-    graph: nx.MultiDiGraph
+    compiled: CompiledFlow
     diagnostics: list[Diagnostic]
     tools: Mapping[str, ToolManifest]  # the tools it was checked against, by name
+
+    @property
+    def flow(self) -> Flow:
+        return self.compiled.flow
+
+    @property
+    def graph(self) -> nx.MultiDiGraph:
+        return self.compiled.graph
 
     @property
     def ok(self) -> bool:
@@ -48,10 +55,10 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
         message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
     flow = flow_from_data(doc.data)
-    graph = compile_flow(flow)
-    graph.graph["sha256"] = doc.sha256
-    for sid, step in flow.steps.items():  # where a template that fails at run time stands, for its message
-        graph.nodes[sid]["at"] = {name: doc.position(("steps", sid, *name.split("."))) for name, _ in step.templates()}
+    at = {sid: {name: doc.position(("steps", sid, *name.split("."))) for name, _ in step.templates()}
+          for sid, step in flow.steps.items()}
+    compiled = compile_flow(flow, doc.sha256, at)
+    graph = compiled.graph
     found.extend(checks.check_targets(flow, doc))
     found.extend(checks.check_reachability(flow, graph, doc))
     found.extend(checks.check_termination(flow, graph, doc))
@@ -60,7 +67,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found.extend(checks.check_tools(flow, tools, doc))
     found.extend(checks.check_step_data(flow, tools, doc))
     found.extend(checks.check_templates(flow, doc))
-    return CheckedFlow(flow, graph, sorted(found, key=lambda d: (d.line, d.column, d.code)), tools)
+    return CheckedFlow(compiled, sorted(found, key=lambda d: (d.line, d.column, d.code)), tools)
 
 
 def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest]) -> CheckedFlow:

@@ -7,13 +7,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import networkx as nx
-
+from engine.flow.compiler import CompiledFlow
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
 
 
-async def run_batch(kernel: Kernel, graph: nx.MultiDiGraph, inputs: Sequence[dict[str, Any]], *, file: str,
+async def run_batch(kernel: Kernel, compiled: CompiledFlow, inputs: Sequence[dict[str, Any]], *, file: str,
                     concurrency: int, progress: Sequence[Progress], batch: str | None = None) -> list[RunOutcome]:
     """Run the flow once per inputs, at most `concurrency` runs at a time, each reporting to its `progress`.
 
@@ -24,6 +23,6 @@ async def run_batch(kernel: Kernel, graph: nx.MultiDiGraph, inputs: Sequence[dic
 
     async def one(given: dict[str, Any], shown: Progress) -> RunOutcome:
         async with gate:
-            return await run_flow(kernel, graph, given, file=file, progress=shown, batch=batch)
+            return await run_flow(kernel, compiled, given, file=file, progress=shown, batch=batch)
 
     return list(await asyncio.gather(*(one(given, shown) for given, shown in zip(inputs, progress, strict=True))))

@@ -7,9 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from engine.errors import FlowrunError, RunStatus
+from engine.flow.compiler import CompiledFlow
 from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, status
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
@@ -78,15 +77,15 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     return Stopped(run, found.steps, journal, unrecorded, stale, given)
 
 
-def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun: bool) -> None:
-    """Whether `found` can go on with the flow `graph`: the same flow file (or --force), every stored step still
+def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun: bool) -> None:
+    """Whether `found` can go on with the flow `compiled`: the same flow file (or --force), every stored step still
     in it, and no tool call that may or may not have happened (or --rerun-unrecorded)."""
     run = found.run
-    missing = sorted({s.step for s in found.steps} - set(graph.nodes))
+    missing = sorted({s.step for s in found.steps} - set(compiled.flow.steps))
     if missing:
         raise ResumeError(f"run {run.id} cannot be resumed with {run.flow}: it has no step {', '.join(missing)} "
                           "any more, which the run took; run the flow anew")
-    if run.flow_sha256 and graph.graph.get("sha256") != run.flow_sha256 and not force:
+    if run.flow_sha256 and compiled.sha256 != run.flow_sha256 and not force:
         raise ResumeError(f"{run.flow} changed since run {run.id} started: resume with --force to go on with "
                           "the flow as it is now, or run it anew")
     if found.unrecorded and not rerun:
@@ -96,7 +95,7 @@ def check_flow_for(found: Stopped, graph: nx.MultiDiGraph, *, force: bool, rerun
                           "--rerun-unrecorded to call it again (with the same call key) if the model asks for it")
 
 
-async def resume_run(kernel: Kernel, graph: nx.MultiDiGraph, found: Stopped, *, file: str,
+async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str,
                      progress: Progress | None = None) -> RunOutcome:
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
     with it on `kernel`: its journal given back first, its tools in its own workspace."""
@@ -108,4 +107,4 @@ async def resume_run(kernel: Kernel, graph: nx.MultiDiGraph, found: Stopped, *, 
     kernel.journals[run.id] = found.journal
     if run.workspace:
         kernel.run_workspaces[run.id] = Path(run.workspace)
-    return await continue_run(kernel, graph, run, found.steps, file=file, progress=progress)
+    return await continue_run(kernel, compiled, run, found.steps, file=file, progress=progress)

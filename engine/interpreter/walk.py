@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 import psutil
 
 from engine.errors import FlowrunError, RunFailure, RunStatus
+from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
@@ -79,7 +79,7 @@ class RunOutcome:
 class _Run:
     """The state of one walk: what templates see (`inputs`, `steps`, `visits`) and the path so far."""
 
-    graph: nx.MultiDiGraph
+    compiled: CompiledFlow
     file: str
     inputs: dict[str, Any]
     progress: Progress
@@ -90,15 +90,15 @@ class _Run:
     votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
 
     @classmethod
-    def new(cls, graph: nx.MultiDiGraph, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
-        flow: Flow = graph.graph["flow"]
-        run = cls(graph, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+    def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
+        flow = compiled.flow
+        run = cls(compiled, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
         return run
 
     @property
     def flow(self) -> Flow:
-        return self.graph.graph["flow"]
+        return self.compiled.flow
 
     @property
     def id(self) -> str:
@@ -126,7 +126,7 @@ class _Run:
 
     def at(self, step: Step, name: str) -> str:
         """Where field `name` of `step` stands: file:line:col (the file alone where it is not known)."""
-        at = self.graph.nodes[step.id].get("at", {}).get(name)
+        at = self.compiled.at.get(step.id, {}).get(name)
         return f"{self.file}:{at[0]}:{at[1]}" if at else self.file
 
 
@@ -160,34 +160,34 @@ class _Done:
                           self.branch, calls or None, tokens, started, time.time(), ask, votes or None)
 
 
-async def run_flow(kernel: Kernel, graph: nx.MultiDiGraph, inputs: dict[str, Any], *, file: str,
+async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
                    progress: Progress | None = None, batch: str | None = None) -> RunOutcome:
-    """Run the compiled flow `graph` (from file `file`) once with `inputs` (already resolved) on `kernel`.
+    """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`.
 
     A failure ends the run as failed, with a message naming the step; a model still unavailable after the
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
     end, the steps it finished stay stored.
     """
-    run = _Run.new(graph, file, inputs, progress or Progress())
+    run = _Run.new(compiled, file, inputs, progress or Progress())
     workspace = kernel.run_workspaces.get(run.id)
     row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
-                 created=time.time(), flow_sha256=graph.graph.get("sha256"),
+                 created=time.time(), flow_sha256=compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
 
     async def start() -> Any:
         await kernel.storage.commit(kernel.storage.start_run, row)
-        return await _walk(kernel, graph, run, graph.graph["start"])
+        return await _walk(kernel, run, compiled.start)
 
     return await _drive(kernel, run, start())
 
 
-async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, steps: list[StepRow], *, file: str,
+async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, steps: list[StepRow], *, file: str,
                        progress: Progress | None = None) -> RunOutcome:
     """Go on with stored run `row` (claimed by this process) from the step after its stored `steps`, which are
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records."""
     progress = progress or Progress()
     progress.run_id = row.id
-    run = _Run.new(graph, file, row.inputs or {}, progress)
+    run = _Run.new(compiled, file, row.inputs or {}, progress)
     for stored in steps:
         run.visits[stored.step] = stored.visit
         run.path.append(stored.step)
@@ -198,9 +198,8 @@ async def continue_run(kernel: Kernel, graph: nx.MultiDiGraph, row: RunRow, step
     run.progress.steps = len(steps)
     if steps and steps[-1].kind == "terminal":  # it ended, but the process stopped before storing so
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
-    current = graph.graph["start"] if not steps else \
-        _follow(graph, graph.nodes[steps[-1].step]["step"], steps[-1].branch or "next")
-    return await _drive(kernel, run, _walk(kernel, graph, run, current))
+    current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
+    return await _drive(kernel, run, _walk(kernel, run, current))
 
 
 def process_id() -> dict[str, Any]:
@@ -242,11 +241,11 @@ async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
     return RunOutcome(run.id, status, answer, error, run.path)
 
 
-async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str) -> Any:
+async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
     """Walk from step `current` to a terminal; its output, the run's answer."""
     limits = run.flow.limits
     while True:
-        step: Step = graph.nodes[current]["step"]
+        step = run.compiled.step(current)
         if len(run.path) >= limits.max_steps:
             raise RunError(f"{run.file}: the run has taken limits.max_steps ({limits.max_steps}) steps and would "
                            f"go on to step {step.id}: raise limits.max_steps if the flow needs more, or see where "
@@ -267,7 +266,7 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str)
         if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
-            current = _follow(graph, step, done.branch or "next")
+            current = _follow(run, step.id, done.branch or "next")
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.progress.steps += 1
         if interrupted:
@@ -276,11 +275,11 @@ async def _walk(kernel: Kernel, graph: nx.MultiDiGraph, run: _Run, current: str)
             return done.output
 
 
-def _follow(graph: nx.MultiDiGraph, step: Step, label: str) -> str:
-    for _, target, key in graph.out_edges(step.id, keys=True):
-        if key == label:
-            return target
-    raise RunError(f"step {step.id} has no way out labelled {label!r}")  # a validated flow always has one
+def _follow(run: _Run, step_id: str, label: str) -> str:
+    target = run.compiled.next(step_id, label)
+    if target is None:  # a validated flow always has one
+        raise RunError(f"step {step_id} has no way out labelled {label!r}")
+    return target
 
 
 async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
