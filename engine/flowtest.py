@@ -22,6 +22,7 @@ import networkx as nx
 from engine import answers
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.diagnostics import Diagnostic, diagnostic
+from engine.flow.kinds import ends_run
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
@@ -289,7 +290,7 @@ def coverage(graph: nx.MultiDiGraph, name: str, results: Iterable[CaseResult]) -
     for result in results:
         for step in result.steps:
             seen.add(step.step)
-            if step.kind != "terminal":
+            if not ends_run(step.kind):
                 taken.add((step.step, step.branch or "next"))
     return Coverage(name, [s for s in graph.nodes if s not in seen],
                     [(u, label, v) for u, v, label in graph.edges(keys=True) if (u, label) not in taken])

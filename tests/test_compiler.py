@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import networkx as nx
 
 from engine.flow.compiler import compile_flow
+from engine.flow.kinds import KINDS
 from engine.flow.model import flow_from_data
 from engine.flow.validate import check_flow_text
 
@@ -38,6 +42,12 @@ def test_graph_nodes_carry_steps_and_edges_carry_labels(tools) -> None:
                                               ("work", "ask", "next")]
     assert all(data["label"] == key for _, _, key, data in graph.edges(keys=True, data=True))
     assert [checked.compiled.next("ask", label) for label in ("a", "c", "next")] == ["work", "done", None]
+
+
+def test_every_kind_of_step_is_in_the_schema_and_has_an_executor() -> None:
+    from engine.interpreter.walk import EXECUTORS
+    schema = json.loads((Path(__file__).parents[1] / "schemas" / "flow.schema.json").read_text())
+    assert set(schema["$defs"]["step"]["properties"]["kind"]["enum"]) == set(KINDS) == set(EXECUTORS)
 
 
 def test_start_defaults_to_first_step_and_can_be_set() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FlowrunError
+from engine.flow.kinds import chooses
 from engine.flow.loader import Document
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import CheckedFlow, load_flow
@@ -151,9 +152,9 @@ def case_inputs(found: Dataset, checked: CheckedFlow) -> dict[str, dict[str, Any
             problems.append(str(exc))
         for step, labels in case.routes.items():
             decision = flow.steps.get(step)
-            if decision is None or decision.kind != "decision":
+            if decision is None or not chooses(decision.kind):
                 problems.append(f"{found.path}:{case.line}: routes: {flow.name} has no decision {step!r} (its "
-                                f"decisions: {', '.join(s.id for s in flow.steps.values() if s.kind == 'decision')})")
+                                f"decisions: {', '.join(s.id for s in flow.steps.values() if chooses(s.kind))})")
                 continue
             for label in [labels] if isinstance(labels, str) else labels:
                 if label not in decision.branches:

@@ -9,6 +9,7 @@ import jsonschema_rs
 import networkx as nx
 
 from engine.flow.diagnostics import Diagnostic, diagnostic
+from engine.flow.kinds import KINDS, chooses, ends_run
 from engine.flow.loader import Document
 from engine.flow.manifest import ToolManifest
 from engine.flow.model import Flow, Step
@@ -47,7 +48,7 @@ def check_reachability(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Ite
 
 def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
     """FR103: from every step some terminal can be reached. Reports where each problem starts, not its upstream."""
-    terminals = [s.id for s in flow.steps.values() if s.kind == "terminal"]
+    terminals = [s.id for s in flow.steps.values() if ends_run(s.kind)]
     if not terminals:
         if flow.steps:
             message = "the flow has no terminal step, so no run can finish: add a step with `kind: terminal`"
@@ -85,9 +86,7 @@ def _dead_end(step: Step, flow: Flow) -> str | None:
     """Why `step` stops the run, or None when its unknown kind (FR003) or target (FR101) already explains it."""
     if not step.kind or any(target not in flow.steps for _, target in step.edges()):
         return None
-    if step.kind == "decision":
-        return f"decision {step.id!r} has no branches, so the run cannot go on: add `branches`"
-    return f"step {step.id!r} has no `next` and is not a terminal: add `next:` or make it `kind: terminal`"
+    return KINDS[step.kind].no_way_on.format(id=step.id)
 
 
 def check_labels(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
@@ -181,7 +180,7 @@ def _unused_examples(step: Step) -> str | None:
 def _answer_problem(step: Step, answer: Any, tools: Mapping[str, ToolManifest]) -> str | None:
     """What is wrong with `answer` as one `step` could give, or None (also where the step's schema or tool is
     itself wrong, which other diagnostics report)."""
-    if step.kind == "decision":
+    if chooses(step.kind):
         if isinstance(answer, str) and answer in step.branches:
             return None
         return f"the answer {answer!r} is not one of the branch labels ({', '.join(step.branches)})"

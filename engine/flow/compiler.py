@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from engine.flow.kinds import ends_run
 from engine.flow.model import Flow, Step
 
 Position = tuple[int, int]  # line and column in the flow file, from 1
@@ -47,7 +48,7 @@ def compile_flow(flow: Flow, sha256: str | None = None, at: Mapping[str, Mapping
     graph.add_edges_from(
         (step.id, target, label, {"label": label})
         for step in flow.steps.values()
-        if step.kind != "terminal"  # a terminal's `next` or `branches` are a schema error (FR106), not a way on
+        if not ends_run(step.kind)
         for label, target in step.edges()
         if target in flow.steps
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.flow.kinds import KINDS
+
 DEFAULT_MAX_STEPS = 100
 
 
@@ -26,7 +28,7 @@ class Step:
     decisions."""
 
     id: str
-    kind: str  # "process", "decision" or "terminal"; "" when missing or unknown
+    kind: str  # one of engine.flow.kinds.KINDS; "" when missing or unknown
     instruction: str | None = None
     question: str | None = None
     next: str | None = None
@@ -107,7 +109,6 @@ def flow_from_data(data: Any) -> Flow:
     )
 
 
-_KINDS = frozenset({"process", "decision", "terminal"})
 _TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output")
 
 
@@ -120,7 +121,7 @@ def _step(sid: str, raw: Any) -> Step:
     arguments = raw.get("arguments")
     return Step(
         id=sid,
-        kind=kind if isinstance(kind, str) and kind in _KINDS else "",
+        kind=kind if isinstance(kind, str) and kind in KINDS else "",
         branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,

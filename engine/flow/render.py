@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.flow.compiler import CompiledFlow
+from engine.flow.kinds import KINDS, StepKind
 
 FORMATS = ("mermaid", "dot")
 
@@ -23,15 +24,13 @@ def render_graph(compiled: CompiledFlow, fmt: str) -> str:
 
 def _mermaid(compiled: CompiledFlow) -> str:
     graph = compiled.graph
-    shapes = {"process": '["{}"]', "decision": '{{"{}"}}', "terminal": '(["{}"])'}
-
     def node_id(step_id: str) -> str:
         return f"step_{step_id}" if step_id.lower() in _MERMAID_RESERVED else step_id
 
     lines = ["flowchart TD"]
     for step_id, data in graph.nodes(data=True):
         label = step_id.translate(_MERMAID_TEXT)
-        lines.append(f"    {node_id(step_id)}{shapes.get(data['step'].kind, shapes['process']).format(label)}")
+        lines.append(f"    {node_id(step_id)}{_kind(data['step'].kind).mermaid.format(label)}")
     for source, target, label in graph.edges(keys=True):
         arrow = "-->" if label == "next" else f'-->|"{label.translate(_MERMAID_TEXT)}"|'
         lines.append(f"    {node_id(source)} {arrow} {node_id(target)}")
@@ -40,17 +39,20 @@ def _mermaid(compiled: CompiledFlow) -> str:
     return "\n".join(lines)
 
 
+def _kind(name: str) -> StepKind:
+    return KINDS.get(name, KINDS["process"])  # a step of no known kind (an invalid flow) is drawn as a box
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _dot(compiled: CompiledFlow) -> str:
-    shapes = {"process": "box", "decision": "diamond", "terminal": "box, style=rounded, peripheries=2"}
     graph = compiled.graph
     lines = [f"digraph {_quote(compiled.flow.name or 'flow')} {{", "    rankdir=TB;"]
     for step_id, data in graph.nodes(data=True):
         width = ", penwidth=3" if step_id == compiled.start else ""
-        lines.append(f"    {_quote(step_id)} [shape={shapes.get(data['step'].kind, 'box')}{width}];")
+        lines.append(f"    {_quote(step_id)} [shape={_kind(data['step'].kind).dot}{width}];")
     for source, target, label in graph.edges(keys=True):
         attributes = "" if label == "next" else f" [label={_quote(label)}]"
         lines.append(f"    {_quote(source)} -> {_quote(target)}{attributes};")

@@ -33,6 +33,7 @@ import psutil
 
 from engine.errors import FlowrunError, RunFailure, RunStatus
 from engine.flow.compiler import CompiledFlow
+from engine.flow.kinds import ends_run
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
 from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
@@ -192,11 +193,11 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
         run.visits[stored.step] = stored.visit
         run.path.append(stored.step)
         run.steps[stored.step] = {"output": stored.output}
-        if stored.kind != "terminal":
+        if not ends_run(stored.kind):
             kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
                                                                       stored.tools or []))
     run.progress.steps = len(steps)
-    if steps and steps[-1].kind == "terminal":  # it ended, but the process stopped before storing so
+    if steps and ends_run(steps[-1].kind):  # it ended, but the process stopped before storing so
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
     current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
     return await _drive(kernel, run, _walk(kernel, run, current))
@@ -260,10 +261,10 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
         run.progress.step = step.id
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         run.votes = []
-        done = await _EXECUTE[step.kind](kernel, run, step)
+        done = await EXECUTORS[step.kind](kernel, run, step)
         row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started, run.votes)
         run.steps[step.id] = {"output": done.output}
-        if step.kind != "terminal":  # first, so that what it evicts to storage is committed with the step
+        if not ends_run(step.kind):  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(run, step.id, done.branch or "next")
@@ -271,7 +272,7 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
         run.progress.steps += 1
         if interrupted:
             raise asyncio.CancelledError
-        if step.kind == "terminal":
+        if ends_run(step.kind):
             return done.output
 
 
@@ -417,7 +418,8 @@ async def _voted(run: _Run, step: Step, draw: Callable[[str, dict[str, Any]], Aw
     return answers[tally.winner]
 
 
-_EXECUTE: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {
+# How each kind of step (engine.flow.kinds) runs.
+EXECUTORS: dict[str, Callable[[Kernel, _Run, Step], Awaitable[_Done]]] = {
     "process": _process, "terminal": _process, "decision": _decision,
 }
 
