@@ -253,9 +253,7 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
-        if workspace is not None:
-            kernel.run_workspaces[progress.run_id] = workspace
-        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), progress=progress)
+        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), progress=progress, workspace=workspace)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 

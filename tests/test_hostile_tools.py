@@ -38,7 +38,7 @@ BUNDLED = load_tools([]).tools
 def kernel_with(tmp_path: Path, backend, *names: str) -> Kernel:
     kernel = Kernel(backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(BUNDLED[name]) for name in names], workspaces=tmp_path / "workspaces")
-    kernel.access.allow_tools("agent", list(names))
+    kernel.open_run("run", "agent", names)
     return kernel
 
 
@@ -308,7 +308,7 @@ def test_a_tool_that_ends_its_process_fails_its_call_and_the_next_call_works(tmp
     manifests = load_tools([tmp_path], bundled=False)
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(manifests.tools["quit"])])
-    kernel.access.allow_tools("agent", ["quit"])
+    kernel.open_run("run", "agent", ["quit"])
     with pytest.raises(ToolError, match=r"tool quit failed: its worker process ended \(exit status 3\)"):
         call(kernel, "quit", code=3)
     assert call(kernel, "quit", code=0) == "still here"
@@ -323,7 +323,7 @@ def test_tool_code_that_hangs_while_it_loads_fails_the_call(tmp_path: Path, monk
                                               "parameters: {type: object}\n")
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(load_tools([tmp_path], bundled=False).tools["stuck"])])
-    kernel.access.allow_tools("agent", ["stuck"])
+    kernel.open_run("run", "agent", ["stuck"])
     started = time.monotonic()
     with pytest.raises(ToolError, match="tool stuck failed: its worker process did not start and load the tools' "
                                         "code within 1 s"):
@@ -354,7 +354,7 @@ def test_a_huge_tool_result_is_cut_before_it_is_stored(tmp_path: Path, monkeypat
     manifests = load_tools([big_tool(tmp_path)], bundled=False)
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(manifests.tools["big"])])
-    kernel.access.allow_tools("agent", ["big"])
+    kernel.open_run("run", "agent", ["big"])
     small = call(kernel, "big", size=1000)
     assert small == "x" * 1000  # kept whole
     text = call(kernel, "big", size=5_000_000)
@@ -471,7 +471,7 @@ def misbehaving(tmp_path: Path, timeout: float = 5, concurrency: int = 1, extra:
     manifests = load_tools([tmp_path], bundled=False)
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
                     tools=[tool_from_manifest(manifests.tools[name]) for name in names])
-    kernel.access.allow_tools("agent", names)
+    kernel.open_run("run", "agent", names)
     return kernel
 
 

@@ -158,12 +158,8 @@ def test_notes_digest_reads_each_file_and_writes_the_digest(tmp_path: Path) -> N
     notes.mkdir()
     (notes / "a.md").write_text("Bees visit clover.")
     (notes / "b.md").write_text("Clover wilts without rain.")
-    from engine.interpreter.walk import Progress
-
-    progress = Progress()
-    kernel.run_workspaces[progress.run_id] = notes
     outcome = asyncio.run(run_flow(kernel, checked.compiled, {"topic": "bees", "files": ["a.md", "b.md"]},
-                                   file="notes_digest.yaml", progress=progress))
+                                   file="notes_digest.yaml", workspace=notes))
     assert outcome.status == "finished", outcome.error
     assert outcome.path == ["read_next", "files_left", "read_next", "files_left", "write_digest", "summary"]
     steps = stored_steps(kernel, outcome)

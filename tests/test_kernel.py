@@ -86,7 +86,7 @@ def test_tool_calls_run_while_the_model_is_busy(storage: Storage) -> None:
     long_answer = " ".join(f"w{i}" for i in range(40))
     kernel = Kernel(scripted([{"key": "long", "text": long_answer}], token_delay=0.01), storage,
                     tools=[sleeper(0.05)])
-    kernel.access.allow_tools("agent", ["nap"])
+    kernel.open_run("run", "agent", ["nap"])
 
     async def main() -> None:
         generation = asyncio.create_task(kernel.generate("agent", "run", ask("long")))
@@ -104,7 +104,7 @@ def test_tool_calls_run_while_the_model_is_busy(storage: Storage) -> None:
 def test_a_busy_tool_makes_callers_wait_and_drops_none(storage: Storage) -> None:
     log: list = []
     kernel = Kernel(scripted([]), storage, tools=[sleeper(0.02, log)])
-    kernel.access.allow_tools("agent", ["nap"])
+    kernel.open_run("run", "agent", ["nap"])
 
     async def main() -> list:
         return await asyncio.gather(*(kernel.call_tool("agent", "run", "nap", {"label": str(i)}) for i in range(5)))
@@ -120,7 +120,7 @@ def test_tool_arguments_are_checked_and_timeouts_enforced(storage: Storage) -> N
     slow = sleeper(0.5)
     slow.timeout = 0.05
     kernel = Kernel(scripted([]), storage, tools=[slow])
-    kernel.access.allow_tools("agent", ["nap"])
+    kernel.open_run("run", "agent", ["nap"])
     with pytest.raises(BadArguments, match="label"):
         asyncio.run(kernel.call_tool("agent", "run", "nap", {"lable": "x"}))
     with pytest.raises(ToolError, match=r"timeout of 0\.05 s"):
@@ -131,7 +131,7 @@ def test_tool_arguments_are_checked_and_timeouts_enforced(storage: Storage) -> N
 
 def test_a_tool_not_listed_is_denied_and_audited(storage: Storage) -> None:
     kernel = Kernel(scripted([]), storage, tools=[sleeper(0)])
-    kernel.access.allow_tools("agent", ["calculator"])
+    kernel.open_run("run", "agent", ["calculator"])
     with pytest.raises(AccessDenied, match="may not call tool 'nap'"):
         asyncio.run(kernel.call_tool("agent", "run", "nap", {"label": "x"}))
     (audit,) = storage.rows(AuditRow)
@@ -197,12 +197,12 @@ def test_use_tool_sends_bad_arguments_back_once(storage: Storage) -> None:
     bad = json.dumps({"tool": "nap", "arguments": {"lable": "x"}})
     good = json.dumps({"tool": "nap", "arguments": {"label": "x"}})
     kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": good}]), storage, tools=[sleeper(0)])
-    kernel.access.allow_tools("agent", ["nap"])
+    kernel.open_run("run", "agent", ["nap"])
     messages = [{"role": "user", "content": "take a nap"}]
     call = asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t"))
     assert (call.tool, call.arguments, call.result) == ("nap", {"label": "x"}, "slept x")
     kernel = Kernel(scripted([{"key": "t", "text": bad}, {"key": "t", "text": bad}]), storage, tools=[sleeper(0)])
-    kernel.access.allow_tools("agent", ["nap"])
+    kernel.open_run("run", "agent", ["nap"])
     with pytest.raises(ToolError, match="still failed"):
         asyncio.run(kernel.use_tool("agent", "run", messages, ["nap"], key="t"))
 
@@ -347,7 +347,7 @@ def test_a_manifest_and_its_code_become_a_tool_the_kernel_calls(storage: Storage
     manifests = load_tools([tmp_path], bundled=False)
     assert not manifests.diagnostics
     kernel = Kernel(scripted([]), storage, tools=[tool_from_manifest(manifests.tools["greet"])])
-    kernel.access.allow_tools("agent", ["greet"])
+    kernel.open_run("run", "agent", ["greet"])
     assert asyncio.run(kernel.call_tool("agent", "run", "greet", {"name": "Ada"})).result == "hello Ada"
 
 

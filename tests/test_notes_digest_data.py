@@ -13,7 +13,7 @@ import pytest
 from engine.answers import problems
 from engine.flow.validate import load_flow
 from engine.interpreter.setup import kernel_for
-from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.storage import Storage
 from engine.llm.scripted import ScriptedBackend
 from tests.conftest import FLOWS
@@ -31,9 +31,7 @@ def run_on(files: dict[str, str], inputs: dict[str, Any], digest: str, tmp_path:
     workspace.mkdir()
     for name, text in files.items():
         (workspace / name).write_text(text, encoding="utf-8")
-    progress = Progress()
-    kernel.run_workspaces[progress.run_id] = workspace
-    return asyncio.run(run_flow(kernel, checked.compiled, inputs, file="notes_digest.yaml", progress=progress))
+    return asyncio.run(run_flow(kernel, checked.compiled, inputs, file="notes_digest.yaml", workspace=workspace))
 
 
 def dataset() -> list[Any]:

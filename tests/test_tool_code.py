@@ -20,8 +20,9 @@ def kernel(tmp_path: Path) -> Kernel:
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
                     tools=[tool_from_manifest(bundled[name]) for name in ("calculator", "read_file", "write_file")],
                     workspaces=tmp_path / "workspaces")
-    kernel.access.allow_tools("math", ["calculator"])
-    kernel.access.allow_tools("writer", ["read_file", "write_file"])
+    kernel.open_run("run", "math", ["calculator"])
+    for run in ("run1", "run2"):
+        kernel.open_run(run, "writer", ["read_file", "write_file"])
     return kernel
 
 
@@ -99,8 +100,8 @@ def travel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kernel:
     bundled = load_tools([]).tools
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
                     tools=[tool_from_manifest(bundled[n]) for n in (*names, "sql_query")])
-    kernel.access.allow_tools("travel", names)
-    kernel.access.allow_tools("analyst", ["sql_query"])  # its default database is the travel database
+    kernel.open_run("run", "travel", names)
+    kernel.open_run("analysis", "analyst", ["sql_query"])  # its default database is the travel database
     return kernel
 
 
@@ -177,7 +178,7 @@ def test_the_travel_manifests_enumerate_exactly_the_database(travel: Kernel) -> 
 
 
 def query(kernel: Kernel, text: str, **extra):
-    return asyncio.run(kernel.call_tool("analyst", "run", "sql_query", {"query": text, **extra})).result
+    return asyncio.run(kernel.call_tool("analyst", "analysis", "sql_query", {"query": text, **extra})).result
 
 
 def test_sql_query_reads_the_travel_database(travel: Kernel) -> None:

@@ -134,7 +134,7 @@ def test_a_plan_never_repeats_a_place_and_says_dash_where_nothing_applies(tmp_pa
 def call(name: str, tmp_path: Path, **arguments: Any) -> Any:
     kernel = Kernel(ScriptedBackend.from_responses([]), Storage(f"sqlite:///{tmp_path / 'db.sqlite'}"),
                     tools=[tool_from_manifest(load_tools([]).tools[name])])
-    kernel.access.allow_tools("travel", [name])
+    kernel.open_run("run", "travel", [name])
     return asyncio.run(kernel.call_tool("travel", "run", name, arguments)).result
 
 

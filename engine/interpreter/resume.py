@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.compiler import CompiledFlow
@@ -104,7 +103,5 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
                                           found.stale)
     if not claimed:
         raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
-    kernel.journals[run.id] = found.journal
-    if run.workspace:
-        kernel.run_workspaces[run.id] = Path(run.workspace)
-    return await continue_run(kernel, compiled, run, found.steps, file=file, progress=progress)
+    return await continue_run(kernel, compiled, run, found.steps, file=file, progress=progress,
+                              journal=found.journal)

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -42,6 +43,7 @@ from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 from engine.kernel.context import WindowPolicy
+from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
 from engine.kernel.tools import BadArguments, ToolCall
@@ -162,15 +164,17 @@ class _Done:
 
 
 async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
-                   progress: Progress | None = None, batch: str | None = None) -> RunOutcome:
-    """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`.
+                   progress: Progress | None = None, batch: str | None = None, workspace: Path | None = None,
+                   journal: Journal | None = None) -> RunOutcome:
+    """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, its tools in
+    `workspace` (default: a directory of the run's own), given back the answers `journal` holds (a replay).
 
     A failure ends the run as failed, with a message naming the step; a model still unavailable after the
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
     end, the steps it finished stay stored.
     """
     run = _Run.new(compiled, file, inputs, progress or Progress())
-    workspace = kernel.run_workspaces.get(run.id)
+    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal)
     row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
@@ -183,12 +187,15 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
 
 
 async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, steps: list[StepRow], *, file: str,
-                       progress: Progress | None = None) -> RunOutcome:
+                       progress: Progress | None = None, journal: Journal | None = None) -> RunOutcome:
     """Go on with stored run `row` (claimed by this process) from the step after its stored `steps`, which are
-    not run again: the outputs, visits and short-term memory they left are rebuilt from their records."""
+    not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
+    gives back what its unfinished step already got."""
     progress = progress or Progress()
     progress.run_id = row.id
     run = _Run.new(compiled, file, row.inputs or {}, progress)
+    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
+                    journal=journal)
     for stored in steps:
         run.visits[stored.step] = stored.visit
         run.path.append(stored.step)
@@ -210,7 +217,6 @@ def process_id() -> dict[str, Any]:
 
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
     """Await `walk` (the run's steps, to its answer) and store how the run ended."""
-    kernel.access.allow_tools(run.agent, run.flow.tools)
     run.progress.status = RunStatus.RUNNING
     try:
         answer = await walk
@@ -229,12 +235,11 @@ async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> R
 
 async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
                error: str | None = None) -> RunOutcome:
-    """Store how the run ended (and move its short-term memory to long-term memory)."""
-    journal = kernel.journals.pop(run.id, None)
-    if journal is not None and status == RunStatus.FINISHED:
-        journal.drop_unused()
+    """Close the run in the kernel (its short-term memory moves to long-term memory) and store how it ended."""
+    session = kernel.close_run(run.id)
+    if session is not None and session.journal is not None and status == RunStatus.FINISHED:
+        session.journal.drop_unused()
     try:
-        kernel.memory.end_run(run.id)
         await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"

@@ -3,7 +3,7 @@ privilege group grants more. Every denial raises AccessDenied and is written to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from engine.errors import RunFailure
@@ -28,19 +28,15 @@ class Group:
 
 @dataclass
 class AccessManager:
-    """Decides and audits: `agent_tools` are the tools each agent's flow lists."""
+    """Decides and audits."""
 
     storage: Storage
-    agent_tools: dict[str, frozenset[str]] = field(default_factory=dict)
     groups: Mapping[str, Group] = field(default_factory=dict)
 
-    def allow_tools(self, agent: str, tools: Iterable[str]) -> None:
-        """Let `agent` call `tools` (what its flow declares)."""
-        self.agent_tools[agent] = frozenset(tools)
-
-    def check_tool(self, agent: str, run: str, tool: str) -> None:
-        """Return if `agent` may call `tool`; else audit the denial and raise AccessDenied."""
-        granted = self.agent_tools.get(agent, frozenset()) | self._granted(agent, "tools")
+    def check_tool(self, agent: str, run: str, tool: str, listed: frozenset[str]) -> None:
+        """Return if `agent`'s run `run`, whose flow lists the tools `listed`, may call `tool`; else audit the
+        denial and raise AccessDenied."""
+        granted = listed | self._granted(agent, "tools")
         if tool in granted or ANY in granted:
             return
         self._deny(agent, run, "call_tool", tool, f"agent {agent!r} may not call tool {tool!r}: its flow does not "

@@ -28,6 +28,7 @@ from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
 from engine.kernel.retry import Backoff
 from engine.kernel.scheduler import Policy, Scheduler
+from engine.kernel.session import RunSession
 from engine.kernel.storage import MemoryRow, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
@@ -50,13 +51,33 @@ class Kernel:
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
         self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
-        self.run_workspaces: dict[str, Path] = {}  # runs given a directory of their own instead
-        self.journals: dict[str, Journal] = {}  # what resumed or replayed runs already got, given back first
+        self.runs: dict[str, RunSession] = {}  # the runs open now (open_run), by id
         self.context = ContextManager(storage)
         self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
         self.tools = ToolManager(tools, storage, self.max_result)
         self.access = AccessManager(storage, groups=groups or {})
         self.memory = Memory(storage, memory_capacity)
+
+    def open_run(self, run: str, agent: str, tools: Iterable[str] = (), *, workspace: Path | None = None,
+                 journal: Journal | None = None) -> RunSession:
+        """Open run `run` of `agent`, which may call `tools`, in `workspace` (default: its own directory under
+        `workspaces`), given back what `journal` holds before asking again. close_run releases it."""
+        if run in self.runs:
+            raise KernelError(f"run {run} is open already")
+        session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal)
+        self.runs[run] = session
+        return session
+
+    def close_run(self, run: str) -> RunSession | None:
+        """Release all the kernel holds of `run`: its session, its short-term memory (moved to long-term memory)
+        and its token count. The session, or None if the run was not open."""
+        self.memory.end_run(run)
+        self.scheduler.generated.pop(run, None)
+        return self.runs.pop(run, None)
+
+    def _journal(self, run: str) -> Journal | None:
+        session = self.runs.get(run)
+        return session.journal if session is not None else None
 
     async def generate(self, agent: str, run: str, request: Request, priority: int = 0,
                        kind: SyscallKind = SyscallKind.GENERATE,
@@ -69,7 +90,7 @@ class Kernel:
         """
         request = await fit(request, self.scheduler.backend, window,
                             lambda dropped: self._summarize(agent, run, dropped, priority))
-        journal = self.journals.get(run)
+        journal = self._journal(run)
         if journal is not None and (text := journal.answer(request.key)) is not None:
             return Result(text, "stop", 0, 0)
         syscall = Syscall(kind, agent, run, replace(request, run=run), priority)
@@ -127,10 +148,11 @@ class Kernel:
         syscall = Syscall(SyscallKind.TOOL, agent, run)
         error = None
         try:
-            self.access.check_tool(agent, run, name)
-            token = workspace.set(self.run_workspaces.get(run) or self.workspaces / run)
+            session = self.runs.get(run)
+            self.access.check_tool(agent, run, name, session.tools if session else frozenset())
+            token = workspace.set(session.workspace if session else self.workspaces / run)
             try:
-                return await self.tools.call(syscall, name, arguments, self.journals.get(run))
+                return await self.tools.call(syscall, name, arguments, self._journal(run))
             finally:
                 workspace.reset(token)
         except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer

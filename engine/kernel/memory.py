@@ -55,6 +55,10 @@ class Memory:
         """Long-term memories of `agents` matching `query` (the access manager decides whose may be read)."""
         return self.storage.search_memories(agents, query, limit)
 
+    def __len__(self) -> int:
+        """How many runs have short-term memories here."""
+        return len(self._runs)
+
     def end_run(self, run: str) -> None:
         """Move what is left of the run's short-term memory to long-term memory."""
         agent, entries = self._runs.pop(run, ("", deque()))

@@ -1,0 +1,95 @@
+"""Run sessions: what the kernel holds for a run is the run's own, and is gone when the run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.flow.validate import check_flow_text
+from engine.interpreter.batch import run_batch
+from engine.interpreter.setup import kernel_for
+from engine.interpreter.walk import Progress, run_flow
+from engine.kernel.access import AccessDenied
+from engine.kernel.kernel import KernelError
+from engine.kernel.storage import RunRow, Storage
+from engine.llm.scripted import ScriptedBackend
+
+ADDER = """\
+flowrun: 1
+name: Same
+description: Adds.
+tools: [calculator]
+steps:
+  add:
+    kind: process
+    instruction: Add 2 and 3.
+    tool: calculator
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.add.output.result }}"
+"""
+
+TALKER = """\
+flowrun: 1
+name: Same
+description: Talks, and may call no tool.
+steps:
+  talk:
+    kind: process
+    instruction: Say hello.
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.talk.output }}"
+"""
+
+
+def test_two_flows_with_the_same_name_do_not_share_tool_grants(tmp_path: Path, tools) -> None:
+    adder, talker = check_flow_text(ADDER, "adder.yaml", tools), check_flow_text(TALKER, "talker.yaml", tools)
+    assert adder.ok and talker.ok
+    call = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
+    backend = ScriptedBackend.from_responses([{"key": "add", "text": call}, {"key": "talk", "text": "hello"}])
+    kernel = kernel_for([adder, talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
+
+    async def both() -> list:  # the talker starts while the adder waits for the model: grants must not mix
+        return await asyncio.gather(run_flow(kernel, adder.compiled, {}, file="adder.yaml"),
+                                    run_flow(kernel, talker.compiled, {}, file="talker.yaml"))
+
+    added, talked = asyncio.run(both())
+    assert (added.status, added.answer) == (RunStatus.FINISHED, 5), added.error
+    assert (talked.status, talked.answer) == (RunStatus.FINISHED, "hello"), talked.error
+
+
+def test_a_run_may_call_only_the_tools_of_its_own_session(tmp_path: Path, tools) -> None:
+    adder = check_flow_text(ADDER, "adder.yaml", tools)
+    kernel = kernel_for([adder], ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
+    kernel.open_run("r1", "Same", ["calculator"])
+    kernel.open_run("r2", "Same", [])
+    assert asyncio.run(kernel.call_tool("Same", "r1", "calculator", {"expression": "1 + 1"})).result["result"] == 2
+    with pytest.raises(AccessDenied, match="may not call tool 'calculator'"):
+        asyncio.run(kernel.call_tool("Same", "r2", "calculator", {"expression": "1 + 1"}))
+    with pytest.raises(AccessDenied):  # a run that is not open has no grants at all
+        asyncio.run(kernel.call_tool("Same", "r3", "calculator", {"expression": "1 + 1"}))
+    with pytest.raises(KernelError, match="open already"):
+        kernel.open_run("r1", "Same", [])
+
+
+def test_nothing_of_a_thousand_runs_stays_in_the_kernel(tmp_path: Path, tools) -> None:
+    talker = check_flow_text(TALKER, "talker.yaml", tools)
+    runs = 1000
+    backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there", "times": runs}], slots=4)
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    kernel = kernel_for([talker], backend, storage)
+    progress = [Progress() for _ in range(runs)]
+    outcomes = asyncio.run(run_batch(kernel, talker.compiled, [{}] * runs, file="talker.yaml", concurrency=50,
+                                     progress=progress))
+    assert [o.status for o in outcomes] == [RunStatus.FINISHED] * runs
+    assert kernel.runs == {}
+    assert len(kernel.memory) == 0 and len(kernel.context) == 0
+    assert not kernel.scheduler.generated and kernel.scheduler.waiting == kernel.scheduler.running == 0
+    assert len(storage.rows(RunRow)) == runs  # what the runs did is in storage, not in the kernel
