@@ -5,16 +5,18 @@
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
-Every syscall's timings, tokens and preemptions are stored when it ends (storage.record_syscall), queued to the
-storage's writer thread, so that a commit never holds up the other agents' syscalls. A run with a journal (resumed
-or replayed) gets the answers and tool results recorded there instead of asking again; those are not stored twice.
+Every syscall is made inside Kernel._recorded, the one place where it is recorded: its timings, tokens,
+preemptions and error are stored when it ends (storage.record_syscall), queued to the storage's writer thread, so
+that a commit never holds up the other agents' syscalls. A run with a journal (resumed or replayed) gets the
+answers and tool results recorded there instead of asking again; those are not stored twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -96,15 +98,27 @@ class Kernel:
         syscall = Syscall(kind, agent, run, replace(request, run=run), priority)
         if journal is not None and (snapshot := journal.snapshot(request.key)) is not None:
             self.context.suspend(syscall, snapshot, store=False)
-        error = None
-        try:
+        with self._recorded(syscall):
             result = await self._submit(syscall)
             result.text = cut(result.text, self.max_result)  # before it is stored (it is syscall.result)
             return result
-        except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
+
+    @contextlib.contextmanager
+    def _recorded(self, syscall: Syscall, *, timed: bool = False) -> Iterator[Syscall]:
+        """The one place a syscall is recorded: when the work in the block ends, with the error that ended it, if
+        any (a cancelled call, Ctrl-C, is recorded as one, not as an answer). `timed`: the block is the whole of
+        the work, so it also sets the start and end times (the scheduler and the tool manager set theirs)."""
+        if timed:
+            syscall.started = syscall.created
+        error = None
+        try:
+            yield syscall
+        except BaseException as exc:
             error = str(exc) or type(exc).__name__
             raise
         finally:
+            if timed:
+                syscall.finished = time.time()
             self.storage.record_syscall(syscall, error)
 
     async def _submit(self, syscall: Syscall) -> Result:
@@ -145,9 +159,7 @@ class Kernel:
 
     async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> ToolCall:
         """Call tool `name` for `agent`, if the access manager allows it; the call made, with its result."""
-        syscall = Syscall(SyscallKind.TOOL, agent, run)
-        error = None
-        try:
+        with self._recorded(Syscall(SyscallKind.TOOL, agent, run)) as syscall:
             session = self.runs.get(run)
             self.access.check_tool(agent, run, name, session.tools if session else frozenset())
             token = workspace.set(session.workspace if session else self.workspaces / run)
@@ -155,11 +167,6 @@ class Kernel:
                 return await self.tools.call(syscall, name, arguments, self._journal(run))
             finally:
                 workspace.reset(token)
-        except BaseException as exc:  # a cancelled call (Ctrl-C) is recorded as one, not as an answer
-            error = str(exc) or type(exc).__name__
-            raise
-        finally:
-            self.storage.record_syscall(syscall, error)
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
@@ -218,11 +225,8 @@ class Kernel:
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
         """Add interactions, (role, content) each, to the run's short-term memory (in process; what it evicts to
         long-term memory, and the syscall's record, are queued to storage)."""
-        syscall = Syscall(SyscallKind.MEMORY, agent, run)
-        syscall.started = syscall.created
-        self.memory.remember(agent, run, entries)
-        syscall.finished = time.time()
-        self.storage.record_syscall(syscall)
+        with self._recorded(Syscall(SyscallKind.MEMORY, agent, run), timed=True):
+            self.memory.remember(agent, run, entries)
 
     async def recall(self, agent: str, run: str, query: str, owners: list[str] | None = None, limit: int = 5
                      ) -> list[MemoryRow]:
@@ -252,19 +256,9 @@ class Kernel:
 
     async def _serve(self, kind: SyscallKind, agent: str, run: str, work: Callable[..., Any], *args: Any) -> Any:
         """Run a memory or storage syscall and store its record, on one worker thread (both touch the database)."""
-        syscall = Syscall(kind, agent, run)
-        syscall.started = syscall.created
-
         def serve() -> Any:
-            error = None
-            try:
+            with self._recorded(Syscall(kind, agent, run), timed=True):
                 return work(*args)
-            except Exception as exc:
-                error = str(exc)
-                raise
-            finally:
-                syscall.finished = time.time()
-                self.storage.record_syscall(syscall, error)
 
         return await asyncio.to_thread(serve)
 
