@@ -103,6 +103,19 @@ class _Run:
     def flow(self) -> Flow:
         return self.compiled.flow
 
+    # The run's state changes only through enter and apply, live and when a resumed run's stored steps are read
+    # back, so that both build the same state.
+    def enter(self, step_id: str, visit: int) -> None:
+        """Step `step_id` begins its `visit`: its templates see it counted, and it is on the path."""
+        self.visits[step_id] = visit
+        self.path.append(step_id)
+        self.progress.step = step_id
+
+    def apply(self, step_id: str, output: Any) -> None:
+        """Step `step_id` ended with `output`, which later templates see."""
+        self.steps[step_id] = {"output": output}
+        self.progress.steps += 1
+
     @property
     def id(self) -> str:
         return self.progress.run_id
@@ -197,13 +210,11 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
                     journal=journal)
     for stored in steps:
-        run.visits[stored.step] = stored.visit
-        run.path.append(stored.step)
-        run.steps[stored.step] = {"output": stored.output}
+        run.enter(stored.step, stored.visit)
+        run.apply(stored.step, stored.output)
         if not ends_run(stored.kind):
             kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
                                                                       stored.tools or []))
-    run.progress.steps = len(steps)
     if steps and ends_run(steps[-1].kind):  # it ended, but the process stopped before storing so
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
     current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
@@ -261,20 +272,17 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
             raise RunError(f"{run.file}: step {step.id} would run for the {_ordinal(visit)} time, more than "
                            f"limits.max_visits ({limits.max_visits}) allows: raise it if the flow needs more, or "
                            f"see where it loops with `flowrun runs show {run.id[:12]}`")
-        run.visits[step.id] = visit
-        run.path.append(step.id)
-        run.progress.step = step.id
+        run.enter(step.id, visit)
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         run.votes = []
         done = await EXECUTORS[step.kind](kernel, run, step)
         row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started, run.votes)
-        run.steps[step.id] = {"output": done.output}
         if not ends_run(step.kind):  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(run, step.id, done.branch or "next")
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
-        run.progress.steps += 1
+        run.apply(step.id, done.output)
         if interrupted:
             raise asyncio.CancelledError
         if ends_run(step.kind):
