@@ -24,7 +24,8 @@ from pathlib import Path
 from engine.flow.validate import check_flow_text
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import run_flow
-from engine.kernel.storage import StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import StepRow
 from engine.llm.base import Request
 from engine.llm.scripted import ScriptedBackend
 

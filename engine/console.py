@@ -19,7 +19,7 @@ from engine.errors import RunStatus
 from engine.flowtest import CaseResult, Coverage, TestFile
 from engine.interpreter.runs import RunFigures, RunRecord, status
 from engine.interpreter.walk import Progress
-from engine.kernel.storage import RunRow
+from engine.kernel.tables import RunRow
 
 T = TypeVar("T")
 _CLEAR = "\r\x1b[2K"

@@ -31,7 +31,8 @@ from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.confine import write_files
-from engine.kernel.storage import StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import StepRow
 from engine.llm.base import Backend
 from engine.llm.models import DEFAULT_MODEL
 from engine.llm.scripted import CassetteError, ScriptedBackend

@@ -14,7 +14,8 @@ import pytest
 from engine.answers import read_number
 from engine.evaluation import scoring
 from engine.evaluation.stats import wilson
-from engine.kernel.storage import Storage, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import ToolCallRow
 from tests.conftest import MATH_LOOP
 from tests.test_run_cli import cli
 

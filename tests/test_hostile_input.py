@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.kernel.retry import Backoff
-from engine.kernel.storage import RunRow, StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow
 from tests.conftest import MATH_LOOP
 from tests.test_run_cli import cli
 

@@ -22,8 +22,9 @@ import pytest
 
 from engine.interpreter.resume import ResumeError, stopped
 from engine.interpreter.runs import status
-from engine.kernel.storage import (
-    SCHEMA_VERSION,
+from engine.kernel.storage import SCHEMA_VERSION, Storage, StorageError
+from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tables import (
     AuditRow,
     MemoryRow,
     Meta,
@@ -31,12 +32,9 @@ from engine.kernel.storage import (
     SnapshotRow,
     StepRecord,
     StepRow,
-    Storage,
-    StorageError,
     SyscallRow,
     ToolCallRow,
 )
-from engine.kernel.syscall import Syscall, SyscallKind
 from engine.llm.base import Request, Snapshot
 from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
 from tests.test_resume import MATH_CASSETTE

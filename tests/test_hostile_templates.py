@@ -15,7 +15,8 @@ from engine.flow import sandbox
 from engine.flow.sandbox import TemplateLimit
 from engine.flow.templates import render
 from engine.flow.validate import check_flow_text
-from engine.kernel.storage import RunRow, StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow
 
 # `begin` decides without a model, so a run that fails at `work` has one step to keep.
 FLOW = """\

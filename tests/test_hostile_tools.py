@@ -23,7 +23,8 @@ import pytest
 from engine.flow.manifest import load_tools
 from engine.interpreter.runs import steps_of
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import SyscallRow, ToolCallRow
 from engine.kernel.tools import ToolError, tool_from_manifest
 from engine.llm.base import Request
 from engine.llm.ollama import OllamaBackend

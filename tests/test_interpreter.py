@@ -15,7 +15,8 @@ from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, read_cassette
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import MemoryRow, RunRow, StepRow, Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import MemoryRow, RunRow, StepRow, SyscallRow, ToolCallRow
 from engine.kernel.tool_code import load_entry
 from engine.resources import data_dir
 from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE

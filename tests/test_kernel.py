@@ -16,20 +16,8 @@ from engine.kernel.access import ANY, AccessDenied, Group
 from engine.kernel.context import ContextOverflow, WindowPolicy
 from engine.kernel.kernel import Kernel, KernelError
 from engine.kernel.scheduler import Policy
-from engine.kernel.storage import (
-    SCHEMA_VERSION,
-    AuditRow,
-    Meta,
-    RunRow,
-    SnapshotRow,
-    StepRecord,
-    StepRow,
-    Storage,
-    StorageError,
-    SyscallRow,
-    ToolCallRow,
-    default_url,
-)
+from engine.kernel.storage import SCHEMA_VERSION, Storage, StorageError, default_url
+from engine.kernel.tables import AuditRow, Meta, RunRow, SnapshotRow, StepRecord, StepRow, SyscallRow, ToolCallRow
 from engine.kernel.tools import BadArguments, Tool, ToolError, load_entry
 from engine.llm.base import Request
 from engine.llm.scripted import ScriptedBackend, tokenize

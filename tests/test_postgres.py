@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow, ToolCallRow
 from tests.conftest import MATH_LOOP, ROOT
 from tests.test_crash import HERE
 from tests.test_run_cli import cli

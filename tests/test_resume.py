@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from engine.interpreter.runs import LLM_KINDS
-from engine.kernel.storage import RunRow, SnapshotRow, StepRecord, StepRow, Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tables import RunRow, SnapshotRow, StepRecord, StepRow, SyscallRow, ToolCallRow
 from engine.llm.base import Request, Snapshot
 from engine.llm.scripted import tokenize
 from tests.conftest import MATH_LOOP_CASSETTE

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.interpreter.runs import with_calls
-from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow, ToolCallRow
 from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE, TWO_STEPS
 
 CASSETTES = FLOWS / "cassettes"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from engine.flow.validate import load_flow
-from engine.kernel.storage import RunRow, StepRow, Storage, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow, ToolCallRow
 from tests.conftest import FLOWS, ROOT
 
 pytestmark = pytest.mark.slow

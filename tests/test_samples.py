@@ -22,7 +22,8 @@ from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.journal import Journal, RecordedAnswer
 from engine.kernel.kernel import Kernel
 from engine.kernel.retry import Backoff
-from engine.kernel.storage import Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import SyscallRow, ToolCallRow
 from engine.llm.base import ModelUnavailable, OnToken, Request, Result, Snapshot
 from engine.llm.scripted import ScriptedBackend
 

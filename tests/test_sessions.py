@@ -15,7 +15,8 @@ from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import Progress, run_flow
 from engine.kernel.access import AccessDenied
 from engine.kernel.kernel import KernelError
-from engine.kernel.storage import RunRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow
 from engine.llm.scripted import ScriptedBackend
 
 ADDER = """\

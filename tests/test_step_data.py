@@ -9,7 +9,8 @@ from typing import Any
 
 from engine.flow.validate import check_flow_text, load_flow
 from engine.interpreter.runs import LLM_KINDS
-from engine.kernel.storage import StepRow, Storage, SyscallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import StepRow, SyscallRow
 from tests.test_interpreter import run, stored_steps
 from tests.test_run_cli import cli, runs_of, steps_of
 

@@ -9,7 +9,8 @@ import pytest
 
 from engine.flow.manifest import load_tools
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import Storage, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import ToolCallRow
 from engine.kernel.tools import ToolError, tool_from_manifest
 from engine.llm.scripted import ScriptedBackend
 

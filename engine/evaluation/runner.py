@@ -28,7 +28,8 @@ from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import Progress, RunOutcome
 from engine.kernel.confine import write_files
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import StepRow
 from engine.llm.models import DEFAULT_MODEL
 from engine.llm.scripted import RunScripts, ScriptedBackend
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine import answers
 from engine.kernel.bounds import max_result
-from engine.kernel.storage import StepRow
+from engine.kernel.tables import StepRow
 from engine.kernel.tool_code import ToolError
 from engine.kernel.workers import WorkerPool
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from engine.errors import RunStatus
 from engine.interpreter.runs import status
-from engine.kernel.storage import RunRow, SnapshotRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, SnapshotRow
 from engine.llm.embedded import discard
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -16,7 +16,8 @@ from engine.interpreter.resume import journal_of
 from engine.interpreter.runs import RunRecord, with_calls
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
-from engine.kernel.storage import StepRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import StepRow
 from engine.llm.scripted import ScriptedBackend
 
 

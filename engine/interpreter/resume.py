@@ -12,7 +12,8 @@ from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, sta
 from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import RunRow, SnapshotRow, StepRow, Storage, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, SnapshotRow, StepRow, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
 
 

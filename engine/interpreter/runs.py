@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 
 from engine.errors import RunStatus
-from engine.kernel.storage import RunRow, StepRow, Storage, StorageError, SyscallRow, ToolCallRow
+from engine.kernel.storage import Storage, StorageError
+from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
 
 LLM_KINDS = ("generate", "choose", "call_tool")
 

@@ -45,7 +45,8 @@ from engine.jsontext import parse_json
 from engine.kernel.context import WindowPolicy
 from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel, KernelError
-from engine.kernel.storage import RunRow, StepRecord, StepRow, StorageError, through
+from engine.kernel.storage import StorageError, through
+from engine.kernel.tables import RunRow, StepRecord, StepRow
 from engine.kernel.tools import BadArguments, ToolCall
 from engine.llm.base import Request, sample_key
 

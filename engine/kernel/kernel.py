@@ -31,8 +31,9 @@ from engine.kernel.memory import Memory
 from engine.kernel.retry import Backoff
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.session import RunSession
-from engine.kernel.storage import MemoryRow, Storage
+from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tables import MemoryRow
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
 from engine.llm.base import Backend, ModelUnavailable, Request, Result
 

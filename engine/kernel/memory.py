@@ -10,7 +10,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from engine.kernel.storage import MemoryRow, Storage
+from engine.kernel.storage import Storage
+from engine.kernel.tables import MemoryRow
 
 
 @dataclass(frozen=True)

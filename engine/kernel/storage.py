@@ -1,5 +1,4 @@
-"""Storage (sqlmodel): runs, steps, syscalls with their metrics, snapshots, memories, agents' own data, tool calls
-and the audit log.
+"""Storage: the database that holds flowrun's tables (engine.kernel.tables), its writes, reads and migrations.
 
 A SQLite file by default (`.flowrun/flowrun.db` in the working directory, WAL mode), or any SQLAlchemy URL given
 as `url` or in FLOWRUN_DB (PostgreSQL is the server choice). SQLite commits survive a killed process; a power loss
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import threading
@@ -25,17 +23,29 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, Dialect, Index, TypeDecorator, bindparam, event, inspect, text
+from sqlalchemy import Connection, bindparam, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, func, or_, select
+from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.errors import RunFailure, RunStatus
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
+from engine.kernel.tables import (
+    STEP_KEY,
+    AgentDataRow,
+    AuditRow,
+    MemoryRow,
+    Meta,
+    RunRow,
+    SnapshotRow,
+    StepRecord,
+    StepRow,
+    SyscallRow,
+    ToolCallRow,
+)
 from engine.llm.base import Snapshot
 from engine.settings import number
 
@@ -54,7 +64,6 @@ _ADDED_COLUMNS = {
     6: (("tool_calls", "syscall", "VARCHAR"),),
     7: (("steps", "vote", "JSON"),),
 }
-_STEP_KEY = "ux_steps_run_step_visit"  # a step is stored once per visit, whatever a bug or a second process does
 
 
 class StorageError(RunFailure):
@@ -63,178 +72,6 @@ class StorageError(RunFailure):
 
 class Busy(StorageError):
     """Another process holds the database locked (a write is tried again until FLOWRUN_DB_TIMEOUT)."""
-
-
-class ExactJSON(TypeDecorator):
-    """JSON that reads back as it was written on SQLite too. There a column declared JSON has NUMERIC affinity,
-    which stores the text of a bare number as an INTEGER or REAL (20.0 read back as 20, 2**70 as a float): a bare
-    number is bound as a BLOB, which no affinity converts. Rows stored before keep what SQLite made of them."""
-
-    impl = JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
-        if dialect.name != "sqlite":
-            return super().bind_processor(dialect)
-
-        def bind(value: Any) -> str | bytes:
-            data = json.dumps(value)
-            return data.encode() if isinstance(value, int | float) and not isinstance(value, bool) else data
-        return bind
-
-    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
-        if dialect.name != "sqlite":
-            return super().result_processor(dialect, coltype)
-
-        def read(value: Any) -> Any:
-            return json.loads(value) if isinstance(value, str | bytes) else value
-        return read
-
-
-class Meta(SQLModel, table=True):
-    __tablename__ = "meta"
-    key: str = Field(primary_key=True)
-    value: str
-
-
-class RunRow(SQLModel, table=True):
-    __tablename__ = "runs"
-    id: str = Field(primary_key=True)
-    agent: str = Field(index=True)
-    flow: str
-    status: str  # running, finished, failed, interrupted, paused
-    batch: str | None = None  # the `flowrun batch` it belongs to
-    flow_sha256: str | None = None  # of the flow file's text when the run started
-    workspace: str | None = None  # the directory its tools work in, when not the default
-    host: str | None = None  # the machine and process running it (a `running` run whose process is gone crashed)
-    pid: int | None = None
-    pid_started: float | None = None  # when that process started (a later process given the same pid is not it)
-    inputs: Any = Field(default=None, sa_column=Column(ExactJSON))
-    answer: Any = Field(default=None, sa_column=Column(ExactJSON))
-    error: str | None = None
-    created: float
-    finished: float | None = None
-
-
-class StepRow(SQLModel, table=True):
-    __tablename__ = "steps"
-    __table_args__ = (Index(_STEP_KEY, "run_id", "step", "visit", unique=True),)
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True)
-    step: str
-    visit: int
-    kind: str
-    prompt: Any = Field(default=None, sa_column=Column(ExactJSON))
-    output: Any = Field(default=None, sa_column=Column(ExactJSON))
-    branch: str | None = None
-    # [{tool, syscall}] in call order: each call's arguments and result are in tool_calls, under its syscall (one
-    # marked "output" is the step's output, which is then not stored here); before schema 6, [{tool, arguments,
-    # result}]. engine.interpreter.runs reads them back.
-    tools: Any = Field(default=None, sa_column=Column(ExactJSON))
-    tokens: int = 0
-    started: float
-    finished: float
-    ask: str | None = None  # the instruction or question as the step put it (what short-term memory keeps)
-    vote: Any = Field(default=None, sa_column=Column(JSON))  # [engine.interpreter.vote.Tally.record()] if sampled
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """What the steps table keeps of a finished step, as the interpreter hands it over (a plain data class: a
-    table model validates and instruments every field, which costs more than the insert)."""
-
-    run_id: str
-    step: str
-    visit: int
-    kind: str
-    prompt: Any
-    output: Any
-    branch: str | None
-    tools: Any
-    tokens: int
-    started: float
-    finished: float
-    ask: str | None = None
-    vote: Any = None
-
-
-class AgentDataRow(SQLModel, table=True):
-    __tablename__ = "agent_data"
-    agent: str = Field(primary_key=True)
-    key: str = Field(primary_key=True)
-    value: Any = Field(default=None, sa_column=Column(ExactJSON))
-    updated: float
-
-
-class SyscallRow(SQLModel, table=True):
-    __tablename__ = "syscalls"
-    id: str = Field(primary_key=True)
-    run_id: str = Field(index=True)
-    agent: str = Field(index=True)
-    kind: str
-    priority: int
-    created: float
-    started: float | None
-    finished: float | None
-    waiting: float | None
-    turnaround: float | None
-    tokens: int
-    preemptions: int
-    slices: Any = Field(default=None, sa_column=Column(ExactJSON))  # [start, end] of each time an LLM syscall ran
-    key: str | None = None  # an LLM syscall's request key (the interpreter's step id)
-    text: str | None = None  # and the text it generated: with the key, what a cassette replays
-    error: str | None = None
-    superseded: bool | None = None  # a resumed run went past it: not part of the run's cassette
-
-
-class SnapshotRow(SQLModel, table=True):
-    __tablename__ = "snapshots"
-    id: int | None = Field(default=None, primary_key=True)
-    syscall_id: str = Field(index=True)
-    run_id: str = Field(index=True)
-    key: str | None = None  # the request key of the generation it suspends
-    text: str
-    tokens: int
-    state: Any = Field(default=None, sa_column=Column(ExactJSON))
-    created: float
-
-
-class MemoryRow(SQLModel, table=True):
-    __tablename__ = "memories"
-    id: int | None = Field(default=None, primary_key=True)
-    agent: str = Field(index=True)
-    run_id: str = Field(index=True)
-    role: str
-    content: str
-    created: float
-
-
-class ToolCallRow(SQLModel, table=True):
-    __tablename__ = "tool_calls"
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True)
-    agent: str
-    tool: str = Field(index=True)
-    syscall: str | None = None  # the id of the tool syscall that made it: how a step's record refers to it
-    arguments: Any = Field(default=None, sa_column=Column(ExactJSON))
-    result: Any = Field(default=None, sa_column=Column(ExactJSON))
-    error: str | None = None
-    started: float
-    finished: float
-    pending: bool | None = None  # started, result not yet stored (recorded so only for tools that are not idempotent)
-    superseded: bool | None = None  # a resumed run went past it: not replayed
-
-
-class AuditRow(SQLModel, table=True):
-    __tablename__ = "audit"
-    id: int | None = Field(default=None, primary_key=True)
-    agent: str = Field(index=True)
-    run_id: str
-    action: str
-    target: str
-    allowed: bool
-    reason: str
-    created: float
 
 
 def default_url() -> str:
@@ -670,7 +507,7 @@ def _unique_steps(db: Connection) -> None:
     """Key the steps table on (run, step, visit). Where a run was resumed while it still ran (the bug this key
     prevents), its steps are stored twice: the first stored of each stands, as the run went on from it."""
     db.execute(text("DELETE FROM steps WHERE id NOT IN (SELECT MIN(id) FROM steps GROUP BY run_id, step, visit)"))
-    db.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_STEP_KEY} ON steps (run_id, step, visit)"))
+    db.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {STEP_KEY} ON steps (run_id, step, visit)"))
 
 
 def _starts(column: Any, prefix: str, what: str) -> Any:

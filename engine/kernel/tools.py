@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from engine.json_schema import compile_schema
 from engine.kernel.bounds import MAX_MESSAGE, cut
 from engine.kernel.journal import Journal
-from engine.kernel.storage import Storage, ToolCallRow, through
+from engine.kernel.storage import Storage, through
 from engine.kernel.syscall import Syscall
+from engine.kernel.tables import ToolCallRow
 from engine.kernel.tool_code import ToolError, call_key
 from engine.kernel.tool_code import load_entry as load_entry  # where tool code and library users find them
 from engine.kernel.tool_code import workspace as workspace
