@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.errors import RunStatus
 from engine.flow.validate import check_flow_text
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import run_flow
@@ -50,7 +51,7 @@ def run_once(steps: int, folder: Path) -> tuple[float, list[float]]:
     started = time.perf_counter()
     outcome = asyncio.run(run_flow(kernel, checked.compiled, {"topic": "x"}, file="linear.yaml"))
     wall = time.perf_counter() - started
-    assert outcome.status == "finished", outcome.error
+    assert outcome.status == RunStatus.FINISHED, outcome.error
     rows = storage.of_runs(StepRow, [outcome.run_id])
     assert len(rows) == steps + 1  # every step was committed
     starts = [row.started for row in rows]

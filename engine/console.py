@@ -58,7 +58,7 @@ async def watch(work: Awaitable[T], progress: Sequence[Progress], generated: Cou
 
 def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: float) -> str:
     """One line: the current step (one run) or a bar of runs done (many), tokens per second, time so far."""
-    tokens = sum(generated[p.run_id] for p in progress)
+    tokens = sum(generated[p.run_id] or p.tokens for p in progress)
     rate = f"{tokens} tokens, {tokens / elapsed:.0f} tok/s" if elapsed > 0 else f"{tokens} tokens"
     if len(progress) == 1:
         where = f"step {progress[0].steps + 1}: {progress[0].step or 'starting'}"

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from engine.console import status_line
 from engine.errors import RunStatus
 from engine.flow.validate import check_flow_text
 from engine.interpreter.batch import run_batch
+from engine.interpreter.runs import status
 from engine.interpreter.setup import kernel_for
-from engine.interpreter.walk import Progress, run_flow
+from engine.interpreter.walk import Progress, continue_run, run_flow
 from engine.kernel.access import AccessDenied
 from engine.kernel.kernel import KernelError
-from engine.kernel.storage import Storage
-from engine.kernel.tables import RunRow
+from engine.kernel.storage import Storage, StorageError
+from engine.kernel.tables import RunRow, StepRow
 from engine.llm.scripted import ScriptedBackend
 
 ADDER = """\
@@ -94,3 +96,29 @@ def test_nothing_of_a_thousand_runs_stays_in_the_kernel(tmp_path: Path, tools) -
     assert len(kernel.memory) == 0 and len(kernel.context) == 0
     assert not kernel.scheduler.generated and kernel.scheduler.waiting == kernel.scheduler.running == 0
     assert len(storage.rows(RunRow)) == runs  # what the runs did is in storage, not in the kernel
+
+
+def test_a_batch_progress_line_keeps_the_tokens_of_runs_that_ended(tmp_path: Path, tools) -> None:
+    talker = check_flow_text(TALKER, "talker.yaml", tools)
+    backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there friend", "times": 3}])
+    kernel = kernel_for([talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
+    progress = [Progress() for _ in range(3)]
+    asyncio.run(run_batch(kernel, talker.compiled, [{}] * 3, file="talker.yaml", concurrency=3, progress=progress))
+    assert "9 tokens" in status_line(progress, kernel.scheduler.generated, 1.0)  # 3 tokens a run, runs all ended
+
+
+def test_a_resumed_run_whose_way_on_is_gone_fails_and_leaves_nothing_open(tmp_path: Path, tools) -> None:
+    talker = check_flow_text(TALKER, "talker.yaml", tools)
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    kernel = kernel_for([talker], ScriptedBackend([]), storage)
+    row = RunRow(id="r1", agent="Same", flow="talker.yaml", status=RunStatus.INTERRUPTED, created=0.0)
+    step = StepRow(run_id="r1", step="talk", visit=1, kind="process", output="hi", branch="gone", tokens=0,
+                   started=0.0, finished=0.0)
+    outcome = asyncio.run(continue_run(kernel, talker.compiled, row, [step], file="talker.yaml"))
+    assert outcome.status == RunStatus.FAILED and "no way out labelled 'gone'" in (outcome.error or "")
+    assert kernel.runs == {} and len(kernel.memory) == 0
+
+
+def test_a_status_this_flowrun_does_not_know_is_a_message(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="status 'archived', which this flowrun does not know"):
+        status(RunRow(id="r1", agent="a", flow="f.yaml", status="archived", created=0.0))

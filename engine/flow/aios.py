@@ -32,7 +32,7 @@ from engine.flow.model import flow_from_data
 from engine.flow.templates import is_template
 from engine.resources import data_dir
 
-_KINDS = ("process", "decision", "terminal")
+_KINDS = ("process", "decision", "terminal")  # AIOS's own three, which map one to one onto ours
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 

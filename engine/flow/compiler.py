@@ -29,7 +29,8 @@ class CompiledFlow:
     at: Mapping[str, Mapping[str, Position]] = field(default_factory=dict)
 
     @property
-    def start(self) -> str:
+    def start(self) -> str | None:
+        """The first step (None only in a flow with no steps, which does not validate)."""
         return self.flow.start
 
     def step(self, step_id: str) -> Step:

@@ -10,10 +10,9 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunStatus
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.resume import journal_of
-from engine.interpreter.runs import RunRecord, with_calls
+from engine.interpreter.runs import RunRecord, status, with_calls
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import Progress, RunOutcome, run_flow
 from engine.kernel.storage import Storage
@@ -56,7 +55,7 @@ def differences(replay: Replay, sha256: str | None, file: str) -> list[str]:
     run, found = replay.recorded.run, []
     if run.flow_sha256 and sha256 != run.flow_sha256:
         found.append(f"{file} changed since the run was recorded")
-    ended = RunStatus(run.status).ended  # a run that stopped midway is compared over the steps it took
+    ended = status(run).ended  # a run that stopped midway is compared over the steps it took
     pairs = zip_longest(replay.recorded.steps, replay.steps if ended else replay.steps[:len(replay.recorded.steps)])
     for n, (old, new) in enumerate(pairs, 1):
         if old is None or new is None or old.step != new.step:

@@ -136,7 +136,13 @@ def flow_file(run: RunRow, given: Path | None = None) -> Path:
 
 def status(run: RunRow) -> RunStatus:
     """The run's status, where a `running` run whose process is gone (on this machine) is `crashed`."""
-    return RunStatus.CRASHED if run.status == RunStatus.RUNNING and alive(run) is False else RunStatus(run.status)
+    if run.status == RunStatus.RUNNING and alive(run) is False:
+        return RunStatus.CRASHED
+    try:
+        return RunStatus(run.status)
+    except ValueError:  # written by another version of flowrun, or by hand
+        raise StorageError(f"run {run.id} is stored with status {run.status!r}, which this flowrun does not know: "
+                           "read it with the flowrun that ran it") from None
 
 
 def alive(run: RunRow) -> bool | None:

@@ -66,6 +66,7 @@ class Progress:
     step: str = ""
     steps: int = 0
     status: RunStatus = RunStatus.WAITING
+    tokens: int = 0  # generated in all, once the run has ended (until then, the scheduler counts them)
 
 
 @dataclass
@@ -104,8 +105,8 @@ class _Run:
     def flow(self) -> Flow:
         return self.compiled.flow
 
-    # The run's state changes only through enter and apply, live and when a resumed run's stored steps are read
-    # back, so that both build the same state.
+    # What templates see of the run (visits, outputs) and its path change only through enter and apply, live and
+    # when a resumed run's stored steps are read back, so that both build the same state.
     def enter(self, step_id: str, visit: int) -> None:
         """Step `step_id` begins its `visit`: its templates see it counted, and it is on the path."""
         self.visits[step_id] = visit
@@ -188,10 +189,10 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     end, the steps it finished stay stored.
     """
     run = _Run.new(compiled, file, inputs, progress or Progress())
-    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal)
     row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
+    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal)
 
     async def start() -> Any:
         await kernel.storage.commit(kernel.storage.start_run, row)
@@ -218,8 +219,12 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
                                                                       stored.tools or []))
     if steps and ends_run(steps[-1].kind):  # it ended, but the process stopped before storing so
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
-    current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
-    return await _drive(kernel, run, _walk(kernel, run, current))
+
+    async def go_on() -> Any:  # in _drive, so that a way out the edited flow lacks ends the run as failed
+        current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
+        return await _walk(kernel, run, current)
+
+    return await _drive(kernel, run, go_on())
 
 
 def process_id() -> dict[str, Any]:
@@ -248,6 +253,7 @@ async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> R
 async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
                error: str | None = None) -> RunOutcome:
     """Close the run in the kernel (its short-term memory moves to long-term memory) and store how it ended."""
+    run.progress.tokens = kernel.scheduler.generated[run.id]
     session = kernel.close_run(run.id)
     if session is not None and session.journal is not None and status == RunStatus.FINISHED:
         session.journal.drop_unused()

@@ -110,7 +110,7 @@ class Kernel:
         any (a cancelled call, Ctrl-C, is recorded as one, not as an answer). `timed`: the block is the whole of
         the work, so it also sets the start and end times (the scheduler and the tool manager set theirs)."""
         if timed:
-            syscall.started = syscall.created
+            syscall.started = time.time()
         error = None
         try:
             yield syscall
@@ -257,8 +257,10 @@ class Kernel:
 
     async def _serve(self, kind: SyscallKind, agent: str, run: str, work: Callable[..., Any], *args: Any) -> Any:
         """Run a memory or storage syscall and store its record, on one worker thread (both touch the database)."""
+        syscall = Syscall(kind, agent, run)  # made here: its wait for a worker thread counts as waiting
+
         def serve() -> Any:
-            with self._recorded(Syscall(kind, agent, run), timed=True):
+            with self._recorded(syscall, timed=True):
                 return work(*args)
 
         return await asyncio.to_thread(serve)
