@@ -93,7 +93,7 @@ def test_nothing_of_a_thousand_runs_stays_in_the_kernel(tmp_path: Path, tools) -
                                      progress=progress))
     assert [o.status for o in outcomes] == [RunStatus.FINISHED] * runs
     assert kernel.runs == {}
-    assert len(kernel.memory) == 0 and len(kernel.context) == 0
+    assert len(kernel.memory) == 0 and len(kernel.context) == 0 and len(kernel.events) == 0
     assert not kernel.scheduler.generated and kernel.scheduler.waiting == kernel.scheduler.running == 0
     assert len(storage.rows(RunRow)) == runs  # what the runs did is in storage, not in the kernel
 

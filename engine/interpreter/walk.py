@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from engine.errors import FlowrunError, RunFailure, RunStatus
+from engine.events import RunEnded, RunStarted, StepEnded, StepStarted, short
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import ends_run
 from engine.flow.model import Flow, Step
@@ -235,6 +236,7 @@ def process_id() -> dict[str, Any]:
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
     """Await `walk` (the run's steps, to its answer) and store how the run ended."""
     run.progress.status = RunStatus.RUNNING
+    kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))
     try:
         answer = await walk
     except asyncio.CancelledError:
@@ -262,6 +264,8 @@ async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     run.progress.status = status
+    kernel.events.publish(RunEnded(run.id, status=status, error=error))
+    kernel.events.forget(run.id)
     return RunOutcome(run.id, status, answer, error, run.path)
 
 
@@ -280,6 +284,7 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
                            f"limits.max_visits ({limits.max_visits}) allows: raise it if the flow needs more, or "
                            f"see where it loops with `flowrun runs show {run.id[:12]}`")
         run.enter(step.id, visit)
+        kernel.events.publish(StepStarted(run.id, step=step.id, visit=visit))
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         run.votes = []
         done = await EXECUTORS[step.kind](kernel, run, step)
@@ -290,6 +295,8 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
             current = _follow(run, step.id, done.branch or "next")
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.apply(step.id, done.output)
+        kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
+                                        output=short(done.output), tokens=row.tokens))
         if interrupted:
             raise asyncio.CancelledError
         if ends_run(step.kind):

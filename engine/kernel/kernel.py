@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RunFailure
+from engine.events import EventBus, SyscallEnded, ToolEnded, ToolStarted
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
 from engine.kernel.bounds import cut, max_result
@@ -56,7 +57,9 @@ class Kernel:
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.runs: dict[str, RunSession] = {}  # the runs open now (open_run), by id
         self.context = ContextManager(storage)
-        self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context)
+        self.events = EventBus()  # what happens in each run, for whoever subscribes (engine.events)
+        self.scheduler = Scheduler(backend, policy, slice_tokens=slice_tokens, context=self.context,
+                                   events=self.events)
         self.tools = ToolManager(tools, storage, self.max_result)
         self.access = AccessManager(storage, groups=groups or {})
         self.memory = Memory(storage, memory_capacity)
@@ -121,6 +124,11 @@ class Kernel:
             if timed:
                 syscall.finished = time.time()
             self.storage.record_syscall(syscall, error)
+            running = sum(end - start for start, end in syscall.slices) if syscall.slices else \
+                (syscall.finished or time.time()) - (syscall.started or syscall.created)
+            self.events.publish(SyscallEnded(syscall.run, syscall=syscall.id, kind=syscall.kind,
+                                             waiting=syscall.waiting, running=running, tokens=syscall.tokens,
+                                             error=error))
 
     async def _submit(self, syscall: Syscall) -> Result:
         """`syscall` through the scheduler, tried again after a backoff while the model is unavailable."""
@@ -164,10 +172,16 @@ class Kernel:
             session = self.runs.get(run)
             self.access.check_tool(agent, run, name, session.tools if session else frozenset())
             token = workspace.set(session.workspace if session else self.workspaces / run)
+            self.events.publish(ToolStarted(run, tool=name, syscall=syscall.id))
+            failed = None
             try:
                 return await self.tools.call(syscall, name, arguments, self._journal(run))
+            except BaseException as exc:
+                failed = str(exc) or type(exc).__name__
+                raise
             finally:
                 workspace.reset(token)
+                self.events.publish(ToolEnded(run, tool=name, syscall=syscall.id, error=failed))
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:

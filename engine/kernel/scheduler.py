@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from engine.events import EventBus, SyscallQueued, SyscallStarted, SyscallSuspended
 from engine.kernel.context import ContextManager
 from engine.kernel.syscall import Syscall
 from engine.llm.base import Backend, Result
@@ -35,6 +36,7 @@ class _Waiting:
     done: asyncio.Future[Result]
     order: int  # arrival order; a requeued generation gets a new one (the tail)
     boost: int = 0  # aging gained while passed over
+    since: float = field(default_factory=time.time)  # when it was queued, or requeued
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Scheduler:
     slice_tokens: int = 32
     aging: int = 1
     context: ContextManager = field(default_factory=ContextManager)
+    events: EventBus = field(default_factory=EventBus)
 
     def __post_init__(self) -> None:
         self._ready: list[_Waiting] = []
@@ -68,6 +71,8 @@ class Scheduler:
         """Queue `syscall` and wait for its result; its timings and counts are kept on it."""
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._ready.append(_Waiting(syscall, done, next(self._order)))
+        key = syscall.request.key if syscall.request is not None else ""
+        self.events.publish(SyscallQueued(syscall.run, syscall=syscall.id, kind=syscall.kind, key=key))
         self._dispatch()
         return await done
 
@@ -102,6 +107,7 @@ class Scheduler:
             return self.policy is Policy.RR and used >= self.slice_tokens and bool(self._ready)
 
         began = time.time()
+        self.events.publish(SyscallStarted(syscall.run, syscall=syscall.id, waiting=began - waiting.since))
         try:
             assert syscall.request is not None, "an LLM syscall carries a request"
             result = await self.backend.generate(syscall.request, on_token, self.context.restore(syscall))
@@ -115,7 +121,8 @@ class Scheduler:
             if result.finish == "suspended" and result.snapshot is not None:
                 syscall.preemptions += 1
                 await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
-                waiting.order = next(self._order)
+                self.events.publish(SyscallSuspended(syscall.run, syscall=syscall.id, tokens=syscall.tokens))
+                waiting.order, waiting.since = next(self._order), time.time()
                 self._ready.append(waiting)
             else:
                 syscall.finished = syscall.slices[-1][1]
