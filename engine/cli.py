@@ -14,6 +14,7 @@ import click
 import yaml
 
 from engine import __version__, console, flowtest
+from engine.console import Progress
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, FlowrunError, RunStatus
 from engine.evaluation.dataset import read_dataset
 from engine.evaluation.report import FORMATS as EVAL_FORMATS
@@ -35,7 +36,7 @@ from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import check_flow_for, resume_run, stopped
 from engine.interpreter.runs import cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
-from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
@@ -248,12 +249,12 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     model stayed unavailable: resume it later), 130 Ctrl-C or SIGTERM (the run is stored as interrupted).
     """
     checked = _valid_flow(flow, tool_paths)
-    progress = Progress()
+    progress = Progress(new_run_id())
     with _user_errors():
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
-        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), progress=progress, workspace=workspace)
+        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), run_id=progress.run_id, workspace=workspace)
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 
@@ -294,8 +295,9 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
         lines = read_input_lines(inputs_file)
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
-        progress = [Progress() for _ in inputs]
-        work = run_batch(kernel, checked.compiled, inputs, file=str(flow), concurrency=concurrency, progress=progress)
+        progress = [Progress(new_run_id()) for _ in inputs]
+        work = run_batch(kernel, checked.compiled, inputs, file=str(flow), concurrency=concurrency,
+                         run_ids=[p.run_id for p in progress])
         outcomes = _run_live(work, progress, kernel, as_json)
         found = figures(kernel.storage, [kernel.storage.find_run(o.run_id) for o in outcomes])
     if as_json:
@@ -315,7 +317,7 @@ def _run_live(work: Any, progress: list[Progress], kernel: Any, quiet: bool) -> 
     """Await `work` with a progress line on a terminal; Ctrl-C ends the runs as interrupted and exits 130."""
     live = sys.stderr.isatty() and not quiet
     try:
-        outcome = asyncio.run(console.watch(work, progress, kernel.scheduler.generated, live=live))
+        outcome = asyncio.run(console.watch(work, progress, kernel.events, kernel.scheduler.generated, live=live))
     except KeyboardInterrupt:
         for shown in progress:
             if shown.status == RunStatus.INTERRUPTED:
@@ -415,7 +417,8 @@ def eval_command(flow: Path, data: Path, kind: str, model: str | None, concurren
         for config in configs:
             plan = prepare(config, checked[config.flow], dataset, storage, concurrency=concurrency,
                            say=lambda line: click.echo(line, err=True))
-            evaluations += _run_live(evaluate(plan), list(plan.progress.values()), plan.kernel, fmt != "text")
+            shown = [Progress(run_id) for run_id in plan.run_ids.values()]
+            evaluations += _run_live(evaluate(plan), shown, plan.kernel, fmt != "text")
     click.echo(json.dumps(as_json(evaluations)) if fmt == "json" else render(evaluations, fmt))
     sys.exit(EXIT_FAILED if min_accuracy is not None and evaluations[0].accuracy < min_accuracy else 0)
 
@@ -488,7 +491,7 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
         check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
         progress = Progress(found.run.id)
-        work = resume_run(kernel, checked.compiled, found, file=str(flow), progress=progress)
+        work = resume_run(kernel, checked.compiled, found, file=str(flow))
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 

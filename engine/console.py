@@ -10,15 +10,16 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
 from engine.errors import RunStatus
+from engine.events import Event, EventBus, RunEnded, RunStarted, StepEnded, StepStarted
 from engine.flowtest import CaseResult, Coverage, TestFile
 from engine.interpreter.runs import RunFigures, RunRecord, status
-from engine.interpreter.walk import Progress
 from engine.kernel.tables import RunRow
 
 T = TypeVar("T")
@@ -37,9 +38,38 @@ def printable(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
-async def watch(work: Awaitable[T], progress: Sequence[Progress], generated: Counter[str], *, live: bool,
-                every: float = 0.25) -> T:
-    """Await `work`, redrawing a progress line on stderr meanwhile when `live` (a terminal)."""
+@dataclass
+class Progress:
+    """Where a run is, as its events tell (engine.events): what a progress display shows of it."""
+
+    run_id: str
+    step: str = ""
+    steps: int = 0
+    status: RunStatus = RunStatus.WAITING
+    tokens: int = 0  # generated in all, once the run has ended (until then, the scheduler counts them)
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.status = RunStatus.RUNNING
+        elif isinstance(event, StepStarted):
+            self.step = event.step
+        elif isinstance(event, StepEnded):
+            self.steps += 1
+        elif isinstance(event, RunEnded):
+            self.status, self.tokens = RunStatus(event.status), event.tokens
+
+
+async def watch(work: Awaitable[T], progress: Sequence[Progress], events: EventBus, generated: Counter[str], *,
+                live: bool, every: float = 0.25) -> T:
+    """Await `work`, keeping `progress` as the runs' `events` tell, and redrawing a progress line on stderr
+    meanwhile when `live` (a terminal)."""
+    shown = {p.run_id: p for p in progress}
+
+    def observe(event: Event) -> None:
+        if event.run in shown:
+            shown[event.run].observe(event)
+
+    events.listeners.append(observe)
     task = asyncio.ensure_future(work)
     started = time.monotonic()
     try:
@@ -54,6 +84,7 @@ async def watch(work: Awaitable[T], progress: Sequence[Progress], generated: Cou
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        events.listeners.remove(observe)
 
 
 def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: float) -> str:

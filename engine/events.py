@@ -46,6 +46,7 @@ class RunEnded(Event):
     type: ClassVar[str] = "run.ended"
     status: str = ""
     error: str | None = None
+    tokens: int = 0  # generated in all
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.runs import steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
-from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.confine import write_files
 from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
@@ -223,15 +223,15 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         inputs = resolve_inputs(checked.flow, case.inputs, f"case {case.name!r}")
     except InputError as exc:
         return CaseResult(case, None, [], [str(exc)], time.monotonic() - started)
-    progress = Progress()
+    run_id = new_run_id()
     try:  # the case's files go where its run's write_file would put them, and nowhere else
-        write_files(scratch / "workspaces" / progress.run_id, case.files)
+        write_files(scratch / "workspaces" / run_id, case.files)
     except (ValueError, OSError) as exc:
         return CaseResult(case, None, [], [f"files: {exc}"], time.monotonic() - started)
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
-        outcome = await run_flow(kernel, checked.compiled, inputs, file=file, progress=progress)
+        outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id)
         steps = steps_of(storage, outcome.run_id)
     finally:
         storage.close()

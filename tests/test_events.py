@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.events import Event, EventBus, RunEnded, RunStarted
 from engine.flow.validate import check_flow_text
 from engine.interpreter.setup import kernel_for
-from engine.interpreter.walk import Progress, run_flow
+from engine.interpreter.walk import new_run_id, run_flow
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
 from engine.llm.scripted import ScriptedBackend
@@ -92,22 +92,22 @@ def test_a_preempted_generation_says_so(tmp_path: Path, tools) -> None:
 def test_a_subscriber_that_reconnects_gets_every_event_once(tmp_path: Path, tools) -> None:
     checked, kernel = kernel_on(tmp_path, tools, [{"key": "add", "text": CALL}, {"key": "big", "text": "yes"}],
                                 token_delay=0.01)
-    progress = Progress()
+    run_id = new_run_id()
     every: list[Event] = []
     kernel.events.listeners.append(every.append)
 
     async def main() -> list[Event]:
         started = asyncio.Event()
         kernel.events.listeners.append(lambda e: isinstance(e, RunStarted) and started.set())
-        run = asyncio.create_task(run_flow(kernel, checked.compiled, {}, file="adder.yaml", progress=progress))
+        run = asyncio.create_task(run_flow(kernel, checked.compiled, {}, file="adder.yaml", run_id=run_id))
         await started.wait()
         got: list[Event] = []
-        async for event in kernel.events.subscribe(progress.run_id):  # the first connection drops after 3
+        async for event in kernel.events.subscribe(run_id):  # the first connection drops after 3
             got.append(event)
             if len(got) == 3:
                 break
         await asyncio.sleep(0.05)  # meanwhile the run goes on
-        async for event in kernel.events.subscribe(progress.run_id, after=got[-1].seq):  # Last-Event-ID
+        async for event in kernel.events.subscribe(run_id, after=got[-1].seq):  # Last-Event-ID
             got.append(event)
         await run
         return got

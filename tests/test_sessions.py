@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.console import status_line
+from engine.console import Progress, status_line, watch
 from engine.errors import RunStatus
 from engine.flow.validate import check_flow_text
 from engine.interpreter.batch import run_batch
 from engine.interpreter.runs import status
 from engine.interpreter.setup import kernel_for
-from engine.interpreter.walk import Progress, continue_run, run_flow
+from engine.interpreter.walk import continue_run, new_run_id, run_flow
 from engine.kernel.access import AccessDenied
 from engine.kernel.kernel import KernelError
 from engine.kernel.storage import Storage, StorageError
@@ -88,9 +88,7 @@ def test_nothing_of_a_thousand_runs_stays_in_the_kernel(tmp_path: Path, tools) -
     backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there", "times": runs}], slots=4)
     storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
     kernel = kernel_for([talker], backend, storage)
-    progress = [Progress() for _ in range(runs)]
-    outcomes = asyncio.run(run_batch(kernel, talker.compiled, [{}] * runs, file="talker.yaml", concurrency=50,
-                                     progress=progress))
+    outcomes = asyncio.run(run_batch(kernel, talker.compiled, [{}] * runs, file="talker.yaml", concurrency=50))
     assert [o.status for o in outcomes] == [RunStatus.FINISHED] * runs
     assert kernel.runs == {}
     assert len(kernel.memory) == 0 and len(kernel.context) == 0 and len(kernel.events) == 0
@@ -102,8 +100,11 @@ def test_a_batch_progress_line_keeps_the_tokens_of_runs_that_ended(tmp_path: Pat
     talker = check_flow_text(TALKER, "talker.yaml", tools)
     backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there friend", "times": 3}])
     kernel = kernel_for([talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
-    progress = [Progress() for _ in range(3)]
-    asyncio.run(run_batch(kernel, talker.compiled, [{}] * 3, file="talker.yaml", concurrency=3, progress=progress))
+    progress = [Progress(new_run_id()) for _ in range(3)]
+    work = run_batch(kernel, talker.compiled, [{}] * 3, file="talker.yaml", concurrency=3,
+                     run_ids=[p.run_id for p in progress])
+    asyncio.run(watch(work, progress, kernel.events, kernel.scheduler.generated, live=False))
+    assert [(p.status, p.steps, p.step) for p in progress] == [(RunStatus.FINISHED, 2, "done")] * 3
     assert "9 tokens" in status_line(progress, kernel.scheduler.generated, 1.0)  # 3 tokens a run, runs all ended
 
 

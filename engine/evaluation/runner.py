@@ -25,7 +25,7 @@ from engine.flow.validate import CheckedFlow
 from engine.interpreter.batch import run_batch
 from engine.interpreter.runs import figures
 from engine.interpreter.setup import kernel_for, open_backend_for
-from engine.interpreter.walk import Progress, RunOutcome
+from engine.interpreter.walk import RunOutcome, new_run_id
 from engine.kernel.confine import write_files
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
@@ -142,7 +142,7 @@ class Evaluation:
 
 @dataclass
 class Plan:
-    """An evaluation set up to run: its kernel, and a progress per case that runs (for progress displays)."""
+    """An evaluation set up to run: its kernel, and the id of each case's run, for the cases that run."""
 
     config: Config
     checked: CheckedFlow
@@ -151,7 +151,7 @@ class Plan:
     kernel: Kernel
     model: str | None
     concurrency: int
-    progress: dict[str, Progress]  # by case name
+    run_ids: dict[str, str]  # by case name
     batch: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -167,24 +167,24 @@ def prepare(config: Config, checked: CheckedFlow, dataset: Dataset, storage: Sto
     backend = RunScripts() if cassette else open_backend_for(config.backend, model, None, say=say)
     kernel = kernel_for([checked, *dataset.judges.values()], backend, storage)
     runnable = [c for c in dataset.cases if not cassette or c.responses is not None]
-    return Plan(config, checked, dataset, inputs, kernel, model, concurrency, {c.name: Progress() for c in runnable})
+    return Plan(config, checked, dataset, inputs, kernel, model, concurrency, {c.name: new_run_id() for c in runnable})
 
 
 async def evaluate(plan: Plan) -> Evaluation:
     """Run every case of the plan and score it."""
-    cases = [c for c in plan.dataset.cases if c.name in plan.progress]
+    cases = [c for c in plan.dataset.cases if c.name in plan.run_ids]
     for case in cases:  # where the run's read_file and write_file work (Kernel.call_tool)
         try:
-            write_files(plan.kernel.workspaces / plan.progress[case.name].run_id, case.files)
+            write_files(plan.kernel.workspaces / plan.run_ids[case.name], case.files)
         except (ValueError, OSError) as exc:
             raise EvalError(f"{plan.dataset.path}:{case.line}: files: {exc}") from None
     scripts = plan.kernel.scheduler.backend
     if isinstance(scripts, RunScripts):
         for case in cases:
-            scripts.scripts[plan.progress[case.name].run_id] = ScriptedBackend.from_responses(case.responses)
+            scripts.scripts[plan.run_ids[case.name]] = ScriptedBackend.from_responses(case.responses)
     outcomes = await run_batch(plan.kernel, plan.checked.compiled, [plan.inputs[c.name] for c in cases],
                                file=str(plan.config.flow), concurrency=plan.concurrency,
-                               progress=[plan.progress[c.name] for c in cases], batch=plan.batch)
+                               run_ids=[plan.run_ids[c.name] for c in cases], batch=plan.batch)
     ran = dict(zip([c.name for c in cases], outcomes, strict=True))
     judged = await _judge(plan, ran)
     results = await _score(plan, ran, judged)
@@ -199,15 +199,15 @@ async def _judge(plan: Plan, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome
                  and c.name in ran and ran[c.name].status == RunStatus.FINISHED]
         if not cases:
             continue
-        progress = [Progress() for _ in cases]
+        run_ids = [new_run_id() for _ in cases]
         scripts = plan.kernel.scheduler.backend
         if isinstance(scripts, RunScripts):  # the judge answers from the rest of the case's responses
-            for case, shown in zip(cases, progress, strict=True):
-                scripts.scripts[shown.run_id] = scripts.scripts[plan.progress[case.name].run_id]
+            for case, run_id in zip(cases, run_ids, strict=True):
+                scripts.scripts[run_id] = scripts.scripts[plan.run_ids[case.name]]
         inputs = [{"answer": answers.answer_text(ran[c.name].answer), "case": json.dumps(c.data, ensure_ascii=False)}
                   for c in cases]
         outcomes = await run_batch(plan.kernel, checked.compiled, inputs, file=str(plan.dataset.judge_path(cases[0])),
-                                   concurrency=plan.concurrency, progress=progress, batch=plan.batch)
+                                   concurrency=plan.concurrency, run_ids=run_ids, batch=plan.batch)
         judged.update(zip([c.name for c in cases], outcomes, strict=True))
     return judged
 

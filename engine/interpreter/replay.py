@@ -14,7 +14,7 @@ from engine.flow.validate import CheckedFlow
 from engine.interpreter.resume import journal_of
 from engine.interpreter.runs import RunRecord, status, with_calls
 from engine.interpreter.setup import kernel_for
-from engine.interpreter.walk import Progress, RunOutcome, run_flow
+from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
 from engine.llm.scripted import ScriptedBackend
@@ -37,10 +37,8 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
         storage = Storage(f"sqlite:///{scratch}/replay.db")
         try:
             kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
-            progress = Progress()
             journal = journal_of(recorded.syscalls, recorded.tools, strict=True)
-            outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, progress=progress,
-                                     journal=journal)
+            outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal)
             # its tool results are the recording's, given back by the journal: its steps refer to those calls
             steps = with_calls(storage.of_runs(StepRow, [outcome.run_id]), recorded.tools)
         finally:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.compiler import CompiledFlow
 from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, status
-from engine.interpreter.walk import Progress, RunOutcome, continue_run, process_id
+from engine.interpreter.walk import RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
@@ -95,8 +95,7 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
                           "--rerun-unrecorded to call it again (with the same call key) if the model asks for it")
 
 
-async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str,
-                     progress: Progress | None = None) -> RunOutcome:
+async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str) -> RunOutcome:
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
     with it on `kernel`: its journal given back first, its tools in its own workspace."""
     run, this = found.run, process_id()
@@ -104,5 +103,4 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
                                           found.stale)
     if not claimed:
         raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
-    return await continue_run(kernel, compiled, run, found.steps, file=file, progress=progress,
-                              journal=found.journal)
+    return await continue_run(kernel, compiled, run, found.steps, file=file, journal=found.journal)

@@ -59,15 +59,10 @@ class RunError(RunFailure):
     """The run cannot go on: a limit reached, a template that cannot be rendered, a model answer that does not fit."""
 
 
-@dataclass
-class Progress:
-    """Where a run is, for progress displays; the interpreter updates it as steps start and end."""
-
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    step: str = ""
-    steps: int = 0
-    status: RunStatus = RunStatus.WAITING
-    tokens: int = 0  # generated in all, once the run has ended (until then, the scheduler counts them)
+def new_run_id() -> str:
+    """A new run's id, unique across processes sharing a database (given before a run starts, a caller knows it
+    while the run goes on: to watch its events, say)."""
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -88,7 +83,7 @@ class _Run:
     compiled: CompiledFlow
     file: str
     inputs: dict[str, Any]
-    progress: Progress
+    id: str
     options: dict[str, Any]
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> {"output": latest output}
     visits: dict[str, int] = field(default_factory=dict)
@@ -96,9 +91,9 @@ class _Run:
     votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
 
     @classmethod
-    def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], progress: Progress) -> _Run:
+    def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> _Run:
         flow = compiled.flow
-        run = cls(compiled, file, inputs, progress, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+        run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
         return run
 
@@ -112,16 +107,10 @@ class _Run:
         """Step `step_id` begins its `visit`: its templates see it counted, and it is on the path."""
         self.visits[step_id] = visit
         self.path.append(step_id)
-        self.progress.step = step_id
 
     def apply(self, step_id: str, output: Any) -> None:
         """Step `step_id` ended with `output`, which later templates see."""
         self.steps[step_id] = {"output": output}
-        self.progress.steps += 1
-
-    @property
-    def id(self) -> str:
-        return self.progress.run_id
 
     @property
     def agent(self) -> str:
@@ -180,7 +169,7 @@ class _Done:
 
 
 async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
-                   progress: Progress | None = None, batch: str | None = None, workspace: Path | None = None,
+                   run_id: str | None = None, batch: str | None = None, workspace: Path | None = None,
                    journal: Journal | None = None) -> RunOutcome:
     """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, its tools in
     `workspace` (default: a directory of the run's own), given back the answers `journal` holds (a replay).
@@ -189,7 +178,7 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
     end, the steps it finished stay stored.
     """
-    run = _Run.new(compiled, file, inputs, progress or Progress())
+    run = _Run.new(compiled, file, inputs, run_id or new_run_id())
     row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
@@ -203,13 +192,11 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
 
 
 async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, steps: list[StepRow], *, file: str,
-                       progress: Progress | None = None, journal: Journal | None = None) -> RunOutcome:
+                       journal: Journal | None = None) -> RunOutcome:
     """Go on with stored run `row` (claimed by this process) from the step after its stored `steps`, which are
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
     gives back what its unfinished step already got."""
-    progress = progress or Progress()
-    progress.run_id = row.id
-    run = _Run.new(compiled, file, row.inputs or {}, progress)
+    run = _Run.new(compiled, file, row.inputs or {}, row.id)
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
                     journal=journal)
     for stored in steps:
@@ -235,12 +222,12 @@ def process_id() -> dict[str, Any]:
 
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
     """Await `walk` (the run's steps, to its answer) and store how the run ended."""
-    run.progress.status = RunStatus.RUNNING
     kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))
     try:
         answer = await walk
     except asyncio.CancelledError:
-        await _end(kernel, run, RunStatus.INTERRUPTED, error=f"interrupted at step {run.progress.step}")
+        at = run.path[-1] if run.path else run.compiled.start
+        await _end(kernel, run, RunStatus.INTERRUPTED, error=f"interrupted at step {at}")
         raise
     except Exception as exc:
         status = exc.ends_run if isinstance(exc, FlowrunError) else None
@@ -255,7 +242,7 @@ async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> R
 async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
                error: str | None = None) -> RunOutcome:
     """Close the run in the kernel (its short-term memory moves to long-term memory) and store how it ended."""
-    run.progress.tokens = kernel.scheduler.generated[run.id]
+    tokens = kernel.scheduler.generated[run.id]
     session = kernel.close_run(run.id)
     if session is not None and session.journal is not None and status == RunStatus.FINISHED:
         session.journal.drop_unused()
@@ -263,8 +250,7 @@ async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
         await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
-    run.progress.status = status
-    kernel.events.publish(RunEnded(run.id, status=status, error=error))
+    kernel.events.publish(RunEnded(run.id, status=status, error=error, tokens=tokens))
     kernel.events.forget(run.id)
     return RunOutcome(run.id, status, answer, error, run.path)
 
