@@ -170,9 +170,10 @@ class _Done:
 
 async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
                    run_id: str | None = None, batch: str | None = None, workspace: Path | None = None,
-                   journal: Journal | None = None) -> RunOutcome:
-    """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, its tools in
-    `workspace` (default: a directory of the run's own), given back the answers `journal` holds (a replay).
+                   journal: Journal | None = None, priority: int = 0) -> RunOutcome:
+    """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, as run
+    `run_id` (default: a new id), its tools in `workspace` (default: a directory of the run's own), given back the
+    answers `journal` holds (a replay), its model calls at `priority`.
 
     A failure ends the run as failed, with a message naming the step; a model still unavailable after the
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
@@ -182,10 +183,11 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
                  created=time.time(), flow_sha256=compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id())
-    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal)
+    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority)
 
     async def start() -> Any:
         await kernel.storage.commit(kernel.storage.start_run, row)
+        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))  # once it is stored
         return await _walk(kernel, run, compiled.start)
 
     return await _drive(kernel, run, start())
@@ -209,6 +211,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
 
     async def go_on() -> Any:  # in _drive, so that a way out the edited flow lacks ends the run as failed
+        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))
         current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
         return await _walk(kernel, run, current)
 
@@ -222,7 +225,6 @@ def process_id() -> dict[str, Any]:
 
 async def _drive(kernel: Kernel, run: _Run, walk: Coroutine[Any, Any, Any]) -> RunOutcome:
     """Await `walk` (the run's steps, to its answer) and store how the run ended."""
-    kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))
     try:
         answer = await walk
     except asyncio.CancelledError:

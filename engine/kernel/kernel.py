@@ -65,12 +65,13 @@ class Kernel:
         self.memory = Memory(storage, memory_capacity)
 
     def open_run(self, run: str, agent: str, tools: Iterable[str] = (), *, workspace: Path | None = None,
-                 journal: Journal | None = None) -> RunSession:
+                 journal: Journal | None = None, priority: int = 0) -> RunSession:
         """Open run `run` of `agent`, which may call `tools`, in `workspace` (default: its own directory under
-        `workspaces`), given back what `journal` holds before asking again. close_run releases it."""
+        `workspaces`), given back what `journal` holds before asking again; its model calls have `priority`
+        (under the priority policy). close_run releases it."""
         if run in self.runs:
             raise KernelError(f"run {run} is open already")
-        session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal)
+        session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal, priority)
         self.runs[run] = session
         return session
 
@@ -85,7 +86,7 @@ class Kernel:
         session = self.runs.get(run)
         return session.journal if session is not None else None
 
-    async def generate(self, agent: str, run: str, request: Request, priority: int = 0,
+    async def generate(self, agent: str, run: str, request: Request, priority: int | None = None,
                        kind: SyscallKind = SyscallKind.GENERATE,
                        window: WindowPolicy = WindowPolicy.TRUNCATE) -> Result:
         """Text (or data matching request.schema) from the model, scheduled among all agents' requests.
@@ -94,6 +95,9 @@ class Kernel:
 
         A prompt too long for the model's window loses (or, under SUMMARIZE, has summarized) its oldest progress.
         """
+        if priority is None:
+            session = self.runs.get(run)
+            priority = session.priority if session is not None else 0
         request = await fit(request, self.scheduler.backend, window,
                             lambda dropped: self._summarize(agent, run, dropped, priority))
         journal = self._journal(run)
@@ -142,7 +146,7 @@ class Kernel:
                 await asyncio.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
                 attempt += 1
 
-    async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int) -> str:
+    async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int | None) -> str:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in dropped)
         instruction = {"role": "system", "content": "Summarize this progress of an agent in a few sentences, "
                                                     "keeping every fact, name and number."}
@@ -156,7 +160,7 @@ class Kernel:
         return (await self.generate(agent, run, request, priority)).text.strip()
 
     async def choose(self, agent: str, run: str, messages: list[dict[str, str]], labels: list[str],
-                     priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> str:
+                     priority: int | None = None, options: dict[str, Any] | None = None, key: str = "") -> str:
         """Exactly one of `labels`, chosen by the model constrained to a JSON Schema enum of them."""
         request = Request(messages, schema={"type": "string", "enum": labels}, options=options or {}, key=key)
         result = await self.generate(agent, run, request, priority, SyscallKind.CHOOSE)
@@ -184,7 +188,7 @@ class Kernel:
                 self.events.publish(ToolEnded(run, tool=name, syscall=syscall.id, error=failed))
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
-                       priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
+                       priority: int | None = None, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:
         """The model picks one of the tools `names` and its arguments (structured output); the call made.
 
         Only those tools may run: constrained decoding pins the name to them (a `const` per tool), and an answer
@@ -211,7 +215,8 @@ class Kernel:
         raise ToolError(f"the model's tool call still failed after the error was sent back: {problem}")
 
     async def pick_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
-                        priority: int = 0, options: dict[str, Any] | None = None, key: str = "") -> tuple[str, Any]:
+                        priority: int | None = None, options: dict[str, Any] | None = None, key: str = ""
+                        ) -> tuple[str, Any]:
         """The model's pick of one of the tools `names` and its arguments, as use_tool asks for it, without calling
         the tool (a caller votes on several picks, then calls the winner once); BadArguments when the answer is not
         a call of one of them with arguments its parameters accept."""

@@ -19,3 +19,4 @@ class RunSession:
     tools: frozenset[str]  # the tools its flow lists, which it may call (a privilege group may grant more)
     workspace: Path  # the directory its tools read and write in
     journal: Journal | None = None  # what a resumed or replayed run already got, given back first
+    priority: int = 0  # of its model calls, unless a call says otherwise

@@ -1,0 +1,119 @@
+"""The library API every front end calls (the CLI, and next a server and workers): one kernel serving runs of any
+number of flows. Start a run and get its id at once, wait for it, cancel it, resume or replay a stored one, list
+and show stored runs, and follow a run's events.
+
+    service = Service(kernel_for(flows, backend, storage))
+    run_id = await service.start(checked, inputs, file="flows/math_agent.yaml", priority=1)  # once it is stored
+    async for event in service.events(run_id): ...
+    outcome = await service.wait(run_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+from engine.errors import FlowrunError, RunStatus
+from engine.events import Event, RunEnded, RunStarted
+from engine.flow.validate import CheckedFlow
+from engine.interpreter.replay import Replay, replay_run
+from engine.interpreter.resume import Stopped, check_flow_for, resume_run
+from engine.interpreter.runs import RunRecord, record
+from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
+from engine.kernel.kernel import Kernel
+from engine.kernel.tables import RunRow
+
+
+class NotInFlight(FlowrunError):
+    """The run is not one this service is running now."""
+
+
+class Service:
+    """Runs on one kernel: those in flight are tasks on the event loop that started them."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self._in_flight: dict[str, asyncio.Task[RunOutcome]] = {}
+
+    async def start(self, checked: CheckedFlow, inputs: dict[str, Any], *, file: str, priority: int = 0,
+                    workspace: Path | None = None, batch: str | None = None, run_id: str | None = None) -> str:
+        """Start a run of the valid flow `checked` (from `file`) with `inputs` (resolved: engine.interpreter.inputs)
+        as a task on the running event loop; its id, once the run is stored (or ended, if it could not be)."""
+        run_id = run_id or new_run_id()
+        work = run_flow(self.kernel, checked.compiled, inputs, file=file, run_id=run_id, batch=batch,
+                        workspace=workspace, priority=priority)
+        await self._track(run_id, work)
+        return run_id
+
+    async def resume(self, checked: CheckedFlow, found: Stopped, *, file: str, force: bool = False,
+                     rerun: bool = False) -> str:
+        """Go on with the stopped run `found` (engine.interpreter.resume.stopped) with the flow `checked` (from
+        `file`), as a task on the running event loop; its id, once claimed. A ResumeError where it cannot."""
+        check_flow_for(found, checked.compiled, force=force, rerun=rerun)
+        await self._track(found.run.id, resume_run(self.kernel, checked.compiled, found, file=file))
+        return found.run.id
+
+    async def _track(self, run_id: str, work: Coroutine[Any, Any, RunOutcome]) -> None:
+        """Run `work` as a task until the run has started (its events can then be followed) or it has ended."""
+        started = asyncio.Event()
+
+        def seen(event: Event) -> None:
+            if event.run == run_id and isinstance(event, RunStarted | RunEnded):
+                started.set()
+
+        self.kernel.events.listeners.append(seen)
+        task = asyncio.get_running_loop().create_task(work)
+        self._in_flight[run_id] = task
+        task.add_done_callback(lambda _: self._in_flight.pop(run_id, None))
+        waiting = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            self.kernel.events.listeners.remove(seen)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # it could not even start (a run with this id open already, say)
+
+    @property
+    def in_flight(self) -> list[str]:
+        """The ids of the runs going on now."""
+        return list(self._in_flight)
+
+    async def wait(self, run_id: str) -> RunOutcome:
+        """How run `run_id` ended, once it has: waited for if it is in flight, else as stored."""
+        task = self._in_flight.get(run_id)
+        if task is not None:
+            try:
+                return await asyncio.shield(task)  # a waiter that gives up does not stop the run
+            except asyncio.CancelledError:
+                if not task.cancelled():  # the waiter was cancelled, not the run
+                    raise
+        run = (await self.show(run_id)).run
+        return RunOutcome(run.id, RunStatus(run.status), run.answer, run.error, [])
+
+    async def cancel(self, run_id: str) -> RunOutcome:
+        """Stop run `run_id`: it ends interrupted (resumable), keeping the steps it finished; how it ended."""
+        task = self._in_flight.get(run_id)
+        if task is None:
+            raise NotInFlight(f"run {run_id} is not running in this process: nothing to cancel")
+        task.cancel()
+        return await self.wait(run_id)
+
+    def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The events of run `run_id` numbered above `after`, then as they come, until its end."""
+        return self.kernel.events.subscribe(run_id, after)
+
+    # Reads wait for the storage's queued writes: on a worker thread, so that the event loop goes on serving runs.
+    async def runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
+        """The stored runs, newest first."""
+        return await asyncio.to_thread(self.kernel.storage.find_runs, limit, batch)
+
+    async def show(self, run_id: str) -> RunRecord:
+        """The stored record of the run whose id is or starts with `run_id`."""
+        return await asyncio.to_thread(record, self.kernel.storage, run_id)
+
+    async def replay(self, run_id: str, checked: CheckedFlow, *, file: str) -> Replay:
+        """Walk the flow `checked` (from `file`) again on the answers run `run_id` recorded, and compare."""
+        return await replay_run(await self.show(run_id), checked, file=file)

@@ -1,0 +1,130 @@
+"""engine.service: one kernel serving runs of different flows; start, wait, cancel, resume, priority, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.events import SyscallStarted
+from engine.flow.validate import check_flow_text
+from engine.interpreter.resume import stopped
+from engine.interpreter.setup import kernel_for
+from engine.kernel.scheduler import Policy
+from engine.kernel.storage import Storage
+from engine.llm.scripted import ScriptedBackend
+from engine.service import NotInFlight, Service
+
+ADDER = """\
+flowrun: 1
+name: Adder
+description: Adds.
+tools: [calculator]
+steps:
+  add:
+    kind: process
+    instruction: Add 2 and 3.
+    tool: calculator
+    next: say
+  say:
+    kind: process
+    instruction: Say the sum.
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.add.output.result }}"
+"""
+
+TALKER = """\
+flowrun: 1
+name: Talker
+description: Talks.
+steps:
+  talk:
+    kind: process
+    instruction: Say hello.
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.talk.output }}"
+"""
+CALL = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
+
+
+def service_on(tmp_path: Path, tools, responses: list[dict], policy: Policy = Policy.FIFO, **options):
+    adder, talker = check_flow_text(ADDER, "adder.yaml", tools), check_flow_text(TALKER, "talker.yaml", tools)
+    assert adder.ok and talker.ok
+    backend = ScriptedBackend.from_responses(responses, **options)
+    kernel = kernel_for([adder, talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"), policy=policy)
+    return Service(kernel), adder, talker
+
+
+def test_runs_of_different_flows_share_one_kernel(tmp_path: Path, tools) -> None:
+    service, adder, talker = service_on(tmp_path, tools, [{"key": "add", "text": CALL, "times": 3},
+                                                          {"key": "say", "text": "five", "times": 3},
+                                                          {"key": "talk", "text": "hello", "times": 3}])
+
+    async def main() -> list:
+        ids = [await service.start(adder if i % 2 else talker, {}, file=f"{i}.yaml") for i in range(6)]
+        assert set(service.in_flight) <= set(ids)
+        return [await service.wait(run_id) for run_id in ids]
+
+    outcomes = asyncio.run(main())
+    assert [(o.status, o.answer) for o in outcomes] == [(RunStatus.FINISHED, "hello"), (RunStatus.FINISHED, 5)] * 3
+    assert service.in_flight == []
+    stored = asyncio.run(service.runs(limit=None))
+    assert sorted(r.agent for r in stored) == ["Adder"] * 3 + ["Talker"] * 3
+    ended = asyncio.run(service.wait(outcomes[1].run_id))  # no longer in flight: as stored
+    assert (ended.status, ended.answer) == (RunStatus.FINISHED, 5)
+
+
+def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp_path: Path, tools) -> None:
+    long = " ".join(f"w{i}" for i in range(200))
+    service, adder, _ = service_on(tmp_path, tools, [{"key": "add", "text": CALL}, {"key": "say", "text": long},
+                                                     {"key": "say", "text": "five"}], token_delay=0.005)
+
+    async def cancel() -> object:
+        run_id = await service.start(adder, {}, file="adder.yaml")
+        async for event in service.events(run_id):  # cancel while the second step generates
+            if isinstance(event, SyscallStarted) and event.seq > 8:
+                break
+        return await service.cancel(run_id)
+
+    outcome = asyncio.run(cancel())
+    assert outcome.status == RunStatus.INTERRUPTED
+    record = asyncio.run(service.show(outcome.run_id))
+    assert [s.step for s in record.steps] == ["add"]
+    with pytest.raises(NotInFlight):
+        asyncio.run(service.cancel(outcome.run_id))
+
+    async def resume() -> object:
+        run_id = await service.resume(adder, stopped(service.kernel.storage, outcome.run_id), file="adder.yaml")
+        return await service.wait(run_id)
+
+    resumed = asyncio.run(resume())
+    assert (resumed.status, resumed.answer) == (RunStatus.FINISHED, 5)
+    record = asyncio.run(service.show(outcome.run_id))
+    assert [s.step for s in record.steps] == ["add", "say", "done"]
+    assert len([t for t in record.tools if not t.superseded]) == 1  # the calculator was not called again
+
+
+def test_a_run_started_with_a_higher_priority_is_served_first(tmp_path: Path, tools) -> None:
+    service, _, talker = service_on(tmp_path, tools, [{"key": "talk", "text": "one two three four five six seven eight", "times": 3}],
+                                    policy=Policy.PRIORITY, slots=1, token_delay=0.01)
+    started: list[str] = []
+    service.kernel.events.listeners.append(lambda e: isinstance(e, SyscallStarted) and started.append(e.run))
+
+    async def main() -> tuple[str, str, str]:
+        first = await service.start(talker, {}, file="talker.yaml")
+        await asyncio.sleep(0.02)  # it holds the only slot
+        low = await service.start(talker, {}, file="talker.yaml", priority=0)
+        high = await service.start(talker, {}, file="talker.yaml", priority=5)
+        for run_id in (first, low, high):
+            await service.wait(run_id)
+        return first, low, high
+
+    first, low, high = asyncio.run(main())
+    assert started == [first, high, low]
