@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,15 @@ from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
-from engine.interpreter.resume import check_flow_for, resume_run, stopped
+from engine.interpreter.resume import check_flow_for, stopped
 from engine.interpreter.runs import cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
-from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
+from engine.interpreter.walk import RunOutcome, new_run_id
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
+from engine.service import Service, Started
 from engine.timeline import draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -254,9 +255,21 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
-        work = run_flow(kernel, checked.compiled, inputs, file=str(flow), run_id=progress.run_id, workspace=workspace)
+        service = Service(kernel)
+        work = _to_end(service, service.start(checked, inputs, file=str(flow), run_id=progress.run_id,
+                                              workspace=workspace))
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
+
+
+async def _to_end(service: Service, start: Awaitable[Started]) -> RunOutcome:
+    """The run that `start` starts, to its end; cancelled (Ctrl-C), it ends interrupted."""
+    started = await start
+    try:
+        return await started.outcome()
+    except asyncio.CancelledError:
+        await service.cancel(started.id)
+        raise
 
 
 def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
@@ -490,9 +503,9 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
     with _user_errors():
         check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
-        progress = Progress(found.run.id)
-        work = resume_run(kernel, checked.compiled, found, file=str(flow))
-        (outcome,) = _run_live(work, [progress], kernel, as_json)
+        service = Service(kernel)
+        work = _to_end(service, service.resume(checked, found, file=str(flow), force=force, rerun=rerun_unrecorded))
+        (outcome,) = _run_live(work, [Progress(found.run.id)], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 
 

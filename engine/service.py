@@ -3,15 +3,16 @@ number of flows. Start a run and get its id at once, wait for it, cancel it, res
 and show stored runs, and follow a run's events.
 
     service = Service(kernel_for(flows, backend, storage))
-    run_id = await service.start(checked, inputs, file="flows/math_agent.yaml", priority=1)  # once it is stored
-    async for event in service.events(run_id): ...
-    outcome = await service.wait(run_id)
+    started = await service.start(checked, inputs, file="flows/math_agent.yaml", priority=1)  # once stored
+    async for event in service.events(started.id): ...
+    outcome = await started.outcome()          # or, from anywhere: await service.wait(started.id)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ class NotInFlight(FlowrunError):
     """The run is not one this service is running now."""
 
 
+@dataclass(frozen=True)
+class Started:
+    """A run that Service.start or Service.resume set going: its id, and the task that runs it."""
+
+    id: str
+    task: asyncio.Task[RunOutcome]
+
+    async def outcome(self) -> RunOutcome:
+        """How the run ended, once it has (a waiter that gives up does not stop the run)."""
+        return await asyncio.shield(self.task)
+
+
 class Service:
     """Runs on one kernel: those in flight are tasks on the event loop that started them."""
 
@@ -38,24 +51,22 @@ class Service:
         self._in_flight: dict[str, asyncio.Task[RunOutcome]] = {}
 
     async def start(self, checked: CheckedFlow, inputs: dict[str, Any], *, file: str, priority: int = 0,
-                    workspace: Path | None = None, batch: str | None = None, run_id: str | None = None) -> str:
+                    workspace: Path | None = None, batch: str | None = None, run_id: str | None = None) -> Started:
         """Start a run of the valid flow `checked` (from `file`) with `inputs` (resolved: engine.interpreter.inputs)
-        as a task on the running event loop; its id, once the run is stored (or ended, if it could not be)."""
+        as a task on the running event loop, once the run is stored (or ended, if it could not be)."""
         run_id = run_id or new_run_id()
         work = run_flow(self.kernel, checked.compiled, inputs, file=file, run_id=run_id, batch=batch,
                         workspace=workspace, priority=priority)
-        await self._track(run_id, work)
-        return run_id
+        return await self._track(run_id, work)
 
     async def resume(self, checked: CheckedFlow, found: Stopped, *, file: str, force: bool = False,
-                     rerun: bool = False) -> str:
+                     rerun: bool = False) -> Started:
         """Go on with the stopped run `found` (engine.interpreter.resume.stopped) with the flow `checked` (from
-        `file`), as a task on the running event loop; its id, once claimed. A ResumeError where it cannot."""
+        `file`), as a task on the running event loop, once claimed. A ResumeError where it cannot."""
         check_flow_for(found, checked.compiled, force=force, rerun=rerun)
-        await self._track(found.run.id, resume_run(self.kernel, checked.compiled, found, file=file))
-        return found.run.id
+        return await self._track(found.run.id, resume_run(self.kernel, checked.compiled, found, file=file))
 
-    async def _track(self, run_id: str, work: Coroutine[Any, Any, RunOutcome]) -> None:
+    async def _track(self, run_id: str, work: Coroutine[Any, Any, RunOutcome]) -> Started:
         """Run `work` as a task until the run has started (its events can then be followed) or it has ended."""
         started = asyncio.Event()
 
@@ -75,6 +86,7 @@ class Service:
             self.kernel.events.listeners.remove(seen)
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # it could not even start (a run with this id open already, say)
+        return Started(run_id, task)
 
     @property
     def in_flight(self) -> list[str]:
@@ -82,16 +94,18 @@ class Service:
         return list(self._in_flight)
 
     async def wait(self, run_id: str) -> RunOutcome:
-        """How run `run_id` ended, once it has: waited for if it is in flight, else as stored."""
+        """How run `run_id` ended, once it has: waited for if it is in flight, else as stored (then its path is
+        the steps it stored)."""
         task = self._in_flight.get(run_id)
         if task is not None:
             try:
-                return await asyncio.shield(task)  # a waiter that gives up does not stop the run
+                return await Started(run_id, task).outcome()
             except asyncio.CancelledError:
                 if not task.cancelled():  # the waiter was cancelled, not the run
                     raise
-        run = (await self.show(run_id)).run
-        return RunOutcome(run.id, RunStatus(run.status), run.answer, run.error, [])
+        found = await self.show(run_id)
+        run = found.run
+        return RunOutcome(run.id, RunStatus(run.status), run.answer, run.error, [s.step for s in found.steps])
 
     async def cancel(self, run_id: str) -> RunOutcome:
         """Stop run `run_id`: it ends interrupted (resumable), keeping the steps it finished; how it ended."""

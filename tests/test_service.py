@@ -68,9 +68,9 @@ def test_runs_of_different_flows_share_one_kernel(tmp_path: Path, tools) -> None
                                                           {"key": "talk", "text": "hello", "times": 3}])
 
     async def main() -> list:
-        ids = [await service.start(adder if i % 2 else talker, {}, file=f"{i}.yaml") for i in range(6)]
-        assert set(service.in_flight) <= set(ids)
-        return [await service.wait(run_id) for run_id in ids]
+        started = [await service.start(adder if i % 2 else talker, {}, file=f"{i}.yaml") for i in range(6)]
+        assert set(service.in_flight) <= {s.id for s in started}
+        return [await s.outcome() for s in started]
 
     outcomes = asyncio.run(main())
     assert [(o.status, o.answer) for o in outcomes] == [(RunStatus.FINISHED, "hello"), (RunStatus.FINISHED, 5)] * 3
@@ -78,7 +78,7 @@ def test_runs_of_different_flows_share_one_kernel(tmp_path: Path, tools) -> None
     stored = asyncio.run(service.runs(limit=None))
     assert sorted(r.agent for r in stored) == ["Adder"] * 3 + ["Talker"] * 3
     ended = asyncio.run(service.wait(outcomes[1].run_id))  # no longer in flight: as stored
-    assert (ended.status, ended.answer) == (RunStatus.FINISHED, 5)
+    assert (ended.status, ended.answer, ended.path) == (RunStatus.FINISHED, 5, outcomes[1].path)
 
 
 def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp_path: Path, tools) -> None:
@@ -87,7 +87,7 @@ def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp
                                                      {"key": "say", "text": "five"}], token_delay=0.005)
 
     async def cancel() -> object:
-        run_id = await service.start(adder, {}, file="adder.yaml")
+        run_id = (await service.start(adder, {}, file="adder.yaml")).id
         async for event in service.events(run_id):  # cancel while the second step generates
             if isinstance(event, SyscallStarted) and event.seq > 8:
                 break
@@ -101,8 +101,8 @@ def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp
         asyncio.run(service.cancel(outcome.run_id))
 
     async def resume() -> object:
-        run_id = await service.resume(adder, stopped(service.kernel.storage, outcome.run_id), file="adder.yaml")
-        return await service.wait(run_id)
+        started = await service.resume(adder, stopped(service.kernel.storage, outcome.run_id), file="adder.yaml")
+        return await started.outcome()
 
     resumed = asyncio.run(resume())
     assert (resumed.status, resumed.answer) == (RunStatus.FINISHED, 5)
@@ -112,7 +112,8 @@ def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp
 
 
 def test_a_run_started_with_a_higher_priority_is_served_first(tmp_path: Path, tools) -> None:
-    service, _, talker = service_on(tmp_path, tools, [{"key": "talk", "text": "one two three four five six seven eight", "times": 3}],
+    words = "one two three four five six seven eight"
+    service, _, talker = service_on(tmp_path, tools, [{"key": "talk", "text": words, "times": 3}],
                                     policy=Policy.PRIORITY, slots=1, token_delay=0.01)
     started: list[str] = []
     service.kernel.events.listeners.append(lambda e: isinstance(e, SyscallStarted) and started.append(e.run))
@@ -122,9 +123,9 @@ def test_a_run_started_with_a_higher_priority_is_served_first(tmp_path: Path, to
         await asyncio.sleep(0.02)  # it holds the only slot
         low = await service.start(talker, {}, file="talker.yaml", priority=0)
         high = await service.start(talker, {}, file="talker.yaml", priority=5)
-        for run_id in (first, low, high):
-            await service.wait(run_id)
-        return first, low, high
+        for started in (first, low, high):
+            await started.outcome()
+        return first.id, low.id, high.id
 
     first, low, high = asyncio.run(main())
     assert started == [first, high, low]
