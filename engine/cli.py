@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -349,6 +351,56 @@ def _say_end(outcome: RunOutcome) -> None:
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == RunStatus.PAUSED:
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on; any but loopback needs FLOWRUN_TOKEN set.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--flows", "flow_dirs", type=_existing, multiple=True, required=True,
+              help="A directory of flow files to offer (each by its name). Repeatable.")
+@click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]), default="auto",
+              show_default=True, help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The one model every run shares.")
+@click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives.")
+@click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
+              help="How runs share the model.")
+@click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@_db_option
+@_tools_option
+def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: str, cassette: Path | None,
+          scheduler: str, slots: int | None, db: str | None, tool_paths: tuple[Path, ...]) -> None:
+    """Serve runs of the flows under --flows over HTTP, all on one kernel and one model (see GET /docs).
+
+    With FLOWRUN_TOKEN set, every request but GET /healthz needs `Authorization: Bearer TOKEN`. SIGTERM or Ctrl-C
+    stops the server: runs in flight end interrupted, to be resumed (`flowrun runs resume`).
+    """
+    import uvicorn  # here, so that other commands do not load the server
+
+    from engine.server.app import create_app
+    from engine.server.catalog import load_catalog
+
+    token = os.environ.get("FLOWRUN_TOKEN") or None
+    if token is None and not _loopback(host):
+        click.echo(f"error: --host {host} is reachable from other machines: set FLOWRUN_TOKEN to the token "
+                   "clients must send, or listen on 127.0.0.1", err=True)
+        sys.exit(EXIT_USAGE)
+    with _user_errors():
+        flows = load_catalog(flow_dirs, tool_paths)
+        backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
+        kernel = kernel_for([f.checked for f in flows.values()], backend, Storage(db), policy=Policy(scheduler))
+    app = create_app(Service(kernel), flows, token=token)
+    click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 @main.command("test")

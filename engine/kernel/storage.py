@@ -70,6 +70,10 @@ class StorageError(RunFailure):
     """The database cannot be used; the message says why and what to do."""
 
 
+class NoSuchRun(StorageError):
+    """No stored run has the id asked for (or more than one starts with it)."""
+
+
 class Busy(StorageError):
     """Another process holds the database locked (a write is tried again until FLOWRUN_DB_TIMEOUT)."""
 
@@ -254,7 +258,7 @@ class Storage:
             found = list(db.exec(select(RunRow).where(_starts(col(RunRow.id), prefix, "run")).limit(2)))
         if len(found) != 1:
             problem = "no run" if not found else "more than one run"
-            raise StorageError(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
+            raise NoSuchRun(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
         return found[0]
 
     def of_runs(self, table: type[SQLModel], run_ids: list[str]) -> list[Any]:

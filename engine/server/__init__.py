@@ -1,0 +1,1 @@
+"""`flowrun serve`: the run service (engine.service) over HTTP."""

@@ -1,0 +1,157 @@
+"""The HTTP API of `flowrun serve` (FastAPI): routes over engine.service, and nothing else.
+
+Client errors are RFC 9457 problem details (application/problem+json), never a 500. When a token is set, every
+route but /healthz wants `Authorization: Bearer TOKEN`. A request body must say its length (Content-Length) and
+stay under the limit. A run's events stream as Server-Sent Events, each with its sequence number as its id, so a
+client that reconnects with Last-Event-ID gets only what it missed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from engine.errors import FlowrunError
+from engine.flow.render import render_graph
+from engine.interpreter.inputs import InputError, resolve_inputs
+from engine.kernel.storage import NoSuchRun
+from engine.server.catalog import Offered
+from engine.service import NotInFlight, Service
+
+MAX_BODY = 1 << 20  # bytes of a request body
+_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (InputError, 422))  # for flowrun's errors; others are 400
+
+
+class RunRequest(BaseModel):
+    """What POST /runs takes."""
+
+    flow: str = Field(description="The name of a flow the server offers (GET /flows).")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs, by name.")
+    priority: int = Field(default=0, description="Higher goes first under the priority scheduler.")
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem details response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def create_app(service: Service, flows: Mapping[str, Offered], *, token: str | None = None,
+               max_body: int = MAX_BODY) -> FastAPI:
+    """The API over `service`, running the `flows` offered, guarded by `token` if given."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        for run_id in service.in_flight:  # shutting down (SIGTERM): they end interrupted, to be resumed
+            await service.cancel(run_id)
+
+    app = FastAPI(title="flowrun", summary="Runs of declarative LLM agent flows on one shared kernel.",
+                  lifespan=lifespan)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if token is not None and request.url.path != "/healthz":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return problem(401, "Unauthorized", "send the server's token: `Authorization: Bearer TOKEN`")
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return problem(411, "Length Required", "send the body with a Content-Length")
+            if int(length) > max_body:
+                return problem(413, "Content Too Large", f"a request body may have at most {max_body} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"at": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['at']}: {e['message']}" for e in errors)
+        return problem(422, "Unprocessable Content", detail, errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(FlowrunError)
+    async def user_error(_: Request, exc: FlowrunError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+        return problem(status, type(exc).__name__, str(exc))
+
+    def offered(name: str) -> Offered:
+        if name not in flows:
+            raise HTTPException(404, f"no flow {name!r} here; see GET /flows")
+        return flows[name]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "runs_in_flight": len(service.in_flight)}
+
+    @app.get("/flows")
+    async def list_flows() -> list[dict[str, Any]]:
+        return [_flow_summary(name, f) for name, f in sorted(flows.items())]
+
+    @app.get("/flows/{name}")
+    async def show_flow(name: str) -> dict[str, Any]:
+        found = offered(name)
+        return {**_flow_summary(name, found), "tools": list(found.checked.flow.tools),
+                "mermaid": render_graph(found.checked.compiled, "mermaid")}
+
+    @app.post("/runs", status_code=201)
+    async def start_run(body: RunRequest, response: Response) -> dict[str, Any]:
+        found = offered(body.flow)
+        inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs")
+        started = await service.start(found.checked, inputs, file=str(found.path), priority=body.priority)
+        response.headers["Location"] = f"/runs/{started.id}"
+        return {"id": started.id, "flow": body.flow, "events": f"/runs/{started.id}/events"}
+
+    @app.get("/runs")
+    async def list_runs(limit: int = 20, batch: str | None = None) -> list[dict[str, Any]]:
+        return [_run_summary(run) for run in await service.runs(limit, batch)]
+
+    @app.get("/runs/{run_id}")
+    async def show_run(run_id: str) -> dict[str, Any]:
+        found = await service.show(run_id)
+        steps = [{"step": s.step, "visit": s.visit, "kind": s.kind, "branch": s.branch, "output": s.output}
+                 for s in found.steps]
+        return {**_run_summary(found.run), "steps": steps}
+
+    @app.post("/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        outcome = await service.cancel(run_id)
+        return {"id": outcome.run_id, "status": outcome.status, "error": outcome.error}
+
+    @app.get("/runs/{run_id}/events")
+    async def run_events(run_id: str, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
+        if run_id not in service.in_flight:
+            await service.show(run_id)  # 404 for a run that does not exist
+            raise HTTPException(410, f"run {run_id} has ended and its events are no longer kept; "
+                                     f"GET /runs/{run_id} shows how it went")
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+        async def stream() -> AsyncIterator[str]:
+            async for event in service.events(run_id, after):
+                yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.data())}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _flow_summary(name: str, found: Offered) -> dict[str, Any]:
+    flow = found.checked.flow
+    return {"name": name, "file": str(found.path), "description": flow.description, "inputs": flow.inputs}
+
+
+def _run_summary(run: Any) -> dict[str, Any]:
+    return {"id": run.id, "agent": run.agent, "flow": run.flow, "status": run.status, "batch": run.batch,
+            "created": run.created, "finished": run.finished, "answer": run.answer, "error": run.error}

@@ -1,0 +1,200 @@
+"""`flowrun serve`: the HTTP API against the ASGI app, and one real server process on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.interpreter.setup import kernel_for
+from engine.kernel.storage import Storage
+from engine.llm.scripted import ScriptedBackend
+from engine.server.app import create_app
+from engine.server.catalog import CatalogError, load_catalog
+from engine.service import Service
+
+ADDER = """\
+flowrun: 1
+name: Adder
+description: Adds two numbers.
+inputs:
+  a: {type: integer}
+  b: {type: integer}
+tools: [calculator]
+steps:
+  add:
+    kind: process
+    instruction: Add {{ inputs.a }} and {{ inputs.b }}.
+    tool: calculator
+    next: say
+  say:
+    kind: process
+    instruction: Say the sum.
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.add.output.result }}"
+"""
+CALL = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "adder.yaml").write_text(ADDER)
+    return folder
+
+
+def client_for(flows: Path, tmp_path: Path, responses: list[dict], token: str | None = None, **options):
+    offered = load_catalog([flows])
+    backend = ScriptedBackend.from_responses(responses, **options)
+    kernel = kernel_for([f.checked for f in offered.values()], backend, Storage(f"sqlite:///{tmp_path / 'r.db'}"))
+    app = create_app(Service(kernel), offered, token=token)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://flowrun")
+
+
+def events(text: str) -> list[dict]:
+    """The events of a Server-Sent Events body: id, event and data of each."""
+    found = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        found.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
+    return found
+
+
+def test_a_run_started_over_http_streams_its_events_and_shows_its_answer(flows: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with client_for(flows, tmp_path, [{"key": "add", "text": CALL}, {"key": "say", "text": "five"}],
+                              token_delay=0.01) as client:
+            listed = (await client.get("/flows")).json()
+            assert [(f["name"], sorted(f["inputs"])) for f in listed] == [("Adder", ["a", "b"])]
+            shown = (await client.get("/flows/Adder")).json()
+            assert shown["tools"] == ["calculator"] and shown["mermaid"].startswith("flowchart TD")
+            created = await client.post("/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}})
+            assert created.status_code == 201, created.text
+            run_id = created.json()["id"]
+            assert created.headers["location"] == f"/runs/{run_id}"
+            streamed = await client.get(f"/runs/{run_id}/events")
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            got = events(streamed.text)
+            assert [e["id"] for e in got] == list(range(1, len(got) + 1))
+            assert got[0]["event"] == "run.started" and got[-1]["event"] == "run.ended"
+            assert got[-1]["data"]["status"] == "finished"
+            run = (await client.get(f"/runs/{run_id}")).json()
+            assert (run["status"], run["answer"]) == ("finished", 5)
+            assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]
+            assert [r["id"] for r in (await client.get("/runs")).json()] == [run_id]
+            gone = await client.get(f"/runs/{run_id}/events")  # ended: its events are not kept
+            assert gone.status_code == 410 and gone.headers["content-type"] == "application/problem+json"
+
+    asyncio.run(main())
+
+
+def test_a_reconnecting_client_gets_each_event_once(flows: Path, tmp_path: Path) -> None:
+    long = " ".join(f"w{i}" for i in range(40))
+
+    async def main() -> tuple[list[dict], list[dict]]:
+        async with client_for(flows, tmp_path, [{"key": "add", "text": CALL}, {"key": "say", "text": long}],
+                              token_delay=0.01) as client:
+            run_id = (await client.post("/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}})).json()["id"]
+            full = asyncio.create_task(client.get(f"/runs/{run_id}/events"))
+            later = await client.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "3"})
+            return events((await full).text), events(later.text)
+
+    full, later = asyncio.run(main())
+    assert [e["id"] for e in later] == [e["id"] for e in full][3:]
+
+
+def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with client_for(flows, tmp_path, []) as client:
+            cases = [
+                (await client.post("/runs", json={"flow": "Nobody"}), 404, "no flow 'Nobody'"),
+                (await client.post("/runs", json={"flow": "Adder", "inputs": {"a": "two", "b": 3}}), 422, "'a'"),
+                (await client.post("/runs", content=b"{not json", headers={"content-type": "application/json"}),
+                 422, "JSON"),
+                (await client.post("/runs", json={"flow": "Adder", "priority": "high"}), 422, "priority"),
+                (await client.post("/runs", content=b"x" * (2 << 20)), 413, "at most"),
+                (await client.get("/runs/feedbeef"), 404, "no run"),
+                (await client.post("/runs/feedbeef/cancel", content=b""), 409, "not running"),
+                (await client.get("/nowhere"), 404, "Not Found"),
+            ]
+            for response, status, said in cases:
+                assert response.status_code == status, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+                body = response.json()
+                assert body["status"] == status and said in body["detail"], body
+
+    asyncio.run(main())
+
+
+def test_a_token_guards_every_route_but_health(flows: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with client_for(flows, tmp_path, [], token="s3cret") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            refused = await client.get("/flows")
+            assert refused.status_code == 401 and refused.json()["title"] == "Unauthorized"
+            assert (await client.get("/flows", headers={"Authorization": "Bearer wrong"})).status_code == 401
+            assert (await client.get("/flows", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+
+    asyncio.run(main())
+
+
+def test_a_catalog_refuses_invalid_flows_and_shared_names(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(ADDER)
+    (tmp_path / "b.yaml").write_text(ADDER)
+    with pytest.raises(CatalogError, match="are both flow 'Adder'"):
+        load_catalog([tmp_path])
+    (tmp_path / "b.yaml").write_text("flowrun: 1\nname: Broken\nsteps: {}\n")
+    with pytest.raises(CatalogError, match=r"b\.yaml:\d+:\d+"):
+        load_catalog([tmp_path])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_runs_a_flow_and_stops_on_sigterm_with_runs_interrupted(flows: Path, tmp_path: Path) -> None:
+    long = " ".join(f"w{i}" for i in range(400))
+    cassette = tmp_path / "answers.cassette.yaml"
+    cassette.write_text(json.dumps({"token_delay": 0.01, "responses": [
+        {"key": "add", "text": CALL, "times": 2}, {"key": "say", "text": "five"}, {"key": "say", "text": long}]}))
+    port, db = free_port(), tmp_path / "served.db"
+    server = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port), "--flows", str(flows),
+                               "--backend", "scripted", "--cassette", str(cassette), "--db", str(db)],
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "FLOWRUN_TOKEN": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        first = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
+        for _ in range(200):
+            if httpx.get(f"{base}/runs/{first}").json()["status"] != "running":
+                break
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/runs/{first}").json()["answer"] == 5
+        second = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
+        time.sleep(0.5)  # it is saying its long answer
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, server.stderr.read()
+    finally:
+        server.kill()
+    stored = {row.id: row for row in Storage(str(db), reading=True).find_runs(None)}
+    assert stored[first].status == "finished"
+    assert stored[second].status == "interrupted"  # resumable with `flowrun runs resume`
