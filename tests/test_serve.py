@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -115,6 +116,10 @@ def test_a_reconnecting_client_gets_each_event_once(flows: Path, tmp_path: Path)
     assert [e["id"] for e in later] == [e["id"] for e in full][3:]
 
 
+async def chunked() -> AsyncIterator[bytes]:  # a body sent without a Content-Length
+    yield b'{"flow": "Adder"}'
+
+
 def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
     async def main() -> None:
         async with client_for(flows, tmp_path, []) as client:
@@ -126,7 +131,8 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
                 (await client.post("/runs", json={"flow": "Adder", "priority": "high"}), 422, "priority"),
                 (await client.post("/runs", content=b"x" * (2 << 20)), 413, "at most"),
                 (await client.get("/runs/feedbeef"), 404, "no run"),
-                (await client.post("/runs/feedbeef/cancel", content=b""), 409, "not running"),
+                (await client.post("/runs/feedbeef/cancel"), 409, "not running"),
+                (await client.post("/runs", content=chunked()), 411, "Content-Length"),
                 (await client.get("/nowhere"), 404, "Not Found"),
             ]
             for response, status, said in cases:

@@ -1,9 +1,9 @@
 """The HTTP API of `flowrun serve` (FastAPI): routes over engine.service, and nothing else.
 
 Client errors are RFC 9457 problem details (application/problem+json), never a 500. When a token is set, every
-route but /healthz wants `Authorization: Bearer TOKEN`. A request body must say its length (Content-Length) and
-stay under the limit. A run's events stream as Server-Sent Events, each with its sequence number as its id, so a
-client that reconnects with Last-Event-ID gets only what it missed.
+route but /healthz wants `Authorization: Bearer TOKEN`. A request body must say its length (Content-Length, not
+chunked) and stay under the limit. A run's events stream as Server-Sent Events, each with its sequence number as
+its id, so a client that reconnects with Last-Event-ID gets only what it missed.
 """
 
 from __future__ import annotations
@@ -64,10 +64,12 @@ def create_app(service: Service, flows: Mapping[str, Offered], *, token: str | N
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return problem(401, "Unauthorized", "send the server's token: `Authorization: Bearer TOKEN`")
-        if request.method in ("POST", "PUT", "PATCH"):
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return problem(411, "Length Required", "send the body with a Content-Length")
+        length = request.headers.get("content-length")
+        if length is None and "transfer-encoding" in request.headers:  # a body of a length not said up front
+            return problem(411, "Length Required", "send the body with a Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                return problem(400, "Bad Request", "Content-Length is a number of bytes")
             if int(length) > max_body:
                 return problem(413, "Content Too Large", f"a request body may have at most {max_body} bytes")
         return await call_next(request)
