@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.flow.manifest import load_tools
 from engine.interpreter.setup import kernel_for
 from engine.kernel.storage import Storage
+from engine.kernel.tables import ToolCallRow
 from engine.llm.scripted import ScriptedBackend
 from engine.server.app import create_app
 from engine.server.catalog import CatalogError, load_catalog
@@ -60,7 +62,7 @@ def client_for(flows: Path, tmp_path: Path, responses: list[dict], token: str | 
     offered = load_catalog([flows])
     backend = ScriptedBackend.from_responses(responses, **options)
     kernel = kernel_for([f.checked for f in offered.values()], backend, Storage(f"sqlite:///{tmp_path / 'r.db'}"))
-    app = create_app(Service(kernel), offered, token=token)
+    app = create_app(Service(kernel), offered, load_tools([]).tools, token=token)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://flowrun")
 
 
@@ -144,6 +146,43 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_flow_file_is_validated_over_http(flows: Path, tmp_path: Path) -> None:
+    broken = ADDER.replace("next: say", "next: nowhere")
+
+    async def main() -> tuple[dict, dict]:
+        async with client_for(flows, tmp_path, []) as client:
+            good = await client.post("/flows/validate", content=ADDER.encode())
+            bad = await client.post("/flows/validate?file=mine.yaml", content=broken.encode())
+            return good.json(), bad.json()
+
+    good, bad = asyncio.run(main())
+    assert good["diagnostics"] == [] and good["errors"] == 0
+    (problem,) = [d for d in bad["diagnostics"] if d["severity"] == "error"]
+    line = broken.splitlines().index("    next: nowhere") + 1
+    assert (problem["file"], problem["line"], problem["code"]) == ("mine.yaml", line, "FR101")
+
+
+def test_a_cancelled_run_is_resumed_over_http_without_repeating_a_step(flows: Path, tmp_path: Path) -> None:
+    long = " ".join(f"w{i}" for i in range(300))
+
+    async def main() -> tuple[dict, dict, list]:
+        async with client_for(flows, tmp_path, [{"key": "add", "text": CALL}, {"key": "say", "text": long},
+                                                {"key": "say", "text": "five"}], token_delay=0.005) as client:
+            run_id = (await client.post("/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}})).json()["id"]
+            await asyncio.sleep(0.3)  # it is saying its long answer
+            cancelled = (await client.post(f"/runs/{run_id}/cancel")).json()
+            listed = (await client.get("/runs", params={"status": "interrupted"})).json()
+            resumed = await client.post(f"/runs/{run_id}/resume")
+            assert resumed.status_code == 200, resumed.text
+            events((await client.get(f"/runs/{run_id}/events")).text)  # to its end
+            return cancelled, (await client.get(f"/runs/{run_id}")).json(), listed
+
+    cancelled, run, listed = asyncio.run(main())
+    assert cancelled["status"] == "interrupted" and [r["id"] for r in listed] == [run["id"]]
+    assert (run["status"], run["answer"]) == ("finished", 5)
+    assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]  # add was not run again
+
+
 def test_a_token_guards_every_route_but_health(flows: Path, tmp_path: Path) -> None:
     async def main() -> None:
         async with client_for(flows, tmp_path, [], token="s3cret") as client:
@@ -172,35 +211,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_real_server_runs_a_flow_and_stops_on_sigterm_with_runs_interrupted(flows: Path, tmp_path: Path) -> None:
+def serving(port: int, flows: Path, cassette: Path, db: Path, *extra: str) -> subprocess.Popen:
+    """A `flowrun serve` process on loopback, once it answers."""
+    server = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port), "--flows", str(flows),
+                               "--backend", "scripted", "--cassette", str(cassette), "--db", str(db), *extra],
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "FLOWRUN_TOKEN": ""})
+    for _ in range(400):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.05)
+    server.kill()
+    raise AssertionError(f"the server did not start: {server.stderr.read()}")
+
+
+def ended(base: str, run_id: str) -> dict:
+    for _ in range(400):
+        run = httpx.get(f"{base}/runs/{run_id}").json()
+        if run["status"] != "running":
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not end")
+
+
+def test_a_real_server_stopped_by_sigterm_resumes_its_runs_after_a_restart(flows: Path, tmp_path: Path) -> None:
     long = " ".join(f"w{i}" for i in range(400))
     cassette = tmp_path / "answers.cassette.yaml"
     cassette.write_text(json.dumps({"token_delay": 0.01, "responses": [
         {"key": "add", "text": CALL, "times": 2}, {"key": "say", "text": "five"}, {"key": "say", "text": long}]}))
     port, db = free_port(), tmp_path / "served.db"
-    server = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port), "--flows", str(flows),
-                               "--backend", "scripted", "--cassette", str(cassette), "--db", str(db)],
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "FLOWRUN_TOKEN": ""})
     base = f"http://127.0.0.1:{port}"
+    server = serving(port, flows, cassette, db)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
         first = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
-        for _ in range(200):
-            if httpx.get(f"{base}/runs/{first}").json()["status"] != "running":
-                break
-            time.sleep(0.05)
-        assert httpx.get(f"{base}/runs/{first}").json()["answer"] == 5
+        assert ended(base, first)["answer"] == 5
         second = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
         time.sleep(0.5)  # it is saying its long answer
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, server.stderr.read()
     finally:
         server.kill()
-    stored = {row.id: row for row in Storage(str(db), reading=True).find_runs(None)}
-    assert stored[first].status == "finished"
-    assert stored[second].status == "interrupted"  # resumable with `flowrun runs resume`
+    storage = Storage(str(db), reading=True)
+    stored = {row.id: row.status for row in storage.find_runs(None)}
+    assert stored == {first: "finished", second: "interrupted"}
+    server = serving(port, flows, cassette, db, "--resume-interrupted")  # its cassette answers `say` with "five"
+    try:
+        run = ended(base, second)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert (run["status"], run["answer"]) == ("finished", 5)
+    assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]
+    record = Storage(str(db), reading=True)
+    calls = [c for c in record.rows(ToolCallRow) if c.run_id == second and not c.superseded]
+    assert len(calls) == 1  # the calculator was not called again

@@ -8,6 +8,7 @@ its id, so a client that reconnects with Last-Event-ID gets only what it missed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -20,15 +21,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from engine.errors import FlowrunError
+from engine.errors import FlowrunError, RunStatus
+from engine.flow.manifest import ToolManifest
 from engine.flow.render import render_graph
+from engine.flow.report import render_report
+from engine.flow.validate import Report, check_flow_text
 from engine.interpreter.inputs import InputError, resolve_inputs
+from engine.interpreter.resume import ResumeError, stopped
 from engine.kernel.storage import NoSuchRun
 from engine.server.catalog import Offered
 from engine.service import NotInFlight, Service
 
 MAX_BODY = 1 << 20  # bytes of a request body
-_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (InputError, 422))  # for flowrun's errors; others are 400
+# The status of a response to flowrun's errors (others: 400).
+_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (ResumeError, 409), (InputError, 422))
 
 
 class RunRequest(BaseModel):
@@ -45,12 +51,18 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
-def create_app(service: Service, flows: Mapping[str, Offered], *, token: str | None = None,
-               max_body: int = MAX_BODY) -> FastAPI:
-    """The API over `service`, running the `flows` offered, guarded by `token` if given."""
+def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[str, ToolManifest], *,
+               token: str | None = None, max_body: int = MAX_BODY, resume_interrupted: bool = False) -> FastAPI:
+    """The API over `service`, running the `flows` offered (flow files are checked against `tools`), guarded by
+    `token` if given; with `resume_interrupted`, the stored runs of those flows that were interrupted go on at
+    start."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if resume_interrupted:
+            for run in await service.runs(limit=None):
+                if run.status == RunStatus.INTERRUPTED and run.agent in flows:
+                    await resume(run.id)
         yield
         for run_id in service.in_flight:  # shutting down (SIGTERM): they end interrupted, to be resumed
             await service.cancel(run_id)
@@ -116,9 +128,20 @@ def create_app(service: Service, flows: Mapping[str, Offered], *, token: str | N
         response.headers["Location"] = f"/runs/{started.id}"
         return {"id": started.id, "flow": body.flow, "events": f"/runs/{started.id}/events"}
 
+    @app.post("/flows/validate")
+    async def validate(request: Request, file: str = "flow.yaml") -> dict[str, Any]:
+        """The diagnostics of the flow file in the body (YAML), as `flowrun validate --format json` gives them."""
+        text = (await request.body()).decode("utf-8", errors="replace")
+        checked = check_flow_text(text, file, tools)
+        return json.loads(render_report(Report([file], checked.diagnostics), "json"))
+
     @app.get("/runs")
-    async def list_runs(limit: int = 20, batch: str | None = None) -> list[dict[str, Any]]:
-        return [_run_summary(run) for run in await service.runs(limit, batch)]
+    async def list_runs(limit: int = 20, batch: str | None = None, status: RunStatus | None = None
+                        ) -> list[dict[str, Any]]:
+        """The latest runs, newest first (of one batch, or with one status, if asked)."""
+        runs = await service.runs(limit if status is None else None, batch)
+        chosen = [run for run in runs if status is None or run.status == status]
+        return [_run_summary(run) for run in chosen[:limit]]
 
     @app.get("/runs/{run_id}")
     async def show_run(run_id: str) -> dict[str, Any]:
@@ -131,6 +154,19 @@ def create_app(service: Service, flows: Mapping[str, Offered], *, token: str | N
     async def cancel_run(run_id: str) -> dict[str, Any]:
         outcome = await service.cancel(run_id)
         return {"id": outcome.run_id, "status": outcome.status, "error": outcome.error}
+
+    async def resume(run_id: str) -> dict[str, Any]:
+        found = await asyncio.to_thread(stopped, service.kernel.storage, run_id)
+        offer = flows.get(found.run.agent)
+        if offer is None:
+            raise HTTPException(409, f"run {run_id} ran flow {found.run.agent!r}, which this server does not offer")
+        started = await service.resume(offer.checked, found, file=str(offer.path))
+        return {"id": started.id, "flow": found.run.agent, "events": f"/runs/{started.id}/events"}
+
+    @app.post("/runs/{run_id}/resume")
+    async def resume_run(run_id: str) -> dict[str, Any]:
+        """Go on with a run that stopped (interrupted, paused, failed or crashed) from its last stored step."""
+        return await resume(run_id)
 
     @app.get("/runs/{run_id}/events")
     async def run_events(run_id: str, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
