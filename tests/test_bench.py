@@ -23,3 +23,8 @@ def test_scheduler_bench_runs() -> None:
     out = bench("bench/scheduler_bench.py", "--agents", "4", "--calls", "2", "--seconds", "0.01", "--slots", "1",
                 "2", "--no-model")
     assert out.count("x ideal") == 4 and "k=2" in out
+
+
+def test_serve_bench_runs() -> None:
+    out = bench("bench/serve_bench.py", "--runs", "12", "--steps", "2", "--ms", "5", "--clients", "4")
+    assert "x ideal" in out and "POST /runs p50" in out and "KiB a run in flight" in out

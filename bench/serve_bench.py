@@ -1,0 +1,163 @@
+"""`flowrun serve` under load: many runs submitted over HTTP to one server process on a simulated backend.
+
+N runs (default 2,000, AIOS's largest experiment) of a flow of S model steps are POSTed to /runs at once over 64
+connections, and polled with GET /runs/{id} every 0.25 s until each has ended. The backend has k slots (default
+8) and every call takes a fixed time (default 50 ms), so the ideal makespan is ceil(N*S/k) x that time (goal:
+within 5%). Also printed: p50 / p99 latency of POST /runs and GET /runs/{id} under that load (goal p99 < 50 ms),
+the server's peak RSS, and its RSS per run in flight (goal < 1 GB for 2,000).
+
+    python bench/serve_bench.py [--runs 2000] [--steps 10] [--slots 8] [--ms 50] [--clients 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+
+def flow(steps: int) -> str:
+    lines = ["flowrun: 1", "name: Steps", "description: A line of model steps.", f"limits: {{max_steps: {steps + 1}}}",
+             "steps:"]
+    for n in range(steps):
+        lines += [f"  s{n}:", "    kind: process", f"    instruction: Step {n}.", f"    next: s{n + 1}"]
+    lines += [f"  s{steps}:", "    kind: terminal", "    output: done"]  # built from data: no model call
+    return "\n".join(lines) + "\n"
+
+
+def serve(port: int, folder: Path, slots: int, seconds: float) -> None:
+    """The server process: the app over a service on the simulated backend."""
+    import uvicorn
+    from scheduler_bench import Simulated
+
+    from engine.flow.manifest import load_tools
+    from engine.interpreter.setup import kernel_for
+    from engine.kernel.storage import Storage
+    from engine.server.app import create_app
+    from engine.server.catalog import load_catalog
+    from engine.service import Service
+
+    flows = load_catalog([folder / "flows"])
+    kernel = kernel_for([f.checked for f in flows.values()], Simulated(slots, seconds),
+                        Storage(f"sqlite:///{folder / 'serve.db'}"))
+    app = create_app(Service(kernel), flows, load_tools([]).tools)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+async def load(base: str, runs: int, clients: int) -> tuple[float, list[float], list[float], int]:
+    """Submit `runs` runs at once through `clients` connections, and poll them until every one has ended: the
+    makespan (from the first run's start to the last one's end, as the server stored them), the latencies of
+    POST /runs and GET /runs/{id}, and the most runs in flight seen."""
+    posts: list[float] = []
+    gets: list[float] = []
+    pending: set[str] = set()
+    gate = asyncio.Semaphore(clients)
+    peak = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+
+        async def timed(latencies: list[float], call: Any) -> httpx.Response:
+            async with gate:
+                started = time.perf_counter()
+                response = await call
+                latencies.append(time.perf_counter() - started)
+                return response
+
+        async def submit() -> None:
+            nonlocal peak
+            response = await timed(posts, client.post("/runs", json={"flow": "Steps"}))
+            assert response.status_code == 201, response.text
+            pending.add(response.json()["id"])
+            peak = max(peak, len(pending))
+
+        async def poll(run_id: str) -> None:
+            run = (await timed(gets, client.get(f"/runs/{run_id}"))).json()
+            if run["status"] != "running":
+                assert run["status"] == "finished", run
+                pending.discard(run_id)
+
+        submitting = asyncio.gather(*(submit() for _ in range(runs)))
+        while not submitting.done() or pending:
+            await asyncio.gather(*(poll(run_id) for run_id in list(pending)))
+            await asyncio.sleep(0.25)
+        await submitting
+        stored = (await client.get("/runs", params={"limit": runs})).json()
+    makespan = max(r["finished"] for r in stored) - min(r["created"] for r in stored)
+    return makespan, posts, gets, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--ms", type=float, default=50)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process's port
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.folder, args.slots, args.ms / 1000)
+        return
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        (Path(tmp) / "flows").mkdir()
+        (Path(tmp) / "flows" / "steps.yaml").write_text(flow(args.steps))
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--folder", tmp,
+                                   "--slots", str(args.slots), "--ms", str(args.ms)])
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    httpx.get(f"{base}/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            process = psutil.Process(server.pid)
+            idle = process.memory_info().rss
+            peak_rss, stop = [idle], threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.1):
+                    peak_rss.append(process.memory_info().rss)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            makespan, posts, gets, in_flight = asyncio.run(load(base, args.runs, args.clients))
+            stop.set()
+            sampler.join()
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    ideal = math.ceil(args.runs * args.steps / args.slots) * args.ms / 1000
+
+    def ms(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] * 1000
+
+    print(f"{args.runs} runs x {args.steps} model steps, {args.slots} slots, {args.ms:.0f} ms a call, "
+          f"{args.clients} clients")
+    print(f"  makespan {makespan:.2f} s; ideal {ideal:.2f} s: {makespan / ideal:.3f}x ideal (goal <= 1.05)")
+    print(f"  POST /runs p50 {ms(posts, 50):.1f} ms, p99 {ms(posts, 99):.1f} ms; GET /runs/ID p50 {ms(gets, 50):.1f}"
+          f" ms, p99 {ms(gets, 99):.1f} ms (goal p99 < 50 ms)")
+    grown = max(peak_rss) - idle
+    print(f"  server RSS idle {idle / 2**20:.0f} MiB, peak {max(peak_rss) / 2**20:.0f} MiB; at most {in_flight} "
+          f"runs in flight: {grown / max(1, in_flight) / 2**10:.0f} KiB a run in flight "
+          f"({grown / max(1, in_flight) * 2000 / 2**30:.2f} GiB for 2,000; goal < 1)")
+
+
+if __name__ == "__main__":
+    main()
