@@ -366,12 +366,14 @@ def _say_end(outcome: RunOutcome) -> None:
 @click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
               help="How runs share the model.")
 @click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@click.option("--max-runs", type=click.IntRange(1), help="Runs in flight at most; a POST /runs past it waits its "
+                                                          "turn, and past 100 waiting it is answered 429.")
 @click.option("--resume-interrupted", is_flag=True,
               help="At start, go on with the stored runs of these flows that were interrupted (a stop, SIGTERM).")
 @_db_option
 @_tools_option
 def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: str, cassette: Path | None,
-          scheduler: str, slots: int | None, resume_interrupted: bool, db: str | None,
+          scheduler: str, slots: int | None, max_runs: int | None, resume_interrupted: bool, db: str | None,
           tool_paths: tuple[Path, ...]) -> None:
     """Serve runs of the flows under --flows over HTTP, all on one kernel and one model (see GET /docs).
 
@@ -392,7 +394,7 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
         flows = load_catalog(flow_dirs, tool_paths)
         backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
         kernel = kernel_for([f.checked for f in flows.values()], backend, Storage(db), policy=Policy(scheduler))
-    app = create_app(Service(kernel), flows, load_tools(tool_paths).tools, token=token,
+    app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
                      resume_interrupted=resume_interrupted)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -46,9 +46,28 @@ class Started:
 class Service:
     """Runs on one kernel: those in flight are tasks on the event loop that started them."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, *, max_runs: int | None = None) -> None:
         self.kernel = kernel
+        self.max_runs = max_runs  # runs in flight at most, for those who `admit` their runs (None: no bound)
         self._in_flight: dict[str, asyncio.Task[RunOutcome]] = {}
+        self._left = asyncio.Event()  # set when a run leaves _in_flight
+        self._waiting = 0
+
+    async def admit(self, queue: int) -> bool:
+        """Wait until fewer than max_runs runs are in flight, so that one more may start; False at once when
+        `queue` callers already wait."""
+        if self.max_runs is None or len(self._in_flight) < self.max_runs:
+            return True
+        if self._waiting >= queue:
+            return False
+        self._waiting += 1
+        try:
+            while len(self._in_flight) >= self.max_runs:
+                self._left.clear()
+                await self._left.wait()
+        finally:
+            self._waiting -= 1
+        return True
 
     async def start(self, checked: CheckedFlow, inputs: dict[str, Any], *, file: str, priority: int = 0,
                     workspace: Path | None = None, batch: str | None = None, run_id: str | None = None) -> Started:
@@ -77,7 +96,7 @@ class Service:
         self.kernel.events.listeners.append(seen)
         task = asyncio.get_running_loop().create_task(work)
         self._in_flight[run_id] = task
-        task.add_done_callback(lambda _: self._in_flight.pop(run_id, None))
+        task.add_done_callback(lambda _: self._leave(run_id))
         waiting = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -87,6 +106,10 @@ class Service:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # it could not even start (a run with this id open already, say)
         return Started(run_id, task)
+
+    def _leave(self, run_id: str) -> None:
+        self._in_flight.pop(run_id, None)
+        self._left.set()
 
     @property
     def in_flight(self) -> list[str]:

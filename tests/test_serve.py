@@ -58,11 +58,13 @@ def flows(tmp_path: Path) -> Path:
     return folder
 
 
-def client_for(flows: Path, tmp_path: Path, responses: list[dict], token: str | None = None, **options):
+def client_for(flows: Path, tmp_path: Path, responses: list[dict], token: str | None = None,
+               max_runs: int | None = None, max_queued: int = 100, **options):
     offered = load_catalog([flows])
     backend = ScriptedBackend.from_responses(responses, **options)
     kernel = kernel_for([f.checked for f in offered.values()], backend, Storage(f"sqlite:///{tmp_path / 'r.db'}"))
-    app = create_app(Service(kernel), offered, load_tools([]).tools, token=token)
+    app = create_app(Service(kernel, max_runs=max_runs), offered, load_tools([]).tools, token=token,
+                     max_queued=max_queued)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://flowrun")
 
 
@@ -181,6 +183,30 @@ def test_a_cancelled_run_is_resumed_over_http_without_repeating_a_step(flows: Pa
     assert cancelled["status"] == "interrupted" and [r["id"] for r in listed] == [run["id"]]
     assert (run["status"], run["answer"]) == ("finished", 5)
     assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]  # add was not run again
+
+
+def test_past_max_runs_a_run_waits_its_turn_and_past_the_queue_is_refused(flows: Path, tmp_path: Path) -> None:
+    long = " ".join(f"w{i}" for i in range(300))
+    adding = {"flow": "Adder", "inputs": {"a": 2, "b": 3}}
+
+    async def main() -> None:
+        async with client_for(flows, tmp_path, [{"key": "add", "text": CALL, "times": 2},
+                                                {"key": "say", "text": long}, {"key": "say", "text": "five"}],
+                              max_runs=1, max_queued=1, token_delay=0.005) as client:
+            first = (await client.post("/runs", json=adding)).json()["id"]
+            second = asyncio.create_task(client.post("/runs", json=adding))  # waits for the first to end
+            await asyncio.sleep(0.2)
+            assert not second.done()
+            refused = await client.post("/runs", json=adding)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert refused.headers["content-type"] == "application/problem+json"
+            await client.post(f"/runs/{first}/cancel")
+            admitted = await second
+            assert admitted.status_code == 201, admitted.text
+            events((await client.get(f"/runs/{admitted.json()['id']}/events")).text)  # to its end
+            assert (await client.get(f"/runs/{admitted.json()['id']}")).json()["answer"] == 5
+
+    asyncio.run(main())
 
 
 def test_a_token_guards_every_route_but_health(flows: Path, tmp_path: Path) -> None:

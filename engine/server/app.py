@@ -52,10 +52,12 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[str, ToolManifest], *,
-               token: str | None = None, max_body: int = MAX_BODY, resume_interrupted: bool = False) -> FastAPI:
+               token: str | None = None, max_body: int = MAX_BODY, resume_interrupted: bool = False,
+               max_queued: int = 100) -> FastAPI:
     """The API over `service`, running the `flows` offered (flow files are checked against `tools`), guarded by
     `token` if given; with `resume_interrupted`, the stored runs of those flows that were interrupted go on at
-    start."""
+    start. Past the service's max_runs runs in flight a POST /runs waits its turn, and past `max_queued` waiting
+    ones it is answered 429."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -120,10 +122,15 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         return {**_flow_summary(name, found), "tools": list(found.checked.flow.tools),
                 "mermaid": render_graph(found.checked.compiled, "mermaid")}
 
-    @app.post("/runs", status_code=201)
-    async def start_run(body: RunRequest, response: Response) -> dict[str, Any]:
+    @app.post("/runs", status_code=201, response_model=None)
+    async def start_run(body: RunRequest, response: Response) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
         inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs")
+        if not await service.admit(max_queued):
+            busy = problem(429, "Too Many Requests", f"{service.max_runs} runs are in flight and {max_queued} more "
+                                                     "wait: try again later")
+            busy.headers["Retry-After"] = "1"
+            return busy
         started = await service.start(found.checked, inputs, file=str(found.path), priority=body.priority)
         response.headers["Location"] = f"/runs/{started.id}"
         return {"id": started.id, "flow": body.flow, "events": f"/runs/{started.id}/events"}
