@@ -17,6 +17,8 @@ FLOW_FILES = sorted(p for p in FLOWS.glob("*.yaml") if not p.name.endswith(NOT_F
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MATH_LOOP = Path(__file__).resolve().parent / "flows" / "math_loop.yaml"  # many steps, a loop, tool calls
 MATH_LOOP_CASSETTE = MATH_LOOP.with_name("math_loop.cassette.yaml")
+ADDER = (MATH_LOOP.parent / "adder.yaml").read_text()  # the calculator adds a and b, then the model says the sum
+TALKER = (MATH_LOOP.parent / "talker.yaml").read_text()  # one model step, no tools
 INVALID = FIXTURES / "invalid"
 
 _MARKER = re.compile(r"#\s*<-\s*(.*)$")

@@ -24,29 +24,8 @@ from engine.llm.scripted import ScriptedBackend
 from engine.server.app import create_app
 from engine.server.catalog import CatalogError, load_catalog
 from engine.service import Service
+from tests.conftest import ADDER
 
-ADDER = """\
-flowrun: 1
-name: Adder
-description: Adds two numbers.
-inputs:
-  a: {type: integer}
-  b: {type: integer}
-tools: [calculator]
-steps:
-  add:
-    kind: process
-    instruction: Add {{ inputs.a }} and {{ inputs.b }}.
-    tool: calculator
-    next: say
-  say:
-    kind: process
-    instruction: Say the sum.
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.add.output.result }}"
-"""
 CALL = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
 
 

@@ -17,40 +17,8 @@ from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
 from engine.llm.scripted import ScriptedBackend
 from engine.service import NotInFlight, Service
+from tests.conftest import ADDER, TALKER
 
-ADDER = """\
-flowrun: 1
-name: Adder
-description: Adds.
-tools: [calculator]
-steps:
-  add:
-    kind: process
-    instruction: Add 2 and 3.
-    tool: calculator
-    next: say
-  say:
-    kind: process
-    instruction: Say the sum.
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.add.output.result }}"
-"""
-
-TALKER = """\
-flowrun: 1
-name: Talker
-description: Talks.
-steps:
-  talk:
-    kind: process
-    instruction: Say hello.
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.talk.output }}"
-"""
 CALL = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
 
 
@@ -68,7 +36,8 @@ def test_runs_of_different_flows_share_one_kernel(tmp_path: Path, tools) -> None
                                                           {"key": "talk", "text": "hello", "times": 3}])
 
     async def main() -> list:
-        started = [await service.start(adder if i % 2 else talker, {}, file=f"{i}.yaml") for i in range(6)]
+        given = [(adder, {"a": 2, "b": 3}) if i % 2 else (talker, {}) for i in range(6)]
+        started = [await service.start(flow, inputs, file=f"{i}.yaml") for i, (flow, inputs) in enumerate(given)]
         assert set(service.in_flight) <= {s.id for s in started}
         return [await s.outcome() for s in started]
 
@@ -87,7 +56,7 @@ def test_a_cancelled_run_is_interrupted_and_resumes_without_repeating_a_step(tmp
                                                      {"key": "say", "text": "five"}], token_delay=0.005)
 
     async def cancel() -> object:
-        run_id = (await service.start(adder, {}, file="adder.yaml")).id
+        run_id = (await service.start(adder, {"a": 2, "b": 3}, file="adder.yaml")).id
         async for event in service.events(run_id):  # cancel while the second step generates
             if isinstance(event, SyscallStarted) and event.seq > 8:
                 break

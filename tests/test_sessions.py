@@ -20,47 +20,24 @@ from engine.kernel.kernel import KernelError
 from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tables import RunRow, StepRow
 from engine.llm.scripted import ScriptedBackend
+from tests.conftest import ADDER as SHARED_ADDER
+from tests.conftest import TALKER as SHARED_TALKER
 
-ADDER = """\
-flowrun: 1
-name: Same
-description: Adds.
-tools: [calculator]
-steps:
-  add:
-    kind: process
-    instruction: Add 2 and 3.
-    tool: calculator
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.add.output.result }}"
-"""
-
-TALKER = """\
-flowrun: 1
-name: Same
-description: Talks, and may call no tool.
-steps:
-  talk:
-    kind: process
-    instruction: Say hello.
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.talk.output }}"
-"""
+# two flows of the same name (agent)
+ADDER = SHARED_ADDER.replace("name: Adder", "name: Same")
+TALKER = SHARED_TALKER.replace("name: Talker", "name: Same")
 
 
 def test_two_flows_with_the_same_name_do_not_share_tool_grants(tmp_path: Path, tools) -> None:
     adder, talker = check_flow_text(ADDER, "adder.yaml", tools), check_flow_text(TALKER, "talker.yaml", tools)
     assert adder.ok and talker.ok
     call = json.dumps({"tool": "calculator", "arguments": {"expression": "2 + 3"}})
-    backend = ScriptedBackend.from_responses([{"key": "add", "text": call}, {"key": "talk", "text": "hello"}])
+    backend = ScriptedBackend.from_responses([{"key": "add", "text": call}, {"key": "say", "text": "five"},
+                                              {"key": "talk", "text": "hello"}])
     kernel = kernel_for([adder, talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
 
     async def both() -> list:  # the talker starts while the adder waits for the model: grants must not mix
-        return await asyncio.gather(run_flow(kernel, adder.compiled, {}, file="adder.yaml"),
+        return await asyncio.gather(run_flow(kernel, adder.compiled, {"a": 2, "b": 3}, file="adder.yaml"),
                                     run_flow(kernel, talker.compiled, {}, file="talker.yaml"))
 
     added, talked = asyncio.run(both())
