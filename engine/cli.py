@@ -255,7 +255,8 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     progress = Progress(new_run_id())
     with _user_errors():
         given = read_inputs(input_file) if input_file else {}
-        inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow))
+        inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow),
+                                how="-i {name}=... (or in --input-file)")
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         service = Service(kernel)
         work = _to_end(service, service.start(checked, inputs, file=str(flow), run_id=progress.run_id,

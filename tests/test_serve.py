@@ -108,6 +108,8 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
         async with client_for(flows, tmp_path, []) as client:
             cases = [
                 (await client.post("/runs", json={"flow": "Nobody"}), 404, "no flow 'Nobody'"),
+                (await client.post("/runs", json={"flow": "Adder", "inputs": {"a": 2}}), 422,
+                 """input 'b' is required: give it with "inputs": {"b": ...}"""),
                 (await client.post("/runs", json={"flow": "Adder", "inputs": {"a": "two", "b": 3}}), 422, "'a'"),
                 (await client.post("/runs", content=b"{not json", headers={"content-type": "application/json"}),
                  422, "JSON"),

@@ -36,8 +36,10 @@ def parse_pairs(flow: Flow, pairs: Iterable[str]) -> dict[str, Any]:
     return found
 
 
-def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str) -> dict[str, Any]:
-    """`given` completed with the flow's defaults; an InputError if one is missing, unknown or of the wrong shape."""
+def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str, *, how: str = "") -> dict[str, Any]:
+    """`given` completed with the flow's defaults; an InputError if one is missing, unknown or of the wrong shape.
+
+    `how` says how to give a missing input, `{name}` standing for its name (the CLI's `-i {name}=...`)."""
     unknown = sorted(set(given) - set(flow.inputs))
     if unknown:
         raise InputError(f"{file}: {flow.name} has no input {', '.join(map(repr, unknown))}; "
@@ -45,9 +47,8 @@ def resolve_inputs(flow: Flow, given: Mapping[str, Any], file: str) -> dict[str,
     inputs = {k: spec["default"] for k, spec in flow.inputs.items() if "default" in spec} | dict(given)
     missing = [k for k in flow.inputs if k not in inputs]
     if missing:
-        hints = " ".join(f"-i {k}=..." for k in missing)
-        raise InputError(f"{file}: input {', '.join(map(repr, missing))} is required: give it with {hints} "
-                         f"or in --input-file")
+        hints = f" with {' '.join(how.format(name=k) for k in missing)}" if how else ""
+        raise InputError(f"{file}: input {', '.join(map(repr, missing))} is required: give it{hints}")
     for key, spec in flow.inputs.items():
         problems = [e.message for e in compile_schema(spec).iter_errors(inputs[key])]
         if problems:

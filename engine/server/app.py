@@ -125,7 +125,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     @app.post("/runs", status_code=201, response_model=None)
     async def start_run(body: RunRequest, response: Response) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
-        inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs")
+        inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs", how='"inputs": {{"{name}": ...}}')
         if not await service.admit(max_queued):
             busy = problem(429, "Too Many Requests", f"{service.max_runs} runs are in flight and {max_queued} more "
                                                      "wait: try again later")
