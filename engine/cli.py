@@ -398,7 +398,9 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
                      resume_interrupted=resume_interrupted)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # A client following a run's events keeps its connection open: past 5 s the server closes it, so that a stop
+    # still ends the runs in flight interrupted instead of waiting for them to finish.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def _loopback(host: str) -> bool:

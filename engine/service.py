@@ -31,6 +31,10 @@ class NotInFlight(FlowrunError):
     """The run is not one this service is running now."""
 
 
+class AlreadyInFlight(FlowrunError):
+    """The run is running already."""
+
+
 @dataclass(frozen=True)
 class Started:
     """A run that Service.start or Service.resume set going: its id, and the task that runs it."""
@@ -87,6 +91,9 @@ class Service:
 
     async def _track(self, run_id: str, work: Coroutine[Any, Any, RunOutcome]) -> Started:
         """Run `work` as a task until the run has started (its events can then be followed) or it has ended."""
+        if run_id in self._in_flight:  # a second resume of one run, say: the first one has it
+            work.close()
+            raise AlreadyInFlight(f"run {run_id} is running already")
         started = asyncio.Event()
 
         def seen(event: Event) -> None:
@@ -96,7 +103,7 @@ class Service:
         self.kernel.events.listeners.append(seen)
         task = asyncio.get_running_loop().create_task(work)
         self._in_flight[run_id] = task
-        task.add_done_callback(lambda _: self._leave(run_id))
+        task.add_done_callback(lambda done: self._leave(run_id, done))
         waiting = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -107,8 +114,9 @@ class Service:
             raise task.exception()  # it could not even start (a run with this id open already, say)
         return Started(run_id, task)
 
-    def _leave(self, run_id: str) -> None:
-        self._in_flight.pop(run_id, None)
+    def _leave(self, run_id: str, task: asyncio.Task[RunOutcome]) -> None:
+        if self._in_flight.get(run_id) is task:
+            del self._in_flight[run_id]
         self._left.set()
 
     @property

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,6 +117,9 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
                  422, "JSON"),
                 (await client.post("/runs", json={"flow": "Adder", "priority": "high"}), 422, "priority"),
                 (await client.post("/runs", content=b"x" * (2 << 20)), 413, "at most"),
+                (await client.post("/runs", json={"flow": "Adder", "priority": 2**63}), 422, "priority"),
+                (await client.get("/runs", params={"limit": 2**63}), 422, "limit"),
+                (await client.get("/runs", params={"limit": -1}), 422, "limit"),
                 (await client.get("/runs/feedbeef"), 404, "no run"),
                 (await client.post("/runs/feedbeef/cancel"), 409, "not running"),
                 (await client.post("/runs", content=chunked()), 411, "Content-Length"),
@@ -155,9 +160,11 @@ def test_a_cancelled_run_is_resumed_over_http_without_repeating_a_step(flows: Pa
             await asyncio.sleep(0.3)  # it is saying its long answer
             cancelled = (await client.post(f"/runs/{run_id}/cancel")).json()
             listed = (await client.get("/runs", params={"status": "interrupted"})).json()
-            resumed = await client.post(f"/runs/{run_id}/resume")
-            assert resumed.status_code == 200, resumed.text
-            events((await client.get(f"/runs/{run_id}/events")).text)  # to its end
+            resumed, again = await asyncio.gather(client.post(f"/runs/{run_id}/resume"),
+                                                  client.post(f"/runs/{run_id}/resume"))
+            assert sorted([resumed.status_code, again.status_code]) == [200, 409], (resumed.text, again.text)
+            odd = await client.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": b"\xb2"})  # to its end
+            assert odd.status_code == 200 and events(odd.text)[0]["id"] == 1  # not a number: from the start
             return cancelled, (await client.get(f"/runs/{run_id}")).json(), listed
 
     cancelled, run, listed = asyncio.run(main())
@@ -243,9 +250,9 @@ def ended(base: str, run_id: str) -> dict:
 
 
 def test_a_real_server_stopped_by_sigterm_resumes_its_runs_after_a_restart(flows: Path, tmp_path: Path) -> None:
-    long = " ".join(f"w{i}" for i in range(400))
+    long = " ".join(f"w{i}" for i in range(400))  # 20 s: longer than the 5 s a stop waits for connections
     cassette = tmp_path / "answers.cassette.yaml"
-    cassette.write_text(json.dumps({"token_delay": 0.01, "responses": [
+    cassette.write_text(json.dumps({"token_delay": 0.05, "responses": [
         {"key": "add", "text": CALL, "times": 2}, {"key": "say", "text": "five"}, {"key": "say", "text": long}]}))
     port, db = free_port(), tmp_path / "served.db"
     base = f"http://127.0.0.1:{port}"
@@ -254,6 +261,12 @@ def test_a_real_server_stopped_by_sigterm_resumes_its_runs_after_a_restart(flows
         first = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
         assert ended(base, first)["answer"] == 5
         second = httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
+
+        def follow() -> None:  # a client following its events, which must not hold the stop up
+            with contextlib.suppress(httpx.HTTPError):  # the server closes the stream when it stops
+                httpx.get(f"{base}/runs/{second}/events", timeout=60)
+
+        threading.Thread(target=follow, daemon=True).start()
         time.sleep(0.5)  # it is saying its long answer
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, server.stderr.read()

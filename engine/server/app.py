@@ -9,13 +9,16 @@ its id, so a client that reconnects with Last-Event-ID gets only what it missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -30,11 +33,12 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.resume import ResumeError, stopped
 from engine.kernel.storage import NoSuchRun
 from engine.server.catalog import Offered
-from engine.service import NotInFlight, Service
+from engine.service import AlreadyInFlight, NotInFlight, Service
 
 MAX_BODY = 1 << 20  # bytes of a request body
 # The status of a response to flowrun's errors (others: 400).
-_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (ResumeError, 409), (InputError, 422))
+_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (AlreadyInFlight, 409), (ResumeError, 409), (InputError, 422))
+_NUMBER = re.compile(r"[0-9]{1,18}")  # a header's number (str.isdigit takes other digits, which int() refuses)
 
 
 class RunRequest(BaseModel):
@@ -42,7 +46,8 @@ class RunRequest(BaseModel):
 
     flow: str = Field(description="The name of a flow the server offers (GET /flows).")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs, by name.")
-    priority: int = Field(default=0, description="Higher goes first under the priority scheduler.")
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1,
+                          description="Higher goes first under the priority scheduler.")
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -64,10 +69,14 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         if resume_interrupted:
             for run in await service.runs(limit=None):
                 if run.status == RunStatus.INTERRUPTED and run.agent in flows:
-                    await resume(run.id)
+                    try:
+                        await resume(run.id)
+                    except FlowrunError as exc:  # its flow changed, say: the others still go on
+                        print(f"flowrun serve: run {run.id} not resumed: {exc}", file=sys.stderr)
         yield
         for run_id in service.in_flight:  # shutting down (SIGTERM): they end interrupted, to be resumed
-            await service.cancel(run_id)
+            with contextlib.suppress(NotInFlight):  # it ended meanwhile
+                await service.cancel(run_id)
 
     app = FastAPI(title="flowrun", summary="Runs of declarative LLM agent flows on one shared kernel.",
                   lifespan=lifespan)
@@ -82,7 +91,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         if length is None and "transfer-encoding" in request.headers:  # a body of a length not said up front
             return problem(411, "Length Required", "send the body with a Content-Length")
         if length is not None:
-            if not length.isdigit():
+            if not _NUMBER.fullmatch(length):
                 return problem(400, "Bad Request", "Content-Length is a number of bytes")
             if int(length) > max_body:
                 return problem(413, "Content Too Large", f"a request body may have at most {max_body} bytes")
@@ -139,12 +148,12 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     async def validate(request: Request, file: str = "flow.yaml") -> dict[str, Any]:
         """The diagnostics of the flow file in the body (YAML), as `flowrun validate --format json` gives them."""
         text = (await request.body()).decode("utf-8", errors="replace")
-        checked = check_flow_text(text, file, tools)
+        checked = await asyncio.to_thread(check_flow_text, text, file, tools)  # a big flow takes a while
         return json.loads(render_report(Report([file], checked.diagnostics), "json"))
 
     @app.get("/runs")
-    async def list_runs(limit: int = 20, batch: str | None = None, status: RunStatus | None = None
-                        ) -> list[dict[str, Any]]:
+    async def list_runs(limit: int = Query(20, ge=1, le=10_000), batch: str | None = None,
+                        status: RunStatus | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first (of one batch, or with one status, if asked)."""
         runs = await service.runs(limit if status is None else None, batch)
         chosen = [run for run in runs if status is None or run.status == status]
@@ -167,6 +176,8 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         offer = flows.get(found.run.agent)
         if offer is None:
             raise HTTPException(409, f"run {run_id} ran flow {found.run.agent!r}, which this server does not offer")
+        if not await service.admit(max_queued):
+            raise HTTPException(429, f"{service.max_runs} runs are in flight and {max_queued} more wait")
         started = await service.resume(offer.checked, found, file=str(offer.path))
         return {"id": started.id, "flow": found.run.agent, "events": f"/runs/{started.id}/events"}
 
@@ -181,7 +192,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
             await service.show(run_id)  # 404 for a run that does not exist
             raise HTTPException(410, f"run {run_id} has ended and its events are no longer kept; "
                                      f"GET /runs/{run_id} shows how it went")
-        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        after = int(last_event_id) if last_event_id and _NUMBER.fullmatch(last_event_id) else 0
 
         async def stream() -> AsyncIterator[str]:
             async for event in service.events(run_id, after):
