@@ -138,13 +138,21 @@ class Service:
         run = found.run
         return RunOutcome(run.id, RunStatus(run.status), run.answer, run.error, [s.step for s in found.steps])
 
+    def running(self, run_id: str) -> str | None:
+        """The id of the run in flight whose id is or starts with `run_id` (one only, as with stored runs)."""
+        if run_id in self._in_flight:
+            return run_id
+        found = [known for known in self._in_flight if known.startswith(run_id)] if run_id else []
+        return found[0] if len(found) == 1 else None
+
     async def cancel(self, run_id: str) -> RunOutcome:
-        """Stop run `run_id`: it ends interrupted (resumable), keeping the steps it finished; how it ended."""
-        task = self._in_flight.get(run_id)
-        if task is None:
+        """Stop run `run_id` (or the one in flight whose id starts with it): it ends interrupted (resumable),
+        keeping the steps it finished; how it ended."""
+        found = self.running(run_id)
+        if found is None:
             raise NotInFlight(f"run {run_id} is not running in this process: nothing to cancel")
-        task.cancel()
-        return await self.wait(run_id)
+        self._in_flight[found].cancel()
+        return await self.wait(found)
 
     def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The events of run `run_id` numbered above `after`, then as they come, until its end."""

@@ -188,14 +188,15 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     @app.get("/runs/{run_id}/events")
     async def run_events(run_id: str, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
-        if run_id not in service.in_flight:
+        found = service.running(run_id)
+        if found is None:
             await service.show(run_id)  # 404 for a run that does not exist
             raise HTTPException(410, f"run {run_id} has ended and its events are no longer kept; "
                                      f"GET /runs/{run_id} shows how it went")
         after = int(last_event_id) if last_event_id and _NUMBER.fullmatch(last_event_id) else 0
 
         async def stream() -> AsyncIterator[str]:
-            async for event in service.events(run_id, after):
+            async for event in service.events(found, after):
                 yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.data())}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
