@@ -443,6 +443,83 @@ def test_examples_shown_sends_those_most_like_the_question_the_most_alike_last(t
             assert "What percentage of 50 is 5?" in prompt[-3]["content"]
 
 
+ROUTER = """\
+flowrun: 1
+name: Router
+inputs:
+  request: {type: string}
+steps:
+  direction:
+    kind: decision
+    question: What does "{{ inputs.request }}" ask for?
+    choose_by: examples
+    examples_shown: 3
+    examples:
+      - {input: What does "a table for two in Reno" ask for?, answer: restaurant}
+      - {input: What does "sushi for dinner in Boise" ask for?, answer: restaurant}
+      - {input: What does "where to eat lunch in Tulsa" ask for?, answer: restaurant}
+      - {input: What does "a hotel room in Reno" ask for?, answer: hotel}
+      - {input: What does "somewhere to sleep in Boise" ask for?, answer: hotel}
+      - {input: What does "a motel for two nights in Tulsa" ask for?, answer: hotel}
+    branches: {restaurant: done, hotel: done}
+  done:
+    kind: terminal
+    output: "{{ steps.direction.output }}"
+"""
+
+
+def test_choose_by_examples_takes_the_label_the_most_alike_examples_vote_for_with_no_model_call(
+        tmp_path: Path) -> None:
+    for request, label in [("dinner for two in Austin", "restaurant"), ("a cheap hotel in Austin", "hotel"),
+                           ("where to sleep two nights", "hotel"), ("sushi in Reno", "restaurant")]:
+        outcome, kernel = run(flow_file(tmp_path, ROUTER), [], {"request": request}, tmp_path / request)
+        assert (outcome.status, outcome.answer) == ("finished", label), (request, outcome.error)
+        assert model_calls(kernel) == []
+        assert [s.output for s in stored_steps(kernel, outcome) if s.step == "direction"] == [label]
+
+
+def test_choose_by_examples_asks_the_model_when_the_vote_is_tied_or_no_example_is_alike(tmp_path: Path) -> None:
+    # "in" is in every example (so counts for nothing); "Reno" is in one example of each kind: a tie
+    for request in ["something else entirely", "anything in Reno"]:
+        responses = [{"key": "direction", "text": '"hotel"'}]
+        outcome, kernel = run(flow_file(tmp_path, ROUTER), responses, {"request": request}, tmp_path / request)
+        assert (outcome.status, outcome.answer) == ("finished", "hotel"), (request, outcome.error)
+        assert len(model_calls(kernel, "direction")) == 1
+        # the model is shown the examples_shown most alike, as without choose_by
+        prompt = next(s.prompt for s in stored_steps(kernel, outcome) if s.step == "direction")
+        assert sum(m["role"] == "assistant" for m in prompt) == 3
+
+
+def test_choose_by_examples_is_checked_at_validate_time(tools) -> None:
+    assert diagnostics(ROUTER, tools) == set()
+    no_hotel = ROUTER.replace("answer: hotel}", "answer: restaurant}")
+    found = check_flow_text(no_hotel, "flow.yaml", tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(18, "FR110")]
+    assert "none answers 'hotel'" in found[0].message
+    head, tail = ROUTER.split("    examples_shown: 3\n")[0], ROUTER.split("answer: hotel}\n")[-1]
+    bare = head + tail
+    found = check_flow_text(bare, "flow.yaml", tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(6, "FR003")]
+    assert "`choose_by: examples` lets the step's `examples` vote" in found[0].message
+    decided = ROUTER.replace("    choose_by: examples\n", "    choose_by: examples\n    decide: hotel\n")
+    found = check_flow_text(decided, "flow.yaml", tools).diagnostics
+    assert any(d.code == "FR003" and "`decide` decides from data, so nothing is left to choose: remove `choose_by`"
+               in d.message for d in found)
+    on_a_process = HEAD + """\
+  work:
+    kind: process
+    instruction: Work.
+    choose_by: examples
+    next: done
+  done:
+    kind: terminal
+    instruction: Done.
+"""
+    found = [d for d in check_flow_text(on_a_process, "flow.yaml", tools).diagnostics if d.severity.value == "error"]
+    assert [(d.line, d.code) for d in found] == [(10, "FR003")]
+    assert "unknown key 'choose_by'" in found[0].message
+
+
 # --- resume and replay ------------------------------------------------------------------------------------------
 
 DURABLE = COMPUTE + """\

@@ -145,7 +145,7 @@ def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: 
 
 def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
     """FR107 `output` with a choice of tools, FR108 an example answer the step could not give, FR109 examples that
-    no model call of the step uses."""
+    no model call of the step uses, FR110 a label that no example of a decision choosing by examples answers."""
     for step in flow.steps.values():
         if step.output is not None and step.tools and not step.tool:
             message = (f"step {step.id!r} chooses among tools, so what `output` would build on is unknown: name the "
@@ -163,6 +163,14 @@ def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document
             if problem:
                 where = doc.position(("steps", step.id, "examples", i, "answer"))
                 yield diagnostic("FR108", f"example {i + 1} of step {step.id!r}: {problem}", doc.file, where)
+        if step.choose_by == "examples" and chooses(step.kind):
+            answered = {example.answer for example in step.examples if isinstance(example.answer, str)}
+            for label in step.branches:
+                if label not in answered:
+                    message = (f"step {step.id!r} chooses by its examples, but none answers {label!r}, so the vote "
+                               "can never choose it: add examples of questions it answers")
+                    yield diagnostic("FR110", message, doc.file, doc.position(("steps", step.id, "branches", label),
+                                                                                  key=True))
 
 
 def _unused_examples(step: Step) -> str | None:

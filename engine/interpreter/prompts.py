@@ -10,9 +10,7 @@ backend's cached prompt prefix is reused instead of recomputed.
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from engine.flow.model import Example
@@ -34,32 +32,6 @@ def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool
         ask = "Tools you can use:\n" + "\n".join(listed) + "\n\n" + ask
     history = [{"role": e.role, "content": e.content} for e in progress]
     return [{"role": "system", "content": system}, *history, *examples, {"role": "user", "content": ask}]
-
-
-def nearest(examples: Sequence[Example], question: str, shown: int | None) -> list[Example]:
-    """The `shown` examples most like `question` (all of them when `shown` is None), the most alike last, where a
-    small model copies from best. Alike means sharing words, each weighted by how few examples have it (so the
-    words every example has count for little); numbers do not count, since the same kind of problem comes with
-    other numbers. Ties keep the examples' order."""
-    if shown is None or shown >= len(examples):
-        return list(examples)
-    bags = [_words(e.input) for e in examples]
-    have = {w: sum(w in bag for bag in bags) for w in set().union(*bags)}
-    asked = _words(question)
-    scores = [sum(math.log((len(bags) + 1) / have[w]) for w in bag & asked) for bag in bags]
-    best = sorted(range(len(examples)), key=lambda i: (-scores[i], i))[:shown]
-    return [examples[i] for i in reversed(best)]
-
-
-def _words(text: str) -> set[str]:
-    return {_singular(w) for w in re.findall(r"[a-z]+", text.lower())}
-
-
-def _singular(word: str) -> str:
-    # crude, but it needs no word list: "3 boxes" is then like "a box", "glasses" like "a glass"
-    if word.endswith(("sses", "xes", "ches", "shes")):
-        return word[:-2]
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")) else word
 
 
 def shots(examples: Iterable[Example], schema: dict[str, Any] | None = None, labels: Iterable[str] = (),

@@ -6,7 +6,9 @@
               With `output:`, the template builds the output instead, from data (and the tool's `result`), with
               no model call for it; the step's ask is its instruction, or its id when it has none. With
               `arguments:` (and `tool: X`), X is called with arguments built from data, with no model call.
-    decision  `decide:` renders a label from data, with no model call; otherwise choose: one label, constrained.
+    decision  `decide:` renders a label from data, with no model call; with `choose_by: examples` the examples
+              most like the question vote (engine.interpreter.alike), with no model call unless the vote is tied;
+              otherwise choose: one label, constrained.
     terminal  generate, as a process without tools; its output is the run's answer.
 A step's `examples` go into the prompt of its model call (engine.interpreter.prompts.shots): the decision's choice,
 the tool call of a `tool:` step, else its answer.
@@ -38,7 +40,8 @@ from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import ends_run
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
-from engine.interpreter.prompts import ask_for, nearest, progress_entries, shots, step_messages
+from engine.interpreter.alike import nearest, voted_label
+from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
 from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.json_schema import schema_problems
@@ -379,7 +382,7 @@ async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
 
 
 async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
-    """A decision: one of the step's labels, from its `decide:` template or chosen by the model."""
+    """A decision: one of the step's labels, from its `decide:` template, its examples' vote or the model."""
     labels = list(step.branches)
     question = run.render(step, "question", step.question or "")
     if step.decide is not None:
@@ -388,6 +391,10 @@ async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
             raise RunError(f"{run.file}: step {step.id}: `decide` gave {label!r}, which is not one of its labels "
                            f"({', '.join(labels)})")
         return _Done(question, label, branch=label)
+    if step.choose_by == "examples":
+        label = voted_label(step.examples, question, step.examples_shown)
+        if label is not None:
+            return _Done(question, label, branch=label)
     ask = ask_for(question, labels=labels)
     messages = _messages(kernel, run, ask, examples=_shots(step, question, labels=labels))
     label = await _choose(kernel, run, step, messages, labels)
