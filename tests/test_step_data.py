@@ -10,7 +10,7 @@ from typing import Any
 from engine.flow.validate import check_flow_text, load_flow
 from engine.interpreter.runs import LLM_KINDS
 from engine.kernel.storage import Storage
-from engine.kernel.tables import StepRow, SyscallRow
+from engine.kernel.tables import StepRow, SyscallRow, ToolCallRow
 from tests.test_interpreter import run, stored_steps
 from tests.test_run_cli import cli, runs_of, steps_of
 
@@ -452,7 +452,7 @@ steps:
   direction:
     kind: decision
     question: What does "{{ inputs.request }}" ask for?
-    choose_by: examples
+    answer_by: examples
     examples_shown: 3
     examples:
       - {input: What does "a table for two in Reno" ask for?, answer: restaurant}
@@ -468,7 +468,7 @@ steps:
 """
 
 
-def test_choose_by_examples_takes_the_label_the_most_alike_examples_vote_for_with_no_model_call(
+def test_answer_by_examples_takes_the_label_the_most_alike_examples_vote_for_with_no_model_call(
         tmp_path: Path) -> None:
     for request, label in [("dinner for two in Austin", "restaurant"), ("a cheap hotel in Austin", "hotel"),
                            ("where to sleep two nights", "hotel"), ("sushi in Reno", "restaurant")]:
@@ -478,19 +478,19 @@ def test_choose_by_examples_takes_the_label_the_most_alike_examples_vote_for_wit
         assert [s.output for s in stored_steps(kernel, outcome) if s.step == "direction"] == [label]
 
 
-def test_choose_by_examples_asks_the_model_when_the_vote_is_tied_or_no_example_is_alike(tmp_path: Path) -> None:
+def test_answer_by_examples_asks_the_model_when_the_vote_is_tied_or_no_example_is_alike(tmp_path: Path) -> None:
     # "in" is in every example (so counts for nothing); "Reno" is in one example of each kind: a tie
     for request in ["something else entirely", "anything in Reno"]:
         responses = [{"key": "direction", "text": '"hotel"'}]
         outcome, kernel = run(flow_file(tmp_path, ROUTER), responses, {"request": request}, tmp_path / request)
         assert (outcome.status, outcome.answer) == ("finished", "hotel"), (request, outcome.error)
         assert len(model_calls(kernel, "direction")) == 1
-        # the model is shown the examples_shown most alike, as without choose_by
+        # the model is shown the examples_shown most alike, as without answer_by
         prompt = next(s.prompt for s in stored_steps(kernel, outcome) if s.step == "direction")
         assert sum(m["role"] == "assistant" for m in prompt) == 3
 
 
-def test_choose_by_examples_is_checked_at_validate_time(tools) -> None:
+def test_answer_by_examples_is_checked_at_validate_time(tools) -> None:
     assert diagnostics(ROUTER, tools) == set()
     no_hotel = ROUTER.replace("answer: hotel}", "answer: restaurant}")
     found = check_flow_text(no_hotel, "flow.yaml", tools).diagnostics
@@ -500,24 +500,98 @@ def test_choose_by_examples_is_checked_at_validate_time(tools) -> None:
     bare = head + tail
     found = check_flow_text(bare, "flow.yaml", tools).diagnostics
     assert [(d.line, d.code) for d in found] == [(6, "FR003")]
-    assert "`choose_by: examples` lets the step's `examples` vote" in found[0].message
-    decided = ROUTER.replace("    choose_by: examples\n", "    choose_by: examples\n    decide: hotel\n")
+    assert "`answer_by: examples` answers from the step's `examples`: give them" in found[0].message
+    decided = ROUTER.replace("    answer_by: examples\n", "    answer_by: examples\n    decide: hotel\n")
     found = check_flow_text(decided, "flow.yaml", tools).diagnostics
-    assert any(d.code == "FR003" and "`decide` decides from data, so nothing is left to choose: remove `choose_by`"
+    assert any(d.code == "FR003" and "`decide` decides from data, so nothing is left to choose: remove `answer_by`"
                in d.message for d in found)
-    on_a_process = HEAD + """\
+    free_text = NO_TOOLS + """\
   work:
     kind: process
     instruction: Work.
-    choose_by: examples
+    answer_by: examples
+    examples: [{input: Work on 2., answer: Done 2.}]
     next: done
   done:
     kind: terminal
     instruction: Done.
+    answer_by: examples
 """
-    found = [d for d in check_flow_text(on_a_process, "flow.yaml", tools).diagnostics if d.severity.value == "error"]
-    assert [(d.line, d.code) for d in found] == [(10, "FR003")]
-    assert "unknown key 'choose_by'" in found[0].message
+    found = check_flow_text(free_text, "flow.yaml", tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(6, "FR003"), (12, "FR003"), (15, "FR003")]
+    assert "give the step a `tool` or an `output_schema`" in found[0].message
+    assert "unknown key 'answer_by'" in found[2].message  # a terminal's answer is never carried over
+
+
+CARRY = COMPUTE + """\
+    answer_by: examples
+    examples:
+      - {input: "Write the arithmetic for What is 30% of 450?.", answer: {expression: "450 * 30 / 100"}}
+      - input: "Write the arithmetic for A soup for 6 people needs 300 g of rice. How much rice for 9 people?."
+        answer: {expression: "300 / 6 * 9"}
+      - {input: "Write the arithmetic for A car drives 120 km in 2 hours. Its speed?.", answer: {expression: "120 / 2"}}
+    output: "{{ result.result }}"
+    next: answer
+  answer:
+    kind: terminal
+    output: "{{ steps.compute.output }}"
+"""
+
+
+def test_answer_by_examples_carries_the_most_alike_examples_call_over_to_the_problems_numbers(tmp_path: Path) -> None:
+    for problem, expression, answer in [
+            ("What is 15% of 240?", "240 * 15 / 100", 36),
+            # paired by what they count, not where they stand
+            ("A cake needs 250 g of flour for 4 people. How much flour for 10 people?", "250 / 4 * 10", 625),
+            ("A train drives 360 km in 4 hours. Its speed?", "360 / 4", 90)]:
+        outcome, kernel = run(flow_file(tmp_path, CARRY), [], {"problem": problem}, tmp_path / problem)
+        assert (outcome.status, outcome.answer) == ("finished", answer), (problem, outcome.error)
+        assert model_calls(kernel) == []
+        [compute] = [s for s in stored_steps(kernel, outcome) if s.step == "compute"]
+        assert compute.prompt is None
+        [call] = kernel.storage.rows(ToolCallRow)
+        assert (call.tool, call.arguments, call.error) == ("calculator", {"expression": expression}, None)
+
+
+def test_answer_by_examples_carries_data_over_and_holds_it_to_the_output_schema(tmp_path: Path) -> None:
+    flow = """\
+flowrun: 1
+name: Trip
+inputs:
+  request: {type: string}
+steps:
+  read:
+    kind: process
+    instruction: "Read: {{ inputs.request }}"
+    output_schema:
+      type: object
+      properties: {days: {type: integer, maximum: 9}, people: {type: integer}, note: {type: string}}
+      required: [days, people]
+    answer_by: examples
+    examples:
+      - {input: "Read: 3 days for 2 people", answer: {days: 3, people: 2, note: "3 days, 2 people"}}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.read.output }}"
+"""
+    outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "4 people for 5 days"}, tmp_path / "a")
+    assert outcome.answer == {"days": 5, "people": 4, "note": "5 days, 4 people"}
+    assert model_calls(kernel) == []
+    # carried over to 12 days, it breaks the schema's maximum: the model answers
+    responses = [{"key": "read", "text": '{"days": 9, "people": 1}'}]
+    outcome, kernel = run(flow_file(tmp_path, flow), responses, {"request": "12 days for 1 people"}, tmp_path / "b")
+    assert outcome.answer == {"days": 9, "people": 1}
+    assert len(model_calls(kernel, "read")) == 1
+
+
+def test_answer_by_examples_asks_the_model_where_no_example_pairs_with_the_problem(tmp_path: Path) -> None:
+    # four numbers where every example has two or three; and a problem sharing no word that counts with any
+    for problem in ["A car drives 120 km in 2 hours, then 30 km in 1 hour. Its speed?", "Seven times eight?"]:
+        responses = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "7 * 8"}}'}]
+        outcome, kernel = run(flow_file(tmp_path, CARRY), responses, {"problem": problem}, tmp_path / problem)
+        assert (outcome.status, outcome.answer) == ("finished", 56), (problem, outcome.error)
+        assert len(model_calls(kernel, "compute")) == 1
 
 
 # --- resume and replay ------------------------------------------------------------------------------------------

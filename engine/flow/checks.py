@@ -163,7 +163,7 @@ def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document
             if problem:
                 where = doc.position(("steps", step.id, "examples", i, "answer"))
                 yield diagnostic("FR108", f"example {i + 1} of step {step.id!r}: {problem}", doc.file, where)
-        if step.choose_by == "examples" and chooses(step.kind):
+        if step.answer_by == "examples" and chooses(step.kind):
             answered = {example.answer for example in step.examples if isinstance(example.answer, str)}
             for label in step.branches:
                 if label not in answered:

@@ -64,9 +64,9 @@ RULES: dict[str, Rule] = {
         Rule("FR109", "unused-examples", _W, "A step has `examples` but asks the model nothing they could show "
              "(`output` without `tool`, a decision with `decide`), or chooses among `tools`, where they are not used.",
              "Remove the examples, or give them to a step that asks the model (with `tool:` for a tool call)."),
-        Rule("FR110", "label-without-example", _E, "A decision chooses by its examples (`choose_by: examples`), "
+        Rule("FR110", "label-without-example", _E, "A decision chooses by its examples (`answer_by: examples`), "
              "but no example answers one of its labels, so the vote could never choose that label.",
-             "Add examples of questions that label answers, or let the model choose (remove `choose_by`)."),
+             "Add examples of questions that label answers, or let the model choose (remove `answer_by`)."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

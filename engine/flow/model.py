@@ -34,7 +34,7 @@ class Step:
     next: str | None = None
     branches: dict[str, str] = field(default_factory=dict)  # label -> step id
     decide: str | None = None
-    choose_by: str = "model"  # a decision's chooser: "model", or "examples" (a vote of the most alike examples)
+    answer_by: str = "model"  # "model", or "examples": the examples answer (engine.interpreter.alike)
     tool: str | None = None
     arguments: dict[str, Any] | None = None  # the tool's arguments from data: name -> value (a string: a template)
     tools: tuple[str, ...] = ()
@@ -128,7 +128,7 @@ def _step(sid: str, raw: Any) -> Step:
         output_schema=schema if isinstance(schema, dict) else None,
         arguments=arguments if isinstance(arguments, dict) else None,
         examples=_examples(raw.get("examples")),
-        choose_by="examples" if raw.get("choose_by") == "examples" else "model",
+        answer_by="examples" if raw.get("answer_by") == "examples" else "model",
         examples_shown=shown if _is_int(shown := raw.get("examples_shown")) else None,
         samples=samples if _is_int(samples := raw.get("samples")) else None,
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)

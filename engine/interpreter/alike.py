@@ -1,5 +1,6 @@
-"""How alike a step's examples are to the question it is asked: which examples to show the model (`nearest`), and
-the label a decision's examples vote for (`voted_label`), which lets a decision choose with no model call.
+"""How alike a step's examples are to the question it is asked: which examples to show the model (`nearest`), the
+label a decision's examples vote for (`voted_label`), and the answer of the most alike example carried over to the
+question's numbers (`carried_answer`); the last two let a step answer with no model call (`answer_by: examples`).
 
 Alike means sharing words, each weighted by how few examples have it (a word that every example has, such as the
 words of the question's own template, counts for nothing); numbers do not count, since the same kind of problem
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from engine.flow.model import Example
 
@@ -45,6 +47,70 @@ def voted_label(examples: Sequence[Example], question: str, voters: int | None) 
     if not ranked or (len(ranked) > 1 and math.isclose(ranked[0], ranked[1])):
         return None
     return max(tally, key=tally.__getitem__)
+
+
+def carried_answer(examples: Sequence[Example], question: str, tries: int | None) -> Any:
+    """The answer of the most alike of the `tries` examples most like `question` (all when None) whose numbers pair
+    with the question's, each of its numbers that is one of its input's replaced by the question's number paired
+    with it (numbers of its own, such as 100 in a percentage, stay); None when none of them pairs.
+
+    An example's numbers pair with the question's when there are as many and the example's are all different:
+    first those that count the same thing (the word after them, "%" after them or "$" before them) pair in order,
+    then the rest in order. So "300 g of rice for 6 people" carries over to "6 people need 300 g of rice"."""
+    scores = likeness(examples, question)
+    asked = _numbers(question)
+    for i in _ranked(scores)[:tries]:
+        pairs = _pairs(_numbers(examples[i].input), asked)
+        if pairs is not None:
+            return _carried(examples[i].answer, pairs)
+    return None
+
+
+_NUMBER = re.compile(r"(\$)?(?<![\d.])(\d+(?:\.\d+)?)(?![\d.]*\d)(\s*%|\s+[A-Za-z]+)?")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def _numbers(text: str) -> list[tuple[str, str]]:
+    """Each number of `text` with what it counts: "$", "%" or the word after it."""
+    found = []
+    for match in _NUMBER.finditer(_THOUSANDS.sub("", text)):
+        dollar, number, after = match.groups()
+        after = (after or "").strip().lower()
+        found.append((number, "$" if dollar else after if after == "%" else _singular(after)))
+    return found
+
+
+def _pairs(given: list[tuple[str, str]], asked: list[tuple[str, str]]) -> dict[str, str] | None:
+    """The example's number -> the question's paired with it, or None when they do not pair."""
+    if len(given) != len(asked) or len({n for n, _ in given}) != len(given):
+        return None
+    free = list(range(len(asked)))
+    paired: dict[int, int] = {}
+    for i, (_, counts) in enumerate(given):
+        j = next((j for j in free if asked[j][1] == counts), None)
+        if j is not None:
+            paired[i] = j
+            free.remove(j)
+    paired.update(zip((i for i in range(len(given)) if i not in paired), free, strict=True))
+    return {given[i][0]: asked[j][0] for i, j in paired.items()}
+
+
+def _carried(value: Any, pairs: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _BARE_NUMBER.sub(lambda m: pairs.get(m.group(0), m.group(0)), value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        number = pairs.get(str(value))
+        return value if number is None else float(number) if "." in number else int(number)
+    if isinstance(value, list):
+        return [_carried(v, pairs) for v in value]
+    if isinstance(value, dict):
+        return {k: _carried(v, pairs) for k, v in value.items()}
+    return value
+
+
+_BARE_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?![\d.]*\d)")
 
 
 def _ranked(scores: list[float]) -> list[int]:

@@ -6,9 +6,11 @@
               With `output:`, the template builds the output instead, from data (and the tool's `result`), with
               no model call for it; the step's ask is its instruction, or its id when it has none. With
               `arguments:` (and `tool: X`), X is called with arguments built from data, with no model call.
-    decision  `decide:` renders a label from data, with no model call; with `choose_by: examples` the examples
+    decision  `decide:` renders a label from data, with no model call; with `answer_by: examples` the examples
               most like the question vote (engine.interpreter.alike), with no model call unless the vote is tied;
               otherwise choose: one label, constrained.
+With `answer_by: examples`, a `tool:` step's arguments, or a process's data, are the answer of its most alike
+example carried over to the numbers of the instruction, with no model call, where an example's numbers pair.
     terminal  generate, as a process without tools; its output is the run's answer.
 A step's `examples` go into the prompt of its model call (engine.interpreter.prompts.shots): the decision's choice,
 the tool call of a `tool:` step, else its answer.
@@ -40,7 +42,7 @@ from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import ends_run
 from engine.flow.model import Flow, Step
 from engine.flow.templates import RESULT, evaluate, facts, render
-from engine.interpreter.alike import nearest, voted_label
+from engine.interpreter.alike import carried_answer, nearest, voted_label
 from engine.interpreter.prompts import ask_for, progress_entries, shots, step_messages
 from engine.interpreter.runs import result_mark
 from engine.interpreter.vote import Unfit, majority, sample_options
@@ -313,9 +315,11 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
         return _Done(text or step.id, _output(run, step, {}))
     if not names:
         return await _answer(kernel, run, step, text)
-    if step.tool and step.arguments is not None:
+    carried = _carried_arguments(kernel, step, text) if step.answer_by == "examples" else None
+    if step.tool and (step.arguments is not None or carried is not None):
         ask, messages = text or step.id, None
-        call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
+        arguments = carried if carried is not None else _arguments(run, step)
+        call = await kernel.call_tool(run.agent, run.id, step.tool, arguments)
     else:
         ask = ask_for(text, tools=names)
         messages = _messages(kernel, run, ask, names, _shots(step, text, tool=step.tool) if step.tool else ())
@@ -330,6 +334,14 @@ async def _process(kernel: Kernel, run: _Run, step: Step) -> _Done:
     done = await _answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
     done.tool_calls, done.shown = [call], shown
     return done
+
+
+def _carried_arguments(kernel: Kernel, step: Step, text: str) -> Any:
+    """The arguments of the `tool:` step's most alike example, carried over to the numbers of `text`; None when no
+    example pairs, or the tool would refuse what they carry over to (the model then fills them in)."""
+    arguments = carried_answer(step.examples, text, step.examples_shown)
+    tool = kernel.tools.tools.get(step.tool or "")
+    return None if arguments is None or tool is None or tool.problems(arguments) else arguments
 
 
 async def _voted_call(kernel: Kernel, run: _Run, step: Step, messages: list[dict[str, str]],
@@ -352,6 +364,10 @@ async def _answer(kernel: Kernel, run: _Run, step: Step, text: str) -> _Done:
     most: a second time with what was wrong, for a backend that cannot constrain its output)."""
     schema = step.output_schema
     ask = ask_for(text, schema)
+    if step.answer_by == "examples" and schema is not None and not step.used_tools():
+        value = carried_answer(step.examples, text, step.examples_shown)
+        if value is not None and not schema_problems(schema, value, "answer"):
+            return _Done(ask, value)
     # a tool step's examples are its calls (see _process), not what it states of their results
     messages = _messages(kernel, run, ask, examples=() if step.used_tools() else _shots(step, text, schema))
     window = WindowPolicy(run.flow.context_policy)
@@ -391,7 +407,7 @@ async def _decision(kernel: Kernel, run: _Run, step: Step) -> _Done:
             raise RunError(f"{run.file}: step {step.id}: `decide` gave {label!r}, which is not one of its labels "
                            f"({', '.join(labels)})")
         return _Done(question, label, branch=label)
-    if step.choose_by == "examples":
+    if step.answer_by == "examples":
         label = voted_label(step.examples, question, step.examples_shown)
         if label is not None:
             return _Done(question, label, branch=label)
