@@ -124,12 +124,23 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
                 (await client.post("/runs/feedbeef/cancel"), 409, "not running"),
                 (await client.post("/runs", content=chunked()), 411, "Content-Length"),
                 (await client.get("/nowhere"), 404, "Not Found"),
+                (await client.get("/runs/NOT-AN-ID"), 422, "pattern"),
+                (await client.get("/runs", params={"batch": ""}), 422, "batch"),
+                (await client.delete("/runs"), 405, "Method Not Allowed"),
+                (await client.get("/flows/validate"), 404, "no flow 'validate'"),
             ]
             for response, status, said in cases:
                 assert response.status_code == status, response.text
                 assert response.headers["content-type"] == "application/problem+json"
                 body = response.json()
                 assert body["status"] == status and said in body["detail"], body
+            # Allow names every method of the path (RFC 9110), its most literal one where two paths match
+            assert (await client.delete("/runs")).headers["allow"] == "GET, POST"
+            assert (await client.put("/flows/validate")).headers["allow"] == "POST"
+            assert (await client.head("/healthz")).status_code == 200
+            documented = (await client.get("/openapi.json")).json()["paths"]["/runs/{run_id}/cancel"]["post"]
+            assert {"404", "409", "422"} <= set(documented["responses"])
+            assert "application/problem+json" in documented["responses"]["409"]["content"]
 
     asyncio.run(main())
 

@@ -16,12 +16,14 @@ import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from engine.errors import FlowrunError, RunStatus
@@ -36,6 +38,8 @@ from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
 
 MAX_BODY = 1 << 20  # bytes of a request body
+HEX = "^[0-9a-f]{1,64}$"  # a run's or batch's id, or the start of one (as `flowrun runs` takes it)
+RUN_ID = Path(pattern=HEX, description="A run's id, or a start of it that only one run's id has.")
 # The status of a response to flowrun's errors (others: 400).
 _STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (AlreadyInFlight, 409), (ResumeError, 409), (InputError, 422))
 _NUMBER = re.compile(r"[0-9]{1,18}")  # a header's number (str.isdigit takes other digits, which int() refuses)
@@ -48,6 +52,28 @@ class RunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs, by name.")
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1,
                           description="Higher goes first under the priority scheduler.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details body: what every error response holds."""
+
+    model_config = ConfigDict(extra="allow")  # a 422 adds `errors`, each with where (`at`) and a `message`
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of error responses with these status codes: problem details."""
+    schema = Problem.model_json_schema()
+    return {code: {"description": HTTPStatus(code).phrase, "content": {"application/problem+json": {"schema": schema}}}
+            for code in codes}
+
+
+# What any route may answer: a flowrun error of no more precise status, a missing or wrong token, a body sent
+# without its length or over the limit, a parameter or body that is not what the route takes.
+ANY_ROUTE = problems(400, 401, 411, 413, 422)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -79,7 +105,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
                 await service.cancel(run_id)
 
     app = FastAPI(title="flowrun", summary="Runs of declarative LLM agent flows on one shared kernel.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, responses=ANY_ROUTE)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -104,8 +130,12 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         return problem(422, "Unprocessable Content", detail, errors=errors)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        answer = problem(exc.status_code, str(exc.detail), str(exc.detail))
+        answer.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Allow: the methods of the path (RFC 9110), not only those of its first route
+            answer.headers["Allow"] = ", ".join(_methods(app, request.url.path))
+        return answer
 
     @app.exception_handler(FlowrunError)
     async def user_error(_: Request, exc: FlowrunError) -> JSONResponse:
@@ -121,17 +151,20 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "runs_in_flight": len(service.in_flight)}
 
+    # what some load balancers' health checks send; a HEAD of every GET route would double the OpenAPI document
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/flows")
     async def list_flows() -> list[dict[str, Any]]:
         return [_flow_summary(name, f) for name, f in sorted(flows.items())]
 
-    @app.get("/flows/{name}")
+    @app.get("/flows/{name}", responses=problems(404))
     async def show_flow(name: str) -> dict[str, Any]:
         found = offered(name)
         return {**_flow_summary(name, found), "tools": list(found.checked.flow.tools),
                 "mermaid": render_graph(found.checked.compiled, "mermaid")}
 
-    @app.post("/runs", status_code=201, response_model=None)
+    @app.post("/runs", status_code=201, response_model=None, responses=problems(404, 429))
     async def start_run(body: RunRequest, response: Response) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
         inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs", how='"inputs": {{"{name}": ...}}')
@@ -152,22 +185,22 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         return json.loads(render_report(Report([file], checked.diagnostics), "json"))
 
     @app.get("/runs")
-    async def list_runs(limit: int = Query(20, ge=1, le=10_000), batch: str | None = None,
+    async def list_runs(limit: int = Query(20, ge=1, le=10_000), batch: str | None = Query(None, pattern=HEX),
                         status: RunStatus | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first (of one batch, or with one status, if asked)."""
         runs = await service.runs(limit if status is None else None, batch)
         chosen = [run for run in runs if status is None or run.status == status]
         return [_run_summary(run) for run in chosen[:limit]]
 
-    @app.get("/runs/{run_id}")
-    async def show_run(run_id: str) -> dict[str, Any]:
+    @app.get("/runs/{run_id}", responses=problems(404))
+    async def show_run(run_id: str = RUN_ID) -> dict[str, Any]:
         found = await service.show(run_id)
         steps = [{"step": s.step, "visit": s.visit, "kind": s.kind, "branch": s.branch, "output": s.output}
                  for s in found.steps]
         return {**_run_summary(found.run), "steps": steps}
 
-    @app.post("/runs/{run_id}/cancel")
-    async def cancel_run(run_id: str) -> dict[str, Any]:
+    @app.post("/runs/{run_id}/cancel", responses=problems(404, 409))
+    async def cancel_run(run_id: str = RUN_ID) -> dict[str, Any]:
         outcome = await service.cancel(run_id)
         return {"id": outcome.run_id, "status": outcome.status, "error": outcome.error}
 
@@ -181,13 +214,13 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         started = await service.resume(offer.checked, found, file=str(offer.path))
         return {"id": started.id, "flow": found.run.agent, "events": f"/runs/{started.id}/events"}
 
-    @app.post("/runs/{run_id}/resume")
-    async def resume_run(run_id: str) -> dict[str, Any]:
+    @app.post("/runs/{run_id}/resume", responses=problems(404, 409, 429))
+    async def resume_run(run_id: str = RUN_ID) -> dict[str, Any]:
         """Go on with a run that stopped (interrupted, paused, failed or crashed) from its last stored step."""
         return await resume(run_id)
 
-    @app.get("/runs/{run_id}/events")
-    async def run_events(run_id: str, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
+    @app.get("/runs/{run_id}/events", responses=problems(404, 410))
+    async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
         found = service.running(run_id)
         if found is None:
             await service.show(run_id)  # 404 for a run that does not exist
@@ -202,6 +235,16 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _methods(app: FastAPI, path: str) -> list[str]:
+    """The methods of the routes of the path template `path` matches most literally (/flows/validate rather than
+    /flows/{name})."""
+    matching = [r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path)]
+    if not matching:
+        return []
+    best = min(matching, key=lambda r: r.path.count("{")).path
+    return sorted({m for r in matching if r.path == best for m in r.methods})
 
 
 def _flow_summary(name: str, found: Offered) -> dict[str, Any]:
