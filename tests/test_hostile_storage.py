@@ -5,7 +5,6 @@ printed to a terminal."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ import pytest
 
 from engine.interpreter.resume import ResumeError, stopped
 from engine.interpreter.runs import status
-from engine.kernel.storage import SCHEMA_VERSION, Storage, StorageError
+from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tables import (
     AuditRow,
@@ -149,34 +148,6 @@ def test_a_process_that_took_a_dead_runs_pid_is_not_its_process(tmp_path: Path) 
     with pytest.raises(ResumeError, match="it is running in process"):
         stopped(storage, alive.id, force=True)
     assert stopped(storage, reused.id).run.id == reused.id
-
-
-def test_a_step_is_stored_once_per_visit(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
-    stored_run(db, "e" * 32)
-    storage = Storage(f"sqlite:///{db}")
-    again = StepRecord("e" * 32, "solve", 1, "process", None, "twice", None, None, 0, time.time(), time.time())
-    with pytest.raises(StorageError, match="refused a record it holds already"):
-        storage.record_step(again)
-    storage.record_step(dataclasses.replace(again, visit=2))
-    assert [(s.visit, s.output) for s in storage.rows(StepRow)] == [(1, "out"), (2, "twice")]
-
-
-def test_an_old_database_migrates_keeping_the_first_of_each_duplicated_step(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
-    stored_run(db, "f" * 32)
-    with sqlite3.connect(db) as old:  # as flowrun's schema 4 left it, with a step stored twice by a double run
-        old.executescript("DROP INDEX ux_steps_run_step_visit; ALTER TABLE runs DROP COLUMN pid_started;"
-                          "UPDATE meta SET value = '4' WHERE key = 'schema_version';")
-        old.execute("INSERT INTO steps (run_id, step, visit, kind, tokens, started, finished, output) "
-                    "SELECT run_id, step, visit, kind, tokens, started, finished, '\"second\"' FROM steps")
-        assert old.execute("SELECT count(*) FROM steps").fetchone()[0] == 2
-    storage = Storage(f"sqlite:///{db}")
-    assert [r.value for r in storage.rows(Meta)] == [str(SCHEMA_VERSION)]
-    assert [(s.step, s.visit, s.output) for s in storage.rows(StepRow)] == [("solve", 1, "out")]
-    assert storage.find_run("f").pid_started is None
-    with pytest.raises(StorageError, match="refused a record it holds already"):
-        storage.record_step(StepRecord("f" * 32, "solve", 1, "process", None, "x", None, None, 0, 0.0, 0.0))
 
 
 # 10. SIGTERM, Ctrl-C while starting up, read-only databases
@@ -315,31 +286,3 @@ def test_prune_by_status_keeping_the_newest_and_the_memories(tmp_path: Path) -> 
     assert code == 2 and "say which runs to remove" in err
     code, _, err = cli("runs", "prune", "--older-than", "soon", "--db", str(db))
     assert code == 2 and "is not a duration" in err
-
-
-# PostgreSQL: the same schema migration, exact prefixes and pruning
-
-
-@pytest.mark.slow
-def test_on_postgresql_steps_migrate_to_their_key_and_runs_are_found_and_pruned(postgres: str) -> None:  # noqa: F811
-    stored_run(postgres, "0b48a" + "0" * 27, created=time.time() - 2 * DAY)
-    stored_run(postgres, "ab48a" + "0" * 27)
-    storage = Storage(postgres)
-    with storage.engine.begin() as old:  # as schema 4 left it, with a step stored twice
-        old.exec_driver_sql("DROP INDEX ux_steps_run_step_visit")
-        old.exec_driver_sql("ALTER TABLE runs DROP COLUMN pid_started")
-        old.exec_driver_sql("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-        old.exec_driver_sql("INSERT INTO steps (run_id, step, visit, kind, tokens, started, finished) "
-                            "SELECT run_id, step, visit, kind, tokens, started, finished FROM steps")
-    storage.close()
-    storage = Storage(postgres)
-    assert [r.value for r in storage.rows(Meta)] == [str(SCHEMA_VERSION)]
-    assert sorted((s.run_id[0], s.output) for s in storage.rows(StepRow)) == [("0", "out"), ("a", "out")]
-    with pytest.raises(StorageError, match="refused a record it holds already"):
-        storage.record_step(StepRecord("0b48a" + "0" * 27, "solve", 1, "process", None, "x", None, None, 0, 0, 0))
-    assert storage.find_run("0b4").id.startswith("0b48a")
-    with pytest.raises(StorageError, match="is not the start of a run id"):
-        storage.find_run("%b48a")
-    code, _, err = cli("runs", "prune", "--older-than", "1d", "--vacuum", "--db", postgres)
-    assert code == 0 and "removed 1 runs" in err, err
-    assert [r.id[0] for r in Storage(postgres).rows(RunRow)] == ["a"]

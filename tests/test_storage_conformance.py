@@ -1,0 +1,222 @@
+"""The storage contract, one suite run on every database flowrun supports: SQLite and the real PostgreSQL server
+that tests/test_postgres.py starts (after LangGraph's checkpoint-conformance suite). A test here holds for every
+backend; behaviour of one backend only (SQLite's read-only files, WAL, FTS5 ranking) is tested beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.kernel.storage import SCHEMA_VERSION, NoSuchRun, Storage, StorageError
+from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tables import (
+    AgentDataRow,
+    AuditRow,
+    MemoryRow,
+    Meta,
+    RunRow,
+    StepRecord,
+    StepRow,
+    SyscallRow,
+    ToolCallRow,
+)
+from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a new, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'runs.db'}"
+    return request.getfixturevalue("postgres")
+
+
+@pytest.fixture
+def storage(url: str) -> Iterator[Storage]:
+    opened = Storage(url)
+    yield opened
+    opened.close()
+
+
+def run(run_id: str, *, created: float | None = None, status: str = RunStatus.FINISHED, **row: object) -> RunRow:
+    return RunRow(id=run_id, agent="MathAgent", flow="math_agent.yaml", status=status, inputs={"problem": "2 + 3"},
+                  created=time.time() if created is None else created, **row)
+
+
+def step(run_id: str, visit: int = 1, output: object = "out", name: str = "solve") -> StepRecord:
+    return StepRecord(run_id, name, visit, "process", None, output, None, None, 3, time.time(), time.time())
+
+
+# Values a run's inputs, answer and steps hold, which must come back exactly as they went in (not 20.0 as 20,
+# nor 2**70 as a float, nor a string of digits as a number).
+EXACT = {"float": 20.0, "big": 2**70, "negative": -3, "digits": "007", "text": "naïve ✓ \u202e", "none": None,
+         "nested": [{"a": [1.5, True, False, {}]}], "empty": ""}
+
+
+def test_runs_are_found_by_a_unique_start_of_their_id_and_listed_newest_first(storage: Storage) -> None:
+    for n, run_id in enumerate(["0b48a" + "0" * 27, "0b49f" + "0" * 27, "ab48a" + "0" * 27]):
+        storage.start_run(run(run_id, created=1000.0 + n, batch="bb01" if n < 2 else None))
+    assert storage.find_run("0b48").id == "0b48a" + "0" * 27
+    assert storage.find_run("ab48a" + "0" * 27).id.startswith("ab48a")
+    with pytest.raises(NoSuchRun, match="more than one run with an id starting '0b4'"):
+        storage.find_run("0b4")
+    with pytest.raises(NoSuchRun, match="no run with an id starting 'b48a'"):  # inside an id, not at its start
+        storage.find_run("b48a")
+    for pattern in ("%b48a", "_b48a", "0B48A", "%"):  # never a LIKE pattern
+        with pytest.raises(StorageError, match="is not the start of a run id"):
+            storage.find_run(pattern)
+    assert [r.id[:5] for r in storage.find_runs()] == ["ab48a", "0b49f", "0b48a"]
+    assert [r.id[:5] for r in storage.find_runs(limit=1)] == ["ab48a"]
+    assert [r.id[:5] for r in storage.find_runs(limit=None, batch="bb")] == ["0b49f", "0b48a"]
+    with pytest.raises(StorageError, match="is not the start of a batch id"):
+        storage.find_runs(batch="%")
+
+
+def test_values_come_back_exactly_as_they_were_stored(storage: Storage) -> None:
+    storage.start_run(run("c" * 32, status=RunStatus.RUNNING))
+    storage.record_step(step("c" * 32, output=EXACT))
+    storage.finish_run("c" * 32, RunStatus.FINISHED, answer=EXACT)
+    stored = storage.find_run("c")
+    assert (stored.status, stored.answer, stored.inputs) == (RunStatus.FINISHED, EXACT, {"problem": "2 + 3"})
+    assert stored.finished is not None
+    assert [s.output for s in storage.of_runs(StepRow, ["c" * 32])] == [EXACT]
+    with pytest.raises(StorageError, match="no run"):
+        storage.finish_run("d" * 32, RunStatus.FAILED, error="gone")
+
+
+def test_a_step_is_stored_once_per_visit_in_the_order_of_its_runs_steps(storage: Storage) -> None:
+    storage.start_run(run("e" * 32))
+    storage.record_step(step("e" * 32, 1))
+    storage.record_step(step("e" * 32, 1, name="check"))
+    with pytest.raises(StorageError, match="refused a record it holds already"):
+        storage.record_step(step("e" * 32, 1, output="twice"))
+    storage.record_step(step("e" * 32, 2, output="twice"))
+    assert [(s.step, s.visit, s.output) for s in storage.of_runs(StepRow, ["e" * 32])] == [
+        ("solve", 1, "out"), ("check", 1, "out"), ("solve", 2, "twice")]
+
+
+def test_a_write_queued_without_waiting_is_seen_by_the_next_read(storage: Storage) -> None:
+    storage.start_run(run("f" * 32))
+    calls = [Syscall(SyscallKind.TOOL, "MathAgent", "f" * 32) for _ in range(50)]
+    for n, call in enumerate(calls):
+        call.created = 1000.0 + n
+        storage.record_syscall(call, error="boom" if n == 7 else None)
+        storage.record_tool_call(ToolCallRow(run_id="f" * 32, agent="MathAgent", tool="calculator",
+                                             syscall=call.id, arguments={"n": n}, result={"n": n}, started=0.0,
+                                             finished=0.0))
+    stored = storage.of_runs(SyscallRow, ["f" * 32])  # no flush: a read waits for the queue itself
+    assert [s.id for s in stored] == [c.id for c in calls]
+    assert [s.error for s in stored if s.error] == ["boom"]
+    assert [t.arguments["n"] for t in storage.of_runs(ToolCallRow, ["f" * 32])] == list(range(50))
+
+
+def test_a_started_tool_call_is_pending_until_it_ends_and_can_be_superseded(storage: Storage) -> None:
+    storage.start_run(run("a" * 32))
+    row = ToolCallRow(run_id="a" * 32, agent="MathAgent", tool="mailer", arguments={"to": "x"}, started=1.0,
+                      finished=1.0, pending=True)
+    row.id = storage.start_tool_call(row)
+    [pending] = storage.of_runs(ToolCallRow, ["a" * 32])
+    assert (pending.id, pending.pending, pending.result) == (row.id, True, None)
+    storage.end_tool_call(row.model_copy(update={"result": {"sent": 1}, "finished": 2.0}))
+    [ended] = storage.of_runs(ToolCallRow, ["a" * 32])
+    assert (ended.pending, ended.result, ended.finished, ended.superseded) == (None, {"sent": 1}, 2.0, None)
+    call = Syscall(SyscallKind.GENERATE, "MathAgent", "a" * 32)
+    storage.record_syscall(call)
+    storage.later(storage.supersede, [call.id], [row.id])  # queued after the record, as a resumed run does
+    assert storage.of_runs(ToolCallRow, ["a" * 32])[0].superseded is True
+    assert storage.of_runs(SyscallRow, ["a" * 32])[0].superseded is True
+
+
+def test_of_two_claims_of_a_stopped_run_only_one_wins(url: str) -> None:
+    first, second = Storage(url), Storage(url)  # two processes resuming it at once, say
+    try:
+        first.start_run(run("b" * 32, status=RunStatus.INTERRUPTED, pid=41))
+        call = Syscall(SyscallKind.GENERATE, "MathAgent", "b" * 32)
+        first.record_syscall(call)
+        first.flush()
+        seen = (RunStatus.INTERRUPTED, 41)
+        mine = {"host": "here", "pid": 42, "pid_started": 5.0}
+        assert first.claim_run("b" * 32, seen, mine, ([call.id], [])) is True
+        assert second.claim_run("b" * 32, seen, {**mine, "pid": 43}) is False
+        claimed = second.find_run("b")
+        assert (claimed.status, claimed.pid, claimed.host, claimed.error) == (RunStatus.RUNNING, 42, "here", None)
+        assert second.of_runs(SyscallRow, ["b" * 32])[0].superseded is True
+    finally:
+        first.close()
+        second.close()
+
+
+def test_deleting_runs_takes_what_they_left_but_not_a_run_changed_since_nor_the_audit(storage: Storage) -> None:
+    for run_id in ("1" * 32, "2" * 32):
+        storage.start_run(run(run_id))
+        storage.record_step(step(run_id))
+        storage.record_syscall(Syscall(SyscallKind.GENERATE, "MathAgent", run_id))
+        storage.add_memories("MathAgent", run_id, [("user", f"remember {run_id[0]}")])
+        storage.audit("MathAgent", run_id, "tool", "calculator", True, "granted")
+    storage.put("MathAgent", "notes", {"kept": True})
+    seen = storage.find_runs(limit=None)
+    storage.finish_run("2" * 32, RunStatus.FAILED, error="resumed and failed meanwhile")
+    ids, gone = storage.delete_runs(seen, memories=False)
+    assert ids == ["1" * 32]
+    assert gone == {"runs": 1, "steps": 1, "syscalls": 1, "tool_calls": 0, "snapshots": 0}
+    assert [r.id for r in storage.rows(RunRow)] == ["2" * 32]
+    assert {m.run_id for m in storage.rows(MemoryRow)} == {"1" * 32, "2" * 32}
+    ids, gone = storage.delete_runs(storage.find_runs(limit=None))
+    assert (ids, gone["memories"]) == (["2" * 32], 1)
+    assert [len(storage.rows(t)) for t in (RunRow, StepRow, SyscallRow)] == [0, 0, 0]
+    assert len(storage.rows(AuditRow)) == 2 and storage.get("MathAgent", "notes") == {"kept": True}
+    storage.vacuum()  # gives the space back (`runs prune --vacuum`), on either database
+    assert [m.content for m in storage.search_memories(["MathAgent"], "remember")] == ["remember 1"]
+
+
+def test_agent_data_is_kept_by_agent_and_key_and_memories_are_found_by_their_words(storage: Storage) -> None:
+    storage.put("MathAgent", "units", "metric")
+    storage.put("MathAgent", "units", EXACT)
+    storage.put("TravelAgent", "units", "imperial")
+    assert (storage.get("MathAgent", "units"), storage.get("TravelAgent", "units")) == (EXACT, "imperial")
+    assert storage.get("MathAgent", "nothing") is None
+    assert len(storage.rows(AgentDataRow)) == 2
+    storage.add_memories("MathAgent", "9" * 32, [("user", "the train leaves Seattle at 9"),
+                                                 ("assistant", "noted: Seattle, 9 am")])
+    storage.add_memories("TravelAgent", "8" * 32, [("user", "Seattle hotels are dear")])
+    storage.add_memories("MathAgent", "9" * 32, [])
+    found = storage.search_memories(["MathAgent"], "when does the train leave Seattle?")
+    assert {m.content for m in found} == {"the train leaves Seattle at 9", "noted: Seattle, 9 am"}
+    assert {m.agent for m in storage.search_memories(["MathAgent", "TravelAgent"], "Seattle")} == {
+        "MathAgent", "TravelAgent"}
+    assert storage.search_memories(["MathAgent"], "?!") == []
+
+
+def test_an_old_database_migrates_keeping_the_first_of_each_step_stored_twice(url: str) -> None:
+    old = Storage(url)
+    old.start_run(run("0b48a" + "0" * 27))
+    old.record_step(step("0b48a" + "0" * 27))
+    with old.engine.begin() as db:  # as flowrun's schema 4 left it, with a step stored twice by a double run
+        db.exec_driver_sql("DROP INDEX ux_steps_run_step_visit")
+        db.exec_driver_sql("ALTER TABLE runs DROP COLUMN pid_started")
+        db.exec_driver_sql("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        db.exec_driver_sql("INSERT INTO steps (run_id, step, visit, kind, tokens, started, finished, output) "
+                           "SELECT run_id, step, visit, kind, tokens, started, finished, '\"second\"' FROM steps")
+    old.close()
+    storage = Storage(url)
+    try:
+        assert [r.value for r in storage.rows(Meta)] == [str(SCHEMA_VERSION)]
+        assert [(s.step, s.visit, s.output) for s in storage.rows(StepRow)] == [("solve", 1, "out")]
+        assert storage.find_run("0b4").pid_started is None
+        with pytest.raises(StorageError, match="refused a record it holds already"):
+            storage.record_step(step("0b48a" + "0" * 27, output="x"))
+    finally:
+        storage.close()
+
+
+def test_a_database_of_a_newer_flowrun_is_refused_untouched(url: str) -> None:
+    made = Storage(url)
+    with made.engine.begin() as db:
+        db.exec_driver_sql(f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    made.close()
+    with pytest.raises(StorageError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this flowrun's"):
+        Storage(url)
