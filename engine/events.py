@@ -4,7 +4,8 @@ console, a server's event stream, telemetry) subscribe to instead of polling.
 The interpreter publishes the run and step events, the kernel those of its syscalls and tool calls. A subscriber
 gets the events of one run in order, each once: those it missed (after the sequence number it last saw) first,
 then the new ones as they come, until the run's end. The bus keeps a run's events only while the run is open;
-rebuilding those of an ended run from storage is for a later change.
+storage keeps the numbers of its step.ended and run.ended events, from which engine.service rebuilds those, and a
+resumed run numbers its events on from where it stopped (`open`).
 """
 
 from __future__ import annotations
@@ -116,9 +117,13 @@ class ToolEnded(Event):
 
 @dataclass
 class _Run:
+    first: int = 1  # the number of events[0]
     events: list[Event] = field(default_factory=list)
     waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)  # one a subscriber
     ended: bool = False
+
+    def next(self) -> int:
+        return self.first + len(self.events)
 
 
 class EventBus:
@@ -130,11 +135,30 @@ class EventBus:
         self._lock = threading.Lock()  # the kernel records memory and storage syscalls on worker threads
         self.listeners: list[Callable[[Event], None]] = []
 
+    def open(self, run: str, after: int) -> None:
+        """Number the events of `run` from after `after` (a resumed run's events go on from its stored ones)."""
+        with self._lock:
+            self._runs[run] = _Run(first=after + 1)
+
+    def next_seq(self, run: str) -> int:
+        """The number the next event of `run` will have (so that a record stored before it is published can say
+        it: the run's own walk publishes it next)."""
+        with self._lock:
+            found = self._runs.get(run)
+            return 1 if found is None else found.next()
+
+    def first_seq(self, run: str) -> int | None:
+        """The number of the first event of `run` the bus keeps, or None when it keeps none (the run is not open
+        in this process)."""
+        with self._lock:
+            found = self._runs.get(run)
+            return None if found is None else found.first
+
     def publish(self, event: Event) -> Event:
         """Number `event` as the next of its run and hand it to the run's subscribers; the numbered event."""
         with self._lock:
             run = self._runs.setdefault(event.run, _Run())
-            event = dataclasses.replace(event, seq=len(run.events) + 1)
+            event = dataclasses.replace(event, seq=run.next())
             run.events.append(event)
             run.ended = run.ended or isinstance(event, RunEnded)
             waiters = list(run.waiters)
@@ -158,20 +182,20 @@ class EventBus:
         return len(self._runs)
 
     async def subscribe(self, run: str, after: int = 0) -> AsyncIterator[Event]:
-        """The events of `run` numbered above `after`, as they come, until its end (nothing for a run the bus does
-        not keep)."""
+        """The events of `run` numbered above `after` that the bus keeps, as they come, until its end (nothing for
+        a run the bus does not keep)."""
         with self._lock:
             found = self._runs.get(run)
             if found is None:
                 return
             waiter = (asyncio.get_running_loop(), asyncio.Event())
             found.waiters.add(waiter)
-        sent, wake = after, waiter[1]
+        sent, wake = max(after, found.first - 1), waiter[1]
         try:
             while True:
                 wake.clear()  # before looking, so that an event published after the look wakes the wait
-                if sent < len(found.events):
-                    for event in found.events[sent:]:
+                if sent < found.next() - 1:
+                    for event in found.events[sent - found.first + 1:]:
                         sent = event.seq
                         yield event
                     continue

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FlowrunError, RunStatus
-from engine.events import Event, RunEnded, RunStarted
+from engine.events import Event, RunEnded, RunStarted, StepEnded, short
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.replay import Replay, replay_run
 from engine.interpreter.resume import Stopped, check_flow_for, resume_run
@@ -154,9 +154,36 @@ class Service:
         self._in_flight[found].cancel()
         return await self.wait(found)
 
-    def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
-        """The events of run `run_id` numbered above `after`, then as they come, until its end."""
-        return self.kernel.events.subscribe(run_id, after)
+    async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The events of run `run_id` numbered above `after`, then as they come, until its end. Those the bus no
+        longer keeps (the run ended, or they came before it was resumed) are rebuilt from storage: its step.ended
+        and run.ended events, with their numbers; a run ended before it came to this process has no others."""
+        first = self.kernel.events.first_seq(run_id)
+        if first is None or after + 1 < first:
+            for event in await self._stored_events(run_id, after, first):
+                after = event.seq
+                yield event
+        if first is None:
+            return
+        ended = False
+        async for event in self.kernel.events.subscribe(run_id, after):
+            after, ended = event.seq, isinstance(event, RunEnded)
+            yield event
+        if not ended:  # it ended and the bus forgot it between first_seq and subscribe: storage has its end
+            for event in await self._stored_events(run_id, after, None):
+                yield event
+
+    async def _stored_events(self, run_id: str, after: int, before: int | None) -> list[Event]:
+        """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""
+        found = await self.show(run_id)
+        run, steps = found.run, found.steps
+        rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
+                                          output=short(s.output), tokens=s.tokens) for s in steps if s.seq]
+        if run.events and run.status != RunStatus.RUNNING:
+            rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,
+                                    error=run.error, tokens=sum(s.tokens for s in steps)))
+        return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
+                      key=lambda e: e.seq)
 
     # Reads wait for the storage's queued writes: on a worker thread, so that the event loop goes on serving runs.
     async def runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:

@@ -80,8 +80,16 @@ def test_a_run_started_over_http_streams_its_events_and_shows_its_answer(flows: 
             assert (run["status"], run["answer"]) == ("finished", 5)
             assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]
             assert [r["id"] for r in (await client.get("/runs")).json()] == [run_id]
-            gone = await client.get(f"/runs/{run_id}/events")  # ended: its events are not kept
-            assert gone.status_code == 410 and gone.headers["content-type"] == "application/problem+json"
+            # ended: its step.ended and run.ended events are rebuilt from storage, with the numbers they had
+            kept = [e for e in got if e["event"] in ("step.ended", "run.ended")]
+            rebuilt = events((await client.get(f"/runs/{run_id}/events")).text)
+            assert [(e["id"], e["event"]) for e in rebuilt] == [(e["id"], e["event"]) for e in kept]
+            for live, again in zip(kept, rebuilt, strict=True):  # the same, but for when (a step's end, stored)
+                assert {**live["data"], "at": 0} == {**again["data"], "at": 0}
+            after = kept[1]["id"]
+            rest = events((await client.get(f"/runs/{run_id[:6]}/events", headers={"Last-Event-ID": str(after)})).text)
+            assert [e["id"] for e in rest] == [e["id"] for e in kept[2:]]
+            assert (await client.get("/runs/feedbeef/events")).status_code == 404
 
     asyncio.run(main())
 
@@ -174,8 +182,13 @@ def test_a_cancelled_run_is_resumed_over_http_without_repeating_a_step(flows: Pa
             resumed, again = await asyncio.gather(client.post(f"/runs/{run_id}/resume"),
                                                   client.post(f"/runs/{run_id}/resume"))
             assert sorted([resumed.status_code, again.status_code]) == [200, 409], (resumed.text, again.text)
+            # not a number: from the start, which of the first attempt storage keeps (add's step.ended); the
+            # resumed run's events are numbered on from the first attempt's
             odd = await client.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": b"\xb2"})  # to its end
-            assert odd.status_code == 200 and events(odd.text)[0]["id"] == 1  # not a number: from the start
+            got = events(odd.text)
+            assert odd.status_code == 200 and (got[0]["event"], got[0]["data"]["step"]) == ("step.ended", "add")
+            assert [e["id"] for e in got] == sorted({e["id"] for e in got}) and got[1]["event"] == "run.started"
+            assert got[1]["id"] > got[0]["id"] + 1 and got[-1]["event"] == "run.ended"
             return cancelled, (await client.get(f"/runs/{run_id}")).json(), listed
 
     cancelled, run, listed = asyncio.run(main())

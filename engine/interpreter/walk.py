@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
     gives back what its unfinished step already got."""
     run = _Run.new(compiled, file, row.inputs or {}, row.id)
+    kernel.events.open(run.id, after=max([row.events or 0, *(s.seq or 0 for s in steps)]))
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
                     journal=journal)
     for stored in steps:
@@ -253,8 +254,9 @@ async def _end(kernel: Kernel, run: _Run, status: RunStatus, answer: Any = None,
     session = kernel.close_run(run.id)
     if session is not None and session.journal is not None and status == RunStatus.FINISHED:
         session.journal.drop_unused()
-    try:
-        await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error)
+    try:  # with the number of its run.ended, published next
+        await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error,
+                                    kernel.events.next_seq(run.id))
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     kernel.events.publish(RunEnded(run.id, status=status, error=error, tokens=tokens))
@@ -286,6 +288,7 @@ async def _walk(kernel: Kernel, run: _Run, current: str) -> Any:
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(run, step.id, done.branch or "next")
+        row = replace(row, seq=kernel.events.next_seq(run.id))  # its step.ended, published next
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.apply(step.id, done.output)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,

@@ -51,7 +51,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -63,6 +63,7 @@ _ADDED_COLUMNS = {
     5: (("runs", "pid_started", "FLOAT"),),
     6: (("tool_calls", "syscall", "VARCHAR"),),
     7: (("steps", "vote", "JSON"),),
+    8: (("steps", "seq", "INTEGER"), ("runs", "events", "INTEGER")),
 }
 
 
@@ -232,13 +233,14 @@ class Storage:
         """Store a finished step (committed before the run goes on)."""
         self._insert(StepRow, {f.name: getattr(step, f.name) for f in dataclasses.fields(step)})
 
-    def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None) -> None:
-        """Store how run `run_id` ended: `status` with its answer or error."""
+    def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None,
+                   events: int | None = None) -> None:
+        """Store how run `run_id` ended: `status` with its answer or error, and the number of its end event."""
         with self._session() as db:
             run = db.get(RunRow, run_id)
             if run is None:
                 raise StorageError(f"no run {run_id} in {self.url}")
-            run.status, run.answer, run.error, run.finished = status, answer, error, time.time()
+            run.status, run.answer, run.error, run.finished, run.events = status, answer, error, time.time(), events
             db.add(run)
             db.commit()
 

@@ -64,6 +64,7 @@ class RunRow(SQLModel, table=True):
     error: str | None = None
     created: float
     finished: float | None = None
+    events: int | None = None  # the sequence number of its last event (engine.events) when it ended
 
 
 class StepRow(SQLModel, table=True):
@@ -86,6 +87,7 @@ class StepRow(SQLModel, table=True):
     finished: float
     ask: str | None = None  # the instruction or question as the step put it (what short-term memory keeps)
     vote: Any = Field(default=None, sa_column=Column(JSON))  # [engine.interpreter.vote.Tally.record()] if sampled
+    seq: int | None = None  # the sequence number of its step.ended event (engine.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class StepRecord:
     finished: float
     ask: str | None = None
     vote: Any = None
+    seq: int | None = None
 
 
 class AgentDataRow(SQLModel, table=True):

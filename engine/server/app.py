@@ -219,13 +219,11 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         """Go on with a run that stopped (interrupted, paused, failed or crashed) from its last stored step."""
         return await resume(run_id)
 
-    @app.get("/runs/{run_id}/events", responses=problems(404, 410))
+    @app.get("/runs/{run_id}/events", responses=problems(404))
     async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
-        found = service.running(run_id)
-        if found is None:
-            await service.show(run_id)  # 404 for a run that does not exist
-            raise HTTPException(410, f"run {run_id} has ended and its events are no longer kept; "
-                                     f"GET /runs/{run_id} shows how it went")
+        """The run's events as Server-Sent Events, until its end: after Last-Event-ID, if given. Of a run that has
+        ended, or that came to this server resumed, those before are its step.ended and run.ended events."""
+        found = service.running(run_id) or (await service.show(run_id)).run.id  # 404 for a run that does not exist
         after = int(last_event_id) if last_event_id and _NUMBER.fullmatch(last_event_id) else 0
 
         async def stream() -> AsyncIterator[str]:
