@@ -45,7 +45,7 @@ def test_graph_nodes_carry_steps_and_edges_carry_labels(tools) -> None:
 
 
 def test_every_kind_of_step_is_in_the_schema_and_has_an_executor() -> None:
-    from engine.interpreter.walk import EXECUTORS
+    from engine.interpreter.steps import EXECUTORS
     schema = json.loads((Path(__file__).parents[1] / "schemas" / "flow.schema.json").read_text())
     assert set(schema["$defs"]["step"]["properties"]["kind"]["enum"]) == set(KINDS) == set(EXECUTORS)
 

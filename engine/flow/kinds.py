@@ -1,5 +1,5 @@
 """The kinds of step, one entry each: what the flow layer needs to know of a kind (how the run goes on from it,
-what its answer is, how it is drawn). How a kind runs is the interpreter's (engine.interpreter.walk), under the
+what its answer is, how it is drawn). How a kind runs is the interpreter's (engine.interpreter.steps), under the
 same name; its fields are in the flow schema. Adding a kind is an entry here, its executor and its schema."""
 
 from __future__ import annotations

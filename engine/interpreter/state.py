@@ -1,0 +1,116 @@
+"""The state of one run's walk (RunState), what a step gives back (StepDone), and the error that stops a run:
+what the walk (engine.interpreter.walk) and the kinds of step (engine.interpreter.steps) share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import RunFailure
+from engine.flow.compiler import CompiledFlow
+from engine.flow.model import Flow, Step
+from engine.flow.templates import evaluate, render
+from engine.interpreter.runs import result_mark
+from engine.kernel.tables import StepRecord
+from engine.kernel.tools import ToolCall
+
+DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
+
+
+class RunError(RunFailure):
+    """The run cannot go on: a limit reached, a template that cannot be rendered, a model answer that does not fit."""
+
+
+
+@dataclass
+class RunState:
+    """The state of one walk: what templates see (`inputs`, `steps`, `visits`) and the path so far."""
+
+    compiled: CompiledFlow
+    file: str
+    inputs: dict[str, Any]
+    id: str
+    options: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> {"output": latest output}
+    visits: dict[str, int] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+    votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
+
+    @classmethod
+    def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
+        flow = compiled.flow
+        run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+        run.visits.update(dict.fromkeys(flow.steps, 0))
+        return run
+
+    @property
+    def flow(self) -> Flow:
+        return self.compiled.flow
+
+    # What templates see of the run (visits, outputs) and its path change only through enter and apply, live and
+    # when a resumed run's stored steps are read back, so that both build the same state.
+    def enter(self, step_id: str, visit: int) -> None:
+        """Step `step_id` begins its `visit`: its templates see it counted, and it is on the path."""
+        self.visits[step_id] = visit
+        self.path.append(step_id)
+
+    def apply(self, step_id: str, output: Any) -> None:
+        """Step `step_id` ended with `output`, which later templates see."""
+        self.steps[step_id] = {"output": output}
+
+    @property
+    def agent(self) -> str:
+        return self.flow.name
+
+    def render(self, step: Step, name: str, text: str) -> str:
+        """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits."""
+        return self._template(render, step, name, text, {})
+
+    def value(self, step: Step, name: str, text: str, names: dict[str, Any]) -> Any:
+        """The value of template `text` (field `name` of `step`; engine.flow.templates.evaluate), with `names`
+        besides the run's inputs, step outputs and visits."""
+        return self._template(evaluate, step, name, text, names)
+
+    def _template(self, function: Callable[[str, dict[str, Any]], Any], step: Step, name: str, text: str,
+                  names: dict[str, Any]) -> Any:
+        try:
+            return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits, **names})
+        except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
+            raise RunError(f"{self.at(step, name)}: step {step.id}: its {name} cannot be rendered: {exc}") from None
+
+    def at(self, step: Step, name: str) -> str:
+        """Where field `name` of `step` stands: file:line:col (the file alone where it is not known)."""
+        at = self.compiled.at.get(step.id, {}).get(name)
+        return f"{self.file}:{at[0]}:{at[1]}" if at else self.file
+
+
+@dataclass
+class StepDone:
+    """What a step produced: the prompt it sent last, its output, the branch taken and the tool calls made."""
+
+    ask: str
+    output: Any
+    prompt: list[dict[str, str]] | None = None
+    branch: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    from_tool: bool = False  # the output is the last call's result
+    shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
+
+    def record(self, run: str, step: Step, visit: int, tokens: int, started: float,
+               votes: list[dict[str, Any]]) -> StepRecord:
+        """What the steps table keeps of this step. A tool's result is stored once, in its call's record: the
+        step's entries for its calls refer to theirs, and so do its output and prompt where they hold a result
+        (engine.interpreter.runs.with_calls reads them back whole)."""
+        calls: list[dict[str, Any]] = [{"tool": c.tool, "syscall": c.syscall} for c in self.tool_calls]
+        ask, prompt = self.ask, self.prompt
+        if self.from_tool:
+            calls[-1]["output"] = True
+        if self.shown and prompt:
+            calls[-1]["shown"] = True
+            mark = result_mark(self.tool_calls[-1].syscall)
+            ask = ask.replace(self.shown, mark)
+            prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
+        return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
+                          self.branch, calls or None, tokens, started, time.time(), ask, votes or None)
