@@ -155,10 +155,11 @@ class EventBus:
             return None if found is None else found.first
 
     def publish(self, event: Event) -> Event:
-        """Number `event` as the next of its run and hand it to the run's subscribers; the numbered event."""
+        """Number `event` (a new one: the bus keeps it) as the next of its run and hand it to the run's
+        subscribers; the numbered event."""
         with self._lock:
             run = self._runs.setdefault(event.run, _Run())
-            event = dataclasses.replace(event, seq=run.next())
+            object.__setattr__(event, "seq", run.next())  # frozen for subscribers; a copy cost 0.1 ms a step
             run.events.append(event)
             run.ended = run.ended or isinstance(event, RunEnded)
             waiters = list(run.waiters)

@@ -44,7 +44,7 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     if not names and step.output is not None:
         return StepDone(text or step.id, _output(run, step, {}))
     if not names:
-        return await answer(kernel, run, step, text)
+        return await _answer(kernel, run, step, text)
     carried = _carried_arguments(kernel, step, text) if step.answer_by == "examples" else None
     if step.tool and (step.arguments is not None or carried is not None):
         ask, messages = text or step.id, None
@@ -61,7 +61,7 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     if step.output_schema is None:
         return StepDone(ask, call.result, messages, tool_calls=[call], from_tool=True)
     shown = json.dumps(call.result, ensure_ascii=False)
-    done = await answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
+    done = await _answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
     done.tool_calls, done.shown = [call], shown
     return done
 
@@ -89,7 +89,7 @@ async def _voted_call(kernel: Kernel, run: RunState, step: Step, messages: list[
     return await kernel.call_tool(run.agent, run.id, picked["tool"], picked["arguments"])
 
 
-async def answer(kernel: Kernel, run: RunState, step: Step, text: str) -> StepDone:
+async def _answer(kernel: Kernel, run: RunState, step: Step, text: str) -> StepDone:
     """The model's answer to `text`: free text, or data matching the step's output_schema (asked for twice at
     most: a second time with what was wrong, for a backend that cannot constrain its output)."""
     schema = step.output_schema
