@@ -3,7 +3,6 @@ what the walk (engine.interpreter.walk) and the kinds of step (engine.interprete
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,11 +97,12 @@ class StepDone:
     from_tool: bool = False  # the output is the last call's result
     shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
 
-    def record(self, run: str, step: Step, visit: int, tokens: int, started: float,
-               votes: list[dict[str, Any]]) -> StepRecord:
-        """What the steps table keeps of this step. A tool's result is stored once, in its call's record: the
-        step's entries for its calls refer to theirs, and so do its output and prompt where they hold a result
-        (engine.interpreter.runs.with_calls reads them back whole)."""
+    def record(self, run: str, step: Step, visit: int, tokens: int, when: tuple[float, float],
+               votes: list[dict[str, Any]], seq: int) -> StepRecord:
+        """What the steps table keeps of this step (with the tokens it generated, when it started and ended, how
+        its samples voted, the number of its step.ended event). A tool's result is stored once, in its call's
+        record: the step's entries for its calls refer to theirs, and so do its output and prompt where they hold
+        a result (engine.interpreter.runs.with_calls reads them back whole)."""
         calls: list[dict[str, Any]] = [{"tool": c.tool, "syscall": c.syscall} for c in self.tool_calls]
         ask, prompt = self.ask, self.prompt
         if self.from_tool:
@@ -113,4 +113,4 @@ class StepDone:
             ask = ask.replace(self.shown, mark)
             prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
         return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
-                          self.branch, calls or None, tokens, started, time.time(), ask, votes or None)
+                          self.branch, calls or None, tokens, *when, ask, votes or None, seq)

@@ -13,7 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +159,13 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         run.votes = []
         done = await EXECUTORS[step.kind](kernel, run, step)
-        row = done.record(run.id, step, visit, kernel.scheduler.generated[run.id] - tokens, started, run.votes)
+        used, finished = kernel.scheduler.generated[run.id] - tokens, time.time()
         if not ends_run(step.kind):  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(run, step.id, done.branch or "next")
-        row = replace(row, seq=kernel.events.next_seq(run.id))  # its step.ended, published next
+        # with the number of its step.ended, published next
+        row = done.record(run.id, step, visit, used, (started, finished), run.votes, kernel.events.next_seq(run.id))
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.apply(step.id, done.output)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
