@@ -175,7 +175,7 @@ class Service:
 
     async def _stored_events(self, run_id: str, after: int, before: int | None) -> list[Event]:
         """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""
-        found = await self.show(run_id)
+        found = await self.show(run_id, wait=False)
         run, steps = found.run, found.steps
         rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
                                           output=short(s.output), tokens=s.tokens) for s in steps if s.seq]
@@ -190,9 +190,10 @@ class Service:
         """The stored runs, newest first."""
         return await asyncio.to_thread(self.kernel.storage.find_runs, limit, batch)
 
-    async def show(self, run_id: str) -> RunRecord:
-        """The stored record of the run whose id is or starts with `run_id`."""
-        return await asyncio.to_thread(record, self.kernel.storage, run_id)
+    async def show(self, run_id: str, *, wait: bool = True) -> RunRecord:
+        """The stored record of the run whose id is or starts with `run_id` (engine.interpreter.runs.record: without
+        `wait`, what is committed, not waiting for the syscall records queued under load)."""
+        return await asyncio.to_thread(record, self.kernel.storage, run_id, wait=wait)
 
     async def replay(self, run_id: str, checked: CheckedFlow, *, file: str) -> Replay:
         """Walk the flow `checked` (from `file`) again on the answers run `run_id` recorded, and compare."""

@@ -5,6 +5,7 @@ backend; behaviour of one backend only (SQLite's read-only files, WAL, FTS5 rank
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -112,6 +113,22 @@ def test_a_write_queued_without_waiting_is_seen_by_the_next_read(storage: Storag
     assert [s.id for s in stored] == [c.id for c in calls]
     assert [s.error for s in stored if s.error] == ["boom"]
     assert [t.arguments["n"] for t in storage.of_runs(ToolCallRow, ["f" * 32])] == list(range(50))
+
+
+def test_runs_and_ended_steps_are_read_without_waiting_behind_the_queued_records(storage: Storage) -> None:
+    """A server reads runs all the time, while under load the queue of records nothing waits on is long."""
+    storage.start_run(run("d" * 32))
+    storage.record_step(step("d" * 32))
+    gate = threading.Event()
+    storage.later(gate.wait, 30)  # the writer is busy: what is queued after this waits
+    storage.record_syscall(Syscall(SyscallKind.GENERATE, "MathAgent", "d" * 32))
+    started = time.monotonic()
+    assert storage.find_run("d").id == "d" * 32 and len(storage.find_runs()) == 1
+    assert [s.step for s in storage.of_runs(StepRow, ["d" * 32])] == ["solve"]
+    assert storage.of_runs(SyscallRow, ["d" * 32], wait=False) == []  # queued, not committed yet
+    assert time.monotonic() - started < 10
+    gate.set()
+    assert len(storage.of_runs(SyscallRow, ["d" * 32])) == 1  # waits for the queue
 
 
 def test_a_started_tool_call_is_pending_until_it_ends_and_can_be_superseded(storage: Storage) -> None:

@@ -87,10 +87,12 @@ def cassette(found: RunRecord) -> dict[str, Any]:
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
-def record(storage: Storage, run_id: str) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`."""
+def record(storage: Storage, run_id: str, *, wait: bool = True) -> RunRecord:
+    """The stored record of the run whose id is or starts with `run_id`: with every record queued before
+    (`wait`), or what is committed (every step that ended, with its tool calls; not yet every syscall)."""
     run = storage.find_run(run_id)
-    steps, syscalls, tools = (storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow))
+    steps, syscalls, tools = (storage.of_runs(table, [run.id], wait=wait)
+                              for table in (StepRow, SyscallRow, ToolCallRow))
     return RunRecord(run, with_calls(steps, tools), syscalls, tools)
 
 

@@ -6,9 +6,10 @@ may take the last ones (synchronous=NORMAL). Long-term memories are searched wit
 
 Writes go through one writer thread, in order: `commit` awaits one (a run, a step), `later` queues one that nothing
 waits on (a syscall's record, a tool call, evicted memories), which is committed no later than the next awaited
-write. Reads wait for the queue first. A write that finds the database busy is tried again for FLOWRUN_DB_TIMEOUT
-seconds. Several processes may share one database: its tables are made and migrated under a lock (an advisory
-lock on PostgreSQL, the write lock on SQLite), so processes opening a new database at once take turns.
+write. Reads of the tables `later` writes wait for the queue first. A write that finds the database busy is tried
+again for FLOWRUN_DB_TIMEOUT seconds. Several processes may share one database: its tables are made and migrated
+under a lock (an advisory lock on PostgreSQL, the write lock on SQLite), so processes opening a new database at
+once take turns.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ _ADDED_COLUMNS = {
     7: (("steps", "vote", "JSON"),),
     8: (("steps", "seq", "INTEGER"), ("runs", "events", "INTEGER")),
 }
+
+
+# The tables that `later` writes to (records nothing waits on); a read of one waits for the queue first.
+_QUEUED = (SyscallRow, ToolCallRow, MemoryRow)
 
 
 class StorageError(RunFailure):
@@ -244,9 +249,10 @@ class Storage:
             db.add(run)
             db.commit()
 
+    # A run's row is written only by writes that are awaited (start, claim, finish, delete), so reading runs never
+    # waits for the queue of `later` writes: under load that queue is long, and a server reads runs all the time.
     def find_runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
         """The latest runs (of the batch whose id is or starts with `batch`, if given), newest first."""
-        self.flush()
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
         if batch is not None:
             statement = statement.where(_starts(col(RunRow.batch), batch, "batch"))
@@ -255,7 +261,6 @@ class Storage:
 
     def find_run(self, prefix: str) -> RunRow:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
-        self.flush()
         with self._session() as db:
             found = list(db.exec(select(RunRow).where(_starts(col(RunRow.id), prefix, "run")).limit(2)))
         if len(found) != 1:
@@ -263,9 +268,12 @@ class Storage:
             raise NoSuchRun(f"{problem} with an id starting {prefix!r} in {self.url}: see `flowrun runs list`")
         return found[0]
 
-    def of_runs(self, table: type[SQLModel], run_ids: list[str]) -> list[Any]:
-        """The rows of `table` belonging to runs `run_ids`, in the order they were stored."""
-        self.flush()
+    def of_runs(self, table: type[SQLModel], run_ids: list[str], *, wait: bool = True) -> list[Any]:
+        """The rows of `table` belonging to runs `run_ids`, in the order they were stored: after the writes queued
+        before (`wait`), or those committed so far, which hold every step that ended with the tool calls it made
+        (a step is committed after the records queued before it)."""
+        if wait and table in _QUEUED:
+            self.flush()
         column = col(table.run_id)  # type: ignore[attr-defined]
         order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
         with self._session() as db:
