@@ -65,7 +65,9 @@ async def load(base: str, runs: int, clients: int) -> tuple[float, list[float], 
     pending: set[str] = set()
     gate = asyncio.Semaphore(clients)
     peak = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # A connection idle as long as the server keeps it (uvicorn: 5 s, httpx's default too) may be closed by the
+    # server just as the client sends on it: the client lets it go first.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
 
         async def timed(latencies: list[float], call: Any) -> httpx.Response:
@@ -141,8 +143,11 @@ def main() -> None:
             stop.set()
             sampler.join()
         finally:
+            died = server.poll()
             server.terminate()
             server.wait(timeout=60)
+            if died is not None:  # the load failed because the server stopped: say how
+                print(f"the server exited with code {died} under the load", file=sys.stderr)
     ideal = math.ceil(args.runs * args.steps / args.slots) * args.ms / 1000
 
     def ms(values: list[float], q: int) -> float:
