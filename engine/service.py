@@ -186,9 +186,10 @@ class Service:
                       key=lambda e: e.seq)
 
     # Reads wait for the storage's queued writes: on a worker thread, so that the event loop goes on serving runs.
-    async def runs(self, limit: int | None = 20, batch: str | None = None) -> list[RunRow]:
-        """The stored runs, newest first."""
-        return await asyncio.to_thread(self.kernel.storage.find_runs, limit, batch)
+    async def runs(self, limit: int | None = 20, batch: str | None = None,
+                   status: RunStatus | None = None) -> list[RunRow]:
+        """The stored runs, newest first (of a batch, in a status, if given)."""
+        return await asyncio.to_thread(self.kernel.storage.find_runs, limit, batch, status)
 
     async def show(self, run_id: str, *, wait: bool = True) -> RunRecord:
         """The stored record of the run whose id is or starts with `run_id` (engine.interpreter.runs.record: without

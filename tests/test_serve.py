@@ -229,6 +229,10 @@ def test_a_token_guards_every_route_but_health(flows: Path, tmp_path: Path) -> N
             assert refused.status_code == 401 and refused.json()["title"] == "Unauthorized"
             assert (await client.get("/flows", headers={"Authorization": "Bearer wrong"})).status_code == 401
             assert (await client.get("/flows", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+            # the scheme's name in any case (RFC 9110); never the token alone, another scheme, or a token's start
+            assert (await client.get("/flows", headers={"Authorization": "bearer s3cret"})).status_code == 200
+            for wrong in ("s3cret", "Basic s3cret", "Bearer s3c", "Bearer", ""):
+                assert (await client.get("/flows", headers={"Authorization": wrong})).status_code == 401, wrong
 
     asyncio.run(main())
 

@@ -73,6 +73,9 @@ def test_runs_are_found_by_a_unique_start_of_their_id_and_listed_newest_first(st
     assert [r.id[:5] for r in storage.find_runs()] == ["ab48a", "0b49f", "0b48a"]
     assert [r.id[:5] for r in storage.find_runs(limit=1)] == ["ab48a"]
     assert [r.id[:5] for r in storage.find_runs(limit=None, batch="bb")] == ["0b49f", "0b48a"]
+    storage.finish_run("0b48a" + "0" * 27, RunStatus.INTERRUPTED, error="stopped")
+    assert [r.id[:5] for r in storage.find_runs(limit=1, status=RunStatus.INTERRUPTED)] == ["0b48a"]
+    assert [r.id[:5] for r in storage.find_runs(status=RunStatus.FINISHED)] == ["ab48a", "0b49f"]
     with pytest.raises(StorageError, match="is not the start of a batch id"):
         storage.find_runs(batch="%")
 

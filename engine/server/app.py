@@ -93,8 +93,8 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if resume_interrupted:
-            for run in await service.runs(limit=None):
-                if run.status == RunStatus.INTERRUPTED and run.agent in flows:
+            for run in await service.runs(limit=None, status=RunStatus.INTERRUPTED):
+                if run.agent in flows:
                     try:
                         await resume(run.id)
                     except FlowrunError as exc:  # its flow changed, say: the others still go on
@@ -110,8 +110,9 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if token is not None and request.url.path != "/healthz":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            # the scheme's name is case-insensitive (RFC 9110 11.1); the token is compared in constant time
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
                 return problem(401, "Unauthorized", "send the server's token: `Authorization: Bearer TOKEN`")
         length = request.headers.get("content-length")
         if length is None and "transfer-encoding" in request.headers:  # a body of a length not said up front
@@ -188,9 +189,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     async def list_runs(limit: int = Query(20, ge=1, le=10_000), batch: str | None = Query(None, pattern=HEX),
                         status: RunStatus | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first (of one batch, or with one status, if asked)."""
-        runs = await service.runs(limit if status is None else None, batch)
-        chosen = [run for run in runs if status is None or run.status == status]
-        return [_run_summary(run) for run in chosen[:limit]]
+        return [_run_summary(run) for run in await service.runs(limit, batch, status)]
 
     @app.get("/runs/{run_id}", responses=problems(404))
     async def show_run(run_id: str = RUN_ID) -> dict[str, Any]:
