@@ -1,12 +1,14 @@
 """`flowrun serve` under load: many runs submitted over HTTP to one server process on a simulated backend.
 
 N runs (default 2,000, AIOS's largest experiment) of a flow of S model steps are POSTed to /runs at once over 64
-connections, and polled with GET /runs/{id} every 0.25 s until each has ended. The backend has k slots (default
+connections, and polled with GET /runs/{id} until each has ended: all of those pending in turn, then a pause of
+--poll seconds (default 0.25; on a machine whose cores the clients share with the server, the polls compete with
+the runs for them). The backend has k slots (default
 8) and every call takes a fixed time (default 50 ms), so the ideal makespan is ceil(N*S/k) x that time (goal:
 within 5%). Also printed: p50 / p99 latency of POST /runs and GET /runs/{id} under that load (goal p99 < 50 ms),
 the server's peak RSS, and its RSS per run in flight (goal < 1 GB for 2,000).
 
-    python bench/serve_bench.py [--runs 2000] [--steps 10] [--slots 8] [--ms 50] [--clients 64]
+    python bench/serve_bench.py [--runs 2000] [--steps 10] [--slots 8] [--ms 50] [--clients 64] [--poll 0.25]
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def serve(port: int, folder: Path, slots: int, seconds: float) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def load(base: str, runs: int, clients: int) -> tuple[float, list[float], list[float], int]:
+async def load(base: str, runs: int, clients: int, pause: float) -> tuple[float, list[float], list[float], int]:
     """Submit `runs` runs at once through `clients` connections, and poll them until every one has ended: the
     makespan (from the first run's start to the last one's end, as the server stored them), the latencies of
     POST /runs and GET /runs/{id}, and the most runs in flight seen."""
@@ -93,7 +95,7 @@ async def load(base: str, runs: int, clients: int) -> tuple[float, list[float], 
         submitting = asyncio.gather(*(submit() for _ in range(runs)))
         while not submitting.done() or pending:
             await asyncio.gather(*(poll(run_id) for run_id in list(pending)))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(pause)
         await submitting
         stored = (await client.get("/runs", params={"limit": runs})).json()
     makespan = max(r["finished"] for r in stored) - min(r["created"] for r in stored)
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--ms", type=float, default=50)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--poll", type=float, default=0.25, help="seconds between two rounds of polls")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process's port
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,7 +142,7 @@ def main() -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            makespan, posts, gets, in_flight = asyncio.run(load(base, args.runs, args.clients))
+            makespan, posts, gets, in_flight = asyncio.run(load(base, args.runs, args.clients, args.poll))
             stop.set()
             sampler.join()
         finally:
@@ -154,7 +157,7 @@ def main() -> None:
         return statistics.quantiles(values, n=100)[q - 1] * 1000
 
     print(f"{args.runs} runs x {args.steps} model steps, {args.slots} slots, {args.ms:.0f} ms a call, "
-          f"{args.clients} clients")
+          f"{args.clients} clients polling every {args.poll:g} s")
     print(f"  makespan {makespan:.2f} s; ideal {ideal:.2f} s: {makespan / ideal:.3f}x ideal (goal <= 1.05)")
     print(f"  POST /runs p50 {ms(posts, 50):.1f} ms, p99 {ms(posts, 99):.1f} ms; GET /runs/ID p50 {ms(gets, 50):.1f}"
           f" ms, p99 {ms(gets, 99):.1f} ms (goal p99 < 50 ms)")

@@ -26,5 +26,5 @@ def test_scheduler_bench_runs() -> None:
 
 
 def test_serve_bench_runs() -> None:
-    out = bench("bench/serve_bench.py", "--runs", "12", "--steps", "2", "--ms", "5", "--clients", "4")
-    assert "x ideal" in out and "POST /runs p50" in out and "KiB a run in flight" in out
+    out = bench("bench/serve_bench.py", "--runs", "12", "--steps", "2", "--ms", "5", "--clients", "4", "--poll", "0.1")
+    assert "x ideal" in out and "POST /runs p50" in out and "KiB a run in flight" in out and "every 0.1 s" in out

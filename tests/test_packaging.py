@@ -47,7 +47,8 @@ def test_wheel_install_validates_draws_and_runs_bundled_flows(tmp_path: Path) ->
     assert graph.startswith("flowchart TD") and graph.count("-->") == 17
     assert "calculator" in sh(flowrun, "tools", "list", cwd=elsewhere).stdout
     # The bundled tools' code runs from the wheel, and the run lands in .flowrun/ of the working directory.
-    ran = sh(flowrun, "run", bundled_flows / "math_agent.yaml", "-i", "problem=180 km in 2.5 h?", "--json",
+    problem = "problem=A train covers 180 km in 2.5 hours. What is its speed in m/s?"  # as the README's
+    ran = sh(flowrun, "run", bundled_flows / "math_agent.yaml", "-i", problem, "--json",
              "--backend", "scripted", "--cassette", bundled_flows / "cassettes" / "math_agent.cassette.yaml",
              cwd=elsewhere)
     assert json.loads(ran.stdout)["answer"]["answer"] == 20
