@@ -21,10 +21,10 @@ from engine.events import Event, RunEnded, RunStarted, StepEnded, short
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.replay import Replay, replay_run
 from engine.interpreter.resume import Stopped, check_flow_for, resume_run
-from engine.interpreter.runs import RunRecord, record
+from engine.interpreter.runs import RunRecord, progress, record
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.kernel import Kernel
-from engine.kernel.tables import RunRow
+from engine.kernel.tables import RunRow, StepRow
 
 
 class NotInFlight(FlowrunError):
@@ -175,8 +175,7 @@ class Service:
 
     async def _stored_events(self, run_id: str, after: int, before: int | None) -> list[Event]:
         """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""
-        found = await self.show(run_id, wait=False)
-        run, steps = found.run, found.steps
+        run, steps = await self.progress(run_id)
         rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
                                           output=short(s.output), tokens=s.tokens) for s in steps if s.seq]
         if run.events and run.status != RunStatus.RUNNING:
@@ -191,10 +190,14 @@ class Service:
         """The stored runs, newest first (of a batch, in a status, if given)."""
         return await asyncio.to_thread(self.kernel.storage.find_runs, limit, batch, status)
 
-    async def show(self, run_id: str, *, wait: bool = True) -> RunRecord:
-        """The stored record of the run whose id is or starts with `run_id` (engine.interpreter.runs.record: without
-        `wait`, what is committed, not waiting for the syscall records queued under load)."""
-        return await asyncio.to_thread(record, self.kernel.storage, run_id, wait=wait)
+    async def show(self, run_id: str) -> RunRecord:
+        """The stored record of the run whose id is or starts with `run_id`."""
+        return await asyncio.to_thread(record, self.kernel.storage, run_id)
+
+    async def progress(self, run_id: str) -> tuple[RunRow, list[StepRow]]:
+        """The run whose id is or starts with `run_id`, and the steps it has stored so far (quicker than `show`:
+        engine.interpreter.runs.progress)."""
+        return await asyncio.to_thread(progress, self.kernel.storage, run_id)
 
     async def replay(self, run_id: str, checked: CheckedFlow, *, file: str) -> Replay:
         """Walk the flow `checked` (from `file`) again on the answers run `run_id` recorded, and compare."""

@@ -87,13 +87,19 @@ def cassette(found: RunRecord) -> dict[str, Any]:
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
-def record(storage: Storage, run_id: str, *, wait: bool = True) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`: with every record queued before
-    (`wait`), or what is committed (every step that ended, with its tool calls; not yet every syscall)."""
+def record(storage: Storage, run_id: str) -> RunRecord:
+    """The stored record of the run whose id is or starts with `run_id`."""
     run = storage.find_run(run_id)
-    steps, syscalls, tools = (storage.of_runs(table, [run.id], wait=wait)
-                              for table in (StepRow, SyscallRow, ToolCallRow))
+    steps, syscalls, tools = (storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow))
     return RunRecord(run, with_calls(steps, tools), syscalls, tools)
+
+
+def progress(storage: Storage, run_id: str) -> tuple[RunRow, list[StepRow]]:
+    """The run whose id is or starts with `run_id` and the steps it has committed (as `with_calls` gives them):
+    what a server shows of a run, read without waiting for the records queued under load (a step is committed
+    after the tool calls it made), nor reading its syscalls."""
+    run = storage.find_run(run_id)
+    return run, with_calls(storage.of_runs(StepRow, [run.id]), storage.of_runs(ToolCallRow, [run.id], wait=False))
 
 
 def steps_of(storage: Storage, run_id: str) -> list[StepRow]:

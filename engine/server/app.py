@@ -193,10 +193,10 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     @app.get("/runs/{run_id}", responses=problems(404))
     async def show_run(run_id: str = RUN_ID) -> dict[str, Any]:
-        found = await service.show(run_id, wait=False)  # every step that ended; no wait behind the queued records
+        run, stored = await service.progress(run_id)
         steps = [{"step": s.step, "visit": s.visit, "kind": s.kind, "branch": s.branch, "output": s.output}
-                 for s in found.steps]
-        return {**_run_summary(found.run), "steps": steps}
+                 for s in stored]
+        return {**_run_summary(run), "steps": steps}
 
     @app.post("/runs/{run_id}/cancel", responses=problems(404, 409))
     async def cancel_run(run_id: str = RUN_ID) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
         """The run's events as Server-Sent Events, until its end: after Last-Event-ID, if given. Of a run that has
         ended, or that came to this server resumed, those before are its step.ended and run.ended events."""
-        found = service.running(run_id) or (await service.show(run_id, wait=False)).run.id  # 404 for no such run
+        found = service.running(run_id) or (await service.progress(run_id))[0].id  # 404 for no such run
         after = int(last_event_id) if last_event_id and _NUMBER.fullmatch(last_event_id) else 0
 
         async def stream() -> AsyncIterator[str]:
