@@ -31,8 +31,8 @@ class Event:
     at: float = field(default_factory=time.time)
 
     def data(self) -> dict[str, Any]:
-        """The event as JSON data, with its type."""
-        return {"type": self.type, **dataclasses.asdict(self)}
+        """The event as JSON data, with its type (not the fields kept for subscribers in this process)."""
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class RunStarted(Event):
     type: ClassVar[str] = "run.started"
     agent: str = ""
     flow: str = ""
+    created: float = 0.0  # when the run was first stored
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class StepEnded(Event):
     branch: str | None = None
     output: str = ""  # the start of it, as text
     tokens: int = 0
+    kind: str = ""
+    value: Any = field(default=None, repr=False, compare=False)  # the whole output, for this process only
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from engine.errors import RunStatus
 from engine.events import SyscallStarted
 from engine.flow.validate import check_flow_text
 from engine.interpreter.resume import stopped
+from engine.interpreter.runs import progress
 from engine.interpreter.setup import kernel_for
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
@@ -98,3 +99,29 @@ def test_a_run_started_with_a_higher_priority_is_served_first(tmp_path: Path, to
 
     first, low, high = asyncio.run(main())
     assert started == [first, high, low]
+
+
+def test_a_run_in_flight_is_shown_from_memory_as_storage_has_it(tmp_path: Path, tools) -> None:
+    long = " ".join(f"w{i}" for i in range(100))
+    service, adder, _ = service_on(tmp_path, tools, [{"key": "add", "text": CALL}, {"key": "say", "text": long}],
+                                   token_delay=0.005)
+
+    async def main() -> tuple:
+        started = await service.start(adder, {"a": 2, "b": 3}, file="adder.yaml")
+        async for event in service.events(started.id):  # the second step generates: one step has ended
+            if isinstance(event, SyscallStarted) and event.seq > 8:
+                break
+        live = await service.progress(started.id[:8])
+        stored = progress(service.kernel.storage, started.id)
+        outcome = await started.outcome()
+        return live, stored, await service.progress(started.id), outcome
+
+    (run, steps), (stored_run, stored_steps), (ended, ended_steps), outcome = asyncio.run(main())
+    assert run.status == RunStatus.RUNNING and (run.id, run.agent, run.flow, run.created) == (
+        stored_run.id, stored_run.agent, stored_run.flow, stored_run.created)
+    shown = [(s.step, s.visit, s.kind, s.branch, s.output, s.seq) for s in steps]
+    assert shown == [(s.step, s.visit, s.kind, s.branch, s.output, s.seq) for s in stored_steps]
+    assert shown == [("add", 1, "process", None, {"expression": "2 + 3", "result": 5}, shown[0][5])]
+    # ended: as stored, and nothing of it left in memory
+    assert (ended.status, ended.answer, [s.step for s in ended_steps]) == ("finished", 5, ["add", "say", "done"])
+    assert outcome.status == RunStatus.FINISHED and service._live == {}

@@ -68,7 +68,7 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
 
     async def start() -> Any:
         await kernel.storage.commit(kernel.storage.start_run, row)
-        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))  # once it is stored
+        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
         return await _walk(kernel, run, compiled.start)
 
     return await _drive(kernel, run, start())
@@ -93,7 +93,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
 
     async def go_on() -> Any:  # in _drive, so that a way out the edited flow lacks ends the run as failed
-        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file))
+        kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))
         current = compiled.start if not steps else _follow(run, steps[-1].step, steps[-1].branch or "next")
         return await _walk(kernel, run, current)
 
@@ -169,7 +169,8 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
         interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
         run.apply(step.id, done.output)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
-                                        output=short(done.output), tokens=row.tokens))
+                                        output=short(done.output), tokens=row.tokens, kind=step.kind,
+                                        value=done.output))
         if interrupted:
             raise asyncio.CancelledError
         if ends_run(step.kind):
