@@ -80,7 +80,12 @@ class Scheduler:
         while self._running < self.backend.slots and self._ready:
             waiting = self._next()
             self._running += 1
-            task = asyncio.get_running_loop().create_task(self._run(waiting))
+            # started when given the slot, not when its task first runs: a syscall queued in between was not
+            # there to be chosen, and its event must not come before this one's
+            began = time.time()
+            self.events.publish(SyscallStarted(waiting.syscall.run, syscall=waiting.syscall.id,
+                                               waiting=began - waiting.since))
+            task = asyncio.get_running_loop().create_task(self._run(waiting, began))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -93,10 +98,10 @@ class Scheduler:
             passed_over.boost += self.aging
         return best
 
-    async def _run(self, waiting: _Waiting) -> None:
+    async def _run(self, waiting: _Waiting, began: float) -> None:
         syscall = waiting.syscall
         if syscall.started is None:
-            syscall.started = time.time()
+            syscall.started = began
         used = 0
 
         def on_token(_: str) -> bool:
@@ -106,8 +111,6 @@ class Scheduler:
             self.generated[syscall.run] += 1
             return self.policy is Policy.RR and used >= self.slice_tokens and bool(self._ready)
 
-        began = time.time()
-        self.events.publish(SyscallStarted(syscall.run, syscall=syscall.id, waiting=began - waiting.since))
         try:
             assert syscall.request is not None, "an LLM syscall carries a request"
             result = await self.backend.generate(syscall.request, on_token, self.context.restore(syscall))
