@@ -132,12 +132,12 @@ def test_rec_agent_takes_the_hotel_branch(tmp_path: Path) -> None:
     outcome, kernel = run(FLOWS / "rec_agent.yaml", CASSETTES / "rec_agent.cassette.yaml",
                           {"request": "a quiet hotel in Austin under $250 a night"}, tmp_path)
     assert outcome.status == "finished", outcome.error
-    assert outcome.path == ["understand", "direction", "search_hotels", "recommend"]
+    assert outcome.path == ["understand", "budget", "direction", "search_hotels", "recommend"]
     stays = load_entry("travel.py:accommodation_search", data_dir("tools"))("Austin", 50)["accommodations"]
     under = [a for a in stays if a["price"] < 250]
     assert len(under) == 3 < len(stays)
     assert {r["name"] for r in outcome.answer["recommendations"]} == {a["name"] for a in under}
-    assert stored_steps(kernel, outcome)[2].output == outcome.answer  # built by the search step, not retyped
+    assert stored_steps(kernel, outcome)[3].output == outcome.answer  # built by the search step, not retyped
 
 
 def test_sql_analyst_fixes_its_query_once(tmp_path: Path) -> None:

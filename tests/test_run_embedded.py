@@ -71,6 +71,6 @@ def test_route_contracts_on_the_embedded_model(tmp_path: Path) -> None:
         "a quiet hotel in Austin takes the hotel branch and keeps to the budget",
         "Thai food in Seattle takes the restaurant branch and lists only Thai places"]
     for case in found["cases"]:
-        assert case["steps"][:2] == ["understand", "direction"] or not case["passed"]
+        assert case["steps"][:3] == ["understand", "budget", "direction"] or not case["passed"]
         assert case["passed"] == (case["problems"] == [])
     assert done.returncode == (0 if all(c["passed"] for c in found["cases"]) else 1), done.stderr
