@@ -238,6 +238,10 @@ class Service:
             return live.run, list(live.steps)
         return await self._read(progress, self.kernel.storage, run_id)
 
+    async def run_id(self, run_id: str) -> str:
+        """The id of the run in flight, else stored, whose id is or starts with `run_id` (NoSuchRun if none)."""
+        return self.running(run_id) or (await self._read(self.kernel.storage.find_run, run_id)).id
+
     async def _read(self, read: Callable[..., T], *args: Any) -> T:
         """`read(*args)` on a worker thread, so that the event loop goes on serving runs; a few at a time."""
         async with self._reads:

@@ -66,7 +66,9 @@ def carried_answer(examples: Sequence[Example], question: str, tries: int | None
     return None
 
 
-_NUMBER = re.compile(r"(\$)?(?<![\d.])(\d+(?:\.\d+)?)(?![\d.]*\d)(\s*%|\s+[A-Za-z]+)?")
+_BARE = r"(?<![\d.])\d+(?:\.\d+)?(?![\d.]*\d)"  # a whole number, not part of a longer one (1.5, not 1 of 1.5)
+_BARE_NUMBER = re.compile(_BARE)
+_NUMBER = re.compile(rf"(\$)?({_BARE})(\s*%|\s+[A-Za-z]+)?")  # with a "$" before it, or what it counts after it
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
@@ -109,8 +111,6 @@ def _carried(value: Any, pairs: dict[str, str]) -> Any:
         return {k: _carried(v, pairs) for k, v in value.items()}
     return value
 
-
-_BARE_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?![\d.]*\d)")
 
 
 def _ranked(scores: list[float]) -> list[int]:

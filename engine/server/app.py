@@ -222,7 +222,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
         """The run's events as Server-Sent Events, until its end: after Last-Event-ID, if given. Of a run that has
         ended, or that came to this server resumed, those before are its step.ended and run.ended events."""
-        found = service.running(run_id) or (await service.progress(run_id))[0].id  # 404 for no such run
+        found = await service.run_id(run_id)  # 404 for a run that does not exist
         after = int(last_event_id) if last_event_id and _NUMBER.fullmatch(last_event_id) else 0
 
         async def stream() -> AsyncIterator[str]:
