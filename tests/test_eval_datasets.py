@@ -428,6 +428,20 @@ HOLDOUT2_SOLVED_BY = {
 }
 HOLDOUT2 = EVALS / "math_agent.holdout2.jsonl"
 
+# Written in a later session again, before math_agent's calculator took units, to measure that change.
+HOLDOUT3_SOLVED_BY = {
+    "percent-of": "650 * 12 / 100", "percent-what": "20 / 80 * 100", "discount": "45 * (100 - 20) / 100",
+    "growth": "2400 * 1.05", "tax": "80 * 1.08", "percent-change": "(50 - 40) / 40 * 100",
+    "minutes-in-hours": "4 * 60", "seconds-in-minutes": "12 * 60", "days-in-weeks": "9 * 7",
+    "grams-in-kg": "0.75 * 1000", "m-in-km": "2.4 * 1000", "mm-in-m": "1.2 * 1000", "ml-in-litres": "3 * 1000",
+    "minutes-in-days": "2 * 24 * 60", "rect-area": "12 * 7", "rect-perimeter": "2 * (150 + 80)",
+    "circle-area": "pi * 3 ^ 2", "square-side": "sqrt(144)", "speed": "420 / 3.5", "distance": "24 * 3",
+    "time": "45 / 15", "share": "270 / 6", "boxes": "36 * 5", "wage": "18 * 25",
+    "average-three": "(14 + 20 + 26) / 3", "unit-price": "10 / 4 * 6", "fuel": "450 * 30 / 100",
+    "interest": "2000 * 3 / 100 * 4", "discount-tax": "200 * 0.75 * 1.1", "speed-ms": "180 * 1000 / (2 * 3600)",
+}
+HOLDOUT3 = EVALS / "math_agent.holdout3.jsonl"
+
 
 def test_the_math_holdout_set_fits_the_flow() -> None:
     dataset = read_dataset(HOLDOUT)
@@ -448,7 +462,8 @@ def test_no_case_of_a_flows_datasets_is_one_of_its_examples(flow: Path) -> None:
 
 
 @pytest.mark.parametrize("data, solved_by", [(EVALS / "math_agent.jsonl", SOLVED_BY), (HOLDOUT, HOLDOUT_SOLVED_BY),
-                                             (HOLDOUT2, HOLDOUT2_SOLVED_BY)], ids=["dataset", "holdout", "holdout2"])
+                                             (HOLDOUT2, HOLDOUT2_SOLVED_BY), (HOLDOUT3, HOLDOUT3_SOLVED_BY)],
+                         ids=["dataset", "holdout", "holdout2", "holdout3"])
 def test_each_math_answer_is_what_the_calculator_gives_for_its_working(data: Path, solved_by: dict[str, str]) -> None:
     calculate = load_entry("calculator.py:calculate", data_dir("tools"))
     lines = data.read_text(encoding="utf-8").splitlines()
