@@ -45,6 +45,31 @@ def test_arithmetic(kernel: Kernel, expression: str, value: float) -> None:
     assert calc(kernel, expression) == pytest.approx(value)
 
 
+@pytest.mark.parametrize(("expression", "value"), [
+    ("3.5 * minutes / seconds", 210),
+    ("2 * weeks / hours", 336),
+    ("90 * km / (45 * minutes) / (km / h)", 120),
+    ("4 * litres / (500 * ml)", 8),
+    ("5 * miles / kilometres", 8.04672),
+    ("(3 * m + 20 * cm) / cm", 320),
+    ("min(3, 4) * min / s", 180),  # min() the function, min the minute
+])
+def test_units_cancel_out(kernel: Kernel, expression: str, value: float) -> None:
+    assert calc(kernel, expression) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(("expression", "why"), [
+    ("90 * km / (45 * minutes)", r"gives 2\.0 km/min, not a number: divide it by the unit"),
+    ("3 * m + 2 * s", "Cannot convert from 'meter'"),
+    ("2 * apples", "'apples' is not defined"),
+])
+def test_units_left_over_or_unknown_are_refused_with_a_reason(expression: str, why: str) -> None:
+    from tools.calculator import calculate
+
+    with pytest.raises(ValueError, match=f"cannot evaluate .*{why}"):
+        calculate(expression)
+
+
 @pytest.mark.parametrize("expression", [
     "__import__('os').system('true')", "().__class__", "9 ** 9 ** 9", "1 / 0", "factorial(10 ** 6)", "'a' * 3",
     "open('x')", "sqrt(-1)", "2 +",
@@ -157,10 +182,31 @@ def test_the_calculator_pattern_admits_exactly_its_functions_and_names() -> None
 
     pattern = load_tools([]).tools["calculator"].parameters["properties"]["expression"]["pattern"]
     words = set(re.findall(r"[a-z][a-z0-9]*", pattern))
-    assert words == set(FUNCTIONS) | set(NAMES)
+    assert words >= set(FUNCTIONS) | set(NAMES)
     assert re.fullmatch(pattern, "round(16 * pi, 2) + 15% - 2^3")
-    for runaway in ("15% of 240", "1.1.1.1", "12 * 7, 12"):
+    for runaway in ("15% of 240", "1.1.1.1", "12 * 7, 12", "2 * apples", "os", "3 hours"):
         assert not re.fullmatch(pattern, runaway)
+
+
+# Each spelling of a unit the calculator's pattern admits (the rest it refuses, above).
+UNITS = ["s", "sec", "second", "seconds", "min", "minute", "minutes", "h", "hr", "hour", "hours", "day", "days",
+         "week", "weeks", "year", "years", "mm", "millimetre", "millimeters", "cm", "centimetres", "m", "metre",
+         "meters", "km", "kilometre", "kilometers", "inch", "inches", "ft", "foot", "feet", "yd", "yards", "mi",
+         "mile", "miles", "mg", "milligrams", "g", "gram", "grams", "kg", "kilogram", "tonne", "tonnes", "oz",
+         "ounce", "lb", "pounds", "ml", "millilitre", "milliliters", "l", "L", "litre", "litres", "liter", "gallon",
+         "gallons", "hectare", "acres", "mph", "kph"]
+
+
+def test_the_calculator_pattern_admits_units_that_the_calculator_knows() -> None:
+    import re
+
+    from tools.calculator import calculate
+
+    pattern = load_tools([]).tools["calculator"].parameters["properties"]["expression"]["pattern"]
+    for unit in UNITS:
+        expression = f"2.5 * {unit} / ({unit} * 5)"
+        assert re.fullmatch(pattern, expression), unit
+        assert calculate(expression)["result"] == pytest.approx(0.5), unit
 
 
 def test_the_travel_manifests_enumerate_exactly_the_database(travel: Kernel) -> None:

@@ -1,14 +1,19 @@
-"""The `calculator` tool: arithmetic and common functions, evaluated by simpleeval (the text is never eval'd)."""
+"""The `calculator` tool: arithmetic, common functions and units, evaluated by simpleeval (the text is never
+eval'd), with units from pint."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from simpleeval import DEFAULT_OPERATORS, InvalidExpression, SimpleEval
+from simpleeval import DEFAULT_OPERATORS, InvalidExpression, NameNotDefined, SimpleEval, safe_add, safe_mult
+
+if TYPE_CHECKING:
+    import pint
 
 
 def _factorial(n: int) -> int:
@@ -23,13 +28,28 @@ MAX_BITS = 4096  # of a power's result: over a thousand digits, and computed in 
 def _power(base: Any, exponent: Any) -> Any:
     """`base ** exponent`, refused before it is computed when the result would be huge (simpleeval bounds the
     operands only: 3999999 ** 3999999 would take half a minute)."""
-    if isinstance(base, Real) and isinstance(exponent, Real) and abs(base) > 1 and exponent > 0 and \
-            exponent * math.log2(abs(base)) > MAX_BITS:
+    size = getattr(base, "magnitude", base)  # of a quantity, its number
+    if isinstance(size, Real) and isinstance(exponent, Real) and abs(size) > 1 and exponent > 0 and \
+            exponent * math.log2(abs(size)) > MAX_BITS:
         raise ValueError(f"the power is too large: its result would have more than {MAX_BITS} bits")
     return base ** exponent
 
 
-OPERATORS = {**DEFAULT_OPERATORS, ast.Pow: _power}
+# simpleeval's + and * bound a repeated string by its length, which a quantity has not: a quantity is added and
+# multiplied plainly.
+def _add(a: Any, b: Any) -> Any:
+    return a + b if _quantity(a, b) else safe_add(a, b)
+
+
+def _multiply(a: Any, b: Any) -> Any:
+    return a * b if _quantity(a, b) else safe_mult(a, b)
+
+
+def _quantity(*values: Any) -> bool:
+    return any(hasattr(v, "dimensionality") for v in values)
+
+
+OPERATORS = {**DEFAULT_OPERATORS, ast.Pow: _power, ast.Add: _add, ast.Mult: _multiply}
 FUNCTIONS = {
     **{name: getattr(math, name) for name in ("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin",
                                               "acos", "atan", "floor", "ceil", "radians", "degrees", "hypot")},
@@ -42,15 +62,38 @@ FUNCTIONS = {
 NAMES = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
 
+@functools.cache
+def _units() -> pint.UnitRegistry:
+    import pint  # most of a second with its registry: paid by the first expression with a unit only
+
+    return pint.UnitRegistry()
+
+
+def _name(node: ast.Name) -> Any:
+    """A constant, or else a unit ("hours", "km"): one of it, so that "2.5 * hours / minutes" is 150."""
+    if node.id in NAMES:
+        return NAMES[node.id]
+    try:
+        return _units().Quantity(1, node.id)
+    except Exception:  # pint's UndefinedUnitError, or a name pint cannot even read
+        raise NameNotDefined(node.id, "") from None
+
+
 # A number followed by % and no operand after it is a percentage ("15% * 240"); "7 % 3" stays a remainder.
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d.(a-z])")
 
 
 def calculate(expression: str) -> dict[str, Any]:
-    """The value of `expression` (`^` is read as a power and `15%` as 0.15, as people write them)."""
-    evaluator = SimpleEval(operators=OPERATORS, functions=FUNCTIONS, names=NAMES)
+    """The value of `expression` (`^` is read as a power and `15%` as 0.15, as people write them). Units count
+    what they follow and cancel out: "3.5 * minutes / seconds" is 210; the value must have none left."""
+    evaluator = SimpleEval(operators=OPERATORS, functions=FUNCTIONS, names=_name)
     try:
         value = evaluator.eval(_PERCENT.sub(r"(\1 / 100)", expression).replace("^", "**"))
+        if hasattr(value, "dimensionless"):
+            if not value.dimensionless:
+                raise ValueError(f"it gives {value:~P}, not a number: divide it by the unit the answer is in, "
+                                 "e.g. '/ (km / h)'")
+            value = value.m_as("dimensionless")
     except (InvalidExpression, SyntaxError, ArithmeticError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot evaluate {expression!r}: {exc}") from None
     if not isinstance(value, Real) or isinstance(value, bool):

@@ -1,6 +1,7 @@
 """How alike a step's examples are to the question it is asked: which examples to show the model (`nearest`), the
 label a decision's examples vote for (`voted_label`), and the answer of the most alike example carried over to the
-question's numbers (`carried_answer`); the last two let a step answer with no model call (`answer_by: examples`).
+question's numbers and words (`carried_answer`); the last two let a step answer with no model call (`answer_by:
+examples`).
 
 Alike means sharing words, each weighted by how few examples have it (a word that every example has, such as the
 words of the question's own template, counts for nothing); numbers do not count, since the same kind of problem
@@ -10,10 +11,11 @@ replayed run chooses as the first did.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.flow.model import Example
 
@@ -51,66 +53,106 @@ def voted_label(examples: Sequence[Example], question: str, voters: int | None) 
 
 def carried_answer(examples: Sequence[Example], question: str, tries: int | None) -> Any:
     """The answer of the most alike of the `tries` examples most like `question` (all when None) whose numbers pair
-    with the question's, each of its numbers that is one of its input's replaced by the question's number paired
-    with it (numbers of its own, such as 100 in a percentage, stay); None when none of them pairs.
+    with the question's, carried over to the question: each of its numbers that is one of its input's replaced by
+    the question's number paired with it (numbers of its own, such as 100 in a percentage, stay), and each of its
+    words that is one of its input's by the question's word in the same place; None when no example pairs.
 
     An example's numbers pair with the question's when there are as many and the example's are all different:
     first those that count the same thing (the word after them, "%" after them or "$" before them) pair in order,
-    then the rest in order. So "300 g of rice for 6 people" carries over to "6 people need 300 g of rice"."""
+    then the rest in order. So "300 g of rice for 6 people" carries over to "6 people need 300 g of rice".
+
+    A word's place in the question is where it stands in the example's input, the two read side by side where
+    they read alike (numbers all read alike), or what the question's number paired with the number it follows
+    counts: "4 * hours / seconds" for "How many seconds are there in 4 hours?" carries over to "2 * weeks / hours"
+    for "How many hours are there in 2 weeks?". A word found in two places that the question fills differently,
+    or in a place it has nothing like, stays as it is."""
     scores = likeness(examples, question)
     asked = _numbers(question)
     for i in _ranked(scores)[:tries]:
-        pairs = _pairs(_numbers(examples[i].input), asked)
-        if pairs is not None:
-            return _carried(examples[i].answer, pairs)
+        given = _numbers(examples[i].input)
+        paired = _pairs(given, asked)
+        if paired is not None:
+            numbers = {given[g].text: asked[a].text for g, a in paired.items()}
+            words = _aligned_words(examples[i].input, question,
+                                   [(given[g].word, asked[a].word) for g, a in paired.items()])
+            return _carried(examples[i].answer, numbers, words)
     return None
 
 
 _BARE = r"(?<![\d.])\d+(?:\.\d+)?(?![\d.]*\d)"  # a whole number, not part of a longer one (1.5, not 1 of 1.5)
-_BARE_NUMBER = re.compile(_BARE)
 _NUMBER = re.compile(rf"(\$)?({_BARE})(\s*%|\s+[A-Za-z]+)?")  # with a "$" before it, or what it counts after it
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TOKEN = re.compile(rf"{_BARE}|[A-Za-z]+|\S")
+_WORD = re.compile(r"[A-Za-z]+")
 
 
-def _numbers(text: str) -> list[tuple[str, str]]:
-    """Each number of `text` with what it counts: "$", "%" or the word after it."""
+class _Number(NamedTuple):
+    text: str  # as written
+    counts: str  # what it counts, to pair by: "$", "%", or the word after it in the singular, lower case
+    word: str  # the word after it as written, or ""
+
+
+def _numbers(text: str) -> list[_Number]:
+    """Each number of `text` with what it counts."""
     found = []
     for match in _NUMBER.finditer(_THOUSANDS.sub("", text)):
         dollar, number, after = match.groups()
-        after = (after or "").strip().lower()
-        found.append((number, "$" if dollar else after if after == "%" else _singular(after)))
+        word = after.strip() if after and _WORD.fullmatch(after.strip()) else ""
+        counts = "$" if dollar else "%" if after and after.strip() == "%" else _singular(word.lower())
+        found.append(_Number(number, counts, word))
     return found
 
 
-def _pairs(given: list[tuple[str, str]], asked: list[tuple[str, str]]) -> dict[str, str] | None:
-    """The example's number -> the question's paired with it, or None when they do not pair."""
-    if len(given) != len(asked) or len({n for n, _ in given}) != len(given):
+def _pairs(given: list[_Number], asked: list[_Number]) -> dict[int, int] | None:
+    """The index of each of the example's numbers -> that of the question's paired with it, or None when they do
+    not pair."""
+    if len(given) != len(asked) or len({n.text for n in given}) != len(given):
         return None
     free = list(range(len(asked)))
     paired: dict[int, int] = {}
-    for i, (_, counts) in enumerate(given):
-        j = next((j for j in free if asked[j][1] == counts), None)
+    for i, number in enumerate(given):
+        j = next((j for j in free if asked[j].counts == number.counts), None)
         if j is not None:
             paired[i] = j
             free.remove(j)
     paired.update(zip((i for i in range(len(given)) if i not in paired), free, strict=True))
-    return {given[i][0]: asked[j][0] for i, j in paired.items()}
+    return paired
 
 
-def _carried(value: Any, pairs: dict[str, str]) -> Any:
+def _aligned_words(given: str, asked: str, counted: list[tuple[str, str]]) -> dict[str, str]:
+    """Each word of `given` -> the word of `asked` in its place (see carried_answer), where that is one word."""
+    a, b = _TOKEN.findall(_THOUSANDS.sub("", given)), _TOKEN.findall(_THOUSANDS.sub("", asked))
+    places: dict[str, set[str | None]] = {}
+    for x, y in counted:
+        if x:
+            places.setdefault(x, set()).add(y or None)
+    matcher = difflib.SequenceMatcher(None, [_shape(t) for t in a], [_shape(t) for t in b], autojunk=False)
+    for _, i, i_end, j, j_end in matcher.get_opcodes():
+        beside = i_end - i == j_end - j
+        for k in range(i, i_end):
+            if _WORD.fullmatch(a[k]):
+                y = b[j + k - i] if beside else None
+                places.setdefault(a[k], set()).add(y if y is not None and _WORD.fullmatch(y) else None)
+    return {x: next(iter(ys)) for x, ys in places.items() if len(ys) == 1 and None not in ys}
+
+
+def _shape(token: str) -> str:
+    return "#" if token[0].isdigit() else token.lower()
+
+
+def _carried(value: Any, numbers: dict[str, str], words: dict[str, str]) -> Any:
     if isinstance(value, str):
-        return _BARE_NUMBER.sub(lambda m: pairs.get(m.group(0), m.group(0)), value)
+        return _TOKEN.sub(lambda m: numbers.get(m.group(0)) or words.get(m.group(0)) or m.group(0), value)
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
-        number = pairs.get(str(value))
+        number = numbers.get(str(value))
         return value if number is None else float(number) if "." in number else int(number)
     if isinstance(value, list):
-        return [_carried(v, pairs) for v in value]
+        return [_carried(v, numbers, words) for v in value]
     if isinstance(value, dict):
-        return {k: _carried(v, pairs) for k, v in value.items()}
+        return {k: _carried(v, numbers, words) for k, v in value.items()}
     return value
-
 
 
 def _ranked(scores: list[float]) -> list[int]:
