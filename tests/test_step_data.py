@@ -553,6 +553,38 @@ def test_answer_by_examples_carries_the_most_alike_examples_call_over_to_the_pro
         assert (call.tool, call.arguments, call.error) == ("calculator", {"expression": expression}, None)
 
 
+UNITS = COMPUTE + """\
+    answer_by: examples
+    examples:
+      - input: "Write the arithmetic for How many seconds are there in 4 hours?."
+        answer: {expression: "4 * hours / seconds"}
+      - {input: "Write the arithmetic for What is 30% of 450?.", answer: {expression: "450 * 30 / 100"}}
+    output: "{{ result.result }}"
+    next: answer
+  answer:
+    kind: terminal
+    output: "{{ steps.compute.output }}"
+"""
+
+
+def test_answer_by_examples_carries_the_examples_words_over_to_the_problems_words(tmp_path: Path) -> None:
+    for problem, expression, answer in [
+            ("How many seconds are there in 4 hours?", "4 * hours / seconds", 14400),
+            ("How many seconds are there in 3.5 minutes?", "3.5 * minutes / seconds", 210),  # the word after 4
+            ("How many hours are there in 2 weeks?", "2 * weeks / hours", 336)]:  # and the word in its place
+        outcome, kernel = run(flow_file(tmp_path, UNITS), [], {"problem": problem}, tmp_path / problem)
+        assert (outcome.status, outcome.answer) == ("finished", answer), (problem, outcome.error)
+        assert model_calls(kernel) == []
+        [call] = kernel.storage.rows(ToolCallRow)
+        assert call.arguments == {"expression": expression}
+    # a word the calculator's pattern does not take: the carried call is not made, the model writes it
+    responses = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "2 * 12"}}'}]
+    outcome, kernel = run(flow_file(tmp_path, UNITS), responses, {"problem": "How many eggs are there in 2 dozens?"},
+                          tmp_path / "eggs")
+    assert (outcome.status, outcome.answer) == ("finished", 24), outcome.error
+    assert len(model_calls(kernel, "compute")) == 1
+
+
 def test_answer_by_examples_carries_data_over_and_holds_it_to_the_output_schema(tmp_path: Path) -> None:
     flow = """\
 flowrun: 1
@@ -583,6 +615,39 @@ steps:
     outcome, kernel = run(flow_file(tmp_path, flow), responses, {"request": "12 days for 1 people"}, tmp_path / "b")
     assert outcome.answer == {"days": 9, "people": 1}
     assert len(model_calls(kernel, "read")) == 1
+
+
+def test_answer_by_examples_carries_a_word_over_only_where_the_question_has_one_word_in_its_place(
+        tmp_path: Path) -> None:
+    flow = """\
+flowrun: 1
+name: Stay
+inputs:
+  request: {type: string}
+steps:
+  read:
+    kind: process
+    instruction: "Read: {{ inputs.request }}"
+    output_schema:
+      type: object
+      properties: {city: {type: string}, nights: {type: integer}, note: {type: string}}
+      required: [city, nights]
+    answer_by: examples
+    examples:
+      - {input: "Read: 3 nights in Paris, near Paris Opera", answer: {city: Paris, nights: 3, note: "Paris, 3 nights"}}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.read.output }}"
+"""
+    outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "2 nights in Rome, near Rome Termini"},
+                          tmp_path / "a")
+    assert outcome.answer == {"city": "Rome", "nights": 2, "note": "Rome, 2 nights"}
+    assert model_calls(kernel) == []
+    # Paris stands in two places that the request fills with two cities: which one is meant is not known
+    outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "2 nights in Rome, near Milan Central"},
+                          tmp_path / "b")
+    assert outcome.answer == {"city": "Paris", "nights": 2, "note": "Paris, 2 nights"}
 
 
 def test_answer_by_examples_asks_the_model_where_no_example_pairs_with_the_problem(tmp_path: Path) -> None:
