@@ -57,8 +57,8 @@ def test_wheel_install_validates_draws_and_runs_bundled_flows(tmp_path: Path) ->
 
 def _lower_bounds(requirements: list[str]) -> dict[str, str]:
     found = {}
-    for requirement in requirements:
-        match = re.fullmatch(r"([\w.-]+)(?:\[[\w,]+\])?>=([\w.]+)", requirement.replace(" ", ""))
+    for requirement in requirements:  # with an environment marker after it or not
+        match = re.fullmatch(r"([\w.-]+)(?:\[[\w,]+\])?>=([\w.]+)(?:;.+)?", requirement.replace(" ", ""))
         assert match, f"{requirement}: state a lower bound (>=) that constraints/lowest.txt can pin"
         found[match[1].lower().replace("_", "-")] = match[2]
     return found
