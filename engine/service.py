@@ -109,10 +109,10 @@ class Service:
             return
         if isinstance(event, RunStarted):
             live.run.created = event.created
-        elif isinstance(event, StepEnded):
-            live.steps.append(StepRow(run_id=event.run, step=event.step, visit=event.visit, kind=event.kind,
-                                      branch=event.branch, output=event.value, tokens=event.tokens,
-                                      started=0.0, finished=event.at, seq=event.seq))
+        elif isinstance(event, StepEnded):  # a row to show, never stored: built unchecked, 5 times quicker
+            live.steps.append(StepRow.model_construct(
+                run_id=event.run, step=event.step, visit=event.visit, kind=event.kind, branch=event.branch,
+                output=event.value, tokens=event.tokens, started=0.0, finished=event.at, seq=event.seq))
         elif isinstance(event, RunEnded):  # stored: reads go to storage from now on
             del self._live[event.run]
 
