@@ -220,10 +220,10 @@ class Service:
         return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
                       key=lambda e: e.seq)
 
-    async def runs(self, limit: int | None = 20, batch: str | None = None,
-                   status: RunStatus | None = None) -> list[RunRow]:
-        """The stored runs, newest first (of a batch, in a status, if given)."""
-        return await self._read(self.kernel.storage.find_runs, limit, batch, status)
+    async def runs(self, limit: int | None = 20, batch: str | None = None, status: RunStatus | None = None,
+                   flow: str | None = None) -> list[RunRow]:
+        """The stored runs, newest first (of a batch, in a status, of the flow of that name, if given)."""
+        return await self._read(self.kernel.storage.find_runs, limit, batch, status, flow)
 
     async def show(self, run_id: str) -> RunRecord:
         """The stored record of the run whose id is or starts with `run_id`."""

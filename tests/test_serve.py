@@ -80,6 +80,8 @@ def test_a_run_started_over_http_streams_its_events_and_shows_its_answer(flows: 
             assert (run["status"], run["answer"]) == ("finished", 5)
             assert [s["step"] for s in run["steps"]] == ["add", "say", "done"]
             assert [r["id"] for r in (await client.get("/runs")).json()] == [run_id]
+            assert [r["id"] for r in (await client.get("/runs", params={"flow": "Adder"})).json()] == [run_id]
+            assert (await client.get("/runs", params={"flow": "Nobody"})).json() == []
             # ended: its step.ended and run.ended events are rebuilt from storage, with the numbers they had
             kept = [e for e in got if e["event"] in ("step.ended", "run.ended")]
             rebuilt = events((await client.get(f"/runs/{run_id}/events")).text)

@@ -43,8 +43,9 @@ def storage(url: str) -> Iterator[Storage]:
     opened.close()
 
 
-def run(run_id: str, *, created: float | None = None, status: str = RunStatus.FINISHED, **row: object) -> RunRow:
-    return RunRow(id=run_id, agent="MathAgent", flow="math_agent.yaml", status=status, inputs={"problem": "2 + 3"},
+def run(run_id: str, *, created: float | None = None, status: str = RunStatus.FINISHED, agent: str = "MathAgent",
+        **row: object) -> RunRow:
+    return RunRow(id=run_id, agent=agent, flow="math_agent.yaml", status=status, inputs={"problem": "2 + 3"},
                   created=time.time() if created is None else created, **row)
 
 
@@ -76,6 +77,10 @@ def test_runs_are_found_by_a_unique_start_of_their_id_and_listed_newest_first(st
     storage.finish_run("0b48a" + "0" * 27, RunStatus.INTERRUPTED, error="stopped")
     assert [r.id[:5] for r in storage.find_runs(limit=1, status=RunStatus.INTERRUPTED)] == ["0b48a"]
     assert [r.id[:5] for r in storage.find_runs(status=RunStatus.FINISHED)] == ["ab48a", "0b49f"]
+    storage.start_run(run("cc000" + "0" * 27, created=999.0, agent="Other"))
+    assert [r.id[:5] for r in storage.find_runs(flow="Other")] == ["cc000"]
+    assert [r.id[:5] for r in storage.find_runs(flow="MathAgent", status=RunStatus.FINISHED)] == ["ab48a", "0b49f"]
+    assert storage.find_runs(flow="mathagent") == []  # a flow's name, exactly
     with pytest.raises(StorageError, match="is not the start of a batch id"):
         storage.find_runs(batch="%")
 

@@ -251,14 +251,17 @@ class Storage:
 
     # A run's row is written only by writes that are awaited (start, claim, finish, delete), so reading runs never
     # waits for the queue of `later` writes: under load that queue is long, and a server reads runs all the time.
-    def find_runs(self, limit: int | None = 20, batch: str | None = None, status: str | None = None) -> list[RunRow]:
-        """The latest runs (of the batch whose id is or starts with `batch`, stored with `status`, if given), newest
-        first."""
+    def find_runs(self, limit: int | None = 20, batch: str | None = None, status: str | None = None,
+                  flow: str | None = None) -> list[RunRow]:
+        """The latest runs (of the batch whose id is or starts with `batch`, stored with `status`, of the flow
+        named `flow`, if given), newest first."""
         statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
         if batch is not None:
             statement = statement.where(_starts(col(RunRow.batch), batch, "batch"))
         if status is not None:
             statement = statement.where(col(RunRow.status) == str(status))
+        if flow is not None:
+            statement = statement.where(col(RunRow.agent) == flow)
         with self._session() as db:
             return list(db.exec(statement))
 

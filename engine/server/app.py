@@ -174,9 +174,11 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     @app.get("/runs")
     async def list_runs(limit: int = Query(20, ge=1, le=10_000), batch: str | None = Query(None, pattern=HEX),
-                        status: RunStatus | None = None) -> list[dict[str, Any]]:
-        """The latest runs, newest first (of one batch, or with one status, if asked)."""
-        return [_run_summary(run) for run in await service.runs(limit, batch, status)]
+                        status: RunStatus | None = None,
+                        flow: str | None = Query(None, description="The name of the flow the runs ran.")
+                        ) -> list[dict[str, Any]]:
+        """The latest runs, newest first (of one batch, with one status, of one flow, as asked)."""
+        return [_run_summary(run) for run in await service.runs(limit, batch, status, flow)]
 
     @app.get("/runs/{run_id}", responses=problems(404))
     async def show_run(run_id: str = RUN_ID) -> dict[str, Any]:
