@@ -58,7 +58,7 @@ def probe(base: str) -> None:
     in_flight: list[str] = []
     with httpx.Client(base_url=base, timeout=120) as client:
         tick = 0
-        while not stop.wait(0.1):
+        while not stop.is_set():
             if tick % 20 == 0:  # which of the load's runs are in flight (not timed)
                 found = client.get("/runs", params={"flow": "Steps", "status": "running", "limit": 50}).json()
                 in_flight = [run["id"] for run in found]
@@ -71,6 +71,7 @@ def probe(base: str) -> None:
                 client.get(f"/runs/{in_flight[tick % len(in_flight)]}").raise_for_status()
                 timed["get"].append(time.perf_counter() - started)
             tick += 1
+            stop.wait(0.1)
     print(json.dumps(timed))
 
 
@@ -196,7 +197,9 @@ def main() -> None:
                 print(f"the server exited with code {died} under the load", file=sys.stderr)
     ideal = math.ceil(args.runs * args.steps / args.slots) * args.ms / 1000
 
-    def ms(values: list[float], q: int) -> float:
+    def ms(values: list[float], q: int) -> float:  # a short run may have timed one request, or none
+        if len(values) < 2:
+            return values[0] * 1000 if values else math.nan
         return statistics.quantiles(values, n=100)[q - 1] * 1000
 
     print(f"{args.runs} runs x {args.steps} model steps, {args.slots} slots, {args.ms:.0f} ms a call, "
