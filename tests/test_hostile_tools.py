@@ -131,7 +131,9 @@ def test_read_file_refuses_a_hard_link_to_a_file_outside(tmp_path: Path) -> None
 def test_the_calculator_refuses_a_huge_power_before_computing_it(tmp_path: Path) -> None:
     kernel = kernel_with(tmp_path, ScriptedBackend.from_responses([]), "calculator")
     started = time.monotonic()
-    for expression in ("3999999^3999999", "factorial(1000)^5", "2^999999999999"):
+    # units too: hours / s is 3600, and units raised to a huge power would be converted as one
+    for expression in ("3999999^3999999", "factorial(1000)^5", "2^999999999999", "(hours / s) ^ 999999999999",
+                       "hours ^ 999999999999 / s ^ 999999999999"):
         with pytest.raises(ToolError, match="too large"):
             call(kernel, "calculator", expression=expression)
     assert time.monotonic() - started < 5  # refused, not computed until the timeout

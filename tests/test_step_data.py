@@ -559,6 +559,8 @@ UNITS = COMPUTE + """\
       - input: "Write the arithmetic for How many seconds are there in 4 hours?."
         answer: {expression: "4 * hours / seconds"}
       - {input: "Write the arithmetic for What is 30% of 450?.", answer: {expression: "450 * 30 / 100"}}
+      - input: "Write the arithmetic for How many 500 ml bottles can be filled from 4 litres of juice?."
+        answer: {expression: "4 * litres / (500 * ml)"}
     output: "{{ result.result }}"
     next: answer
   answer:
@@ -583,6 +585,16 @@ def test_answer_by_examples_carries_the_examples_words_over_to_the_problems_word
                           tmp_path / "eggs")
     assert (outcome.status, outcome.answer) == ("finished", 24), outcome.error
     assert len(model_calls(kernel, "compute")) == 1
+    # a word the pattern takes, but whose units do not cancel out (oz is a mass): the calculator refuses the
+    # carried call, and the model writes it
+    responses = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "2000 / 250"}}'}]
+    problem = "How many 8 oz glasses can be filled from 2 litres of juice?"
+    outcome, kernel = run(flow_file(tmp_path, UNITS), responses, {"problem": problem}, tmp_path / "oz")
+    assert (outcome.status, outcome.answer) == ("finished", 8), outcome.error
+    assert len(model_calls(kernel, "compute")) == 1
+    refused, written = kernel.storage.rows(ToolCallRow)
+    assert refused.arguments == {"expression": "2 * litres / (8 * oz)"} and "do not cancel out" in refused.error
+    assert written.arguments == {"expression": "2000 / 250"} and written.error is None
 
 
 def test_answer_by_examples_carries_data_over_and_holds_it_to_the_output_schema(tmp_path: Path) -> None:
@@ -644,6 +656,9 @@ steps:
                           tmp_path / "a")
     assert outcome.answer == {"city": "Rome", "nights": 2, "note": "Rome, 2 nights"}
     assert model_calls(kernel) == []
+    outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "2 nights in Zürich, near Zürich HB"},
+                          tmp_path / "z")
+    assert outcome.answer == {"city": "Zürich", "nights": 2, "note": "Zürich, 2 nights"}  # a word of any script
     # Paris stands in two places that the request fills with two cities: which one is meant is not known
     outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "2 nights in Rome, near Milan Central"},
                           tmp_path / "b")

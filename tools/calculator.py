@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import operator
 import re
 from numbers import Real
 from typing import TYPE_CHECKING, Any
@@ -23,14 +24,16 @@ def _factorial(n: int) -> int:
 
 
 MAX_BITS = 4096  # of a power's result: over a thousand digits, and computed in no time
+MAX_UNIT_POWER = 8  # of a quantity with units: a volume is m^3, and a greater one would only be made to be huge
 
 
 def _power(base: Any, exponent: Any) -> Any:
     """`base ** exponent`, refused before it is computed when the result would be huge (simpleeval bounds the
     operands only: 3999999 ** 3999999 would take half a minute)."""
-    size = getattr(base, "magnitude", base)  # of a quantity, its number
-    if isinstance(size, Real) and isinstance(exponent, Real) and abs(size) > 1 and exponent > 0 and \
-            exponent * math.log2(abs(size)) > MAX_BITS:
+    if _quantity(base, exponent) and not (isinstance(exponent, Real) and abs(exponent) <= MAX_UNIT_POWER):
+        raise ValueError(f"the power is too large: a quantity with units may be raised to at most {MAX_UNIT_POWER}")
+    if isinstance(base, Real) and isinstance(exponent, Real) and abs(base) > 1 and exponent > 0 and \
+            exponent * math.log2(abs(base)) > MAX_BITS:
         raise ValueError(f"the power is too large: its result would have more than {MAX_BITS} bits")
     return base ** exponent
 
@@ -49,7 +52,21 @@ def _quantity(*values: Any) -> bool:
     return any(hasattr(v, "dimensionality") for v in values)
 
 
-OPERATORS = {**DEFAULT_OPERATORS, ast.Pow: _power, ast.Add: _add, ast.Mult: _multiply}
+def _number(value: Any) -> Any:
+    """A quantity whose units cancel out, as the plain number it is (hours / s is 3600); else `value`."""
+    return value.m_as("dimensionless") if _quantity(value) and value.dimensionless else value
+
+
+def _reduced(operate: Any) -> Any:
+    """`operate`, its result a plain number as soon as its units cancel out: else pint would round it, take a
+    remainder of it or raise it to a power in its own units (round(90 * minutes / hours) would be 2 hours/minute,
+    not 2), and the power check above would see 1 where hours / s is 3600."""
+    return lambda a, b: _number(operate(a, b))
+
+
+OPERATORS = {**DEFAULT_OPERATORS, **{node: _reduced(operate) for node, operate in (
+    (ast.Add, _add), (ast.Sub, operator.sub), (ast.Mult, _multiply), (ast.Div, operator.truediv),
+    (ast.FloorDiv, operator.floordiv), (ast.Mod, operator.mod), (ast.Pow, _power))}}
 FUNCTIONS = {
     **{name: getattr(math, name) for name in ("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin",
                                               "acos", "atan", "floor", "ceil", "radians", "degrees", "hypot")},
@@ -89,11 +106,9 @@ def calculate(expression: str) -> dict[str, Any]:
     evaluator = SimpleEval(operators=OPERATORS, functions=FUNCTIONS, names=_name)
     try:
         value = evaluator.eval(_PERCENT.sub(r"(\1 / 100)", expression).replace("^", "**"))
-        if hasattr(value, "dimensionless"):
-            if not value.dimensionless:
-                raise ValueError(f"it gives {value:~P}, not a number: divide it by the unit the answer is in, "
-                                 "e.g. '/ (km / h)'")
-            value = value.m_as("dimensionless")
+        if _quantity(value):  # one unit alone, say, or units that do not cancel out
+            raise ValueError(f"it gives {value:~P}, not a number: its units do not cancel out (divide it by the "
+                             "unit the answer is in, e.g. '/ (km / h)')")
     except (InvalidExpression, SyntaxError, ArithmeticError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot evaluate {expression!r}: {exc}") from None
     if not isinstance(value, Real) or isinstance(value, bool):

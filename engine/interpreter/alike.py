@@ -82,8 +82,8 @@ def carried_answer(examples: Sequence[Example], question: str, tries: int | None
 _BARE = r"(?<![\d.])\d+(?:\.\d+)?(?![\d.]*\d)"  # a whole number, not part of a longer one (1.5, not 1 of 1.5)
 _NUMBER = re.compile(rf"(\$)?({_BARE})(\s*%|\s+[A-Za-z]+)?")  # with a "$" before it, or what it counts after it
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_TOKEN = re.compile(rf"{_BARE}|[A-Za-z]+|\S")
-_WORD = re.compile(r"[A-Za-z]+")
+_TOKEN = re.compile(rf"{_BARE}|[^\W\d_]+|\S")  # numbers, words (of any script), and the rest
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 class _Number(NamedTuple):

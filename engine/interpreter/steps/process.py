@@ -27,7 +27,7 @@ from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 from engine.kernel.context import WindowPolicy
 from engine.kernel.kernel import Kernel
-from engine.kernel.tools import BadArguments, ToolCall
+from engine.kernel.tools import BadArguments, ToolCall, ToolError
 from engine.llm.base import Request
 
 NO_TOOL = "none"  # the choice of a `tools:` step that needs none of them
@@ -46,11 +46,12 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     if not names:
         return await _answer(kernel, run, step, text)
     carried = _carried_arguments(kernel, step, text) if step.answer_by == "examples" else None
-    if step.tool and (step.arguments is not None or carried is not None):
-        ask, messages = text or step.id, None
-        arguments = carried if carried is not None else _arguments(run, step)
-        call = await kernel.call_tool(run.agent, run.id, step.tool, arguments)
-    else:
+    ask, messages, call = text or step.id, None, None
+    if step.tool and carried is not None:
+        call = await _carried_call(kernel, run, step.tool, carried)
+    elif step.tool and step.arguments is not None:
+        call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
+    if call is None:
         ask = ask_for(text, tools=names)
         messages = prompt_for(kernel, run, ask, names, shown_examples(step, text, tool=step.tool) if step.tool else ())
         call = await (_voted_call(kernel, run, step, messages, names) if step.samples else
@@ -64,6 +65,15 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     done = await _answer(kernel, run, step, f"{text}\n{call.tool} returned: {shown}")
     done.tool_calls, done.shown = [call], shown
     return done
+
+
+async def _carried_call(kernel: Kernel, run: RunState, tool: str, arguments: Any) -> ToolCall | None:
+    """The call with the arguments the step's examples carried over; None where the tool fails on them (units
+    that the pattern takes but that do not cancel out, say), so that the model writes them instead."""
+    try:
+        return await kernel.call_tool(run.agent, run.id, tool, arguments)
+    except ToolError:
+        return None
 
 
 def _carried_arguments(kernel: Kernel, step: Step, text: str) -> Any:
