@@ -530,35 +530,8 @@ CARRY = COMPUTE + """\
       - input: "Write the arithmetic for A soup for 6 people needs 300 g of rice. How much rice for 9 people?."
         answer: {expression: "300 / 6 * 9"}
       - {input: "Write the arithmetic for A car drives 120 km in 2 hours. Its speed?.", answer: {expression: "120 / 2"}}
-    output: "{{ result.result }}"
-    next: answer
-  answer:
-    kind: terminal
-    output: "{{ steps.compute.output }}"
-"""
-
-
-def test_answer_by_examples_carries_the_most_alike_examples_call_over_to_the_problems_numbers(tmp_path: Path) -> None:
-    for problem, expression, answer in [
-            ("What is 15% of 240?", "240 * 15 / 100", 36),
-            # paired by what they count, not where they stand
-            ("A cake needs 250 g of flour for 4 people. How much flour for 10 people?", "250 / 4 * 10", 625),
-            ("A train drives 360 km in 4 hours. Its speed?", "360 / 4", 90)]:
-        outcome, kernel = run(flow_file(tmp_path, CARRY), [], {"problem": problem}, tmp_path / problem)
-        assert (outcome.status, outcome.answer) == ("finished", answer), (problem, outcome.error)
-        assert model_calls(kernel) == []
-        [compute] = [s for s in stored_steps(kernel, outcome) if s.step == "compute"]
-        assert compute.prompt is None
-        [call] = kernel.storage.rows(ToolCallRow)
-        assert (call.tool, call.arguments, call.error) == ("calculator", {"expression": expression}, None)
-
-
-UNITS = COMPUTE + """\
-    answer_by: examples
-    examples:
       - input: "Write the arithmetic for How many seconds are there in 4 hours?."
         answer: {expression: "4 * hours / seconds"}
-      - {input: "Write the arithmetic for What is 30% of 450?.", answer: {expression: "450 * 30 / 100"}}
       - input: "Write the arithmetic for How many 500 ml bottles can be filled from 4 litres of juice?."
         answer: {expression: "4 * litres / (500 * ml)"}
     output: "{{ result.result }}"
@@ -569,19 +542,29 @@ UNITS = COMPUTE + """\
 """
 
 
-def test_answer_by_examples_carries_the_examples_words_over_to_the_problems_words(tmp_path: Path) -> None:
+def test_answer_by_examples_carries_the_most_alike_examples_call_over_to_the_problems_numbers_and_words(
+        tmp_path: Path) -> None:
     for problem, expression, answer in [
-            ("How many seconds are there in 4 hours?", "4 * hours / seconds", 14400),
-            ("How many seconds are there in 3.5 minutes?", "3.5 * minutes / seconds", 210),  # the word after 4
-            ("How many hours are there in 2 weeks?", "2 * weeks / hours", 336)]:  # and the word in its place
-        outcome, kernel = run(flow_file(tmp_path, UNITS), [], {"problem": problem}, tmp_path / problem)
+            ("What is 15% of 240?", "240 * 15 / 100", 36),
+            # paired by what they count, not where they stand
+            ("A cake needs 250 g of flour for 4 people. How much flour for 10 people?", "250 / 4 * 10", 625),
+            ("A train drives 360 km in 4 hours. Its speed?", "360 / 4", 90),
+            # words: the one after the paired number, and the one in the same place
+            ("How many seconds are there in 3.5 minutes?", "3.5 * minutes / seconds", 210),
+            ("How many hours are there in 2 weeks?", "2 * weeks / hours", 336)]:
+        outcome, kernel = run(flow_file(tmp_path, CARRY), [], {"problem": problem}, tmp_path / problem)
         assert (outcome.status, outcome.answer) == ("finished", answer), (problem, outcome.error)
         assert model_calls(kernel) == []
+        [compute] = [s for s in stored_steps(kernel, outcome) if s.step == "compute"]
+        assert compute.prompt is None
         [call] = kernel.storage.rows(ToolCallRow)
-        assert call.arguments == {"expression": expression}
+        assert (call.tool, call.arguments, call.error) == ("calculator", {"expression": expression}, None)
+
+
+def test_answer_by_examples_asks_the_model_where_the_carried_call_is_refused(tmp_path: Path) -> None:
     # a word the calculator's pattern does not take: the carried call is not made, the model writes it
     responses = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "2 * 12"}}'}]
-    outcome, kernel = run(flow_file(tmp_path, UNITS), responses, {"problem": "How many eggs are there in 2 dozens?"},
+    outcome, kernel = run(flow_file(tmp_path, CARRY), responses, {"problem": "How many eggs are there in 2 dozens?"},
                           tmp_path / "eggs")
     assert (outcome.status, outcome.answer) == ("finished", 24), outcome.error
     assert len(model_calls(kernel, "compute")) == 1
@@ -589,7 +572,7 @@ def test_answer_by_examples_carries_the_examples_words_over_to_the_problems_word
     # carried call, and the model writes it
     responses = [{"key": "compute", "text": '{"tool": "calculator", "arguments": {"expression": "2000 / 250"}}'}]
     problem = "How many 8 oz glasses can be filled from 2 litres of juice?"
-    outcome, kernel = run(flow_file(tmp_path, UNITS), responses, {"problem": problem}, tmp_path / "oz")
+    outcome, kernel = run(flow_file(tmp_path, CARRY), responses, {"problem": problem}, tmp_path / "oz")
     assert (outcome.status, outcome.answer) == ("finished", 8), outcome.error
     assert len(model_calls(kernel, "compute")) == 1
     refused, written = kernel.storage.rows(ToolCallRow)
