@@ -580,28 +580,31 @@ def test_answer_by_examples_asks_the_model_where_the_carried_call_is_refused(tmp
     assert written.arguments == {"expression": "2000 / 250"} and written.error is None
 
 
-def test_answer_by_examples_carries_data_over_and_holds_it_to_the_output_schema(tmp_path: Path) -> None:
-    flow = """\
+def reading(properties: str, required: str, example: str) -> str:
+    """A flow whose one step reads a request into data, carried over from its one `example`."""
+    return f"""\
 flowrun: 1
-name: Trip
+name: Read
 inputs:
-  request: {type: string}
+  request: {{type: string}}
 steps:
   read:
     kind: process
-    instruction: "Read: {{ inputs.request }}"
-    output_schema:
-      type: object
-      properties: {days: {type: integer, maximum: 9}, people: {type: integer}, note: {type: string}}
-      required: [days, people]
+    instruction: "Read: {{{{ inputs.request }}}}"
+    output_schema: {{type: object, properties: {properties}, required: {required}}}
     answer_by: examples
-    examples:
-      - {input: "Read: 3 days for 2 people", answer: {days: 3, people: 2, note: "3 days, 2 people"}}
+    examples: [{example}]
     next: done
   done:
     kind: terminal
-    output: "{{ steps.read.output }}"
+    output: "{{{{ steps.read.output }}}}"
 """
+
+
+def test_answer_by_examples_carries_data_over_and_holds_it_to_the_output_schema(tmp_path: Path) -> None:
+    flow = reading("{days: {type: integer, maximum: 9}, people: {type: integer}, note: {type: string}}",
+                   "[days, people]", '{input: "Read: 3 days for 2 people", answer: {days: 3, people: 2, '
+                   'note: "3 days, 2 people"}}')
     outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "4 people for 5 days"}, tmp_path / "a")
     assert outcome.answer == {"days": 5, "people": 4, "note": "5 days, 4 people"}
     assert model_calls(kernel) == []
@@ -614,27 +617,9 @@ steps:
 
 def test_answer_by_examples_carries_a_word_over_only_where_the_question_has_one_word_in_its_place(
         tmp_path: Path) -> None:
-    flow = """\
-flowrun: 1
-name: Stay
-inputs:
-  request: {type: string}
-steps:
-  read:
-    kind: process
-    instruction: "Read: {{ inputs.request }}"
-    output_schema:
-      type: object
-      properties: {city: {type: string}, nights: {type: integer}, note: {type: string}}
-      required: [city, nights]
-    answer_by: examples
-    examples:
-      - {input: "Read: 3 nights in Paris, near Paris Opera", answer: {city: Paris, nights: 3, note: "Paris, 3 nights"}}
-    next: done
-  done:
-    kind: terminal
-    output: "{{ steps.read.output }}"
-"""
+    flow = reading("{city: {type: string}, nights: {type: integer}, note: {type: string}}", "[city, nights]",
+                   '{input: "Read: 3 nights in Paris, near Paris Opera", answer: {city: Paris, nights: 3, '
+                   'note: "Paris, 3 nights"}}')
     outcome, kernel = run(flow_file(tmp_path, flow), [], {"request": "2 nights in Rome, near Rome Termini"},
                           tmp_path / "a")
     assert outcome.answer == {"city": "Rome", "nights": 2, "note": "Rome, 2 nights"}
