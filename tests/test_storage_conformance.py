@@ -5,11 +5,13 @@ backend; behaviour of one backend only (SQLite's read-only files, WAL, FTS5 rank
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import event
 
 from engine.errors import RunStatus
 from engine.kernel.storage import SCHEMA_VERSION, NoSuchRun, Storage, StorageError
@@ -106,6 +108,40 @@ def test_a_step_is_stored_once_per_visit_in_the_order_of_its_runs_steps(storage:
     storage.record_step(step("e" * 32, 2, output="twice"))
     assert [(s.step, s.visit, s.output) for s in storage.of_runs(StepRow, ["e" * 32])] == [
         ("solve", 1, "out"), ("check", 1, "out"), ("solve", 2, "twice")]
+
+
+def test_rows_awaited_while_the_writer_is_busy_are_committed_together_and_a_bad_one_fails_alone(
+        storage: Storage) -> None:
+    commits: list[object] = []
+    event.listen(storage.engine, "commit", commits.append)
+
+    async def store_while_busy(*steps: StepRecord) -> list[BaseException | None]:
+        gate = threading.Event()
+        storage.later(gate.wait, 30)  # the writer is busy until every step below is queued
+        stored = [asyncio.ensure_future(storage.commit_step(s)) for s in steps]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*stored, return_exceptions=True)
+
+    asyncio.run(storage.commit_start_run(run("c" * 32)))
+    commits.clear()
+    assert asyncio.run(store_while_busy(*(step("c" * 32, n) for n in range(1, 41)))) == [None] * 40
+    assert len(commits) == 1  # 2,000 runs POSTed at once were 2,000 commits in a row
+    # visit 3 again: refused, and only it; the others are stored
+    outcomes = asyncio.run(store_while_busy(step("c" * 32, 41), step("c" * 32, 3, output="twice"),
+                                            step("c" * 32, 42)))
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], StorageError) and "refused a record it holds already" in str(outcomes[1])
+    assert [s.visit for s in storage.of_runs(StepRow, ["c" * 32])] == list(range(1, 43))
+    # a write not awaited (from a thread of its own) behind more rows than one transaction takes
+    gate = threading.Event()
+    storage.later(gate.wait, 30)
+    for _ in range(250):
+        storage.record_syscall(Syscall(SyscallKind.TOOL, "MathAgent", "c" * 32))
+    gate.set()
+    storage.record_step(step("c" * 32, 43))
+    assert len(storage.of_runs(SyscallRow, ["c" * 32])) == 250
+    assert storage.of_runs(StepRow, ["c" * 32])[-1].visit == 43
 
 
 def test_a_write_queued_without_waiting_is_seen_by_the_next_read(storage: Storage) -> None:

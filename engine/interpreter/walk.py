@@ -67,7 +67,7 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority)
 
     async def start() -> Any:
-        await kernel.storage.commit(kernel.storage.start_run, row)
+        await kernel.storage.commit_start_run(row)
         kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
         return await _walk(kernel, run, compiled.start)
 
@@ -166,7 +166,7 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
             current = _follow(run, step.id, done.branch or "next")
         # with the number of its step.ended, published next
         row = done.record(run.id, step, visit, used, (started, finished), run.votes, kernel.events.next_seq(run.id))
-        interrupted = await through(kernel.storage.commit(kernel.storage.record_step, row))
+        interrupted = await through(kernel.storage.commit_step(row))
         run.apply(step.id, done.output)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
                                         output=short(done.output), tokens=row.tokens, kind=step.kind,

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ class Storage:
         # One thread does the writes that `later` queues and `commit` awaits, so they are committed in order.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-storage")
         self._failure: StorageError | None = None
-        self._pending: list[tuple[type[SQLModel], dict[str, Any]]] = []  # rows queued by _later_insert
+        self._pending: list[_Row] = []  # rows queued to be inserted (see _insert_pending)
         self._pending_lock = threading.Lock()
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
@@ -192,8 +192,19 @@ class Storage:
         """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
         awaited write, if it comes first)."""
         with self._pending_lock:
-            self._pending.append((table, values))
+            self._pending.append((table, values, None))
         self.later(self._insert_pending)
+
+    async def _commit_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
+        """Insert a row and return once it is committed, after every write queued before it. It is queued with
+        the rows waiting, so that those queued while the writer is busy are committed in one transaction: 2,000
+        runs POSTed to a server at once are a few commits, not 2,000 in a row."""
+        committed: Future[None] = Future()
+        with self._pending_lock:
+            self._pending.append((table, values, committed))
+        self._writes.submit(self._noting_failure, self._insert_pending)  # a failure of rows nothing waits for
+        await asyncio.wrap_future(committed)
+        self._raise_failure()
 
     async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
         """Do `write(*args)` after every write queued before it, and return once it is committed."""
@@ -232,11 +243,19 @@ class Storage:
 
     def start_run(self, run: RunRow) -> None:
         """Store a run as it starts."""
-        self._add(run)
+        self._insert(RunRow, _values(run))
+
+    async def commit_start_run(self, run: RunRow) -> None:
+        """`start_run`, awaited: committed with the other rows queued meanwhile."""
+        await self._commit_insert(RunRow, _values(run))
 
     def record_step(self, step: StepRecord) -> None:
         """Store a finished step (committed before the run goes on)."""
-        self._insert(StepRow, {f.name: getattr(step, f.name) for f in dataclasses.fields(step)})
+        self._insert(StepRow, _fields(step))
+
+    async def commit_step(self, step: StepRecord) -> None:
+        """`record_step`, awaited: committed with the other rows queued meanwhile."""
+        await self._commit_insert(StepRow, _fields(step))
 
     def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None,
                    events: int | None = None) -> None:
@@ -442,38 +461,69 @@ class Storage:
             return list(db.exec(select(table)))
 
     def _add(self, row: SQLModel) -> None:
-        """Insert `row` in a transaction of its own. This is the path of every syscall and step record, so it is
-        a plain INSERT on one connection kept for writing (a session's unit of work, or a connection taken from
-        the pool each time, costs several times the commit itself); worker threads take turns on it."""
-        table = row.__table__  # type: ignore[attr-defined]
-        self._insert(type(row), {c.name: getattr(row, c.name) for c in table.columns})
+        """Insert `row` in a transaction of its own (with the rows queued before it)."""
+        self._insert(type(row), _values(row))
 
     def _insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Insert one row of `table` (its None values left to the column defaults), with the rows queued before
-        it, committed at once."""
-        self._insert_pending((table, values))
-
-    def _insert_pending(self, *rows: tuple[type[SQLModel], dict[str, Any]]) -> None:
-        """Insert the queued rows and `rows` in one transaction; on failure the queued ones stay queued."""
+        it, committed at once. This is the path of every syscall, step and run record, so it is a plain INSERT
+        on one connection kept for writing (a session's unit of work, or a connection taken from the pool each
+        time, costs several times the commit itself); worker threads take turns on it."""
+        committed: Future[None] = Future()
         with self._pending_lock:
-            pending, self._pending = self._pending, []
-        if not pending and not rows:  # an earlier transaction took them
+            self._pending.append((table, values, committed))
+        while not committed.done():  # a batch at a time, those before it first
+            self._insert_pending()
+        committed.result()
+
+    def _insert_pending(self) -> None:
+        """Insert the queued rows in one transaction, and tell those who wait for theirs that it is committed.
+        Where that fails, each row waited for is tried alone, so that only a row at fault fails its writer (all
+        of them, where the database stayed busy past FLOWRUN_DB_TIMEOUT); the rows nothing waits for stay
+        queued, and their failure is raised."""
+        with self._pending_lock:
+            pending, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+        if not pending:  # an earlier transaction took them
             return
+        try:
+            self._retrying(self._insert_rows, pending)
+        except StorageError as exc:
+            with self._pending_lock:
+                self._pending[:0] = [row for row in pending if row[2] is None]
+            for row in pending:
+                if row[2] is not None:
+                    _settle(row[2], exc if isinstance(exc, Busy) else self._insert_alone(row))
+            if any(row[2] is None for row in pending):
+                raise
+            return
+        except BaseException as exc:  # a bug, or the process stopping: no writer waits forever
+            for _, _, done in pending:
+                if done is not None:
+                    _settle(done, exc)
+            raise
+        for _, _, done in pending:
+            if done is not None:
+                _settle(done, None)
+
+    def _insert_alone(self, row: _Row) -> BaseException | None:
+        """Insert `row` in a transaction of its own; its failure, or None."""
+        try:
+            self._retrying(self._insert_rows, [row])
+        except StorageError as exc:
+            return exc
+        return None
+
+    def _insert_rows(self, rows: list[_Row]) -> None:
         groups: list[tuple[type[SQLModel], tuple[str, ...], list[dict[str, Any]]]] = []
-        for table, values in [*pending, *rows]:  # consecutive rows of one shape go in one executemany, in order
+        for table, values, _ in rows:  # consecutive rows of one shape go in one executemany, in order
             present = {k: v for k, v in values.items() if v is not None}
             if groups and groups[-1][:2] == (table, tuple(present)):
                 groups[-1][2].append(present)
             else:
                 groups.append((table, tuple(present), [present]))
-        try:
-            with self._writing() as db:
-                for table, _, group in groups:
-                    db.execute(table.__table__.insert(), group)  # type: ignore[attr-defined]
-        except StorageError:
-            with self._pending_lock:
-                self._pending[:0] = pending
-            raise
+        with self._writing() as db:
+            for table, _, group in groups:
+                db.execute(table.__table__.insert(), group)  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -560,3 +610,26 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+_Row = tuple[type[SQLModel], dict[str, Any], "Future[None] | None"]  # a row to insert, and its writer's, if awaited
+# Rows in one transaction at most: the writer holds the interpreter lock while it prepares them, and 2,000 at once
+# held the server's event loop for a third of a second. Each queued row has a job of its own to take the rest.
+_BATCH = 100
+
+
+def _fields(step: StepRecord) -> dict[str, Any]:
+    return {f.name: getattr(step, f.name) for f in dataclasses.fields(step)}
+
+
+def _values(row: SQLModel) -> dict[str, Any]:
+    return {c.name: getattr(row, c.name) for c in row.__table__.columns}  # type: ignore[attr-defined]
+
+
+def _settle(done: Future[None], error: BaseException | None) -> None:
+    """Tell the writer waiting on `done` how its row went (unless it gave up waiting: cancelled)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
