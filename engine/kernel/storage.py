@@ -478,40 +478,54 @@ class Storage:
 
     def _insert_pending(self) -> None:
         """Insert the queued rows in one transaction, and tell those who wait for theirs that it is committed.
-        Where that fails, each row waited for is tried alone, so that only a row at fault fails its writer (all
-        of them, where the database stayed busy past FLOWRUN_DB_TIMEOUT); the rows nothing waits for stay
-        queued, and their failure is raised."""
+        Where that fails, they are inserted one at a time, in order (see _insert_in_turn)."""
         with self._pending_lock:
             pending, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
         if not pending:  # an earlier transaction took them
             return
         try:
             self._retrying(self._insert_rows, pending)
-        except StorageError as exc:
-            with self._pending_lock:
-                self._pending[:0] = [row for row in pending if row[2] is None]
-            for row in pending:
-                if row[2] is not None:
-                    _settle(row[2], exc if isinstance(exc, Busy) else self._insert_alone(row))
-            if any(row[2] is None for row in pending):
-                raise
-            return
+        except Busy as exc:  # past FLOWRUN_DB_TIMEOUT already: none of them goes in
+            self._stop_at(pending, exc)
+        except StorageError:
+            self._insert_in_turn(pending)
         except BaseException as exc:  # a bug, or the process stopping: no writer waits forever
             for _, _, done in pending:
                 if done is not None:
                     _settle(done, exc)
             raise
-        for _, _, done in pending:
-            if done is not None:
-                _settle(done, None)
+        else:
+            for _, _, done in pending:
+                if done is not None:
+                    _settle(done, None)
 
-    def _insert_alone(self, row: _Row) -> BaseException | None:
-        """Insert `row` in a transaction of its own; its failure, or None."""
-        try:
-            self._retrying(self._insert_rows, [row])
-        except StorageError as exc:
-            return exc
-        return None
+    def _insert_in_turn(self, rows: list[_Row]) -> None:
+        """Insert `rows` in order, a transaction each. An awaited row that fails (stored twice, say) fails its
+        writer alone; any other failure stops there (see _stop_at): a row is never stored before one queued
+        ahead of it, as a step's record after the tool calls it made."""
+        for n, row in enumerate(rows):
+            try:
+                self._retrying(self._insert_rows, [row])
+            except StorageError as exc:
+                if row[2] is None or isinstance(exc, Busy):
+                    self._stop_at(rows[n:], exc)
+                    return
+                _settle(row[2], exc)
+            else:
+                if row[2] is not None:
+                    _settle(row[2], None)
+
+    def _stop_at(self, rows: list[_Row], error: StorageError) -> None:
+        """`rows` could not be stored, the first for `error`: their writers who wait are told so; the rest stay
+        queued, to go with the next write, and the error is raised, to be raised by the next commit or read."""
+        for _, _, done in rows:
+            if done is not None:
+                _settle(done, error)
+        kept = [row for row in rows if row[2] is None]
+        if kept:
+            with self._pending_lock:
+                self._pending[:0] = kept
+            raise error
 
     def _insert_rows(self, rows: list[_Row]) -> None:
         groups: list[tuple[type[SQLModel], tuple[str, ...], list[dict[str, Any]]]] = []
