@@ -4,6 +4,7 @@ printed to a terminal."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 from engine.interpreter.resume import ResumeError, stopped
 from engine.interpreter.runs import status
-from engine.kernel.storage import Storage
+from engine.kernel.storage import Storage, StorageError
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tables import (
     AuditRow,
@@ -92,7 +93,7 @@ def test_stored_model_text_is_printed_without_control_sequences(tmp_path: Path) 
 OPEN_AT_ONCE = """
 import sys, time
 from pathlib import Path
-from engine.kernel.storage import Storage
+from engine.kernel.storage import Storage, StorageError
 ready, go = Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()
 while not go.exists():
@@ -286,3 +287,23 @@ def test_prune_by_status_keeping_the_newest_and_the_memories(tmp_path: Path) -> 
     assert code == 2 and "say which runs to remove" in err
     code, _, err = cli("runs", "prune", "--older-than", "soon", "--db", str(db))
     assert code == 2 and "is not a duration" in err
+
+
+def test_rows_left_queued_by_a_locked_database_go_in_once_it_is_free(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """More rows than one transaction takes, queued while another process held the database: none is lost, and a
+    step awaited after them is committed (a writer waited forever on it once, its row past the first batch)."""
+    monkeypatch.setenv("FLOWRUN_DB_TIMEOUT", "0.02")
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    storage.start_run(RunRow(id="a" * 32, agent="A", flow="f.yaml", status="running", inputs={}, created=1.0))
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    for _ in range(150):
+        storage.record_syscall(Syscall(SyscallKind.TOOL, "A", "a" * 32))
+    storage._writes.submit(lambda: None).result()  # every queued write has been tried, and found it busy
+    other.execute("ROLLBACK")
+    step = StepRecord("a" * 32, "solve", 1, "process", None, "out", None, None, 3, 1.0, 2.0)
+    with contextlib.suppress(StorageError):  # committed; then the database found busy before is said, once
+        asyncio.run(asyncio.wait_for(storage.commit_step(step), 10))
+    assert len(storage.of_runs(SyscallRow, ["a" * 32])) == 150
+    assert [s.step for s in storage.of_runs(StepRow, ["a" * 32])] == ["solve"]

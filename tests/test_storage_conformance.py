@@ -133,15 +133,20 @@ def test_rows_awaited_while_the_writer_is_busy_are_committed_together_and_a_bad_
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], StorageError) and "refused a record it holds already" in str(outcomes[1])
     assert [s.visit for s in storage.of_runs(StepRow, ["c" * 32])] == list(range(1, 43))
+    # a value the database driver refuses (not JSON): that step fails alone, with a StorageError
+    outcomes = asyncio.run(store_while_busy(step("c" * 32, 3, output="again"), step("c" * 32, 43, output={1, 2}),
+                                            step("c" * 32, 44)))
+    assert all(isinstance(o, StorageError) for o in outcomes[:2]) and outcomes[2] is None
+    assert "refused a record" in str(outcomes[1])
     # a write not awaited (from a thread of its own) behind more rows than one transaction takes
     gate = threading.Event()
     storage.later(gate.wait, 30)
     for _ in range(250):
         storage.record_syscall(Syscall(SyscallKind.TOOL, "MathAgent", "c" * 32))
     gate.set()
-    storage.record_step(step("c" * 32, 43))
+    storage.record_step(step("c" * 32, 45))
     assert len(storage.of_runs(SyscallRow, ["c" * 32])) == 250
-    assert storage.of_runs(StepRow, ["c" * 32])[-1].visit == 43
+    assert storage.of_runs(StepRow, ["c" * 32])[-1].visit == 45
 
 
 def test_a_write_queued_without_waiting_is_seen_by_the_next_read(storage: Storage) -> None:

@@ -111,7 +111,9 @@ class Storage:
         self._writer: Connection | None = None
         self._write_lock = threading.Lock()
         # One thread does the writes that `later` queues and `commit` awaits, so they are committed in order.
-        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-storage")
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-storage",
+                                          initializer=self._note_writer)
+        self._writer_thread: int | None = None
         self._failure: StorageError | None = None
         self._pending: list[_Row] = []  # rows queued to be inserted (see _insert_pending)
         self._pending_lock = threading.Lock()
@@ -229,6 +231,9 @@ class Storage:
                     raise
                 time.sleep(min(_BUSY.delay(attempt), max(0.0, deadline - time.monotonic())))
                 attempt += 1
+
+    def _note_writer(self) -> None:
+        self._writer_thread = threading.get_ident()
 
     def _noting_failure(self, write: Callable[..., Any], *args: Any) -> None:
         try:
@@ -472,30 +477,36 @@ class Storage:
         committed: Future[None] = Future()
         with self._pending_lock:
             self._pending.append((table, values, committed))
-        while not committed.done():  # a batch at a time, those before it first
+        if threading.get_ident() == self._writer_thread:
             self._insert_pending()
+        else:  # on the writer's thread, so that no two threads commit queued rows out of their order
+            self._writes.submit(self._insert_pending).result()
         committed.result()
 
     def _insert_pending(self) -> None:
-        """Insert the queued rows in one transaction, and tell those who wait for theirs that it is committed.
-        Where that fails, they are inserted one at a time, in order (see _insert_in_turn)."""
-        with self._pending_lock:
-            pending, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-        if not pending:  # an earlier transaction took them
-            return
+        """Insert the queued rows, a transaction for each batch of them, and tell those who wait for theirs that
+        it is committed. Where a transaction fails, its rows go in one at a time (see _insert_in_turn)."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            if not batch:  # an earlier transaction took them
+                return
+            try:
+                self._insert_batch(batch)
+            finally:  # whatever happened, no writer waits forever
+                for _, _, done in batch:
+                    if done is not None and not done.done():
+                        _settle(done, StorageError(f"a record was not stored in {self.url}: the write stopped"))
+
+    def _insert_batch(self, batch: list[_Row]) -> None:
         try:
-            self._retrying(self._insert_rows, pending)
+            self._retrying(self._insert_rows, batch)
         except Busy as exc:  # past FLOWRUN_DB_TIMEOUT already: none of them goes in
-            self._stop_at(pending, exc)
-        except StorageError:
-            self._insert_in_turn(pending)
-        except BaseException as exc:  # a bug, or the process stopping: no writer waits forever
-            for _, _, done in pending:
-                if done is not None:
-                    _settle(done, exc)
-            raise
+            self._stop_at(batch, exc)
+        except Exception:  # a StorageError, or the driver's own (a value PostgreSQL refuses, say)
+            self._insert_in_turn(batch)
         else:
-            for _, _, done in pending:
+            for _, _, done in batch:
                 if done is not None:
                     _settle(done, None)
 
@@ -506,11 +517,13 @@ class Storage:
         for n, row in enumerate(rows):
             try:
                 self._retrying(self._insert_rows, [row])
-            except StorageError as exc:
+            except Exception as exc:
+                failure = exc if isinstance(exc, StorageError) else \
+                    StorageError(f"database {self.url} refused a record: {exc}")
                 if row[2] is None or isinstance(exc, Busy):
-                    self._stop_at(rows[n:], exc)
+                    self._stop_at(rows[n:], failure)
                     return
-                _settle(row[2], exc)
+                _settle(row[2], failure)
             else:
                 if row[2] is not None:
                     _settle(row[2], None)
