@@ -193,17 +193,15 @@ class Storage:
     def _later_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
         awaited write, if it comes first)."""
-        with self._pending_lock:
-            self._pending.append((table, values, None))
-        self.later(self._insert_pending)
+        self._queue(table, values, None)
+        self._writes.submit(self._noting_failure, self._insert_pending)
 
     async def _commit_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Insert a row and return once it is committed, after every write queued before it. It is queued with
         the rows waiting, so that those queued while the writer is busy are committed in one transaction: 2,000
         runs POSTed to a server at once are a few commits, not 2,000 in a row."""
         committed: Future[None] = Future()
-        with self._pending_lock:
-            self._pending.append((table, values, committed))
+        self._queue(table, values, committed)
         self._writes.submit(self._noting_failure, self._insert_pending)  # a failure of rows nothing waits for
         await asyncio.wrap_future(committed)
         self._raise_failure()
@@ -475,13 +473,17 @@ class Storage:
         on one connection kept for writing (a session's unit of work, or a connection taken from the pool each
         time, costs several times the commit itself); worker threads take turns on it."""
         committed: Future[None] = Future()
-        with self._pending_lock:
-            self._pending.append((table, values, committed))
+        self._queue(table, values, committed)
         if threading.get_ident() == self._writer_thread:
             self._insert_pending()
         else:  # on the writer's thread, so that no two threads commit queued rows out of their order
             self._writes.submit(self._insert_pending).result()
         committed.result()
+
+    def _queue(self, table: type[SQLModel], values: dict[str, Any], committed: Future[None] | None) -> None:
+        """Queue a row to insert, with the future its writer waits on, if any (see _insert_pending)."""
+        with self._pending_lock:
+            self._pending.append((table, values, committed))
 
     def _insert_pending(self) -> None:
         """Insert the queued rows, a transaction for each batch of them, and tell those who wait for theirs that
