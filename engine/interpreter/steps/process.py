@@ -45,11 +45,10 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         return StepDone(text or step.id, _output(run, step, {}))
     if not names:
         return await _answer(kernel, run, step, text)
-    carried = _carried_arguments(kernel, step, text) if step.answer_by == "examples" else None
     ask, messages, call = text or step.id, None, None
-    if step.tool and carried is not None:
-        call = await _carried_call(kernel, run, step.tool, carried)
-    elif step.tool and step.arguments is not None:
+    if step.tool and step.answer_by == "examples":
+        call = await _carried_call(kernel, run, step, text)
+    if call is None and step.tool and step.arguments is not None:
         call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
     if call is None:
         ask = ask_for(text, tools=names)
@@ -67,21 +66,18 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     return done
 
 
-async def _carried_call(kernel: Kernel, run: RunState, tool: str, arguments: Any) -> ToolCall | None:
-    """The call with the arguments the step's examples carried over; None where the tool fails on them (units
-    that the pattern takes but that do not cancel out, say), so that the model writes them instead."""
-    try:
-        return await kernel.call_tool(run.agent, run.id, tool, arguments)
-    except ToolError:
-        return None
-
-
-def _carried_arguments(kernel: Kernel, step: Step, text: str) -> Any:
-    """The arguments of the `tool:` step's most alike example, carried over to the numbers of `text`; None when no
-    example pairs, or the tool would refuse what they carry over to (the model then fills them in)."""
+async def _carried_call(kernel: Kernel, run: RunState, step: Step, text: str) -> ToolCall | None:
+    """The call of the `tool:` step with its most alike example's arguments, carried over to `text`; None when no
+    example pairs, the tool's parameters refuse what they carry over to, or the tool fails on it (units that do
+    not cancel out, say): the model then fills them in."""
     arguments = carried_answer(step.examples, text, step.examples_shown)
     tool = kernel.tools.tools.get(step.tool or "")
-    return None if arguments is None or tool is None or tool.problems(arguments) else arguments
+    if arguments is None or tool is None or tool.problems(arguments):
+        return None
+    try:
+        return await kernel.call_tool(run.agent, run.id, tool.name, arguments)
+    except ToolError:
+        return None
 
 
 async def _voted_call(kernel: Kernel, run: RunState, step: Step, messages: list[dict[str, str]],
