@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -307,3 +308,24 @@ def test_rows_left_queued_by_a_locked_database_go_in_once_it_is_free(tmp_path: P
         asyncio.run(asyncio.wait_for(storage.commit_step(step), 10))
     assert len(storage.of_runs(SyscallRow, ["a" * 32])) == 150
     assert [s.step for s in storage.of_runs(StepRow, ["a" * 32])] == ["solve"]
+
+
+def test_a_step_awaited_while_the_writer_fails_on_a_locked_database_is_told_so(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step queued while the writer retries rows another process's lock keeps out is not left waiting: it is
+    tried in its turn, and its writer told that the database is busy; once it is free, every row goes in."""
+    monkeypatch.setenv("FLOWRUN_DB_TIMEOUT", "0.5")
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    storage.start_run(RunRow(id="a" * 32, agent="A", flow="f.yaml", status="running", inputs={}, created=1.0))
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    storage.record_syscall(Syscall(SyscallKind.TOOL, "A", "a" * 32))  # the writer retries it for 0.5 s
+    time.sleep(0.1)
+    step = StepRecord("a" * 32, "solve", 1, "process", None, "out", None, None, 3, 1.0, 2.0)
+    with pytest.raises(StorageError, match="locked"):
+        asyncio.run(asyncio.wait_for(storage.commit_step(step), 10))
+    other.execute("ROLLBACK")
+    with contextlib.suppress(StorageError):  # committed; then the busy database found before is said, once
+        asyncio.run(asyncio.wait_for(storage.commit_step(replace(step, visit=2)), 10))
+    assert len(storage.of_runs(SyscallRow, ["a" * 32])) == 1
+    assert [s.visit for s in storage.of_runs(StepRow, ["a" * 32])] == [2]

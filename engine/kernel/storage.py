@@ -117,6 +117,8 @@ class Storage:
         self._failure: StorageError | None = None
         self._pending: list[_Row] = []  # rows queued to be inserted (see _insert_pending)
         self._pending_lock = threading.Lock()
+        self._draining = False  # a job inserting the queued rows is on the writer's queue or running
+        self._queued = 0  # rows queued so far
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
@@ -194,7 +196,6 @@ class Storage:
         """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
         awaited write, if it comes first)."""
         self._queue(table, values, None)
-        self._writes.submit(self._noting_failure, self._insert_pending)
 
     async def _commit_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Insert a row and return once it is committed, after every write queued before it. It is queued with
@@ -202,7 +203,6 @@ class Storage:
         runs POSTed to a server at once are a few commits, not 2,000 in a row."""
         committed: Future[None] = Future()
         self._queue(table, values, committed)
-        self._writes.submit(self._noting_failure, self._insert_pending)  # a failure of rows nothing waits for
         await asyncio.wrap_future(committed)
         self._raise_failure()
 
@@ -481,9 +481,14 @@ class Storage:
         committed.result()
 
     def _queue(self, table: type[SQLModel], values: dict[str, Any], committed: Future[None] | None) -> None:
-        """Queue a row to insert, with the future its writer waits on, if any (see _insert_pending)."""
+        """Queue a row to insert, with the future its writer waits on, if any, and have the writer insert it
+        (see _insert_pending)."""
         with self._pending_lock:
             self._pending.append((table, values, committed))
+            self._queued += 1
+            asked, self._draining = self._draining, True
+        if not asked:  # one job drains the queue: a job per row woke the writer 2,000 times for 2,000 POSTs
+            self._writes.submit(self._noting_failure, self._insert_pending)
 
     def _insert_pending(self) -> None:
         """Insert the queued rows, a transaction for each batch of them, and tell those who wait for theirs that
@@ -491,10 +496,19 @@ class Storage:
         while True:
             with self._pending_lock:
                 batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-            if not batch:  # an earlier transaction took them
-                return
+                if not batch:  # an earlier transaction took them
+                    self._draining = False
+                    return
+                queued = self._queued
             try:
                 self._insert_batch(batch)
+            except BaseException:
+                # The rows left queued go with the next write; those queued meanwhile asked for a job of their own
+                with self._pending_lock:
+                    self._draining = self._queued > queued
+                if self._draining:
+                    self._writes.submit(self._noting_failure, self._insert_pending)
+                raise
             finally:  # whatever happened, no writer waits forever
                 for _, _, done in batch:
                     if done is not None and not done.done():
