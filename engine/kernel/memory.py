@@ -34,7 +34,7 @@ class Memory:
         from it the same for many steps, so a backend's cached prompt prefix goes on being reused."""
         evicted = self._add(agent, run, added)
         if evicted:
-            self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in evicted])
+            self.storage.add_memories(agent, run, [(e.role, e.content) for e in evicted])
 
     def restore(self, agent: str, run: str, added: Iterable[tuple[str, str]]) -> None:
         """Rebuild a resumed run's short-term memory from what its stored steps added, as `remember` would; what it
@@ -63,4 +63,4 @@ class Memory:
     def end_run(self, run: str) -> None:
         """Move what is left of the run's short-term memory to long-term memory."""
         agent, entries = self._runs.pop(run, ("", deque()))
-        self.storage.later(self.storage.add_memories, agent, run, [(e.role, e.content) for e in entries])
+        self.storage.add_memories(agent, run, [(e.role, e.content) for e in entries])
