@@ -95,8 +95,7 @@ def probe(base: str) -> None:
 
 
 def serve(port: int, folder: Path, slots: int, seconds: float) -> None:
-    """The server process: the app over a service on the simulated backend."""
-    import uvicorn
+    """The server process: the app over a service on the simulated backend, served as `flowrun serve` does."""
     from scheduler_bench import Simulated
 
     from engine.flow.manifest import load_tools
@@ -104,13 +103,14 @@ def serve(port: int, folder: Path, slots: int, seconds: float) -> None:
     from engine.kernel.storage import Storage
     from engine.server.app import create_app
     from engine.server.catalog import load_catalog
+    from engine.server.process import serve as serve_app
     from engine.service import Service
 
     flows = load_catalog([folder / "flows"])
     kernel = kernel_for([f.checked for f in flows.values()], Simulated(slots, seconds),
                         Storage(f"sqlite:///{folder / 'serve.db'}"))
     app = create_app(Service(kernel), flows, load_tools([]).tools)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    serve_app(app, "127.0.0.1", port)
 
 
 async def load(base: str, runs: int, clients: int, pause: float) -> tuple[float, list[float], list[float], int]:

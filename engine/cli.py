@@ -381,10 +381,9 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
     With FLOWRUN_TOKEN set, every request but GET /healthz needs `Authorization: Bearer TOKEN`. SIGTERM or Ctrl-C
     stops the server: runs in flight end interrupted, to be resumed (`flowrun runs resume`).
     """
-    import uvicorn  # here, so that other commands do not load the server
-
-    from engine.server.app import create_app
+    from engine.server.app import create_app  # here, so that other commands do not load the server
     from engine.server.catalog import load_catalog
+    from engine.server.process import serve as serve_app
 
     token = os.environ.get("FLOWRUN_TOKEN") or None
     if token is None and not _loopback(host):
@@ -398,9 +397,7 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
                      resume_interrupted=resume_interrupted)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
-    # A client following a run's events keeps its connection open: past 5 s the server closes it, so that a stop
-    # still ends the runs in flight interrupted instead of waiting for them to finish.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    serve_app(app, host, port)
 
 
 def _loopback(host: str) -> bool:
