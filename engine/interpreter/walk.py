@@ -139,8 +139,7 @@ async def _end(kernel: Kernel, run: RunState, status: RunStatus, answer: Any = N
     if session is not None and session.journal is not None and status == RunStatus.FINISHED:
         session.journal.drop_unused()
     try:  # with the number of its run.ended, published next
-        await kernel.storage.commit(kernel.storage.finish_run, run.id, status, answer, error,
-                                    kernel.events.next_seq(run.id))
+        await kernel.storage.commit_finish_run(run.id, status, answer, error, kernel.events.next_seq(run.id))
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     kernel.events.publish(RunEnded(run.id, status=status, error=error, tokens=tokens))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import threading
@@ -27,7 +28,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, event, inspect, text
+from sqlalchemy import Connection, Executable, bindparam, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
 
@@ -115,7 +116,7 @@ class Storage:
                                           initializer=self._note_writer)
         self._writer_thread: int | None = None
         self._failure: StorageError | None = None
-        self._pending: list[_Row] = []  # rows queued to be inserted (see _insert_pending)
+        self._pending: list[_Row] = []  # rows queued to be written (see _write_pending)
         self._pending_lock = threading.Lock()
         self._draining = False  # a job inserting the queued rows is on the writer's queue or running
         self._queued = 0  # rows queued so far
@@ -198,14 +199,14 @@ class Storage:
     def _later_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
         """Queue the insert of a row; rows queued while the writer is busy go in one transaction (with the next
         awaited write, if it comes first)."""
-        self._queue(table, values, None)
+        self._queue(_insert_into(table), values, None)
 
-    async def _commit_insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
-        """Insert a row and return once it is committed, after every write queued before it. It is queued with
-        the rows waiting, so that those queued while the writer is busy are committed in one transaction: 2,000
-        runs POSTed to a server at once are a few commits, not 2,000 in a row."""
+    async def _commit_write(self, statement: Executable, values: dict[str, Any]) -> None:
+        """Write a row (`statement` with `values`) and return once it is committed, after every write queued
+        before it. It is queued with the rows waiting, so that those queued while the writer is busy are committed
+        in one transaction: 2,000 runs POSTed to a server at once are a few commits, not 2,000 in a row."""
         committed: Future[None] = Future()
-        self._queue(table, values, committed)
+        self._queue(statement, values, committed)
         await asyncio.wrap_future(committed)
         self._raise_failure()
 
@@ -217,7 +218,7 @@ class Storage:
 
     def flush(self) -> None:
         """Wait until every queued write is committed (reads do this first, so they see them)."""
-        self._writes.submit(self._noting_failure, self._insert_pending).result()
+        self._writes.submit(self._noting_failure, self._write_pending).result()
         self._raise_failure()
 
     def _retrying(self, write: Callable[..., Any], *args: Any) -> Any:
@@ -249,30 +250,43 @@ class Storage:
 
     def start_run(self, run: RunRow) -> None:
         """Store a run as it starts."""
-        self._insert(RunRow, _values(run))
+        self._write(_insert_into(RunRow), _values(run))
 
     async def commit_start_run(self, run: RunRow) -> None:
         """`start_run`, awaited: committed with the other rows queued meanwhile."""
-        await self._commit_insert(RunRow, _values(run))
+        await self._commit_write(_insert_into(RunRow), _values(run))
 
     def record_step(self, step: StepRecord) -> None:
         """Store a finished step (committed before the run goes on)."""
-        self._insert(StepRow, _fields(step))
+        self._write(_insert_into(StepRow), _fields(step))
 
     async def commit_step(self, step: StepRecord) -> None:
         """`record_step`, awaited: committed with the other rows queued meanwhile."""
-        await self._commit_insert(StepRow, _fields(step))
+        await self._commit_write(_insert_into(StepRow), _fields(step))
 
     def finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None,
                    events: int | None = None) -> None:
         """Store how run `run_id` ended: `status` with its answer or error, and the number of its end event."""
-        # Not one of the queued rows: a row queued before it that the database refuses (on a full disk, say)
-        # stops those after it, and a run's end must be stored even then, so that the run can be resumed. One
-        # statement, not a session's unit of work: 2,000 runs ending at once took seconds that way (serve_bench).
-        values = {"status": str(status), "answer": answer, "error": error, "finished": time.time(), "events": events}
-        with self._errors(), self.engine.begin() as db:
-            if db.execute(_FINISH, {"run": run_id, **values}).rowcount == 0:
-                raise StorageError(f"no run {run_id} in {self.url}")
+        self._write(_FINISH, _finished(run_id, status, answer, error, events))
+
+    async def commit_finish_run(self, run_id: str, status: str, answer: Any = None, error: str | None = None,
+                                events: int | None = None) -> None:
+        """`finish_run`, awaited: committed with the other rows queued meanwhile (2,000 runs ending at once were
+        2,000 transactions in a row). Where a row queued before it cannot be stored (on a full disk, say), it
+        stops the rows after it: the end is then stored on its own, so that the run can be resumed."""
+        values = _finished(run_id, status, answer, error, events)
+        try:
+            await self._commit_write(_FINISH, values)
+        except StorageError:
+            await self.commit(self._finish_alone, values)
+
+    def _finish_alone(self, values: dict[str, Any]) -> None:
+        with self._errors(), self.engine.begin() as db:  # not the writer's connection: that one may be what failed
+            self._finish(db, values)
+
+    def _finish(self, db: Connection, values: dict[str, Any]) -> None:
+        if db.execute(_FINISH, values).rowcount == 0:
+            raise StorageError(f"no run {values['run']} in {self.url}")
 
     # A run's row is written only by writes that are awaited (start, claim, finish, delete), so reading runs never
     # waits for the queue of `later` writes: under load that queue is long, and a server reads runs all the time.
@@ -332,7 +346,7 @@ class Storage:
 
     def start_tool_call(self, row: ToolCallRow) -> int:
         """Store a tool call about to start (after the writes queued before it); its row id."""
-        self._insert_pending()
+        self._write_pending()
         table = ToolCallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             values = {k: v for k, v in row.model_dump().items() if v is not None}
@@ -463,34 +477,34 @@ class Storage:
 
     def _add(self, row: SQLModel) -> None:
         """Insert `row` in a transaction of its own (with the rows queued before it)."""
-        self._insert(type(row), _values(row))
+        self._write(_insert_into(type(row)), _values(row))
 
-    def _insert(self, table: type[SQLModel], values: dict[str, Any]) -> None:
-        """Insert one row of `table` (its None values left to the column defaults), with the rows queued before
-        it, committed at once. This is the path of every syscall, step and run record, so it is a plain INSERT
-        on one connection kept for writing (a session's unit of work, or a connection taken from the pool each
-        time, costs several times the commit itself); worker threads take turns on it."""
+    def _write(self, statement: Executable, values: dict[str, Any]) -> None:
+        """Write one row, `statement` with `values` (an insert leaves None values to the column defaults), with
+        the rows queued before it, committed at once. This is the path of every syscall, step and run record, so
+        it is a plain statement on one connection kept for writing (a session's unit of work, or a connection
+        taken from the pool each time, costs several times the commit itself); worker threads take turns on it."""
         committed: Future[None] = Future()
-        self._queue(table, values, committed)
+        self._queue(statement, values, committed)
         if threading.get_ident() == self._writer_thread:
-            self._insert_pending()
+            self._write_pending()
         else:  # on the writer's thread, so that no two threads commit queued rows out of their order
-            self._writes.submit(self._insert_pending).result()
+            self._writes.submit(self._write_pending).result()
         committed.result()
 
-    def _queue(self, table: type[SQLModel], values: dict[str, Any], committed: Future[None] | None) -> None:
+    def _queue(self, statement: Executable, values: dict[str, Any], committed: Future[None] | None) -> None:
         """Queue a row to insert, with the future its writer waits on, if any, and have the writer insert it
-        (see _insert_pending)."""
+        (see _write_pending)."""
         with self._pending_lock:
-            self._pending.append((table, values, committed))
+            self._pending.append((statement, values, committed))
             self._queued += 1
             asked, self._draining = self._draining, True
         if not asked:  # one job drains the queue: a job per row woke the writer 2,000 times for 2,000 POSTs
-            self._writes.submit(self._noting_failure, self._insert_pending)
+            self._writes.submit(self._noting_failure, self._write_pending)
 
-    def _insert_pending(self) -> None:
-        """Insert the queued rows, a transaction for each batch of them, and tell those who wait for theirs that
-        it is committed. Where a transaction fails, its rows go in one at a time (see _insert_in_turn)."""
+    def _write_pending(self) -> None:
+        """Write the queued rows, a transaction for each batch of them, and tell those who wait for theirs that
+        it is committed. Where a transaction fails, its rows go in one at a time (see _write_in_turn)."""
         while True:
             with self._pending_lock:
                 batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
@@ -499,38 +513,38 @@ class Storage:
                     return
                 queued = self._queued
             try:
-                self._insert_batch(batch)
+                self._write_batch(batch)
             except BaseException:
                 # The rows left queued go with the next write; those queued meanwhile asked for a job of their own
                 with self._pending_lock:
                     self._draining = self._queued > queued
                 if self._draining:
-                    self._writes.submit(self._noting_failure, self._insert_pending)
+                    self._writes.submit(self._noting_failure, self._write_pending)
                 raise
             finally:  # whatever happened, no writer waits forever
                 for _, _, done in batch:
                     if done is not None and not done.done():
                         _settle(done, StorageError(f"a record was not stored in {self.url}: the write stopped"))
 
-    def _insert_batch(self, batch: list[_Row]) -> None:
+    def _write_batch(self, batch: list[_Row]) -> None:
         try:
-            self._retrying(self._insert_rows, batch)
+            self._retrying(self._write_rows, batch)
         except Busy as exc:  # past FLOWRUN_DB_TIMEOUT already: none of them goes in
             self._stop_at(batch, exc)
         except Exception:  # a StorageError, or the driver's own (a value PostgreSQL refuses, say)
-            self._insert_in_turn(batch)
+            self._write_in_turn(batch)
         else:
             for _, _, done in batch:
                 if done is not None:
                     _settle(done, None)
 
-    def _insert_in_turn(self, rows: list[_Row]) -> None:
-        """Insert `rows` in order, a transaction each. An awaited row that fails (stored twice, say) fails its
+    def _write_in_turn(self, rows: list[_Row]) -> None:
+        """Write `rows` in order, a transaction each. An awaited row that fails (stored twice, say) fails its
         writer alone; any other failure stops there (see _stop_at): a row is never stored before one queued
         ahead of it, as a step's record after the tool calls it made."""
         for n, row in enumerate(rows):
             try:
-                self._retrying(self._insert_rows, [row])
+                self._retrying(self._write_rows, [row])
             except Exception as exc:
                 failure = exc if isinstance(exc, StorageError) else \
                     StorageError(f"database {self.url} refused a record: {exc}")
@@ -554,17 +568,21 @@ class Storage:
                 self._pending[:0] = kept
             raise error
 
-    def _insert_rows(self, rows: list[_Row]) -> None:
-        groups: list[tuple[type[SQLModel], tuple[str, ...], list[dict[str, Any]]]] = []
-        for table, values, _ in rows:  # consecutive rows of one shape go in one executemany, in order
-            present = {k: v for k, v in values.items() if v is not None}
-            if groups and groups[-1][:2] == (table, tuple(present)):
+    def _write_rows(self, rows: list[_Row]) -> None:
+        groups: list[tuple[Executable, tuple[str, ...], list[dict[str, Any]]]] = []
+        for statement, values, _ in rows:  # consecutive inserts of one shape go in one executemany, in order
+            present = {k: v for k, v in values.items() if v is not None} if statement is not _FINISH else values
+            if groups and groups[-1][0] is statement and groups[-1][1] == tuple(present):
                 groups[-1][2].append(present)
             else:
-                groups.append((table, tuple(present), [present]))
+                groups.append((statement, tuple(present), [present]))
         with self._writing() as db:
-            for table, _, group in groups:
-                db.execute(table.__table__.insert(), group)  # type: ignore[attr-defined]
+            for statement, _, group in groups:
+                if statement is _FINISH:  # one at a time, each finding its run
+                    for values in group:
+                        self._finish(db, values)
+                else:
+                    db.execute(statement, group)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -653,12 +671,23 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.close()
 
 
-_Row = tuple[type[SQLModel], dict[str, Any], "Future[None] | None"]  # a row to insert, and its writer's, if awaited
+_Row = tuple[Executable, dict[str, Any], "Future[None] | None"]  # a row's write, and its writer's, if awaited
 # Rows in one transaction at most: the writer holds the interpreter lock while it prepares them, and 2,000 at once
 # held the server's event loop for a third of a second. One job inserts the queued rows, a batch at a time.
 _BATCH = 100
 _RUNS = RunRow.__table__  # type: ignore[attr-defined]
 _FINISH = _RUNS.update().where(_RUNS.c.id == bindparam("run"))  # SET: the columns its values name
+
+
+@functools.cache
+def _insert_into(table: type[SQLModel]) -> Executable:
+    """The insert of a row of `table`: one statement each, so that the rows of a table group in one executemany."""
+    return table.__table__.insert()  # type: ignore[attr-defined]
+
+
+def _finished(run_id: str, status: str, answer: Any, error: str | None, events: int | None) -> dict[str, Any]:
+    return {"run": run_id, "status": str(status), "answer": answer, "error": error, "finished": time.time(),
+            "events": events}
 
 
 def _fields(step: StepRecord) -> dict[str, Any]:
