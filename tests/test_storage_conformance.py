@@ -266,6 +266,19 @@ def test_deleting_runs_takes_what_they_left_but_not_a_run_changed_since_nor_the_
     assert [m.content for m in storage.search_memories(["MathAgent"], "remember")] == ["remember 1"]
 
 
+def test_memories_stored_after_a_search_and_after_deleted_ones_are_found(storage: Storage) -> None:
+    for digit in "12":
+        storage.start_run(run(digit * 32))
+        storage.add_memories("MathAgent", digit * 32, [("user", f"plums of run {digit}")])
+    assert len(storage.search_memories(["MathAgent"], "plums")) == 2
+    storage.add_memories("MathAgent", "1" * 32, [("user", "plums again, run 1")])
+    storage.add_memories("MathAgent", "2" * 32, [("user", "plums again, run 2")])
+    storage.delete_runs([storage.find_run("2" * 32)])  # the last memories searched for go, and one not yet
+    storage.add_memories("MathAgent", "3" * 32, [("user", "plums of run 3")])
+    found = storage.search_memories(["MathAgent"], "plums", limit=10)
+    assert sorted(m.content for m in found) == ["plums again, run 1", "plums of run 1", "plums of run 3"]
+
+
 def test_agent_data_is_kept_by_agent_and_key_and_memories_are_found_by_their_words(storage: Storage) -> None:
     storage.put("MathAgent", "units", "metric")
     storage.put("MathAgent", "units", EXACT)
