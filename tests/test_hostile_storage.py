@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -329,3 +330,45 @@ def test_a_step_awaited_while_the_writer_fails_on_a_locked_database_is_told_so(t
         asyncio.run(asyncio.wait_for(storage.commit_step(replace(step, visit=2)), 10))
     assert len(storage.of_runs(SyscallRow, ["a" * 32])) == 1
     assert [s.visit for s in storage.of_runs(StepRow, ["a" * 32])] == [2]
+
+
+def test_a_step_queued_behind_more_rows_than_a_transaction_takes_is_told_the_database_stays_locked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows queued past the first transaction of a write that fails get no job of their own: a step among them
+    is told at once that the database is locked (it waited forever once), and the others go in when it is free."""
+    monkeypatch.setenv("FLOWRUN_DB_TIMEOUT", "0.3")
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    storage.start_run(RunRow(id="a" * 32, agent="A", flow="f.yaml", status="running", inputs={}, created=1.0))
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    step = StepRecord("a" * 32, "solve", 1, "process", None, "out", None, None, 3, 1.0, 2.0)
+
+    async def step_behind_rows() -> None:
+        gate = threading.Event()
+        storage.later(gate.wait, 30)  # the writer is busy until every row below is queued
+        for _ in range(150):
+            storage.record_syscall(Syscall(SyscallKind.TOOL, "A", "a" * 32))
+        stored = asyncio.ensure_future(storage.commit_step(step))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(stored, 10)
+
+    with pytest.raises(StorageError, match="locked"):
+        asyncio.run(step_behind_rows())
+    other.execute("ROLLBACK")
+    with contextlib.suppress(StorageError):  # committed; then the busy database found before is said, once
+        asyncio.run(asyncio.wait_for(storage.commit_step(replace(step, visit=2)), 10))
+    assert len(storage.of_runs(SyscallRow, ["a" * 32])) == 150
+    assert [s.visit for s in storage.of_runs(StepRow, ["a" * 32])] == [2]
+
+
+def test_memories_are_searched_while_another_process_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search whose memories are all indexed only reads: another process's write lock does not stop it."""
+    monkeypatch.setenv("FLOWRUN_DB_TIMEOUT", "0.3")
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    storage.add_memories("A", "a" * 32, [("user", "plums are ripe")])
+    assert [m.content for m in storage.search_memories(["A"], "plums")] == ["plums are ripe"]  # indexed now
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    assert [m.content for m in storage.search_memories(["A"], "ripe")] == ["plums are ripe"]
+    other.execute("ROLLBACK")

@@ -176,6 +176,21 @@ def test_runs_ending_at_once_are_committed_together_with_their_memories(storage:
     assert sorted(m.content for m in found) == [f"pears of run {digit}" for digit in "12345"]
 
 
+def test_a_run_end_is_stored_once_and_says_the_failure_of_a_write_queued_before_it(storage: Storage) -> None:
+    storage.start_run(run("7" * 32, status=RunStatus.RUNNING))
+    updates: list[str] = []
+    event.listen(storage.engine, "before_cursor_execute",
+                 lambda _, __, statement, *___: updates.append(statement) if statement.startswith("UPDATE") else None)
+
+    def refused() -> None:
+        raise StorageError("the database refused a record")
+
+    storage.later(refused)
+    with pytest.raises(StorageError, match="refused a record"):
+        asyncio.run(storage.commit_finish_run("7" * 32, RunStatus.FINISHED, 42))
+    assert storage.find_run("7" * 32).answer == 42 and len(updates) == 1
+
+
 def test_a_write_queued_without_waiting_is_seen_by_the_next_read(storage: Storage) -> None:
     storage.start_run(run("f" * 32))
     calls = [Syscall(SyscallKind.TOOL, "MathAgent", "f" * 32) for _ in range(50)]

@@ -53,7 +53,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -66,6 +66,7 @@ _ADDED_COLUMNS = {
     6: (("tool_calls", "syscall", "VARCHAR"),),
     7: (("steps", "vote", "JSON"),),
     8: (("steps", "seq", "INTEGER"), ("runs", "events", "INTEGER")),
+    9: (),  # SQLite's memory index is brought up to date when searched: an older flowrun would index around it
 }
 
 
@@ -118,8 +119,7 @@ class Storage:
         self._failure: StorageError | None = None
         self._pending: list[_Row] = []  # rows queued to be written (see _write_pending)
         self._pending_lock = threading.Lock()
-        self._draining = False  # a job inserting the queued rows is on the writer's queue or running
-        self._queued = 0  # rows queued so far
+        self._draining = False  # a job writing the queued rows is on the writer's queue or running
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
@@ -202,10 +202,14 @@ class Storage:
         """Write a row (`statement` with `values`) and return once it is committed, after every write queued
         before it. It is queued with the rows waiting, so that those queued while the writer is busy are committed
         in one transaction: 2,000 runs POSTed to a server at once are a few commits, not 2,000 in a row."""
+        await self._committed(statement, values)
+        self._raise_failure()
+
+    async def _committed(self, statement: Executable, values: dict[str, Any]) -> None:
+        """Queue the write of a row and wait until it is committed (a StorageError if it could not be)."""
         committed: Future[None] = Future()
         self._queue(statement, values, committed)
         await asyncio.wrap_future(committed)
-        self._raise_failure()
 
     async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
         """Do `write(*args)` after every write queued before it, and return once it is committed."""
@@ -273,9 +277,11 @@ class Storage:
         stops the rows after it: the end is then stored on its own, so that the run can be resumed."""
         values = _finished(run_id, status, answer, error, events)
         try:
-            await self._commit_write(_FINISH, values)
-        except StorageError:
+            await self._committed(_FINISH, values)
+        except StorageError:  # its own row failed: not one written before it that failed since
             await self.commit(self._finish_alone, values)
+            return
+        self._raise_failure()
 
     def _finish_alone(self, values: dict[str, Any]) -> None:
         with self._errors(), self.engine.begin() as db:  # not the writer's connection: that one may be what failed
@@ -464,9 +470,11 @@ class Storage:
         quarters of the time of storing a memory, and 2,000 runs ending at once store some 40,000: a server's
         requests waited for that. The index holds every memory up to the last one it holds (they are indexed in
         order, and a memory deleted takes its entry with it)."""
-        with self._writing() as db:
-            db.execute(text("INSERT INTO memories_fts(rowid, content) SELECT id, content FROM memories WHERE id > "
-                            "coalesce((SELECT rowid FROM memories_fts ORDER BY rowid DESC LIMIT 1), 0) ORDER BY id"))
+        with self._writing() as db:  # a read first: SQLite's write lock only where the index is behind
+            indexed = db.execute(text("SELECT rowid FROM memories_fts ORDER BY rowid DESC LIMIT 1")).scalar() or 0
+            if (db.execute(text("SELECT max(id) FROM memories")).scalar() or 0) > indexed:
+                db.execute(text("INSERT INTO memories_fts(rowid, content) SELECT id, content FROM memories "
+                                "WHERE id > :indexed ORDER BY id"), {"indexed": indexed})
 
     def close(self) -> None:
         """Commit what is queued and let the database go."""
@@ -506,7 +514,6 @@ class Storage:
         (see _write_pending)."""
         with self._pending_lock:
             self._pending.append((statement, values, committed))
-            self._queued += 1
             asked, self._draining = self._draining, True
         if not asked:  # one job drains the queue: a job per row woke the writer 2,000 times for 2,000 POSTs
             self._writes.submit(self._noting_failure, self._write_pending)
@@ -520,15 +527,19 @@ class Storage:
                 if not batch:  # an earlier transaction took them
                     self._draining = False
                     return
-                queued = self._queued
             try:
                 self._write_batch(batch)
-            except BaseException:
-                # The rows left queued go with the next write; those queued meanwhile asked for a job of their own
+            except BaseException as exc:
+                # The writes stop here (see _stop_at), and no job may come for the rows still queued: those their
+                # writers wait on fail now, with the same error; the others go with the next write
+                error = exc if isinstance(exc, StorageError) else \
+                    StorageError(f"a record was not stored in {self.url}: the write stopped")
                 with self._pending_lock:
-                    self._draining = self._queued > queued
-                if self._draining:
-                    self._writes.submit(self._noting_failure, self._write_pending)
+                    waited = [row for row in self._pending if row[2] is not None]
+                    self._pending = [row for row in self._pending if row[2] is None]
+                    self._draining = False
+                for _, _, done in waited:
+                    _settle(done, error)
                 raise
             finally:  # whatever happened, no writer waits forever
                 for _, _, done in batch:
