@@ -286,8 +286,11 @@ def test_memories_stored_after_a_search_and_after_deleted_ones_are_found(storage
         storage.start_run(run(digit * 32))
         storage.add_memories("MathAgent", digit * 32, [("user", f"plums of run {digit}")])
     assert len(storage.search_memories(["MathAgent"], "plums")) == 2
+    gate = threading.Event()
+    storage.later(gate.wait, 30)  # the writer is busy: the memories below are still queued as the runs go
     storage.add_memories("MathAgent", "1" * 32, [("user", "plums again, run 1")])
     storage.add_memories("MathAgent", "2" * 32, [("user", "plums again, run 2")])
+    threading.Timer(0.2, gate.set).start()
     storage.delete_runs([storage.find_run("2" * 32)])  # the last memories searched for go, and one not yet
     storage.add_memories("MathAgent", "3" * 32, [("user", "plums of run 3")])
     found = storage.search_memories(["MathAgent"], "plums", limit=10)

@@ -393,6 +393,7 @@ class Storage:
         every record they left: steps, syscalls, tool calls, snapshots and (with `memories`) the long-term memories
         they added. The audit log and agents' own data are kept. The ids of the runs deleted, and how many rows went, by
         table."""
+        self.flush()  # the records queued of those runs first, or they would be written after them
         tables = [StepRow, SyscallRow, ToolCallRow, SnapshotRow, *([MemoryRow] if memories else [])]
         runs = RunRow.__table__  # type: ignore[attr-defined]
         gone = dict.fromkeys(["runs", *(t.__tablename__ for t in tables)], 0)
