@@ -558,7 +558,7 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
         found = stopped(storage, run_id, force=force)
         flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
-    with _user_errors():
+    with _user_errors():  # checked here too (Service.resume does), so that a refused resume loads no model
         check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
         service = Service(kernel)
