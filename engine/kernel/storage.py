@@ -511,7 +511,7 @@ class Storage:
         committed.result()
 
     def _queue(self, statement: Executable, values: dict[str, Any], committed: Future[None] | None) -> None:
-        """Queue a row to insert, with the future its writer waits on, if any, and have the writer insert it
+        """Queue a row's write, with the future its writer waits on, if any, and have the writer write it
         (see _write_pending)."""
         with self._pending_lock:
             self._pending.append((statement, values, committed))
@@ -591,7 +591,7 @@ class Storage:
 
     def _write_rows(self, rows: list[_Row]) -> None:
         groups: list[tuple[Executable, tuple[str, ...], list[dict[str, Any]]]] = []
-        for statement, values, _ in rows:  # consecutive inserts of one shape go in one executemany, in order
+        for statement, values, _ in rows:  # consecutive rows of one shape go in one executemany, in order
             present = {k: v for k, v in values.items() if v is not None} if statement is not _FINISH else values
             if groups and groups[-1][0] is statement and groups[-1][1] == tuple(present):
                 groups[-1][2].append(present)
@@ -694,7 +694,7 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
 
 _Row = tuple[Executable, dict[str, Any], "Future[None] | None"]  # a row's write, and its writer's, if awaited
 # Rows in one transaction at most: the writer holds the interpreter lock while it prepares them, and 2,000 at once
-# held the server's event loop for a third of a second. One job inserts the queued rows, a batch at a time.
+# held the server's event loop for a third of a second. One job writes the queued rows, a batch at a time.
 _BATCH = 100
 _RUNS = RunRow.__table__  # type: ignore[attr-defined]
 _FINISH = _RUNS.update().where(_RUNS.c.id == bindparam("run"))  # SET: the columns its values name
