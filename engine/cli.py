@@ -8,7 +8,7 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
-from engine.interpreter.batch import run_batch
 from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
@@ -43,7 +42,7 @@ from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
-from engine.service import Service, Started
+from engine.service import Service
 from engine.timeline import draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -259,20 +258,10 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
                                 how="-i {name}=... (or in --input-file)")
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         service = Service(kernel)
-        work = _to_end(service, service.start(checked, inputs, file=str(flow), run_id=progress.run_id,
+        work = service.to_end(service.start(checked, inputs, file=str(flow), run_id=progress.run_id,
                                               workspace=workspace))
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
-
-
-async def _to_end(service: Service, start: Awaitable[Started]) -> RunOutcome:
-    """The run that `start` starts, to its end; cancelled (Ctrl-C), it ends interrupted."""
-    started = await start
-    try:
-        return await started.outcome()
-    except asyncio.CancelledError:
-        await service.cancel(started.id)
-        raise
 
 
 def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
@@ -312,8 +301,8 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         progress = [Progress(new_run_id()) for _ in inputs]
-        work = run_batch(kernel, checked.compiled, inputs, file=str(flow), concurrency=concurrency,
-                         run_ids=[p.run_id for p in progress])
+        work = Service(kernel).batch(checked, inputs, file=str(flow), concurrency=concurrency,
+                                     run_ids=[p.run_id for p in progress])
         outcomes = _run_live(work, progress, kernel, as_json)
         found = figures(kernel.storage, [kernel.storage.find_run(o.run_id) for o in outcomes])
     if as_json:
@@ -562,7 +551,7 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
         check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
         service = Service(kernel)
-        work = _to_end(service, service.resume(checked, found, file=str(flow), force=force, rerun=rerun_unrecorded))
+        work = service.to_end(service.resume(checked, found, file=str(flow), force=force, rerun=rerun_unrecorded))
         (outcome,) = _run_live(work, [Progress(found.run.id)], kernel, as_json)
     _end_run(outcome, kernel, as_json)
 

@@ -6,12 +6,14 @@ and show stored runs, and follow a run's events.
     started = await service.start(checked, inputs, file="flows/math_agent.yaml", priority=1)  # once stored
     async for event in service.events(started.id): ...
     outcome = await started.outcome()          # or, from anywhere: await service.wait(started.id)
+    outcomes = await service.batch(checked, [inputs, other_inputs], file="flows/math_agent.yaml", concurrency=4)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,6 +104,32 @@ class Service:
             self._live[run_id] = _Live(RunRow(id=run_id, agent=checked.flow.name, flow=file,
                                               status=RunStatus.RUNNING, batch=batch, inputs=inputs, created=0.0))
         return await self._track(run_id, work)
+
+    async def to_end(self, start: Awaitable[Started]) -> RunOutcome:
+        """How the run that `start` (a start or resume of this service) sets going ended; cancelled while it goes
+        on, it stops the run, which ends interrupted (resumable)."""
+        started = await start
+        try:
+            return await started.outcome()
+        except asyncio.CancelledError:
+            if started.id in self._in_flight:
+                await self.cancel(started.id)
+            raise
+
+    async def batch(self, checked: CheckedFlow, inputs: Sequence[dict[str, Any]], *, file: str, concurrency: int,
+                    run_ids: Sequence[str] | None = None, batch: str | None = None) -> list[RunOutcome]:
+        """Run the valid flow `checked` (from `file`) once per inputs, at most `concurrency` runs at a time, each
+        to its end, with the ids `run_ids` (new if not given), all stored under batch id `batch` (new if not
+        given); how each ended, in the order of `inputs`. Cancelled, it stops its runs (they end interrupted)."""
+        run_ids = run_ids or [new_run_id() for _ in inputs]
+        batch = batch or uuid.uuid4().hex
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(given: dict[str, Any], run_id: str) -> RunOutcome:
+            async with gate:
+                return await self.to_end(self.start(checked, given, file=file, run_id=run_id, batch=batch))
+
+        return list(await asyncio.gather(*(one(given, run_id) for given, run_id in zip(inputs, run_ids, strict=True))))
 
     def _observe(self, event: Event) -> None:
         live = self._live.get(event.run)

@@ -125,3 +125,27 @@ def test_a_run_in_flight_is_shown_from_memory_as_storage_has_it(tmp_path: Path, 
     # ended: as stored, and nothing of it left in memory
     assert (ended.status, ended.answer, [s.step for s in ended_steps]) == ("finished", 5, ["add", "say", "done"])
     assert outcome.status == RunStatus.FINISHED and service._live == {}
+
+
+def test_a_batch_runs_at_most_its_concurrency_and_cancelled_leaves_its_runs_interrupted(tmp_path: Path,
+                                                                                       tools) -> None:
+    long = " ".join(f"w{i}" for i in range(200))
+    service, _, talker = service_on(tmp_path, tools, [{"key": "talk", "text": long, "times": 5}], token_delay=0.005)
+    run_ids = [f"r{i}" for i in range(5)]
+
+    async def main() -> list[int]:
+        work = asyncio.ensure_future(service.batch(talker, [{}] * 5, file="talker.yaml", concurrency=2,
+                                                   run_ids=run_ids))
+        seen = []
+        for _ in range(30):  # while the first two generate (a second each)
+            await asyncio.sleep(0.01)
+            seen.append(len(service.in_flight))
+        work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+        return seen
+
+    seen = asyncio.run(main())
+    assert max(seen) == 2 and service.in_flight == []
+    stored = {run.id: run.status for run in asyncio.run(service.runs(limit=None))}
+    assert stored == {"r0": RunStatus.INTERRUPTED, "r1": RunStatus.INTERRUPTED}  # the others never started

@@ -11,7 +11,6 @@ import pytest
 from engine.console import Progress, status_line, watch
 from engine.errors import RunStatus
 from engine.flow.validate import check_flow_text
-from engine.interpreter.batch import run_batch
 from engine.interpreter.runs import status
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import continue_run, new_run_id, run_flow
@@ -20,6 +19,7 @@ from engine.kernel.kernel import KernelError
 from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tables import RunRow, StepRow
 from engine.llm.scripted import ScriptedBackend
+from engine.service import Service
 from tests.conftest import ADDER as SHARED_ADDER
 from tests.conftest import TALKER as SHARED_TALKER
 
@@ -65,9 +65,10 @@ def test_nothing_of_a_thousand_runs_stays_in_the_kernel(tmp_path: Path, tools) -
     backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there", "times": runs}], slots=4)
     storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
     kernel = kernel_for([talker], backend, storage)
-    outcomes = asyncio.run(run_batch(kernel, talker.compiled, [{}] * runs, file="talker.yaml", concurrency=50))
+    service = Service(kernel)
+    outcomes = asyncio.run(service.batch(talker, [{}] * runs, file="talker.yaml", concurrency=50))
     assert [o.status for o in outcomes] == [RunStatus.FINISHED] * runs
-    assert kernel.runs == {}
+    assert kernel.runs == {} and service.in_flight == []
     assert len(kernel.memory) == 0 and len(kernel.context) == 0 and len(kernel.events) == 0
     assert not kernel.scheduler.generated and kernel.scheduler.waiting == kernel.scheduler.running == 0
     assert len(storage.rows(RunRow)) == runs  # what the runs did is in storage, not in the kernel
@@ -78,8 +79,8 @@ def test_a_batch_progress_line_keeps_the_tokens_of_runs_that_ended(tmp_path: Pat
     backend = ScriptedBackend.from_responses([{"key": "talk", "text": "hello there friend", "times": 3}])
     kernel = kernel_for([talker], backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"))
     progress = [Progress(new_run_id()) for _ in range(3)]
-    work = run_batch(kernel, talker.compiled, [{}] * 3, file="talker.yaml", concurrency=3,
-                     run_ids=[p.run_id for p in progress])
+    work = Service(kernel).batch(talker, [{}] * 3, file="talker.yaml", concurrency=3,
+                                 run_ids=[p.run_id for p in progress])
     asyncio.run(watch(work, progress, kernel.events, kernel.scheduler.generated, live=False))
     assert [(p.status, p.steps, p.step) for p in progress] == [(RunStatus.FINISHED, 2, "done")] * 3
     assert "9 tokens" in status_line(progress, kernel.scheduler.generated, 1.0)  # 3 tokens a run, runs all ended

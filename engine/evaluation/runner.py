@@ -22,7 +22,6 @@ from engine.evaluation.dataset import Dataset, EvalCase, EvalError, case_inputs
 from engine.evaluation.scoring import Scorers, answer_score, routes_taken, verdict
 from engine.evaluation.stats import wilson
 from engine.flow.validate import CheckedFlow
-from engine.interpreter.batch import run_batch
 from engine.interpreter.runs import figures
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import RunOutcome, new_run_id
@@ -32,6 +31,7 @@ from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
 from engine.llm.models import DEFAULT_MODEL
 from engine.llm.scripted import RunScripts, ScriptedBackend
+from engine.service import Service
 
 CASSETTE = "cassette"
 BACKENDS = (CASSETTE, "auto", "ollama", "embedded")
@@ -182,16 +182,17 @@ async def evaluate(plan: Plan) -> Evaluation:
     if isinstance(scripts, RunScripts):
         for case in cases:
             scripts.scripts[plan.run_ids[case.name]] = ScriptedBackend.from_responses(case.responses)
-    outcomes = await run_batch(plan.kernel, plan.checked.compiled, [plan.inputs[c.name] for c in cases],
-                               file=str(plan.config.flow), concurrency=plan.concurrency,
-                               run_ids=[plan.run_ids[c.name] for c in cases], batch=plan.batch)
+    service = Service(plan.kernel)
+    outcomes = await service.batch(plan.checked, [plan.inputs[c.name] for c in cases], file=str(plan.config.flow),
+                                   concurrency=plan.concurrency, run_ids=[plan.run_ids[c.name] for c in cases],
+                                   batch=plan.batch)
     ran = dict(zip([c.name for c in cases], outcomes, strict=True))
-    judged = await _judge(plan, ran)
+    judged = await _judge(plan, service, ran)
     results = await _score(plan, ran, judged)
     return Evaluation(plan.config, plan.model, plan.dataset.path, plan.batch, results)
 
 
-async def _judge(plan: Plan, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome]:
+async def _judge(plan: Plan, service: Service, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome]:
     """The judge runs of the cases that name a judge and finished, by case name."""
     judged: dict[str, RunOutcome] = {}
     for judge, checked in plan.dataset.judges.items():
@@ -206,8 +207,8 @@ async def _judge(plan: Plan, ran: dict[str, RunOutcome]) -> dict[str, RunOutcome
                 scripts.scripts[run_id] = scripts.scripts[plan.run_ids[case.name]]
         inputs = [{"answer": answers.answer_text(ran[c.name].answer), "case": json.dumps(c.data, ensure_ascii=False)}
                   for c in cases]
-        outcomes = await run_batch(plan.kernel, checked.compiled, inputs, file=str(plan.dataset.judge_path(cases[0])),
-                                   concurrency=plan.concurrency, run_ids=run_ids, batch=plan.batch)
+        outcomes = await service.batch(checked, inputs, file=str(plan.dataset.judge_path(cases[0])),
+                                       concurrency=plan.concurrency, run_ids=run_ids, batch=plan.batch)
         judged.update(zip([c.name for c in cases], outcomes, strict=True))
     return judged
 
