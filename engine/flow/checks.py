@@ -89,17 +89,12 @@ def _dead_end(step: Step, flow: Flow) -> str | None:
     return KINDS[step.kind].no_way_on.format(id=step.id)
 
 
-def check_labels(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
-    """FR105: branch labels of one decision must differ by more than case and spacing."""
+def check_kinds(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
+    """The checks of each step's kind (engine.flow.kinds): FR105 and FR110 of decisions, FR107 of the others."""
     for step in flow.steps.values():
-        seen: dict[str, str] = {}
-        for label in step.branches:
-            norm = " ".join(label.split()).casefold()
-            if norm in seen:
-                message = f"branch labels {seen[norm]!r} and {label!r} differ only in case or spacing: merge or rename"
-                where = doc.position(("steps", step.id, "branches", label), key=True)
-                yield diagnostic("FR105", message, doc.file, where)
-            seen.setdefault(norm, label)
+        if step.kind:
+            for check in KINDS[step.kind].checks:
+                yield from check(step, doc)
 
 
 def check_loops(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
@@ -144,16 +139,11 @@ def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: 
 
 
 def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
-    """FR107 `output` with a choice of tools, FR108 an example answer the step could not give, FR109 examples that
-    no model call of the step uses, FR110 a label that no example of a decision choosing by examples answers."""
+    """FR108 an example answer the step could not give, FR109 examples that no model call of the step uses."""
     for step in flow.steps.values():
-        if step.output is not None and step.tools and not step.tool:
-            message = (f"step {step.id!r} chooses among tools, so what `output` would build on is unknown: name the "
-                       "tool with `tool:` (`result` is then its result) or drop `output`")
-            yield diagnostic("FR107", message, doc.file, doc.position(("steps", step.id, "output")))
         if not step.examples:
             continue
-        unused = _unused_examples(step)
+        unused = step.unused_examples()
         if unused:
             message = f"step {step.id!r} {unused}, so its examples are never sent: remove them"
             yield diagnostic("FR109", message, doc.file, doc.position(("steps", step.id, "examples"), key=True))
@@ -163,26 +153,6 @@ def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document
             if problem:
                 where = doc.position(("steps", step.id, "examples", i, "answer"))
                 yield diagnostic("FR108", f"example {i + 1} of step {step.id!r}: {problem}", doc.file, where)
-        if step.answer_by == "examples" and chooses(step.kind):
-            answered = {example.answer for example in step.examples if isinstance(example.answer, str)}
-            for label in step.branches:
-                if label not in answered:
-                    message = (f"step {step.id!r} chooses by its examples, but none answers {label!r}, so the vote "
-                               "can never choose it: add examples of questions it answers")
-                    yield diagnostic("FR110", message, doc.file, doc.position(("steps", step.id, "branches", label),
-                                                                                  key=True))
-
-
-def _unused_examples(step: Step) -> str | None:
-    if step.tools and not step.tool:
-        return "chooses among `tools` (examples teach a call of one `tool:`)"
-    if step.decide is not None:
-        return "decides with `decide`, asking the model nothing"
-    if step.output is not None and not step.tool:
-        return "builds its output with `output`, asking the model nothing"
-    if step.arguments is not None:
-        return "calls its tool with `arguments`, asking the model nothing"
-    return None
 
 
 def _answer_problem(step: Step, answer: Any, tools: Mapping[str, ToolManifest]) -> str | None:

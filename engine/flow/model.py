@@ -62,6 +62,18 @@ class Step:
         """The tools this step may call."""
         return tuple(dict.fromkeys((self.tool, *self.tools))) if self.tool else self.tools
 
+    def unused_examples(self) -> str | None:
+        """Why no model call of this step would send its examples (they would teach nothing), or None."""
+        if self.tools and not self.tool:
+            return "chooses among `tools` (examples teach a call of one `tool:`)"
+        if self.decide is not None:
+            return "decides with `decide`, asking the model nothing"
+        if self.output is not None and not self.tool:
+            return "builds its output with `output`, asking the model nothing"
+        if self.arguments is not None:
+            return "calls its tool with `arguments`, asking the model nothing"
+        return None
+
 
 @dataclass(slots=True)
 class Limits:

@@ -62,7 +62,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
     found.extend(checks.check_targets(flow, doc))
     found.extend(checks.check_reachability(flow, graph, doc))
     found.extend(checks.check_termination(flow, graph, doc))
-    found.extend(checks.check_labels(flow, doc))
+    found.extend(checks.check_kinds(flow, doc))
     found.extend(checks.check_loops(flow, graph, doc))
     found.extend(checks.check_tools(flow, tools, doc))
     found.extend(checks.check_step_data(flow, tools, doc))
