@@ -22,7 +22,7 @@ from engine.errors import FlowrunError, RunStatus
 from engine.events import Event, RunEnded, RunStarted, StepEnded, short
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.replay import Replay, replay_run
-from engine.interpreter.resume import Stopped, check_flow_for, resume_run
+from engine.interpreter.resume import Stopped, check_flow_for, resume_run, stopped
 from engine.interpreter.runs import RunRecord, progress, record
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.kernel import Kernel
@@ -265,6 +265,11 @@ class Service:
         if live is not None and live.run.created:
             return live.run, list(live.steps)
         return await self._read(progress, self.kernel.storage, run_id)
+
+    async def stopped(self, run_id: str) -> Stopped:
+        """The stored run whose id is or starts with `run_id`, read back to be resumed (a ResumeError where it
+        cannot be: engine.interpreter.resume.stopped)."""
+        return await self._read(stopped, self.kernel.storage, run_id)
 
     async def run_id(self, run_id: str) -> str:
         """The id of the run in flight, else stored, whose id is or starts with `run_id` (NoSuchRun if none)."""

@@ -34,7 +34,7 @@ from engine.flow.render import render_graph
 from engine.flow.report import render_report
 from engine.flow.validate import Report, check_flow_text
 from engine.interpreter.inputs import InputError, resolve_inputs
-from engine.interpreter.resume import ResumeError, stopped
+from engine.interpreter.resume import ResumeError
 from engine.kernel.storage import NoSuchRun
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
@@ -193,7 +193,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         return {"id": outcome.run_id, "status": outcome.status, "error": outcome.error}
 
     async def resume(run_id: str) -> dict[str, Any]:
-        found = await asyncio.to_thread(stopped, service.kernel.storage, run_id)
+        found = await service.stopped(run_id)
         offer = flows.get(found.run.agent)
         if offer is None:
             raise HTTPException(409, f"run {run_id} ran flow {found.run.agent!r}, which this server does not offer")
