@@ -129,7 +129,14 @@ class Service:
             async with gate:
                 return await self.to_end(self.start(checked, given, file=file, run_id=run_id, batch=batch))
 
-        return list(await asyncio.gather(*(one(given, run_id) for given, run_id in zip(inputs, run_ids, strict=True))))
+        # Each waited for, also when one fails or the batch is cancelled: a gather that raised at the first left
+        # the others' runs going, to be cancelled again by whoever closed the loop, midway through storing their end
+        ended = await asyncio.gather(*(one(given, run_id) for given, run_id in zip(inputs, run_ids, strict=True)),
+                                     return_exceptions=True)
+        failed = next((e for e in ended if isinstance(e, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return ended  # type: ignore[return-value]  # none is an exception
 
     def _observe(self, event: Event) -> None:
         live = self._live.get(event.run)
@@ -169,6 +176,10 @@ class Service:
         waiting = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up before the run started: it does not go on alone
+            task.cancel()
+            await asyncio.wait({task})
+            raise
         finally:
             waiting.cancel()
             self.kernel.events.listeners.remove(seen)
