@@ -344,3 +344,17 @@ def test_a_database_of_a_newer_flowrun_is_refused_untouched(url: str) -> None:
     made.close()
     with pytest.raises(StorageError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this flowrun's"):
         Storage(url)
+
+
+def test_a_record_holding_a_nul_character_is_stored_and_the_writes_after_it_go_on(storage: Storage) -> None:
+    # PostgreSQL refuses a NUL in text, where a tool's or a model's text can put one: refused, the record stayed
+    # queued and every write after it failed, in every run of the process
+    storage.start_run(run("9" * 32, status=RunStatus.RUNNING))
+    storage.record_syscall(Syscall(SyscallKind.TOOL, "MathAgent", "9" * 32), error="the tool said a\x00b")
+    storage.add_memories("MathAgent", "9" * 32, [("user", "x\x00y")])
+    storage.record_step(step("9" * 32, output={"said": "a\x00b"}))  # JSON holds it as an escape
+    storage.finish_run("9" * 32, RunStatus.FAILED, error="stopped at \x00")
+    assert [s.output for s in storage.of_runs(StepRow, ["9" * 32])] == [{"said": "a\x00b"}]
+    assert [c.error for c in storage.of_runs(SyscallRow, ["9" * 32])] == ["the tool said a\ufffdb"]
+    assert [m.content for m in storage.of_runs(MemoryRow, ["9" * 32])] == ["x\ufffdy"]
+    assert storage.find_run("9" * 32).error == "stopped at \ufffd"

@@ -132,6 +132,7 @@ class Storage:
         read_only = self.read_only = opened != self.url
         if self.sqlite and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "before_cursor_execute", _text_without_nul, retval=True)
         try:
             # A new SQLite database turns to WAL on its first connections, which SQLite answers "locked" at once,
             # without waiting, while another process does the same: tried again like a busy write.
@@ -690,6 +691,25 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _text_without_nul(_: Any, __: Any, statement: str, parameters: Any, ___: Any, many: bool) -> tuple[str, Any]:
+    """The statement's parameters with each NUL character in a text replaced by U+FFFD, on every database.
+
+    A tool's or a model's text can hold one, and PostgreSQL refuses it: the record was refused for good, stayed
+    queued, and failed every write after it. JSON values are untouched: serialized, a NUL in them is an escape."""
+    if many:
+        return statement, [_without_nul(one) for one in parameters]
+    return statement, _without_nul(parameters)
+
+
+def _without_nul(parameters: Any) -> Any:
+    if isinstance(parameters, dict):
+        if any(type(v) is str and "\x00" in v for v in parameters.values()):
+            return {k: v.replace("\x00", "\ufffd") if type(v) is str else v for k, v in parameters.items()}
+    elif isinstance(parameters, list | tuple) and any(type(v) is str and "\x00" in v for v in parameters):
+        return type(parameters)(v.replace("\x00", "\ufffd") if type(v) is str else v for v in parameters)
+    return parameters
 
 
 _Row = tuple[Executable, dict[str, Any], "Future[None] | None"]  # a row's write, and its writer's, if awaited
