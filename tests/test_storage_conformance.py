@@ -358,3 +358,15 @@ def test_a_record_holding_a_nul_character_is_stored_and_the_writes_after_it_go_o
     assert [c.error for c in storage.of_runs(SyscallRow, ["9" * 32])] == ["the tool said a\ufffdb"]
     assert [m.content for m in storage.of_runs(MemoryRow, ["9" * 32])] == ["x\ufffdy"]
     assert storage.find_run("9" * 32).error == "stopped at \ufffd"
+
+
+def test_a_record_holding_a_lone_surrogate_is_stored_and_the_writes_after_it_go_on(storage: Storage) -> None:
+    # JSON a tool or the model gives can escape half a surrogate pair, which json.loads keeps: no database takes
+    # it as UTF-8 (SQLite's driver cannot encode it), and the refused record stopped every write after it
+    storage.start_run(run("8" * 32, status=RunStatus.RUNNING))
+    storage.record_syscall(Syscall(SyscallKind.TOOL, "MathAgent", "8" * 32), error="the tool said \ud800!")
+    storage.record_step(step("8" * 32, output={"said": "\udfff", "whole": "\U0001f600"}))
+    storage.finish_run("8" * 32, RunStatus.FAILED, error="stopped")
+    assert [c.error for c in storage.of_runs(SyscallRow, ["8" * 32])] == ["the tool said \ufffd!"]
+    assert [s.output for s in storage.of_runs(StepRow, ["8" * 32])] in (
+        [{"said": "\udfff", "whole": "\U0001f600"}], [{"said": "\ufffd", "whole": "\U0001f600"}])

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
 import threading
@@ -123,7 +124,8 @@ class Storage:
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
-            self.engine = create_engine(opened, connect_args={"timeout": self.timeout} if self.sqlite else {})
+            self.engine = create_engine(opened, connect_args={"timeout": self.timeout} if self.sqlite else {},
+                                        json_serializer=_json_text)
         except ModuleNotFoundError as exc:
             raise StorageError(f"cannot use database {self.url}: its driver {exc.name} is not installed (for "
                                "PostgreSQL: pip install 'flowrun[postgres]')") from None
@@ -132,7 +134,7 @@ class Storage:
         read_only = self.read_only = opened != self.url
         if self.sqlite and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "before_cursor_execute", _text_without_nul, retval=True)
+        event.listen(self.engine, "before_cursor_execute", _storable_text, retval=True)
         try:
             # A new SQLite database turns to WAL on its first connections, which SQLite answers "locked" at once,
             # without waiting, while another process does the same: tried again like a busy write.
@@ -693,23 +695,49 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.close()
 
 
-def _text_without_nul(_: Any, __: Any, statement: str, parameters: Any, ___: Any, many: bool) -> tuple[str, Any]:
-    """The statement's parameters with each NUL character in a text replaced by U+FFFD, on every database.
+def _storable_text(_: Any, __: Any, statement: str, parameters: Any, ___: Any, many: bool) -> tuple[str, Any]:
+    """The statement's parameters with every text storable on every database: a NUL character, or half of a
+    surrogate pair, replaced by U+FFFD.
 
-    A tool's or a model's text can hold one, and PostgreSQL refuses it: the record was refused for good, stayed
-    queued, and failed every write after it. JSON values are untouched: serialized, a NUL in them is an escape."""
+    A tool's or a model's text can hold either (JSON escapes a lone surrogate, and json.loads keeps it): PostgreSQL
+    refuses a NUL, and no driver encodes a lone surrogate as UTF-8, so the record was refused for good, stayed
+    queued, and failed every write after it, for every run of the process."""
     if many:
-        return statement, [_without_nul(one) for one in parameters]
-    return statement, _without_nul(parameters)
+        return statement, [_storable(one) for one in parameters]
+    return statement, _storable(parameters)
 
 
-def _without_nul(parameters: Any) -> Any:
+def _storable(parameters: Any) -> Any:
     if isinstance(parameters, dict):
-        if any(type(v) is str and "\x00" in v for v in parameters.values()):
-            return {k: v.replace("\x00", "\ufffd") if type(v) is str else v for k, v in parameters.items()}
-    elif isinstance(parameters, list | tuple) and any(type(v) is str and "\x00" in v for v in parameters):
-        return type(parameters)(v.replace("\x00", "\ufffd") if type(v) is str else v for v in parameters)
+        if any(map(_unstorable, parameters.values())):
+            return {k: _cleaned(v) if _unstorable(v) else v for k, v in parameters.items()}
+    elif isinstance(parameters, list | tuple) and any(map(_unstorable, parameters)):
+        return type(parameters)(_cleaned(v) if _unstorable(v) else v for v in parameters)
     return parameters
+
+
+def _unstorable(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return "\x00" in value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return "\x00" in value
+
+
+def _cleaned(text: str) -> str:
+    # through UTF-16, where the two halves of a pair (kept apart) join, and a half alone decodes as U+FFFD
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
+
+
+def _json_text(value: Any) -> str:
+    """JSON as PostgreSQL's columns get it (its driver adapts it after _storable_text), storable as that makes
+    texts: not ASCII-escaped, so that a lone surrogate is a character to replace, not an escape it refuses."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _cleaned(text) if _unstorable(text) else text
 
 
 _Row = tuple[Executable, dict[str, Any], "Future[None] | None"]  # a row's write, and its writer's, if awaited
