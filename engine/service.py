@@ -106,14 +106,18 @@ class Service:
         return await self._track(run_id, work)
 
     async def to_end(self, start: Awaitable[Started]) -> RunOutcome:
-        """How the run that `start` (a start or resume of this service) sets going ended; cancelled while it goes
-        on, it stops the run, which ends interrupted (resumable)."""
+        """How the run that `start` (a start or resume of this service) sets going ended (interrupted, where it was
+        stopped with `cancel`); cancelled while the run goes on, it stops the run, which ends interrupted."""
         started = await start
         try:
             return await started.outcome()
         except asyncio.CancelledError:
-            if started.id in self._in_flight:
-                await self.cancel(started.id)
+            waiter = asyncio.current_task()
+            if started.task.cancelled() and waiter is not None and not waiter.cancelling():
+                return await self.wait(started.id)  # the run was stopped (Service.cancel), not its waiter
+            if not started.task.done():
+                started.task.cancel()
+                await asyncio.wait({started.task})
             raise
 
     async def batch(self, checked: CheckedFlow, inputs: Sequence[dict[str, Any]], *, file: str, concurrency: int,

@@ -153,3 +153,25 @@ def test_a_batch_runs_at_most_its_concurrency_and_cancelled_leaves_no_run_going(
     assert set(stored.values()) <= {RunStatus.INTERRUPTED}
     if after > 0.1:
         assert max(seen) == 2 and len(stored) == 2
+
+
+def test_a_run_of_a_batch_stopped_by_cancel_ends_interrupted_and_the_batch_gives_every_outcome(tmp_path: Path,
+                                                                                                tools) -> None:
+    long = " ".join(f"w{i}" for i in range(100))
+    service, _, talker = service_on(tmp_path, tools, [{"key": "talk", "text": long, "times": 3}], token_delay=0.005)
+    run_ids = [f"{n:032x}" for n in range(3)]
+
+    async def main() -> list:
+        work = asyncio.ensure_future(service.batch(talker, [{}] * 3, file="talker.yaml", concurrency=3,
+                                                   run_ids=run_ids))
+        while service.kernel.events.first_seq(run_ids[0]) is None:  # until the first run has started
+            await asyncio.sleep(0.005)
+        async for event in service.events(run_ids[0]):  # stop it as it generates
+            if isinstance(event, SyscallStarted):
+                break
+        await service.cancel(run_ids[0])
+        return await work
+
+    outcomes = asyncio.run(main())
+    assert [o.status for o in outcomes] == [RunStatus.INTERRUPTED, RunStatus.FINISHED, RunStatus.FINISHED]
+    assert outcomes[2].answer == long
