@@ -90,7 +90,7 @@ def _dead_end(step: Step, flow: Flow) -> str | None:
 
 
 def check_kinds(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
-    """The checks of each step's kind (engine.flow.kinds): FR105 and FR110 of decisions, FR107 of the others."""
+    """The checks of each step's kind (engine.flow.kinds): FR105 and FR110 of decisions, FR107 of processes."""
     for step in flow.steps.values():
         if step.kind:
             for check in KINDS[step.kind].checks:
