@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from engine.interpreter.runs import progress
 from engine.interpreter.setup import kernel_for
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow
 from engine.llm.scripted import ScriptedBackend
 from engine.service import NotInFlight, Service
 from tests.conftest import ADDER, TALKER
@@ -175,3 +177,36 @@ def test_a_run_of_a_batch_stopped_by_cancel_ends_interrupted_and_the_batch_gives
     outcomes = asyncio.run(main())
     assert [o.status for o in outcomes] == [RunStatus.INTERRUPTED, RunStatus.FINISHED, RunStatus.FINISHED]
     assert outcomes[2].answer == long
+
+
+def test_a_resume_cancelled_while_it_claims_the_run_leaves_it_interrupted_to_resume_again(tmp_path: Path, tools,
+                                                                                          monkeypatch) -> None:
+    service, adder, _ = service_on(tmp_path, tools, [{"key": "add", "text": CALL}, {"key": "say", "text": "five"}])
+    storage = service.kernel.storage
+    storage.start_run(RunRow(id="a" * 32, agent="Adder", flow="adder.yaml", status=RunStatus.INTERRUPTED,
+                             inputs={"a": 2, "b": 3}, created=time.time()))
+    claim = Storage.claim_run
+
+    def slow_claim(self: Storage, *args: object, **options: object) -> bool:
+        time.sleep(0.3)  # a busy database: the claim is still being written when the resume is cancelled
+        return claim(self, *args, **options)
+
+    monkeypatch.setattr(Storage, "claim_run", slow_claim)
+
+    async def cancelled_resume() -> None:
+        work = asyncio.ensure_future(service.to_end(service.resume(adder, stopped(storage, "a" * 32),
+                                                                   file="adder.yaml")))
+        await asyncio.sleep(0.05)
+        work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+
+    asyncio.run(cancelled_resume())
+    monkeypatch.setattr(Storage, "claim_run", claim)
+    assert storage.find_run("a" * 32).status == RunStatus.INTERRUPTED
+
+    async def resume() -> object:
+        return await service.to_end(service.resume(adder, stopped(storage, "a" * 32), file="adder.yaml"))
+
+    resumed = asyncio.run(resume())
+    assert (resumed.status, resumed.answer) == (RunStatus.FINISHED, 5)

@@ -3,6 +3,7 @@ before it stopped, checked, and given to the walker as a journal so that nothing
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -99,8 +100,15 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
     with it on `kernel`: its journal given back first, its tools in its own workspace."""
     run, this = found.run, process_id()
-    claimed = await kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid), this,
-                                          found.stale)
+    claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid),
+                                                        this, found.stale))
+    try:
+        claimed = await asyncio.shield(claim)
+    except asyncio.CancelledError:  # the claim is written whatever happens: a run claimed and left stayed "running"
+        if await claim:
+            await kernel.storage.commit(kernel.storage.finish_run, run.id, RunStatus.INTERRUPTED, None,
+                                        "interrupted as it was resumed, before it went on")
+        raise
     if not claimed:
         raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
     return await continue_run(kernel, compiled, run, found.steps, file=file, journal=found.journal)
