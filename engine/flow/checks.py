@@ -139,8 +139,12 @@ def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: 
 
 
 def check_step_data(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
-    """FR108 an example answer the step could not give, FR109 examples that no model call of the step uses."""
+    """FR108 an example answer the step could not give, FR109 examples that no model call of the step uses, FR111
+    a `recall` with no model call to put its memories in."""
     for step in flow.steps.values():
+        if step.recall is not None and (reason := step.asks_nothing()):
+            message = f"step {step.id!r} {reason}, so the memories it recalls go in no prompt: remove `recall`"
+            yield diagnostic("FR111", message, doc.file, doc.position(("steps", step.id, "recall"), key=True))
         if not step.examples:
             continue
         unused = step.unused_examples()

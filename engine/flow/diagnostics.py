@@ -67,6 +67,9 @@ RULES: dict[str, Rule] = {
         Rule("FR110", "label-without-example", _E, "A decision chooses by its examples (`answer_by: examples`), "
              "but no example answers one of its labels, so the vote could never choose that label.",
              "Add examples of questions that label answers, or let the model choose (remove `answer_by`)."),
+        Rule("FR111", "unused-recall", _W, "A step has `recall` but asks the model nothing (`decide`, `output` "
+             "without `tool`, `arguments` whose result is kept), so the memories it recalls go in no prompt.",
+             "Remove `recall`, or give it to a step that asks the model."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

@@ -22,6 +22,16 @@ class Example:
     answer: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """Long-term memories a step puts in its prompt: those matching `query` (a template), `limit` at most, of the
+    flow's agent and of the agents `owners`."""
+
+    query: str
+    limit: int = 5
+    owners: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class Step:
     """One step. `instruction` is set for process and terminal steps (optional with `output`), `question` for
@@ -44,6 +54,7 @@ class Step:
     examples_shown: int | None = None  # send only this many examples, those most like the question (None: all)
     samples: int | None = None  # draw each model call's answer this many times and keep the most common
     temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
+    recall: Recall | None = None
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
@@ -53,7 +64,7 @@ class Step:
     def templates(self) -> list[tuple[str, str]]:
         """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
         fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
-                  ("output", self.output))
+                  ("output", self.output), ("recall.query", self.recall.query if self.recall else None))
         arguments = [(f"arguments.{name}", value) for name, value in (self.arguments or {}).items()
                      if isinstance(value, str)]
         return [(name, text) for name, text in fields if text is not None] + arguments
@@ -66,11 +77,19 @@ class Step:
         """Why no model call of this step would send its examples (they would teach nothing), or None."""
         if self.tools and not self.tool:
             return "chooses among `tools` (examples teach a call of one `tool:`)"
+        if (reason := self.asks_nothing()) is not None:
+            return reason
+        if self.arguments is not None:  # the model states the result as data: examples teach calls, not that
+            return "calls its tool with `arguments`, asking the model nothing"
+        return None
+
+    def asks_nothing(self) -> str | None:
+        """Why this step makes no model call at all (data builds its answer), or None."""
         if self.decide is not None:
             return "decides with `decide`, asking the model nothing"
         if self.output is not None and not self.tool:
             return "builds its output with `output`, asking the model nothing"
-        if self.arguments is not None:
+        if self.arguments is not None and (self.output is not None or self.output_schema is None):
             return "calls its tool with `arguments`, asking the model nothing"
         return None
 
@@ -145,8 +164,16 @@ def _step(sid: str, raw: Any) -> Step:
         samples=samples if _is_int(samples := raw.get("samples")) else None,
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
         else None,
+        recall=_recall(raw.get("recall")),
         **text,
     )
+
+
+def _recall(value: Any) -> Recall | None:
+    if not isinstance(value, dict) or not isinstance(query := value.get("query"), str):
+        return None
+    limit = value.get("limit")
+    return Recall(query, limit if _is_int(limit) else 5, _names(value.get("from")))
 
 
 def _examples(value: Any) -> tuple[Example, ...]:

@@ -21,12 +21,16 @@ ENTRY_ROOM = 600  # characters of one progress entry; a long tool result fills t
 
 
 def step_messages(description: str, inputs: dict[str, Any], tools: Iterable[Tool], progress: Iterable[Entry],
-                  ask: str, examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
+                  ask: str, examples: Iterable[dict[str, str]] = (), recalled: Iterable[str] = ()
+                  ) -> list[dict[str, str]]:
     """The chat messages for one model call of a step; `ask` is the rendered instruction with what to answer,
-    `examples` the step's turns from `shots`."""
+    `examples` the step's turns from `shots`, `recalled` what the long-term memories it recalls say."""
     system = description.strip()
     if inputs:
         system += "\n\nThe task's inputs:\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in inputs.items())
+    remembered = [f"- {_cut(text)}" for text in recalled]
+    if remembered:
+        system += "\n\nWhat you remember from earlier tasks (the most relevant first):\n" + "\n".join(remembered)
     listed = [f"- {t.name}: {t.description}" for t in tools]
     if listed:
         ask = "Tools you can use:\n" + "\n".join(listed) + "\n\n" + ask

@@ -18,12 +18,23 @@ from engine.llm.base import sample_key
 CHOICE_MAX_TOKENS = 32  # a label, quoted
 
 
-def prompt_for(kernel: Kernel, run: RunState, ask: str, tools: tuple[str, ...] | list[str] = (),
-               examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
-    """The messages of a model call of the run asking `ask`, offering the loaded ones of `tools`, with `examples`
-    (engine.interpreter.prompts.step_messages)."""
+async def prompt_for(kernel: Kernel, run: RunState, step: Step, ask: str, tools: tuple[str, ...] | list[str] = (),
+                     examples: Iterable[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The messages of a model call of the run's `step` asking `ask`, offering the loaded ones of `tools`, with
+    `examples` and the long-term memories the step recalls (engine.interpreter.prompts.step_messages)."""
     known = [kernel.tools.tools[name] for name in tools if name in kernel.tools.tools]
-    return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples)
+    return step_messages(run.flow.description, run.inputs, known, kernel.memory.recent(run.id), ask, examples,
+                         await recalled(kernel, run, step))
+
+
+async def recalled(kernel: Kernel, run: RunState, step: Step) -> list[str]:
+    """What the long-term memories matching the step's `recall` say, best first (none without one): a memory
+    syscall, which the access manager checks for the memories of each agent of its `from`."""
+    if step.recall is None:
+        return []
+    query = run.render(step, "recall.query", step.recall.query)
+    owners = list(dict.fromkeys([run.agent, *step.recall.owners]))
+    return [memory.content for memory in await kernel.recall(run.agent, run.id, query, owners, step.recall.limit)]
 
 
 def shown_examples(step: Step, question: str, schema: dict[str, Any] | None = None, labels: Iterable[str] = (),

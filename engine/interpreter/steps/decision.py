@@ -27,6 +27,6 @@ async def run_decision(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         if label is not None:
             return StepDone(question, label, branch=label)
     ask = ask_for(question, labels=labels)
-    messages = prompt_for(kernel, run, ask, examples=shown_examples(step, question, labels=labels))
+    messages = await prompt_for(kernel, run, step, ask, examples=shown_examples(step, question, labels=labels))
     label = await choose_label(kernel, run, step, messages, labels)
     return StepDone(ask, label, messages, branch=label)

@@ -39,7 +39,8 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     names = step.used_tools()
     if step.tools and not step.tool:
         ask = ask_for(f"{text}\nWhich tool should this step use, if any?", labels=[*names, NO_TOOL])
-        chosen = await choose_label(kernel, run, step, prompt_for(kernel, run, ask, names), [*names, NO_TOOL])
+        chosen = await choose_label(kernel, run, step, await prompt_for(kernel, run, step, ask, names),
+                                    [*names, NO_TOOL])
         names = () if chosen == NO_TOOL else (chosen,)
     if not names and step.output is not None:
         return StepDone(text or step.id, _output(run, step, {}))
@@ -52,7 +53,8 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         call = await kernel.call_tool(run.agent, run.id, step.tool, _arguments(run, step))
     if call is None:
         ask = ask_for(text, tools=names)
-        messages = prompt_for(kernel, run, ask, names, shown_examples(step, text, tool=step.tool) if step.tool else ())
+        messages = await prompt_for(kernel, run, step, ask, names,
+                                    shown_examples(step, text, tool=step.tool) if step.tool else ())
         call = await (_voted_call(kernel, run, step, messages, names) if step.samples else
                       kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id))
     if step.output is not None:
@@ -105,7 +107,8 @@ async def _answer(kernel: Kernel, run: RunState, step: Step, text: str) -> StepD
         if value is not None and not schema_problems(schema, value, "answer"):
             return StepDone(ask, value)
     # a tool step's examples are its calls (see _process), not what it states of their results
-    messages = prompt_for(kernel, run, ask, examples=() if step.used_tools() else shown_examples(step, text, schema))
+    messages = await prompt_for(kernel, run, step, ask,
+                                examples=() if step.used_tools() else shown_examples(step, text, schema))
     window = WindowPolicy(run.flow.context_policy)
     if step.samples:  # one try each: a sample that does not fit is not counted
         async def sample(key: str, options: dict[str, Any]) -> Any:

@@ -1,0 +1,88 @@
+"""A step's `recall`: long-term memories of earlier runs put in its prompt, searched by its query, access-checked."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.errors import RunStatus
+from engine.flow.manifest import load_tools
+from engine.flow.validate import check_flow_text
+from engine.interpreter.walk import run_flow
+from engine.kernel.access import Group
+from engine.kernel.kernel import Kernel
+from engine.kernel.storage import Storage
+from engine.kernel.tables import AuditRow, StepRow
+from engine.llm.scripted import ScriptedBackend
+
+ASKER = """\
+flowrun: 1
+name: Asker
+description: You answer questions.
+inputs:
+  question: {type: string}
+steps:
+  answer:
+    kind: process
+    instruction: "Answer: {{ inputs.question }}"
+    recall: {query: "{{ inputs.question }}", limit: 1%s}
+    next: done
+  done: {kind: terminal, output: "{{ steps.answer.output }}"}
+"""
+
+
+def asker(tmp_path: Path, answers: list[str], extra: str = "", groups: dict[str, Group] | None = None,
+          name: str = "Asker") -> tuple[Kernel, object]:
+    checked = check_flow_text(ASKER.replace("name: Asker", f"name: {name}") % extra, "asker.yaml",
+                              load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    backend = ScriptedBackend.from_responses([{"key": "answer", "text": text} for text in answers])
+    kernel = Kernel(backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"), groups=groups or {},
+                    workspaces=tmp_path / "workspaces")
+    return kernel, checked
+
+
+def ask(kernel: Kernel, checked: object, question: str) -> tuple[object, list[StepRow]]:
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {"question": question}, file="asker.yaml"))
+    steps = [s for s in kernel.storage.rows(StepRow) if s.run_id == outcome.run_id]
+    return outcome, steps
+
+
+def system_prompt(steps: list[StepRow]) -> str:
+    return next(s for s in steps if s.step == "answer").prompt[0]["content"]
+
+
+def test_a_step_recalls_the_best_matching_memories_of_earlier_runs_into_its_prompt(tmp_path: Path) -> None:
+    kernel, checked = asker(tmp_path, ["Paris is the capital of France.", "Rome, by the Tiber.",
+                                       "Still Paris."])
+    first, steps = ask(kernel, checked, "Which city is the capital of France?")
+    assert first.status == RunStatus.FINISHED
+    assert "What you remember" not in system_prompt(steps)  # nothing was stored before
+    ask(kernel, checked, "Which river runs through Rome?")
+    third, steps = ask(kernel, checked, "capital France")
+    prompt = system_prompt(steps)
+    assert third.answer == "Still Paris."
+    remembered = prompt.split("What you remember from earlier tasks (the most relevant first):\n")[1].splitlines()
+    assert len(remembered) == 1 and "capital of France" in remembered[0]  # limit: 1, the best match
+
+
+def test_recalling_another_agents_memories_needs_a_privilege_group(tmp_path: Path) -> None:
+    kernel, other = asker(tmp_path / "a", ["Paris is the capital of France."], name="Geographer")
+    ask(kernel, other, "Which city is the capital of France?")  # the Geographer's memories
+    storage = kernel.storage
+    refused, checked = asker(tmp_path / "a", ["unused"], extra=", from: [Geographer]")
+    denied, _ = ask(refused, checked, "capital of France")
+    assert denied.status == RunStatus.FAILED and "may not read the memory of agent 'Geographer'" in denied.error
+    assert [(a.agent, a.action, a.target, a.allowed) for a in storage.rows(AuditRow)] == [
+        ("Asker", "read_memory", "Geographer", False)]
+
+    readers = {"readers": Group(members=frozenset({"Asker"}), read_agents=frozenset({"Geographer"}))}
+    allowed, checked = asker(tmp_path / "a", ["It is Paris."], extra=", from: [Geographer]", groups=readers)
+    outcome, steps = ask(allowed, checked, "capital of France")
+    assert outcome.status == RunStatus.FINISHED and "capital of France" in system_prompt(steps)
+
+
+def test_a_recall_query_is_checked_as_a_template_where_it_stands() -> None:
+    text = ASKER.replace("{{ inputs.question }}\", limit", "{{ inputs.questoin }}\", limit") % ""
+    found = check_flow_text(text, "asker.yaml", load_tools([]).tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(10, "FR302")] and "questoin" in found[0].message
