@@ -55,6 +55,7 @@ class Step:
     samples: int | None = None  # draw each model call's answer this many times and keep the most common
     temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
     recall: Recall | None = None
+    remember: dict[str, str] = field(default_factory=dict)  # key -> a template of the value kept under it
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
@@ -64,7 +65,8 @@ class Step:
     def templates(self) -> list[tuple[str, str]]:
         """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
         fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
-                  ("output", self.output), ("recall.query", self.recall.query if self.recall else None))
+                  ("output", self.output), ("recall.query", self.recall.query if self.recall else None),
+                  *((f"remember.{key}", text) for key, text in self.remember.items()))
         arguments = [(f"arguments.{name}", value) for name, value in (self.arguments or {}).items()
                      if isinstance(value, str)]
         return [(name, text) for name, text in fields if text is not None] + arguments
@@ -114,6 +116,11 @@ class Flow:
     start: str | None
     steps: dict[str, Step]
     context_policy: str = "truncate"  # "truncate" or "summarize": see the schema's `context.policy`
+
+    @property
+    def remembered(self) -> tuple[str, ...]:
+        """The keys its steps remember (`memory.<key>` in its templates), in the order they first appear."""
+        return tuple(dict.fromkeys(key for step in self.steps.values() for key in step.remember))
 
 
 def flow_from_data(data: Any) -> Flow:
@@ -165,6 +172,8 @@ def _step(sid: str, raw: Any) -> Step:
         temperature=heat if isinstance(heat := raw.get("temperature"), int | float) and not isinstance(heat, bool)
         else None,
         recall=_recall(raw.get("recall")),
+        remember={k: v for k, v in remember.items() if isinstance(v, str)}
+        if isinstance(remember := raw.get("remember"), dict) else {},
         **text,
     )
 

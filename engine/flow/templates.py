@@ -1,7 +1,8 @@
 """Jinja2 templates in flows: rendering them in the sandbox (sandbox.py), and static checks of what they use.
 
-A template sees three names: `inputs` (the run's inputs), `steps` (`steps.<id>.output`: a step's latest result,
-data when it has an output_schema) and `visits` (`visits.<id>`: how often a step has run); a step's `output`
+A template sees four names: `inputs` (the run's inputs), `steps` (`steps.<id>.output`: a step's latest result,
+data when it has an output_schema), `visits` (`visits.<id>`: how often a step has run) and `memory`
+(`memory.<key>`: what the flow's steps remember, engine.interpreter.state); a step's `output`
 template with a `tool` also sees `result`, the tool's result. Most templates render to text; `evaluate` gives the
 value of one that is a single `{{ expression }}` (a step's `output`).
 
@@ -26,7 +27,7 @@ from engine.flow import sandbox
 from engine.flow.model import Flow, Step
 from engine.flow.sandbox import TemplateLimit, environment
 
-NAMES = ("inputs", "steps", "visits")
+NAMES = ("inputs", "steps", "visits", "memory")
 RESULT = "result"  # the tool's result, in the `output` template of a step with `tool`
 STEP_ATTRIBUTES = ("output",)
 _IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
@@ -542,6 +543,11 @@ def _check_chain(chain: tuple[str, ...], flow: Flow) -> Iterator[str]:
     if root == "inputs":
         if first not in flow.inputs:
             yield f"inputs.{first}: the flow has no input {first!r}{_known(flow.inputs)}"
+        return
+    if root == "memory":
+        if first not in flow.remembered:
+            known = _known(dict.fromkeys(flow.remembered))
+            yield f"memory.{first}: no step of the flow remembers {first!r}{known}; add it to a step's `remember`"
         return
     if first not in flow.steps:
         yield f"{root}.{first}: the flow has no step {first!r}"

@@ -38,7 +38,8 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
         try:
             kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
             journal = journal_of(recorded.syscalls, recorded.tools, strict=True)
-            outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal)
+            outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal,
+                                     memory=recorded.run.memory or {})
             # its tool results are the recording's, given back by the journal: its steps refer to those calls
             steps = with_calls(storage.of_runs(StepRow, [outcome.run_id]), recorded.tools)
         finally:

@@ -25,7 +25,7 @@ class RunError(RunFailure):
 
 @dataclass
 class RunState:
-    """The state of one walk: what templates see (`inputs`, `steps`, `visits`) and the path so far."""
+    """The state of one walk: what templates see (`inputs`, `steps`, `visits`, `memory`) and the path so far."""
 
     compiled: CompiledFlow
     file: str
@@ -36,6 +36,7 @@ class RunState:
     visits: dict[str, int] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
     votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
+    memory: dict[str, Any] = field(default_factory=dict)  # key -> value its flow remembers (`memory.<key>`)
 
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
@@ -55,9 +56,10 @@ class RunState:
         self.visits[step_id] = visit
         self.path.append(step_id)
 
-    def apply(self, step_id: str, output: Any) -> None:
-        """Step `step_id` ended with `output`, which later templates see."""
+    def apply(self, step_id: str, output: Any, remembered: dict[str, Any] | None = None) -> None:
+        """Step `step_id` ended with `output`, having remembered `remembered`: later templates see both."""
         self.steps[step_id] = {"output": output}
+        self.memory.update(remembered or {})
 
     @property
     def agent(self) -> str:
@@ -75,7 +77,8 @@ class RunState:
     def _template(self, function: Callable[[str, dict[str, Any]], Any], step: Step, name: str, text: str,
                   names: dict[str, Any]) -> Any:
         try:
-            return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits, **names})
+            return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits,
+                                   "memory": self.memory, **names})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
             raise RunError(f"{self.at(step, name)}: step {step.id}: its {name} cannot be rendered: {exc}") from None
 
@@ -96,6 +99,7 @@ class StepDone:
     tool_calls: list[ToolCall] = field(default_factory=list)
     from_tool: bool = False  # the output is the last call's result
     shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
+    remembered: dict[str, Any] = field(default_factory=dict)  # what its `remember` stored, once it is stored
 
     def record(self, run: str, step: Step, visit: int, tokens: int, when: tuple[float, float],
                votes: list[dict[str, Any]], seq: int) -> StepRecord:
@@ -113,4 +117,4 @@ class StepDone:
             ask = ask.replace(self.shown, mark)
             prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
         return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
-                          self.branch, calls or None, tokens, *when, ask, votes or None, seq)
+                          self.branch, calls or None, tokens, *when, ask, votes or None, seq, self.remembered or None)

@@ -24,6 +24,7 @@ from engine.errors import FlowrunError, RunStatus
 from engine.events import RunEnded, RunStarted, StepEnded, StepStarted, short
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import ends_run
+from engine.flow.model import Step
 from engine.interpreter.prompts import progress_entries
 from engine.interpreter.state import RunError, RunState
 from engine.interpreter.steps import EXECUTORS
@@ -52,10 +53,12 @@ class RunOutcome:
 
 async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
                    run_id: str | None = None, batch: str | None = None, workspace: Path | None = None,
-                   journal: Journal | None = None, priority: int = 0) -> RunOutcome:
+                   journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None
+                   ) -> RunOutcome:
     """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, as run
     `run_id` (default: a new id), its tools in `workspace` (default: a directory of the run's own), given back the
-    answers `journal` holds (a replay), its model calls at `priority`.
+    answers `journal` holds (a replay), its model calls at `priority`, its templates' `memory` as `memory` gives
+    it (a replay gives the recorded run's; default: as the agent's storage holds it now, stored with the run).
 
     A failure ends the run as failed, with a message naming the step; a model still unavailable after the
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
@@ -68,6 +71,11 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority)
 
     async def start() -> Any:
+        remembered = run.flow.remembered
+        loaded = memory if memory is not None else {key: await kernel.load(run.agent, run.id, key)
+                                                    for key in remembered}
+        run.memory = dict.fromkeys(remembered) | loaded
+        row.memory = dict(run.memory) or None
         await kernel.storage.commit_start_run(row)
         kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
         return await _walk(kernel, run, compiled.start)
@@ -81,12 +89,13 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
     gives back what its unfinished step already got."""
     run = RunState.new(compiled, file, row.inputs or {}, row.id)
+    run.memory = dict.fromkeys(compiled.flow.remembered) | (row.memory or {})  # a key added since: unknown
     kernel.events.open(run.id, after=max([row.events or 0, *(s.seq or 0 for s in steps)]))
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
                     journal=journal)
     for stored in steps:
         run.enter(stored.step, stored.visit)
-        run.apply(stored.step, stored.output)
+        run.apply(stored.step, stored.output, stored.remembered)
         if not ends_run(stored.kind):
             kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
                                                                       stored.tools or []))
@@ -166,6 +175,8 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
         tokens, started = kernel.scheduler.generated[run.id], time.time()
         run.votes = []
         done = await EXECUTORS[step.kind](kernel, run, step)
+        if step.remember:
+            done.remembered = await _remember(kernel, run, step, done.output)
         used, finished = kernel.scheduler.generated[run.id] - tokens, time.time()
         if not ends_run(step.kind):  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
@@ -174,7 +185,7 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
         # with the number of its step.ended, published next
         row = done.record(run.id, step, visit, used, (started, finished), run.votes, kernel.events.next_seq(run.id))
         interrupted = await through(kernel.storage.commit_step(row))
-        run.apply(step.id, done.output)
+        run.apply(step.id, done.output, done.remembered)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
                                         output=short(done.output), tokens=row.tokens, kind=step.kind,
                                         value=done.output))
@@ -182,6 +193,16 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
             raise asyncio.CancelledError
         if ends_run(step.kind):
             return done.output
+
+
+async def _remember(kernel: Kernel, run: RunState, step: Step, output: Any) -> dict[str, Any]:
+    """The values of the step's `remember` (its templates see its own output), each kept in the agent's storage:
+    before the step is stored, so that a crash between them stores them again on resume, never not at all."""
+    own = {"steps": {**run.steps, step.id: {"output": output}}}
+    values = {key: run.value(step, f"remember.{key}", text, own) for key, text in step.remember.items()}
+    for key, value in values.items():
+        await kernel.store(run.agent, run.id, key, value)
+    return values
 
 
 def _follow(run: RunState, step_id: str, label: str) -> str:

@@ -54,7 +54,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -68,6 +68,7 @@ _ADDED_COLUMNS = {
     7: (("steps", "vote", "JSON"),),
     8: (("steps", "seq", "INTEGER"), ("runs", "events", "INTEGER")),
     9: (),  # SQLite's memory index is brought up to date when searched: an older flowrun would index around it
+    10: (("runs", "memory", "JSON"), ("steps", "remembered", "JSON")),
 }
 
 

@@ -65,6 +65,7 @@ class RunRow(SQLModel, table=True):
     created: float
     finished: float | None = None
     events: int | None = None  # the sequence number of its last event (engine.events) when it ended
+    memory: Any = Field(default=None, sa_column=Column(ExactJSON))  # what its flow remembers, as read at its start
 
 
 class StepRow(SQLModel, table=True):
@@ -88,6 +89,7 @@ class StepRow(SQLModel, table=True):
     ask: str | None = None  # the instruction or question as the step put it (what short-term memory keeps)
     vote: Any = Field(default=None, sa_column=Column(JSON))  # [engine.interpreter.vote.Tally.record()] if sampled
     seq: int | None = None  # the sequence number of its step.ended event (engine.events)
+    remembered: Any = Field(default=None, sa_column=Column(ExactJSON))  # {key: value} its `remember` stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ class StepRecord:
     ask: str | None = None
     vote: Any = None
     seq: int | None = None
+    remembered: Any = None
 
 
 class AgentDataRow(SQLModel, table=True):

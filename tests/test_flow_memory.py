@@ -1,18 +1,22 @@
-"""A step's `recall`: long-term memories of earlier runs put in its prompt, searched by its query, access-checked."""
+"""Memory in flows: a step's `recall` (long-term memories of earlier runs in its prompt, access-checked) and its
+`remember` (values kept in the agent's storage, read as `memory.<key>`, exact on resume and replay)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from engine.errors import RunStatus
 from engine.flow.manifest import load_tools
 from engine.flow.validate import check_flow_text
-from engine.interpreter.walk import run_flow
+from engine.interpreter.replay import replay_run
+from engine.interpreter.runs import record
+from engine.interpreter.walk import continue_run, run_flow
 from engine.kernel.access import Group
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
-from engine.kernel.tables import AuditRow, StepRow
+from engine.kernel.tables import AuditRow, RunRow, StepRecord, StepRow
 from engine.llm.scripted import ScriptedBackend
 
 ASKER = """\
@@ -86,3 +90,67 @@ def test_a_recall_query_is_checked_as_a_template_where_it_stands() -> None:
     text = ASKER.replace("{{ inputs.question }}\", limit", "{{ inputs.questoin }}\", limit") % ""
     found = check_flow_text(text, "asker.yaml", load_tools([]).tools).diagnostics
     assert [(d.line, d.code) for d in found] == [(10, "FR302")] and "questoin" in found[0].message
+
+
+COUNTER = """\
+flowrun: 1
+name: Counter
+inputs:
+  city: {type: string}
+steps:
+  count:
+    kind: process
+    output: "{{ (memory.visits or 0) + 1 }}"
+    remember: {visits: "{{ steps.count.output }}", last_city: "{{ inputs.city }}"}
+    next: done
+  done: {kind: terminal, output: "visit {{ memory.visits }}; {{ memory.last_city }}"}
+"""
+
+
+def counter(tmp_path: Path) -> tuple[Kernel, object]:
+    checked = check_flow_text(COUNTER, "counter.yaml", load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    return Kernel(ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}")), checked
+
+
+def visit(kernel: Kernel, checked: object, city: str) -> object:
+    return asyncio.run(run_flow(kernel, checked.compiled, {"city": city}, file="counter.yaml"))
+
+
+def test_remembered_values_are_kept_across_runs_and_each_run_stores_what_it_read_and_kept(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)
+    assert [visit(kernel, checked, city).answer for city in ("Paris", "Rome")] == ["visit 1; Paris", "visit 2; Rome"]
+    assert asyncio.run(kernel.load("Counter", "-", "visits")) == 2
+    runs = sorted(kernel.storage.rows(RunRow), key=lambda r: r.created)
+    assert [r.memory for r in runs] == [{"visits": None, "last_city": None}, {"visits": 1, "last_city": "Paris"}]
+    kept = [s.remembered for s in kernel.storage.rows(StepRow) if s.step == "count"]
+    assert kept == [{"visits": 1, "last_city": "Paris"}, {"visits": 2, "last_city": "Rome"}]
+
+
+def test_a_resumed_run_sees_what_it_remembered_not_what_another_run_kept_since(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)
+    row = RunRow(id="c" * 32, agent="Counter", flow="counter.yaml", status=RunStatus.INTERRUPTED,
+                 inputs={"city": "Oslo"}, created=time.time(), memory={"visits": 4, "last_city": "Lima"})
+    kernel.storage.start_run(row)
+    kernel.storage.record_step(StepRecord(row.id, "count", 1, "process", None, 5, None, None, 0, time.time(),
+                                          time.time(), seq=2, remembered={"visits": 5, "last_city": "Oslo"}))
+    asyncio.run(kernel.store("Counter", "other", "visits", 99))  # another run since
+    outcome = asyncio.run(continue_run(kernel, checked.compiled, row, kernel.storage.rows(StepRow),
+                                       file="counter.yaml"))
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "visit 5; Oslo")
+
+
+def test_a_replay_reads_the_memory_the_run_read_and_reproduces_it(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)
+    visit(kernel, checked, "Paris")
+    second = visit(kernel, checked, "Rome")
+    asyncio.run(kernel.store("Counter", "other", "visits", 99))  # the agent's storage moved on since
+    replay = asyncio.run(replay_run(record(kernel.storage, second.run_id), checked, file="counter.yaml"))
+    assert replay.differences == [] and replay.outcome.answer == "visit 2; Rome"
+
+
+def test_a_memory_no_step_remembers_is_an_unknown_name() -> None:
+    text = COUNTER.replace("{{ memory.last_city }}", "{{ memory.last_town }}")
+    found = check_flow_text(text, "counter.yaml", load_tools([]).tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(11, "FR302")]
+    assert "no step of the flow remembers 'last_town' (known: visits, last_city)" in found[0].message
