@@ -7,6 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from sqlalchemy import event
+
 from engine.errors import RunStatus
 from engine.flow.manifest import load_tools
 from engine.flow.validate import check_flow_text
@@ -18,6 +20,7 @@ from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
 from engine.kernel.tables import AuditRow, RunRow, StepRecord, StepRow
 from engine.llm.scripted import ScriptedBackend
+from engine.service import Service
 
 ASKER = """\
 flowrun: 1
@@ -154,3 +157,26 @@ def test_a_memory_no_step_remembers_is_an_unknown_name() -> None:
     found = check_flow_text(text, "counter.yaml", load_tools([]).tools).diagnostics
     assert [(d.line, d.code) for d in found] == [(11, "FR302")]
     assert "no step of the flow remembers 'last_town' (known: visits, last_city)" in found[0].message
+
+
+def test_runs_of_one_agent_at_once_remember_a_new_key_without_failing(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)  # each run's first `remember` of a key none has stored yet, at once
+    outcomes = asyncio.run(Service(kernel).batch(checked, [{"city": f"c{n}"} for n in range(40)],
+                                                 file="counter.yaml", concurrency=16))
+    assert [o.status for o in outcomes] == [RunStatus.FINISHED] * 40, {o.error for o in outcomes}
+    assert asyncio.run(kernel.load("Counter", "-", "last_city")) in {f"c{n}" for n in range(40)}
+
+
+def test_recall_finds_an_agents_best_memories_among_many_more_of_other_agents(tmp_path: Path) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    storage.add_memories("Other", "r" * 32, [("user", f"the note {n}") for n in range(5_000)])
+    storage.add_memories("Asker", "a" * 32, [("user", "the hello note"), ("user", "nothing"), ("user", "the end")])
+    storage.flush()
+    bound: list[int] = []
+    event.listen(storage.engine, "before_cursor_execute",
+                 lambda _, __, ___, parameters, ____, _____: bound.append(len(parameters or ())))
+    found = storage.search_memories(["Asker"], "the hello", limit=2)
+    assert [m.content for m in found] == ["the hello note", "the end"]
+    # every match of every agent was bound as a variable: past SQLite's limit (32,766 on some builds), a recall
+    # failed the run, "too many SQL variables"
+    assert max(bound) < 10

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Executable, bindparam, event, inspect, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
 
@@ -431,10 +433,18 @@ class Storage:
                            created=time.time()))
 
     def put(self, agent: str, key: str, value: Any) -> None:
-        """Set `agent`'s stored `key` to `value` (JSON)."""
-        with self._session() as db:
-            db.merge(AgentDataRow(agent=agent, key=key, value=value, updated=time.time()))
-            db.commit()
+        """Set `agent`'s stored `key` to `value` (JSON): the last of writers at once wins (an upsert: a read, then
+        an insert, failed the second of two runs storing a new key at once)."""
+        table = AgentDataRow.__table__  # type: ignore[attr-defined]
+        insert = (sqlite_insert if self.sqlite else postgresql_insert)(table).values(
+            agent=agent, key=key, value=value, updated=time.time())
+        upsert = insert.on_conflict_do_update(index_elements=["agent", "key"],
+                                              set_={"value": insert.excluded.value, "updated": insert.excluded.updated})
+        self._retrying(self._execute, upsert)
+
+    def _execute(self, statement: Executable) -> None:
+        with self._writing() as db:
+            db.execute(statement)
 
     def get(self, agent: str, key: str) -> Any:
         """`agent`'s stored `key`, or None."""
@@ -463,10 +473,14 @@ class Storage:
             statement = select(MemoryRow).where(col(MemoryRow.agent).in_(agents))
             if self.sqlite:
                 match = " OR ".join(f'"{w}"' for w in words)
-                ranked = text("SELECT rowid FROM memories_fts WHERE memories_fts MATCH :match ORDER BY rank")
-                ids = [r[0] for r in db.execute(ranked, {"match": match})]
+                # the agents' best `limit` in the index's own query: every match of every agent, fetched by id,
+                # was more ids than SQLite takes in one statement once memories grew
+                ranked = text("SELECT f.rowid FROM memories_fts f JOIN memories m ON m.id = f.rowid WHERE "
+                              "memories_fts MATCH :match AND m.agent IN :agents ORDER BY f.rank LIMIT :limit"
+                              ).bindparams(bindparam("agents", expanding=True))
+                ids = [r[0] for r in db.execute(ranked, {"match": match, "agents": agents, "limit": limit})]
                 found = {m.id: m for m in db.exec(statement.where(col(MemoryRow.id).in_(ids)))}
-                return [found[i] for i in ids if i in found][:limit]
+                return [found[i] for i in ids if i in found]
             likes = [col(MemoryRow.content).ilike(f"%{w}%") for w in words]
             return list(db.exec(statement.where(or_(*likes)).order_by(col(MemoryRow.created).desc()).limit(limit)))
 
