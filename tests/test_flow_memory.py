@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event
 
 from engine.errors import RunStatus
@@ -180,3 +182,30 @@ def test_recall_finds_an_agents_best_memories_among_many_more_of_other_agents(tm
     # every match of every agent was bound as a variable: past SQLite's limit (32,766 on some builds), a recall
     # failed the run, "too many SQL variables"
     assert max(bound) < 10
+
+
+def test_a_run_stopped_as_it_reads_its_memory_is_stored_interrupted(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)
+    gate = threading.Event()
+    kernel.storage.later(gate.wait, 30)  # the writer is busy: the run is still starting when it is stopped
+
+    async def stopped_early() -> None:
+        work = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"city": "Oslo"}, file="counter.yaml",
+                                              run_id="d" * 32))
+        await asyncio.sleep(0.05)
+        work.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+
+    asyncio.run(stopped_early())
+    (run,) = kernel.storage.rows(RunRow)  # before, its memory was read first, and the run was never stored
+    assert (run.id, run.status, run.memory) == ("d" * 32, RunStatus.INTERRUPTED, {"visits": None, "last_city": None})
+
+
+def test_a_key_that_is_a_method_of_memory_in_templates_is_refused_where_it_is_kept() -> None:
+    text = COUNTER.replace("remember: {visits:", "remember: {items:").replace("memory.visits", "memory.items")
+    found = check_flow_text(text, "counter.yaml", load_tools([]).tools).diagnostics
+    assert [(d.line, d.code) for d in found] == [(9, "FR003")]  # else `memory.items` renders dict.items
+    assert "'items' is a method of `memory` in templates" in found[0].message

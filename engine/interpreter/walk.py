@@ -72,11 +72,11 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
 
     async def start() -> Any:
         remembered = run.flow.remembered
-        loaded = memory if memory is not None else {key: await kernel.load(run.agent, run.id, key)
-                                                    for key in remembered}
-        run.memory = dict.fromkeys(remembered) | loaded
-        row.memory = dict(run.memory) or None
-        await kernel.storage.commit_start_run(row)
+        if memory is not None:  # a replay's: what the recorded run read
+            row.memory = dict.fromkeys(remembered) | memory or None
+        if await through(kernel.storage.commit_start_run(row, () if memory is not None else remembered)):
+            raise asyncio.CancelledError  # stopped as it started: stored all the same, to be stored interrupted
+        run.memory = dict(row.memory or {})
         kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
         return await _walk(kernel, run, compiled.start)
 

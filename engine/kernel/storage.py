@@ -259,9 +259,22 @@ class Storage:
         """Store a run as it starts."""
         self._write(_insert_into(RunRow), _values(run))
 
-    async def commit_start_run(self, run: RunRow) -> None:
-        """`start_run`, awaited: committed with the other rows queued meanwhile."""
-        await self._commit_write(_insert_into(RunRow), _values(run))
+    async def commit_start_run(self, run: RunRow, remembered: tuple[str, ...] = ()) -> None:
+        """`start_run`, awaited: committed with the other rows queued meanwhile. With `remembered`, the run's
+        `memory` is what its agent has stored under those keys, read in the transaction that stores the run: one
+        snapshot of them all, and a run stored whatever stops it next."""
+        if remembered:
+            await self.commit(self._start_remembering, run, remembered)
+        else:
+            await self._commit_write(_insert_into(RunRow), _values(run))
+
+    def _start_remembering(self, run: RunRow, keys: tuple[str, ...]) -> None:
+        data = AgentDataRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == run.agent,
+                                                                        data.c.key.in_(keys)))
+            run.memory = dict.fromkeys(keys) | {key: value for key, value in stored}
+            db.execute(_insert_into(RunRow), _values(run))
 
     def record_step(self, step: StepRecord) -> None:
         """Store a finished step (committed before the run goes on)."""
