@@ -14,9 +14,31 @@ def parse_json(text: str) -> Any:
     JSON does not have (NaN, Infinity, 1e999: Python's json reads them), integers too long for Python and nesting
     too deep to read."""
     try:
-        return json.loads(text, parse_constant=_not_finite, parse_float=_finite, parse_int=_whole)
+        value = json.loads(text, parse_constant=_not_finite, parse_float=_finite, parse_int=_whole)
     except RecursionError:  # 100,000 `[`: the text is at fault, not flowrun
         raise ValueError("it is nested too deeply to read") from None
+    _all_text(value)
+    return value
+
+
+def _all_text(value: Any) -> None:
+    """A ValueError where a string of `value` holds half of a surrogate pair: JSON can escape one, but it is not
+    text (the schema validator, the model backends and the databases all refuse it)."""
+    pending = [value]
+    while pending:
+        found = pending.pop()
+        if isinstance(found, dict):
+            pending.extend(found)
+            pending.extend(found.values())
+        elif isinstance(found, list):
+            pending.extend(found)
+        elif isinstance(found, str) and not found.isascii():
+            try:
+                found.encode()
+            except UnicodeEncodeError as exc:
+                half = exc.object[exc.start]
+                raise ValueError(f"a string holds \\u{ord(half):04x}, half of a surrogate pair, which is not "
+                                 "text") from None
 
 
 def _not_finite(name: str) -> float:

@@ -198,6 +198,7 @@ def test_inputs_that_are_not_utf8_or_nest_too_deeply(tmp_path: Path, flow: Path)
 @pytest.mark.parametrize(("value", "said"), [
     ("NaN", "NaN is not a number JSON allows"), ("-Infinity", "-Infinity is not a number JSON allows"),
     ("1e999", "1e999 is too large for a number"), ("9" * 5000, "an integer of more than 4,300 digits is more than"),
+    ('"a\\ud800b"', "a string holds \\ud800, half of a surrogate pair, which is not text"),
 ])
 def test_a_number_input_that_is_not_finite(tmp_path: Path, flow: Path, value: str, said: str) -> None:
     cassette = write_cassette(tmp_path / "ok.cassette.yaml", ANSWERS)
