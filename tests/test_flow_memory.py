@@ -209,3 +209,12 @@ def test_a_key_that_is_a_method_of_memory_in_templates_is_refused_where_it_is_ke
     found = check_flow_text(text, "counter.yaml", load_tools([]).tools).diagnostics
     assert [(d.line, d.code) for d in found] == [(9, "FR003")]  # else `memory.items` renders dict.items
     assert "'items' is a method of `memory` in templates" in found[0].message
+
+
+def test_a_value_too_large_to_remember_fails_the_step_and_is_not_kept(tmp_path: Path) -> None:
+    kernel, checked = counter(tmp_path)
+    outcome = visit(kernel, checked, "x" * 70_000)  # last_city: every later run would keep a copy of it
+    assert outcome.status == RunStatus.FAILED
+    assert "counter.yaml:9:" in outcome.error and "the value to remember as 'last_city' is 70,002 characters" in \
+        outcome.error
+    assert asyncio.run(kernel.load("Counter", "-", "visits")) is None  # none of the step's values was kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import socket
 import time
@@ -32,6 +33,8 @@ from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import StorageError, through
 from engine.kernel.tables import RunRow, StepRow
+
+REMEMBERED_ROOM = 65_536  # characters of JSON a remembered value may be
 
 
 def new_run_id() -> str:
@@ -200,6 +203,12 @@ async def _remember(kernel: Kernel, run: RunState, step: Step, output: Any) -> d
     before the step is stored, so that a crash between them stores them again on resume, never not at all."""
     own = {"steps": {**run.steps, step.id: {"output": output}}}
     values = {key: run.value(step, f"remember.{key}", text, own) for key, text in step.remember.items()}
+    for key, value in values.items():
+        size = len(json.dumps(value, ensure_ascii=False, default=str))
+        if size > REMEMBERED_ROOM:  # every later run of the agent keeps a copy in its record
+            raise RunError(f"{run.at(step, f'remember.{key}')}: step {step.id}: the value to remember as {key!r} is "
+                           f"{size:,} characters of JSON, more than the {REMEMBERED_ROOM:,} a remembered value may "
+                           "be: keep less (a summary, the last items)")
     for key, value in values.items():
         await kernel.store(run.agent, run.id, key, value)
     return values
