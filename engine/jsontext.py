@@ -32,13 +32,21 @@ def _all_text(value: Any) -> None:
             pending.extend(found.values())
         elif isinstance(found, list):
             pending.extend(found)
-        elif isinstance(found, str) and not found.isascii():
-            try:
-                found.encode()
-            except UnicodeEncodeError as exc:
-                half = exc.object[exc.start]
-                raise ValueError(f"a string holds \\u{ord(half):04x}, half of a surrogate pair, which is not "
-                                 "text") from None
+        elif isinstance(found, str) and not is_text(found):
+            half = next(c for c in found if "\ud800" <= c <= "\udfff")
+            raise ValueError(f"a string holds \\u{ord(half):04x}, half of a surrogate pair, which is not text")
+
+
+def is_text(text: str) -> bool:
+    """Whether `text` is all characters, none of them half of a surrogate pair (which JSON can escape, and
+    json.loads keeps, but which UTF-8 cannot encode)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _not_finite(name: str) -> float:

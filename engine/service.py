@@ -115,9 +115,7 @@ class Service:
             waiter = asyncio.current_task()
             if started.task.cancelled() and waiter is not None and not waiter.cancelling():
                 return await self.wait(started.id)  # the run was stopped (Service.cancel), not its waiter
-            if not started.task.done():
-                started.task.cancel()
-                await asyncio.wait({started.task})
+            await _stopped(started.task)
             raise
 
     async def batch(self, checked: CheckedFlow, inputs: Sequence[dict[str, Any]], *, file: str, concurrency: int,
@@ -181,8 +179,7 @@ class Service:
         try:
             await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the caller gave up before the run started: it does not go on alone
-            task.cancel()
-            await asyncio.wait({task})
+            await _stopped(task)
             raise
         finally:
             waiting.cancel()
@@ -298,3 +295,9 @@ class Service:
     async def replay(self, run_id: str, checked: CheckedFlow, *, file: str) -> Replay:
         """Walk the flow `checked` (from `file`) again on the answers run `run_id` recorded, and compare."""
         return await replay_run(await self.show(run_id), checked, file=file)
+
+
+async def _stopped(task: asyncio.Task[RunOutcome]) -> None:
+    """Cancel the task of a run and wait until it has ended (interrupted, stored so)."""
+    task.cancel()
+    await asyncio.wait({task})

@@ -13,7 +13,7 @@ from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, sta
 from engine.interpreter.walk import RunOutcome, continue_run, process_id
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import Storage
+from engine.kernel.storage import Storage, through
 from engine.kernel.tables import RunRow, SnapshotRow, StepRow, SyscallRow, ToolCallRow
 from engine.llm.base import Snapshot
 
@@ -102,13 +102,12 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
     run, this = found.run, process_id()
     claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid),
                                                         this, found.stale))
-    try:
-        claimed = await asyncio.shield(claim)
-    except asyncio.CancelledError:  # the claim is written whatever happens: a run claimed and left stayed "running"
-        if await claim:
+    if await through(claim):  # the claim is written whatever happens: a run claimed and left stayed "running"
+        if claim.result():
             await kernel.storage.commit(kernel.storage.finish_run, run.id, RunStatus.INTERRUPTED, None,
                                         "interrupted as it was resumed, before it went on")
-        raise
+        raise asyncio.CancelledError
+    claimed = claim.result()
     if not claimed:
         raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
     return await continue_run(kernel, compiled, run, found.steps, file=file, journal=found.journal)

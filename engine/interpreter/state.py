@@ -56,6 +56,11 @@ class RunState:
         self.visits[step_id] = visit
         self.path.append(step_id)
 
+    def use_memory(self, read: dict[str, Any] | None) -> None:
+        """The run's `memory` starts as `read` (as its record keeps it), with a key its flow remembers and `read`
+        lacks (added to the flow since) unknown: None."""
+        self.memory = dict.fromkeys(self.flow.remembered) | (read or {})
+
     def apply(self, step_id: str, output: Any, remembered: dict[str, Any] | None = None) -> None:
         """Step `step_id` ended with `output`, having remembered `remembered`: later templates see both."""
         self.steps[step_id] = {"output": output}

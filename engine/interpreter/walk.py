@@ -74,12 +74,12 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority)
 
     async def start() -> Any:
-        remembered = run.flow.remembered
         if memory is not None:  # a replay's: what the recorded run read
-            row.memory = dict.fromkeys(remembered) | memory or None
-        if await through(kernel.storage.commit_start_run(row, () if memory is not None else remembered)):
+            run.use_memory(memory)
+            row.memory = run.memory or None
+        if await through(kernel.storage.commit_start_run(row, () if memory is not None else run.flow.remembered)):
             raise asyncio.CancelledError  # stopped as it started: stored all the same, to be stored interrupted
-        run.memory = dict(row.memory or {})
+        run.use_memory(row.memory)
         kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
         return await _walk(kernel, run, compiled.start)
 
@@ -92,7 +92,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
     gives back what its unfinished step already got."""
     run = RunState.new(compiled, file, row.inputs or {}, row.id)
-    run.memory = dict.fromkeys(compiled.flow.remembered) | (row.memory or {})  # a key added since: unknown
+    run.use_memory(row.memory)
     kernel.events.open(run.id, after=max([row.events or 0, *(s.seq or 0 for s in steps)]))
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
                     journal=journal)

@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.errors import RunFailure, RunStatus
+from engine.jsontext import is_text
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.kernel.tables import (
@@ -745,15 +746,7 @@ def _storable(parameters: Any) -> Any:
 
 
 def _unstorable(value: Any) -> bool:
-    if type(value) is not str:
-        return False
-    if value.isascii():
-        return "\x00" in value
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return True
-    return "\x00" in value
+    return type(value) is str and ("\x00" in value or not is_text(value))
 
 
 def _cleaned(text: str) -> str:
