@@ -12,9 +12,9 @@ from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import KINDS, chooses, ends_run
 from engine.flow.loader import Document
 from engine.flow.manifest import ToolManifest
-from engine.flow.model import Flow, Step
+from engine.flow.model import Flow, Step, body_keys
 from engine.flow.schema import suggest
-from engine.flow.templates import template_problems
+from engine.flow.templates import Scope, template_problems
 from engine.json_schema import schema_problems
 
 
@@ -46,11 +46,17 @@ def check_reachability(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Ite
             yield diagnostic("FR102", message, doc.file, doc.position(("steps", step_id), key=True))
 
 
-def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[Diagnostic]:
-    """FR103: from every step some terminal can be reached. Reports where each problem starts, not its upstream."""
+def check_termination(flow: Flow, graph: nx.MultiDiGraph, doc: Document, *, part: bool = False
+                      ) -> Iterator[Diagnostic]:
+    """FR103: from every step some terminal can be reached. Reports where each problem starts, not its upstream.
+    FR125: a sub-flow (`part`) with no terminal at all, which would never give its step an answer."""
     terminals = [s.id for s in flow.steps.values() if ends_run(s.kind)]
     if not terminals:
-        if flow.steps:
+        if flow.steps and part:
+            message = ("this sub-flow has no terminal step, so it never gives an answer: end it with a step of "
+                       "`kind: terminal` (its output is the sub-flow's answer)")
+            yield diagnostic("FR125", message, doc.file, doc.position(("steps",), key=True))
+        elif flow.steps:
             message = "the flow has no terminal step, so no run can finish: add a step with `kind: terminal`"
             yield diagnostic("FR103", message, doc.file, doc.position(("steps",), key=True))
         return
@@ -118,10 +124,10 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
         if name not in tools:
             yield _unknown_tool(doc, ("tools", i), name, tools)
     used: set[str] = set()
-    for step in flow.steps.values():
+    for within, step in _all_steps(flow):
         for i, name in enumerate(step.used_tools()):
             used.add(name)
-            path = ("steps", step.id, "tool") if step.tool else ("steps", step.id, "tools", i)
+            path = (*within, "tool") if step.tool else (*within, "tools", i)
             if name not in tools:
                 yield _unknown_tool(doc, path, name, tools)
             elif name not in flow.tools:
@@ -131,6 +137,28 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
         if name in tools and name not in used:
             message = f"tool {name!r} is declared but no step can use it: name it in a step's `tool` or `tools`"
             yield diagnostic("FR202", message, doc.file, doc.position(("tools", i)))
+
+
+def _all_steps(flow: Flow, within: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Step]]:
+    """(keys to the step in the file, step) for each step of the flow and of its steps' sub-flows."""
+    for step in flow.steps.values():
+        yield (*within, "steps", step.id), step
+        for branch, body in step.bodies().items():
+            yield from _all_steps(flow.sub_flow(body), (*within, "steps", step.id, *body_keys(branch)))
+
+
+def check_sub_steps(sub: Flow, around: Mapping[str, Step], doc: Document) -> Iterator[Diagnostic]:
+    """FR130: a sub-flow's step ids are not those of the flows around it (its templates see both); FR131: no step
+    of a sub-flow remembers (its runs would write the agent's memory at once, in no set order)."""
+    for step in sub.steps.values():
+        if step.id in around:
+            message = (f"step id {step.id!r} is taken by a step around this sub-flow, whose templates see both as "
+                       f"`steps.{step.id}`: rename it")
+            yield diagnostic("FR130", message, doc.file, doc.position(("steps", step.id), key=True))
+        if step.remember:
+            message = (f"step {step.id!r} is in a sub-flow, whose runs may go at once: they cannot `remember`; "
+                       "remember from a step after the map or parallel step, with its output")
+            yield diagnostic("FR131", message, doc.file, doc.position(("steps", step.id, "remember"), key=True))
 
 
 def _unknown_tool(doc: Document, path: tuple[str | int, ...], name: str, tools: Mapping[str, object]) -> Diagnostic:
@@ -180,11 +208,12 @@ def _answer_problem(step: Step, answer: Any, tools: Mapping[str, ToolManifest]) 
     return f"the answer does not match {what}: {'; '.join(problems)}" if problems else None
 
 
-def check_templates(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
-    """FR301-FR303: every template parses, refers only to what exists, and `decide` renders only labels."""
+def check_templates(flow: Flow, doc: Document, scope: Scope | None = None) -> Iterator[Diagnostic]:
+    """FR301-FR303 and FR127: every template parses, refers only to what exists (what a sub-flow sees: `scope`),
+    and `decide` renders only labels."""
     for step in flow.steps.values():
         for field, text in step.templates():
-            for problem in template_problems(text, flow, step, field):
+            for problem in template_problems(text, flow, step, field, scope):
                 yield diagnostic(problem.code, problem.message, doc.file,
                                  doc.position(("steps", step.id, *field.split("."))))
 

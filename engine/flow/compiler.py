@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
 
 from engine.flow.kinds import ends_run
-from engine.flow.model import Flow, Step
+from engine.flow.model import Flow, Step, body_keys
 
 Position = tuple[int, int]  # line and column in the flow file, from 1
+Where = Callable[[tuple[str, ...]], Position]  # the position of a path of keys in the flow file
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,17 @@ class CompiledFlow:
     `graph` has one node per step (attribute `step`) and one edge per way out, keyed by its label: a MultiDiGraph
     (a networkx DiGraph subclass) because two branches of a decision may lead to the same step. Edges to steps that
     do not exist are left out; the checks report them.
+
+    `parts` are the sub-flows of its map and parallel steps, compiled, by (step id, branch name; "" for a map's);
+    `agents` the flows its steps call, by reference (shared with its parts, whose references are the same file's).
     """
 
     flow: Flow
     graph: nx.MultiDiGraph
     sha256: str | None = None
     at: Mapping[str, Mapping[str, Position]] = field(default_factory=dict)
+    parts: Mapping[tuple[str, str], CompiledFlow] = field(default_factory=dict)
+    agents: Mapping[str, Callee] = field(default_factory=dict)
 
     @property
     def start(self) -> str | None:
@@ -41,9 +47,23 @@ class CompiledFlow:
         return next((target for _, target, key in self.graph.out_edges(step_id, keys=True) if key == label), None)
 
 
-def compile_flow(flow: Flow, sha256: str | None = None, at: Mapping[str, Mapping[str, Position]] | None = None
-                 ) -> CompiledFlow:
-    """The flow compiled, with its file's `sha256` and the positions `at` of its steps' templates, where known."""
+@dataclass(frozen=True)
+class Callee:
+    """A flow another calls: its file (as run records name it) and the flow compiled."""
+
+    file: str
+    compiled: CompiledFlow
+
+
+def compile_flow(flow: Flow, sha256: str | None = None, where: Where | None = None,
+                 agents: Mapping[str, Callee] | None = None, *, within: tuple[str, ...] = ()) -> CompiledFlow:
+    """The flow compiled, with its file's `sha256`, the positions of its steps' templates (`where` gives them, where
+    known) and the flows it calls (`agents`); `within`: the path of keys to a sub-flow's steps."""
+    at = {sid: {name: where((*within, "steps", sid, *name.split("."))) for name, _ in step.templates()}
+          for sid, step in flow.steps.items()} if where else {}
+    parts = {(step.id, branch): compile_flow(flow.sub_flow(body), sha256, where, agents,
+                                             within=(*within, "steps", step.id, *body_keys(branch)))
+             for step in flow.steps.values() for branch, body in step.bodies().items() if body.steps}
     graph = nx.MultiDiGraph()
     graph.add_nodes_from((step.id, {"step": step}) for step in flow.steps.values())
     graph.add_edges_from(
@@ -53,4 +73,4 @@ def compile_flow(flow: Flow, sha256: str | None = None, at: Mapping[str, Mapping
         for label, target in step.edges()
         if target in flow.steps
     )
-    return CompiledFlow(flow, graph, sha256, at or {})
+    return CompiledFlow(flow, graph, sha256, at, parts, agents if agents is not None else {})

@@ -70,6 +70,37 @@ RULES: dict[str, Rule] = {
         Rule("FR111", "unused-recall", _W, "A step has `recall` but asks the model nothing (`decide`, `output` "
              "without `tool`, `arguments` whose result is kept), so the memories it recalls go in no prompt.",
              "Remove `recall`, or give it to a step that asks the model."),
+        Rule("FR120", "unknown-flow", _E, "A step calls a flow (`flow:`) whose file is not found.",
+             "Give the path relative to this file, or a name found as NAME.yaml beside it or in a folder of "
+             "FLOWRUN_FLOWS."),
+        Rule("FR121", "missing-input", _E, "A call leaves out an input the called flow requires (it has no default).",
+             "Add the input to the step's `inputs`."),
+        Rule("FR122", "unknown-input", _E, "A call gives an input the called flow does not have.",
+             "Remove it, or fix its name (the message lists the called flow's inputs)."),
+        Rule("FR123", "input-type", _E, "A constant input of a call does not match the called flow's schema for it.",
+             "Give a value of the type the called flow declares, or a template."),
+        Rule("FR124", "recursion", _E, "Flows call each other in a loop: a run would never end.",
+             "Break the loop: a flow cannot call itself, directly or through others; loop with steps instead."),
+        Rule("FR125", "sub-flow-without-terminal", _E, "A sub-flow (a parallel branch or a map's body) has no "
+             "terminal step, so it never gives an answer.",
+             "End the sub-flow with a step of `kind: terminal`: its output is the sub-flow's answer."),
+        Rule("FR126", "items-not-a-list", _E, "A map's `items` is a constant that is not a list.",
+             "Give a template that renders to a JSON array, or a JSON array."),
+        Rule("FR127", "unknown-child-field", _E, "A template reads a field of an agent's or a parallel step's output "
+             "that what it calls never gives (not in its terminals' output_schema).",
+             "Read a field the called flow's terminal output_schema has, or add it there."),
+        Rule("FR128", "agent-not-listed", _E, "A step calls a flow that the flow's `agents` does not list.",
+             "Add it to `agents` (the access manager refuses calls of agents not listed)."),
+        Rule("FR129", "invalid-child", _E, "A step calls a flow that has errors of its own.",
+             "Run `flowrun validate` on the called flow and fix it."),
+        Rule("FR130", "shadowed-step", _E, "A sub-flow's step has the id of a step around it; templates would see "
+             "both as `steps.<id>`.",
+             "Rename the sub-flow's step."),
+        Rule("FR131", "remember-in-sub-flow", _E, "A step of a sub-flow has `remember`; sub-flows run at once, so "
+             "what they keep would depend on which ends last.",
+             "Remember from a step after the map or parallel step, from its output."),
+        Rule("FR132", "unused-agent", _W, "The flow lists an agent in `agents` that no step calls.",
+             "Call it from a step, or remove it from `agents`."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

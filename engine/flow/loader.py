@@ -137,6 +137,16 @@ class Document:
             return (1, 1)
         return (target.start_mark.line + 1, target.start_mark.column + 1)
 
+    def part(self, path: KeyPath) -> Document:
+        """The part of this document at `path` (a sub-flow) as a document of its own: its data, its positions still
+        those in this file."""
+        node, data = self.root, self.data
+        for key in path:
+            pair = self._child(node, key)
+            node = pair[1] if pair is not None else None
+            data = data.get(key) if isinstance(data, dict) else None
+        return Document(self.file, data, node, [], self.sha256, self._keys)
+
     def _child(self, node: Node | None, part: str | int) -> tuple[Node | None, Node] | None:
         if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
             return None, node.value[part]

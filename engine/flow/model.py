@@ -6,12 +6,13 @@ graph checks still run on a file with schema errors and a user sees all problems
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.flow.kinds import KINDS
 
 DEFAULT_MAX_STEPS = 100
+DEFAULT_MAX_ITEMS = 100  # a map's items, unless it sets max_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,24 @@ class Recall:
     query: str
     limit: int = 5
     owners: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Body:
+    """What a step runs as child runs (an agent step once, a map step once per item, a parallel step once per
+    branch): a sub-flow of `steps` from `start` (its own steps, ending at terminals), or the flow `flow` calls (a
+    path relative to the flow file, or a name found in the flows directories) with `inputs` (name -> a template or
+    a constant)."""
+
+    steps: dict[str, Step] = field(default_factory=dict)
+    start: str | None = None
+    flow: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def body_keys(branch: str) -> tuple[str, ...]:
+    """The keys from a step to its body of branch `branch` ("" for an agent's or a map's own) in the flow file."""
+    return ("branches", branch) if branch else ()
 
 
 @dataclass(slots=True)
@@ -56,6 +75,12 @@ class Step:
     temperature: float | None = None  # the samples' temperature (None: engine.interpreter.vote's default)
     recall: Recall | None = None
     remember: dict[str, str] = field(default_factory=dict)  # key -> a template of the value kept under it
+    body: Body | None = None  # what an agent or map step runs
+    parallel: dict[str, Body] = field(default_factory=dict)  # a parallel step's branches, by name
+    items: str | None = None  # a map's template of its JSON array of items
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_concurrency: int | None = None  # of a map's items or a parallel's branches (None: all at once)
+    tolerated_failures: int | str = 0  # a count, or a percentage of a map's items ("10%")
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
@@ -66,10 +91,16 @@ class Step:
         """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
         fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
                   ("output", self.output), ("recall.query", self.recall.query if self.recall else None),
-                  *((f"remember.{key}", text) for key, text in self.remember.items()))
+                  ("items", self.items), *((f"remember.{key}", text) for key, text in self.remember.items()),
+                  *((".".join((*body_keys(branch), "inputs", name)), text) for branch, body in self.bodies().items()
+                    for name, text in body.inputs.items() if isinstance(text, str)))
         arguments = [(f"arguments.{name}", value) for name, value in (self.arguments or {}).items()
                      if isinstance(value, str)]
         return [(name, text) for name, text in fields if text is not None] + arguments
+
+    def bodies(self) -> dict[str, Body]:
+        """What the step runs as child runs, by branch name ("" for an agent's or a map's own body)."""
+        return {"": self.body} if self.body is not None else dict(self.parallel)
 
     def used_tools(self) -> tuple[str, ...]:
         """The tools this step may call."""
@@ -116,6 +147,11 @@ class Flow:
     start: str | None
     steps: dict[str, Step]
     context_policy: str = "truncate"  # "truncate" or "summarize": see the schema's `context.policy`
+    agents: tuple[str, ...] = ()  # the flows its steps may call, as their `flow:` names them
+
+    def sub_flow(self, body: Body) -> Flow:
+        """The sub-flow `body` of one of its steps, as a flow of its own: this flow's agent, with its steps."""
+        return replace(self, steps=body.steps, start=body.start or next(iter(body.steps), None))
 
     @property
     def remembered(self) -> tuple[str, ...]:
@@ -145,10 +181,11 @@ def flow_from_data(data: Any) -> Flow:
         start=start if isinstance(start, str) else next(iter(steps), None),
         steps=steps,
         context_policy=policy if (policy := _dict(data.get("context")).get("policy")) == "summarize" else "truncate",
+        agents=_names(data.get("agents")),
     )
 
 
-_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output")
+_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output", "items")
 
 
 def _step(sid: str, raw: Any) -> Step:
@@ -161,7 +198,8 @@ def _step(sid: str, raw: Any) -> Step:
     return Step(
         id=sid,
         kind=kind if isinstance(kind, str) and kind in KINDS else "",
-        branches={k: v for k, v in branches.items() if isinstance(v, str)} if isinstance(branches, dict) else {},
+        branches={k: v for k, v in branches.items() if isinstance(v, str)}
+        if isinstance(branches, dict) and kind != "parallel" else {},
         tools=_names(raw.get("tools")),
         output_schema=schema if isinstance(schema, dict) else None,
         arguments=arguments if isinstance(arguments, dict) else None,
@@ -174,8 +212,20 @@ def _step(sid: str, raw: Any) -> Step:
         recall=_recall(raw.get("recall")),
         remember={k: v for k, v in remember.items() if isinstance(v, str)}
         if isinstance(remember := raw.get("remember"), dict) else {},
+        body=_body(raw) if kind in ("agent", "map") else None,
+        parallel={k: _body(v) for k, v in branches.items() if isinstance(v, dict)}
+        if kind == "parallel" and isinstance(branches, dict) else {},
+        max_items=most if _is_int(most := raw.get("max_items")) else DEFAULT_MAX_ITEMS,
+        max_concurrency=width if _is_int(width := raw.get("max_concurrency")) else None,
+        tolerated_failures=tolerated if _is_int(tolerated := raw.get("tolerated_failures")) or
+        isinstance(tolerated, str) else 0,
         **text,
     )
+
+
+def _body(raw: dict[str, Any]) -> Body:
+    steps = {sid: _step(sid, value) for sid, value in _dict(raw.get("steps")).items()}
+    return Body(steps, _str(raw.get("start")), _str(raw.get("flow")), _dict(raw.get("inputs")))
 
 
 def _recall(value: Any) -> Recall | None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError, nodes
@@ -513,23 +513,41 @@ class Problem:
     message: str
 
 
-def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Problem]:
-    """What is wrong with template `text`, the `field` of `step` in `flow`."""
+@dataclass(frozen=True)
+class Scope:
+    """What the templates of a flow, or of a sub-flow of one of its steps, can refer to: the `steps` it sees (its
+    own, and in a sub-flow those of the flows around it), the `remembered` keys of its flow, the names of its own
+    (`item` and `index` in a map's sub-flow) and the `outputs` of steps whose output has a shape other than their
+    output_schema (agent, map and parallel steps): a JSON Schema, or None where not known."""
+
+    steps: Mapping[str, Step]
+    remembered: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    outputs: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, flow: Flow) -> Scope:
+        return cls(flow.steps, flow.remembered)
+
+
+def template_problems(text: str, flow: Flow, step: Step, field: str, scope: Scope | None = None) -> list[Problem]:
+    """What is wrong with template `text`, the `field` of `step` in `flow` (a sub-flow sees `scope`)."""
     if field != "decide" and not is_template(text):
         return []
+    scope = scope or Scope.of(flow)
     found = facts(text)
     if found.syntax_error:
         return [Problem("FR301", found.syntax_error)]
     problems = [Problem("FR301", message) for message in found.unsupported]
     problems += [Problem("FR304", message) for message in found.limits]
     problems += [Problem("FR305", message) for message in found.refused]
-    names = (*NAMES, RESULT) if field == "output" and step.tool else NAMES
+    names = (*NAMES, *scope.names, *((RESULT,) if field == "output" and step.tool else ()))
     for name in sorted(found.free_names - set(names)):
         hint = f" (`{RESULT}` is the tool's result, in the `output` of a step with `tool`)" if name == RESULT else ""
         problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(names)}{hint}"))
     for chain in found.references:
         if chain[0] in NAMES:
-            problems.extend(Problem("FR302", message) for message in _check_chain(chain, flow))
+            problems.extend(_check_chain(chain, flow, scope))
     if field == "decide" and found.outcomes is not None:
         for value in sorted(found.outcomes):
             if value.strip() not in step.branches:
@@ -538,40 +556,56 @@ def template_problems(text: str, flow: Flow, step: Step, field: str) -> list[Pro
     return problems
 
 
-def _check_chain(chain: tuple[str, ...], flow: Flow) -> Iterator[str]:
+def _check_chain(chain: tuple[str, ...], flow: Flow, scope: Scope) -> Iterator[Problem]:
     root, first, rest = chain[0], chain[1], chain[2:]
     if root == "inputs":
         if first not in flow.inputs:
-            yield f"inputs.{first}: the flow has no input {first!r}{_known(flow.inputs)}"
+            yield Problem("FR302", f"inputs.{first}: the flow has no input {first!r}{_known(flow.inputs)}")
         return
     if root == "memory":
-        if first not in flow.remembered:
-            known = _known(dict.fromkeys(flow.remembered))
-            yield f"memory.{first}: no step of the flow remembers {first!r}{known}; add it to a step's `remember`"
+        if first not in scope.remembered:
+            known = _known(dict.fromkeys(scope.remembered))
+            yield Problem("FR302", f"memory.{first}: no step of the flow remembers {first!r}{known}; add it to a "
+                                   "step's `remember`")
         return
-    if first not in flow.steps:
-        yield f"{root}.{first}: the flow has no step {first!r}"
+    if first not in scope.steps:
+        yield Problem("FR302", f"{root}.{first}: the flow has no step {first!r}")
         return
     if root == "visits" or not rest:
         return
     if rest[0] not in STEP_ATTRIBUTES:
-        yield f"steps.{first}.{rest[0]}: a step offers only `output`"
+        yield Problem("FR302", f"steps.{first}.{rest[0]}: a step offers only `output`")
         return
     if len(rest) > 1:
-        yield from _check_field(flow.steps[first], rest[1])
+        yield from _check_field(scope.steps[first], rest[1], scope)
 
 
-def _check_field(step: Step, name: str) -> Iterator[str]:
+def _check_field(step: Step, name: str, scope: Scope) -> Iterator[Problem]:
     reference = f"steps.{step.id}.output.{name}"
+    if step.id in scope.outputs:  # what another flow, a map or branches give
+        schema = scope.outputs[step.id]
+        if schema is None:
+            return
+        if schema.get("type") == "array":
+            yield Problem("FR302", f"{reference}: step {step.id!r} is a map: its output is a list, with no fields")
+        elif not isinstance(properties := schema.get("properties"), dict):
+            yield Problem("FR127", f"{reference}: what step {step.id!r} calls ends with no output_schema, so its "
+                                   "output is text with no fields")
+        elif name not in properties:
+            yield Problem("FR127", f"{reference}: what step {step.id!r} calls never gives a field {name!r}"
+                                   f"{_known(properties)}")
+        return
     if step.output_schema is None:
         # data of a shape not declared: a tool's result, or the value of an `output` that is one expression
         data = facts(step.output).expression if step.output is not None else step.tool is not None
         if not data:
-            yield f"{reference}: step {step.id!r} has no output_schema, so its output is text with no fields"
+            yield Problem("FR302", f"{reference}: step {step.id!r} has no output_schema, so its output is text "
+                                   "with no fields")
         return
     properties = step.output_schema.get("properties")
     if isinstance(properties, dict) and name not in properties:
-        yield f"{reference}: the output_schema of {step.id!r} has no property {name!r}{_known(properties)}"
+        yield Problem("FR302", f"{reference}: the output_schema of {step.id!r} has no property {name!r}"
+                               f"{_known(properties)}")
 
 
 def _known(names: dict[str, object]) -> str:

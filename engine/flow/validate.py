@@ -5,20 +5,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
-from engine.flow import checks
-from engine.flow.compiler import CompiledFlow, compile_flow
+from engine.flow import calls, checks
+from engine.flow.compiler import Callee, CompiledFlow, compile_flow
 from engine.flow.diagnostics import Diagnostic, Severity, diagnostic, has_errors
 from engine.flow.loader import Document, gc_paused, load_file, load_yaml
 from engine.flow.manifest import SUFFIXES as MANIFEST_SUFFIXES
 from engine.flow.manifest import ToolManifest, is_manifest, load_tools
-from engine.flow.model import Flow, flow_from_data
+from engine.flow.model import Body, Flow, Step, body_keys, flow_from_data
 from engine.flow.schema import schema_diagnostics
+from engine.flow.templates import Scope
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # Files beside flows that are not flows: test cases (`flowrun test`) and cassettes of model answers.
@@ -46,8 +48,10 @@ class CheckedFlow:
         return not has_errors(self.diagnostics)
 
 
-def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
-    """Every check of a loaded flow document, given the tools that exist."""
+def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tuple[Path, ...] = ()
+               ) -> CheckedFlow:
+    """Every check of a loaded flow document, given the tools that exist (`calling`: the files of the flows that
+    call it, to find recursion), with those of the flows it calls."""
     found = list(doc.diagnostics)
     if doc.data is not None:
         found.extend(schema_diagnostics(doc, "flow"))
@@ -55,19 +59,84 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
         message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
     flow = flow_from_data(doc.data)
-    at = {sid: {name: doc.position(("steps", sid, *name.split("."))) for name, _ in step.templates()}
-          for sid, step in flow.steps.items()}
-    compiled = compile_flow(flow, doc.sha256, at)
-    graph = compiled.graph
-    found.extend(checks.check_targets(flow, doc))
-    found.extend(checks.check_reachability(flow, graph, doc))
-    found.extend(checks.check_termination(flow, graph, doc))
-    found.extend(checks.check_kinds(flow, doc))
-    found.extend(checks.check_loops(flow, graph, doc))
+    agents, refused = _callees(flow, doc, tools, calling)
+    compiled = compile_flow(flow, doc.sha256, doc.position, agents)
     found.extend(checks.check_tools(flow, tools, doc))
-    found.extend(checks.check_step_data(flow, tools, doc))
-    found.extend(checks.check_templates(flow, doc))
+    found.extend(_checks(compiled, doc, tools, Scope(flow.steps, flow.remembered), flow.agents, refused))
+    for i, reference in enumerate(flow.agents):
+        if reference not in calls.references(dataclasses.replace(flow, agents=())):
+            message = f"agent {reference!r} is listed but no step calls it: call it with `kind: agent`, or remove it"
+            found.append(diagnostic("FR132", message, doc.file, doc.position(("agents", i))))
     return CheckedFlow(compiled, sorted(found, key=lambda d: (d.line, d.column, d.code)), tools)
+
+
+def _checks(compiled: CompiledFlow, doc: Document, tools: Mapping[str, ToolManifest], scope: Scope,
+            listed: tuple[str, ...], refused: Mapping[str, tuple[str, str]], *, part: bool = False
+            ) -> Iterator[Diagnostic]:
+    """The checks of a flow, or of a sub-flow (`part`: `doc` is then its part of the file), and of its sub-flows;
+    `scope`: what its templates see of the flows around it, `listed`: the agents its flow may call."""
+    flow, graph = compiled.flow, compiled.graph
+    outputs = dict(scope.outputs) | {step.id: _output_schema(step, compiled) for step in flow.steps.values()
+                                     if step.bodies()}
+    scope = dataclasses.replace(scope, outputs=outputs)
+    yield from checks.check_targets(flow, doc)
+    yield from checks.check_reachability(flow, graph, doc)
+    yield from checks.check_termination(flow, graph, doc, part=part)
+    yield from checks.check_kinds(flow, doc)
+    yield from checks.check_loops(flow, graph, doc)
+    yield from checks.check_step_data(flow, tools, doc)
+    yield from checks.check_templates(flow, doc, scope)
+    yield from calls.check_calls(flow, listed, compiled.agents, refused, doc)
+    for (step_id, branch), sub in compiled.parts.items():
+        where = ("steps", step_id, *body_keys(branch))
+        yield from checks.check_sub_steps(sub.flow, scope.steps, doc.part(where))
+        names = ("item", "index") if compiled.step(step_id).kind == "map" else ()
+        inner = Scope({**scope.steps, **sub.flow.steps}, scope.remembered, (*scope.names, *names), outputs)
+        yield from _checks(sub, doc.part(where), tools, inner, listed, refused, part=True)
+
+
+def _output_schema(step: Step, compiled: CompiledFlow) -> dict[str, Any] | None:
+    """What the output of a step that runs child runs is, as a JSON Schema (None where not known)."""
+    if step.kind == "map":
+        return {"type": "array"}
+
+    def answer(branch: str, body: Body) -> dict[str, Any] | None:
+        if body.steps:
+            return calls.answer_schema(compiled.parts[(step.id, branch)].flow)
+        callee = compiled.agents.get(body.flow or "")
+        return calls.answer_schema(callee.compiled.flow) if callee else None
+
+    if step.kind == "parallel":
+        return {"type": "object", "properties": {name: answer(name, body) or {}
+                                                 for name, body in step.parallel.items()}}
+    return answer("", step.body) if step.body else None
+
+
+def _callees(flow: Flow, doc: Document, tools: Mapping[str, ToolManifest], calling: tuple[Path, ...]
+             ) -> tuple[dict[str, Callee], dict[str, tuple[str, str]]]:
+    """The flows `flow` calls, checked, by reference; and those that cannot be called, with a code and why."""
+    here = Path(doc.file).resolve()
+    agents: dict[str, Callee] = {}
+    refused: dict[str, tuple[str, str]] = {}
+    for reference in calls.references(flow):
+        path = calls.flow_path(reference, doc.file)
+        if path is None:
+            refused[reference] = ("FR120", f"no flow file {reference!r} is found beside {Path(doc.file).name} "
+                                           f"or in {calls.FLOWS_VARIABLE}: give its path relative to this file")
+            continue
+        if path == here or path in calling:
+            chain = " -> ".join(p.name for p in (*calling, here, path))
+            refused[reference] = ("FR124", f"flows call each other in a loop ({chain}): a flow cannot call itself")
+            continue
+        with gc_paused():
+            checked = check_flow(load_file(path), tools, calling=(*calling, here))
+        if any(d.code == "FR124" for d in checked.diagnostics):
+            refused[reference] = ("FR124", f"{reference!r} calls back into the flows that call it")
+        elif not checked.ok:
+            refused[reference] = ("FR129", f"{reference!r} has errors: see `flowrun validate {path}`")
+        else:
+            agents[reference] = Callee(str(path), checked.compiled)
+    return agents, refused
 
 
 def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest]) -> CheckedFlow:

@@ -1,4 +1,4 @@
-"""The kinds of step, one module each (process, decision, terminal), each a StepKind: how the run goes on from a
+"""The kinds of step, one module each (process, decision, terminal, agent, parallel, map), each a StepKind: how the run goes on from a
 step of it, what its answer is, the checks only its steps need, how it is drawn.
 
 How a kind runs is the interpreter's, under the same name (engine.interpreter.steps); the fields it takes are its
@@ -7,10 +7,11 @@ module here, its executor and its schema part; tests/test_compiler.py holds the 
 
 from __future__ import annotations
 
-from engine.flow.kinds import decision, process, terminal
+from engine.flow.kinds import agent, decision, map, parallel, process, terminal
 from engine.flow.kinds.step_kind import StepKind
 
-KINDS: dict[str, StepKind] = {kind.name: kind for kind in (process.KIND, decision.KIND, terminal.KIND)}
+KINDS: dict[str, StepKind] = {kind.name: kind for kind in (process.KIND, decision.KIND, terminal.KIND, agent.KIND,
+                                                          parallel.KIND, map.KIND)}
 
 
 def ends_run(kind: str) -> bool:
