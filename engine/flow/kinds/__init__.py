@@ -1,5 +1,5 @@
-"""The kinds of step, one module each (process, decision, terminal, agent, parallel, map), each a StepKind: how the run goes on from a
-step of it, what its answer is, the checks only its steps need, how it is drawn.
+"""The kinds of step, one module each (process, decision, terminal, agent, parallel, map), each a StepKind: how the
+run goes on from a step of it, what its answer is, the checks only its steps need, how it is drawn.
 
 How a kind runs is the interpreter's, under the same name (engine.interpreter.steps); the fields it takes are its
 part of the flow schema (schemas/flow.schema.json). Data flows down (flow -> interpreter), so adding a kind is a
