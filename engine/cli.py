@@ -35,7 +35,7 @@ from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import check_flow_for, stopped
-from engine.interpreter.runs import cassette, figures, flow_file, record, status
+from engine.interpreter.runs import RunRecord, cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import RunOutcome, new_run_id
 from engine.kernel.kernel import Kernel
@@ -520,10 +520,14 @@ def runs_show(run_id: str, as_json: bool, db: str | None) -> None:
     with _user_errors():
         found = record(Storage(db, reading=True), run_id)
     if as_json:
-        click.echo(json.dumps({"run": found.run.model_dump(), "steps": [s.model_dump() for s in found.steps],
-                               "syscalls": [c.model_dump() for c in found.syscalls]}))
+        click.echo(json.dumps(_as_json(found)))
     else:
         click.echo(console.run_text(found))
+
+
+def _as_json(found: RunRecord) -> dict[str, Any]:
+    return {"run": found.run.model_dump(), "steps": [s.model_dump() for s in found.steps],
+            "syscalls": [c.model_dump() for c in found.syscalls], "children": [_as_json(c) for c in found.children]}
 
 
 @runs.command("resume")

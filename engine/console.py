@@ -127,7 +127,8 @@ def run_text(record: RunRecord) -> str:
     """A stored run: what it was given, each step with its branch, tool calls, tokens and time, and its end."""
     run = record.run
     took = f" · took {_seconds(run.finished - run.created)}" if run.finished else ""
-    lines = [f"run {run.id} · {run.agent} ({run.flow}) · {status(run)}",
+    called = f" · child of run {run.parent[:12]} at {_place(run)}" if run.parent else ""
+    lines = [f"run {run.id} · {run.agent} ({run.flow}) · {status(run)}{called}",
              f"started {_when(run.created)}{took} · {len(record.steps)} steps · "
              f"{sum(s.tokens for s in record.steps)} tokens" + (f" · batch {run.batch[:12]}" if run.batch else ""),
              "inputs: " + ", ".join(f"{k}={_short(v, 60)}" for k, v in (run.inputs or {}).items()), ""]
@@ -141,6 +142,10 @@ def run_text(record: RunRecord) -> str:
         rows.extend(("", "  vote", "", "", "", "", "", _vote(tally)) for tally in step.vote or [])
     lines.append(table(("#", "step", "visit", "kind", "branch", "tokens", "time", "output"), rows))
     lines.append("")
+    if record.children:
+        lines.append("child runs:")
+        lines.extend(_tree(record.children, "  "))
+        lines.append("")
     if run.status == RunStatus.FINISHED:
         lines.append("answer: " + _text(run.answer))
     elif run.error:
@@ -148,6 +153,26 @@ def run_text(record: RunRecord) -> str:
     if status(run).resumable:
         lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
+
+
+def _place(run: RunRow) -> str:
+    """Where a child run stands in its parent: step, visit, and its branch or item."""
+    where = f"step {run.parent_step} (visit {run.parent_visit})"
+    if not run.branch:
+        return where
+    return f"{where}, {'item' if run.branch.isdigit() else 'branch'} {run.branch}"
+
+
+def _tree(children: Sequence[RunRecord], indent: str) -> list[str]:
+    """Child runs, one a line under their parent, each with its own below it, indented."""
+    lines = []
+    for child in children:
+        run = child.run
+        end = _short(run.answer, 40) if run.status == RunStatus.FINISHED else printable(run.error or "")[:60]
+        lines.append(f"{indent}{_place(run)}: run {run.id[:12]} · {run.agent} · {status(run)} · "
+                     f"{len(child.steps)} steps · {end}")
+        lines.extend(_tree(child.children, indent + "  "))
+    return lines
 
 
 def resumable_note(runs: Sequence[RunRow]) -> str:

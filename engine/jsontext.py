@@ -21,6 +21,14 @@ def parse_json(text: str) -> Any:
     return value
 
 
+def json_or_text(text: str) -> Any:
+    """The JSON value `text` holds, or `text` itself where it is not JSON."""
+    try:
+        return parse_json(text)
+    except ValueError:
+        return text
+
+
 def _all_text(value: Any) -> None:
     """A ValueError where a string of `value` holds half of a surrogate pair: JSON can escape one, but it is not
     text (the schema validator, the model backends and the databases all refuse it)."""

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.flow.validate import CheckedFlow
+from engine.interpreter.children import place_of
 from engine.interpreter.resume import journal_of
 from engine.interpreter.runs import RunRecord, status, with_calls
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import RunOutcome, run_flow
+from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
 from engine.llm.scripted import ScriptedBackend
@@ -37,7 +39,7 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
         storage = Storage(f"sqlite:///{scratch}/replay.db")
         try:
             kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
-            journal = journal_of(recorded.syscalls, recorded.tools, strict=True)
+            journal = replay_journal(recorded)
             outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal,
                                      memory=recorded.run.memory or {})
             # its tool results are the recording's, given back by the journal: its steps refer to those calls
@@ -47,6 +49,15 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
     replay = Replay(recorded, outcome, steps)
     replay.differences = differences(replay, checked.compiled.sha256, file)
     return replay
+
+
+def replay_journal(recorded: RunRecord) -> Journal:
+    """What a replay of `recorded` is given back: its answers and tool results, strictly, and its child runs'."""
+    journal = journal_of(recorded.syscalls, recorded.tools, strict=True)
+    journal.memory = recorded.run.memory or {}
+    journal.children = {place_of(c.run.parent_step, c.run.parent_visit, c.run.branch): replay_journal(c)
+                        for c in recorded.children}
+    return journal
 
 
 def differences(replay: Replay, sha256: str | None, file: str) -> list[str]:

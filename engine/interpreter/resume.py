@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.compiler import CompiledFlow
-from engine.interpreter.runs import LLM_KINDS, alive, answer_stands, record, status
-from engine.interpreter.walk import RunOutcome, continue_run, process_id
+from engine.interpreter import walk  # the module: walk runs steps, whose child runs resume (children.py)
+from engine.interpreter.runs import LLM_KINDS, RunRecord, alive, answer_stands, record, root_of, status
+from engine.interpreter.state import RunState
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage, through
@@ -47,8 +48,15 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
 
 def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
-    stored as running on another machine, which cannot be checked; never one whose process runs on this one)."""
-    found = record(storage, run_id)
+    stored as running on another machine, which cannot be checked; never one whose process runs on this one).
+
+    A child run is resumed through the run a user started (runs.root_of), which continues its unfinished child
+    runs: a child of a map item needs its parent's state to go on."""
+    return stopped_run(storage, record(storage, root_of(storage, storage.find_run(run_id)).id), force=force)
+
+
+def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> Stopped:
+    """The stored run `found` as `stopped` gives it (a child run's: to be continued by its parent)."""
     run = found.run
     now = status(run)
     if not now.resumable and not (now == RunStatus.RUNNING and force and not alive(run)):
@@ -72,8 +80,12 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     for snap in storage.of_runs(SnapshotRow, [run.id]):
         if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:
             journal.snapshots[snap.key] = Snapshot(snap.text, snap.tokens, snap.state)
+    # a call in a child run that stopped may or may not have happened just the same: the child goes on with it
     unrecorded = [t for t in tools if t.pending]
     journal.pending = [RecordedTool(t.tool, t.arguments, id=t.id) for t in unrecorded]
+    # a call in an unfinished child run may or may not have happened just the same (its child run goes on)
+    unrecorded += [t for child in found.tree()[1:] if child.run.status != RunStatus.FINISHED
+                   for t in child.tools if t.pending and not t.superseded]
     given = [c.key or "" for c in found.syscalls if answer_stands(c) and c.id not in stale[0]]
     return Stopped(run, found.steps, journal, unrecorded, stale, given)
 
@@ -96,18 +108,21 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
                           "--rerun-unrecorded to call it again (with the same call key) if the model asks for it")
 
 
-async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str) -> RunOutcome:
+async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str,
+                     run: RunState | None = None, priority: int = 0) -> walk.RunOutcome:
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
-    with it on `kernel`: its journal given back first, its tools in its own workspace."""
-    run, this = found.run, process_id()
-    claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, run.id, (run.status, run.pid),
-                                                        this, found.stale))
+    with it on `kernel`: its journal given back first, its tools in its own workspace (a child run: with the state
+    `run` its parent gives it, its model calls at its parent's `priority`)."""
+    stored, this = found.run, walk.process_id()
+    claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, stored.id,
+                                                        (stored.status, stored.pid), this, found.stale))
     if await through(claim):  # the claim is written whatever happens: a run claimed and left stayed "running"
         if claim.result():
-            await kernel.storage.commit(kernel.storage.finish_run, run.id, RunStatus.INTERRUPTED, None,
+            await kernel.storage.commit(kernel.storage.finish_run, stored.id, RunStatus.INTERRUPTED, None,
                                         "interrupted as it was resumed, before it went on")
         raise asyncio.CancelledError
     claimed = claim.result()
     if not claimed:
-        raise ResumeError(f"run {run.id} was resumed by another process meanwhile")
-    return await continue_run(kernel, compiled, run, found.steps, file=file, journal=found.journal)
+        raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
+    return await walk.continue_run(kernel, compiled, stored, found.steps, file=file, journal=found.journal, run=run,
+                              priority=priority)

@@ -39,12 +39,17 @@ class RunFigures:
 
 @dataclass
 class RunRecord:
-    """Everything stored of one run."""
+    """Everything stored of one run, with its child runs' records (in the order they started)."""
 
     run: RunRow
     steps: list[StepRow] = field(default_factory=list)
     syscalls: list[SyscallRow] = field(default_factory=list)
     tools: list[ToolCallRow] = field(default_factory=list)
+    children: list[RunRecord] = field(default_factory=list)
+
+    def tree(self) -> list[RunRecord]:
+        """This record and those of its child runs, theirs, and so on (parents first)."""
+        return [self, *(found for child in self.children for found in child.tree())]
 
 
 def ran(call: SyscallRow) -> float:
@@ -81,17 +86,30 @@ def answer_stands(call: SyscallRow) -> bool:
 
 def cassette(found: RunRecord) -> dict[str, Any]:
     """The run's model answers as a cassette for the scripted backend: each finished LLM syscall's text under its
-    request key, in the order they were asked, so that the flow replays the same way without a model."""
-    calls = [c for c in found.syscalls if answer_stands(c)]
+    request key, in the order they were asked (its child runs' too: their keys start with their place in it), so
+    that the flow replays the same way without a model."""
+    calls = [c for record in found.tree() for c in record.syscalls if answer_stands(c)]
     return {"run": found.run.id, "flow": found.run.flow, "inputs": found.run.inputs,
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
 def record(storage: Storage, run_id: str) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`."""
-    run = storage.find_run(run_id)
+    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it."""
+    return _record(storage, storage.find_run(run_id))
+
+
+def _record(storage: Storage, run: RunRow) -> RunRecord:
     steps, syscalls, tools = (storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow))
-    return RunRecord(run, with_calls(steps, tools), syscalls, tools)
+    children = [_record(storage, child) for child in storage.children([run.id])]
+    return RunRecord(run, with_calls(steps, tools), syscalls, tools, children)
+
+
+def root_of(storage: Storage, run: RunRow) -> RunRow:
+    """The run that `run` is a child of, or its parent's, and so on: the run a user started (`run` itself, if a
+    user started it)."""
+    while run.parent is not None:
+        run = storage.find_run(run.parent)
+    return run
 
 
 def progress(storage: Storage, run_id: str) -> tuple[RunRow, list[StepRow]]:

@@ -23,9 +23,30 @@ class RunError(RunFailure):
 
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a child run comes from: its parent run, the step and visit of it that started it, and its branch there
+    (a parallel's branch name, a map item's index, "" for an agent step)."""
+
+    run: str
+    step: str
+    visit: int
+    branch: str
+
+    @property
+    def path(self) -> str:
+        """The child's place in its parent, as request keys prefix it: `step.` for an agent step, `step.branch.`
+        for a parallel's branch, `step[index].` for a map's item."""
+        if not self.branch:
+            return f"{self.step}."
+        return f"{self.step}[{self.branch}]." if self.branch.isdigit() else f"{self.step}.{self.branch}."
+
+
 @dataclass
 class RunState:
-    """The state of one walk: what templates see (`inputs`, `steps`, `visits`, `memory`) and the path so far."""
+    """The state of one walk: what templates see (`inputs`, `steps`, `visits`, `memory`, and a map's sub-flow its
+    `item` and `index`) and the path so far. A child run has its `origin`; its model calls' request keys start
+    with its `scope` (its place among its parent's, Origin.path), and it is `depth` calls below its root run."""
 
     compiled: CompiledFlow
     file: str
@@ -37,6 +58,10 @@ class RunState:
     path: list[str] = field(default_factory=list)
     votes: list[dict[str, Any]] = field(default_factory=list)  # how the current step's sampled calls were voted
     memory: dict[str, Any] = field(default_factory=dict)  # key -> value its flow remembers (`memory.<key>`)
+    names: dict[str, Any] = field(default_factory=dict)  # a map item's `item` and `index`
+    origin: Origin | None = None
+    scope: str = ""
+    depth: int = 0
 
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
@@ -44,6 +69,22 @@ class RunState:
         run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
         return run
+
+    def child(self, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str, origin: Origin, *,
+              inline: bool, names: dict[str, Any] | None = None) -> RunState:
+        """The state of a child run of this one, as it starts: a run of the flow `compiled` (from `file`) with
+        `inputs`; `inline`, a sub-flow of this run's flow, whose templates also see this run's steps, visits and
+        memory as they are now, and `names`."""
+        run = RunState.new(compiled, file, inputs, run_id)
+        run.origin, run.scope, run.depth = origin, self.scope + origin.path, self.depth + 1
+        if inline:
+            run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}
+            run.memory, run.names = dict(self.memory), dict(names or {})
+        return run
+
+    def key(self, step: Step) -> str:
+        """The request key of a model call of `step`: its id, after the run's scope."""
+        return self.scope + step.id
 
     @property
     def flow(self) -> Flow:
@@ -83,7 +124,7 @@ class RunState:
                   names: dict[str, Any]) -> Any:
         try:
             return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits,
-                                   "memory": self.memory, **names})
+                                   "memory": self.memory, **self.names, **names})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
             raise RunError(f"{self.at(step, name)}: step {step.id}: its {name} cannot be rendered: {exc}") from None
 

@@ -68,34 +68,58 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     end, the steps it finished stay stored.
     """
     run = RunState.new(compiled, file, inputs, run_id or new_run_id())
-    row = RunRow(id=run.id, agent=run.agent, flow=file, status=RunStatus.RUNNING, batch=batch, inputs=inputs,
-                 created=time.time(), flow_sha256=compiled.sha256,
-                 workspace=None if workspace is None else str(workspace.resolve()), **process_id())
-    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority)
+    return await start_run(kernel, run, batch=batch, workspace=workspace, journal=journal, priority=priority,
+                           memory=memory)
+
+
+async def start_run(kernel: Kernel, run: RunState, *, batch: str | None = None, workspace: Path | None = None,
+                    journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None
+                    ) -> RunOutcome:
+    """Store and walk the run `run` as it starts (a new run's state, or a child run's: RunState.child); the rest
+    as run_flow has it. A child run's templates see the memory its parent gave it, unless its flow remembers."""
+    origin = run.origin
+    row = RunRow(id=run.id, agent=run.agent, flow=run.file, status=RunStatus.RUNNING, batch=batch, inputs=run.inputs,
+                 created=time.time(), flow_sha256=run.compiled.sha256,
+                 workspace=None if workspace is None else str(workspace.resolve()), **process_id(),
+                 parent=origin and origin.run, parent_step=origin and origin.step,
+                 parent_visit=origin and origin.visit, branch=origin and origin.branch)
+    _open(kernel, run, workspace, journal, priority)
 
     async def start() -> Any:
         if memory is not None:  # a replay's: what the recorded run read
             run.use_memory(memory)
             row.memory = run.memory or None
-        if await through(kernel.storage.commit_start_run(row, () if memory is not None else run.flow.remembered)):
+        remembered = () if memory is not None else run.flow.remembered
+        if await through(kernel.storage.commit_start_run(row, remembered)):
             raise asyncio.CancelledError  # stopped as it started: stored all the same, to be stored interrupted
-        run.use_memory(row.memory)
+        if remembered:
+            run.use_memory(row.memory)
         kernel.events.publish(RunStarted(run.id, agent=run.agent, flow=run.file, created=row.created))  # stored
-        return await _walk(kernel, run, compiled.start)
+        return await _walk(kernel, run, run.compiled.start)
 
     return await _drive(kernel, run, start())
 
 
+def _open(kernel: Kernel, run: RunState, workspace: Path | None, journal: Journal | None, priority: int) -> None:
+    """Open the run in the kernel: its flow's tools, and the agents of the flows it lists, are its to call."""
+    compiled = run.compiled
+    agents = [compiled.agents[name].compiled.flow.name for name in run.flow.agents if name in compiled.agents]
+    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority,
+                    agents=agents)
+
+
 async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, steps: list[StepRow], *, file: str,
-                       journal: Journal | None = None) -> RunOutcome:
+                       journal: Journal | None = None, run: RunState | None = None, priority: int = 0
+                       ) -> RunOutcome:
     """Go on with stored run `row` (claimed by this process) from the step after its stored `steps`, which are
     not run again: the outputs, visits and short-term memory they left are rebuilt from their records; `journal`
-    gives back what its unfinished step already got."""
-    run = RunState.new(compiled, file, row.inputs or {}, row.id)
-    run.use_memory(row.memory)
+    gives back what its unfinished step already got. `run`: a child run's state as its parent gives it (by
+    default, the state of a run of `compiled` with the row's inputs)."""
+    run = run or RunState.new(compiled, file, row.inputs or {}, row.id)
+    if row.memory is not None or run.flow.remembered:
+        run.use_memory(row.memory)
     kernel.events.open(run.id, after=max([row.events or 0, *(s.seq or 0 for s in steps)]))
-    kernel.open_run(run.id, run.agent, run.flow.tools, workspace=Path(row.workspace) if row.workspace else None,
-                    journal=journal)
+    _open(kernel, run, Path(row.workspace) if row.workspace else None, journal, priority)
     for stored in steps:
         run.enter(stored.step, stored.visit)
         run.apply(stored.step, stored.output, stored.remembered)

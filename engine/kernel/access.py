@@ -42,6 +42,14 @@ class AccessManager:
         self._deny(agent, run, "call_tool", tool, f"agent {agent!r} may not call tool {tool!r}: its flow does not "
                    "list it and no privilege group grants it")
 
+    def check_agent(self, agent: str, run: str, callee: str, listed: frozenset[str]) -> None:
+        """Return if `agent`'s run `run`, whose flow lists the agents `listed`, may start a run of `callee`; else
+        audit the denial and raise AccessDenied."""
+        if callee in listed:
+            return
+        self._deny(agent, run, "call_agent", callee, f"agent {agent!r} may not call agent {callee!r}: its flow "
+                   "does not list it in `agents`")
+
     def check_read(self, agent: str, run: str, owner: str, what: str) -> None:
         """Return if `agent` may read the `what` ("memory" or "storage") of agent `owner`; else audit the denial
         and raise AccessDenied."""

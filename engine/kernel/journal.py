@@ -47,7 +47,8 @@ class Journal:
     """Recorded model answers in the order asked, and tool calls in the order made.
 
     What a resumed run will not use (it went another way) is handed to `supersede` (syscall ids, tool call ids),
-    which marks it in storage, so that a replay or an export of the run leaves it out.
+    which marks it in storage, so that a replay or an export of the run leaves it out. A replay's journal also
+    holds the journals of the run's child runs, by their place in it (engine.interpreter.children.place_of).
     """
 
     answers: deque[RecordedAnswer] = field(default_factory=deque)
@@ -55,6 +56,8 @@ class Journal:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)  # by request key: where a generation stopped
     pending: list[RecordedTool] = field(default_factory=list)  # started, their result not stored
     strict: bool = False
+    children: dict[str, Journal] = field(default_factory=dict)  # a replay's: each child run's, by its place
+    memory: dict[str, Any] | None = None  # a replay's: what the recorded run read of its flow's memory
     supersede: Callable[[list[str], list[int]], None] = lambda calls, tools: None
 
     def answer(self, key: str) -> str | None:

@@ -5,6 +5,7 @@
     call_tool                      tool syscalls: access check, then the tool manager's own workers
     remember / recall              memory syscalls, reading another agent's only where the access manager allows
     store / load                   storage syscalls: an agent's own data, kept across runs, likewise guarded
+    check_agent                    whether a run may start a run of another agent (the access manager decides)
 Every syscall is made inside Kernel._recorded, the one place where it is recorded: its timings, tokens,
 preemptions and error are stored when it ends (storage.record_syscall), queued to the storage's writer thread, so
 that a commit never holds up the other agents' syscalls. A run with a journal (resumed or replayed) gets the
@@ -65,13 +66,14 @@ class Kernel:
         self.memory = Memory(storage, memory_capacity)
 
     def open_run(self, run: str, agent: str, tools: Iterable[str] = (), *, workspace: Path | None = None,
-                 journal: Journal | None = None, priority: int = 0) -> RunSession:
-        """Open run `run` of `agent`, which may call `tools`, in `workspace` (default: its own directory under
-        `workspaces`), given back what `journal` holds before asking again; its model calls have `priority`
-        (under the priority policy). close_run releases it."""
+                 journal: Journal | None = None, priority: int = 0, agents: Iterable[str] = ()) -> RunSession:
+        """Open run `run` of `agent`, which may call `tools` and start runs of `agents`, in `workspace` (default:
+        its own directory under `workspaces`), given back what `journal` holds before asking again; its model calls
+        have `priority` (under the priority policy). close_run releases it."""
         if run in self.runs:
             raise KernelError(f"run {run} is open already")
-        session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal, priority)
+        session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal, priority,
+                             frozenset(agents))
         self.runs[run] = session
         return session
 
@@ -186,6 +188,12 @@ class Kernel:
             finally:
                 workspace.reset(token)
                 self.events.publish(ToolEnded(run, tool=name, syscall=syscall.id, error=failed))
+
+    def check_agent(self, agent: str, run: str, callee: str) -> None:
+        """Return if `agent`'s run `run` may start a run of agent `callee`; else the access manager audits the
+        denial and raises AccessDenied."""
+        session = self.runs.get(run)
+        self.access.check_agent(agent, run, callee, session.agents if session else frozenset())
 
     async def use_tool(self, agent: str, run: str, messages: list[dict[str, str]], names: list[str],
                        priority: int | None = None, options: dict[str, Any] | None = None, key: str = "") -> ToolCall:

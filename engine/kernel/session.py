@@ -20,3 +20,4 @@ class RunSession:
     workspace: Path  # the directory its tools read and write in
     journal: Journal | None = None  # what a resumed or replayed run already got, given back first
     priority: int = 0  # of its model calls, unless a call says otherwise
+    agents: frozenset[str] = frozenset()  # the agents it may start child runs of (its flow's `agents`)

@@ -57,7 +57,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -72,6 +72,8 @@ _ADDED_COLUMNS = {
     8: (("steps", "seq", "INTEGER"), ("runs", "events", "INTEGER")),
     9: (),  # SQLite's memory index is brought up to date when searched: an older flowrun would index around it
     10: (("runs", "memory", "JSON"), ("steps", "remembered", "JSON")),
+    11: (("runs", "parent", "VARCHAR"), ("runs", "parent_step", "VARCHAR"), ("runs", "parent_visit", "INTEGER"),
+         ("runs", "branch", "VARCHAR")),
 }
 
 
@@ -186,6 +188,8 @@ class Storage:
                         db.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 if version == 5:
                     _unique_steps(db)
+                if version == 11:  # as create_all makes it in a new database
+                    db.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_parent ON runs (parent)"))
                 if version == 6:  # a key for the calls stored before, which a resumed run may give back
                     db.execute(text("UPDATE tool_calls SET syscall = 'row-' || CAST(id AS VARCHAR) "
                                     "WHERE syscall IS NULL"))
@@ -315,9 +319,10 @@ class Storage:
     # waits for the queue of `later` writes: under load that queue is long, and a server reads runs all the time.
     def find_runs(self, limit: int | None = 20, batch: str | None = None, status: str | None = None,
                   flow: str | None = None) -> list[RunRow]:
-        """The latest runs (of the batch whose id is or starts with `batch`, stored with `status`, of the flow
-        named `flow`, if given), newest first."""
-        statement = select(RunRow).order_by(col(RunRow.created).desc()).limit(limit)
+        """The latest runs started by a user, not by another run (of the batch whose id is or starts with `batch`,
+        stored with `status`, of the flow named `flow`, if given), newest first."""
+        statement = select(RunRow).where(col(RunRow.parent).is_(None)).order_by(col(RunRow.created).desc())
+        statement = statement.limit(limit)
         if batch is not None:
             statement = statement.where(_starts(col(RunRow.batch), batch, "batch"))
         if status is not None:
@@ -326,6 +331,17 @@ class Storage:
             statement = statement.where(col(RunRow.agent) == flow)
         with self._session() as db:
             return list(db.exec(statement))
+
+    def children(self, run_ids: list[str]) -> list[RunRow]:
+        """The child runs of runs `run_ids`, in the order they started."""
+        statement = select(RunRow).where(col(RunRow.parent).in_(run_ids)).order_by(col(RunRow.created))
+        with self._session() as db:
+            return list(db.exec(statement))
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        """The run whose id is `run_id`, if it is stored."""
+        with self._session() as db:
+            return db.get(RunRow, run_id)
 
     def find_run(self, prefix: str) -> RunRow:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""

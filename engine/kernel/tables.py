@@ -66,6 +66,12 @@ class RunRow(SQLModel, table=True):
     finished: float | None = None
     events: int | None = None  # the sequence number of its last event (engine.events) when it ended
     memory: Any = Field(default=None, sa_column=Column(ExactJSON))  # what its flow remembers, as read at its start
+    # A child run (of an agent, map or parallel step): the run, step and visit that started it, and its branch
+    # there (a parallel's branch name, a map item's index, "" for an agent step's)
+    parent: str | None = Field(default=None, index=True)
+    parent_step: str | None = None
+    parent_visit: int | None = None
+    branch: str | None = None
 
 
 class StepRow(SQLModel, table=True):

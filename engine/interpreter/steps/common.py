@@ -51,7 +51,7 @@ async def choose_label(kernel: Kernel, run: RunState, step: Step, messages: list
                                    options={**options, "max_tokens": CHOICE_MAX_TOKENS})
 
     if not step.samples:
-        return await choose(step.id, run.options)
+        return await choose(run.key(step), run.options)
 
     async def sample(key: str, options: dict[str, Any]) -> Any:
         try:
@@ -67,7 +67,7 @@ async def voted(run: RunState, step: Step, draw: Callable[[str, dict[str, Any]],
     shares the model's slots among them), each with its sample's key and options; how the vote went joins
     `run.votes`. An Unfit answer is not counted; a step none of whose samples count fails, and so does one whose
     sample failed (with the first failure, once the others are done)."""
-    drawn = [asyncio.ensure_future(draw(sample_key(step.id, n), sample_options(run.options, step.temperature, n)))
+    drawn = [asyncio.ensure_future(draw(sample_key(run.key(step), n), sample_options(run.options, step.temperature, n)))
              for n in range(1, (step.samples or 1) + 1)]
     # A sample that fails lets the others finish, so that a resumed run has their answers; cancelling the run
     # cancels them all.

@@ -56,7 +56,7 @@ async def run_process(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         messages = await prompt_for(kernel, run, step, ask, names,
                                     shown_examples(step, text, tool=step.tool) if step.tool else ())
         call = await (_voted_call(kernel, run, step, messages, names) if step.samples else
-                      kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=step.id))
+                      kernel.use_tool(run.agent, run.id, messages, list(names), options=run.options, key=run.key(step)))
     if step.output is not None:
         output = _output(run, step, {RESULT: call.result})
         return StepDone(ask, output, messages, tool_calls=[call], from_tool=output is call.result)
@@ -122,7 +122,7 @@ async def _answer(kernel: Kernel, run: RunState, step: Step, text: str) -> StepD
         return StepDone(ask, await voted(run, step, sample), messages)
     asked, problem = messages, ""
     for _ in range(2 if schema is not None else 1):
-        request = Request(asked, schema=schema, options=run.options, key=step.id)
+        request = Request(asked, schema=schema, options=run.options, key=run.key(step))
         result = await kernel.generate(run.agent, run.id, request, window=window)
         if schema is None:
             return StepDone(ask, result.text.strip(), messages)

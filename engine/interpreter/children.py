@@ -1,0 +1,172 @@
+"""Child runs: what agent, map and parallel steps start (engine.interpreter.steps), each a run of its own on the
+same kernel, stored with its parent run, step, visit and branch.
+
+A child run's id is derived from that place (child_id), never drawn, so that a parent resumed after a crash finds
+its children: one that finished gives its stored answer (nothing in it runs again), one that stopped is continued
+from its last stored step, one never stored starts. A replay gives each child the recording of the child run at
+the same place (Journal.children). Children run at once, up to the step's `max_concurrency`; each makes its own
+syscalls, which the scheduler shares out with every other run's. Their answers are merged by the step that started
+them, in their order (never by arrival); a child that fails cancels the others unless the step tolerates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import RunFailure, RunStatus
+from engine.flow.compiler import CompiledFlow
+from engine.flow.model import Body, Step
+from engine.interpreter import resume, walk
+from engine.interpreter.inputs import InputError, resolve_inputs
+from engine.interpreter.runs import record
+from engine.interpreter.state import Origin, RunError, RunState
+from engine.jsontext import json_or_text
+from engine.kernel.journal import Journal
+from engine.kernel.kernel import Kernel
+
+MAX_DEPTH = 8  # runs calling runs: a root run's children are at depth 1
+_IDS = uuid.UUID("8d3c6f1e-5b0a-4c51-9a57-2f0e3c8a9b11")  # the namespace of child run ids
+
+
+class ChildFailed(RunFailure):
+    """A child run did not finish and its step does not tolerate it: the step fails, or pauses with a child that
+    paused (its model unavailable), so that resuming the parent continues the child."""
+
+    def __init__(self, message: str, status: RunStatus) -> None:
+        super().__init__(message)
+        self.ends_run = status
+
+
+@dataclass
+class Child:
+    """One child run a step starts: its `branch` (a parallel's branch name, a map item's index, "" for an agent
+    step), the flow it runs, with `inputs`; `inline`: a sub-flow of the parent's flow (run as its agent, seeing
+    its steps), with `names` (a map item's `item` and `index`)."""
+
+    branch: str
+    compiled: CompiledFlow
+    file: str
+    inputs: dict[str, Any]
+    inline: bool
+    names: dict[str, Any] = field(default_factory=dict)
+
+
+def child_id(parent: str, step: str, visit: int, branch: str) -> str:
+    """The id of the child run at `branch` of visit `visit` of step `step` of run `parent`."""
+    return uuid.uuid5(_IDS, f"{parent}/{step}#{visit}/{branch}").hex
+
+
+def child_of(run: RunState, step: Step, branch: str, body: Body, inputs: dict[str, Any] | None = None,
+             names: dict[str, Any] | None = None) -> Child:
+    """The child run that `body` (the body of `step` at `branch` of its bodies: "" for its own) starts, its inputs
+    rendered (a sub-flow's are the run's); `inputs` and `names` add to them (a map item's)."""
+    if body.steps:
+        part = run.compiled.parts[(step.id, branch if step.kind == "parallel" else "")]
+        return Child(branch, part, run.file, run.inputs, True, names or {})
+    callee = run.compiled.agents[body.flow or ""]
+    context = dict(names or {})
+    prefix = f"branches.{branch}.inputs." if step.kind == "parallel" else "inputs."
+    given = {name: run.value(step, f"{prefix}{name}", value, context) if isinstance(value, str) else value
+             for name, value in body.inputs.items()} | (inputs or {})
+    flow = callee.compiled.flow
+    for name, value in given.items():  # text for an input that is not a string: read as JSON, as `-i` does
+        if isinstance(value, str) and flow.inputs.get(name, {}).get("type", "string") != "string":
+            given[name] = json_or_text(value)
+    try:
+        resolved = resolve_inputs(flow, given, callee.file)
+    except InputError as exc:  # at the input it names, where it is a template
+        named = next((f"{prefix}{name}" for name in body.inputs if f"input {name!r}" in str(exc)), prefix)
+        raise RunError(f"{run.at(step, named)}: step {step.id}: {exc}") from None
+    return Child(branch, callee.compiled, callee.file, resolved, False)
+
+
+async def run_children(kernel: Kernel, run: RunState, step: Step, children: list[Child]) -> list[Any]:
+    """The answers of `children` of the run's `step`, in their order (None for one that failed, where the step
+    tolerates it), run at once up to the step's `max_concurrency`. A ChildFailed once more fail than the step
+    tolerates (or one pauses): the others are cancelled first, and stored as interrupted."""
+    allowed = tolerated(step, len(children))
+    gate = asyncio.Semaphore(step.max_concurrency or max(1, len(children)))
+
+    async def one(child: Child) -> tuple[str, walk.RunOutcome]:
+        async with gate:
+            return child.branch, await _run_child(kernel, run, step, child)
+
+    tasks = [asyncio.ensure_future(one(child)) for child in children]
+    failed = 0
+    try:
+        for finished in asyncio.as_completed(tasks):
+            branch, outcome = await finished
+            if outcome.status == RunStatus.FINISHED:
+                continue
+            failed += 1
+            if outcome.status != RunStatus.FAILED or failed > allowed:
+                raise ChildFailed(_failure(step, branch, outcome, allowed),
+                                  RunStatus.PAUSED if outcome.status == RunStatus.PAUSED else RunStatus.FAILED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each stored as it stopped
+    outcomes = [task.result()[1] for task in tasks]
+    return [outcome.answer if outcome.status == RunStatus.FINISHED else None for outcome in outcomes]
+
+
+def tolerated(step: Step, count: int) -> int:
+    """How many of the step's `count` children may fail (its `tolerated_failures`: a count, or a percentage)."""
+    allowed = step.tolerated_failures
+    if isinstance(allowed, str):
+        return count * int(allowed.rstrip("%")) // 100
+    return allowed
+
+
+def _failure(step: Step, branch: str, outcome: walk.RunOutcome, allowed: int) -> str:
+    where = {"parallel": f"branch {branch}", "map": f"item {branch}"}.get(step.kind, "the flow it calls")
+    more = f" (more than the {allowed} it tolerates)" if allowed else ""
+    return f"step {step.id}: {where} {outcome.status}{more}: {outcome.error} (child run {outcome.run_id[:12]})"
+
+
+async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) -> walk.RunOutcome:
+    """Start, continue or read back `child` of the run's step at its visit now."""
+    if run.depth + 1 > MAX_DEPTH:
+        raise RunError(f"{run.file}: step {step.id}: runs call runs more than {MAX_DEPTH} deep: see which flows "
+                       "call which with `flowrun runs show`")
+    visit = run.visits[step.id]
+    origin = Origin(run.id, step.id, visit, child.branch)
+    state = run.child(child.compiled, child.file, child.inputs, child_id(run.id, step.id, visit, child.branch),
+                      origin, inline=child.inline, names=child.names)
+    if not child.inline:
+        kernel.check_agent(run.agent, run.id, state.agent)
+    session = kernel.runs.get(run.id)
+    journal = session.journal if session is not None else None
+    workspace = session.workspace if session is not None and child.inline else None
+    priority = session.priority if session is not None else 0
+    if journal is not None and journal.strict:  # a replay: the recorded child's answers, or none at all
+        recorded = journal.children.get(_place(origin)) or Journal(strict=True)
+        memory = None if child.inline else recorded.memory or {}
+        return await walk.start_run(kernel, state, workspace=workspace, journal=recorded, priority=priority,
+                                    memory=memory)
+    if journal is not None:  # a resumed run: its child may be stored already
+        stored = kernel.storage.get_run(state.id)
+        if stored is not None and stored.status == RunStatus.FINISHED:
+            return walk.RunOutcome(stored.id, RunStatus.FINISHED, stored.answer)
+        if stored is not None:
+            try:
+                found = resume.stopped_run(kernel.storage, record(kernel.storage, stored.id), force=True)
+                return await resume.resume_run(kernel, child.compiled, found, file=child.file, run=state,
+                                               priority=priority)
+            except resume.ResumeError as exc:
+                raise RunError(f"step {step.id}: {exc}") from None
+    return await walk.start_run(kernel, state, workspace=workspace, priority=priority)
+
+
+def _place(origin: Origin) -> str:
+    """Where a child run stands in its parent, as Journal.children keys it."""
+    return f"{origin.step}#{origin.visit}/{origin.branch}"
+
+
+def place_of(parent_step: str | None, parent_visit: int | None, branch: str | None) -> str:
+    """`_place` of a stored child run's columns."""
+    return _place(Origin("", parent_step or "", parent_visit or 0, branch or ""))
+

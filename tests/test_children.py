@@ -1,0 +1,335 @@
+"""Agent, map and parallel steps: child runs on the same kernel, stored with their parent, their answers merged in
+order, run at once up to max_concurrency, failures cancelling or tolerated, resumed and replayed exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.flow.manifest import load_tools
+from engine.flow.validate import CheckedFlow, check_flow_text
+from engine.interpreter.children import MAX_DEPTH, child_id
+from engine.interpreter.replay import replay_run
+from engine.interpreter.resume import resume_run, stopped
+from engine.interpreter.runs import LLM_KINDS, record
+from engine.interpreter.walk import RunOutcome, run_flow
+from engine.kernel.kernel import Kernel
+from engine.kernel.storage import Storage
+from engine.kernel.tables import AuditRow, RunRow, SyscallRow
+from engine.llm.scripted import ScriptedBackend
+
+HELPER = """\
+flowrun: 1
+name: Helper
+inputs:
+  topic: {type: string}
+  days: {type: integer, default: 1}
+steps:
+  answer:
+    kind: terminal
+    instruction: Sum up {{ inputs.topic }} in {{ inputs.days }} days.
+    output_schema: {type: object, required: [summary], properties: {summary: {type: string}}}
+"""
+
+LEAD = """\
+flowrun: 1
+name: Lead
+inputs:
+  q: {type: string}
+agents: [helper]
+steps:
+  split:
+    kind: process
+    instruction: Split {{ inputs.q }} into parts.
+    output_schema: {type: object, required: [parts], properties: {parts: {type: array, items: {type: string}}}}
+    next: each
+  each:
+    kind: map
+    items: "{{ steps.split.output.parts }}"
+    %(map)s
+    steps:
+      solve:
+        kind: process
+        instruction: Solve part {{ index }}, {{ item }}, of {{ inputs.q }}.
+        output_schema: {type: object, required: [n], properties: {n: {type: integer}}}
+        next: said
+      said:
+        kind: terminal
+        output: "{{ steps.solve.output.n }}"
+    next: both
+  both:
+    kind: parallel
+    branches:
+      mine:
+        steps:
+          think: {kind: terminal, instruction: "Think about {{ steps.each.output }}."}
+      theirs:
+        flow: helper
+        inputs: {topic: "{{ inputs.q }}", days: "{{ steps.each.output | length }}"}
+    next: ask
+  ask:
+    kind: agent
+    flow: helper
+    inputs: {topic: "{{ steps.both.output.mine }}"}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.both.output.theirs.summary }} / {{ steps.ask.output.summary }} / {{ steps.each.output }}"
+"""
+
+
+def answers(parts: list[str], solved: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """A cassette for LEAD: part n solved as {"n": n * 10}, unless `solved` gives its answer."""
+    solved = solved or {}
+    return [{"key": "split", "text": json.dumps({"parts": parts})},
+            *({"key": f"each[{n}].solve", "text": solved.get(n, json.dumps({"n": n * 10})), "times": 2}
+              for n in range(len(parts))),
+            {"key": "both.mine.think", "text": "mine"},
+            {"key": "both.theirs.answer", "text": '{"summary": "theirs"}'},
+            {"key": "ask.answer", "text": '{"summary": "asked"}'}]
+
+
+def lead(tmp_path: Path, map_fields: str = "") -> CheckedFlow:
+    (tmp_path / "helper.yaml").write_text(HELPER)
+    file = tmp_path / "lead.yaml"
+    file.write_text(LEAD % {"map": map_fields})
+    checked = check_flow_text(file.read_text(), str(file), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    return checked
+
+
+def kernel_on(tmp_path: Path, responses: list[dict[str, Any]], token_delay: float = 0.0, slots: int = 8) -> Kernel:
+    backend = ScriptedBackend.from_responses(responses, token_delay=token_delay, slots=slots)
+    return Kernel(backend, Storage(f"sqlite:///{tmp_path / 'runs.db'}"), workspaces=tmp_path / "workspaces")
+
+
+def go(kernel: Kernel, checked: CheckedFlow, q: str = "the task") -> RunOutcome:
+    return asyncio.run(run_flow(kernel, checked.compiled, {"q": q}, file=str(checked_file(checked))))
+
+
+def checked_file(checked: CheckedFlow) -> Path:
+    return Path(checked.compiled.agents["helper"].file).parent / "lead.yaml"
+
+
+def model_calls(storage: Storage) -> list[tuple[str, str | None]]:
+    return sorted((c.run_id, c.key) for c in storage.rows(SyscallRow) if c.kind in LLM_KINDS and c.error is None)
+
+
+def test_map_parallel_and_agent_steps_run_child_runs_stored_with_their_parent(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    kernel = kernel_on(tmp_path, answers(["a", "b", "c"]))
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FINISHED, outcome.error
+    assert outcome.answer == "theirs / asked / [0, 10, 20]"
+    found = record(kernel.storage, outcome.run_id)
+    assert [s.output for s in found.steps if s.step == "both"] == [{"mine": "mine", "theirs": {"summary": "theirs"}}]
+    places = [(c.run.parent, c.run.parent_step, c.run.parent_visit, c.run.branch, c.run.agent) for c in found.children]
+    assert places == [(outcome.run_id, "each", 1, "0", "Lead"), (outcome.run_id, "each", 1, "1", "Lead"),
+                      (outcome.run_id, "each", 1, "2", "Lead"), (outcome.run_id, "both", 1, "mine", "Lead"),
+                      (outcome.run_id, "both", 1, "theirs", "Helper"), (outcome.run_id, "ask", 1, "", "Helper")]
+    # a child's id is its place, so that a resumed parent finds it
+    assert [c.run.id for c in found.children][:1] == [child_id(outcome.run_id, "each", 1, "0")]
+    # the helper called from the branch got its inputs from templates, read as the integer its schema asks for
+    assert next(c.run.inputs for c in found.children if c.run.branch == "theirs") == {"topic": "the task", "days": 3}
+    # only runs a user started are listed; the children are in their parent's record
+    assert [r.id for r in kernel.storage.find_runs()] == [outcome.run_id]
+    # each model call's request key says where in the tree it was asked
+    keys = {c.key for c in kernel.storage.rows(SyscallRow) if c.kind in LLM_KINDS}
+    assert keys == {"split", "each[0].solve", "each[1].solve", "each[2].solve", "both.mine.think",
+                    "both.theirs.answer", "ask.answer"}
+
+
+def test_a_map_gives_its_answers_in_item_order_whatever_order_they_end_in(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    # the first item's answer is the longest, so it ends last (each token takes token_delay)
+    solved = {0: json.dumps({"n": 7, "pad": "word " * 60}), 2: json.dumps({"n": 9})}
+    kernel = kernel_on(tmp_path, answers(["a", "b", "c"], solved), token_delay=0.002)
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FINISHED, outcome.error
+    children = [c.run for c in record(kernel.storage, outcome.run_id).children if c.run.parent_step == "each"]
+    assert max(children, key=lambda r: r.finished or 0).branch == "0"
+    assert outcome.answer.endswith("[7, 10, 9]")
+
+
+def overlap(runs: list[RunRow]) -> int:
+    """The most of `runs` that were running at one time."""
+    edges = sorted([(r.created, 1) for r in runs] + [(r.finished or 0, -1) for r in runs])
+    most = now = 0
+    for _, change in edges:
+        now += change
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_max_concurrency_bounds_the_child_runs_at_once(tmp_path: Path, width: int) -> None:
+    checked = lead(tmp_path, f"max_concurrency: {width}")
+    kernel = kernel_on(tmp_path, answers(list("abcdef")), token_delay=0.003)
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FINISHED, outcome.error
+    items = [c.run for c in record(kernel.storage, outcome.run_id).children if c.run.parent_step == "each"]
+    assert len(items) == 6 and overlap(items) == width
+
+
+def test_without_a_bound_every_item_runs_at_once(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    kernel = kernel_on(tmp_path, answers(list("abcdef")), token_delay=0.003)
+    outcome = go(kernel, checked)
+    items = [c.run for c in record(kernel.storage, outcome.run_id).children if c.run.parent_step == "each"]
+    assert overlap(items) == 6
+
+
+def test_a_failing_item_cancels_the_others_and_fails_the_step(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    # item 1 answers with no JSON twice: its schema fails; the others are slow, so they are still running
+    slow = "word " * 200
+    solved = {0: json.dumps({"n": 0, "pad": slow}), 1: "no idea", 2: json.dumps({"n": 20, "pad": slow})}
+    kernel = kernel_on(tmp_path, answers(["a", "b", "c"], solved), token_delay=0.002)
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FAILED
+    assert "step each: item 1 failed" in (outcome.error or "") and "output_schema" in (outcome.error or "")
+    statuses = {c.run.branch: c.run.status for c in record(kernel.storage, outcome.run_id).children}
+    assert statuses == {"0": "interrupted", "1": "failed", "2": "interrupted"}
+
+
+@pytest.mark.parametrize("tolerance", ["tolerated_failures: 1", "tolerated_failures: 34%"])
+def test_a_tolerated_failure_is_null_in_the_output_with_its_error_kept(tmp_path: Path, tolerance: str) -> None:
+    checked = lead(tmp_path, tolerance)
+    kernel = kernel_on(tmp_path, answers(["a", "b", "c"], {1: "no idea"}))
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FINISHED, outcome.error
+    assert outcome.answer.endswith("[0, None, 20]")
+    failed = [c.run for c in record(kernel.storage, outcome.run_id).children if c.run.status == "failed"]
+    assert [r.branch for r in failed] == ["1"] and "output_schema" in (failed[0].error or "")
+
+
+def test_more_failures_than_tolerated_fail_the_step(tmp_path: Path) -> None:
+    checked = lead(tmp_path, "tolerated_failures: 33%")  # one third of 3 items is 0.99: none
+    outcome = go(kernel_on(tmp_path, answers(["a", "b", "c"], {1: "no idea"})), checked)
+    assert outcome.status == RunStatus.FAILED and "item 1 failed" in (outcome.error or "")
+
+
+def test_more_items_than_max_items_fail_the_step_at_its_items(tmp_path: Path) -> None:
+    checked = lead(tmp_path, "max_items: 2")
+    outcome = go(kernel_on(tmp_path, answers(["a", "b", "c"])), checked)
+    assert outcome.status == RunStatus.FAILED
+    assert "lead.yaml:14:" in (outcome.error or "") and "3 items, more than its max_items (2)" in (outcome.error or "")
+
+
+def test_items_that_are_not_a_list_fail_the_step(tmp_path: Path) -> None:
+    responses = answers([])
+    lead(tmp_path)
+    text = (tmp_path / "lead.yaml").read_text().replace("{{ steps.split.output.parts }}", "{{ inputs.q }}")
+    (tmp_path / "lead.yaml").write_text(text)
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    outcome = go(kernel_on(tmp_path, responses), checked, q="apples, pears")
+    assert outcome.status == RunStatus.FAILED and "its items are 'apples, pears', not a list" in (outcome.error or "")
+
+
+def test_an_agent_the_flow_does_not_list_is_refused_and_audited(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    flow = checked.compiled.flow
+    flow.agents = ()  # as if the flow had been changed after it was checked
+    outcome = go(kernel_on(tmp_path, answers(["a"])), checked)
+    assert outcome.status == RunStatus.FAILED
+    assert "may not call agent 'Helper'" in (outcome.error or "")
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    (audit,) = storage.rows(AuditRow)
+    assert (audit.agent, audit.action, audit.target, audit.allowed) == ("Lead", "call_agent", "Helper", False)
+
+
+def test_an_interrupted_run_resumes_its_children_without_asking_twice(tmp_path: Path) -> None:
+    checked = lead(tmp_path, "max_concurrency: 1")
+    (tmp_path / "whole").mkdir()
+    whole = kernel_on(tmp_path / "whole", answers(list("abcd")))
+    uninterrupted = go(whole, checked)
+    assert uninterrupted.status == RunStatus.FINISHED
+
+    db = tmp_path / "stopped"
+    db.mkdir()
+    kernel = kernel_on(db, answers(list("abcd")), token_delay=0.01)
+
+    async def stop_midway() -> str:
+        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"},
+                                              file=str(checked_file(checked))))
+        while sum(r.status == "finished" for r in kernel.storage.rows(RunRow) if r.parent_step == "each") < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return next(r.id for r in kernel.storage.rows(RunRow) if r.parent is None)
+
+    run_id = asyncio.run(stop_midway())
+    before = model_calls(kernel.storage)
+    assert any(r.status == "interrupted" for r in kernel.storage.rows(RunRow) if r.parent_step == "each")
+
+    resumed_kernel = kernel_on(db, answers(list("abcd")))
+    # a child's id given to resume resumes the run a user started, which continues the child
+    found = stopped(resumed_kernel.storage, child_id(run_id, "each", 1, "0"))
+    assert found.run.id == run_id
+    outcome = asyncio.run(resume_run(resumed_kernel, checked.compiled, found, file=str(checked_file(checked))))
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, uninterrupted.answer)
+    after = model_calls(resumed_kernel.storage)
+    assert len(after) == len(set(after)) == len(model_calls(whole.storage)), "a model call was made twice"
+    assert set(before) <= set(after)
+
+
+def test_a_replay_goes_through_the_children_with_no_model(tmp_path: Path) -> None:
+    checked = lead(tmp_path, "max_concurrency: 2")
+    kernel = kernel_on(tmp_path, answers(list("abc")))
+    outcome = go(kernel, checked)
+    replay = asyncio.run(replay_run(record(kernel.storage, outcome.run_id), checked, file=str(checked_file(checked))))
+    assert replay.differences == [] and replay.outcome.answer == outcome.answer
+
+
+def test_a_replay_that_asks_a_child_something_else_diverges(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    kernel = kernel_on(tmp_path, answers(list("abc")))
+    outcome = go(kernel, checked)
+    recorded = record(kernel.storage, outcome.run_id)
+    recorded.children[1].syscalls.clear()  # item 1's answers lost
+    replay = asyncio.run(replay_run(recorded, checked, file=str(checked_file(checked))))
+    assert replay.outcome.status == RunStatus.FAILED
+    assert "item 1 failed" in (replay.outcome.error or "") and "each[1].solve" in (replay.outcome.error or "")
+
+
+def test_an_input_a_child_refuses_at_run_time_fails_the_step_at_its_line(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    responses = answers(["a"])
+    outcome = go(kernel_on(tmp_path, responses), checked)
+    assert outcome.status == RunStatus.FINISHED
+    text = (tmp_path / "lead.yaml").read_text().replace("days: \"{{ steps.each.output | length }}\"",
+                                                        "days: \"{{ inputs.q }}\"")
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    assert checked.ok
+    (tmp_path / "runs.db").unlink()
+    outcome = go(kernel_on(tmp_path, answers(["a"])), checked, q="many")
+    assert outcome.status == RunStatus.FAILED
+    assert "lead.yaml:34:" in (outcome.error or "") and "input 'days'" in (outcome.error or "")
+
+
+def test_runs_nested_deeper_than_the_limit_fail(tmp_path: Path) -> None:
+    text = _nested(MAX_DEPTH + 1)
+    checked = check_flow_text(text, str(tmp_path / "deep.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    kernel = kernel_on(tmp_path, [{"text": "hi", "times": 99}])
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {}, file=str(tmp_path / "deep.yaml")))
+    assert outcome.status == RunStatus.FAILED and f"more than {MAX_DEPTH} deep" in (outcome.error or "")
+    assert asyncio.run(run_flow(kernel, check_flow_text(_nested(MAX_DEPTH), "deep.yaml", load_tools([]).tools)
+                                .compiled, {}, file="deep.yaml")).status == RunStatus.FINISHED
+
+
+def _nested(depth: int) -> str:
+    """A flow of `depth` maps, each the only step but a terminal of the one around it."""
+    def level(n: int, indent: str) -> str:
+        if n == depth:
+            return f"{indent}s{n}: {{kind: terminal, instruction: say}}\n"
+        return (f"{indent}s{n}:\n{indent}  kind: map\n{indent}  items: \"[1]\"\n{indent}  next: t{n}\n"
+                f"{indent}  steps:\n{level(n + 1, indent + '    ')}"
+                f"{indent}t{n}: {{kind: terminal, output: \"{{{{ steps.s{n}.output }}}}\"}}\n")
+    return "flowrun: 1\nname: Deep\nsteps:\n" + level(0, "  ")
