@@ -424,7 +424,7 @@ def test(paths: tuple[Path, ...], kind: str, model: str | None, as_json: bool, t
             invalid += 1
             continue
         results = flowtest.run_tests(found, backend_for)
-        uncovered = flowtest.coverage(found.flow.graph, str(found.flow_path), results)
+        uncovered = flowtest.coverage(found.flow.compiled, str(found.flow_path), results)
         cases += len(results)
         failed += sum(not r.passed for r in results)
         if as_json:

@@ -12,22 +12,21 @@ import asyncio
 import difflib
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
-
 from engine import answers
 from engine.errors import FlowrunError, RunStatus
+from engine.flow.compiler import CompiledFlow
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import ends_run
 from engine.flow.loader import Document, load_file
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
-from engine.interpreter.runs import steps_of
+from engine.interpreter.runs import RunRecord, record, steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.confine import write_files
@@ -73,6 +72,7 @@ class CaseResult:
     steps: list[StepRow]
     problems: list[str]
     seconds: float
+    inner: list[tuple[str, StepRow]] = field(default_factory=list)  # the steps of its sub-flows' runs, by prefix
 
     @property
     def passed(self) -> bool:
@@ -233,9 +233,36 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
         outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id)
         steps = steps_of(storage, outcome.run_id)
+        inner = list(_inner_steps(checked.compiled, record(storage, outcome.run_id)))
     finally:
         storage.close()
-    return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started)
+    return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started, inner)
+
+
+def _inner_steps(compiled: CompiledFlow, found: RunRecord, prefix: str = "") -> Iterator[tuple[str, StepRow]]:
+    """(prefix, step) for each step of the runs of the sub-flows in the run `found` of `compiled`, nested ones
+    too: the prefix names the sub-flow as _nodes does."""
+    for child in found.children:
+        run = child.run
+        kind = compiled.step(run.parent_step).kind if run.parent_step in compiled.flow.steps else ""
+        part = compiled.parts.get((run.parent_step or "", (run.branch or "") if kind == "parallel" else ""))
+        if part is None:  # another flow's run: its own tests cover it
+            continue
+        inner = _part_prefix(prefix, run.parent_step or "", run.branch if kind == "parallel" else "")
+        yield from ((inner, step) for step in child.steps)
+        yield from _inner_steps(part, child, inner)
+
+
+def _part_prefix(prefix: str, step: str, branch: str | None) -> str:
+    return f"{prefix}{step}.{branch}." if branch else f"{prefix}{step}."
+
+
+def _nodes(compiled: CompiledFlow, prefix: str = "") -> Iterator[tuple[str, CompiledFlow]]:
+    """(prefix, flow) for the flow and each of its sub-flows, nested ones too: a sub-flow's steps are named
+    `step.branch.id` (a map's: `step.id`) in coverage."""
+    yield prefix, compiled
+    for (step, branch), part in compiled.parts.items():
+        yield from _nodes(part, _part_prefix(prefix, step, branch))
 
 
 def check(expect: dict[str, Any], outcome: RunOutcome, steps: list[StepRow]) -> list[str]:
@@ -284,14 +311,16 @@ def run_tests(found: TestFile, backend_for: BackendFor) -> list[CaseResult]:
     return results
 
 
-def coverage(graph: nx.MultiDiGraph, name: str, results: Iterable[CaseResult]) -> Coverage:
-    """The steps and ways out of the flow `graph` that none of `results` took."""
+def coverage(compiled: CompiledFlow, name: str, results: Iterable[CaseResult]) -> Coverage:
+    """The steps and ways out of the flow `compiled` and its sub-flows that none of `results` took."""
     seen: set[str] = set()
     taken: set[tuple[str, str]] = set()
     for result in results:
-        for step in result.steps:
-            seen.add(step.step)
+        for prefix, step in [("", s) for s in result.steps] + result.inner:
+            seen.add(prefix + step.step)
             if not ends_run(step.kind):
-                taken.add((step.step, step.branch or "next"))
-    return Coverage(name, [s for s in graph.nodes if s not in seen],
-                    [(u, label, v) for u, v, label in graph.edges(keys=True) if (u, label) not in taken])
+                taken.add((prefix + step.step, step.branch or "next"))
+    nodes = [(prefix, flow.graph) for prefix, flow in _nodes(compiled)]
+    return Coverage(name, [prefix + s for prefix, graph in nodes for s in graph.nodes if prefix + s not in seen],
+                    [(prefix + u, label, prefix + v) for prefix, graph in nodes
+                     for u, v, label in graph.edges(keys=True) if (prefix + u, label) not in taken])
