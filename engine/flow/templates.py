@@ -541,7 +541,8 @@ def template_problems(text: str, flow: Flow, step: Step, field: str, scope: Scop
     problems = [Problem("FR301", message) for message in found.unsupported]
     problems += [Problem("FR304", message) for message in found.limits]
     problems += [Problem("FR305", message) for message in found.refused]
-    names = (*NAMES, *scope.names, *((RESULT,) if field == "output" and step.tool else ()))
+    own = ("item", "index") if step.kind == "map" and field.startswith("inputs.") else ()  # a map's call
+    names = (*NAMES, *scope.names, *own, *((RESULT,) if field == "output" and step.tool else ()))
     for name in sorted(found.free_names - set(names)):
         hint = f" (`{RESULT}` is the tool's result, in the `output` of a step with `tool`)" if name == RESULT else ""
         problems.append(Problem("FR302", f"unknown name {name!r}: templates can use {', '.join(names)}{hint}"))
