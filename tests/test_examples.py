@@ -10,6 +10,7 @@ import pytest
 
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import load_flow
+from engine.interpreter.setup import called
 from tests.conftest import FLOW_FILES, FLOWS, ROOT
 
 EXAMPLES = FLOW_FILES
@@ -32,11 +33,19 @@ def test_the_aios_agents_and_at_least_two_more_are_there() -> None:
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in AIOS_AGENTS], ids=lambda p: p.stem)
-def test_own_agents_use_tools_and_a_loop(path: Path) -> None:
+def test_own_agents_use_tools_and_repeat_work(path: Path) -> None:
+    """Each uses tools, its own or those of the agents it calls, and loops or maps over items."""
     checked = load_flow(path)
-    assert checked.flow.tools
-    assert any(step.used_tools() for step in checked.flow.steps.values())
-    assert not nx.is_directed_acyclic_graph(checked.graph)
+    flows = called(checked.compiled)
+    assert any(step.used_tools() for flow in flows for step in flow.steps.values())
+    assert not nx.is_directed_acyclic_graph(checked.graph) or any(
+        step.kind == "map" for step in checked.flow.steps.values())
+
+
+def test_the_team_examples_run_agents_in_each_new_kind_of_step() -> None:
+    kinds = {step.kind for name in ("trip_team", "review_loop", "math_sheet")
+             for step in load_flow(FLOWS / f"{name}.yaml").flow.steps.values()}
+    assert {"agent", "map"} <= kinds
 
 
 def test_travel_agent_asks_the_model_only_to_read_the_request() -> None:

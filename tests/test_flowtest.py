@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.flow.validate import NOT_FLOWS
 from tests.conftest import FLOWS, MATH_LOOP, MATH_LOOP_CASSETTE
 from tests.test_run_cli import cli
 
@@ -24,7 +25,7 @@ def test_every_bundled_flow_has_cases_that_pass_and_cover_it() -> None:
     assert code == 0, out + err
     report = json.loads(out)
     tested = {Path(f["flow"]).name for f in report["files"]}
-    assert tested == {p.name for p in FLOWS.glob("*.yaml") if not p.name.endswith(".test.yaml")}
+    assert tested == {p.name for p in FLOWS.rglob("*.yaml") if not p.name.endswith(NOT_FLOWS)}
     assert report["untested"] == []
     for found in report["files"]:
         assert found["cases"] and all(c["passed"] and c["problems"] == [] for c in found["cases"]), found
