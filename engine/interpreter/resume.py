@@ -86,7 +86,11 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> S
     # a call in an unfinished child run may or may not have happened just the same (its child run goes on)
     unrecorded += [t for child in found.tree()[1:] if child.run.status != RunStatus.FINISHED
                    for t in child.tools if t.pending and not t.superseded]
-    given = [c.key or "" for c in found.syscalls if answer_stands(c) and c.id not in stale[0]]
+    # what a cassette should not give again: the answers of the whole tree of runs, each child's own resume
+    # asking again only what a failed child's last step asked (as above)
+    again = {c.id for child in found.tree() if child.run.status == RunStatus.FAILED for c in child.syscalls
+             if c.kind in LLM_KINDS and c.created >= (child.steps[-1].finished if child.steps else child.run.created)}
+    given = [c.key or "" for child in found.tree() for c in child.syscalls if answer_stands(c) and c.id not in again]
     return Stopped(run, found.steps, journal, unrecorded, stale, given)
 
 
