@@ -28,3 +28,8 @@ def test_scheduler_bench_runs() -> None:
 def test_serve_bench_runs() -> None:
     out = bench("bench/serve_bench.py", "--runs", "12", "--steps", "2", "--ms", "5", "--clients", "4", "--poll", "0.1")
     assert "x ideal" in out and "POST /runs p50" in out and "KiB a run in flight" in out and "every 0.1 s" in out
+
+
+def test_map_bench_runs() -> None:
+    out = bench("bench/map_bench.py", "--items", "4", "--seconds", "0.01", "--slots", "1", "2", "--no-model")
+    assert out.count("x ideal") == 2 and "5 runs stored" in out
