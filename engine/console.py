@@ -170,7 +170,7 @@ def _tree(children: Sequence[RunRecord], indent: str) -> list[str]:
         run = child.run
         end = _short(run.answer, 40) if run.status == RunStatus.FINISHED else printable(run.error or "")[:60]
         lines.append(f"{indent}{_place(run)}: run {run.id[:12]} · {run.agent} · {status(run)} · "
-                     f"{len(child.steps)} steps · {end}")
+                     f"{len(child.steps)} steps · {sum(s.tokens for s in child.steps)} tokens · {end}")
         lines.extend(_tree(child.children, indent + "  "))
     return lines
 

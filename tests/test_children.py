@@ -333,3 +333,36 @@ def _nested(depth: int) -> str:
                 f"{indent}  steps:\n{level(n + 1, indent + '    ')}"
                 f"{indent}t{n}: {{kind: terminal, output: \"{{{{ steps.s{n}.output }}}}\"}}\n")
     return "flowrun: 1\nname: Deep\nsteps:\n" + level(0, "  ")
+
+
+def test_a_tree_of_runs_is_bounded_by_max_child_runs(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    text = (tmp_path / "lead.yaml").read_text().replace("agents: [helper]", "agents: [helper]\nlimits: "
+                                                        "{max_child_runs: 4}")
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    outcome = go(kernel_on(tmp_path, answers(list("abc"))), checked)  # 3 items, then 2 branches: 5 children
+    assert outcome.status == RunStatus.FAILED
+    assert "started limits.max_child_runs (4) child runs" in (outcome.error or "")
+
+
+def test_runs_show_prints_the_tree_and_prune_removes_it_whole(tmp_path: Path) -> None:
+    from engine.interpreter.prune import prune
+    from tests.test_run_cli import cli
+
+    checked = lead(tmp_path)
+    kernel = kernel_on(tmp_path, answers(["a", "b"]))
+    outcome = go(kernel, checked)
+    db = str(tmp_path / "runs.db")
+    code, out, _ = cli("runs", "show", outcome.run_id[:10], "--db", db)
+    assert code == 0 and "child runs:" in out
+    assert f"step each (visit 1), item 1: run {child_id(outcome.run_id, 'each', 1, '1')[:12]} · Lead · finished" in out
+    assert "step both (visit 1), branch theirs: run" in out and "· Helper · finished · 1 steps" in out
+    code, out, _ = cli("runs", "show", child_id(outcome.run_id, "each", 1, "0"), "--db", db)
+    assert code == 0 and f"child of run {outcome.run_id[:12]} at step each (visit 1), item 0" in out
+    code, out, _ = cli("runs", "list", "--db", db, "--json")
+    assert [r["run_id"] for r in json.loads(out)] == [outcome.run_id]
+
+    pruned = prune(kernel.storage)
+    assert [r.id for r in pruned.runs] == [outcome.run_id] and pruned.rows["runs"] == 1 + 5
+    assert kernel.storage.rows(RunRow) == [] and kernel.storage.rows(SyscallRow) == []

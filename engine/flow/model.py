@@ -13,6 +13,7 @@ from engine.flow.kinds import KINDS
 
 DEFAULT_MAX_STEPS = 100
 DEFAULT_MAX_ITEMS = 100  # a map's items, unless it sets max_items
+DEFAULT_MAX_CHILD_RUNS = 1000  # child runs of one run, its children's included, unless its flow's limits say
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class Step:
 class Limits:
     max_steps: int = DEFAULT_MAX_STEPS
     max_visits: int | None = None
+    max_child_runs: int = DEFAULT_MAX_CHILD_RUNS
     explicit_max_steps: bool = False  # whether the file set max_steps (a loop without it is warned about)
 
 
@@ -176,6 +178,7 @@ def flow_from_data(data: Any) -> Flow:
         limits=Limits(
             max_steps=max_steps if _is_int(max_steps) else DEFAULT_MAX_STEPS,
             max_visits=max_visits if _is_int(max_visits) else None,
+            max_child_runs=most if _is_int(most := limits.get("max_child_runs")) else DEFAULT_MAX_CHILD_RUNS,
             explicit_max_steps=_is_int(max_steps),
         ),
         start=start if isinstance(start, str) else next(iter(steps), None),

@@ -132,6 +132,11 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
     if run.depth + 1 > MAX_DEPTH:
         raise RunError(f"{run.file}: step {step.id}: runs call runs more than {MAX_DEPTH} deep: see which flows "
                        "call which with `flowrun runs show`")
+    run.tally.started += 1
+    if run.tally.started > run.tally.limit:
+        raise RunError(f"{run.file}: step {step.id}: the run has started limits.max_child_runs "
+                       f"({run.tally.limit}) child runs, its children's included, and would start more: raise "
+                       "the limit of the flow a user ran if it needs more")
     visit = run.visits[step.id]
     origin = Origin(run.id, step.id, visit, child.branch)
     state = run.child(child.compiled, child.file, child.inputs, child_id(run.id, step.id, visit, child.branch),

@@ -49,13 +49,18 @@ def chosen(runs: list[RunRow], *, older_than: float | None = None, statuses: Col
 
 def prune(storage: Storage, *, older_than: float | None = None, statuses: Collection[str] = (), keep: int = 0,
           memories: bool = True, dry_run: bool = False) -> Pruned:
-    """Remove the runs `chosen` among all those in `storage` with their records (and, with `memories`, the
-    long-term memories they added), then the KV files their snapshots name. A run resumed meanwhile stays."""
+    """Remove the runs `chosen` among all those users started in `storage` with their records (and, with
+    `memories`, the long-term memories they added) and their child runs', then the KV files their snapshots name.
+    A run resumed meanwhile stays."""
     runs = chosen(storage.find_runs(None), older_than=older_than, statuses=statuses, keep=keep)
     if dry_run or not runs:
         return Pruned(runs)
-    snapshots = storage.of_runs(SnapshotRow, [run.id for run in runs])  # read before their rows go
-    ids, rows = storage.delete_runs(runs, memories=memories)
+    tree, below = list(runs), storage.children([run.id for run in runs])
+    while below:  # a child run goes with the run that started it, never alone
+        tree += below
+        below = storage.children([run.id for run in below])
+    snapshots = storage.of_runs(SnapshotRow, [run.id for run in tree])  # read before their rows go
+    ids, rows = storage.delete_runs(tree, memories=memories)
     removed = set(ids)
     files = sum(discard(snap.state) for snap in snapshots if snap.run_id in removed)
     return Pruned([run for run in runs if run.id in removed], rows, files)

@@ -43,6 +43,14 @@ class Origin:
 
 
 @dataclass
+class Tally:
+    """How many child runs a run a user started has started, its children's included, and how many it may."""
+
+    limit: int
+    started: int = 0
+
+
+@dataclass
 class RunState:
     """The state of one walk: what templates see (`inputs`, `steps`, `visits`, `memory`, and a map's sub-flow its
     `item` and `index`) and the path so far. A child run has its `origin`; its model calls' request keys start
@@ -62,12 +70,14 @@ class RunState:
     origin: Origin | None = None
     scope: str = ""
     depth: int = 0
+    tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
 
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
         flow = compiled.flow
         run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
+        run.tally = Tally(flow.limits.max_child_runs)
         return run
 
     def child(self, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str, origin: Origin, *,
@@ -76,7 +86,7 @@ class RunState:
         `inputs`; `inline`, a sub-flow of this run's flow, whose templates also see this run's steps, visits and
         memory as they are now, and `names`."""
         run = RunState.new(compiled, file, inputs, run_id)
-        run.origin, run.scope, run.depth = origin, self.scope + origin.path, self.depth + 1
+        run.origin, run.scope, run.depth, run.tally = origin, self.scope + origin.path, self.depth + 1, self.tally
         if inline:
             run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}
             run.memory, run.names = dict(self.memory), dict(names or {})

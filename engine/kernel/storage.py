@@ -334,9 +334,12 @@ class Storage:
 
     def children(self, run_ids: list[str]) -> list[RunRow]:
         """The child runs of runs `run_ids`, in the order they started."""
-        statement = select(RunRow).where(col(RunRow.parent).in_(run_ids)).order_by(col(RunRow.created))
+        found: list[RunRow] = []
         with self._session() as db:
-            return list(db.exec(statement))
+            for start in range(0, len(run_ids), 500):  # within every database's limit on bound values
+                chunk = run_ids[start:start + 500]
+                found += db.exec(select(RunRow).where(col(RunRow.parent).in_(chunk)))
+        return sorted(found, key=lambda run: run.created)
 
     def get_run(self, run_id: str) -> RunRow | None:
         """The run whose id is `run_id`, if it is stored."""
