@@ -130,7 +130,8 @@ def run_text(record: RunRecord) -> str:
     called = f" · child of run {run.parent[:12]} at {_place(run)}" if run.parent else ""
     lines = [f"run {run.id} · {run.agent} ({run.flow}) · {status(run)}{called}",
              f"started {_when(run.created)}{took} · {len(record.steps)} steps · "
-             f"{sum(s.tokens for s in record.steps)} tokens" + (f" · batch {run.batch[:12]}" if run.batch else ""),
+             f"{sum(s.tokens for s in record.steps)} tokens" + _with_children(record) +
+             (f" · batch {run.batch[:12]}" if run.batch else ""),
              "inputs: " + ", ".join(f"{k}={_short(v, 60)}" for k, v in (run.inputs or {}).items()), ""]
     rows = []
     for n, step in enumerate(record.steps, 1):
@@ -153,6 +154,14 @@ def run_text(record: RunRecord) -> str:
     if status(run).resumable:
         lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
+
+
+def _with_children(record: RunRecord) -> str:
+    """The tokens of the run's tree of child runs with its own, where it has children."""
+    if not record.children:
+        return ""
+    tree = record.tree()
+    return f" ({sum(s.tokens for r in tree for s in r.steps)} with its {len(tree) - 1} child runs)"
 
 
 def _place(run: RunRow) -> str:

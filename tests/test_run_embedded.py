@@ -74,3 +74,31 @@ def test_route_contracts_on_the_embedded_model(tmp_path: Path) -> None:
         assert case["steps"][:3] == ["understand", "budget", "direction"] or not case["passed"]
         assert case["passed"] == (case["problems"] == [])
     assert done.returncode == (0 if all(c["passed"] for c in found["cases"]) else 1), done.stderr
+
+
+def test_trip_team_on_the_embedded_model_replays_exactly_with_no_model(tmp_path: Path) -> None:
+    """A coordinator, the travel agent as its child run and the recommendation agent once per day (a map): the
+    whole tree recorded, then replayed from the record where no model can be found or loaded."""
+    db = tmp_path / "runs.db"
+    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(FLOWS / "trip_team.yaml"), "--backend", "auto", "--json",
+         "-i", "query=2 days from Seattle to Austin, leaving 2025-03-10", "--db", str(db)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["status"] in ("finished", "failed"), done.stderr
+    storage = Storage(f"sqlite:///{db}")
+    (root,) = [run for run in storage.rows(RunRow) if run.parent is None]
+    children = [run for run in storage.rows(RunRow) if run.parent is not None]
+    assert {run.agent for run in children} >= {"TravelAgent"}
+    if result["status"] == "finished":
+        days = len(root.answer)
+        assert [run.branch for run in children if run.parent_step == "dinners"] == [str(n) for n in range(days)]
+
+    replayed = subprocess.run(
+        [sys.executable, "-m", "engine", "runs", "replay", root.id, "--db", str(db), "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    report = json.loads(replayed.stdout)
+    assert report["identical"] and report["differences"] == [], report

@@ -21,9 +21,9 @@ LLM_KINDS = ("generate", "choose", "call_tool")
 
 @dataclass
 class RunFigures:
-    """One run in numbers. `calls`: its model calls; `waiting`: seconds they spent queued (preempted spells
-    included); `running`: seconds they held a slot; `turnaround`: from the run's start to its end (None while it
-    runs)."""
+    """One run in numbers. `steps`: its own; `tokens` and `calls`: its model calls' and its child runs'; `waiting`:
+    seconds they spent queued (preempted spells included); `running`: seconds they held a slot; `turnaround`: from
+    the run's start to its end (None while it runs)."""
 
     run: RunRow
     steps: int = 0
@@ -65,17 +65,25 @@ def waited(call: SyscallRow) -> float:
 
 
 def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
-    """The figures of `runs`, in their order."""
+    """The figures of `runs`, in their order: their steps, and the tokens and model calls of their child runs with
+    their own (what the run cost)."""
     found = {run.id: RunFigures(run) for run in runs}
-    ids = list(found)
+    of = {run.id: run.id for run in runs}  # each run of the trees, to the run of `runs` it is below
+    below = storage.children(list(found))
+    while below:
+        of.update((child.id, of[child.parent or ""]) for child in below)
+        below = storage.children([child.id for child in below])
+    ids = list(of)
     for step in storage.of_runs(StepRow, ids):
-        found[step.run_id].steps += 1
-        found[step.run_id].tokens += step.tokens
+        figure = found[of[step.run_id]]
+        figure.steps += step.run_id in found
+        figure.tokens += step.tokens
     for call in storage.of_runs(SyscallRow, ids):
         if call.kind in LLM_KINDS:
-            found[call.run_id].calls += 1
-            found[call.run_id].waiting += waited(call)
-            found[call.run_id].running += ran(call)
+            figure = found[of[call.run_id]]
+            figure.calls += 1
+            figure.waiting += waited(call)
+            figure.running += ran(call)
     return list(found.values())
 
 
