@@ -366,3 +366,11 @@ def test_runs_show_prints_the_tree_and_prune_removes_it_whole(tmp_path: Path) ->
     pruned = prune(kernel.storage)
     assert [r.id for r in pruned.runs] == [outcome.run_id] and pruned.rows["runs"] == 1 + 5
     assert kernel.storage.rows(RunRow) == [] and kernel.storage.rows(SyscallRow) == []
+
+
+@pytest.mark.parametrize("reference", ["x" * 5000, "a\0b", "sub/" + "y" * 300 + ".yaml", "."])
+def test_a_flow_reference_no_file_can_have_is_not_found(tmp_path: Path, reference: str) -> None:
+    text = f"flowrun: 1\nname: Caller\nagents: [{json.dumps(reference)}]\nsteps:\n  call:\n    kind: agent\n" \
+           f"    flow: {json.dumps(reference)}\n    next: done\n  done: {{kind: terminal, output: x}}\n"
+    checked = check_flow_text(text, str(tmp_path / "caller.yaml"), load_tools([]).tools)
+    assert {d.code for d in checked.diagnostics} == {"FR120"}

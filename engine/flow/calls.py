@@ -25,13 +25,16 @@ def flow_path(reference: str, caller: str) -> Path | None:
     name found as NAME.yaml (or .yml) beside the caller or in a folder of FLOWRUN_FLOWS; None if there is none."""
     here = Path(caller).parent
     if "/" in reference or reference.endswith((".yaml", ".yml")):
-        path = here / reference
-        return path.resolve() if path.is_file() else None
-    folders = [here, *(Path(p) for p in os.environ.get(FLOWS_VARIABLE, "").split(os.pathsep) if p)]
-    for folder in folders:
-        for suffix in (".yaml", ".yml"):
-            if (path := folder / f"{reference}{suffix}").is_file():
+        candidates = [here / reference]
+    else:
+        folders = [here, *(Path(p) for p in os.environ.get(FLOWS_VARIABLE, "").split(os.pathsep) if p)]
+        candidates = [folder / f"{reference}{suffix}" for folder in folders for suffix in (".yaml", ".yml")]
+    for path in candidates:
+        try:
+            if path.is_file():
                 return path.resolve()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL character: no such file
+            continue
     return None
 
 
