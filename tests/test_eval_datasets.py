@@ -473,3 +473,23 @@ def test_each_math_answer_is_what_the_calculator_gives_for_its_working(data: Pat
         expect, result = cases[name], float(calculate(working)["result"])
         allowed = expect.get("tolerance", 1e-6) + expect.get("rel_tolerance", 0) * abs(result)
         assert abs(result - expect["number"]) <= allowed, name
+
+
+team_plan = load_entry("trip_checks.py:team_plan", EVALS)
+
+
+@pytest.mark.parametrize("case", each_case("trip_team"))
+def test_trip_team_scores_a_sound_plan_with_real_dinner_places_and_only_that(case: dict[str, Any]) -> None:
+    plan = plan_for(case["inputs"]["query"], lambda a, b, _: road("Taxi", a, b))
+    evening = [d["current_city"].split(" to ")[-1] for d in plan]
+    dinners = [{"name": travel("restaurant_search")(city, 50)["restaurants"][0]["name"], "why": "good"}
+               for city in evening]
+    team = [{**d, "dinner_place": dinner} for d, dinner in zip(plan, dinners, strict=True)]
+    assert team_plan(team, case)[0] == 1.0, team_plan(team, case)
+    made_up = [{**d, "dinner_place": {"name": "Nowhere Grill", "why": "made up"}} for d in plan]
+    assert team_plan(made_up, case)[0] == 0.0
+    if len(plan) >= 4:  # a quarter of the days may go without
+        assert team_plan([{**team[0], "dinner_place": None}, *team[1:]], case)[0] == 1.0
+    assert team_plan([{**d, "dinner_place": None} for d in team], case)[0] == 0.0
+    unsound = [{**team[0], "current_city": "from Nowhere to Austin"}, *team[1:]]
+    assert team_plan(unsound, case)[0] == 0.0
