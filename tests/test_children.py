@@ -374,3 +374,88 @@ def test_a_flow_reference_no_file_can_have_is_not_found(tmp_path: Path, referenc
            f"    flow: {json.dumps(reference)}\n    next: done\n  done: {{kind: terminal, output: x}}\n"
     checked = check_flow_text(text, str(tmp_path / "caller.yaml"), load_tools([]).tools)
     assert {d.code for d in checked.diagnostics} == {"FR120"}
+
+
+def test_a_sub_flow_inside_a_maps_sub_flow_sees_item_and_index(tmp_path: Path) -> None:
+    text = """\
+flowrun: 1
+name: Nested
+steps:
+  outer:
+    kind: map
+    items: '["x", "y"]'
+    steps:
+      both:
+        kind: parallel
+        branches:
+          one:
+            steps:
+              said: {kind: terminal, output: "{{ item }}{{ index }}"}
+        next: done_item
+      done_item: {kind: terminal, output: "{{ steps.both.output.one }}"}
+    next: done
+  done: {kind: terminal, output: "{{ steps.outer.output | join(',') }}"}
+"""
+    checked = check_flow_text(text, str(tmp_path / "nested.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    outcome = asyncio.run(run_flow(kernel_on(tmp_path, []), checked.compiled, {}, file="nested.yaml"))
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "x0,y1"), outcome.error
+
+
+def interrupt(kernel: Kernel, checked: CheckedFlow, stop_when: Any) -> str:
+    """Run LEAD on `kernel`, cancel it once `stop_when(its runs)` holds; the run's id."""
+    async def main() -> str:
+        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"},
+                                              file=str(checked_file(checked))))
+        while not stop_when(kernel.storage.rows(RunRow)) and not task.done():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return next(r.id for r in kernel.storage.rows(RunRow) if r.parent is None)
+
+    return asyncio.run(main())
+
+
+def test_a_resume_keeps_a_tolerated_failure_and_asks_nothing_of_it_again(tmp_path: Path) -> None:
+    checked = lead(tmp_path, "max_concurrency: 1\n    tolerated_failures: 1")
+    responses = answers(list("abc"), {0: "no idea", 1: json.dumps({"n": 10, "pad": "word " * 100})})
+    kernel = kernel_on(tmp_path, responses, token_delay=0.005)
+    run_id = interrupt(kernel, checked, lambda runs: any(r.branch == "0" and r.status == "failed" for r in runs)
+                       and any(r.branch == "1" for r in runs))
+    found = stopped(kernel.storage, run_id)
+    resumed = kernel_on(tmp_path, responses)
+    resumed.scheduler.backend.skip(found.answered)
+    outcome = asyncio.run(resume_run(resumed, checked.compiled, found, file=str(checked_file(checked))))
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "theirs / asked / [None, 10, 20]"), outcome.error
+    asked = [key for _, key in model_calls(resumed.storage)]
+    assert asked.count("each[0].solve") == 2, "the tolerated failure was asked again"
+
+
+def test_a_resume_refuses_a_called_flow_that_changed_unless_forced(tmp_path: Path) -> None:
+    from engine.interpreter.resume import ResumeError, check_flow_for
+
+    checked = lead(tmp_path)
+    kernel = kernel_on(tmp_path, answers(list("ab")), token_delay=0.02)
+    run_id = interrupt(kernel, checked, lambda runs: any(r.agent == "Helper" and r.status == "running" for r in runs))
+    (tmp_path / "helper.yaml").write_text(HELPER.replace("Sum up", "Summarize"))
+    changed = check_flow_text((tmp_path / "lead.yaml").read_text(), str(tmp_path / "lead.yaml"),
+                              load_tools([]).tools)
+    found = stopped(kernel.storage, run_id)
+    with pytest.raises(ResumeError, match="helper.yaml, which run .* called as child run .* changed since"):
+        check_flow_for(found, changed.compiled, force=False, rerun=False)
+    check_flow_for(found, changed.compiled, force=True, rerun=False)
+
+
+def test_max_child_runs_counts_the_children_started_before_a_resume(tmp_path: Path) -> None:
+    checked = lead(tmp_path)
+    text = (tmp_path / "lead.yaml").read_text().replace("agents: [helper]", "agents: [helper]\nlimits: "
+                                                        "{max_child_runs: 4}")
+    (tmp_path / "lead.yaml").write_text(text)
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    kernel = kernel_on(tmp_path, answers(list("abc")), token_delay=0.005)
+    run_id = interrupt(kernel, checked, lambda runs: sum(r.status == "finished" for r in runs if r.parent) >= 3)
+    found = stopped(kernel.storage, run_id)
+    outcome = asyncio.run(resume_run(kernel_on(tmp_path, answers(list("abc"))), checked.compiled, found,
+                                     file=str(checked_file(checked))))
+    assert outcome.status == RunStatus.FAILED and "limits.max_child_runs (4)" in (outcome.error or "")

@@ -10,7 +10,6 @@ import pytest
 
 from engine.flow.diagnostics import RULES
 from engine.flow.validate import load_flow
-from engine.interpreter.setup import called
 from tests.conftest import FLOW_FILES, FLOWS, ROOT
 
 EXAMPLES = FLOW_FILES
@@ -36,7 +35,7 @@ def test_the_aios_agents_and_at_least_two_more_are_there() -> None:
 def test_own_agents_use_tools_and_repeat_work(path: Path) -> None:
     """Each uses tools, its own or those of the agents it calls, and loops or maps over items."""
     checked = load_flow(path)
-    flows = called(checked.compiled)
+    flows = [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
     assert any(step.used_tools() for flow in flows for step in flow.steps.values())
     assert not nx.is_directed_acyclic_graph(checked.graph) or any(
         step.kind == "map" for step in checked.flow.steps.values())

@@ -151,3 +151,23 @@ def test_a_failing_generation_fails_its_caller_only() -> None:
     assert isinstance(failed, Exception) and "no answer" in str(failed)
     assert isinstance(ok, Result) and ok.text == "fine"
     assert scheduler.running == 0 and scheduler.waiting == 0
+
+
+def test_a_queued_call_whose_caller_is_cancelled_is_never_generated() -> None:
+    """A run stopped (a fail-fast map cancelling its other items) leaves nothing of its own on the model."""
+    backend = Recorder(ScriptedBackend.from_responses([{"key": k, "text": words(5, k)} for k in "abc"],
+                                                      token_delay=0.01))
+    scheduler = Scheduler(backend, Policy.FIFO)
+
+    async def main() -> None:
+        calls = [asyncio.ensure_future(scheduler.submit(Syscall(SyscallKind.GENERATE, "agent", f"run-{key}",
+                                                                Request([], key=key)))) for key in "abc"]
+        await asyncio.sleep(0.02)  # a is on the model, b and c wait
+        calls[1].cancel()
+        calls[2].cancel()
+        await calls[0]
+        await asyncio.sleep(0.1)
+        assert scheduler.waiting == 0 and scheduler.running == 0
+
+    asyncio.run(main())
+    assert set(backend.trace) == {"a"}

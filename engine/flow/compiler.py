@@ -42,6 +42,17 @@ class CompiledFlow:
     def step(self, step_id: str) -> Step:
         return self.flow.steps[step_id]
 
+    def callees(self) -> list[Callee]:
+        """The flows it calls, those they call, and so on (each once, by file)."""
+        found: dict[str, Callee] = {}
+        todo = [self]
+        while todo:
+            for callee in todo.pop().agents.values():
+                if callee.file not in found:
+                    found[callee.file] = callee
+                    todo.append(callee.compiled)
+        return list(found.values())
+
     def next(self, step_id: str, label: str) -> str | None:
         """The step that `step_id`'s way out labelled `label` ("next" for a process) leads to; None if none."""
         return next((target for _, target, key in self.graph.out_edges(step_id, keys=True) if key == label), None)

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import RunFailure, RunStatus
+from engine.errors import RunStatus
 from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Body, Step
 from engine.interpreter import resume, walk
@@ -31,7 +31,7 @@ MAX_DEPTH = 8  # runs calling runs: a root run's children are at depth 1
 _IDS = uuid.UUID("8d3c6f1e-5b0a-4c51-9a57-2f0e3c8a9b11")  # the namespace of child run ids
 
 
-class ChildFailed(RunFailure):
+class ChildFailed(RunError):
     """A child run did not finish and its step does not tolerate it: the step fails, or pauses with a child that
     paused (its model unavailable), so that resuming the parent continues the child."""
 
@@ -123,7 +123,7 @@ def tolerated(step: Step, count: int) -> int:
 
 def _failure(step: Step, branch: str, outcome: walk.RunOutcome, allowed: int) -> str:
     where = {"parallel": f"branch {branch}", "map": f"item {branch}"}.get(step.kind, "the flow it calls")
-    more = f" (more than the {allowed} it tolerates)" if allowed else ""
+    more = f" (more than the {allowed} it tolerates)" if allowed and outcome.status == RunStatus.FAILED else ""
     return f"step {step.id}: {where} {outcome.status}{more}: {outcome.error} (child run {outcome.run_id[:12]})"
 
 
@@ -132,11 +132,6 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
     if run.depth + 1 > MAX_DEPTH:
         raise RunError(f"{run.file}: step {step.id}: runs call runs more than {MAX_DEPTH} deep: see which flows "
                        "call which with `flowrun runs show`")
-    run.tally.started += 1
-    if run.tally.started > run.tally.limit:
-        raise RunError(f"{run.file}: step {step.id}: the run has started limits.max_child_runs "
-                       f"({run.tally.limit}) child runs, its children's included, and would start more: raise "
-                       "the limit of the flow a user ran if it needs more")
     visit = run.visits[step.id]
     origin = Origin(run.id, step.id, visit, child.branch)
     state = run.child(child.compiled, child.file, child.inputs, child_id(run.id, step.id, visit, child.branch),
@@ -150,12 +145,16 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
     if journal is not None and journal.strict:  # a replay: the recorded child's answers, or none at all
         recorded = journal.children.get(_place(origin)) or Journal(strict=True)
         memory = None if child.inline else recorded.memory or {}
+        _count(run, step)
         return await walk.start_run(kernel, state, workspace=workspace, journal=recorded, priority=priority,
                                     memory=memory)
     if journal is not None:  # a resumed run: its child may be stored already
         stored = kernel.storage.get_run(state.id)
-        if stored is not None and stored.status == RunStatus.FINISHED:
-            return walk.RunOutcome(stored.id, RunStatus.FINISHED, stored.answer)
+        # one that finished gives its answer; one that failed, its failure (tolerated, or the parent's own
+        # failure, when the parent goes again from failed: then the child goes again too)
+        if stored is not None and (stored.status == RunStatus.FINISHED or
+                                   (stored.status == RunStatus.FAILED and not run.retrying)):
+            return walk.RunOutcome(stored.id, RunStatus(stored.status), stored.answer, stored.error)
         if stored is not None:
             try:
                 found = resume.stopped_run(kernel.storage, record(kernel.storage, stored.id), force=True)
@@ -163,7 +162,17 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
                                                priority=priority)
             except resume.ResumeError as exc:
                 raise RunError(f"step {step.id}: {exc}") from None
+    _count(run, step)
     return await walk.start_run(kernel, state, workspace=workspace, priority=priority)
+
+
+def _count(run: RunState, step: Step) -> None:
+    """Count a child run the run's step starts against the limit of its tree (a RunError past it)."""
+    run.tally.started += 1
+    if run.tally.started > run.tally.limit:
+        raise RunError(f"{run.file}: step {step.id}: the run has started limits.max_child_runs "
+                       f"({run.tally.limit}) child runs, its children's included, and would start more: raise "
+                       "the limit of the flow a user ran if it needs more")
 
 
 def _place(origin: Origin) -> str:

@@ -35,6 +35,7 @@ class Stopped:
     unrecorded: list[ToolCallRow] = field(default_factory=list)
     stale: tuple[list[str], list[int]] = ([], [])  # syscalls and tool calls the resumed run will not use
     answered: list[str] = field(default_factory=list)
+    descendants: list[RunRow] = field(default_factory=list)  # its child runs, theirs, and so on
 
 
 def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: bool) -> Journal:
@@ -86,12 +87,17 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> S
     # a call in an unfinished child run may or may not have happened just the same (its child run goes on)
     unrecorded += [t for child in found.tree()[1:] if child.run.status != RunStatus.FINISHED
                    for t in child.tools if t.pending and not t.superseded]
-    # what a cassette should not give again: the answers of the whole tree of runs, each child's own resume
-    # asking again only what a failed child's last step asked (as above)
-    again = {c.id for child in found.tree() if child.run.status == RunStatus.FAILED for c in child.syscalls
+    # what a cassette should not give again: the answers of the whole tree of runs, but those that a run going
+    # again from failed asks again (its failed step's), and so do its failed children, theirs, and so on
+    tree = found.tree()
+    retried = {run.id} if fresh else set()
+    for child in tree[1:]:  # parents come before their children
+        if child.run.status == RunStatus.FAILED and child.run.parent in retried:
+            retried.add(child.run.id)
+    again = {c.id for child in tree if child.run.id in retried for c in child.syscalls
              if c.kind in LLM_KINDS and c.created >= (child.steps[-1].finished if child.steps else child.run.created)}
-    given = [c.key or "" for child in found.tree() for c in child.syscalls if answer_stands(c) and c.id not in again]
-    return Stopped(run, found.steps, journal, unrecorded, stale, given)
+    given = [c.key or "" for child in tree for c in child.syscalls if answer_stands(c) and c.id not in again]
+    return Stopped(run, found.steps, journal, unrecorded, stale, given, [child.run for child in tree[1:]])
 
 
 def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun: bool) -> None:
@@ -105,6 +111,13 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
     if run.flow_sha256 and compiled.sha256 != run.flow_sha256 and not force:
         raise ResumeError(f"{run.flow} changed since run {run.id} started: resume with --force to go on with "
                           "the flow as it is now, or run it anew")
+    now = {callee.file: callee.compiled.sha256 for callee in compiled.callees()}
+    for child in found.descendants:  # a called flow that changed would go on with steps it did not take
+        if child.status != RunStatus.FINISHED and child.flow != run.flow and not force and (
+                child.flow not in now or (child.flow_sha256 and now[child.flow] != child.flow_sha256)):
+            raise ResumeError(f"{child.flow}, which run {run.id} called as child run {child.id[:12]}, changed since "
+                              "(or the flow no longer calls it): resume with --force to go on with the flows as "
+                              "they are now, or run it anew")
     if found.unrecorded and not rerun:
         calls = "; ".join(f"{t.tool}({t.arguments})" for t in found.unrecorded)
         raise ResumeError(f"run {run.id} stopped while calling {calls}, which is not idempotent, and its result was "
@@ -128,5 +141,8 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
     claimed = claim.result()
     if not claimed:
         raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
+    if run is None:  # a run a user started: its tree of child runs counts what it started before
+        run = RunState.new(compiled, file, stored.inputs or {}, stored.id)
+        run.tally.started = len(found.descendants)
     return await walk.continue_run(kernel, compiled, stored, found.steps, file=file, journal=found.journal, run=run,
                               priority=priority)

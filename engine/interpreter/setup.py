@@ -6,9 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engine.flow.compiler import CompiledFlow
 from engine.flow.loader import load_file
-from engine.flow.model import Flow
 from engine.flow.validate import CheckedFlow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
@@ -23,21 +21,10 @@ def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage,
                workspaces: Path | None = None) -> Kernel:
     """A kernel on `backend` and `storage` with the tools `flows` use, and the flows they call (a valid flow names
     only tools it knows)."""
-    tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows for flow in called(checked.compiled)
+    tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows
+             for flow in [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
              for name in flow.tools}
     return Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
-
-
-def called(compiled: CompiledFlow) -> list[Flow]:
-    """The flow of `compiled` and those it calls, theirs, and so on (each once)."""
-    found = {id(compiled): compiled}
-    todo = [compiled]
-    while todo:
-        for callee in todo.pop().agents.values():
-            if id(callee.compiled) not in found:
-                found[id(callee.compiled)] = callee.compiled
-                todo.append(callee.compiled)
-    return [c.flow for c in found.values()]
 
 
 def read_cassette(path: Path) -> ScriptedBackend:

@@ -71,6 +71,7 @@ class RunState:
     scope: str = ""
     depth: int = 0
     tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
+    retrying: bool = False  # resumed from failed: its failed step, and its failed child runs, go again
 
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
@@ -89,7 +90,7 @@ class RunState:
         run.origin, run.scope, run.depth, run.tally = origin, self.scope + origin.path, self.depth + 1, self.tally
         if inline:
             run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}
-            run.memory, run.names = dict(self.memory), dict(names or {})
+            run.memory, run.names = dict(self.memory), {**self.names, **(names or {})}
         return run
 
     def key(self, step: Step) -> str:

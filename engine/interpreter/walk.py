@@ -116,6 +116,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     gives back what its unfinished step already got. `run`: a child run's state as its parent gives it (by
     default, the state of a run of `compiled` with the row's inputs)."""
     run = run or RunState.new(compiled, file, row.inputs or {}, row.id)
+    run.retrying = row.status == RunStatus.FAILED
     if row.memory is not None or run.flow.remembered:
         run.use_memory(row.memory)
     kernel.events.open(run.id, after=max([row.events or 0, *(s.seq or 0 for s in steps)]))

@@ -70,11 +70,17 @@ class Scheduler:
     async def submit(self, syscall: Syscall) -> Result:
         """Queue `syscall` and wait for its result; its timings and counts are kept on it."""
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._ready.append(_Waiting(syscall, done, next(self._order)))
+        waiting = _Waiting(syscall, done, next(self._order))
+        self._ready.append(waiting)
         key = syscall.request.key if syscall.request is not None else ""
         self.events.publish(SyscallQueued(syscall.run, syscall=syscall.id, kind=syscall.kind, key=key))
         self._dispatch()
-        return await done
+        try:
+            return await done
+        except asyncio.CancelledError:  # its run stopped: nobody waits for what it asked any more
+            if waiting in self._ready:
+                self._ready.remove(waiting)
+            raise
 
     def _dispatch(self) -> None:
         while self._running < self.backend.slots and self._ready:
@@ -125,8 +131,11 @@ class Scheduler:
                 syscall.preemptions += 1
                 await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
                 self.events.publish(SyscallSuspended(syscall.run, syscall=syscall.id, tokens=syscall.tokens))
-                waiting.order, waiting.since = next(self._order), time.time()
-                self._ready.append(waiting)
+                if waiting.done.cancelled():  # stored (prune removes its KV file), not queued again
+                    self.context.restore(syscall)
+                else:
+                    waiting.order, waiting.since = next(self._order), time.time()
+                    self._ready.append(waiting)
             else:
                 syscall.finished = syscall.slices[-1][1]
                 syscall.result = result
