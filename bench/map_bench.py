@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +102,8 @@ def math_sheet(problems: int, slot_counts: list[int]) -> None:
     sheet = ROOT / "flows" / "math_sheet.yaml"
     with tempfile.TemporaryDirectory() as tmp:
         loop_file = Path(tmp) / "math_loop.yaml"
-        loop_file.write_text(LOOP % {"math": ROOT / "flows" / "math_agent.yaml"})
+        loop_file.write_text(LOOP % {"math": "math_agent"})
+        os.environ["FLOWRUN_FLOWS"] = str(ROOT / "flows")  # where the loop finds math_agent by name
         flows = {"loop": (load_flow(loop_file), loop_file), "map": (load_flow(sheet), sheet)}
         inputs = {"problems": (PROBLEMS * math.ceil(problems / len(PROBLEMS)))[:problems]}
         print(f"math_sheet: {problems} problems on the embedded model (each: math_agent's carried expression, the "

@@ -407,7 +407,8 @@ def interrupt(kernel: Kernel, checked: CheckedFlow, stop_when: Any) -> str:
     async def main() -> str:
         task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"},
                                               file=str(checked_file(checked))))
-        while not stop_when(kernel.storage.rows(RunRow)) and not task.done():
+        while not stop_when(kernel.storage.rows(RunRow)):
+            assert not task.done(), "the run ended before it could be stopped"
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -448,14 +449,137 @@ def test_a_resume_refuses_a_called_flow_that_changed_unless_forced(tmp_path: Pat
 
 
 def test_max_child_runs_counts_the_children_started_before_a_resume(tmp_path: Path) -> None:
-    checked = lead(tmp_path)
-    text = (tmp_path / "lead.yaml").read_text().replace("agents: [helper]", "agents: [helper]\nlimits: "
-                                                        "{max_child_runs: 4}")
-    (tmp_path / "lead.yaml").write_text(text)
-    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
-    kernel = kernel_on(tmp_path, answers(list("abc")), token_delay=0.005)
-    run_id = interrupt(kernel, checked, lambda runs: sum(r.status == "finished" for r in runs if r.parent) >= 3)
+    """A map visited twice, 2 items each, under a limit of 3 child runs: stopped in its second visit and resumed,
+    the run still fails on the limit (the first visit's children are not run again, but they count)."""
+    text = """\
+flowrun: 1
+name: Twice
+limits: {max_child_runs: 3, max_steps: 10}
+steps:
+  each:
+    kind: map
+    items: "[1, 2]"
+    max_concurrency: 1
+    steps:
+      say: {kind: terminal, instruction: "Say {{ item }}."}
+    next: again
+  again:
+    kind: decision
+    question: Again?
+    decide: "{{ 'yes' if visits.each < 2 else 'no' }}"
+    branches: {"yes": each, "no": done}
+  done: {kind: terminal, output: "{{ steps.each.output }}"}
+"""
+    checked = check_flow_text(text, str(tmp_path / "twice.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    responses = [{"key": f"each[{n}].say", "text": "word " * 30, "times": 2} for n in range(2)]
+    kernel = kernel_on(tmp_path, responses, token_delay=0.005)
+
+    async def stop_in_the_second_visit() -> str:
+        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {}, file="twice.yaml"))
+        while not any(r.parent_visit == 2 for r in kernel.storage.rows(RunRow)):
+            assert not task.done(), (await task).error
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return next(r.id for r in kernel.storage.rows(RunRow) if r.parent is None)
+
+    run_id = asyncio.run(stop_in_the_second_visit())
     found = stopped(kernel.storage, run_id)
-    outcome = asyncio.run(resume_run(kernel_on(tmp_path, answers(list("abc"))), checked.compiled, found,
-                                     file=str(checked_file(checked))))
-    assert outcome.status == RunStatus.FAILED and "limits.max_child_runs (4)" in (outcome.error or "")
+    outcome = asyncio.run(resume_run(kernel_on(tmp_path, responses), checked.compiled, found, file="twice.yaml"))
+    assert outcome.status == RunStatus.FAILED and "limits.max_child_runs (3)" in (outcome.error or "")
+
+
+def test_a_flow_called_by_many_paths_is_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two flows a level, each calling both of the next: 2^12 paths to the last level, each file read once."""
+    import engine.flow.validate as validate
+
+    levels = 12
+    for n in range(levels + 1):
+        for side in "ab":
+            body = ("steps:\n  done: {kind: terminal, output: x}\n" if n == levels else
+                    f"agents: [l{n + 1}a, l{n + 1}b]\nsteps:\n  one: {{kind: agent, flow: l{n + 1}a, next: two}}\n"
+                    f"  two: {{kind: agent, flow: l{n + 1}b, next: done}}\n  done: {{kind: terminal, output: x}}\n")
+            (tmp_path / f"l{n}{side}.yaml").write_text(f"flowrun: 1\nname: L{n}{side}\n{body}")
+    loaded: list[str] = []
+    real = validate.load_file
+    monkeypatch.setattr(validate, "load_file", lambda path: loaded.append(Path(path).name) or real(path))
+    report = validate.validate_paths([tmp_path])
+    assert report.diagnostics == [] and len(report.files) == 2 * (levels + 1)
+    assert len(loaded) <= 2 * len(report.files)  # as a file given, and as a flow called: 2^13 without
+
+
+def test_a_string_input_of_a_called_flow_is_rendered_to_text(tmp_path: Path) -> None:
+    """`{{ item }}` of a map over numbers gives the called flow's string input the number's text."""
+    (tmp_path / "helper.yaml").write_text(HELPER)
+    text = """\
+flowrun: 1
+name: Numbers
+agents: [helper]
+steps:
+  each:
+    kind: map
+    items: "[7, 8]"
+    flow: helper
+    inputs: {topic: "{{ item }}", days: "{{ index + 1 }}"}
+    next: done
+  done: {kind: terminal, output: "{{ steps.each.output | map(attribute='summary') | join(',') }}"}
+"""
+    checked = check_flow_text(text, str(tmp_path / "numbers.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    kernel = kernel_on(tmp_path, [{"key": f"each[{n}].answer", "text": json.dumps({"summary": f"s{n}"})}
+                                  for n in range(2)])
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {}, file=str(tmp_path / "numbers.yaml")))
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "s0,s1"), outcome.error
+    given = [r.inputs for r in kernel.storage.rows(RunRow) if r.parent]
+    assert given == [{"topic": "7", "days": 1}, {"topic": "8", "days": 2}]
+
+
+CALLER = """\
+flowrun: 1
+name: Caller
+agents: [%(ref)s]
+steps:
+  ask:
+    kind: agent
+    flow: %(ref)s
+    next: done
+  done: {kind: terminal, output: "{{ steps.ask.output.count }}"}
+"""
+
+
+def test_fields_of_a_called_flows_answer_built_by_one_expression_are_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "counter.yaml").write_text("flowrun: 1\nname: Counter\nsteps:\n  done: {kind: terminal, "
+                                           "output: \"{{ {'count': 1} }}\"}\n")
+    checked = check_flow_text(CALLER % {"ref": "counter"}, str(tmp_path / "caller.yaml"), load_tools([]).tools)
+    assert checked.diagnostics == []
+
+
+def test_an_absolute_flow_reference_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "counter.yaml").write_text("flowrun: 1\nname: Counter\nsteps:\n  done: {kind: terminal, "
+                                           "output: \"{{ {'count': 1} }}\"}\n")
+    checked = check_flow_text(CALLER % {"ref": json.dumps(str(tmp_path / "counter.yaml"))},
+                              str(tmp_path / "caller.yaml"), load_tools([]).tools)
+    assert [d.code for d in checked.diagnostics] == ["FR120"]
+
+
+@pytest.mark.parametrize("body, field", [("steps: {s: {kind: terminal, output: x}}\n        inputs: {a: b}", "inputs"),
+                                         ("flow: helper\n        start: s", "start")])
+def test_a_field_a_branch_would_ignore_is_refused(tmp_path: Path, body: str, field: str) -> None:
+    (tmp_path / "helper.yaml").write_text(HELPER)
+    text = f"""\
+flowrun: 1
+name: Ignored
+agents: [helper]
+steps:
+  both:
+    kind: parallel
+    branches:
+      one:
+        {body}
+    next: done
+  done: {{kind: terminal, output: x}}
+"""
+    checked = check_flow_text(text, str(tmp_path / "ignored.yaml"), load_tools([]).tools)
+    assert any(d.code == "FR003" and f"`{field}`" in d.message for d in checked.diagnostics), checked.diagnostics

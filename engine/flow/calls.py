@@ -13,7 +13,7 @@ from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import ends_run
 from engine.flow.loader import Document
 from engine.flow.model import Body, Flow, Step, body_keys
-from engine.flow.templates import is_template
+from engine.flow.templates import facts, is_template
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
 
@@ -22,8 +22,11 @@ FLOWS_VARIABLE = "FLOWRUN_FLOWS"  # folders where a flow called by name is looke
 
 def flow_path(reference: str, caller: str) -> Path | None:
     """The flow file `reference` names from the flow file `caller`: a path relative to the caller's folder, or a
-    name found as NAME.yaml (or .yml) beside the caller or in a folder of FLOWRUN_FLOWS; None if there is none."""
+    name found as NAME.yaml (or .yml) beside the caller or in a folder of FLOWRUN_FLOWS; None if there is none
+    (an absolute path names none: a flow names the flows it calls from where it is, as a repository holds them)."""
     here = Path(caller).parent
+    if Path(reference).is_absolute() or "\\" in reference:
+        return None
     if "/" in reference or reference.endswith((".yaml", ".yml")):
         candidates = [here / reference]
     else:
@@ -108,15 +111,17 @@ def _constant(value: Any, schema: dict[str, Any]) -> Any:
 
 
 def answer_schema(callee: Flow) -> dict[str, Any] | None:
-    """What the answer of a flow is, as a JSON Schema: the output_schema of its terminals where they all have one
-    (their properties together); None when not known."""
-    schemas = [step.output_schema for step in callee.steps.values() if ends_run(step.kind)]
-    if not schemas or any(schema is None for schema in schemas):
+    """What the answer of a flow is, as a JSON Schema: text where its terminals all answer text; an object of
+    their properties together where they all have an output_schema that has them; None where not known (an
+    `output` that is one expression gives data of a shape not declared)."""
+    terminals = [step for step in callee.steps.values() if ends_run(step.kind)]
+    if terminals and all(s.output_schema is None and (s.output is None or not facts(s.output).expression)
+                         for s in terminals):
         return {"type": "string"}
     properties: dict[str, Any] = {}
-    for schema in schemas:
-        found = schema.get("properties") if schema else None
+    for step in terminals:
+        found = step.output_schema.get("properties") if step.output_schema else None
         if not isinstance(found, dict):
             return None
         properties.update(found)
-    return {"type": "object", "properties": properties}
+    return {"type": "object", "properties": properties} if terminals else None

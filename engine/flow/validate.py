@@ -48,10 +48,11 @@ class CheckedFlow:
         return not has_errors(self.diagnostics)
 
 
-def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tuple[Path, ...] = ()
-               ) -> CheckedFlow:
+def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tuple[Path, ...] = (),
+               known: dict[Path, CheckedFlow] | None = None) -> CheckedFlow:
     """Every check of a loaded flow document, given the tools that exist (`calling`: the files of the flows that
-    call it, to find recursion), with those of the flows it calls."""
+    call it, to find recursion), with those of the flows it calls (`known`: flows checked already, by file, each
+    checked once however many paths lead to it)."""
     found = list(doc.diagnostics)
     if doc.data is not None:
         found.extend(schema_diagnostics(doc, "flow"))
@@ -59,7 +60,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tup
         message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
     flow = flow_from_data(doc.data)
-    agents, refused = _callees(flow, doc, tools, calling)
+    agents, refused = _callees(flow, doc, tools, calling, {} if known is None else known)
     compiled = compile_flow(flow, doc.sha256, doc.position, agents)
     found.extend(checks.check_tools(flow, tools, doc))
     found.extend(_checks(compiled, doc, tools, Scope(flow.steps, flow.remembered), flow.agents, refused))
@@ -112,8 +113,8 @@ def _output_schema(step: Step, compiled: CompiledFlow) -> dict[str, Any] | None:
     return answer("", step.body) if step.body else None
 
 
-def _callees(flow: Flow, doc: Document, tools: Mapping[str, ToolManifest], calling: tuple[Path, ...]
-             ) -> tuple[dict[str, Callee], dict[str, tuple[str, str]]]:
+def _callees(flow: Flow, doc: Document, tools: Mapping[str, ToolManifest], calling: tuple[Path, ...],
+             known: dict[Path, CheckedFlow]) -> tuple[dict[str, Callee], dict[str, tuple[str, str]]]:
     """The flows `flow` calls, checked, by reference; and those that cannot be called, with a code and why."""
     here = Path(doc.file).resolve()
     agents: dict[str, Callee] = {}
@@ -128,8 +129,10 @@ def _callees(flow: Flow, doc: Document, tools: Mapping[str, ToolManifest], calli
             chain = " -> ".join(p.name for p in (*calling, here, path))
             refused[reference] = ("FR124", f"flows call each other in a loop ({chain}): a flow cannot call itself")
             continue
-        with gc_paused():
-            checked = check_flow(load_file(path), tools, calling=(*calling, here))
+        if path not in known:  # a flow in a loop is found in it whichever way it is reached
+            with gc_paused():
+                known[path] = check_flow(load_file(path), tools, calling=(*calling, here), known=known)
+        checked = known[path]
         if any(d.code == "FR124" for d in checked.diagnostics):
             refused[reference] = ("FR124", f"{reference!r} calls back into the flows that call it")
         elif not checked.ok:
@@ -219,10 +222,11 @@ def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, st
     files = discover(paths)
     tools = load_tools([*tool_paths, *(f for f in files if is_manifest(f))], known=repository_manifests(files))
     report = Report(files=[str(f) for f in files], diagnostics=list(tools.diagnostics))
+    known: dict[Path, CheckedFlow] = {}  # the flows others call, checked once for all the files
     for path in files:
         if not is_manifest(path):
             with gc_paused():  # resumed only once the file's objects are dropped, so it has little to scan
-                report.diagnostics.extend(check_flow(load_file(path), tools.tools).diagnostics)
+                report.diagnostics.extend(check_flow(load_file(path), tools.tools, known=known).diagnostics)
     if strict:
         report.diagnostics = [dataclasses.replace(d, severity=Severity.ERROR) for d in report.diagnostics]
     return report

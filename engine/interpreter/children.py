@@ -54,27 +54,33 @@ class Child:
     names: dict[str, Any] = field(default_factory=dict)
 
 
+def _input(run: RunState, step: Step, field: str, value: Any, schema: dict[str, Any], names: dict[str, Any]) -> Any:
+    """An input of a called flow: a constant as written; a template rendered to text for a string input, else to
+    its value (text read as JSON, as `-i` reads it)."""
+    if not isinstance(value, str):
+        return value
+    if schema.get("type", "string") == "string":
+        return run.render(step, field, value, names)
+    found = run.value(step, field, value, names)
+    return json_or_text(found) if isinstance(found, str) else found
+
+
 def child_id(parent: str, step: str, visit: int, branch: str) -> str:
     """The id of the child run at `branch` of visit `visit` of step `step` of run `parent`."""
     return uuid.uuid5(_IDS, f"{parent}/{step}#{visit}/{branch}").hex
 
 
-def child_of(run: RunState, step: Step, branch: str, body: Body, inputs: dict[str, Any] | None = None,
-             names: dict[str, Any] | None = None) -> Child:
+def child_of(run: RunState, step: Step, branch: str, body: Body, names: dict[str, Any] | None = None) -> Child:
     """The child run that `body` (the body of `step` at `branch` of its bodies: "" for its own) starts, its inputs
-    rendered (a sub-flow's are the run's); `inputs` and `names` add to them (a map item's)."""
+    rendered with `names` besides the run's (a map item's `item` and `index`; a sub-flow's inputs are the run's)."""
     if body.steps:
         part = run.compiled.parts[(step.id, branch if step.kind == "parallel" else "")]
         return Child(branch, part, run.file, run.inputs, True, names or {})
     callee = run.compiled.agents[body.flow or ""]
-    context = dict(names or {})
-    prefix = f"branches.{branch}.inputs." if step.kind == "parallel" else "inputs."
-    given = {name: run.value(step, f"{prefix}{name}", value, context) if isinstance(value, str) else value
-             for name, value in body.inputs.items()} | (inputs or {})
     flow = callee.compiled.flow
-    for name, value in given.items():  # text for an input that is not a string: read as JSON, as `-i` does
-        if isinstance(value, str) and flow.inputs.get(name, {}).get("type", "string") != "string":
-            given[name] = json_or_text(value)
+    prefix = f"branches.{branch}.inputs." if step.kind == "parallel" else "inputs."
+    given = {name: _input(run, step, f"{prefix}{name}", value, flow.inputs.get(name, {}), names or {})
+             for name, value in body.inputs.items()}
     try:
         resolved = resolve_inputs(flow, given, callee.file)
     except InputError as exc:  # at the input it names, where it is a template

@@ -122,9 +122,10 @@ class RunState:
     def agent(self) -> str:
         return self.flow.name
 
-    def render(self, step: Step, name: str, text: str) -> str:
-        """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits."""
-        return self._template(render, step, name, text, {})
+    def render(self, step: Step, name: str, text: str, names: dict[str, Any] | None = None) -> str:
+        """Template `text` (field `name` of `step`) rendered with the run's inputs, step outputs and visits, and
+        `names`."""
+        return self._template(render, step, name, text, names or {})
 
     def value(self, step: Step, name: str, text: str, names: dict[str, Any]) -> Any:
         """The value of template `text` (field `name` of `step`; engine.flow.templates.evaluate), with `names`
