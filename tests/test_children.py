@@ -443,7 +443,7 @@ def test_a_resume_refuses_a_called_flow_that_changed_unless_forced(tmp_path: Pat
     changed = check_flow_text((tmp_path / "lead.yaml").read_text(), str(tmp_path / "lead.yaml"),
                               load_tools([]).tools)
     found = stopped(kernel.storage, run_id)
-    with pytest.raises(ResumeError, match="helper.yaml, which run .* called as child run .* changed since"):
+    with pytest.raises(ResumeError, match=r"helper\.yaml, which run .* called as child run .* changed since"):
         check_flow_for(found, changed.compiled, force=False, rerun=False)
     check_flow_for(found, changed.compiled, force=True, rerun=False)
 
