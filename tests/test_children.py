@@ -583,3 +583,22 @@ steps:
 """
     checked = check_flow_text(text, str(tmp_path / "ignored.yaml"), load_tools([]).tools)
     assert any(d.code == "FR003" and f"`{field}`" in d.message for d in checked.diagnostics), checked.diagnostics
+
+
+def test_a_replay_compares_the_child_runs_and_a_child_alone_is_refused(tmp_path: Path) -> None:
+    from engine.interpreter.replay import ReplayError
+
+    checked = lead(tmp_path, "tolerated_failures: 1")
+    kernel = kernel_on(tmp_path, answers(list("abc"), {1: "no idea"}))
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FINISHED and outcome.answer.endswith("[0, None, 20]")
+    recorded = record(kernel.storage, outcome.run_id)
+    replay = asyncio.run(replay_run(recorded, checked, file=str(checked_file(checked))))
+    assert replay.differences == [], replay.differences  # the tolerated failure fails again, the same way
+
+    recorded.children[2].run.answer = 21  # as if item 2 had been recorded with another answer
+    replay = asyncio.run(replay_run(recorded, checked, file=str(checked_file(checked))))
+    assert replay.differences == ["child run at each (visit 1), 2: the recorded run finished ('21'), the replay "
+                                  "finished ('20')"]
+    with pytest.raises(ReplayError, match="is a child run of run"):
+        asyncio.run(replay_run(recorded.children[0], checked, file=str(checked_file(checked))))
