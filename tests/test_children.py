@@ -602,3 +602,29 @@ def test_a_replay_compares_the_child_runs_and_a_child_alone_is_refused(tmp_path:
                                   "finished ('20')"]
     with pytest.raises(ReplayError, match="is a child run of run"):
         asyncio.run(replay_run(recorded.children[0], checked, file=str(checked_file(checked))))
+
+
+def test_graph_draws_sub_flows_as_subgraphs_and_clusters_each_node_its_own(tmp_path: Path) -> None:
+    from engine.flow.render import render_graph
+
+    checked = lead(tmp_path)
+    mermaid = render_graph(checked.compiled, "mermaid")
+    assert 'subgraph sub' in mermaid and '["each: each item"]' in mermaid and '["both: branch mine"]' in mermaid
+    assert '[["ask → helper"]]' in mermaid and "each -.-> sub" in mermaid
+    dot = render_graph(checked.compiled, "dot")
+    assert 'subgraph "cluster_each.item."' in dot and '"each" -> "each.item.solve" [style=dashed];' in dot
+    text = """\
+flowrun: 1
+name: G
+steps:
+  a:
+    kind: parallel
+    branches:
+      b_c: {steps: {d: {kind: terminal, output: "1"}}}
+      b: {steps: {c_d: {kind: terminal, output: "2"}}}
+    next: sub3_d
+  sub3_d: {kind: terminal, output: "{{ steps.a.output }}"}
+"""
+    lines = render_graph(check_flow_text(text, "g.yaml", load_tools([]).tools).compiled, "mermaid").splitlines()
+    nodes = [line.split("[")[0].split("(")[0].strip() for line in lines if "[" in line or "(" in line]
+    assert len(nodes) == len(set(nodes)) == 6  # a, sub3_d, two subgraphs, d and c_d

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import KINDS, StepKind
 from engine.flow.model import Step
@@ -49,9 +47,12 @@ def _mermaid(compiled: CompiledFlow) -> str:
     ids: dict[str, str] = {}
 
     def node_id(name: str) -> str:  # Mermaid ids: letters, digits and _, not a reserved word, each name its own
-        if name not in ids:
-            plain = re.sub(r"\W", "_", name)
-            ids[name] = f"step_{plain}" if plain.lower() in _MERMAID_RESERVED or "." in name else plain
+        if name not in ids:  # a step's id as it is; a sub-flow's steps and subgraphs numbered, so none collide
+            found = f"step_{name}" if name.lower() in _MERMAID_RESERVED else name
+            n = len(ids)
+            while "." in found or found in ids.values():
+                found, n = f"sub{n}_{name.rsplit('.', 1)[-1] or 'flow'}", n + 1
+            ids[name] = found
         return ids[name]
 
     lines = ["flowchart TD"]

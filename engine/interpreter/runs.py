@@ -102,14 +102,24 @@ def cassette(found: RunRecord) -> dict[str, Any]:
 
 
 def record(storage: Storage, run_id: str) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it."""
-    return _record(storage, storage.find_run(run_id))
-
-
-def _record(storage: Storage, run: RunRow) -> RunRecord:
-    steps, syscalls, tools = (storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow))
-    children = [_record(storage, child) for child in storage.children([run.id])]
-    return RunRecord(run, with_calls(steps, tools), syscalls, tools, children)
+    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it (read a level of
+    child runs at a time, each table once for them all)."""
+    root = storage.find_run(run_id)
+    runs, below = [root], storage.children([root.id])
+    while below:
+        runs += below
+        below = storage.children([run.id for run in below])
+    ids = [run.id for run in runs]
+    rows: dict[type, dict[str, list[Any]]] = {}
+    for table in (StepRow, SyscallRow, ToolCallRow):
+        rows[table] = {run_id: [] for run_id in ids}
+        for row in storage.of_runs(table, ids):
+            rows[table][row.run_id].append(row)
+    found = {run.id: RunRecord(run, with_calls(rows[StepRow][run.id], rows[ToolCallRow][run.id]),
+                               rows[SyscallRow][run.id], rows[ToolCallRow][run.id]) for run in runs}
+    for run in runs[1:]:  # a level at a time, each in the order it started
+        found[run.parent or ""].children.append(found[run.id])
+    return found[root.id]
 
 
 def root_of(storage: Storage, run: RunRow) -> RunRow:

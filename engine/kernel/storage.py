@@ -363,8 +363,13 @@ class Storage:
             self.flush()
         column = col(table.run_id)  # type: ignore[attr-defined]
         order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
+        found: list[Any] = []
         with self._session() as db:
-            return list(db.exec(select(table).where(column.in_(run_ids)).order_by(order)))
+            for start in range(0, len(run_ids), 500):  # within every database's limit on bound values
+                found += db.exec(select(table).where(column.in_(run_ids[start:start + 500])).order_by(order))
+        if len(run_ids) > 500:
+            found.sort(key=lambda row: row.created if table is SyscallRow else row.id)
+        return found
 
     def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
         """Queue the record of a finished syscall, with its timings, tokens and preemptions (see `later`)."""
