@@ -254,17 +254,8 @@ def test_an_interrupted_run_resumes_its_children_without_asking_twice(tmp_path: 
     db.mkdir()
     kernel = kernel_on(db, answers(list("abcd")), token_delay=0.01)
 
-    async def stop_midway() -> str:
-        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"},
-                                              file=str(checked_file(checked))))
-        while sum(r.status == "finished" for r in kernel.storage.rows(RunRow) if r.parent_step == "each") < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return next(r.id for r in kernel.storage.rows(RunRow) if r.parent is None)
-
-    run_id = asyncio.run(stop_midway())
+    run_id = interrupt(kernel, checked, lambda runs: sum(r.status == "finished" for r in runs
+                                                         if r.parent_step == "each") >= 2)
     before = model_calls(kernel.storage)
     assert any(r.status == "interrupted" for r in kernel.storage.rows(RunRow) if r.parent_step == "each")
 
@@ -402,11 +393,12 @@ steps:
     assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "x0,y1"), outcome.error
 
 
-def interrupt(kernel: Kernel, checked: CheckedFlow, stop_when: Any) -> str:
-    """Run LEAD on `kernel`, cancel it once `stop_when(its runs)` holds; the run's id."""
+def interrupt(kernel: Kernel, checked: CheckedFlow, stop_when: Any, inputs: dict[str, Any] | None = None,
+              file: str | None = None) -> str:
+    """Run `checked` (LEAD, by default) on `kernel`, cancel it once `stop_when(its runs)` holds; the run's id."""
     async def main() -> str:
-        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"},
-                                              file=str(checked_file(checked))))
+        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {"q": "the task"} if inputs is None else
+                                              inputs, file=file or str(checked_file(checked))))
         while not stop_when(kernel.storage.rows(RunRow)):
             assert not task.done(), "the run ended before it could be stopped"
             await asyncio.sleep(0.01)
@@ -475,17 +467,7 @@ steps:
     responses = [{"key": f"each[{n}].say", "text": "word " * 30, "times": 2} for n in range(2)]
     kernel = kernel_on(tmp_path, responses, token_delay=0.005)
 
-    async def stop_in_the_second_visit() -> str:
-        task = asyncio.ensure_future(run_flow(kernel, checked.compiled, {}, file="twice.yaml"))
-        while not any(r.parent_visit == 2 for r in kernel.storage.rows(RunRow)):
-            assert not task.done(), (await task).error
-            await asyncio.sleep(0.005)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return next(r.id for r in kernel.storage.rows(RunRow) if r.parent is None)
-
-    run_id = asyncio.run(stop_in_the_second_visit())
+    run_id = interrupt(kernel, checked, lambda runs: any(r.parent_visit == 2 for r in runs), {}, "twice.yaml")
     found = stopped(kernel.storage, run_id)
     outcome = asyncio.run(resume_run(kernel_on(tmp_path, responses), checked.compiled, found, file="twice.yaml"))
     assert outcome.status == RunStatus.FAILED and "limits.max_child_runs (3)" in (outcome.error or "")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import KINDS, StepKind
 from engine.flow.model import Step
@@ -37,6 +40,23 @@ def _parts(compiled: CompiledFlow, prefix: str = "") -> list[tuple[str, str, str
     return found
 
 
+def _drawn(compiled: CompiledFlow, prefix: str = "", depth: int = 0) -> Iterator[tuple[Any, ...]]:
+    """What a drawing shows, in order, whatever its format: ("node", name, step, depth), ("edge", source,
+    target, label, depth), ("open", name, title, depth) ... ("close", depth) around a sub-flow, and ("link",
+    step node, the sub-flow's start node, depth)."""
+    graph = compiled.graph
+    for step_id, data in graph.nodes(data=True):
+        yield "node", prefix + step_id, data["step"], depth
+    for source, target, label in graph.edges(keys=True):
+        yield "edge", prefix + source, prefix + target, label, depth
+    for step_node, title, inner, part in _parts(compiled, prefix):
+        yield "open", inner, title, depth
+        yield from _drawn(part, inner, depth + 1)
+        yield "close", depth
+        if part.start in part.graph:
+            yield "link", step_node, inner + part.start, depth
+
+
 def _label(step: Step) -> str:
     """What a step's node says: its id, and the flows it calls."""
     called = [body.flow for body in step.bodies().values() if body.flow]
@@ -56,23 +76,22 @@ def _mermaid(compiled: CompiledFlow) -> str:
         return ids[name]
 
     lines = ["flowchart TD"]
-
-    def draw(flow: CompiledFlow, prefix: str, indent: str) -> None:
-        graph = flow.graph
-        for step_id, data in graph.nodes(data=True):
-            label = _label(data["step"]).translate(_MERMAID_TEXT)
-            lines.append(f"{indent}{node_id(prefix + step_id)}{_kind(data['step'].kind).mermaid.format(label)}")
-        for source, target, label in graph.edges(keys=True):
+    for kind, *what, depth in _drawn(compiled):
+        indent = "    " * (depth + 1)
+        if kind == "node":
+            name, step = what
+            label = _label(step).translate(_MERMAID_TEXT)
+            lines.append(f"{indent}{node_id(name)}{_kind(step.kind).mermaid.format(label)}")
+        elif kind == "edge":
+            source, target, label = what
             arrow = "-->" if label == "next" else f'-->|"{label.translate(_MERMAID_TEXT)}"|'
-            lines.append(f"{indent}{node_id(prefix + source)} {arrow} {node_id(prefix + target)}")
-        for step_node, title, inner, part in _parts(flow, prefix):
-            lines.append(f'{indent}subgraph {node_id(inner + "sub")} ["{title.translate(_MERMAID_TEXT)}"]')
-            draw(part, inner, indent + "    ")
+            lines.append(f"{indent}{node_id(source)} {arrow} {node_id(target)}")
+        elif kind == "open":
+            lines.append(f'{indent}subgraph {node_id(what[0] + "sub")} ["{what[1].translate(_MERMAID_TEXT)}"]')
+        elif kind == "close":
             lines.append(f"{indent}end")
-            if part.start in part.graph:
-                lines.append(f"{indent}{node_id(step_node)} -.-> {node_id(inner + part.start)}")
-
-    draw(compiled, "", "    ")
+        else:
+            lines.append(f"{indent}{node_id(what[0])} -.-> {node_id(what[1])}")
     if compiled.start in compiled.graph:
         lines.append(f"    style {node_id(compiled.start)} stroke-width:3px")
     return "\n".join(lines)
@@ -88,24 +107,23 @@ def _quote(text: str) -> str:
 
 def _dot(compiled: CompiledFlow) -> str:
     lines = [f"digraph {_quote(compiled.flow.name or 'flow')} {{", "    rankdir=TB;"]
-
-    def draw(flow: CompiledFlow, prefix: str, indent: str) -> None:
-        graph = flow.graph
-        for step_id, data in graph.nodes(data=True):
-            width = ", penwidth=3" if step_id == flow.start and not prefix else ""
-            label = f", label={_quote(_label(data['step']))}" if prefix or data["step"].bodies() else ""
-            lines.append(f"{indent}{_quote(prefix + step_id)} [shape={_kind(data['step'].kind).dot}{width}{label}];")
-        for source, target, label in graph.edges(keys=True):
+    for kind, *what, depth in _drawn(compiled):
+        indent = "    " * (depth + 1)
+        if kind == "node":
+            name, step = what
+            width = ", penwidth=3" if name == compiled.start else ""
+            label = f", label={_quote(_label(step))}" if depth or step.bodies() else ""
+            lines.append(f"{indent}{_quote(name)} [shape={_kind(step.kind).dot}{width}{label}];")
+        elif kind == "edge":
+            source, target, label = what
             attributes = "" if label == "next" else f" [label={_quote(label)}]"
-            lines.append(f"{indent}{_quote(prefix + source)} -> {_quote(prefix + target)}{attributes};")
-        for step_node, title, inner, part in _parts(flow, prefix):
-            lines.append(f"{indent}subgraph {_quote('cluster_' + inner)} {{")
-            lines.append(f"{indent}    label={_quote(title)}; style=dashed;")
-            draw(part, inner, indent + "    ")
+            lines.append(f"{indent}{_quote(source)} -> {_quote(target)}{attributes};")
+        elif kind == "open":
+            lines.append(f"{indent}subgraph {_quote('cluster_' + what[0])} {{")
+            lines.append(f"{indent}    label={_quote(what[1])}; style=dashed;")
+        elif kind == "close":
             lines.append(f"{indent}}}")
-            if part.start in part.graph:
-                lines.append(f"{indent}{_quote(step_node)} -> {_quote(inner + part.start)} [style=dashed];")
-
-    draw(compiled, "", "    ")
+        else:
+            lines.append(f"{indent}{_quote(what[0])} -> {_quote(what[1])} [style=dashed];")
     lines.append("}")
     return "\n".join(lines)
