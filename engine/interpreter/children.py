@@ -54,14 +54,14 @@ class Child:
     names: dict[str, Any] = field(default_factory=dict)
 
 
-def _input(run: RunState, step: Step, field: str, value: Any, schema: dict[str, Any], names: dict[str, Any]) -> Any:
-    """An input of a called flow: a constant as written; a template rendered to text for a string input, else to
-    its value (text read as JSON, as `-i` reads it)."""
+def _input(run: RunState, step: Step, at: str, value: Any, schema: dict[str, Any], names: dict[str, Any]) -> Any:
+    """An input of a called flow (the step's field `at`): a constant as written; a template rendered to text for
+    a string input, else to its value (text read as JSON, as `-i` reads it)."""
     if not isinstance(value, str):
         return value
     if schema.get("type", "string") == "string":
-        return run.render(step, field, value, names)
-    found = run.value(step, field, value, names)
+        return run.render(step, at, value, names)
+    found = run.value(step, at, value, names)
     return json_or_text(found) if isinstance(found, str) else found
 
 
