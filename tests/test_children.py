@@ -610,3 +610,47 @@ steps:
     lines = render_graph(check_flow_text(text, "g.yaml", load_tools([]).tools).compiled, "mermaid").splitlines()
     nodes = [line.split("[")[0].split("(")[0].strip() for line in lines if "[" in line or "(" in line]
     assert len(nodes) == len(set(nodes)) == 6  # a, sub3_d, two subgraphs, d and c_d
+
+
+def test_max_model_calls_and_max_tokens_bound_a_run_with_its_child_runs(tmp_path: Path) -> None:
+    from engine.kernel.tables import SyscallRow as Calls
+
+    lead(tmp_path)
+    base = (tmp_path / "lead.yaml").read_text()
+    # split, 3 items, the two branches (one a flow call), the agent step: 7 calls
+    for limit, ok in ((7, True), (6, False)):
+        text = base.replace("agents: [helper]", f"agents: [helper]\nlimits: {{max_model_calls: {limit}}}")
+        checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+        assert checked.ok, checked.diagnostics
+        folder = tmp_path / f"calls{limit}"
+        folder.mkdir()
+        kernel = kernel_on(folder, answers(list("abc")))
+        outcome = asyncio.run(run_flow(kernel, checked.compiled, {"q": "x"}, file=str(tmp_path / "lead.yaml")))
+        assert (outcome.status == RunStatus.FINISHED) is ok, outcome.error
+        made = [c for c in kernel.storage.rows(Calls) if c.kind in LLM_KINDS and c.error is None]
+        assert len(made) == min(limit, 7)
+        if not ok:
+            assert f"limits.max_model_calls ({limit}) model calls, its child runs' included" in (outcome.error or "")
+    text = base.replace("agents: [helper]", "agents: [helper]\nlimits: {max_tokens: 6}")
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    (tmp_path / "tokens").mkdir()
+    kernel = kernel_on(tmp_path / "tokens", answers(list("abc")))
+    outcome = asyncio.run(run_flow(kernel, checked.compiled, {"q": "x"}, file=str(tmp_path / "lead.yaml")))
+    assert outcome.status == RunStatus.FAILED and "limits.max_tokens (6)" in (outcome.error or "")
+    generated = sum(c.tokens for c in kernel.storage.rows(Calls) if c.kind in LLM_KINDS)
+    assert generated <= 6  # each call got only the tokens left
+
+
+def test_a_resumed_run_counts_the_model_calls_it_made_before(tmp_path: Path) -> None:
+    lead(tmp_path, "max_concurrency: 1")
+    text = (tmp_path / "lead.yaml").read_text().replace("agents: [helper]",
+                                                        "agents: [helper]\nlimits: {max_model_calls: 6}")
+    checked = check_flow_text(text, str(tmp_path / "lead.yaml"), load_tools([]).tools)
+    kernel = kernel_on(tmp_path, answers(list("abc")), token_delay=0.005)
+    run_id = interrupt(kernel, checked, lambda runs: any(r.branch == "1" and r.status == "finished" for r in runs))
+    found = stopped(kernel.storage, run_id)
+    assert found.spent[0] >= 3  # split and two items at least
+    resumed = kernel_on(tmp_path, answers(list("abc")))
+    resumed.scheduler.backend.skip(found.answered)
+    outcome = asyncio.run(resume_run(resumed, checked.compiled, found, file=str(checked_file(checked))))
+    assert outcome.status == RunStatus.FAILED and "limits.max_model_calls (6)" in (outcome.error or "")

@@ -36,6 +36,7 @@ class Stopped:
     stale: tuple[list[str], list[int]] = ([], [])  # syscalls and tool calls the resumed run will not use
     answered: list[str] = field(default_factory=list)
     descendants: list[RunRow] = field(default_factory=list)  # its child runs, theirs, and so on
+    spent: tuple[int, int] = (0, 0)  # the model calls the tree of runs made and the tokens they generated
 
 
 def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: bool) -> Journal:
@@ -97,7 +98,9 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> S
     again = {c.id for child in tree if child.run.id in retried for c in child.syscalls
              if c.kind in LLM_KINDS and c.created >= (child.steps[-1].finished if child.steps else child.run.created)}
     given = [c.key or "" for child in tree for c in child.syscalls if answer_stands(c) and c.id not in again]
-    return Stopped(run, found.steps, journal, unrecorded, stale, given, [child.run for child in tree[1:]])
+    calls = [c for child in tree for c in child.syscalls if c.kind in LLM_KINDS and not c.superseded]
+    return Stopped(run, found.steps, journal, unrecorded, stale, given, [child.run for child in tree[1:]],
+                   (len(calls), sum(c.tokens for c in calls)))
 
 
 def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun: bool) -> None:
@@ -144,5 +147,6 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
     if run is None:  # a run a user started: its tree of child runs counts what it started before
         run = RunState.new(compiled, file, stored.inputs or {}, stored.id)
         run.tally.started = len(found.descendants)
+        run.budget.called, run.budget.generated = found.spent
     return await walk.continue_run(kernel, compiled, stored, found.steps, file=file, journal=found.journal, run=run,
                               priority=priority)

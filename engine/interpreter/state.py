@@ -12,6 +12,7 @@ from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Flow, Step
 from engine.flow.templates import evaluate, render
 from engine.interpreter.runs import result_mark
+from engine.kernel.session import Budget
 from engine.kernel.tables import StepRecord
 from engine.kernel.tools import ToolCall
 
@@ -71,6 +72,7 @@ class RunState:
     scope: str = ""
     depth: int = 0
     tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
+    budget: Budget = field(default_factory=Budget)  # what the tree of runs may spend on the model, and has
     retrying: bool = False  # resumed from failed: its failed step, and its failed child runs, go again
 
     @classmethod
@@ -79,6 +81,7 @@ class RunState:
         run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
         run.visits.update(dict.fromkeys(flow.steps, 0))
         run.tally = Tally(flow.limits.max_child_runs)
+        run.budget = Budget(flow.limits.max_model_calls, flow.limits.max_tokens)
         return run
 
     def child(self, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str, origin: Origin, *,
@@ -87,7 +90,8 @@ class RunState:
         `inputs`; `inline`, a sub-flow of this run's flow, whose templates also see this run's steps, visits and
         memory as they are now, and `names`."""
         run = RunState.new(compiled, file, inputs, run_id)
-        run.origin, run.scope, run.depth, run.tally = origin, self.scope + origin.path, self.depth + 1, self.tally
+        run.origin, run.scope, run.depth = origin, self.scope + origin.path, self.depth + 1
+        run.tally, run.budget = self.tally, self.budget
         if inline:
             run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}
             run.memory, run.names = dict(self.memory), {**self.names, **(names or {})}

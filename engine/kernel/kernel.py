@@ -32,7 +32,7 @@ from engine.kernel.journal import Journal
 from engine.kernel.memory import Memory
 from engine.kernel.retry import Backoff
 from engine.kernel.scheduler import Policy, Scheduler
-from engine.kernel.session import RunSession
+from engine.kernel.session import Budget, RunSession
 from engine.kernel.storage import Storage
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tables import MemoryRow
@@ -66,14 +66,16 @@ class Kernel:
         self.memory = Memory(storage, memory_capacity)
 
     def open_run(self, run: str, agent: str, tools: Iterable[str] = (), *, workspace: Path | None = None,
-                 journal: Journal | None = None, priority: int = 0, agents: Iterable[str] = ()) -> RunSession:
+                 journal: Journal | None = None, priority: int = 0, agents: Iterable[str] = (),
+                 budget: Budget | None = None) -> RunSession:
         """Open run `run` of `agent`, which may call `tools` and start runs of `agents`, in `workspace` (default:
         its own directory under `workspaces`), given back what `journal` holds before asking again; its model calls
-        have `priority` (under the priority policy). close_run releases it."""
+        have `priority` (under the priority policy) and spend `budget` (default: no bound). close_run releases
+        it."""
         if run in self.runs:
             raise KernelError(f"run {run} is open already")
         session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal, priority,
-                             frozenset(agents))
+                             frozenset(agents), budget or Budget())
         self.runs[run] = session
         return session
 
@@ -96,20 +98,28 @@ class Kernel:
         A model that is unavailable (ModelUnavailable) is tried again after a backoff, up to `retry.attempts` times.
 
         A prompt too long for the model's window loses (or, under SUMMARIZE, has summarized) its oldest progress.
+
+        Each call the model answers is charged to the run's budget (LimitReached where it is spent); an answer its
+        journal gives back was charged when it was first asked.
         """
+        session = self.runs.get(run)
         if priority is None:
-            session = self.runs.get(run)
             priority = session.priority if session is not None else 0
         request = await fit(request, self.scheduler.backend, window,
                             lambda dropped: self._summarize(agent, run, dropped, priority))
         journal = self._journal(run)
         if journal is not None and (text := journal.answer(request.key)) is not None:
             return Result(text, "stop", 0, 0)
+        budget = session.budget if session is not None else Budget()
+        request, held = budget.charge(request)
         syscall = Syscall(kind, agent, run, replace(request, run=run), priority)
         if journal is not None and (snapshot := journal.snapshot(request.key)) is not None:
             self.context.suspend(syscall, snapshot, store=False)
         with self._recorded(syscall):
-            result = await self._submit(syscall)
+            try:
+                result = await self._submit(syscall)
+            finally:
+                budget.settle(held, syscall.tokens)
             result.text = cut(result.text, self.max_result)  # before it is stored (it is syscall.result)
             return result
 
