@@ -171,6 +171,23 @@ def test_a_flow_file_is_validated_over_http(flows: Path, tmp_path: Path) -> None
     assert (problem["file"], problem["line"], problem["code"]) == ("mine.yaml", line, "FR101")
 
 
+def test_a_flow_sent_for_validation_cannot_make_the_server_read_files_it_names(flows: Path, tmp_path: Path) -> None:
+    """Whether a file of the server's exists, or is a flow, is not the client's to learn through what it calls."""
+    (tmp_path / "secret.yaml").write_text("flowrun: 1\nname: Secret\nsteps:\n  only: {kind: process}\n")
+    caller = ("flowrun: 1\nname: Prober\nagents: [{ref}]\nsteps:\n  call: {{kind: agent, flow: {ref}, next: done}}\n"
+              "  done: {{kind: terminal, output: x}}\n")
+
+    async def main() -> list[list[str]]:
+        async with client_for(flows, tmp_path, []) as client:
+            found = []
+            for ref in (f"../{tmp_path.name}/secret.yaml", "../no/such.yaml"):
+                reply = await client.post(f"/flows/validate?file={tmp_path}/x.yaml", content=caller.format(ref=ref))
+                found.append([d["code"] for d in reply.json()["diagnostics"]])
+            return found
+
+    assert asyncio.run(main()) == [[], []]  # read, the first is FR129 and the second FR120
+
+
 def test_a_cancelled_run_is_resumed_over_http_without_repeating_a_step(flows: Path, tmp_path: Path) -> None:
     long = " ".join(f"w{i}" for i in range(300))
 

@@ -49,10 +49,11 @@ class CheckedFlow:
 
 
 def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tuple[Path, ...] = (),
-               known: dict[Path, CheckedFlow] | None = None) -> CheckedFlow:
+               known: dict[Path, CheckedFlow] | None = None, follow: bool = True) -> CheckedFlow:
     """Every check of a loaded flow document, given the tools that exist (`calling`: the files of the flows that
     call it, to find recursion), with those of the flows it calls (`known`: flows checked already, by file, each
-    checked once however many paths lead to it)."""
+    checked once however many paths lead to it). Without `follow`, the flows it calls are not read (a text sent
+    to a server names files of the server's): what needs them is not checked."""
     found = list(doc.diagnostics)
     if doc.data is not None:
         found.extend(schema_diagnostics(doc, "flow"))
@@ -60,7 +61,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tup
         message = "the file is empty: a flow needs at least `flowrun: 1`, `name` and `steps`"
         found.append(diagnostic("FR003", message, doc.file, (1, 1)))
     flow = flow_from_data(doc.data)
-    agents, refused = _callees(flow, doc, tools, calling, {} if known is None else known)
+    agents, refused = _callees(flow, doc, tools, calling, {} if known is None else known) if follow else ({}, {})
     compiled = compile_flow(flow, doc.sha256, doc.position, agents)
     found.extend(checks.check_tools(flow, tools, doc))
     found.extend(_checks(compiled, doc, tools, Scope(flow.steps, flow.remembered), flow.agents, refused))
@@ -142,9 +143,10 @@ def _callees(flow: Flow, doc: Document, tools: Mapping[str, ToolManifest], calli
     return agents, refused
 
 
-def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest]) -> CheckedFlow:
+def check_flow_text(text: str, file: str, tools: Mapping[str, ToolManifest], *, follow: bool = True
+                    ) -> CheckedFlow:
     """`check_flow` of YAML text (for editors, tests and other tools that hold the text)."""
-    return check_flow(load_yaml(text, file), tools)
+    return check_flow(load_yaml(text, file), tools, follow=follow)
 
 
 def load_flow(path: Path, tool_paths: Iterable[Path] = ()) -> CheckedFlow:
