@@ -12,7 +12,7 @@ from engine.flow.compiler import Callee
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import ends_run
 from engine.flow.loader import Document
-from engine.flow.model import Body, Flow, Step, body_keys
+from engine.flow.model import Body, Flow, Step, all_steps, body_keys
 from engine.flow.templates import facts, is_template
 from engine.json_schema import schema_problems
 from engine.jsontext import parse_json
@@ -51,11 +51,8 @@ def calls(flow: Flow) -> Iterator[tuple[Step, str, Body]]:
 
 def references(flow: Flow) -> list[str]:
     """Every flow the flow and its sub-flows call, and those its `agents` list, in the order written."""
-    found = list(flow.agents)
-    for step in flow.steps.values():
-        for body in step.bodies().values():
-            found.extend(references(flow.sub_flow(body)) if body.steps else [body.flow] if body.flow else [])
-    return list(dict.fromkeys(found))
+    called = (body.flow for _, step in all_steps(flow) for body in step.bodies().values() if body.flow)
+    return list(dict.fromkeys([*flow.agents, *called]))
 
 
 def check_calls(flow: Flow, listed: tuple[str, ...], agents: Mapping[str, Callee],

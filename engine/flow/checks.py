@@ -12,7 +12,7 @@ from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import KINDS, chooses, ends_run
 from engine.flow.loader import Document
 from engine.flow.manifest import ToolManifest
-from engine.flow.model import Flow, Step, body_keys
+from engine.flow.model import Flow, Step, all_steps
 from engine.flow.schema import suggest
 from engine.flow.templates import Scope, template_problems
 from engine.json_schema import schema_problems
@@ -124,7 +124,7 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
         if name not in tools:
             yield _unknown_tool(doc, ("tools", i), name, tools)
     used: set[str] = set()
-    for within, step in _all_steps(flow):
+    for within, step in all_steps(flow):
         for i, name in enumerate(step.used_tools()):
             used.add(name)
             path = (*within, "tool") if step.tool else (*within, "tools", i)
@@ -137,14 +137,6 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
         if name in tools and name not in used:
             message = f"tool {name!r} is declared but no step can use it: name it in a step's `tool` or `tools`"
             yield diagnostic("FR202", message, doc.file, doc.position(("tools", i)))
-
-
-def _all_steps(flow: Flow, within: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Step]]:
-    """(keys to the step in the file, step) for each step of the flow and of its steps' sub-flows."""
-    for step in flow.steps.values():
-        yield (*within, "steps", step.id), step
-        for branch, body in step.bodies().items():
-            yield from _all_steps(flow.sub_flow(body), (*within, "steps", step.id, *body_keys(branch)))
 
 
 def check_sub_steps(sub: Flow, around: Mapping[str, Step], doc: Document) -> Iterator[Diagnostic]:

@@ -6,6 +6,7 @@ graph checks still run on a file with schema errors and a user sees all problems
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -161,6 +162,14 @@ class Flow:
     def remembered(self) -> tuple[str, ...]:
         """The keys its steps remember (`memory.<key>` in its templates), in the order they first appear."""
         return tuple(dict.fromkeys(key for step in self.steps.values() for key in step.remember))
+
+
+def all_steps(flow: Flow, within: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Step]]:
+    """(keys to the step in the file, step) for each step of the flow and of its steps' sub-flows."""
+    for step in flow.steps.values():
+        yield (*within, "steps", step.id), step
+        for branch, body in step.bodies().items():
+            yield from all_steps(flow.sub_flow(body), (*within, "steps", step.id, *body_keys(branch)))
 
 
 def flow_from_data(data: Any) -> Flow:

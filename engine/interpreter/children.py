@@ -26,6 +26,7 @@ from engine.interpreter.state import Origin, RunError, RunState
 from engine.jsontext import json_or_text
 from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel
+from engine.kernel.tables import RunRow
 
 MAX_DEPTH = 8  # runs calling runs: a root run's children are at depth 1
 _IDS = uuid.UUID("8d3c6f1e-5b0a-4c51-9a57-2f0e3c8a9b11")  # the namespace of child run ids
@@ -95,10 +96,14 @@ async def run_children(kernel: Kernel, run: RunState, step: Step, children: list
     tolerates (or one pauses): the others are cancelled first, and stored as interrupted."""
     allowed = tolerated(step, len(children))
     gate = asyncio.Semaphore(step.max_concurrency or max(1, len(children)))
+    session = kernel.runs.get(run.id)
+    resumed = session is not None and session.journal is not None and not session.journal.strict
+    # a resumed run's children may be stored already: read once for them all, off the event loop
+    stored = {row.id: row for row in await asyncio.to_thread(kernel.storage.children, [run.id])} if resumed else {}
 
     async def one(child: Child) -> tuple[str, walk.RunOutcome]:
         async with gate:
-            return child.branch, await _run_child(kernel, run, step, child)
+            return child.branch, await _run_child(kernel, run, step, child, stored)
 
     tasks = [asyncio.ensure_future(one(child)) for child in children]
     failed = 0
@@ -133,8 +138,10 @@ def _failure(step: Step, branch: str, outcome: walk.RunOutcome, allowed: int) ->
     return f"step {step.id}: {where} {outcome.status}{more}: {outcome.error} (child run {outcome.run_id[:12]})"
 
 
-async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) -> walk.RunOutcome:
-    """Start, continue or read back `child` of the run's step at its visit now."""
+async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child, stored_children: dict[str, RunRow]
+                     ) -> walk.RunOutcome:
+    """Start, continue or read back `child` of the run's step at its visit now (`stored_children`: the run's
+    child runs already stored, when it was resumed)."""
     if run.depth + 1 > MAX_DEPTH:
         raise RunError(f"{run.file}: step {step.id}: runs call runs more than {MAX_DEPTH} deep: see which flows "
                        "call which with `flowrun runs show`")
@@ -155,7 +162,7 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
         return await walk.start_run(kernel, state, workspace=workspace, journal=recorded, priority=priority,
                                     memory=memory)
     if journal is not None:  # a resumed run: its child may be stored already
-        stored = kernel.storage.get_run(state.id)
+        stored = stored_children.get(state.id)
         # one that finished gives its answer; one that failed, its failure (tolerated, or the parent's own
         # failure, when the parent goes again from failed: then the child goes again too)
         if stored is not None and (stored.status == RunStatus.FINISHED or
@@ -163,7 +170,8 @@ async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child) ->
             return walk.RunOutcome(stored.id, RunStatus(stored.status), stored.answer, stored.error)
         if stored is not None:
             try:
-                found = resume.stopped_run(kernel.storage, record(kernel.storage, stored.id), force=True)
+                found = resume.stopped_run(kernel.storage, await asyncio.to_thread(record, kernel.storage, stored.id),
+                                           force=True)
                 return await resume.resume_run(kernel, child.compiled, found, file=child.file, run=state,
                                                priority=priority)
             except resume.ResumeError as exc:

@@ -341,11 +341,6 @@ class Storage:
                 found += db.exec(select(RunRow).where(col(RunRow.parent).in_(chunk)))
         return sorted(found, key=lambda run: run.created)
 
-    def get_run(self, run_id: str) -> RunRow | None:
-        """The run whose id is `run_id`, if it is stored."""
-        with self._session() as db:
-            return db.get(RunRow, run_id)
-
     def find_run(self, prefix: str) -> RunRow:
         """The run whose id is or starts with `prefix` (a unique prefix is enough, as with git)."""
         with self._session() as db:
