@@ -71,6 +71,19 @@ class StepEnded(Event):
 
 
 @dataclass(frozen=True)
+class StepRetrying(Event):
+    """A try of a step failed with an error its `retry` tries again: the next try starts after `delay` seconds."""
+
+    type: ClassVar[str] = "step.retrying"
+    step: str = ""
+    visit: int = 0
+    attempt: int = 0  # the try that failed, from 1
+    kind: str = ""  # its error's (engine.errors.ErrorKind)
+    error: str = ""
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class SyscallQueued(Event):
     type: ClassVar[str] = "syscall.queued"
     syscall: str = ""

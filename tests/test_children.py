@@ -17,6 +17,7 @@ from engine.interpreter.children import MAX_DEPTH, child_id
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import resume_run, stopped
 from engine.interpreter.runs import LLM_KINDS, record
+from engine.interpreter.state import Origin
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
@@ -133,7 +134,7 @@ def test_map_parallel_and_agent_steps_run_child_runs_stored_with_their_parent(tm
                       (outcome.run_id, "each", 1, "2", "Lead"), (outcome.run_id, "both", 1, "mine", "Lead"),
                       (outcome.run_id, "both", 1, "theirs", "Helper"), (outcome.run_id, "ask", 1, "", "Helper")]
     # a child's id is its place, so that a resumed parent finds it
-    assert [c.run.id for c in found.children][:1] == [child_id(outcome.run_id, "each", 1, "0")]
+    assert [c.run.id for c in found.children][:1] == [child_id(Origin(outcome.run_id, "each", 1, "0"))]
     # the helper called from the branch got its inputs from templates, read as the integer its schema asks for
     assert next(c.run.inputs for c in found.children if c.run.branch == "theirs") == {"topic": "the task", "days": 3}
     # only runs a user started are listed; the children are in their parent's record
@@ -261,7 +262,7 @@ def test_an_interrupted_run_resumes_its_children_without_asking_twice(tmp_path: 
 
     resumed_kernel = kernel_on(db, answers(list("abcd")))
     # a child's id given to resume resumes the run a user started, which continues the child
-    found = stopped(resumed_kernel.storage, child_id(run_id, "each", 1, "0"))
+    found = stopped(resumed_kernel.storage, child_id(Origin(run_id, "each", 1, "0")))
     assert found.run.id == run_id
     outcome = asyncio.run(resume_run(resumed_kernel, checked.compiled, found, file=str(checked_file(checked))))
     assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, uninterrupted.answer)
@@ -347,9 +348,10 @@ def test_runs_show_prints_the_tree_and_prune_removes_it_whole(tmp_path: Path) ->
     db = str(tmp_path / "runs.db")
     code, out, _ = cli("runs", "show", outcome.run_id[:10], "--db", db)
     assert code == 0 and "child runs:" in out
-    assert f"step each (visit 1), item 1: run {child_id(outcome.run_id, 'each', 1, '1')[:12]} · Lead · finished" in out
+    second = child_id(Origin(outcome.run_id, "each", 1, "1"))
+    assert f"step each (visit 1), item 1: run {second[:12]} · Lead · finished" in out
     assert "step both (visit 1), branch theirs: run" in out and "· Helper · finished · 1 steps" in out
-    code, out, _ = cli("runs", "show", child_id(outcome.run_id, "each", 1, "0"), "--db", db)
+    code, out, _ = cli("runs", "show", child_id(Origin(outcome.run_id, "each", 1, "0")), "--db", db)
     assert code == 0 and f"child of run {outcome.run_id[:12]} at step each (visit 1), item 0" in out
     code, out, _ = cli("runs", "list", "--db", db, "--json")
     assert [r["run_id"] for r in json.loads(out)] == [outcome.run_id]

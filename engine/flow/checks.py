@@ -8,18 +8,19 @@ from typing import Any
 import jsonschema_rs
 import networkx as nx
 
+from engine.errors import ErrorKind
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import KINDS, chooses, ends_run
 from engine.flow.loader import Document
 from engine.flow.manifest import ToolManifest
-from engine.flow.model import Flow, Step, all_steps
+from engine.flow.model import CATCH, Flow, Step, all_steps
 from engine.flow.schema import suggest
 from engine.flow.templates import Scope, template_problems
 from engine.json_schema import schema_problems
 
 
 def check_targets(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
-    """FR101: `start`, `next` and branches must name existing steps."""
+    """FR101: `start`, `next`, branches and `catch` must name existing steps."""
     if "start" in _data(doc) and flow.start is not None and flow.start not in flow.steps:
         yield _unknown_step(doc, ("start",), flow.start, flow, "start")
     for step in flow.steps.values():
@@ -28,6 +29,9 @@ def check_targets(flow: Flow, doc: Document) -> Iterator[Diagnostic]:
         for label, target in step.branches.items():
             if target not in flow.steps:
                 yield _unknown_step(doc, ("steps", step.id, "branches", label), target, flow, f"branch {label!r}")
+        for kind, target in step.catch.items():
+            if target not in flow.steps:
+                yield _unknown_step(doc, ("steps", step.id, "catch", kind), target, flow, f"catch of {kind}")
 
 
 def _unknown_step(doc: Document, path: tuple[str, ...], target: str, flow: Flow, what: str) -> Diagnostic:
@@ -112,14 +116,16 @@ def check_loops(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[D
     except nx.NetworkXNoCycle:
         return
     source, target, label = cycle[-1]
-    field = ("next",) if label == "next" else ("branches", label)
+    field = ("next",) if label == "next" else ("catch", label.removeprefix(CATCH)) if label.startswith(CATCH) \
+        else ("branches", label)
     message = (f"the flow loops ({source} -> {target}) but sets no `limits.max_steps`: runs stop after the default "
                f"{flow.limits.max_steps} steps; set `limits: {{max_steps: N}}` to the most a run should take")
     yield diagnostic("FR401", message, doc.file, doc.position(("steps", source, *field)))
 
 
 def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
-    """FR201 unknown tool, FR203 a step's tool not declared by the flow, FR202 a declared tool no step uses."""
+    """FR201 unknown tool, FR203 a step's tool not declared by the flow, FR202 a declared tool no step uses, FR134
+    a step that retries a failed call of a tool that is not idempotent."""
     for i, name in enumerate(flow.tools):
         if name not in tools:
             yield _unknown_tool(doc, ("tools", i), name, tools)
@@ -133,10 +139,21 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
             elif name not in flow.tools:
                 message = f"step {step.id!r} uses tool {name!r}, which the flow does not list: add it to `tools`"
                 yield diagnostic("FR203", message, doc.file, doc.position(path))
+            elif not tools[name].idempotent and (kinds := _retried_calls(step)):
+                message = (f"step {step.id!r} retries {' and '.join(kinds)} but calls {name!r}, which is not "
+                           "idempotent: a call that failed part-way is made again; make the tool idempotent, or "
+                           "retry only other kinds of error")
+                yield diagnostic("FR134", message, doc.file, doc.position((*within, "retry"), key=True))
     for i, name in enumerate(flow.tools):
         if name in tools and name not in used:
             message = f"tool {name!r} is declared but no step can use it: name it in a step's `tool` or `tools`"
             yield diagnostic("FR202", message, doc.file, doc.position(("tools", i)))
+
+
+def _retried_calls(step: Step) -> list[str]:
+    """The kinds of error the step retries that can end a tool call part-way (a tool's result that came stands)."""
+    retried = {kind for rule in step.retry for kind in rule.on}
+    return [kind for kind in (ErrorKind.TOOL_ERROR, ErrorKind.TOOL_TIMEOUT, ErrorKind.STEP_TIMEOUT) if kind in retried]
 
 
 def check_sub_steps(sub: Flow, around: Mapping[str, Step], doc: Document) -> Iterator[Diagnostic]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from engine.flow.kinds import ends_run
-from engine.flow.model import Flow, Step, body_keys
+from engine.flow.model import CATCH, Flow, Step, body_keys
 
 Position = tuple[int, int]  # line and column in the flow file, from 1
 Where = Callable[[tuple[str, ...]], Position]  # the position of a path of keys in the flow file
@@ -80,8 +80,7 @@ def compile_flow(flow: Flow, sha256: str | None = None, where: Where | None = No
     graph.add_edges_from(
         (step.id, target, label, {"label": label})
         for step in flow.steps.values()
-        if not ends_run(step.kind)
         for label, target in step.edges()
-        if target in flow.steps
+        if target in flow.steps and (not ends_run(step.kind) or label.startswith(CATCH))  # a terminal may fail
     )
     return CompiledFlow(flow, graph, sha256, at, parts, agents if agents is not None else {})

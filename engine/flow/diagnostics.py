@@ -101,6 +101,12 @@ RULES: dict[str, Rule] = {
              "Remember from a step after the map or parallel step, from its output."),
         Rule("FR132", "unused-agent", _W, "The flow lists an agent in `agents` that no step calls.",
              "Call it from a step, or remove it from `agents`."),
+        Rule("FR133", "unknown-error-kind", _E, "A `retry` rule's `on` or a `catch` key names no kind of error.",
+             "Use a kind of the README's table of error kinds (`any` in `catch` for all the others)."),
+        Rule("FR134", "retried-side-effect", _W, "A step with `retry` calls a tool that is not idempotent: a try "
+             "that failed after the tool ran (it timed out, say) calls it again.",
+             "Make the tool idempotent (its manifest's `idempotent: true`, with the call key), or retry only errors "
+             "that come before the call (`on:`), or move the call to a step of its own without `retry`."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

@@ -15,6 +15,12 @@ from engine.flow.kinds import KINDS
 DEFAULT_MAX_STEPS = 100
 DEFAULT_MAX_ITEMS = 100  # a map's items, unless it sets max_items
 DEFAULT_MAX_CHILD_RUNS = 1000  # child runs of one run, its children's included, unless its flow's limits say
+CATCH = "catch:"  # before an error kind (or ANY_ERROR), the label of a step's way out when its `catch` catches it
+ANY_ERROR = "any"  # in `catch`: an error of any kind the other keys do not name
+# What a `retry` rule without `on` tries again: the errors another try may not meet (not a limit, a denial, or a
+# person who did not answer)
+RETRIED = ("model_unavailable", "bad_output", "tool_error", "tool_timeout", "step_timeout", "child_failed")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,35 @@ class Recall:
     query: str
     limit: int = 5
     owners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """One rule of a step's `retry`: an error of a kind in `on` is tried again, up to `max_attempts` tries in all
+    (the first one counted), waiting min(`max`, `initial` * `factor`**(n-1)) seconds before retry n; with `jitter`,
+    a random wait of up to that."""
+
+    on: tuple[str, ...] = RETRIED
+    max_attempts: int = 3
+    initial: float = 1.0
+    factor: float = 2.0
+    max: float = 60.0
+    jitter: bool = False
+
+
+def seconds(value: Any) -> float | None:
+    """The seconds of a duration as a flow writes it: a number of seconds, or text such as "500ms", "30s", "5m",
+    "2h", "1d" (the schema checks the form); None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    number = value.rstrip("msdh")
+    unit = value[len(number):]
+    try:
+        return float(number) * _DURATION_UNITS[unit] if number else None
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass(slots=True)
@@ -83,11 +118,15 @@ class Step:
     max_items: int = DEFAULT_MAX_ITEMS
     max_concurrency: int | None = None  # of a map's items or a parallel's branches (None: all at once)
     tolerated_failures: int | str = 0  # a count, or a percentage of a map's items ("10%")
+    retry: tuple[Retry, ...] = ()  # the first rule whose `on` has an error's kind applies
+    catch: dict[str, str] = field(default_factory=dict)  # error kind (or ANY_ERROR) -> the step the run goes on at
+    timeout: float | None = None  # seconds the whole step may take, each try
 
     def edges(self) -> list[tuple[str, str]]:
-        """(label, target) for each way out of this step; a process's single way out is labelled "next"."""
+        """(label, target) for each way out of this step; a process's single way out is labelled "next", the way
+        out when `catch` catches an error CATCH + its key."""
         out = [("next", self.next)] if self.next is not None else []
-        return out + list(self.branches.items())
+        return out + list(self.branches.items()) + [(CATCH + key, target) for key, target in self.catch.items()]
 
     def templates(self) -> list[tuple[str, str]]:
         """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
@@ -211,6 +250,7 @@ def _step(sid: str, raw: Any) -> Step:
     schema = raw.get("output_schema")
     branches = raw.get("branches")
     arguments = raw.get("arguments")
+    rules = retry if isinstance(retry := raw.get("retry"), list) else [retry]
     return Step(
         id=sid,
         kind=kind if isinstance(kind, str) and kind in KINDS else "",
@@ -235,6 +275,10 @@ def _step(sid: str, raw: Any) -> Step:
         max_concurrency=width if _is_int(width := raw.get("max_concurrency")) else None,
         tolerated_failures=tolerated if _is_int(tolerated := raw.get("tolerated_failures")) or
         isinstance(tolerated, str) else 0,
+        retry=tuple(_retry(rule) for rule in rules if isinstance(rule, dict)),
+        catch={k: v for k, v in catch.items() if isinstance(v, str)}
+        if isinstance(catch := raw.get("catch"), dict) else {},
+        timeout=seconds(raw.get("timeout")),
         **text,
     )
 
@@ -242,6 +286,22 @@ def _step(sid: str, raw: Any) -> Step:
 def _body(raw: dict[str, Any]) -> Body:
     steps = {sid: _step(sid, value) for sid, value in _dict(raw.get("steps")).items()}
     return Body(steps, _str(raw.get("start")), _str(raw.get("flow")), _dict(raw.get("inputs")))
+
+
+def _retry(raw: dict[str, Any]) -> Retry:
+    default = Retry()
+    backoff = _dict(raw.get("backoff"))
+    most = raw.get("max_attempts")
+    factor = backoff.get("factor")
+    return Retry(on=_names(raw.get("on")) or RETRIED, max_attempts=most if _is_int(most) else default.max_attempts,
+                 initial=_or(seconds(backoff.get("initial")), default.initial),
+                 factor=float(factor) if isinstance(factor, int | float) and not isinstance(factor, bool)
+                 else default.factor,
+                 max=_or(seconds(backoff.get("max")), default.max), jitter=backoff.get("jitter") is True)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _recall(value: Any) -> Recall | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import KINDS, StepKind
-from engine.flow.model import Step
+from engine.flow.model import CATCH, Step
 
 FORMATS = ("mermaid", "dot")
 
@@ -22,7 +22,8 @@ _MERMAID_TEXT = str.maketrans({"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#g
 
 
 def render_graph(compiled: CompiledFlow, fmt: str) -> str:
-    """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded;
+    """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded,
+    the ways out a `catch` takes dotted;
     the sub-flows of map and parallel steps inside Mermaid subgraphs or DOT clusters, a dashed arrow from their
     step to their start, and a step that calls another flow labelled with it."""
     return _mermaid(compiled) if fmt == "mermaid" else _dot(compiled)
@@ -84,7 +85,8 @@ def _mermaid(compiled: CompiledFlow) -> str:
             lines.append(f"{indent}{node_id(name)}{_kind(step.kind).mermaid.format(label)}")
         elif kind == "edge":
             source, target, label = what
-            arrow = "-->" if label == "next" else f'-->|"{label.translate(_MERMAID_TEXT)}"|'
+            arrow = "-->" if label == "next" else f'{"-.->" if label.startswith(CATCH) else "-->"}|' \
+                f'"{label.translate(_MERMAID_TEXT)}"|'
             lines.append(f"{indent}{node_id(source)} {arrow} {node_id(target)}")
         elif kind == "open":
             lines.append(f'{indent}subgraph {node_id(what[0] + "sub")} ["{what[1].translate(_MERMAID_TEXT)}"]')
@@ -116,7 +118,8 @@ def _dot(compiled: CompiledFlow) -> str:
             lines.append(f"{indent}{_quote(name)} [shape={_kind(step.kind).dot}{width}{label}];")
         elif kind == "edge":
             source, target, label = what
-            attributes = "" if label == "next" else f" [label={_quote(label)}]"
+            dotted = ", style=dotted" if label.startswith(CATCH) else ""
+            attributes = "" if label == "next" else f" [label={_quote(label)}{dotted}]"
             lines.append(f"{indent}{_quote(source)} -> {_quote(target)}{attributes};")
         elif kind == "open":
             lines.append(f"{indent}subgraph {_quote('cluster_' + what[0])} {{")

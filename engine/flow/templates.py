@@ -24,11 +24,12 @@ from jinja2 import Template, TemplateSyntaxError, nodes
 from jinja2.sandbox import modifies_known_mutable, safe_range
 
 from engine.flow import sandbox
-from engine.flow.model import Flow, Step
+from engine.flow.model import Flow, Step, all_steps
 from engine.flow.sandbox import TemplateLimit, environment
 
 NAMES = ("inputs", "steps", "visits", "memory")
 RESULT = "result"  # the tool's result, in the `output` template of a step with `tool`
+CAUGHT = "error"  # the error a step's `catch` caught last: {kind, message, step}
 STEP_ATTRIBUTES = ("output",)
 _IMPLICIT = ("loop", "caller", "varargs", "kwargs")  # names Jinja2 defines inside loops and macros
 
@@ -527,7 +528,9 @@ class Scope:
 
     @classmethod
     def of(cls, flow: Flow) -> Scope:
-        return cls(flow.steps, flow.remembered)
+        """The scope of a flow's own steps: with `error` (what the last error a `catch` caught was) where one
+        of its steps catches."""
+        return cls(flow.steps, flow.remembered, (CAUGHT,) if any(step.catch for _, step in all_steps(flow)) else ())
 
 
 def template_problems(text: str, flow: Flow, step: Step, field: str, scope: Scope | None = None) -> list[Problem]:

@@ -64,7 +64,7 @@ def check_flow(doc: Document, tools: Mapping[str, ToolManifest], *, calling: tup
     agents, refused = _callees(flow, doc, tools, calling, {} if known is None else known) if follow else ({}, {})
     compiled = compile_flow(flow, doc.sha256, doc.position, agents)
     found.extend(checks.check_tools(flow, tools, doc))
-    found.extend(_checks(compiled, doc, tools, Scope(flow.steps, flow.remembered), flow.agents, refused))
+    found.extend(_checks(compiled, doc, tools, Scope.of(flow), flow.agents, refused))
     for i, reference in enumerate(flow.agents):
         if reference not in calls.references(dataclasses.replace(flow, agents=())):
             message = f"agent {reference!r} is listed but no step calls it: call it with `kind: agent`, or remove it"

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import RunStatus
+from engine.errors import ErrorKind, RunStatus
 from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Body, Step
 from engine.interpreter import resume, walk
@@ -37,7 +37,8 @@ class ChildFailed(RunError):
     paused (its model unavailable), so that resuming the parent continues the child."""
 
     def __init__(self, message: str, status: RunStatus) -> None:
-        super().__init__(message)
+        super().__init__(message, kind=ErrorKind.MODEL_UNAVAILABLE if status == RunStatus.PAUSED
+                         else ErrorKind.CHILD_FAILED)
         self.ends_run = status
 
 
@@ -66,9 +67,9 @@ def _input(run: RunState, step: Step, at: str, value: Any, schema: dict[str, Any
     return json_or_text(found) if isinstance(found, str) else found
 
 
-def child_id(parent: str, step: str, visit: int, branch: str) -> str:
-    """The id of the child run at `branch` of visit `visit` of step `step` of run `parent`."""
-    return uuid.uuid5(_IDS, f"{parent}/{step}#{visit}/{branch}").hex
+def child_id(origin: Origin) -> str:
+    """The id of the child run that starts at `origin`."""
+    return uuid.uuid5(_IDS, f"{origin.run}/{_place(origin)}").hex
 
 
 def child_of(run: RunState, step: Step, branch: str, body: Body, names: dict[str, Any] | None = None) -> Child:
@@ -140,15 +141,27 @@ def _failure(step: Step, branch: str, outcome: walk.RunOutcome, allowed: int) ->
 
 async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child, stored_children: dict[str, RunRow]
                      ) -> walk.RunOutcome:
-    """Start, continue or read back `child` of the run's step at its visit now (`stored_children`: the run's
-    child runs already stored, when it was resumed)."""
+    """The outcome of `child` of the run's step at its visit now: the answer it gave in an earlier try of the step
+    (a `retry`), or else its run's (_child_run)."""
+    place = (step.id, run.visits[step.id], child.branch)
+    if place in run.ended_children:
+        return run.ended_children[place]
+    outcome = await _child_run(kernel, run, step, child, stored_children)
+    if outcome.status == RunStatus.FINISHED:
+        run.ended_children[place] = outcome
+    return outcome
+
+
+async def _child_run(kernel: Kernel, run: RunState, step: Step, child: Child, stored_children: dict[str, RunRow]
+                     ) -> walk.RunOutcome:
+    """Start, continue or read back `child` of the run's step at its visit and try now (`stored_children`: the
+    run's child runs already stored, when it was resumed)."""
     if run.depth + 1 > MAX_DEPTH:
         raise RunError(f"{run.file}: step {step.id}: runs call runs more than {MAX_DEPTH} deep: see which flows "
                        "call which with `flowrun runs show`")
-    visit = run.visits[step.id]
-    origin = Origin(run.id, step.id, visit, child.branch)
-    state = run.child(child.compiled, child.file, child.inputs, child_id(run.id, step.id, visit, child.branch),
-                      origin, inline=child.inline, names=child.names)
+    origin = Origin(run.id, step.id, run.visits[step.id], child.branch, run.attempt)
+    state = run.child(child.compiled, child.file, child.inputs, child_id(origin), origin, inline=child.inline,
+                      names=child.names)
     if not child.inline:
         kernel.check_agent(run.agent, run.id, state.agent)
     session = kernel.runs.get(run.id)
@@ -186,15 +199,16 @@ def _count(run: RunState, step: Step) -> None:
     if run.tally.started > run.tally.limit:
         raise RunError(f"{run.file}: step {step.id}: the run has started limits.max_child_runs "
                        f"({run.tally.limit}) child runs, its children's included, and would start more: raise "
-                       "the limit of the flow a user ran if it needs more")
+                       "the limit of the flow a user ran if it needs more", kind=ErrorKind.LIMIT)
 
 
 def _place(origin: Origin) -> str:
     """Where a child run stands in its parent, as Journal.children keys it."""
-    return f"{origin.step}#{origin.visit}/{origin.branch}"
+    again = f"@{origin.attempt}" if origin.attempt > 1 else ""  # the first try's as before tries were counted
+    return f"{origin.step}#{origin.visit}/{origin.branch}{again}"
 
 
-def place_of(parent_step: str | None, parent_visit: int | None, branch: str | None) -> str:
-    """`_place` of a stored child run's columns."""
-    return _place(Origin("", parent_step or "", parent_visit or 0, branch or ""))
+def place_of(row: RunRow) -> str:
+    """`_place` of a stored child run."""
+    return _place(Origin("", row.parent_step or "", row.parent_visit or 0, row.branch or "", row.attempt or 1))
 

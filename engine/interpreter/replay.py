@@ -68,7 +68,7 @@ def replay_journal(recorded: RunRecord) -> Journal:
     """What a replay of `recorded` is given back: its answers and tool results, strictly, and its child runs'."""
     journal = journal_of(recorded.syscalls, recorded.tools, strict=True)
     journal.memory = recorded.run.memory or {}
-    journal.children = {place_of(c.run.parent_step, c.run.parent_visit, c.run.branch): replay_journal(c)
+    journal.children = {place_of(c.run): replay_journal(c)
                         for c in recorded.children}
     return journal
 

@@ -43,7 +43,7 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
     """The journal of a run's recorded `calls` and `tools` (those no resume went past): their successful answers
     and results (strict, for a replay: errors as well, and nothing may be asked that is not there)."""
     answers = deque(RecordedAnswer(c.key or "", c.text or "", c.id) for c in calls if answer_stands(c))
-    recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error, t.id, t.syscall) for t in tools
+    recorded = deque(RecordedTool(t.tool, t.arguments, t.result, t.error, t.id, t.syscall, t.error_kind) for t in tools
                      if not t.pending and not t.superseded and (strict or t.error is None))
     return Journal(answers, recorded, strict=strict)
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import RunFailure
+from engine.errors import ErrorKind, RunFailure
 from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Flow, Step
-from engine.flow.templates import evaluate, render
+from engine.flow.templates import CAUGHT, evaluate, render
 from engine.interpreter.runs import result_mark
 from engine.kernel.session import Budget
 from engine.kernel.tables import StepRecord
@@ -26,13 +26,14 @@ class RunError(RunFailure):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a child run comes from: its parent run, the step and visit of it that started it, and its branch there
-    (a parallel's branch name, a map item's index, "" for an agent step)."""
+    """Where a child run comes from: its parent run, the step and visit of it that started it, its branch there
+    (a parallel's branch name, a map item's index, "" for an agent step), and the try of the step (a `retry`)."""
 
     run: str
     step: str
     visit: int
     branch: str
+    attempt: int = 1
 
     @property
     def path(self) -> str:
@@ -74,6 +75,10 @@ class RunState:
     tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
     budget: Budget = field(default_factory=Budget)  # what the tree of runs may spend on the model, and has
     retrying: bool = False  # resumed from failed: its failed step, and its failed child runs, go again
+    error: dict[str, Any] | None = None  # what the last error a step's `catch` caught was: templates' `error`
+    attempt: int = 1  # the try of its current step (engine.interpreter.recovery)
+    ended_children: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # its step's children that
+    # finished, by (step, visit, branch): a retry of the step gets their answers back (engine.interpreter.children)
 
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
@@ -95,6 +100,7 @@ class RunState:
         if inline:
             run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}
             run.memory, run.names = dict(self.memory), {**self.names, **(names or {})}
+            run.error = self.error
         return run
 
     def key(self, step: Step) -> str:
@@ -117,10 +123,22 @@ class RunState:
         lacks (added to the flow since) unknown: None."""
         self.memory = dict.fromkeys(self.flow.remembered) | (read or {})
 
-    def apply(self, step_id: str, output: Any, remembered: dict[str, Any] | None = None) -> None:
-        """Step `step_id` ended with `output`, having remembered `remembered`: later templates see both."""
+    def apply(self, step_id: str, output: Any, remembered: dict[str, Any] | None = None,
+              error: dict[str, Any] | None = None) -> None:
+        """Step `step_id` ended with `output`, having remembered `remembered` (or failed with the `error` its
+        `catch` caught): later templates see them."""
         self.steps[step_id] = {"output": output}
         self.memory.update(remembered or {})
+        if error is not None:
+            self.error = error
+
+    def within_visits(self, step: Step, visit: int) -> None:
+        """A RunError (a limit) when `visit` of `step` is more than the flow's limits.max_visits allows."""
+        most = self.flow.limits.max_visits
+        if most is not None and visit > most:
+            raise RunError(f"{self.file}: step {step.id} would run for the {_ordinal(visit)} time, more than "
+                           f"limits.max_visits ({most}) allows: raise it if the flow needs more, or see where it "
+                           f"loops with `flowrun runs show {self.id[:12]}`", kind=ErrorKind.LIMIT)
 
     @property
     def agent(self) -> str:
@@ -140,7 +158,7 @@ class RunState:
                   names: dict[str, Any]) -> Any:
         try:
             return function(text, {"inputs": self.inputs, "steps": self.steps, "visits": self.visits,
-                                   "memory": self.memory, **self.names, **names})
+                                   "memory": self.memory, CAUGHT: self.error, **self.names, **names})
         except Exception as exc:  # a user's template may raise anything (an undefined name, a division by 0)
             raise RunError(f"{self.at(step, name)}: step {step.id}: its {name} cannot be rendered: {exc}") from None
 
@@ -162,6 +180,7 @@ class StepDone:
     from_tool: bool = False  # the output is the last call's result
     shown: str = ""  # the last call's result as the step's prompt showed it to the model (JSON)
     remembered: dict[str, Any] = field(default_factory=dict)  # what its `remember` stored, once it is stored
+    error: dict[str, Any] | None = None  # the error its `catch` caught: {kind, message, step}
 
     def record(self, run: str, step: Step, visit: int, tokens: int, when: tuple[float, float],
                votes: list[dict[str, Any]], seq: int) -> StepRecord:
@@ -179,4 +198,9 @@ class StepDone:
             ask = ask.replace(self.shown, mark)
             prompt = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(self.shown, mark)}]
         return StepRecord(run, step.id, visit, step.kind, prompt, None if self.from_tool else self.output,
-                          self.branch, calls or None, tokens, *when, ask, votes or None, seq, self.remembered or None)
+                          self.branch, calls or None, tokens, *when, ask, votes or None, seq, self.remembered or None,
+                          self.error)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

@@ -26,9 +26,9 @@ from engine.events import RunEnded, RunStarted, StepEnded, StepStarted, short
 from engine.flow.compiler import CompiledFlow
 from engine.flow.kinds import ends_run
 from engine.flow.model import Step
+from engine.interpreter import recovery
 from engine.interpreter.prompts import progress_entries
 from engine.interpreter.state import RunError, RunState
-from engine.interpreter.steps import EXECUTORS
 from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import StorageError, through
@@ -82,7 +82,8 @@ async def start_run(kernel: Kernel, run: RunState, *, batch: str | None = None, 
                  created=time.time(), flow_sha256=run.compiled.sha256,
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id(),
                  parent=origin and origin.run, parent_step=origin and origin.step,
-                 parent_visit=origin and origin.visit, branch=origin and origin.branch)
+                 parent_visit=origin and origin.visit, branch=origin and origin.branch,
+                 attempt=origin.attempt if origin and origin.attempt > 1 else None)
     _open(kernel, run, workspace, journal, priority)
 
     async def start() -> Any:
@@ -123,11 +124,11 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     _open(kernel, run, Path(row.workspace) if row.workspace else None, journal, priority)
     for stored in steps:
         run.enter(stored.step, stored.visit)
-        run.apply(stored.step, stored.output, stored.remembered)
-        if not ends_run(stored.kind):
+        run.apply(stored.step, stored.output, stored.remembered, stored.error)
+        if not ends_run(stored.kind) or stored.error is not None:
             kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
                                                                       stored.tools or []))
-    if steps and ends_run(steps[-1].kind):  # it ended, but the process stopped before storing so
+    if steps and ends_run(steps[-1].kind) and steps[-1].error is None:  # it ended, but the process stopped before
         return await _end(kernel, run, RunStatus.FINISHED, answer=steps[-1].output)
 
     async def go_on() -> Any:  # in _drive, so that a way out the edited flow lacks ends the run as failed
@@ -194,32 +195,28 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
                            f"go on to step {step.id}: raise limits.max_steps if the flow needs more, or see where "
                            f"it loops with `flowrun runs show {run.id[:12]}`")
         visit = run.visits[step.id] + 1
-        if limits.max_visits is not None and visit > limits.max_visits:
-            raise RunError(f"{run.file}: step {step.id} would run for the {_ordinal(visit)} time, more than "
-                           f"limits.max_visits ({limits.max_visits}) allows: raise it if the flow needs more, or "
-                           f"see where it loops with `flowrun runs show {run.id[:12]}`")
         run.enter(step.id, visit)
         kernel.events.publish(StepStarted(run.id, step=step.id, visit=visit))
         tokens, started = kernel.scheduler.generated[run.id], time.time()
-        run.votes = []
-        done = await EXECUTORS[step.kind](kernel, run, step)
-        if step.remember:
+        done = await recovery.run_step(kernel, run, step, visit)
+        if step.remember and done.error is None:
             done.remembered = await _remember(kernel, run, step, done.output)
         used, finished = kernel.scheduler.generated[run.id] - tokens, time.time()
-        if not ends_run(step.kind):  # first, so that what it evicts to storage is committed with the step
+        ends = ends_run(step.kind) and done.error is None
+        if not ends:  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
             current = _follow(run, step.id, done.branch or "next")
         # with the number of its step.ended, published next
         row = done.record(run.id, step, visit, used, (started, finished), run.votes, kernel.events.next_seq(run.id))
         interrupted = await through(kernel.storage.commit_step(row))
-        run.apply(step.id, done.output, done.remembered)
+        run.apply(step.id, done.output, done.remembered, done.error)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
                                         output=short(done.output), tokens=row.tokens, kind=step.kind,
                                         value=done.output))
         if interrupted:
             raise asyncio.CancelledError
-        if ends_run(step.kind):
+        if ends:
             return done.output
 
 
@@ -246,5 +243,3 @@ def _follow(run: RunState, step_id: str, label: str) -> str:
     return target
 
 
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

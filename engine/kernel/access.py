@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.errors import RunFailure
+from engine.errors import ErrorKind, RunFailure
 from engine.kernel.storage import Storage
 
 ANY = "*"
@@ -14,6 +14,8 @@ ANY = "*"
 
 class AccessDenied(RunFailure):
     """An agent asked for something it may not have."""
+
+    kind = ErrorKind.ACCESS_DENIED
 
 
 @dataclass(frozen=True)

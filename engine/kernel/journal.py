@@ -40,6 +40,7 @@ class RecordedTool:
     error: str | None = None
     id: int | None = None
     syscall: str | None = None
+    kind: str | None = None  # its error's (engine.errors.ErrorKind)
 
 
 @dataclass

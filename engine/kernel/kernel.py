@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunFailure
+from engine.errors import ErrorKind, RunFailure
 from engine.events import EventBus, SyscallEnded, ToolEnded, ToolStarted
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
@@ -54,6 +54,8 @@ class Kernel:
                  memory_capacity: int = 32, workspaces: Path | None = None, retry: Backoff | None = None) -> None:
         self.storage = storage
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
+        # How it waits before trying again (model calls, a step's `retry`): a test's fake clock stands in for it
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.runs: dict[str, RunSession] = {}  # the runs open now (open_run), by id
@@ -155,7 +157,7 @@ class Kernel:
             except ModelUnavailable as exc:
                 if attempt >= self.retry.attempts:
                     raise ModelUnavailable(f"{exc} (tried {attempt} times)") from None
-                await asyncio.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
+                await self.sleep(self.retry.delay(attempt - 1))  # off the model: its slot serves others
                 attempt += 1
 
     async def _summarize(self, agent: str, run: str, dropped: list[dict[str, str]], priority: int | None) -> str:
@@ -179,19 +181,27 @@ class Kernel:
         label = _json_string(result.text)
         if label not in labels:  # a backend that cannot constrain (scripted) is held to the same contract
             said = result.text if len(result.text) <= 80 else f"{result.text[:80]}…"  # an answer may be huge
-            raise KernelError(f"the model answered {said!r}, not one of {', '.join(labels)}")
+            raise KernelError(f"the model answered {said!r}, not one of {', '.join(labels)}", kind=ErrorKind.BAD_OUTPUT)
         return label
 
     async def call_tool(self, agent: str, run: str, name: str, arguments: Any) -> ToolCall:
-        """Call tool `name` for `agent`, if the access manager allows it; the call made, with its result."""
+        """Call tool `name` for `agent`, if the access manager allows it; the call made, with its result (that of
+        the same call by the try before, in a retry of the run's step: RunSession.given_back)."""
         with self._recorded(Syscall(SyscallKind.TOOL, agent, run)) as syscall:
             session = self.runs.get(run)
             self.access.check_tool(agent, run, name, session.tools if session else frozenset())
+            if session is not None and (call := session.given_back(name, arguments)) is not None:
+                session.made.append(call)
+                syscall.started = syscall.finished = time.time()
+                return call
             token = workspace.set(session.workspace if session else self.workspaces / run)
             self.events.publish(ToolStarted(run, tool=name, syscall=syscall.id))
             failed = None
             try:
-                return await self.tools.call(syscall, name, arguments, self._journal(run))
+                call = await self.tools.call(syscall, name, arguments, self._journal(run))
+                if session is not None:
+                    session.made.append(call)
+                return call
             except BaseException as exc:
                 failed = str(exc) or type(exc).__name__
                 raise

@@ -3,16 +3,21 @@ so that a process serving runs for weeks does not grow with the runs it served."
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from engine.errors import RunFailure
+from engine.errors import ErrorKind, RunFailure
 from engine.kernel.journal import Journal
+from engine.kernel.tools import ToolCall
 from engine.llm.base import Request
 
 
 class LimitReached(RunFailure):
     """A run spent what its budget allows on the model; the message says which limit."""
+
+    kind = ErrorKind.LIMIT
 
 
 @dataclass
@@ -66,3 +71,19 @@ class RunSession:
     priority: int = 0  # of its model calls, unless a call says otherwise
     agents: frozenset[str] = frozenset()  # the agents it may start child runs of (its flow's `agents`)
     budget: Budget = field(default_factory=Budget)  # what it may spend on the model (shared with its children)
+    made: list[ToolCall] = field(default_factory=list)  # the calls its step's try made that gave a result
+    again: deque[ToolCall] = field(default_factory=deque)  # those of the try before, which a retry gets back
+
+    def new_try(self, *, retry: bool) -> None:
+        """A try of the run's step starts: a `retry` of the step gets back, in their order, the tool results the
+        try before it got (as a failed run resumed does), and does not call those tools again."""
+        self.again = deque(self.made) if retry else deque()
+        self.made = []
+
+    def given_back(self, name: str, arguments: Any) -> ToolCall | None:
+        """The result of the call of tool `name` with `arguments` that the step's try before made, if it is the
+        next one it made (any other call ends what is given back)."""
+        if self.again and (self.again[0].tool, self.again[0].arguments) == (name, arguments):
+            return self.again.popleft()
+        self.again.clear()
+        return None

@@ -57,7 +57,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -74,6 +74,7 @@ _ADDED_COLUMNS = {
     10: (("runs", "memory", "JSON"), ("steps", "remembered", "JSON")),
     11: (("runs", "parent", "VARCHAR"), ("runs", "parent_step", "VARCHAR"), ("runs", "parent_visit", "INTEGER"),
          ("runs", "branch", "VARCHAR")),
+    12: (("steps", "error", "JSON"), ("runs", "attempt", "INTEGER"), ("tool_calls", "error_kind", "VARCHAR")),
 }
 
 

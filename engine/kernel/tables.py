@@ -72,6 +72,7 @@ class RunRow(SQLModel, table=True):
     parent_step: str | None = None
     parent_visit: int | None = None
     branch: str | None = None
+    attempt: int | None = None  # the try of its step that started it, when a `retry` tried it again (None: the first)
 
 
 class StepRow(SQLModel, table=True):
@@ -96,6 +97,7 @@ class StepRow(SQLModel, table=True):
     vote: Any = Field(default=None, sa_column=Column(JSON))  # [engine.interpreter.vote.Tally.record()] if sampled
     seq: int | None = None  # the sequence number of its step.ended event (engine.events)
     remembered: Any = Field(default=None, sa_column=Column(ExactJSON))  # {key: value} its `remember` stored
+    error: Any = Field(default=None, sa_column=Column(JSON))  # {kind, message, step} a `catch` caught: it failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class StepRecord:
     vote: Any = None
     seq: int | None = None
     remembered: Any = None
+    error: Any = None
 
 
 class AgentDataRow(SQLModel, table=True):
@@ -181,6 +184,7 @@ class ToolCallRow(SQLModel, table=True):
     arguments: Any = Field(default=None, sa_column=Column(ExactJSON))
     result: Any = Field(default=None, sa_column=Column(ExactJSON))
     error: str | None = None
+    error_kind: str | None = None  # the kind of its error (engine.errors.ErrorKind), where it has one
     started: float
     finished: float
     pending: bool | None = None  # started, result not yet stored (recorded so only for tools that are not idempotent)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunFailure
+from engine.errors import ErrorKind, RunFailure
 from engine.kernel.bounds import MAX_MESSAGE, cut
 
 # The run's workspace directory while a tool runs (the kernel sets it per call). Tools that touch files (read_file,
@@ -40,6 +40,14 @@ call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_key"
 
 class ToolError(RunFailure):
     """A tool call failed: bad arguments, a timeout, or an error in the tool; the message says which."""
+
+    kind = ErrorKind.TOOL_ERROR
+
+
+class ToolTimeout(ToolError):
+    """A tool call ran past its timeout."""
+
+    kind = ErrorKind.TOOL_TIMEOUT
 
 
 def load_entry(entry: str, base: Path) -> Callable[..., Any]:

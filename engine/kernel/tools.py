@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.errors import ErrorKind
 from engine.json_schema import compile_schema
 from engine.kernel.bounds import MAX_MESSAGE, cut
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage, through
 from engine.kernel.syscall import Syscall
 from engine.kernel.tables import ToolCallRow
-from engine.kernel.tool_code import ToolError, call_key
+from engine.kernel.tool_code import ToolError, ToolTimeout, call_key
 from engine.kernel.tool_code import load_entry as load_entry  # where tool code and library users find them
 from engine.kernel.tool_code import workspace as workspace
 from engine.kernel.workers import WorkerPool
@@ -30,6 +31,8 @@ from engine.kernel.workers import WorkerPool
 
 class BadArguments(ToolError):
     """The arguments do not match the tool's parameters schema; the message lists the problems."""
+
+    kind = ErrorKind.BAD_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,9 @@ class ToolManager:
         recorded = journal.tool(name, arguments) if journal is not None else None
         if recorded is not None:
             syscall.started = syscall.finished = time.time()
-            if recorded.error is not None:
-                raise (BadArguments if problems else ToolError)(recorded.error)
+            if recorded.error is not None:  # as it was raised (a row stored before schema 12 has no kind)
+                raise {ErrorKind.TOOL_TIMEOUT: ToolTimeout, ErrorKind.BAD_OUTPUT: BadArguments}.get(
+                    recorded.kind, BadArguments if problems else ToolError)(recorded.error)
             return ToolCall(name, arguments, recorded.result, recorded.syscall)
         row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, syscall=syscall.id,
                           arguments=cut(arguments, self.max_result), started=time.time(), finished=time.time())
@@ -147,13 +151,15 @@ class ToolManager:
                     call_key.reset(key)
             return ToolCall(name, arguments, row.result, row.syscall)
         except TimeoutError:
-            row.error = f"tool {name} took longer than its timeout of {tool.timeout:g} s"
-            raise ToolError(row.error) from None
+            row.error, row.error_kind = f"tool {name} took longer than its timeout of {tool.timeout:g} s", \
+                ErrorKind.TOOL_TIMEOUT
+            raise ToolTimeout(row.error) from None
         except ToolError as exc:
-            row.error = cut(str(exc), MAX_MESSAGE)
+            row.error, row.error_kind = cut(str(exc), MAX_MESSAGE), exc.kind
             raise type(exc)(row.error) from None
         except Exception as exc:
-            row.error = cut(f"tool {name} failed: {type(exc).__name__}: {exc}", MAX_MESSAGE)
+            row.error, row.error_kind = cut(f"tool {name} failed: {type(exc).__name__}: {exc}", MAX_MESSAGE), \
+                ErrorKind.TOOL_ERROR
             raise ToolError(row.error) from exc
         finally:
             syscall.finished = row.finished = time.time()

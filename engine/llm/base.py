@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.errors import RunFailure, RunStatus
+from engine.errors import ErrorKind, RunFailure, RunStatus
 
 
 class BackendError(RunFailure):
@@ -18,6 +18,7 @@ class ModelUnavailable(BackendError):
     cut off): worth trying again later. It pauses the run it stops, to be resumed when the model is back."""
 
     ends_run = RunStatus.PAUSED
+    kind = ErrorKind.MODEL_UNAVAILABLE
 
 
 # Called with each generated token; returning True asks the backend to stop (the scheduler's slice is over).

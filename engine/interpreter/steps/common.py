@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter.alike import nearest
 from engine.interpreter.prompts import shots, step_messages
@@ -78,6 +79,7 @@ async def voted(run: RunState, step: Step, draw: Callable[[str, dict[str, Any]],
     tally = majority(answers)
     if tally is None:
         raise RunError(f"{run.file}: step {step.id}: none of its {len(answers)} samples gave an answer that can be "
-                       f"counted (the first: {answers[0].problem}); a larger model may do better (--model)")
+                       f"counted (the first: {answers[0].problem}); a larger model may do better (--model)",
+                       kind=ErrorKind.BAD_OUTPUT)
     run.votes.append(tally.record())
     return answers[tally.winner]

@@ -4,6 +4,7 @@ is tied; otherwise the model chooses, constrained to the labels (by a vote of it
 
 from __future__ import annotations
 
+from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter.alike import voted_label
 from engine.interpreter.prompts import ask_for
@@ -20,7 +21,7 @@ async def run_decision(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         label = run.render(step, "decide", step.decide).strip()
         if label not in step.branches:
             raise RunError(f"{run.file}: step {step.id}: `decide` gave {label!r}, which is not one of its labels "
-                           f"({', '.join(labels)})")
+                           f"({', '.join(labels)})", kind=ErrorKind.BAD_OUTPUT)
         return StepDone(question, label, branch=label)
     if step.answer_by == "examples":
         label = voted_label(step.examples, question, step.examples_shown)

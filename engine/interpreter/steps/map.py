@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter import children  # the module: its child runs walk steps again (a cycle of imports)
 from engine.interpreter.state import RunError, RunState, StepDone
@@ -31,8 +32,8 @@ def _items(run: RunState, step: Step) -> list[Any]:
     if not isinstance(value, list):
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:79] + "…"
         raise RunError(f"{run.at(step, 'items')}: step {step.id}: its items are {shown}, not a list: `items` must "
-                       "render to a JSON array")
+                       "render to a JSON array", kind=ErrorKind.BAD_OUTPUT)
     if len(value) > step.max_items:
         raise RunError(f"{run.at(step, 'items')}: step {step.id}: {len(value)} items, more than its max_items "
-                       f"({step.max_items}): raise max_items if the flow needs more")
+                       f"({step.max_items}): raise max_items if the flow needs more", kind=ErrorKind.LIMIT)
     return value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.flow.templates import RESULT, facts
 from engine.interpreter.alike import carried_answer
@@ -133,7 +134,7 @@ async def _answer(kernel: Kernel, run: RunState, step: Step, text: str) -> StepD
                  {"role": "user", "content": f"That answer is not valid: {problem}. Answer again, with JSON "
                                              "matching the schema."}]
     raise RunError(f"{run.file}: step {step.id}: the model's answer failed the step's output_schema twice "
-                   f"(the second time: {problem}); a larger model may do better (--model)")
+                   f"(the second time: {problem}); a larger model may do better (--model)", kind=ErrorKind.BAD_OUTPUT)
 
 
 def _arguments(run: RunState, step: Step) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def _output(run: RunState, step: Step, names: dict[str, Any]) -> Any:
         value, problem = _data(value, step.output_schema)
     if problem:
         raise RunError(f"{run.at(step, 'output')}: step {step.id}: its output does not fit its output_schema: "
-                       f"{problem}")
+                       f"{problem}", kind=ErrorKind.BAD_OUTPUT)
     return value
 
 
