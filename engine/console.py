@@ -19,7 +19,7 @@ import click
 from engine.errors import RunStatus
 from engine.events import Event, EventBus, RunEnded, RunStarted, StepEnded, StepStarted
 from engine.flowtest import CaseResult, Coverage, TestFile
-from engine.interpreter.runs import RunFigures, RunRecord, status
+from engine.interpreter.runs import RunFigures, RunRecord, place_in_parent, status
 from engine.kernel.tables import RunRow
 
 T = TypeVar("T")
@@ -127,7 +127,7 @@ def run_text(record: RunRecord) -> str:
     """A stored run: what it was given, each step with its branch, tool calls, tokens and time, and its end."""
     run = record.run
     took = f" · took {_seconds(run.finished - run.created)}" if run.finished else ""
-    called = f" · child of run {run.parent[:12]} at {_place(run)}" if run.parent else ""
+    called = f" · child of run {run.parent[:12]} at {place_in_parent(run)}" if run.parent else ""
     lines = [f"run {run.id} · {run.agent} ({run.flow}) · {status(run)}{called}",
              f"started {_when(run.created)}{took} · {len(record.steps)} steps · "
              f"{sum(s.tokens for s in record.steps)} tokens" + _with_children(record) +
@@ -164,21 +164,13 @@ def _with_children(record: RunRecord) -> str:
     return f" ({sum(s.tokens for r in tree for s in r.steps)} with its {len(tree) - 1} child runs)"
 
 
-def _place(run: RunRow) -> str:
-    """Where a child run stands in its parent: step, visit, and its branch or item."""
-    where = f"step {run.parent_step} (visit {run.parent_visit})"
-    if not run.branch:
-        return where
-    return f"{where}, {'item' if run.branch.isdigit() else 'branch'} {run.branch}"
-
-
 def _tree(children: Sequence[RunRecord], indent: str) -> list[str]:
     """Child runs, one a line under their parent, each with its own below it, indented."""
     lines = []
     for child in children:
         run = child.run
         end = _short(run.answer, 40) if run.status == RunStatus.FINISHED else printable(run.error or "")[:60]
-        lines.append(f"{indent}{_place(run)}: run {run.id[:12]} · {run.agent} · {status(run)} · "
+        lines.append(f"{indent}{place_in_parent(run)}: run {run.id[:12]} · {run.agent} · {status(run)} · "
                      f"{len(child.steps)} steps · {sum(s.tokens for s in child.steps)} tokens · {end}")
         lines.extend(_tree(child.children, indent + "  "))
     return lines

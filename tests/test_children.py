@@ -582,8 +582,8 @@ def test_a_replay_compares_the_child_runs_and_a_child_alone_is_refused(tmp_path:
 
     recorded.children[2].run.answer = 21  # as if item 2 had been recorded with another answer
     replay = asyncio.run(replay_run(recorded, checked, file=str(checked_file(checked))))
-    assert replay.differences == ["child run at each (visit 1), 2: the recorded run finished ('21'), the replay "
-                                  "finished ('20')"]
+    assert replay.differences == ["child run at step each (visit 1), item 2: the recorded run finished ('21'), "
+                                  "the replay finished ('20')"]
     with pytest.raises(ReplayError, match="is a child run of run"):
         asyncio.run(replay_run(recorded.children[0], checked, file=str(checked_file(checked))))
 

@@ -15,12 +15,12 @@ from engine.errors import FlowrunError, RunStatus
 from engine.flow.validate import CheckedFlow
 from engine.interpreter.children import place_of
 from engine.interpreter.resume import journal_of
-from engine.interpreter.runs import RunRecord, record, status, with_calls
+from engine.interpreter.runs import RunRecord, place_in_parent, record, status, with_calls
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.journal import Journal
 from engine.kernel.storage import Storage
-from engine.kernel.tables import RunRow, StepRow
+from engine.kernel.tables import StepRow
 from engine.llm.scripted import ScriptedBackend
 
 
@@ -51,6 +51,7 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
         storage = Storage(f"sqlite:///{scratch}/replay.db")
         try:
             kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
+            kernel.sleep = _no_wait  # a retry's backoff: the answers are here already
             journal = replay_journal(recorded)
             outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal,
                                      memory=recorded.run.memory or {})
@@ -62,6 +63,10 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
     replay = Replay(recorded, outcome, steps, children=children)
     replay.differences = differences(replay, checked.compiled.sha256, file)
     return replay
+
+
+async def _no_wait(seconds: float) -> None:
+    pass
 
 
 def replay_journal(recorded: RunRecord) -> Journal:
@@ -107,11 +112,11 @@ def differences(replay: Replay, sha256: str | None, file: str) -> list[str]:
 def _child_differences(recorded: list[RunRecord], replayed: list[RunRecord], within: str = "") -> list[str]:
     """How the replayed child runs ended differently from the recorded ones at the same places (those the
     recording cancelled midway, a fail-fast step's, aside)."""
-    by_place = {_place(child.run): child for child in replayed}
+    by_place = {place_in_parent(child.run): child for child in replayed}
     found = []
     for old in recorded:
-        place = within + _place(old.run)
-        new = by_place.get(_place(old.run))
+        place = within + place_in_parent(old.run)
+        new = by_place.get(place_in_parent(old.run))
         if old.run.status == RunStatus.INTERRUPTED:
             continue
         if new is None:
@@ -124,10 +129,6 @@ def _child_differences(recorded: list[RunRecord], replayed: list[RunRecord], wit
         else:
             found.extend(_child_differences(old.children, new.children, f"{place} > "))
     return found
-
-
-def _place(run: RunRow) -> str:
-    return f"{run.parent_step} (visit {run.parent_visit}){f', {run.branch}' if run.branch else ''}"
 
 
 def _plain(error: str | None) -> str | None:

@@ -207,3 +207,12 @@ def alive(run: RunRow) -> bool | None:
         return False
     except psutil.AccessDenied:  # another user's process, which cannot be looked at: alive
         return True
+
+
+def place_in_parent(run: RunRow) -> str:
+    """Where a child run stands in its parent, for people: step, visit, its branch or item, and the try of the step
+    (after a `retry`)."""
+    where = f"step {run.parent_step} (visit {run.parent_visit})"
+    if run.branch:
+        where += f", {'item' if run.branch.isdigit() else 'branch'} {run.branch}"
+    return where + (f", try {run.attempt}" if run.attempt else "")

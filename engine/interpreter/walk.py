@@ -125,7 +125,7 @@ async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, step
     for stored in steps:
         run.enter(stored.step, stored.visit)
         run.apply(stored.step, stored.output, stored.remembered, stored.error)
-        if not ends_run(stored.kind) or stored.error is not None:
+        if not ends_run(stored.kind) and stored.error is None:  # a caught step's error is not progress
             kernel.memory.restore(run.agent, run.id, progress_entries(stored.ask or "", stored.output,
                                                                       stored.tools or []))
     if steps and ends_run(steps[-1].kind) and steps[-1].error is None:  # it ended, but the process stopped before
@@ -203,9 +203,10 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
             done.remembered = await _remember(kernel, run, step, done.output)
         used, finished = kernel.scheduler.generated[run.id] - tokens, time.time()
         ends = ends_run(step.kind) and done.error is None
-        if not ends:  # first, so that what it evicts to storage is committed with the step
+        if not ends and done.error is None:  # first, so that what it evicts to storage is committed with the step
             calls = [vars(call) for call in done.tool_calls]
             await kernel.remember(run.agent, run.id, *progress_entries(done.ask, done.output, calls))
+        if not ends:
             current = _follow(run, step.id, done.branch or "next")
         # with the number of its step.ended, published next
         row = done.record(run.id, step, visit, used, (started, finished), run.votes, kernel.events.next_seq(run.id))
