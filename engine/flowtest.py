@@ -12,13 +12,14 @@ import asyncio
 import difflib
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import answers
-from engine.errors import FlowrunError, RunStatus
+from engine.errors import ErrorKind, FlowrunError, RunStatus
 from engine.flow.compiler import CompiledFlow
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import ends_run
@@ -30,6 +31,8 @@ from engine.interpreter.runs import RunRecord, record, steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.confine import write_files
+from engine.kernel.journal import Journal, RecordedTool
+from engine.kernel.kernel import at_once
 from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
 from engine.llm.base import Backend
@@ -50,6 +53,7 @@ class Case:
     responses: list[Any] | None = None  # a cassette's responses, written in the case
     files: dict[str, str] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
+    tools: list[RecordedTool] = field(default_factory=list)  # tool calls answered instead of made, in order
 
 
 @dataclass
@@ -155,7 +159,10 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
     at = ("cases", n)
     path = Path(doc.file)
     case = Case(item["name"], item.get("inputs", {}), responses=item.get("responses"),
-                files=item.get("files", {}), expect=item.get("expect", {}))
+                files=item.get("files", {}), expect=item.get("expect", {}),
+                tools=[RecordedTool(call["tool"], call["arguments"], call.get("result"), call.get("error"),
+                                    kind=call.get("kind", ErrorKind.TOOL_ERROR) if "error" in call else None)
+                       for call in item.get("tools", [])])
     if "cassette" in item:
         case.cassette = path.parent / item["cassette"]
         if not case.cassette.is_file():
@@ -182,7 +189,7 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
             problems.append(diagnostic("FR601", f"case {case.name!r}: the flow has no step {step!r}", doc.file,
                                        doc.position((*at, *where), key=where[1] == step)))
     for step, labels in case.expect.get("branches", {}).items():
-        known = flow.steps[step].branches if step in flow.steps else {}
+        known = [label for label, _ in flow.steps[step].edges() if label != "next"] if step in flow.steps else []
         for label in [labels] if isinstance(labels, str) else labels:
             if step in flow.steps and label not in known:
                 problems.append(diagnostic(
@@ -231,7 +238,10 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     storage = Storage(f"sqlite:///{scratch / 'runs.db'}")
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
-        outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id)
+        kernel.sleep = at_once  # a retry's backoff would only slow the tests down
+        # the case's tool calls are given back as a resumed run's journal gives them
+        journal = Journal(tools=deque(case.tools)) if case.tools else None
+        outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id, journal=journal)
         steps = steps_of(storage, outcome.run_id)
         inner = list(_inner_steps(checked.compiled, record(storage, outcome.run_id)))
     finally:
@@ -318,7 +328,7 @@ def coverage(compiled: CompiledFlow, name: str, results: Iterable[CaseResult]) -
     for result in results:
         for prefix, step in [("", s) for s in result.steps] + result.inner:
             seen.add(prefix + step.step)
-            if not ends_run(step.kind):
+            if not ends_run(step.kind) or step.error is not None:  # a terminal's caught error takes a way out
                 taken.add((prefix + step.step, step.branch or "next"))
     nodes = [(prefix, flow.graph) for prefix, flow in _nodes(compiled)]
     return Coverage(name, [prefix + s for prefix, graph in nodes for s in graph.nodes if prefix + s not in seen],

@@ -33,12 +33,12 @@ def test_the_aios_agents_and_at_least_two_more_are_there() -> None:
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in AIOS_AGENTS], ids=lambda p: p.stem)
 def test_own_agents_use_tools_and_repeat_work(path: Path) -> None:
-    """Each uses tools, its own or those of the agents it calls, and loops or maps over items."""
+    """Each uses tools, its own or those of the agents it calls, and loops, maps over items or retries."""
     checked = load_flow(path)
     flows = [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
     assert any(step.used_tools() for flow in flows for step in flow.steps.values())
     assert not nx.is_directed_acyclic_graph(checked.graph) or any(
-        step.kind == "map" for step in checked.flow.steps.values())
+        step.kind == "map" or step.retry for step in checked.flow.steps.values())
 
 
 def test_the_team_examples_run_agents_in_each_new_kind_of_step() -> None:

@@ -4,9 +4,11 @@ kind of error to its step with `error` for the templates after it, and a retry r
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -28,6 +30,8 @@ from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, SyscallRow, ToolCallRow
 from engine.llm.base import ModelUnavailable, Request, Result
 from engine.llm.scripted import ScriptedBackend
+from tests.conftest import FLOWS
+from tests.test_run_cli import cassette, cli
 
 TOOLS = {
     "flaky": ("fails its first `fails` calls in a run, then answers", "flaky.py:flaky", 5, True,
@@ -465,3 +469,51 @@ steps:
     assert len(kernel.storage.rows(ToolCallRow)) == 2  # each try's call, stopped
     (run,) = kernel.storage.rows(RunRow)
     assert run.finished - run.created < 2
+
+
+class FlakyRates(http.server.BaseHTTPRequestHandler):
+    """A rates service that fails its first `failures` requests with 503, then answers."""
+
+    failures = 2
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        FlakyRates.asked.append(self.path)
+        if len(FlakyRates.asked) <= FlakyRates.failures:
+            self.send_error(503, "Service Unavailable")
+            return
+        body = json.dumps({"rate": 0.9, "date": "2026-11-30"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failures", [2, 5], ids=["up on the third try", "down"])
+def test_the_currency_example_retries_the_rates_service_then_falls_back(tmp_path: Path, failures: int) -> None:
+    FlakyRates.failures, FlakyRates.asked = failures, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyRates)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        db = tmp_path / "runs.db"
+        request = "request=Convert 200 euros to US dollars."
+        code, out, err = cli("run", str(FLOWS / "currency_quote.yaml"), "-i", request,
+                             "--backend", "scripted", "--cassette", cassette(tmp_path, "responses: []\n"),
+                             "--db", str(db), "--json", env={"RATES_URL": f"http://127.0.0.1:{server.server_port}/"})
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    answer = json.loads(out)["answer"]
+    assert len(FlakyRates.asked) == 3 and FlakyRates.asked[0] == "/?base=EUR&quote=USD"
+    if failures == 2:
+        assert answer == {"amount": 200, "from": "EUR", "to": "USD", "rate": 0.9, "converted": 180.0,
+                          "as_of": "2026-11-30", "source": "live"}
+    else:
+        assert answer["source"] == "reference" and "answered 503 Service Unavailable" in answer["note"]
+    calls = Storage(f"sqlite:///{db}").rows(ToolCallRow)
+    assert [(c.tool, c.error_kind) for c in calls][:3] == [("exchange_rate", "tool_error")] * 2 + [
+        ("exchange_rate", None if failures == 2 else "tool_error")]

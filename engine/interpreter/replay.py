@@ -19,6 +19,7 @@ from engine.interpreter.runs import RunRecord, place_in_parent, record, status, 
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.walk import RunOutcome, run_flow
 from engine.kernel.journal import Journal
+from engine.kernel.kernel import at_once
 from engine.kernel.storage import Storage
 from engine.kernel.tables import StepRow
 from engine.llm.scripted import ScriptedBackend
@@ -51,7 +52,7 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
         storage = Storage(f"sqlite:///{scratch}/replay.db")
         try:
             kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=Path(scratch))
-            kernel.sleep = _no_wait  # a retry's backoff: the answers are here already
+            kernel.sleep = at_once  # a retry's backoff: the answers are here already
             journal = replay_journal(recorded)
             outcome = await run_flow(kernel, checked.compiled, recorded.run.inputs or {}, file=file, journal=journal,
                                      memory=recorded.run.memory or {})
@@ -63,10 +64,6 @@ async def replay_run(recorded: RunRecord, checked: CheckedFlow, *, file: str) ->
     replay = Replay(recorded, outcome, steps, children=children)
     replay.differences = differences(replay, checked.compiled.sha256, file)
     return replay
-
-
-async def _no_wait(seconds: float) -> None:
-    pass
 
 
 def replay_journal(recorded: RunRecord) -> Journal:

@@ -42,6 +42,10 @@ from engine.llm.base import Backend, ModelUnavailable, Request, Result
 SUMMARY_TOKENS = 128
 
 
+async def at_once(seconds: float) -> None:
+    """Kernel.sleep where waiting serves nothing: a replay (its answers are recorded), a flow's tests."""
+
+
 class KernelError(RunFailure):
     """A syscall could not be served; the message says why."""
 
