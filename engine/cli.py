@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -31,6 +32,7 @@ from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
+from engine.interpreter.budget import Unbounded, budget_problems, shares, worst_case
 from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
@@ -78,13 +80,20 @@ def _print_problems(diagnostics: list[Diagnostic], files: list[str]) -> None:
 @click.argument("paths", nargs=-1, required=True, type=_existing)
 @click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True)
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.option("--max-calls", type=click.IntRange(min=0), help="An error (FR135) where one run of a flow can make more "
+              "model calls, its child runs' included.")
+@click.option("--max-tokens", type=click.IntRange(min=0), help="An error (FR135) where one run of a flow can "
+              "generate more tokens, its child runs' included.")
 @_tools_option
-def validate(paths: tuple[Path, ...], fmt: str, strict: bool, tool_paths: tuple[Path, ...]) -> None:
+def validate(paths: tuple[Path, ...], fmt: str, strict: bool, max_calls: int | None, max_tokens: int | None,
+             tool_paths: tuple[Path, ...]) -> None:
     """Check flow files and tool manifests (directories are searched for *.yaml, *.yml).
 
     Exit status: 0 no errors, 1 errors (or warnings with --strict), 2 bad usage.
     """
-    report = validate_paths(paths, tool_paths, strict=strict)
+    budget = None if max_calls is None and max_tokens is None else \
+        functools.partial(budget_problems, max_calls=max_calls, max_tokens=max_tokens)
+    report = validate_paths(paths, tool_paths, strict=strict, also=budget)
     if not report.files:
         raise click.UsageError(f"no YAML files found in {', '.join(map(str, paths))}")
     click.echo(render_report(report, fmt, color=True))
@@ -94,17 +103,28 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool, tool_paths: tuple[
 @main.command()
 @click.argument("flow", type=_existing)
 @click.option("--format", "fmt", type=click.Choice(GRAPH_FORMATS), default="mermaid", show_default=True)
+@click.option("--budget", is_flag=True, help="Label each step with its share of the most model calls one run can "
+              "make (`validate --max-calls`).")
 @_tools_option
-def graph(flow: Path, fmt: str, tool_paths: tuple[Path, ...]) -> None:
+def graph(flow: Path, fmt: str, budget: bool, tool_paths: tuple[Path, ...]) -> None:
     """Print FLOW's graph as a Mermaid or Graphviz DOT diagram.
 
-    Exit status: 0 printed, 2 FLOW is not valid (its problems are printed) or bad usage.
+    Exit status: 0 printed, 2 FLOW is not valid (its problems are printed), its budget cannot be bounded, or bad
+    usage.
     """
     checked = load_flow(flow, tool_paths)
     if not checked.ok:
         _print_problems(checked.diagnostics, [str(flow)])
         sys.exit(EXIT_USAGE)
-    click.echo(render_graph(checked.compiled, fmt))
+    if not budget:
+        click.echo(render_graph(checked.compiled, fmt))
+        return
+    try:
+        found = worst_case(checked.compiled)
+    except Unbounded as exc:
+        click.echo(f"{flow}: how many model calls one run makes cannot be bounded: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(render_graph(checked.compiled, fmt, *shares(found)))
 
 
 @main.command("import-aios")

@@ -45,9 +45,9 @@ def test_graph_nodes_carry_steps_and_edges_carry_labels(tools) -> None:
 
 
 def test_every_kind_of_step_is_in_the_schema_and_has_an_executor() -> None:
-    from engine.interpreter.steps import EXECUTORS
+    from engine.interpreter.steps import COSTS, EXECUTORS
     schema = json.loads((Path(__file__).parents[1] / "schemas" / "flow.schema.json").read_text())
-    assert set(schema["$defs"]["step"]["properties"]["kind"]["enum"]) == set(KINDS) == set(EXECUTORS)
+    assert set(schema["$defs"]["step"]["properties"]["kind"]["enum"]) == set(KINDS) == set(EXECUTORS) == set(COSTS)
 
 
 def test_start_defaults_to_first_step_and_can_be_set() -> None:

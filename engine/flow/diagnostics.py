@@ -107,6 +107,10 @@ RULES: dict[str, Rule] = {
              "that failed after the tool ran (it timed out, say) calls it again.",
              "Make the tool idempotent (its manifest's `idempotent: true`, with the call key), or retry only errors "
              "that come before the call (`on:`), or move the call to a step of its own without `retry`."),
+        Rule("FR135", "over-budget", _E, "One run of the flow can make more model calls, or generate more tokens, "
+             "than `flowrun validate --max-calls N --max-tokens T` allows, or how many cannot be bounded.",
+             "Spend less in the costliest steps the message names (fewer tries, samples, visits or map items), or "
+             "set `limits.max_model_calls` / `limits.max_tokens`, which bound every run."),
         Rule("FR201", "unknown-tool", _E, "No tool manifest defines this tool.",
              "Fix the name (see `flowrun tools list`) or add a `NAME.tool.yaml` manifest in the repository, or pass "
              "its directory with `--tools`."),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from engine.flow.compiler import CompiledFlow
@@ -21,12 +21,14 @@ _MERMAID_RESERVED = frozenset({"end", "graph", "subgraph", "flowchart", "style",
 _MERMAID_TEXT = str.maketrans({"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;"})
 
 
-def render_graph(compiled: CompiledFlow, fmt: str) -> str:
+def render_graph(compiled: CompiledFlow, fmt: str, notes: Mapping[str, str] | None = None, title: str = "") -> str:
     """The graph in format `fmt` (one of FORMATS): processes as boxes, decisions as diamonds, terminals rounded,
     the ways out a `catch` takes dotted;
     the sub-flows of map and parallel steps inside Mermaid subgraphs or DOT clusters, a dashed arrow from their
-    step to their start, and a step that calls another flow labelled with it."""
-    return _mermaid(compiled) if fmt == "mermaid" else _dot(compiled)
+    step to their start, and a step that calls another flow labelled with it; `notes` after the labels of the
+    flow's own steps, by id, and the drawing's `title`."""
+    notes = notes or {}
+    return _mermaid(compiled, notes, title) if fmt == "mermaid" else _dot(compiled, notes, title)
 
 
 def _parts(compiled: CompiledFlow, prefix: str = "") -> list[tuple[str, str, str, CompiledFlow]]:
@@ -58,13 +60,14 @@ def _drawn(compiled: CompiledFlow, prefix: str = "", depth: int = 0) -> Iterator
             yield "link", step_node, inner + part.start, depth
 
 
-def _label(step: Step) -> str:
-    """What a step's node says: its id, and the flows it calls."""
+def _label(step: Step, note: str | None) -> str:
+    """What a step's node says: its id, the flows it calls, and its note."""
     called = [body.flow for body in step.bodies().values() if body.flow]
-    return f"{step.id} → {', '.join(called)}" if called else step.id
+    label = f"{step.id} → {', '.join(called)}" if called else step.id
+    return f"{label} · {note}" if note else label
 
 
-def _mermaid(compiled: CompiledFlow) -> str:
+def _mermaid(compiled: CompiledFlow, notes: Mapping[str, str], title: str) -> str:
     ids: dict[str, str] = {}
 
     def node_id(name: str) -> str:  # Mermaid ids: letters, digits and _, not a reserved word, each name its own
@@ -76,12 +79,12 @@ def _mermaid(compiled: CompiledFlow) -> str:
             ids[name] = found
         return ids[name]
 
-    lines = ["flowchart TD"]
+    lines = [*([f"%% {title}"] if title else []), "flowchart TD"]
     for kind, *what, depth in _drawn(compiled):
         indent = "    " * (depth + 1)
         if kind == "node":
             name, step = what
-            label = _label(step).translate(_MERMAID_TEXT)
+            label = _label(step, None if depth else notes.get(name)).translate(_MERMAID_TEXT)
             lines.append(f"{indent}{node_id(name)}{_kind(step.kind).mermaid.format(label)}")
         elif kind == "edge":
             source, target, label = what
@@ -107,14 +110,16 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _dot(compiled: CompiledFlow) -> str:
-    lines = [f"digraph {_quote(compiled.flow.name or 'flow')} {{", "    rankdir=TB;"]
+def _dot(compiled: CompiledFlow, notes: Mapping[str, str], title: str) -> str:
+    lines = [f"digraph {_quote(compiled.flow.name or 'flow')} {{", "    rankdir=TB;",
+             *([f"    label={_quote(title)}; labelloc=t;"] if title else [])]
     for kind, *what, depth in _drawn(compiled):
         indent = "    " * (depth + 1)
         if kind == "node":
             name, step = what
             width = ", penwidth=3" if name == compiled.start else ""
-            label = f", label={_quote(_label(step))}" if depth or step.bodies() else ""
+            note = None if depth else notes.get(name)
+            label = f", label={_quote(_label(step, note))}" if depth or step.bodies() or note else ""
             lines.append(f"{indent}{_quote(name)} [shape={_kind(step.kind).dot}{width}{label}];")
         elif kind == "edge":
             source, target, label = what

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,11 +214,13 @@ def repository_manifests(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False) -> Report:
+def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, strict: bool = False,
+                   also: Callable[[CheckedFlow, Document], Iterable[Diagnostic]] | None = None) -> Report:
     """Validate every flow and tool manifest at `paths` (files or directories) in one pass.
 
     Manifests among `paths` and at `tool_paths` are known tools for the flows, besides the bundled ones and those
-    of the repositories holding `paths` (`repository_manifests`).
+    of the repositories holding `paths` (`repository_manifests`). `also` adds the diagnostics of a check of its
+    own to each flow without errors (a model-call budget, say).
     With `strict`, warnings are reported as errors.
     """
     files = discover(paths)
@@ -228,7 +230,11 @@ def validate_paths(paths: Iterable[Path], tool_paths: Iterable[Path] = (), *, st
     for path in files:
         if not is_manifest(path):
             with gc_paused():  # resumed only once the file's objects are dropped, so it has little to scan
-                report.diagnostics.extend(check_flow(load_file(path), tools.tools, known=known).diagnostics)
+                doc = load_file(path)
+                checked = check_flow(doc, tools.tools, known=known)
+                report.diagnostics.extend(checked.diagnostics)
+                if also is not None and checked.ok:
+                    report.diagnostics.extend(also(checked, doc))
     if strict:
         report.diagnostics = [dataclasses.replace(d, severity=Severity.ERROR) for d in report.diagnostics]
     return report

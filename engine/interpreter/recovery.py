@@ -16,8 +16,8 @@ from typing import Any
 from engine.errors import ErrorKind, FlowrunError
 from engine.events import StepRetrying
 from engine.flow.model import ANY_ERROR, CATCH, Retry, Step
+from engine.interpreter import steps  # the module: its kinds of step start child runs, which walk (a cycle)
 from engine.interpreter.state import RunError, RunState, StepDone
-from engine.interpreter.steps import EXECUTORS
 from engine.kernel.kernel import Kernel
 
 
@@ -65,10 +65,10 @@ async def run_step(kernel: Kernel, run: RunState, step: Step, visit: int) -> Ste
 async def _once(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     """One try of the step, within its `timeout`."""
     if step.timeout is None:
-        return await EXECUTORS[step.kind](kernel, run, step)
+        return await steps.EXECUTORS[step.kind](kernel, run, step)
     try:
         async with asyncio.timeout(step.timeout) as timer:
-            return await EXECUTORS[step.kind](kernel, run, step)
+            return await steps.EXECUTORS[step.kind](kernel, run, step)
     except TimeoutError:
         if not timer.expired():  # not this timeout's
             raise

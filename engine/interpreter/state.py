@@ -11,12 +11,11 @@ from engine.errors import ErrorKind, RunFailure
 from engine.flow.compiler import CompiledFlow
 from engine.flow.model import Flow, Step
 from engine.flow.templates import CAUGHT, evaluate, render
+from engine.interpreter.cost import run_options
 from engine.interpreter.runs import result_mark
 from engine.kernel.session import Budget
 from engine.kernel.tables import StepRecord
 from engine.kernel.tools import ToolCall
-
-DEFAULT_MAX_TOKENS = 512  # per model call, unless the flow's model.options set max_tokens
 
 
 class RunError(RunFailure):
@@ -83,7 +82,7 @@ class RunState:
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
         flow = compiled.flow
-        run = cls(compiled, file, inputs, run_id, {"max_tokens": DEFAULT_MAX_TOKENS, **flow.model.get("options", {})})
+        run = cls(compiled, file, inputs, run_id, run_options(flow))
         run.visits.update(dict.fromkeys(flow.steps, 0))
         run.tally = Tally(flow.limits.max_child_runs)
         run.budget = Budget(flow.limits.max_model_calls, flow.limits.max_tokens)

@@ -10,13 +10,12 @@ from typing import Any
 from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter.alike import nearest
+from engine.interpreter.cost import CHOICE_MAX_TOKENS
 from engine.interpreter.prompts import shots, step_messages
 from engine.interpreter.state import RunError, RunState
 from engine.interpreter.vote import Unfit, majority, sample_options
 from engine.kernel.kernel import Kernel, KernelError
 from engine.llm.base import sample_key
-
-CHOICE_MAX_TOKENS = 32  # a label, quoted
 
 
 async def prompt_for(kernel: Kernel, run: RunState, step: Step, ask: str, tools: tuple[str, ...] | list[str] = (),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter.alike import voted_label
+from engine.interpreter.cost import BodyCost, Cost, Prices
 from engine.interpreter.prompts import ask_for
 from engine.interpreter.state import RunError, RunState, StepDone
 from engine.interpreter.steps.common import choose_label, prompt_for, shown_examples
@@ -31,3 +32,9 @@ async def run_decision(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     messages = await prompt_for(kernel, run, step, ask, examples=shown_examples(step, question, labels=labels))
     label = await choose_label(kernel, run, step, messages, labels)
     return StepDone(ask, label, messages, branch=label)
+
+
+def decision_cost(step: Step, prices: Prices, body: BodyCost) -> Cost:
+    """The most one try of a decision costs: nothing with `decide`; else a label (one per sample), which the
+    examples' vote may spare."""
+    return Cost() if step.decide is not None else prices.label * (step.samples or 1)

@@ -9,6 +9,7 @@ from typing import Any
 from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.interpreter import children  # the module: its child runs walk steps again (a cycle of imports)
+from engine.interpreter.cost import BodyCost, Cost, Prices
 from engine.interpreter.state import RunError, RunState, StepDone
 from engine.jsontext import json_or_text
 from engine.kernel.kernel import Kernel
@@ -37,3 +38,8 @@ def _items(run: RunState, step: Step) -> list[Any]:
         raise RunError(f"{run.at(step, 'items')}: step {step.id}: {len(value)} items, more than its max_items "
                        f"({step.max_items}): raise max_items if the flow needs more", kind=ErrorKind.LIMIT)
     return value
+
+
+def map_cost(step: Step, prices: Prices, body: BodyCost) -> Cost:
+    """The most one try of a map step costs: a run of its body for each of max_items items."""
+    return body("") * step.max_items

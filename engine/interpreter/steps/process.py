@@ -20,6 +20,7 @@ from engine.errors import ErrorKind
 from engine.flow.model import Step
 from engine.flow.templates import RESULT, facts
 from engine.interpreter.alike import carried_answer
+from engine.interpreter.cost import BodyCost, Cost, Prices
 from engine.interpreter.prompts import ask_for
 from engine.interpreter.state import RunError, RunState, StepDone
 from engine.interpreter.steps.common import choose_label, prompt_for, shown_examples, voted
@@ -169,3 +170,19 @@ def _data(text: str, schema: dict[str, Any]) -> tuple[Any, str]:
         return None, f"it is not JSON ({exc})"
     problems = schema_problems(schema, value)
     return (None, "; ".join(problems)) if problems else (value, "")
+
+
+def process_cost(step: Step, prices: Prices, body: BodyCost) -> Cost:
+    """The most one try of a process or terminal step costs, as run_process goes: the choice of a tool, the tool's
+    arguments (none from `arguments`; the examples' may fail and leave them to the model), the answer (none from
+    `output`; with an output_schema, asked twice; one per sample)."""
+    samples = step.samples or 1
+    answer = Cost() if step.output is not None else prices.answer * (samples if step.samples else
+                                                                     2 if step.output_schema is not None else 1)
+    if not step.used_tools():
+        return answer
+    pick = Cost() if step.tool and step.arguments is not None else prices.pick * samples
+    stated = Cost() if step.output is not None or step.output_schema is None else answer
+    if step.tool:
+        return pick + stated
+    return prices.label * samples + answer.most(pick + stated)  # the model may choose no tool
