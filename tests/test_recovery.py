@@ -38,6 +38,7 @@ TOOLS = {
               {"fails": {"type": "integer"}}),
     "counted": ("counts its calls in the run's workspace", "flaky.py:counted", 5, False, {"x": {"type": "integer"}}),
     "nap": ("sleeps", "flaky.py:nap", 0.3, True, {"seconds": {"type": "number"}}),
+    "slow_once": ("slow on its first call in a run", "flaky.py:slow_once", 5, False, {"x": {"type": "integer"}}),
 }
 CODE = """\
 from engine.kernel.tools import workspace
@@ -66,6 +67,14 @@ def nap(seconds):
     import time
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+def slow_once(x):
+    import time
+    n = _count("slow_once")
+    if n == 1:
+        time.sleep(4)
+    return {"x": x, "call": n}
 """
 
 
@@ -81,7 +90,7 @@ class FakeClock:
 
 def checked_flow(tmp_path: Path, text: str, name: str = "flow.yaml") -> CheckedFlow:
     tools = tmp_path / "tools"
-    tools.mkdir(exist_ok=True)
+    tools.mkdir(parents=True, exist_ok=True)
     (tools / "flaky.py").write_text(CODE)
     for tool, (description, entry, timeout, idempotent, properties) in TOOLS.items():
         manifest = {"name": tool, "description": description, "entry": entry, "timeout": timeout,
@@ -517,3 +526,73 @@ def test_the_currency_example_retries_the_rates_service_then_falls_back(tmp_path
     calls = Storage(f"sqlite:///{db}").rows(ToolCallRow)
     assert [(c.tool, c.error_kind) for c in calls][:3] == [("exchange_rate", "tool_error")] * 2 + [
         ("exchange_rate", None if failures == 2 else "tool_error")]
+
+
+def test_a_step_timeout_stops_the_generation_it_cuts_off(tmp_path: Path) -> None:
+    checked = checked_flow(tmp_path, """\
+flowrun: 1
+name: SlowModel
+limits: {max_tokens: 40}
+steps:
+  ask:
+    kind: process
+    instruction: Say something.
+    timeout: 300ms
+    retry: {on: [step_timeout], max_attempts: 2}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.ask.output }}"
+""")
+    # 60 tokens at 50 ms would hold the one slot for 3 s: the retry got it only if the first was stopped
+    backend = ScriptedBackend.from_responses([{"key": "ask", "text": " ".join(["word"] * 60)},
+                                              {"key": "ask", "text": "short"}], token_delay=0.05, slots=1)
+    kernel = kernel_on(tmp_path, checked, [], backend)
+
+    async def main() -> RunOutcome:
+        outcome = await run_flow(kernel, checked.compiled, {}, file=checked.file)
+        await asyncio.sleep(0.5)  # a generation left going would go on generating meanwhile
+        return outcome
+
+    outcome = asyncio.run(main())
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "short"), outcome.error
+    cut = [c for c in kernel.storage.rows(SyscallRow) if c.key == "ask" and c.error]
+    assert len(cut) == 1 and cut[0].tokens < 12  # stopped within a token of its step's timeout
+    assert kernel.scheduler.running == 0 and outcome.run_id not in kernel.scheduler.generated
+
+
+def test_a_tool_call_a_timeout_stopped_is_no_result_to_give_back(tmp_path: Path) -> None:
+    flow = """\
+flowrun: 1
+name: SlowTool
+tools: [slow_once]
+steps:
+  call:
+    kind: process
+    tool: slow_once
+    arguments: {x: 1}
+    timeout: 1s
+    retry: {on: [step_timeout], max_attempts: %d}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.call.output.call }}"
+"""
+    checked = checked_flow(tmp_path, flow % 2)
+    kernel = kernel_on(tmp_path, checked, [])
+    outcome = go(kernel, checked)
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, 2), outcome.error
+    first, second = kernel.storage.rows(ToolCallRow)
+    # it may or may not have happened (not idempotent): pending, with why it has no result
+    assert (first.result, first.error, first.pending) == (None, "the call was stopped before it returned", True)
+    assert (second.result, second.error) == ({"x": 1, "call": 2}, None)
+    replayed = asyncio.run(replay_run(record(kernel.storage, outcome.run_id), checked, file=checked.file))
+    assert (replayed.outcome.answer, replayed.differences) == (2, [])
+
+    # a run that failed with its only try stopped is not resumed on a null result: the call is unrecorded
+    checked = checked_flow(tmp_path / "once", flow % 1)
+    kernel = kernel_on(tmp_path / "once", checked, [])
+    outcome = go(kernel, checked)
+    assert outcome.status == RunStatus.FAILED
+    found = stopped(kernel.storage, outcome.run_id)
+    assert [t.tool for t in found.unrecorded] == ["slow_once"] and not found.journal.tools

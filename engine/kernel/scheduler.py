@@ -114,6 +114,8 @@ class Scheduler:
             nonlocal used
             used += 1
             syscall.tokens += 1
+            if waiting.done.cancelled():  # nobody waits for it any more (its run stopped, its step timed out)
+                return True
             self.generated[syscall.run] += 1
             return self.policy is Policy.RR and used >= self.slice_tokens and bool(self._ready)
 

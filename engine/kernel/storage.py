@@ -400,7 +400,8 @@ class Storage:
         table = ToolCallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             db.execute(table.update().where(table.c.id == row.id).values(
-                result=row.result, error=row.error, finished=row.finished, pending=None))
+                result=row.result, error=row.error, error_kind=row.error_kind, finished=row.finished,
+                pending=row.pending))
 
     def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
                   stale: tuple[list[str], list[int]] = ([], [])) -> bool:

@@ -134,6 +134,7 @@ class ToolManager:
             return ToolCall(name, arguments, recorded.result, recorded.syscall)
         row = ToolCallRow(run_id=syscall.run, agent=syscall.agent, tool=name, syscall=syscall.id,
                           arguments=cut(arguments, self.max_result), started=time.time(), finished=time.time())
+        stopped = False
         try:
             if problems:
                 raise BadArguments(f"arguments for {name}: " + "; ".join(problems))
@@ -154,6 +155,12 @@ class ToolManager:
             row.error, row.error_kind = f"tool {name} took longer than its timeout of {tool.timeout:g} s", \
                 ErrorKind.TOOL_TIMEOUT
             raise ToolTimeout(row.error) from None
+        except asyncio.CancelledError:  # its run stopped, or its step ran past its timeout: no result
+            row.error, row.error_kind = "the call was stopped before it returned", ErrorKind.TOOL_ERROR
+            # what may or may not have happened stays pending; an idempotent call is left out of what a resumed
+            # or replayed run is given back, which then calls it again
+            stopped, row.superseded = True, None if row.pending else True
+            raise
         except ToolError as exc:
             row.error, row.error_kind = cut(str(exc), MAX_MESSAGE), exc.kind
             raise type(exc)(row.error) from None
@@ -166,7 +173,7 @@ class ToolManager:
             if syscall.started is None:
                 syscall.started = syscall.finished
             if row.pending:  # its result is awaited, to leave the least time in which a crash leaves it unknown
-                row.pending = None
+                row.pending = True if stopped else None
                 if await through(self.storage.commit(self.storage.end_tool_call, row)):
                     raise asyncio.CancelledError
             else:
