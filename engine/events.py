@@ -67,6 +67,7 @@ class StepEnded(Event):
     output: str = ""  # the start of it, as text
     tokens: int = 0
     kind: str = ""
+    error: dict[str, Any] | None = None  # the error its `catch` caught: {kind, message, step}
     value: Any = field(default=None, repr=False, compare=False)  # the whole output, for this process only
 
 

@@ -149,7 +149,8 @@ class Service:
         elif isinstance(event, StepEnded):  # a row to show, never stored: built unchecked, 5 times quicker
             live.steps.append(StepRow.model_construct(
                 run_id=event.run, step=event.step, visit=event.visit, kind=event.kind, branch=event.branch,
-                output=event.value, tokens=event.tokens, started=0.0, finished=event.at, seq=event.seq))
+                output=event.value, tokens=event.tokens, started=0.0, finished=event.at, seq=event.seq,
+                error=event.error))
         elif isinstance(event, RunEnded):  # stored: reads go to storage from now on
             del self._live[event.run]
 
@@ -252,7 +253,8 @@ class Service:
         """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""
         run, steps = await self.progress(run_id)
         rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
-                                          output=short(s.output), tokens=s.tokens, kind=s.kind, value=s.output)
+                                          output=short(s.output), tokens=s.tokens, kind=s.kind, error=s.error,
+                                          value=s.output)
                                 for s in steps if s.seq]
         if run.events and run.status != RunStatus.RUNNING:
             rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,

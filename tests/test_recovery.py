@@ -596,3 +596,37 @@ steps:
     assert outcome.status == RunStatus.FAILED
     found = stopped(kernel.storage, outcome.run_id)
     assert [t.tool for t in found.unrecorded] == ["slow_once"] and not found.journal.tools
+
+
+def test_validate_warns_of_retries_around_side_effects_refuses_catch_labels_and_long_waits(tmp_path: Path) -> None:
+    text = """\
+flowrun: 1
+name: Checked
+tools: [counted]
+inputs: {x: {type: string}}
+steps:
+  each:
+    kind: map
+    items: "[1, 2]"
+    retry: {on: [child_failed], backoff: {max: %s}}
+    steps:
+      count: {kind: process, tool: counted, arguments: {x: "{{ item }}"}, next: said}
+      said: {kind: terminal, output: "{{ steps.count.output.call }}"}
+    next: pick
+  pick:
+    kind: decision
+    question: Which?
+    decide: "{{ inputs.x }}"
+    branches: {%s: done, other: done}
+  done: {kind: terminal, output: done}
+"""
+    def found(wait: str, label: str) -> list[tuple[str, str]]:
+        checked = check_flow_text(text % (wait, label), str(tmp_path / "checked.yaml"),
+                                  load_tools([tmp_path / "tools"]).tools)
+        return [(d.code, d.message) for d in checked.diagnostics]
+
+    checked_flow(tmp_path, "flowrun: 1\nname: Tools\nsteps: {done: {kind: terminal, output: x}}\n")  # the tools
+    assert found("1h", "mine") == [("FR134", "step 'each' retries child_failed around 'counted', which is not "
+                                             "idempotent: a call that failed or was stopped part-way is made again; "
+                                             "make the tool idempotent, or retry only other kinds of error")]
+    assert sorted(code for code, _ in found("2h", '"catch:any"')) == ["FR003", "FR003", "FR134"]

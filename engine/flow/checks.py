@@ -9,6 +9,7 @@ import jsonschema_rs
 import networkx as nx
 
 from engine.errors import ErrorKind
+from engine.flow.compiler import CompiledFlow
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import KINDS, chooses, ends_run
 from engine.flow.loader import Document
@@ -124,8 +125,7 @@ def check_loops(flow: Flow, graph: nx.MultiDiGraph, doc: Document) -> Iterator[D
 
 
 def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
-    """FR201 unknown tool, FR203 a step's tool not declared by the flow, FR202 a declared tool no step uses, FR134
-    a step that retries a failed call of a tool that is not idempotent."""
+    """FR201 unknown tool, FR203 a step's tool not declared by the flow, FR202 a declared tool no step uses."""
     for i, name in enumerate(flow.tools):
         if name not in tools:
             yield _unknown_tool(doc, ("tools", i), name, tools)
@@ -139,21 +139,51 @@ def check_tools(flow: Flow, tools: Mapping[str, ToolManifest], doc: Document) ->
             elif name not in flow.tools:
                 message = f"step {step.id!r} uses tool {name!r}, which the flow does not list: add it to `tools`"
                 yield diagnostic("FR203", message, doc.file, doc.position(path))
-            elif not tools[name].idempotent and (kinds := _retried_calls(step)):
-                message = (f"step {step.id!r} retries {' and '.join(kinds)} but calls {name!r}, which is not "
-                           "idempotent: a call that failed part-way is made again; make the tool idempotent, or "
-                           "retry only other kinds of error")
-                yield diagnostic("FR134", message, doc.file, doc.position((*within, "retry"), key=True))
     for i, name in enumerate(flow.tools):
         if name in tools and name not in used:
             message = f"tool {name!r} is declared but no step can use it: name it in a step's `tool` or `tools`"
             yield diagnostic("FR202", message, doc.file, doc.position(("tools", i)))
 
 
-def _retried_calls(step: Step) -> list[str]:
-    """The kinds of error the step retries that can end a tool call part-way (a tool's result that came stands)."""
-    retried = {kind for rule in step.retry for kind in rule.on}
-    return [kind for kind in (ErrorKind.TOOL_ERROR, ErrorKind.TOOL_TIMEOUT, ErrorKind.STEP_TIMEOUT) if kind in retried]
+def check_retries(compiled: CompiledFlow, tools: Mapping[str, ToolManifest], doc: Document) -> Iterator[Diagnostic]:
+    """FR134: a step retries errors that can end a call of a tool that is not idempotent part-way: one of its own
+    tools (a result that came stands, one that did not is called again), or one that its sub-flows or the flows it
+    calls use (a retry runs the child runs that did not finish again, from their start)."""
+    for step in compiled.flow.steps.values():
+        retried = {kind for rule in step.retry for kind in rule.on}
+        own = [k for k in (ErrorKind.TOOL_ERROR, ErrorKind.TOOL_TIMEOUT, ErrorKind.STEP_TIMEOUT) if k in retried]
+        inner = [k for k in (ErrorKind.CHILD_FAILED, ErrorKind.STEP_TIMEOUT) if k in retried]
+        used = [(name, own) for name in step.used_tools()]
+        used += [(name, inner) for name in _child_tools(compiled, step)] if inner else []
+        for name, kinds in used:
+            if kinds and name in tools and not tools[name].idempotent:
+                message = (f"step {step.id!r} retries {' and '.join(kinds)} around {name!r}, which is not "
+                           "idempotent: a call that failed or was stopped part-way is made again; make the tool "
+                           "idempotent, or retry only other kinds of error")
+                yield diagnostic("FR134", message, doc.file, doc.position(("steps", step.id, "retry"), key=True))
+                break
+
+
+def _child_tools(compiled: CompiledFlow, step: Step) -> list[str]:
+    """The tools the child runs of `step` may call: its sub-flows', the flows it calls', and theirs."""
+    flows: list[CompiledFlow] = []
+    for branch, body in step.bodies().items():
+        found = compiled.parts.get((step.id, branch)) if body.steps else \
+            (callee.compiled if (callee := compiled.agents.get(body.flow or "")) else None)
+        if found is not None:
+            flows.append(found)
+    names: dict[str, None] = {}
+    seen: set[int] = set()  # flows that call each other (FR124) are each read once
+    while flows:
+        inner = flows.pop()
+        if id(inner) in seen:
+            continue
+        seen.add(id(inner))
+        for _, each in all_steps(inner.flow):
+            names.update(dict.fromkeys(each.used_tools()))
+            flows.extend(callee.compiled for body in each.bodies().values() if body.flow
+                         and (callee := inner.agents.get(body.flow)) is not None)
+    return list(names)
 
 
 def check_sub_steps(sub: Flow, around: Mapping[str, Step], doc: Document) -> Iterator[Diagnostic]:

@@ -21,6 +21,7 @@ ANY_ERROR = "any"  # in `catch`: an error of any kind the other keys do not name
 # person who did not answer)
 RETRIED = ("model_unavailable", "bad_output", "tool_error", "tool_timeout", "step_timeout", "child_failed")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+LONGEST_WAIT = 3600.0  # seconds a retry's backoff may wait at most (the schema's `wait`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,10 +295,11 @@ def _retry(raw: dict[str, Any]) -> Retry:
     most = raw.get("max_attempts")
     factor = backoff.get("factor")
     return Retry(on=_names(raw.get("on")) or RETRIED, max_attempts=most if _is_int(most) else default.max_attempts,
-                 initial=_or(seconds(backoff.get("initial")), default.initial),
+                 initial=min(_or(seconds(backoff.get("initial")), default.initial), LONGEST_WAIT),
                  factor=float(factor) if isinstance(factor, int | float) and not isinstance(factor, bool)
                  else default.factor,
-                 max=_or(seconds(backoff.get("max")), default.max), jitter=backoff.get("jitter") is True)
+                 max=min(_or(seconds(backoff.get("max")), default.max), LONGEST_WAIT),
+                 jitter=backoff.get("jitter") is True)
 
 
 def _or(value: float | None, default: float) -> float:

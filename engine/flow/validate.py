@@ -87,6 +87,7 @@ def _checks(compiled: CompiledFlow, doc: Document, tools: Mapping[str, ToolManif
     yield from checks.check_kinds(flow, doc)
     yield from checks.check_loops(flow, graph, doc)
     yield from checks.check_step_data(flow, tools, doc)
+    yield from checks.check_retries(compiled, tools, doc)
     yield from checks.check_templates(flow, doc, scope)
     yield from calls.check_calls(flow, listed, compiled.agents, refused, doc)
     for (step_id, branch), sub in compiled.parts.items():

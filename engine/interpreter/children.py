@@ -36,10 +36,13 @@ class ChildFailed(RunError):
     """A child run did not finish and its step does not tolerate it: the step fails, or pauses with a child that
     paused (its model unavailable), so that resuming the parent continues the child."""
 
-    def __init__(self, message: str, status: RunStatus) -> None:
+    def __init__(self, message: str, status: RunStatus, child: str) -> None:
         super().__init__(message, kind=ErrorKind.MODEL_UNAVAILABLE if status == RunStatus.PAUSED
                          else ErrorKind.CHILD_FAILED)
-        self.ends_run = status
+        self.ends_run, self.child = status, child
+
+    def __str__(self) -> str:  # `args[0]`, what a `catch` keeps, leaves out the id: a replay's children have others
+        return f"{self.args[0]} (child run {self.child[:12]})"
 
 
 @dataclass
@@ -116,7 +119,8 @@ async def run_children(kernel: Kernel, run: RunState, step: Step, children: list
             failed += 1
             if outcome.status != RunStatus.FAILED or failed > allowed:
                 raise ChildFailed(_failure(step, branch, outcome, allowed),
-                                  RunStatus.PAUSED if outcome.status == RunStatus.PAUSED else RunStatus.FAILED)
+                                  RunStatus.PAUSED if outcome.status == RunStatus.PAUSED else RunStatus.FAILED,
+                                  outcome.run_id)
     finally:
         for task in tasks:
             task.cancel()
@@ -136,7 +140,7 @@ def tolerated(step: Step, count: int) -> int:
 def _failure(step: Step, branch: str, outcome: walk.RunOutcome, allowed: int) -> str:
     where = {"parallel": f"branch {branch}", "map": f"item {branch}"}.get(step.kind, "the flow it calls")
     more = f" (more than the {allowed} it tolerates)" if allowed and outcome.status == RunStatus.FAILED else ""
-    return f"step {step.id}: {where} {outcome.status}{more}: {outcome.error} (child run {outcome.run_id[:12]})"
+    return f"step {step.id}: {where} {outcome.status}{more}: {outcome.error}"
 
 
 async def _run_child(kernel: Kernel, run: RunState, step: Step, child: Child, stored_children: dict[str, RunRow]

@@ -58,7 +58,7 @@ async def run_step(kernel: Kernel, run: RunState, step: Step, visit: int) -> Ste
             key = exc.kind if exc.kind in step.catch else ANY_ERROR if ANY_ERROR in step.catch else None
             if key is None:
                 raise
-            caught = {"kind": str(exc.kind), "message": str(exc), "step": step.id}
+            caught = {"kind": str(exc.kind), "message": str(exc.args[0] if exc.args else exc), "step": step.id}
             return StepDone("", None, branch=CATCH + key, error=caught)
 
 

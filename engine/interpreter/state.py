@@ -17,6 +17,8 @@ from engine.kernel.session import Budget
 from engine.kernel.tables import StepRecord
 from engine.kernel.tools import ToolCall
 
+NO_ERROR = {"kind": None, "message": None, "step": None}
+
 
 class RunError(RunFailure):
     """The run cannot go on: a limit reached, a template that cannot be rendered, a model answer that does not fit."""
@@ -74,7 +76,8 @@ class RunState:
     tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
     budget: Budget = field(default_factory=Budget)  # what the tree of runs may spend on the model, and has
     retrying: bool = False  # resumed from failed: its failed step, and its failed child runs, go again
-    error: dict[str, Any] | None = None  # what the last error a step's `catch` caught was: templates' `error`
+    # what the last error a step's `catch` caught was: templates' `error` (its fields null before any)
+    error: dict[str, Any] = field(default_factory=lambda: dict(NO_ERROR))
     attempt: int = 1  # the try of its current step (engine.interpreter.recovery)
     ended_children: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # its step's children that
     # finished, by (step, visit, branch): a retry of the step gets their answers back (engine.interpreter.children)

@@ -214,7 +214,7 @@ async def _walk(kernel: Kernel, run: RunState, current: str) -> Any:
         run.apply(step.id, done.output, done.remembered, done.error)
         kernel.events.publish(StepEnded(run.id, step=step.id, visit=visit, branch=done.branch,
                                         output=short(done.output), tokens=row.tokens, kind=step.kind,
-                                        value=done.output))
+                                        error=done.error, value=done.output))
         if interrupted:
             raise asyncio.CancelledError
         if ends:
