@@ -18,7 +18,7 @@ import yaml
 
 from engine import __version__, console, flowtest
 from engine.console import Progress
-from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, FlowrunError, RunStatus
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, EXIT_WAITING, FlowrunError, RunStatus
 from engine.evaluation.dataset import read_dataset
 from engine.evaluation.report import FORMATS as EVAL_FORMATS
 from engine.evaluation.report import as_json, render
@@ -32,6 +32,7 @@ from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
+from engine.interpreter import answering
 from engine.interpreter.budget import Unbounded, budget_problems, shares, worst_case
 from engine.interpreter.inputs import parse_pairs, read_input_lines, read_inputs, resolve_inputs
 from engine.interpreter.prune import prune, seconds
@@ -40,9 +41,10 @@ from engine.interpreter.resume import check_flow_for, stopped
 from engine.interpreter.runs import RunRecord, cassette, figures, flow_file, record, status
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import RunOutcome, new_run_id
+from engine.jsontext import parse_json
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
-from engine.kernel.storage import Storage
+from engine.kernel.storage import Storage, StorageError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.service import Service
 from engine.timeline import draw
@@ -247,11 +249,15 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
-            slots: int | None, storage: Storage, answered: list[str] | None = None) -> Kernel:
+            slots: int | None, storage: Storage, answered: list[str] | None = None, *, ask: bool = False) -> Kernel:
+    """The kernel of a command's runs; with `ask`, on a terminal, it asks their input steps' questions there."""
     name = model or checked.flow.model.get("name") or DEFAULT_MODEL
     backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True),
                                answered=answered)
-    return kernel_for([checked], backend, storage, policy=Policy(scheduler))
+    kernel = kernel_for([checked], backend, storage, policy=Policy(scheduler))
+    if ask and sys.stdin.isatty() and sys.stderr.isatty():
+        kernel.answerer = console.ask_person
+    return kernel
 
 
 @main.command()
@@ -276,7 +282,7 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow),
                                 how="-i {name}=... (or in --input-file)")
-        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db), ask=not as_json)
         service = Service(kernel)
         work = service.to_end(service.start(checked, inputs, file=str(flow), run_id=progress.run_id,
                                               workspace=workspace))
@@ -297,9 +303,14 @@ def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
 
 
 def _exit_status(outcomes: list[RunOutcome]) -> int:
-    """0 when every run finished; else 1 if one failed (or was interrupted), else 3 (some paused)."""
+    """0 when every run finished; else 1 if one failed (or was interrupted), else 4 if all the others wait for
+    an answer, else 3 (some paused, some may wait)."""
     ended = {o.status for o in outcomes} - {RunStatus.FINISHED}
-    return 0 if not ended else EXIT_PAUSED if ended == {RunStatus.PAUSED} else EXIT_FAILED
+    if not ended:
+        return 0
+    if ended == {RunStatus.WAITING}:
+        return EXIT_WAITING
+    return EXIT_PAUSED if ended <= {RunStatus.PAUSED, RunStatus.WAITING} else EXIT_FAILED
 
 
 @main.command()
@@ -361,6 +372,8 @@ def _say_end(outcome: RunOutcome) -> None:
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == RunStatus.PAUSED:
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
+        if outcome.status == RunStatus.WAITING:
+            click.echo(f"see what it asks with `flowrun runs show {outcome.run_id[:12]}`", err=True)
 
 
 @main.command()
@@ -518,6 +531,10 @@ def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -
     with _user_errors():
         storage = Storage(db, reading=True)
         found = figures(storage, storage.find_runs(limit, batch_id))
+        if any(f.run.status == RunStatus.WAITING for f in found):  # time out what nobody answered in time
+            with contextlib.suppress(StorageError):  # a database this user cannot write: shown as it is
+                if answering.time_out(Storage(db)):
+                    found = figures(storage, storage.find_runs(limit, batch_id))
     if as_json:
         click.echo(json.dumps([{"run_id": f.run.id, "agent": f.run.agent, "flow": f.run.flow, "status": status(f.run),
                                 "batch": f.run.batch, "steps": f.steps, "tokens": f.tokens, "waiting": f.waiting,
@@ -568,16 +585,58 @@ def runs_resume(run_id: str, flow_path: Path | None, force: bool, rerun_unrecord
     """
     with _user_errors():
         storage = Storage(db)
+    _resume(storage, run_id, flow_path, force, rerun_unrecorded, kind, model, cassette, scheduler, slots, as_json,
+            tool_paths)
+
+
+def _resume(storage: Storage, run_id: str, flow_path: Path | None, force: bool, rerun: bool, kind: str,
+            model: str | None, cassette: Path | None, scheduler: str, slots: int | None, as_json: bool,
+            tool_paths: tuple[Path, ...]) -> None:
+    """Resume run `run_id` to its end (`runs resume`, `runs answer`), print how it ended and exit."""
+    with _user_errors():
         found = stopped(storage, run_id, force=force)
         flow = flow_file(found.run, flow_path)
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():  # checked here too (Service.resume does), so that a refused resume loads no model
-        check_flow_for(found, checked.compiled, force=force, rerun=rerun_unrecorded)
-        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered)
+        check_flow_for(found, checked.compiled, force=force, rerun=rerun)
+        kernel = _kernel(checked, kind, model, cassette, scheduler, slots, storage, answered=found.answered,
+                         ask=not as_json)
         service = Service(kernel)
-        work = service.to_end(service.resume(checked, found, file=str(flow), force=force, rerun=rerun_unrecorded))
+        work = service.to_end(service.resume(checked, found, file=str(flow), force=force, rerun=rerun))
         (outcome,) = _run_live(work, [Progress(found.run.id)], kernel, as_json)
     _end_run(outcome, kernel, as_json)
+
+
+@runs.command("answer")
+@click.argument("run_id")
+@click.option("--value", "value_json", metavar="JSON", help="The answer, as JSON.")
+@click.option("--text", help="The answer, as text.")
+@click.option("--step", help="The input step answered, where the run waits on several.")
+@click.option("--no-resume", is_flag=True, help="Only record the answer; resume the run later.")
+@click.option("--flow", "flow_path", type=_existing, help="The flow file, if it is not where the run found it.")
+@_run_options
+def runs_answer(run_id: str, value_json: str | None, text: str | None, step: str | None, no_resume: bool,
+                flow_path: Path | None, kind: str, model: str | None, cassette: Path | None, scheduler: str,
+                slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+    """Answer what run RUN_ID waits for (its input step's question), then go on with it as `runs resume` does.
+
+    The answer is checked against the question (its labels or its schema): one that does not fit is refused, and
+    the run still waits. Of two answers at once, one counts. Exit status: 2 the answer is refused, else as for
+    `flowrun run` (0 with --no-resume).
+    """
+    if (value_json is None) == (text is None):
+        raise click.UsageError("give the answer with --value JSON or --text TEXT (one of the two)")
+    with _user_errors():
+        try:
+            value = text if value_json is None else parse_json(value_json)
+        except ValueError as exc:
+            raise click.UsageError(f"--value is not JSON: {exc}") from None
+        storage = Storage(db)
+        asked = answering.answer(storage, run_id, value, step=step)
+    click.echo(f"run {asked.root.id}: step {asked.question.step} answered", err=True)
+    if not no_resume:
+        _resume(storage, asked.root.id, flow_path, False, False, kind, model, cassette, scheduler, slots, as_json,
+                tool_paths)
 
 
 @runs.command("replay")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -20,6 +21,8 @@ from engine.errors import RunStatus
 from engine.events import Event, EventBus, RunEnded, RunStarted, StepEnded, StepStarted
 from engine.flowtest import CaseResult, Coverage, TestFile
 from engine.interpreter.runs import RunFigures, RunRecord, place_in_parent, status
+from engine.jsontext import parse_json
+from engine.kernel.asking import Answer, Question
 from engine.kernel.tables import RunRow
 
 T = TypeVar("T")
@@ -45,7 +48,7 @@ class Progress:
     run_id: str
     step: str = ""
     steps: int = 0
-    status: RunStatus = RunStatus.WAITING
+    status: RunStatus = RunStatus.QUEUED
     tokens: int = 0  # generated in all, once the run has ended (until then, the scheduler counts them)
 
     def observe(self, event: Event) -> None:
@@ -94,7 +97,7 @@ def status_line(progress: Sequence[Progress], generated: Counter[str], elapsed: 
     if len(progress) == 1:
         where = f"step {progress[0].steps + 1}: {progress[0].step or 'starting'}"
     else:
-        done = sum(p.status not in (RunStatus.WAITING, RunStatus.RUNNING) for p in progress)
+        done = sum(p.status not in (RunStatus.QUEUED, RunStatus.RUNNING) for p in progress)
         running = sum(p.status == RunStatus.RUNNING for p in progress)
         filled = round(20 * done / max(1, len(progress)))  # an eval whose cases all lack answers runs none
         where = f"[{'#' * filled}{'-' * (20 - filled)}] {done}/{len(progress)} runs, {running} running"
@@ -218,3 +221,47 @@ def _seconds(value: float | None) -> str:
 
 def _when(stamp: float) -> str:
     return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def ask_person(question: Question) -> Answer | None:
+    """Ask `question` on the terminal (stderr, stdin) until the answer fits, or until its deadline: an Answer that
+    timed out; None if stdin ends first (the run then waits). Reading stdin goes through the event loop, so the runs
+    sharing the model go on meanwhile, and Ctrl-C leaves the run to resume (it asks again)."""
+    want = f"one of: {', '.join(question.labels)}" if question.labels else \
+        "JSON matching " + json.dumps(question.schema) if question.schema is not None else "text"
+    click.echo(f"\n{printable(question.prompt)}\n(answer {want})", err=True)
+    while True:
+        click.echo("> ", err=True, nl=False)
+        try:
+            line = await asyncio.wait_for(_line(), None if question.deadline is None else
+                                          max(0.0, question.deadline - time.time()))
+        except TimeoutError:
+            click.echo("\n(no answer in time)", err=True)
+            return Answer(timed_out=True)
+        if line is None:
+            return None
+        value: Any = line
+        if question.schema is not None and question.schema.get("type") != "string":
+            try:
+                value = parse_json(line)
+            except ValueError as exc:
+                click.echo(f"that is not JSON ({exc}): answer again", err=True)
+                continue
+        problems = question.problems(value)
+        if not problems:
+            return Answer(value)
+        click.echo(f"that does not fit ({printable('; '.join(problems))}): answer again", err=True)
+
+
+async def _line() -> str | None:
+    """The next line typed on stdin, read when the event loop sees it ready (no thread is left blocked on it); None
+    at its end."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sys.stdin.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None

@@ -15,8 +15,9 @@ from enum import StrEnum
 class RunStatus(StrEnum):
     """Where a run stands. Stored as its text, so a value read back from storage compares equal to its member."""
 
-    WAITING = "waiting"  # queued in a batch, not started yet (progress displays only: never stored)
+    QUEUED = "queued"  # in a batch, not started yet (progress displays only: never stored)
     RUNNING = "running"
+    WAITING = "waiting"  # for a person's answer to an input step: `flowrun runs answer`, or its timeout
     FINISHED = "finished"
     INTERRUPTED = "interrupted"  # stopped by the user (Ctrl-C) or a signal
     PAUSED = "paused"  # the model was unavailable: resume it when it is back
@@ -49,7 +50,7 @@ class ErrorKind(StrEnum):
     ACCESS_DENIED = "access_denied"  # the access manager refused a tool, an agent or memory
 
 
-EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_WAITING, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 class FlowrunError(Exception):

@@ -72,6 +72,20 @@ class StepEnded(Event):
 
 
 @dataclass(frozen=True)
+class InputRequired(Event):
+    """An input step asks a person `prompt`: the answer is one of `labels`, or data matching `schema` (None: text),
+    before `deadline` (seconds since the epoch; None: no timeout). The run then stops as waiting."""
+
+    type: ClassVar[str] = "input.required"
+    step: str = ""
+    visit: int = 0
+    prompt: str = ""
+    schema: dict[str, Any] | None = None
+    labels: list[str] = field(default_factory=list)
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
 class StepRetrying(Event):
     """A try of a step failed with an error its `retry` tries again: the next try starts after `delay` seconds."""
 

@@ -121,7 +121,9 @@ class Step:
     tolerated_failures: int | str = 0  # a count, or a percentage of a map's items ("10%")
     retry: tuple[Retry, ...] = ()  # the first rule whose `on` has an error's kind applies
     catch: dict[str, str] = field(default_factory=dict)  # error kind (or ANY_ERROR) -> the step the run goes on at
-    timeout: float | None = None  # seconds the whole step may take, each try
+    timeout: float | None = None  # seconds the whole step may take, each try (an input: how long it waits)
+    prompt: str | None = None  # an input step's question to a person (a template)
+    answer_schema: dict[str, Any] | None = None  # what an input step's answer must match (None: text, or a label)
 
     def edges(self) -> list[tuple[str, str]]:
         """(label, target) for each way out of this step; a process's single way out is labelled "next", the way
@@ -131,7 +133,8 @@ class Step:
 
     def templates(self) -> list[tuple[str, str]]:
         """(field, text) for each field of this step that is a template; an argument's field is `arguments.NAME`."""
-        fields = (("instruction", self.instruction), ("question", self.question), ("decide", self.decide),
+        fields = (("instruction", self.instruction), ("question", self.question), ("prompt", self.prompt),
+                  ("decide", self.decide),
                   ("output", self.output), ("recall.query", self.recall.query if self.recall else None),
                   ("items", self.items), *((f"remember.{key}", text) for key, text in self.remember.items()),
                   *((".".join((*body_keys(branch), "inputs", name)), text) for branch, body in self.bodies().items()
@@ -241,7 +244,7 @@ def flow_from_data(data: Any) -> Flow:
     )
 
 
-_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output", "items")
+_TEXT_FIELDS = ("instruction", "question", "next", "decide", "tool", "output", "items", "prompt")
 
 
 def _step(sid: str, raw: Any) -> Step:
@@ -280,6 +283,7 @@ def _step(sid: str, raw: Any) -> Step:
         catch={k: v for k, v in catch.items() if isinstance(v, str)}
         if isinstance(catch := raw.get("catch"), dict) else {},
         timeout=seconds(raw.get("timeout")),
+        answer_schema=answer if isinstance(answer := raw.get("answer_schema"), dict) else None,
         **text,
     )
 

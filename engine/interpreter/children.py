@@ -37,8 +37,9 @@ class ChildFailed(RunError):
     paused (its model unavailable), so that resuming the parent continues the child."""
 
     def __init__(self, message: str, status: RunStatus, child: str) -> None:
-        super().__init__(message, kind=ErrorKind.MODEL_UNAVAILABLE if status == RunStatus.PAUSED
-                         else ErrorKind.CHILD_FAILED)
+        # a child that waits for a person is no error: the parent waits too
+        super().__init__(message, kind={RunStatus.PAUSED: ErrorKind.MODEL_UNAVAILABLE, RunStatus.WAITING: None}.get(
+            status, ErrorKind.CHILD_FAILED))
         self.ends_run, self.child = status, child
 
     def __str__(self) -> str:  # `args[0]`, what a `catch` keeps, leaves out the id: a replay's children have others
@@ -118,9 +119,9 @@ async def run_children(kernel: Kernel, run: RunState, step: Step, children: list
                 continue
             failed += 1
             if outcome.status != RunStatus.FAILED or failed > allowed:
-                raise ChildFailed(_failure(step, branch, outcome, allowed),
-                                  RunStatus.PAUSED if outcome.status == RunStatus.PAUSED else RunStatus.FAILED,
-                                  outcome.run_id)
+                stopped = outcome.status if outcome.status in (RunStatus.PAUSED, RunStatus.WAITING) else \
+                    RunStatus.FAILED
+                raise ChildFailed(_failure(step, branch, outcome, allowed), stopped, outcome.run_id)
     finally:
         for task in tasks:
             task.cancel()

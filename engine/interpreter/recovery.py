@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import ErrorKind, FlowrunError
 from engine.events import StepRetrying
+from engine.flow.kinds import KINDS
 from engine.flow.model import ANY_ERROR, CATCH, Retry, Step
 from engine.interpreter import steps  # the module: its kinds of step start child runs, which walk (a cycle)
 from engine.interpreter.state import RunError, RunState, StepDone
@@ -64,7 +65,7 @@ async def run_step(kernel: Kernel, run: RunState, step: Step, visit: int) -> Ste
 
 async def _once(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     """One try of the step, within its `timeout`."""
-    if step.timeout is None:
+    if step.timeout is None or KINDS[step.kind].waits:  # a wait's timeout is how long it waits (its executor's)
         return await steps.EXECUTORS[step.kind](kernel, run, step)
     try:
         async with asyncio.timeout(step.timeout) as timer:

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.compiler import CompiledFlow
-from engine.interpreter import walk  # the module: walk runs steps, whose child runs resume (children.py)
+from engine.interpreter import (
+    answering,
+    walk,  # the module: walk runs steps, whose child runs resume (children.py)
+)
 from engine.interpreter.runs import LLM_KINDS, RunRecord, alive, answer_stands, record, root_of, status
 from engine.interpreter.state import RunState
+from engine.kernel.asking import Answer
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage, through
@@ -53,8 +57,19 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
     stored as running on another machine, which cannot be checked; never one whose process runs on this one).
 
     A child run is resumed through the run a user started (runs.root_of), which continues its unfinished child
-    runs: a child of a map item needs its parent's state to go on."""
-    return stopped_run(storage, record(storage, root_of(storage, storage.find_run(run_id)).id), force=force)
+    runs: a child of a map item needs its parent's state to go on. A run that waits for an answer can be resumed
+    once its question timed out (the timeout is settled here: the run goes on its timeout way)."""
+    root = root_of(storage, storage.find_run(run_id))
+    if root.status == RunStatus.WAITING:
+        questions = answering.waiting(storage, root.id)
+        open_ = [asked for asked in questions if not (asked.question.expired() and
+                                                    answering.settle(storage, asked, Answer(timed_out=True)))]
+        if open_:
+            asked = open_[0].question
+            until = "" if asked.deadline is None else f" (it times out at {answering.when(asked)})"
+            raise ResumeError(f"run {root.id} waits for an answer to step {asked.step}{until}: give it with `flowrun "
+                              f"runs answer {root.id[:12]} --value JSON` (or --text TEXT). It asks: {asked.prompt}")
+    return stopped_run(storage, record(storage, root.id), force=force)
 
 
 def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> Stopped:
@@ -97,7 +112,8 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> S
             retried.add(child.run.id)
     again = {c.id for child in tree if child.run.id in retried for c in child.syscalls
              if c.kind in LLM_KINDS and c.created >= (child.steps[-1].finished if child.steps else child.run.created)}
-    given = [c.key or "" for child in tree for c in child.syscalls if answer_stands(c) and c.id not in again]
+    given = [c.key or "" for child in tree for c in child.syscalls
+             if answer_stands(c) and c.kind in LLM_KINDS and c.id not in again]
     calls = [c for child in tree for c in child.syscalls if c.kind in LLM_KINDS and not c.superseded]
     return Stopped(run, found.steps, journal, unrecorded, stale, given, [child.run for child in tree[1:]],
                    (len(calls), sum(c.tokens for c in calls)))

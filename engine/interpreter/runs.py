@@ -17,6 +17,7 @@ from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
 
 LLM_KINDS = ("generate", "choose", "call_tool")
+ANSWER_KINDS = (*LLM_KINDS, "input")  # the syscalls whose text a journal gives back
 
 
 @dataclass
@@ -88,8 +89,9 @@ def figures(storage: Storage, runs: list[RunRow]) -> list[RunFigures]:
 
 
 def answer_stands(call: SyscallRow) -> bool:
-    """Whether `call` is a model answer the run got and still stands by (not failed, cancelled or superseded)."""
-    return call.kind in LLM_KINDS and call.text is not None and call.error is None and not call.superseded
+    """Whether `call` is a model's answer (or a person's, to an input step) the run got and still stands by (not
+    failed, cancelled or superseded)."""
+    return call.kind in ANSWER_KINDS and call.text is not None and call.error is None and not call.superseded
 
 
 def cassette(found: RunRecord) -> dict[str, Any]:

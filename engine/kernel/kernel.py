@@ -26,6 +26,7 @@ from engine.errors import ErrorKind, RunFailure
 from engine.events import EventBus, SyscallEnded, ToolEnded, ToolStarted
 from engine.jsontext import parse_json
 from engine.kernel.access import AccessManager, Group
+from engine.kernel.asking import Answer, Question
 from engine.kernel.bounds import cut, max_result
 from engine.kernel.context import ContextManager, WindowPolicy, fit
 from engine.kernel.journal import Journal
@@ -60,6 +61,8 @@ class Kernel:
         self.retry = retry or Backoff.from_env()  # for model calls that fail in a way that may pass
         # How it waits before trying again (model calls, a step's `retry`): a test's fake clock stands in for it
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # Who answers what runs ask a person there and then (a terminal, a test's answers); None: the runs wait
+        self.answerer: Callable[[Question], Awaitable[Answer | None]] | None = None
         self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.runs: dict[str, RunSession] = {}  # the runs open now (open_run), by id
@@ -212,6 +215,26 @@ class Kernel:
             finally:
                 workspace.reset(token)
                 self.events.publish(ToolEnded(run, tool=name, syscall=syscall.id, error=failed))
+
+    async def ask(self, agent: str, run: str, question: Question) -> Answer | None:
+        """The answer to what the run asks a person: the one its journal holds (given before it was resumed, or in
+        the run a replay replays), or the answerer's, or its time running out, recorded now; None when nobody
+        answers now (the run waits)."""
+        journal = self._journal(run)
+        if journal is not None and (text := journal.answer(question.key)) is not None:
+            try:
+                return Answer.read(text)
+            except ValueError:
+                raise KernelError(f"the answer recorded for {question.key!r} is not one an input step gives") from None
+        syscall = Syscall(SyscallKind.INPUT, agent, run, Request([], key=question.key))
+        answer = await self.answerer(question) if self.answerer is not None else None
+        if answer is None and question.expired():
+            answer = Answer(timed_out=True)
+        if answer is not None:
+            with self._recorded(syscall, timed=True):
+                syscall.started = syscall.created  # it waited for the person from the start
+                syscall.result = Result(answer.text(), "stop", 0, 0)
+        return answer
 
     def check_agent(self, agent: str, run: str, callee: str) -> None:
         """Return if `agent`'s run `run` may start a run of agent `callee`; else the access manager audits the

@@ -74,7 +74,8 @@ _ADDED_COLUMNS = {
     10: (("runs", "memory", "JSON"), ("steps", "remembered", "JSON")),
     11: (("runs", "parent", "VARCHAR"), ("runs", "parent_step", "VARCHAR"), ("runs", "parent_visit", "INTEGER"),
          ("runs", "branch", "VARCHAR")),
-    12: (("steps", "error", "JSON"), ("runs", "attempt", "INTEGER"), ("tool_calls", "error_kind", "VARCHAR")),
+    12: (("steps", "error", "JSON"), ("runs", "attempt", "INTEGER"), ("tool_calls", "error_kind", "VARCHAR"),
+         ("runs", "asking", "JSON")),
 }
 
 
@@ -395,13 +396,14 @@ class Storage:
             values = {k: v for k, v in row.model_dump().items() if v is not None}
             return db.execute(table.insert().values(**values)).inserted_primary_key[0]
 
-    def end_tool_call(self, row: ToolCallRow) -> None:
-        """Store how a started tool call (`row.id`) ended."""
+    def end_tool_call(self, row: ToolCallRow, unknown: bool = False) -> None:
+        """Store how a started tool call (`row.id`) ended; `unknown`: it was stopped, and may or may not have
+        happened (it stays pending)."""
         table = ToolCallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             db.execute(table.update().where(table.c.id == row.id).values(
                 result=row.result, error=row.error, error_kind=row.error_kind, finished=row.finished,
-                pending=row.pending))
+                pending=True if unknown else None))
 
     def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
                   stale: tuple[list[str], list[int]] = ([], [])) -> bool:
@@ -417,6 +419,27 @@ class Storage:
             if claimed.rowcount == 1:
                 self._supersede(db, *stale)
             return claimed.rowcount == 1
+
+    def set_asking(self, run_id: str, asking: dict[str, Any]) -> None:
+        """Keep what run `run_id` asks a person, while it waits (runs.asking)."""
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            db.execute(table.update().where(table.c.id == run_id).values(asking=asking))
+
+    def settle_waiting(self, run_id: str, syscall: dict[str, Any], why: str, above: Iterable[str] = ()) -> bool:
+        """If run `run_id` still waits, record the answer to what it asks (or its timeout) as the input syscall
+        `syscall` and make it, and the runs `above` it that wait with it, resumable (paused, `why` saying so), in
+        one transaction: of two answers given at once, exactly one is recorded. Whether this one was."""
+        runs, calls = RunRow.__table__, SyscallRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            settled = db.execute(runs.update().where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING)
+                                 .values(status=RunStatus.PAUSED, asking=None, error=why))
+            if settled.rowcount == 1:
+                db.execute(calls.insert().values(**syscall))
+                if above:
+                    db.execute(runs.update().where(runs.c.id.in_(list(above)), runs.c.status == RunStatus.WAITING)
+                               .values(status=RunStatus.PAUSED, error=why))
+            return settled.rowcount == 1
 
     def supersede(self, calls: list[str], tools: list[int]) -> None:
         """Mark syscalls `calls` and tool calls `tools` as gone past by a resumed run."""

@@ -27,6 +27,7 @@ class SyscallKind(StrEnum):
     CHOOSE = "choose"  # exactly one of a closed set of labels
     CALL_TOOL = "call_tool"  # the model picks a tool and its arguments
     TOOL = "tool"
+    INPUT = "input"  # a person's answer to an input step
     MEMORY = "memory"
     STORAGE = "storage"
 

@@ -73,6 +73,7 @@ class RunRow(SQLModel, table=True):
     parent_visit: int | None = None
     branch: str | None = None
     attempt: int | None = None  # the try of its step that started it, when a `retry` tried it again (None: the first)
+    asking: Any = Field(default=None, sa_column=Column(JSON))  # while waiting: the Question (engine.kernel.asking)
 
 
 class StepRow(SQLModel, table=True):

@@ -174,7 +174,7 @@ class ToolManager:
                 syscall.started = syscall.finished
             if row.pending:  # its result is awaited, to leave the least time in which a crash leaves it unknown
                 row.pending = True if stopped else None
-                if await through(self.storage.commit(self.storage.end_tool_call, row)):
+                if await through(self.storage.commit(self.storage.end_tool_call, row, stopped)):
                     raise asyncio.CancelledError
             else:
                 self.storage.record_tool_call(row)

@@ -20,6 +20,7 @@ class StepKind:
     ends_run: bool = False  # its output is the run's answer; a way on from it is an error (FR106), not an edge
     chooses: bool = False  # its answer is one of its branch labels (the route it takes), not its output data
     no_way_on: str = ""  # why a step of this kind with no way on stops the run (FR103), with {id} for the step
+    waits: bool = False  # it waits for a person: its `timeout` is how long, not a bound of its work
     checks: tuple[Check, ...] = ()  # run on each step of the kind, besides the checks every step gets
     mermaid: str = '["{}"]'  # the node's shape in Mermaid, {} for its label
     dot: str = "box"  # the node's shape attributes in Graphviz DOT

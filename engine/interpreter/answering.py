@@ -1,0 +1,110 @@
+"""Answering a run that waits for a person (an input step's question), from any process: the answer is checked
+against the question, then recorded as the run's input syscall while the run (and the runs above it, when a child
+run asked) turns from waiting to paused, in one transaction, so that of two answers at once exactly one counts.
+The run then goes on as any paused run does (engine.interpreter.resume): its journal gives the input step the
+answer. A question whose deadline passed is settled the same way with a timeout, by whoever sees it first."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import FlowrunError, RunStatus
+from engine.interpreter.runs import root_of, status
+from engine.kernel.asking import Answer, Question
+from engine.kernel.storage import Storage
+from engine.kernel.syscall import SyscallKind, new_syscall_id
+from engine.kernel.tables import RunRow
+
+
+class AnswerError(FlowrunError):
+    """The answer cannot be taken (the run does not wait, the answer does not fit, it came too late); the run is
+    left as it was, and the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A run that waits: the run a user started (`root`), the run that asked (`run`: the root or a child run of
+    it), its `question`, and the runs between them (`above`: the asker's parent, its parent, up to the root)."""
+
+    root: RunRow
+    run: RunRow
+    question: Question
+    above: tuple[str, ...]
+
+
+def waiting(storage: Storage, run_id: str) -> list[Waiting]:
+    """The questions the run `run_id` (a start of its id; a child run's: its root's) waits on the answers of."""
+    root = root_of(storage, storage.find_run(run_id))
+    if root.status != RunStatus.WAITING:
+        return []
+    found, level, above = [], [root], {root.id: ()}
+    while level:
+        for run in level:
+            if run.asking is not None and run.status == RunStatus.WAITING:
+                found.append(Waiting(root, run, Question.of(run.asking), above[run.id]))
+        children = [c for c in storage.children([run.id for run in level]) if c.status == RunStatus.WAITING]
+        above.update({c.id: (c.parent or "", *above[c.parent or ""]) for c in children})
+        level = children
+    return found
+
+
+def answer(storage: Storage, run_id: str, value: Any, *, step: str | None = None, now: float | None = None
+           ) -> Waiting:
+    """Record `value` as the answer to what the run `run_id` waits on (its step `step`'s question, where it waits
+    on several), and make the run resumable; the question answered. AnswerError, the run left waiting, when the
+    run does not wait, the answer does not fit or it came past the question's deadline (then settled as timed
+    out)."""
+    questions = waiting(storage, run_id)
+    if not questions:
+        run = root_of(storage, storage.find_run(run_id))
+        raise AnswerError(f"run {run.id} waits for no answer: it is {status(run)}")
+    if step is not None:
+        questions = [q for q in questions if q.question.step == step]
+        if not questions:
+            raise AnswerError(f"run {run_id} waits for no answer of step {step!r}: it waits for "
+                              f"{', '.join(q.question.step for q in waiting(storage, run_id))}")
+    if len(questions) > 1:
+        steps = ", ".join(q.question.step for q in questions)
+        raise AnswerError(f"run {run_id} waits for answers of several steps ({steps}): name the one you answer "
+                          "with --step")
+    [asked] = questions
+    if asked.question.expired(now):
+        settle(storage, asked, Answer(timed_out=True))
+        raise AnswerError(f"too late: step {asked.question.step} stopped waiting at {when(asked.question)}; the "
+                          f"run goes on its timeout way when resumed (`flowrun runs resume {asked.root.id[:12]}`)")
+    problems = asked.question.problems(value)
+    if problems:
+        raise AnswerError(f"that answer does not fit step {asked.question.step} ({'; '.join(problems)}); the run "
+                          f"still waits. It asks: {asked.question.prompt}")
+    if not settle(storage, asked, Answer(value)):
+        raise AnswerError(f"run {asked.root.id} was answered (or timed out) meanwhile: this answer does not count")
+    return asked
+
+
+def time_out(storage: Storage, now: float | None = None) -> list[Waiting]:
+    """Settle every question whose deadline passed as timed out (their runs resumable); those settled here."""
+    settled = []
+    for root in storage.find_runs(limit=None, status=RunStatus.WAITING):
+        for asked in waiting(storage, root.id):
+            if asked.question.expired(now) and settle(storage, asked, Answer(timed_out=True)):
+                settled.append(asked)
+    return settled
+
+
+def settle(storage: Storage, asked: Waiting, given: Answer) -> bool:
+    """Record `given` for `asked` and make its runs resumable, if nobody did first."""
+    when = given.given
+    syscall = {"id": new_syscall_id(), "run_id": asked.run.id, "agent": asked.run.agent,
+               "kind": SyscallKind.INPUT.value, "priority": 0, "created": when, "started": when, "finished": when,
+               "waiting": 0.0, "turnaround": 0.0, "tokens": 0, "preemptions": 0, "key": asked.question.key,
+               "text": given.text()}
+    why = (f"step {asked.question.step} timed out: resume the run to go on its timeout way" if given.timed_out else
+           f"step {asked.question.step} was answered: resume the run to go on")
+    return storage.settle_waiting(asked.run.id, syscall, why, asked.above)
+
+
+def when(question: Question) -> str:
+    """The question's deadline, as local time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(question.deadline or 0))
