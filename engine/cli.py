@@ -367,13 +367,14 @@ def _say_end(outcome: RunOutcome) -> None:
     show = f"`flowrun runs show {outcome.run_id[:12]}`"
     if outcome.status == RunStatus.FINISHED:
         click.echo(f"run {outcome.run_id} finished in {len(outcome.path)} steps ({show})", err=True)
+    elif outcome.status == RunStatus.WAITING:
+        click.echo(f"run {outcome.run_id} waits: {console.printable(outcome.error or '')}; see what it asks with "
+                   f"{show}", err=True)
     else:
         click.echo(f"error: run {outcome.run_id} {outcome.status}: {console.printable(outcome.error or '')}", err=True)
         click.echo(f"its {max(0, len(outcome.path) - 1)} finished steps are kept: {show}", err=True)
         if outcome.status == RunStatus.PAUSED:
             click.echo(f"resume it when the model is back: `flowrun runs resume {outcome.run_id[:12]}`", err=True)
-        if outcome.status == RunStatus.WAITING:
-            click.echo(f"see what it asks with `flowrun runs show {outcome.run_id[:12]}`", err=True)
 
 
 @main.command()

@@ -152,11 +152,24 @@ def run_text(record: RunRecord) -> str:
         lines.append("")
     if run.status == RunStatus.FINISHED:
         lines.append("answer: " + _text(run.answer))
+    elif run.asking is not None:
+        lines.extend(_asking(Question.of(run.asking), run))
     elif run.error:
         lines.append(f"{run.status}: {printable(run.error)}")
     if status(run).resumable:
         lines.append(f"resume it with `flowrun runs resume {run.id[:12]}`")
     return "\n".join(lines)
+
+
+def _asking(question: Question, run: RunRow) -> list[str]:
+    """What a waiting run asks, what answer fits, until when, and how to give it."""
+    want = f"one of {', '.join(question.labels)}" if question.labels else \
+        f"JSON matching {json.dumps(question.schema)}" if question.schema is not None else "text"
+    until = f", until {_when(question.deadline)}" if question.deadline is not None else ""
+    root = run.parent and "the run a user started"  # answered through its root, as any of its tree is
+    return [f"waiting for an answer to step {question.step}{until}; it asks:", printable(question.prompt), "",
+            f"answer {want}: `flowrun runs answer {run.id[:12]} --value JSON` (or --text TEXT)" +
+            (f", or through {root}" if root else "")]
 
 
 def _with_children(record: RunRecord) -> str:

@@ -599,14 +599,15 @@ def _check_field(step: Step, name: str, scope: Scope) -> Iterator[Problem]:
             yield Problem("FR127", f"{reference}: what step {step.id!r} calls never gives a field {name!r}"
                                    f"{_known(properties)}")
         return
-    if step.output_schema is None:
+    declared = step.output_schema if step.output_schema is not None else step.answer_schema  # an input's answer
+    if declared is None:
         # data of a shape not declared: a tool's result, or the value of an `output` that is one expression
         data = facts(step.output).expression if step.output is not None else step.tool is not None
         if not data:
             yield Problem("FR302", f"{reference}: step {step.id!r} has no output_schema, so its output is text "
                                    "with no fields")
         return
-    properties = step.output_schema.get("properties")
+    properties = declared.get("properties")
     if isinstance(properties, dict) and name not in properties:
         yield Problem("FR302", f"{reference}: the output_schema of {step.id!r} has no property {name!r}"
                                f"{_known(properties)}")

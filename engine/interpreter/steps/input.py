@@ -39,8 +39,8 @@ async def run_input(kernel: Kernel, run: RunState, step: Step) -> StepDone:
         kernel.events.publish(InputRequired(run.id, step=step.id, visit=question.visit, prompt=prompt,
                                             schema=question.schema, labels=list(question.labels),
                                             deadline=question.deadline))
-        raise Waiting(f"step {step.id} waits for an answer: give it with `flowrun runs answer {run.id[:12]} "
-                      "--value JSON` (or --text TEXT)")
+        raise Waiting(f"it waits for an answer: give it with `flowrun runs answer {run.id[:12]} --value JSON` "
+                      "(or --text TEXT)")
     if answer.timed_out:
         if TIMED_OUT in step.branches:
             return StepDone(prompt, None, branch=TIMED_OUT)
