@@ -394,11 +394,13 @@ def _say_end(outcome: RunOutcome) -> None:
                                                           "turn, and past 100 waiting it is answered 429.")
 @click.option("--resume-interrupted", is_flag=True,
               help="At start, go on with the stored runs of these flows that were interrupted (a stop, SIGTERM).")
+@click.option("--timeouts-every", "sweep", type=click.FloatRange(0.05, 3600), default=5.0, show_default=True,
+              help="Seconds between looks for waiting runs whose input timed out (they then go on).")
 @_db_option
 @_tools_option
 def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: str, cassette: Path | None,
-          scheduler: str, slots: int | None, max_runs: int | None, resume_interrupted: bool, db: str | None,
-          tool_paths: tuple[Path, ...]) -> None:
+          scheduler: str, slots: int | None, max_runs: int | None, resume_interrupted: bool, sweep: float,
+          db: str | None, tool_paths: tuple[Path, ...]) -> None:
     """Serve runs of the flows under --flows over HTTP, all on one kernel and one model (see GET /docs).
 
     With FLOWRUN_TOKEN set, every request but GET /healthz needs `Authorization: Bearer TOKEN`. SIGTERM or Ctrl-C
@@ -418,7 +420,7 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
         backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
         kernel = kernel_for([f.checked for f in flows.values()], backend, Storage(db), policy=Policy(scheduler))
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
-                     resume_interrupted=resume_interrupted)
+                     resume_interrupted=resume_interrupted, sweep=sweep)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
     serve_app(app, host, port)
 

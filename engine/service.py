@@ -12,6 +12,7 @@ and show stored runs, and follow a run's events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import FlowrunError, RunStatus
-from engine.events import Event, RunEnded, RunStarted, StepEnded, short
+from engine.events import Event, InputRequired, RunEnded, RunStarted, StepEnded, short
 from engine.flow.validate import CheckedFlow
+from engine.interpreter import answering
 from engine.interpreter.replay import Replay, replay_run
 from engine.interpreter.resume import Stopped, check_flow_for, resume_run, stopped
 from engine.interpreter.runs import RunRecord, progress, record
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
+from engine.kernel.asking import Question
 from engine.kernel.kernel import Kernel
 from engine.kernel.tables import RunRow, StepRow
 
@@ -259,6 +262,11 @@ class Service:
         if run.events and run.status != RunStatus.RUNNING:
             rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,
                                     error=run.error, tokens=sum(s.tokens for s in steps)))
+        if run.asking is not None and run.status == RunStatus.WAITING:  # what it asked before it stopped
+            asked = Question.of(run.asking)
+            rebuilt.append(InputRequired(run.id, asked.seq, run.finished or run.created, step=asked.step,
+                                         visit=asked.visit, prompt=asked.prompt, schema=asked.schema,
+                                         labels=list(asked.labels), deadline=asked.deadline))
         return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
                       key=lambda e: e.seq)
 
@@ -284,6 +292,15 @@ class Service:
         """The stored run whose id is or starts with `run_id`, read back to be resumed (a ResumeError where it
         cannot be: engine.interpreter.resume.stopped)."""
         return await self._read(stopped, self.kernel.storage, run_id)
+
+    async def answer(self, run_id: str, value: Any, step: str | None = None) -> answering.Waiting:
+        """Record `value` as the answer to what run `run_id` waits for (its step `step`'s question, where it waits on
+        several), which makes it resumable; the question answered (engine.interpreter.answering.answer)."""
+        return await self._read(functools.partial(answering.answer, step=step), self.kernel.storage, run_id, value)
+
+    async def time_out(self) -> list[answering.Waiting]:
+        """Settle the questions whose deadline passed as timed out (their runs resumable); those settled."""
+        return await self._read(answering.time_out, self.kernel.storage)
 
     async def run_id(self, run_id: str) -> str:
         """The id of the run in flight, else stored, whose id is or starts with `run_id` (NoSuchRun if none)."""

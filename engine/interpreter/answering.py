@@ -19,8 +19,12 @@ from engine.kernel.tables import RunRow
 
 
 class AnswerError(FlowrunError):
-    """The answer cannot be taken (the run does not wait, the answer does not fit, it came too late); the run is
-    left as it was, and the message says why and what to do."""
+    """The answer cannot be taken (the run does not wait, it came too late, another came first); the run is left
+    as it was, and the message says why and what to do."""
+
+
+class UnfitAnswer(AnswerError):
+    """The answer does not fit the question (its labels, its schema): the run still waits."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def answer(storage: Storage, run_id: str, value: Any, *, step: str | None = None
                           f"run goes on its timeout way when resumed (`flowrun runs resume {asked.root.id[:12]}`)")
     problems = asked.question.problems(value)
     if problems:
-        raise AnswerError(f"that answer does not fit step {asked.question.step} ({'; '.join(problems)}); the run "
+        raise UnfitAnswer(f"that answer does not fit step {asked.question.step} ({'; '.join(problems)}); the run "
                           f"still waits. It asks: {asked.question.prompt}")
     if not settle(storage, asked, Answer(value)):
         raise AnswerError(f"run {asked.root.id} was answered (or timed out) meanwhile: this answer does not count")

@@ -34,6 +34,7 @@ from engine.flow.manifest import ToolManifest
 from engine.flow.render import render_graph
 from engine.flow.report import render_report
 from engine.flow.validate import Report, check_flow_text
+from engine.interpreter.answering import AnswerError, UnfitAnswer
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.resume import ResumeError
 from engine.kernel.storage import NoSuchRun
@@ -44,7 +45,8 @@ MAX_BODY = 1 << 20  # bytes of a request body
 HEX = "^[0-9a-f]{1,64}$"  # a run's or batch's id, or the start of one (as `flowrun runs` takes it)
 RUN_ID = Path(pattern=HEX, description="A run's id, or a start of it that only one run's id has.")
 # The status of a response to flowrun's errors (others: 400).
-_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (AlreadyInFlight, 409), (ResumeError, 409), (InputError, 422))
+_STATUS = ((NoSuchRun, 404), (NotInFlight, 409), (AlreadyInFlight, 409), (ResumeError, 409), (InputError, 422),
+           (UnfitAnswer, 422), (AnswerError, 409))
 _NUMBER = re.compile(r"[0-9]{1,18}")  # a header's number (str.isdigit takes other digits, which int() refuses)
 
 
@@ -55,6 +57,13 @@ class RunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs, by name.")
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1,
                           description="Higher goes first under the priority scheduler.")
+
+
+class AnswerRequest(BaseModel):
+    """What POST /runs/{id}/answer takes."""
+
+    value: Any = Field(description="The answer: one of the input step's labels, or data matching its schema.")
+    step: str | None = Field(default=None, description="The input step answered, where the run waits on several.")
 
 
 class Problem(BaseModel):
@@ -87,14 +96,25 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[str, ToolManifest], *,
                token: str | None = None, max_body: int = MAX_BODY, resume_interrupted: bool = False,
-               max_queued: int = 100) -> FastAPI:
+               max_queued: int = 100, sweep: float = 5.0) -> FastAPI:
     """The API over `service`, running the `flows` offered (flow files are checked against `tools`), guarded by
     `token` if given; with `resume_interrupted`, the stored runs of those flows that were interrupted go on at
     start. Past the service's max_runs runs in flight a POST /runs waits its turn, and past `max_queued` waiting
-    ones it is answered 429."""
+    ones it is answered 429. Every `sweep` seconds, the questions of waiting runs whose deadline passed time out,
+    and their runs go on (even those that began waiting under another process)."""
+
+    async def time_out() -> None:
+        while True:
+            for asked in await service.time_out():
+                try:
+                    await resume(asked.root.id)
+                except (FlowrunError, HTTPException) as exc:  # not offered here, say: resumed elsewhere
+                    print(f"flowrun serve: run {asked.root.id} timed out, not resumed: {exc}", file=sys.stderr)
+            await asyncio.sleep(sweep)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeping = asyncio.create_task(time_out())
         if resume_interrupted:
             for run in await service.runs(limit=None, status=RunStatus.INTERRUPTED):
                 if run.agent in flows:
@@ -103,6 +123,9 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
                     except FlowrunError as exc:  # its flow changed, say: the others still go on
                         print(f"flowrun serve: run {run.id} not resumed: {exc}", file=sys.stderr)
         yield
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
         for run_id in service.in_flight:  # shutting down (SIGTERM): they end interrupted, to be resumed
             with contextlib.suppress(NotInFlight):  # it ended meanwhile
                 await service.cancel(run_id)
@@ -210,6 +233,14 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         """Go on with a run that stopped (interrupted, paused, failed or crashed) from its last stored step."""
         return await resume(run_id)
 
+    @app.post("/runs/{run_id}/answer", responses=problems(404, 409, 422, 429))
+    async def answer_run(body: AnswerRequest, run_id: str = RUN_ID) -> dict[str, Any]:
+        """Answer what a waiting run asks (its input step's question; the `input.required` event says what), and
+        go on with the run. An answer that does not fit is refused (422) and the run still waits; a run that does
+        not wait, or an answer that came too late or second, is refused (409)."""
+        asked = await service.answer(run_id, body.value, body.step)
+        return {**await resume(asked.root.id), "step": asked.question.step}
+
     @app.get("/runs/{run_id}/events", responses=problems(404))
     async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:
         """The run's events as Server-Sent Events, until its end: after Last-Event-ID, if given. Of a run that has
@@ -273,4 +304,5 @@ def _flow_summary(name: str, found: Offered) -> dict[str, Any]:
 
 def _run_summary(run: Any) -> dict[str, Any]:
     return {"id": run.id, "agent": run.agent, "flow": run.flow, "status": run.status, "batch": run.batch,
-            "created": run.created, "finished": run.finished, "answer": run.answer, "error": run.error}
+            "created": run.created, "finished": run.finished, "answer": run.answer, "error": run.error,
+            "asking": run.asking}
