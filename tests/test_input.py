@@ -1,0 +1,321 @@
+"""Input steps: a run asks a person and waits, with no process, until it is answered from another process (the
+CLI, the HTTP API, a terminal) or its time runs out; wrong answers, double answers and answers to runs that do
+not wait are refused; the answers are recorded, so resume and replay need nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.errors import RunStatus
+from engine.flow.manifest import load_tools
+from engine.flow.validate import CheckedFlow, check_flow_text
+from engine.interpreter import answering
+from engine.interpreter.replay import replay_run
+from engine.interpreter.runs import record
+from engine.interpreter.setup import kernel_for
+from engine.interpreter.walk import RunOutcome, run_flow
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, SyscallRow
+from engine.llm.scripted import ScriptedBackend
+from tests.conftest import FLOWS, ROOT
+from tests.test_run_cli import cli
+from tests.test_serve import free_port, serving
+
+APPROVE = FLOWS / "approve_post.yaml"
+DRAFTS = "responses:\n  - {key: draft, text: First draft.}\n  - {key: draft, text: Second draft.}\n"
+
+
+def flowrun(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`flowrun ARGS` in a process of its own (each test step is another process, as a person's would be)."""
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, input=stdin,
+                          cwd=ROOT, timeout=120)
+
+
+def waiting_run(tmp_path: Path, flow: Path = APPROVE, *inputs: str) -> tuple[str, list[str]]:
+    """A run of `flow` started in a process that ended while the run waits; its id and the options to go on."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cassette = tmp_path / "drafts.cassette.yaml"
+    cassette.write_text(DRAFTS)
+    options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
+    started = flowrun("run", str(flow), *(inputs or ("-i", "topic=opening hours")), *options, "--json")
+    assert started.returncode == 4, started.stderr  # waiting
+    ended = json.loads(started.stdout)
+    assert ended["status"] == "waiting" and "flowrun runs answer" in ended["error"]
+    return ended["run_id"], options
+
+
+def row(tmp_path: Path, run_id: str) -> RunRow:
+    return Storage(f"sqlite:///{tmp_path / 'runs.db'}", reading=True).find_run(run_id)
+
+
+def test_a_waiting_run_outlives_its_process_and_is_answered_from_another(tmp_path: Path) -> None:
+    run_id, options = waiting_run(tmp_path)
+    waiting = row(tmp_path, run_id)
+    assert waiting.status == "waiting" and waiting.asking["step"] == "review"
+    assert "First draft." in waiting.asking["prompt"] and waiting.asking["deadline"] > time.time() + 86_000
+    shown = flowrun("runs", "show", run_id, *options[-2:])
+    assert "waiting for an answer to step review" in shown.stdout and "First draft." in shown.stdout
+
+    changes = flowrun("runs", "answer", run_id[:10], "--value", '{"decision": "changes", "note": "Shorter."}',
+                      *options, "--json")
+    assert changes.returncode == 4, changes.stderr  # it drafted again, and waits for the second review
+    assert row(tmp_path, run_id).asking["prompt"].count("Second draft.") == 1
+    approved = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', *options, "--json")
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["answer"] == {"status": "published", "post": "Second draft.", "drafts": 2}
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    answers = [json.loads(c.text) for c in storage.rows(SyscallRow) if c.kind == "input"]
+    assert answers == [{"answer": {"decision": "changes", "note": "Shorter."}}, {"answer": {"decision": "approve"}}]
+    # the answers are recorded like the model's: a replay needs neither the model nor the person
+    checked = check_flow_text(APPROVE.read_text(), str(APPROVE), load_tools([]).tools)
+    replayed = asyncio.run(replay_run(record(storage, run_id), checked, file=str(APPROVE)))
+    assert replayed.differences == [] and replayed.outcome.answer["drafts"] == 2
+
+
+def test_a_wrong_answer_is_refused_and_the_run_still_waits(tmp_path: Path) -> None:
+    run_id, options = waiting_run(tmp_path)
+    for value in ('{"decision": "maybe"}', '"approve"', '{"decision": "approve", "extra": 1}'):
+        refused = flowrun("runs", "answer", run_id, "--value", value, *options)
+        assert refused.returncode == 2 and "does not fit step review" in refused.stderr, refused.stderr
+    assert flowrun("runs", "answer", run_id, "--value", "{not json", *options).returncode == 2
+    assert row(tmp_path, run_id).status == "waiting"
+    assert not [c for c in Storage(f"sqlite:///{tmp_path / 'runs.db'}").rows(SyscallRow) if c.kind == "input"]
+
+
+def test_a_run_that_does_not_wait_takes_no_answer(tmp_path: Path) -> None:
+    run_id, options = waiting_run(tmp_path)
+    assert flowrun("runs", "answer", run_id, "--value", '{"decision": "reject"}', *options).returncode == 0
+    again = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', *options)
+    assert again.returncode == 2 and "waits for no answer: it is finished" in again.stderr
+    assert row(tmp_path, run_id).answer["status"] == "rejected"
+    resumed = flowrun("runs", "resume", run_id, *options)
+    assert resumed.returncode == 2 and "it finished" in resumed.stderr
+
+
+def test_of_answers_given_at_once_exactly_one_counts(tmp_path: Path) -> None:
+    run_id, _ = waiting_run(tmp_path)
+    outcomes: list[str] = []
+
+    def give(n: int) -> None:
+        storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+        try:
+            answering.answer(storage, run_id, {"decision": "reject", "note": f"answer {n}"})
+            outcomes.append(f"counted {n}")
+        except answering.AnswerError:
+            outcomes.append("refused")
+        finally:
+            storage.close()
+
+    threads = [threading.Thread(target=give, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counted = [o for o in outcomes if o.startswith("counted")]
+    assert len(counted) == 1 and outcomes.count("refused") == 7, outcomes
+    recorded = [json.loads(c.text) for c in Storage(f"sqlite:///{tmp_path / 'runs.db'}").rows(SyscallRow)
+                if c.kind == "input"]
+    assert recorded == [{"answer": {"decision": "reject", "note": counted[0].replace("counted", "answer")}}]
+    assert row(tmp_path, run_id).status == "paused"
+
+
+SOON = APPROVE.read_text().replace("timeout: 2d", "timeout: 4s")
+
+
+def past_deadline(tmp_path: Path, run_id: str) -> None:
+    """Wait until the question of the run stops waiting (its deadline, as stored)."""
+    time.sleep(max(0.0, row(tmp_path, run_id).asking["deadline"] - time.time()) + 0.1)
+
+
+def test_a_timeout_fires_with_no_process_running_when_runs_list_or_resume_sees_it(tmp_path: Path) -> None:
+    flow = tmp_path / "approve_soon.yaml"
+    flow.write_text(SOON)
+    run_id, options = waiting_run(tmp_path, flow)
+    code, _, err = cli("runs", "resume", run_id, *options)
+    assert code == 2 and "waits for an answer to step review (it times out at" in err
+    past_deadline(tmp_path, run_id)  # with no process of the run's
+    listed = flowrun("runs", "list", *options[-2:], "--json")
+    assert json.loads(listed.stdout)[0]["status"] == "paused"  # runs list timed it out
+    late = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', *options)
+    assert late.returncode == 2 and "waits for no answer" in late.stderr
+    resumed = flowrun("runs", "resume", run_id, *options, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["answer"]["reason"] == "nobody answered in time"
+
+    # runs resume times it out itself, and an answer past the deadline is refused, timing it out
+    run_id, options = waiting_run(tmp_path / "again", flow)
+    past_deadline(tmp_path / "again", run_id)
+    late = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', *options)
+    assert late.returncode == 2 and "too late: step review stopped waiting" in late.stderr
+    assert json.loads(flowrun("runs", "resume", run_id, *options, "--json").stdout)["answer"]["status"] == "rejected"
+
+
+LABELS = """\
+flowrun: 1
+name: Labels
+steps:
+  ask:
+    kind: input
+    prompt: Ship it?
+    branches: {yes: shipped, no: held, timeout: held}
+    timeout: %s
+  shipped: {kind: terminal, output: shipped}
+  held: {kind: terminal, output: "held ({{ steps.ask.output }})"}
+"""
+
+
+def run_labels(tmp_path: Path, timeout: str, answerer: Any) -> tuple[RunOutcome, Storage]:
+    checked = check_flow_text(LABELS % timeout, str(tmp_path / "labels.yaml"), load_tools([]).tools)
+    assert checked.ok, checked.diagnostics
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    kernel = kernel_for([checked], ScriptedBackend([]), storage, workspaces=tmp_path / "workspaces")
+    kernel.answerer = answerer
+    return asyncio.run(run_flow(kernel, checked.compiled, {}, file=str(tmp_path / "labels.yaml"))), storage
+
+
+def test_a_label_answer_takes_its_branch_and_a_timeout_the_timeout_branch(tmp_path: Path) -> None:
+    from engine.kernel.asking import Answer
+
+    async def yes(question: Any) -> Answer:
+        assert question.labels == ("yes", "no")  # `timeout` is no answer a person gives
+        return Answer("yes")
+
+    outcome, _ = run_labels(tmp_path, "1h", yes)
+    assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "shipped")
+
+    async def nobody(question: Any) -> None:
+        return None
+
+    outcome, storage = run_labels(tmp_path / "late", "50ms", nobody)
+    assert outcome.status == RunStatus.WAITING
+    time.sleep(0.1)
+    [settled] = answering.time_out(storage)
+    assert settled.question.step == "ask" and storage.find_run(outcome.run_id).status == "paused"
+
+
+CHILD_ASKS = """\
+flowrun: 1
+name: Team
+agents: [approve_post]
+steps:
+  post:
+    kind: agent
+    flow: approve_post
+    inputs: {topic: "{{ inputs.topic }}"}
+    next: done
+  done:
+    kind: terminal
+    output: "{{ steps.post.output.status }}"
+inputs:
+  topic: {type: string}
+"""
+
+
+def test_a_child_run_that_asks_makes_its_parent_wait_and_is_answered_through_it(tmp_path: Path) -> None:
+    (tmp_path / "approve_post.yaml").write_text(APPROVE.read_text())
+    team = tmp_path / "team.yaml"
+    team.write_text(CHILD_ASKS)
+    cassette = tmp_path / "drafts.cassette.yaml"
+    cassette.write_text("responses:\n  - {key: post.draft, text: First draft.}\n")
+    options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
+    started = flowrun("run", str(team), "-i", "topic=hours", *options, "--json")
+    assert started.returncode == 4, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    [child] = Storage(f"sqlite:///{tmp_path / 'runs.db'}", reading=True).children([run_id])
+    assert (child.status, child.asking["key"]) == ("waiting", "post.review")
+    answered = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', *options, "--json")
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["answer"] == "published"
+
+
+def test_a_terminal_answers_inline_asked_again_until_the_answer_fits(tmp_path: Path) -> None:
+    cassette = tmp_path / "drafts.cassette.yaml"
+    cassette.write_text(DRAFTS)
+    main, child = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "engine", "run", str(APPROVE), "-i", "topic=hours",
+                                "--backend", "scripted", "--cassette", str(cassette), "--db",
+                                str(tmp_path / "runs.db")], stdin=child, stdout=subprocess.PIPE, stderr=child,
+                               cwd=ROOT, env={**os.environ, "TERM": "dumb"})
+    os.close(child)
+    seen = ""
+
+    def read_until(text: str) -> None:
+        nonlocal seen
+        deadline = time.time() + 60
+        while text not in seen and time.time() < deadline:
+            if select.select([main], [], [], 0.5)[0]:
+                seen += os.read(main, 4096).decode(errors="replace")
+        assert text in seen, seen
+
+    read_until("> ")
+    assert "Publish this post about hours?" in seen and "First draft." in seen
+    os.write(main, b'{"decision": "maybe"}\n')
+    read_until("does not fit")
+    os.write(main, b'{"decision": "approve"}\n')
+    out, _ = process.communicate(timeout=60)
+    os.close(main)
+    assert process.returncode == 0, seen
+    assert json.loads(out) == {"status": "published", "post": "First draft.", "drafts": 1}
+
+
+def test_the_http_api_answers_a_waiting_run_and_its_event_says_what_it_asks(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "approve_post.yaml").write_text(APPROVE.read_text().replace("timeout: 2d", "timeout: 3s"))
+    cassette = tmp_path / "drafts.cassette.yaml"
+    cassette.write_text(DRAFTS.replace("Second draft.", "First draft."))
+    port, db = free_port(), tmp_path / "served.db"
+    base = f"http://127.0.0.1:{port}"
+    server = serving(port, flows, cassette, db, "--timeouts-every", "0.2")
+    try:
+        def started() -> str:
+            return httpx.post(f"{base}/runs", json={"flow": "ApprovePost", "inputs": {"topic": "hours"}}).json()["id"]
+
+        def settled(run_id: str, status: str) -> dict[str, Any]:
+            for _ in range(200):
+                found = httpx.get(f"{base}/runs/{run_id}").json()
+                if found["status"] == status:
+                    return found
+                time.sleep(0.05)
+            raise AssertionError(f"run {run_id} is {found['status']}, not {status}")
+
+        first = started()
+        waiting = settled(first, "waiting")
+        assert waiting["asking"]["step"] == "review"
+        events = httpx.get(f"{base}/runs/{first}/events", timeout=30).text
+        asked = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: ")
+                 and '"input.required"' in line]
+        assert asked and asked[0]["prompt"].startswith("Publish this post about hours?")
+        assert httpx.post(f"{base}/runs/{first}/answer", json={"value": {"decision": "nope"}}).status_code == 422
+        answered = httpx.post(f"{base}/runs/{first}/answer", json={"value": {"decision": "approve"}})
+        assert answered.status_code == 200 and answered.json()["step"] == "review"
+        assert settled(first, "finished")["answer"]["status"] == "published"
+        assert httpx.post(f"{base}/runs/{first}/answer", json={"value": {"decision": "approve"}}).status_code == 409
+
+        second = started()  # nobody answers: the server times it out and it goes on, rejected
+        assert settled(second, "finished")["answer"]["reason"] == "nobody answered in time"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("timeout", ["0s", "-1s"])
+def test_an_input_step_needs_a_way_on_and_a_positive_timeout(tmp_path: Path, timeout: str) -> None:
+    checked: CheckedFlow = check_flow_text(LABELS % timeout, "labels.yaml", load_tools([]).tools)
+    assert [d.code for d in checked.diagnostics] == ["FR003"]
+    unbounded = LABELS.replace("    timeout: %s\n", "")
+    [problem] = check_flow_text(unbounded, "l.yaml", load_tools([]).tools).diagnostics
+    assert "give the step a `timeout`" in problem.message
