@@ -236,13 +236,14 @@ def _when(stamp: float) -> str:
     return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def ask_person(question: Question) -> Answer | None:
+async def ask_person(run: str, question: Question) -> Answer | None:
     """Ask `question` on the terminal (stderr, stdin) until the answer fits, or until its deadline: an Answer that
     timed out; None if stdin ends first (the run then waits). Reading stdin goes through the event loop, so the runs
     sharing the model go on meanwhile, and Ctrl-C leaves the run to resume (it asks again)."""
     want = f"one of: {', '.join(question.labels)}" if question.labels else \
         "JSON matching " + json.dumps(question.schema) if question.schema is not None else "text"
-    click.echo(f"\n{printable(question.prompt)}\n(answer {want})", err=True)
+    click.echo(f"\nrun {run[:12]} asks (step {question.step}):\n{printable(question.prompt)}\n(answer {want})",
+               err=True)
     while True:
         click.echo("> ", err=True, nl=False)
         try:

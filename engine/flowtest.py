@@ -13,7 +13,7 @@ import difflib
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.runs import RunRecord, record, steps_of
 from engine.interpreter.setup import kernel_for, open_backend_for, read_cassette
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
-from engine.kernel.asking import Answer, Question
+from engine.kernel.asking import Answer, Given, Question
 from engine.kernel.confine import write_files
 from engine.kernel.journal import Journal, RecordedTool
 from engine.kernel.kernel import at_once
@@ -243,7 +243,12 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     try:
         kernel = kernel_for([checked], backend, storage, workspaces=scratch / "workspaces")
         kernel.sleep = at_once  # a retry's backoff would only slow the tests down
-        kernel.answerer = _answerer(case)
+        given = Given.of(case.answers, case.timeouts)
+
+        async def answer(run: str, question: Question) -> Answer | None:
+            return given.next(question)
+
+        kernel.answerer = answer
         # the case's tool calls are given back as a resumed run's journal gives them
         journal = Journal(tools=deque(case.tools)) if case.tools else None
         outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id, journal=journal)
@@ -252,20 +257,6 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     finally:
         storage.close()
     return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started, inner)
-
-
-def _answerer(case: Case) -> Callable[[Question], Awaitable[Answer | None]]:
-    """Who answers the case's input steps: its `answers` (a list: one a visit, in turn), its `timeouts`; none
-    else (the run waits). An answer that does not fit is given all the same: the step fails, as it would."""
-    left = {key: list(value) if isinstance(value, list) else [value] for key, value in case.answers.items()}
-
-    async def answer(question: Question) -> Answer | None:
-        if question.key in case.timeouts:
-            return Answer(timed_out=True)
-        given = left.get(question.key)
-        return Answer(given.pop(0)) if given else None
-
-    return answer
 
 
 def _inner_steps(compiled: CompiledFlow, found: RunRecord, prefix: str = "") -> Iterator[tuple[str, StepRow]]:

@@ -189,14 +189,14 @@ def run_labels(tmp_path: Path, timeout: str, answerer: Any) -> tuple[RunOutcome,
 def test_a_label_answer_takes_its_branch_and_a_timeout_the_timeout_branch(tmp_path: Path) -> None:
     from engine.kernel.asking import Answer
 
-    async def yes(question: Any) -> Answer:
+    async def yes(run: str, question: Any) -> Answer:
         assert question.labels == ("yes", "no")  # `timeout` is no answer a person gives
         return Answer("yes")
 
     outcome, _ = run_labels(tmp_path, "1h", yes)
     assert (outcome.status, outcome.answer) == (RunStatus.FINISHED, "shipped")
 
-    async def nobody(question: Any) -> None:
+    async def nobody(run: str, question: Any) -> None:
         return None
 
     outcome, storage = run_labels(tmp_path / "late", "50ms", nobody)
@@ -319,3 +319,16 @@ def test_an_input_step_needs_a_way_on_and_a_positive_timeout(tmp_path: Path, tim
     unbounded = LABELS.replace("    timeout: %s\n", "")
     [problem] = check_flow_text(unbounded, "l.yaml", load_tools([]).tools).diagnostics
     assert "give the step a `timeout`" in problem.message
+
+
+def test_eval_cases_answer_the_input_steps_of_their_runs(tmp_path: Path) -> None:
+    approve = {"name": "approved", "inputs": {"topic": "hours"}, "answers": {"review": {"decision": "approve"}},
+               "responses": [{"key": "draft", "text": "We open at 8."}], "expect": {"contains": "published"}}
+    unanswered = {**approve, "name": "nobody answers", "answers": {}}
+    data = tmp_path / "approve.jsonl"
+    data.write_text(json.dumps(approve) + "\n" + json.dumps(unanswered) + "\n")
+    code, out, err = cli("eval", str(APPROVE), "--data", str(data), "--db", str(tmp_path / "r.db"),
+                         "--backend", "cassette", "--format", "json")
+    assert code == 0, out + err
+    found = json.loads(out)["configurations"][0]
+    assert {r["name"]: r["score"] for r in found["results"]} == {"approved": 1.0, "nobody answers": 0.0}

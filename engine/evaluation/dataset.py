@@ -54,6 +54,11 @@ class EvalCase:
     def files(self) -> dict[str, str]:
         return self.data.get("files", {})
 
+    @property
+    def answers(self) -> dict[str, Any]:
+        """What a person answers the run's input steps, by request key (a list: one a visit), as in flowrun test."""
+        return self.data.get("answers", {})
+
 
 @dataclass
 class Dataset:

@@ -25,6 +25,7 @@ from engine.flow.validate import CheckedFlow
 from engine.interpreter.runs import figures
 from engine.interpreter.setup import kernel_for, open_backend_for
 from engine.interpreter.walk import RunOutcome, new_run_id
+from engine.kernel.asking import Answer, Given, Question
 from engine.kernel.confine import write_files
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
@@ -178,6 +179,12 @@ async def evaluate(plan: Plan) -> Evaluation:
             write_files(plan.kernel.workspaces / plan.run_ids[case.name], case.files)
         except (ValueError, OSError) as exc:
             raise EvalError(f"{plan.dataset.path}:{case.line}: files: {exc}") from None
+    given = {plan.run_ids[case.name]: Given.of(case.answers) for case in cases}
+
+    async def answer(run: str, question: Question) -> Answer | None:  # a case's own run's input steps
+        return given[run].next(question) if run in given else None
+
+    plan.kernel.answerer = answer
     scripts = plan.kernel.scheduler.backend
     if isinstance(scripts, RunScripts):
         for case in cases:

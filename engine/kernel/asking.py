@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +68,28 @@ class Answer:
         if not isinstance(data, dict) or not ("answer" in data or data.get("timed_out") is True):
             raise ValueError("not an input's answer")
         return cls(data.get("answer"), data.get("timed_out") is True)
+
+
+@dataclass
+class Given:
+    """Answers given in advance (a test case's, an eval case's), by request key: for each key, the answers of its
+    visits in turn; the keys in `timeouts` time out every visit. An answer that does not fit is given all the same
+    (the step then fails, as it would)."""
+
+    answers: dict[str, list[Any]] = field(default_factory=dict)
+    timeouts: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, answers: dict[str, Any], timeouts: Iterable[str] = ()) -> Given:
+        """`answers` as a test case writes them: one answer, or a list of them, by key."""
+        return cls({key: list(v) if isinstance(v, list) else [v] for key, v in answers.items()}, frozenset(timeouts))
+
+    def next(self, question: Question) -> Answer | None:
+        """The answer to `question`; None when none is left (the run waits)."""
+        if question.key in self.timeouts:
+            return Answer(timed_out=True)
+        left = self.answers.get(question.key)
+        return Answer(left.pop(0)) if left else None
 
 
 def _shown(value: Any) -> str:

@@ -62,7 +62,8 @@ class Kernel:
         # How it waits before trying again (model calls, a step's `retry`): a test's fake clock stands in for it
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # Who answers what runs ask a person there and then (a terminal, a test's answers); None: the runs wait
-        self.answerer: Callable[[Question], Awaitable[Answer | None]] | None = None
+        # (called with the asking run's id and the question)
+        self.answerer: Callable[[str, Question], Awaitable[Answer | None]] | None = None
         self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
         self.runs: dict[str, RunSession] = {}  # the runs open now (open_run), by id
@@ -227,7 +228,7 @@ class Kernel:
             except ValueError:
                 raise KernelError(f"the answer recorded for {question.key!r} is not one an input step gives") from None
         syscall = Syscall(SyscallKind.INPUT, agent, run, Request([], key=question.key))
-        answer = await self.answerer(question) if self.answerer is not None else None
+        answer = await self.answerer(run, question) if self.answerer is not None else None
         if answer is None and question.expired():
             answer = Answer(timed_out=True)
         if answer is not None:
