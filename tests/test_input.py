@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -241,34 +242,62 @@ def test_a_child_run_that_asks_makes_its_parent_wait_and_is_answered_through_it(
     assert json.loads(answered.stdout)["answer"] == "published"
 
 
+class Terminal:
+    """`flowrun ARGS` on a pseudo-terminal (its stdin and stderr; stdout a pipe), as a person runs it."""
+
+    def __init__(self, *args: str) -> None:
+        self.main, child = pty.openpty()
+        self.process = subprocess.Popen([sys.executable, "-m", "engine", *args], stdin=child, stdout=subprocess.PIPE,
+                                        stderr=child, cwd=ROOT, env={**os.environ, "TERM": "dumb"})
+        os.close(child)
+        self.seen = ""
+
+    def read_until(self, text: str) -> None:
+        deadline = time.time() + 60
+        while text not in self.seen and time.time() < deadline:
+            if select.select([self.main], [], [], 0.5)[0]:
+                self.seen += os.read(self.main, 4096).decode(errors="replace")
+        assert text in self.seen, self.seen
+
+    def type(self, line: str) -> None:
+        os.write(self.main, line.encode() + b"\n")
+
+    def end(self) -> tuple[int, str]:
+        out, _ = self.process.communicate(timeout=60)
+        os.close(self.main)
+        return self.process.returncode, out
+
+
 def test_a_terminal_answers_inline_asked_again_until_the_answer_fits(tmp_path: Path) -> None:
     cassette = tmp_path / "drafts.cassette.yaml"
     cassette.write_text(DRAFTS)
-    main, child = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "engine", "run", str(APPROVE), "-i", "topic=hours",
-                                "--backend", "scripted", "--cassette", str(cassette), "--db",
-                                str(tmp_path / "runs.db")], stdin=child, stdout=subprocess.PIPE, stderr=child,
-                               cwd=ROOT, env={**os.environ, "TERM": "dumb"})
-    os.close(child)
-    seen = ""
-
-    def read_until(text: str) -> None:
-        nonlocal seen
-        deadline = time.time() + 60
-        while text not in seen and time.time() < deadline:
-            if select.select([main], [], [], 0.5)[0]:
-                seen += os.read(main, 4096).decode(errors="replace")
-        assert text in seen, seen
-
-    read_until("> ")
-    assert "Publish this post about hours?" in seen and "First draft." in seen
-    os.write(main, b'{"decision": "maybe"}\n')
-    read_until("does not fit")
-    os.write(main, b'{"decision": "approve"}\n')
-    out, _ = process.communicate(timeout=60)
-    os.close(main)
-    assert process.returncode == 0, seen
+    terminal = Terminal("run", str(APPROVE), "-i", "topic=hours", "--backend", "scripted", "--cassette",
+                        str(cassette), "--db", str(tmp_path / "runs.db"))
+    terminal.read_until("> ")
+    assert "Publish this post about hours?" in terminal.seen and "First draft." in terminal.seen
+    terminal.type('{"decision": "maybe"}')
+    terminal.read_until("does not fit")
+    terminal.type('{"decision": "approve"}')
+    code, out = terminal.end()
+    assert code == 0, terminal.seen
     assert json.loads(out) == {"status": "published", "post": "First draft.", "drafts": 1}
+
+
+def test_a_run_interrupted_while_asking_on_a_terminal_can_be_resumed_and_answered(tmp_path: Path) -> None:
+    cassette = tmp_path / "drafts.cassette.yaml"
+    cassette.write_text(DRAFTS)
+    options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
+    terminal = Terminal("run", str(APPROVE), "-i", "topic=hours", *options)
+    terminal.read_until("> ")
+    terminal.process.send_signal(signal.SIGINT)  # Ctrl-C while it asks
+    code, _ = terminal.end()
+    assert code == 130, terminal.seen
+    [run] = Storage(f"sqlite:///{tmp_path / 'runs.db'}", reading=True).find_runs()
+    assert run.status == "interrupted"
+    resumed = flowrun("runs", "resume", run.id, *options)  # not on a terminal: nobody to ask, so it waits
+    assert resumed.returncode == 4, resumed.stderr
+    answered = flowrun("runs", "answer", run.id, "--value", '{"decision": "approve"}', *options, "--json")
+    assert answered.returncode == 0 and json.loads(answered.stdout)["answer"]["status"] == "published"
 
 
 def test_the_http_api_answers_a_waiting_run_and_its_event_says_what_it_asks(tmp_path: Path) -> None:

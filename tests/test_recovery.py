@@ -24,6 +24,7 @@ from engine.interpreter.runs import LLM_KINDS, record
 from engine.interpreter.setup import kernel_for
 from engine.interpreter.state import Origin
 from engine.interpreter.walk import RunOutcome, run_flow
+from engine.kernel.asking import Answer
 from engine.kernel.kernel import Kernel
 from engine.kernel.retry import Backoff
 from engine.kernel.storage import Storage
@@ -274,6 +275,9 @@ RISKY = {
     ErrorKind.LIMIT: "kind: process\n    instruction: Say more.",
     ErrorKind.CHILD_FAILED: "kind: agent\n    flow: child",
     ErrorKind.MODEL_UNAVAILABLE: "kind: process\n    instruction: Say more.",
+    # another agent's memories, which no privilege group lets it read
+    ErrorKind.ACCESS_DENIED: "kind: process\n    instruction: Say more.\n    recall: {query: more, from: [Stranger]}",
+    ErrorKind.INPUT_TIMEOUT: "kind: input\n    prompt: Anything to add?\n    timeout: 1h",  # nobody answers
 }
 
 
@@ -289,6 +293,10 @@ class Unavailable(ScriptedBackend):
         return await super().generate(request, on_token, resume)
 
 
+def test_every_kind_of_error_is_caught_in_a_test() -> None:
+    assert set(RISKY) == set(ErrorKind)
+
+
 @pytest.mark.parametrize("kind", list(RISKY), ids=str)
 def test_catch_routes_each_kind_of_error_to_its_step(tmp_path: Path, kind: ErrorKind) -> None:
     (tmp_path / "child.yaml").write_text(CHILD)
@@ -302,6 +310,11 @@ def test_catch_routes_each_kind_of_error_to_its_step(tmp_path: Path, kind: Error
     Unavailable.down = False
     backend = Unavailable.from_responses(responses) if kind == ErrorKind.MODEL_UNAVAILABLE else None
     kernel = kernel_on(tmp_path, checked, responses, backend)
+    if kind == ErrorKind.INPUT_TIMEOUT:
+        async def too_late(run: str, question: Any) -> Answer:
+            return Answer(timed_out=True)
+
+        kernel.answerer = too_late
     outcome = go(kernel, checked)
     assert outcome.status == RunStatus.FINISHED, outcome.error
     assert outcome.answer.startswith(f"{kind} at risky: "), outcome.answer
