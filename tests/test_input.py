@@ -36,7 +36,8 @@ from tests.test_run_cli import cli
 from tests.test_serve import free_port, serving
 
 APPROVE = FLOWS / "approve_post.yaml"
-DRAFTS = "responses:\n  - {key: draft, text: First draft.}\n  - {key: draft, text: Second draft.}\n"
+DRAFTS = ("responses:\n  - {key: draft, text: '{\"post\": \"First draft.\"}'}\n"
+          "  - {key: draft, text: '{\"post\": \"Second draft.\"}'}\n")
 
 
 def flowrun(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -230,7 +231,7 @@ def test_a_child_run_that_asks_makes_its_parent_wait_and_is_answered_through_it(
     team = tmp_path / "team.yaml"
     team.write_text(CHILD_ASKS)
     cassette = tmp_path / "drafts.cassette.yaml"
-    cassette.write_text("responses:\n  - {key: post.draft, text: First draft.}\n")
+    cassette.write_text("responses:\n  - {key: post.draft, text: '{\"post\": \"First draft.\"}'}\n")
     options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
     started = flowrun("run", str(team), "-i", "topic=hours", *options, "--json")
     assert started.returncode == 4, started.stderr
@@ -352,7 +353,8 @@ def test_an_input_step_needs_a_way_on_and_a_positive_timeout(tmp_path: Path, tim
 
 def test_eval_cases_answer_the_input_steps_of_their_runs(tmp_path: Path) -> None:
     approve = {"name": "approved", "inputs": {"topic": "hours"}, "answers": {"review": {"decision": "approve"}},
-               "responses": [{"key": "draft", "text": "We open at 8."}], "expect": {"contains": "published"}}
+               "responses": [{"key": "draft", "text": '{"post": "We open at 8."}'}],
+               "expect": {"contains": "published"}}
     unanswered = {**approve, "name": "nobody answers", "answers": {}}
     data = tmp_path / "approve.jsonl"
     data.write_text(json.dumps(approve) + "\n" + json.dumps(unanswered) + "\n")

@@ -102,3 +102,36 @@ def test_trip_team_on_the_embedded_model_replays_exactly_with_no_model(tmp_path:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     report = json.loads(replayed.stdout)
     assert report["identical"] and report["differences"] == [], report
+
+
+def test_approve_post_on_the_embedded_model_waits_for_a_person_across_processes(tmp_path: Path) -> None:
+    """The model drafts, the run waits with no process, a person answers from another process (changes, then
+    approve), the model redrafts, the post is published by its tool; replayed with neither model nor person."""
+    db = tmp_path / "runs.db"
+    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
+
+    def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine", *args, "--db", str(db)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=280, env=env)
+
+    started = flowrun("run", str(FLOWS / "approve_post.yaml"), "-i", "topic=our new opening hours", "--backend",
+                      "auto", "--json")
+    assert started.returncode == 4, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    changes = flowrun("runs", "answer", run_id, "--value", '{"decision": "changes", "note": "Say it is from Monday."}',
+                      "--backend", "auto", "--json")
+    assert changes.returncode == 4, changes.stderr  # redrafted, it waits again
+    approved = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', "--backend", "auto", "--json")
+    assert approved.returncode == 0, approved.stderr
+    answer = json.loads(approved.stdout)["answer"]
+    assert answer["status"] == "published" and answer["drafts"] == 2 and answer["post"]
+    storage = Storage(f"sqlite:///{db}")
+    [call] = storage.rows(ToolCallRow)
+    assert call.tool == "write_file" and call.arguments == {"path": "post.md", "content": answer["post"]}
+    assert [s.step for s in storage.rows(StepRow)] == ["draft", "review", "route", "draft", "review", "route",
+                                                       "publish", "published"]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "engine", "runs", "replay", run_id, "--db", str(db), "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout + replayed.stderr
