@@ -274,7 +274,8 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     """Run FLOW once and print its answer.
 
     Exit status: 0 finished, 1 the run failed (its finished steps are kept), 2 bad input or setup, 3 paused (the
-    model stayed unavailable: resume it later), 130 Ctrl-C or SIGTERM (the run is stored as interrupted).
+    model stayed unavailable: resume it later), 4 waiting for a person's answer (`flowrun runs answer`), 130
+    Ctrl-C or SIGTERM (the run is stored as interrupted).
     """
     checked = _valid_flow(flow, tool_paths)
     progress = Progress(new_run_id())
@@ -323,8 +324,8 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
           scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once per line of --inputs, sharing one model, and print a summary.
 
-    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused (none failed), 130 Ctrl-C
-    or SIGTERM.
+    Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused or waiting (none failed), 4
+    all those that did not finish wait for an answer, 130 Ctrl-C or SIGTERM.
     """
     checked = _valid_flow(flow, tool_paths)
     with _user_errors():
@@ -724,7 +725,8 @@ class _Duration(click.ParamType):
 @click.option("--older-than", type=_Duration(), metavar="DURATION",
               help="Only runs started longer ago than this: a number and a unit (s, m, h, d, w), e.g. 12h or 30d.")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice([s.value for s in RunStatus if s.resumable or s is RunStatus.FINISHED]),
+              type=click.Choice([s.value for s in RunStatus
+                                 if s.resumable or s in (RunStatus.FINISHED, RunStatus.WAITING)]),
               help="Only runs with this status (as `runs list` shows it). Repeatable.")
 @click.option("--keep", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest runs in any case.")
 @click.option("--keep-memories", is_flag=True, help="Keep the long-term memories the runs added.")

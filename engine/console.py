@@ -152,8 +152,9 @@ def run_text(record: RunRecord) -> str:
         lines.append("")
     if run.status == RunStatus.FINISHED:
         lines.append("answer: " + _text(run.answer))
-    elif run.asking is not None:
-        lines.extend(_asking(Question.of(run.asking), run))
+    elif asking := [r.run for r in record.tree() if r.run.asking is not None and r.run.status == RunStatus.WAITING]:
+        for asker in asking:  # its own question, or its child runs'
+            lines.extend(_asking(Question.of(asker.asking), asker, run))
     elif run.error:
         lines.append(f"{run.status}: {printable(run.error)}")
     if status(run).resumable:
@@ -161,15 +162,16 @@ def run_text(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
-def _asking(question: Question, run: RunRow) -> list[str]:
-    """What a waiting run asks, what answer fits, until when, and how to give it."""
+def _asking(question: Question, asker: RunRow, shown: RunRow) -> list[str]:
+    """What run `asker` asks (it, or a child run of the run `shown`), what answer fits, until when, and how to
+    give it."""
     want = f"one of {', '.join(question.labels)}" if question.labels else \
         f"JSON matching {json.dumps(question.schema)}" if question.schema is not None else "text"
     until = f", until {_when(question.deadline)}" if question.deadline is not None else ""
-    root = run.parent and "the run a user started"  # answered through its root, as any of its tree is
-    return [f"waiting for an answer to step {question.step}{until}; it asks:", printable(question.prompt), "",
-            f"answer {want}: `flowrun runs answer {run.id[:12]} --value JSON` (or --text TEXT)" +
-            (f", or through {root}" if root else "")]
+    by = "" if asker.id == shown.id else f" (child run {asker.id[:12]})"
+    step = "" if asker.id == shown.id else f" --step '{question.key}'"
+    return [f"waiting for an answer to step {question.key}{by}{until}; it asks:", printable(question.prompt), "",
+            f"answer {want}: `flowrun runs answer {shown.id[:12]}{step} --value JSON` (or --text TEXT)", ""]
 
 
 def _with_children(record: RunRecord) -> str:
@@ -233,13 +235,24 @@ def _seconds(value: float | None) -> str:
 
 
 def _when(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # past the calendar's years (a deadline centuries away)
+        return "never"
 
 
 async def ask_person(run: str, question: Question) -> Answer | None:
     """Ask `question` on the terminal (stderr, stdin) until the answer fits, or until its deadline: an Answer that
     timed out; None if stdin ends first (the run then waits). Reading stdin goes through the event loop, so the runs
     sharing the model go on meanwhile, and Ctrl-C leaves the run to resume (it asks again)."""
+    async with _ASKING:  # runs (map items, say) asking at once are asked one after the other
+        return await _ask(run, question)
+
+
+_ASKING = asyncio.Lock()
+
+
+async def _ask(run: str, question: Question) -> Answer | None:
     want = f"one of: {', '.join(question.labels)}" if question.labels else \
         "JSON matching " + json.dumps(question.schema) if question.schema is not None else "text"
     click.echo(f"\nrun {run[:12]} asks (step {question.step}):\n{printable(question.prompt)}\n(answer {want})",

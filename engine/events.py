@@ -79,6 +79,8 @@ class InputRequired(Event):
     type: ClassVar[str] = "input.required"
     step: str = ""
     visit: int = 0
+    key: str = ""  # its request key: the step id, after a child run's place (`--step` of `runs answer` takes it)
+    asker: str = ""  # the run that asks: this one, or (on the stream of the run a user started) a child run of it
     prompt: str = ""
     schema: dict[str, Any] | None = None
     labels: list[str] = field(default_factory=list)

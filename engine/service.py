@@ -265,8 +265,8 @@ class Service:
         if run.asking is not None and run.status == RunStatus.WAITING:  # what it asked before it stopped
             asked = Question.of(run.asking)
             rebuilt.append(InputRequired(run.id, asked.seq, run.finished or run.created, step=asked.step,
-                                         visit=asked.visit, prompt=asked.prompt, schema=asked.schema,
-                                         labels=list(asked.labels), deadline=asked.deadline))
+                                         visit=asked.visit, key=asked.key, asker=run.id, prompt=asked.prompt,
+                                         schema=asked.schema, labels=list(asked.labels), deadline=asked.deadline))
         return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
                       key=lambda e: e.seq)
 
@@ -297,6 +297,10 @@ class Service:
         """Record `value` as the answer to what run `run_id` waits for (its step `step`'s question, where it waits on
         several), which makes it resumable; the question answered (engine.interpreter.answering.answer)."""
         return await self._read(functools.partial(answering.answer, step=step), self.kernel.storage, run_id, value)
+
+    async def waiting(self, run_id: str) -> list[answering.Waiting]:
+        """The questions the tree of run `run_id` waits on the answers of."""
+        return await self._read(answering.waiting, self.kernel.storage, run_id)
 
     async def time_out(self) -> list[answering.Waiting]:
         """Settle the questions whose deadline passed as timed out (their runs resumable); those settled."""

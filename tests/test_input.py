@@ -46,13 +46,14 @@ def flowrun(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
                           cwd=ROOT, timeout=120)
 
 
-def waiting_run(tmp_path: Path, flow: Path = APPROVE, *inputs: str) -> tuple[str, list[str]]:
+def waiting_run(tmp_path: Path, flow: Path = APPROVE, inputs: tuple[str, ...] = ("-i", "topic=opening hours")
+                ) -> tuple[str, list[str]]:
     """A run of `flow` started in a process that ended while the run waits; its id and the options to go on."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     cassette = tmp_path / "drafts.cassette.yaml"
     cassette.write_text(DRAFTS)
     options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
-    started = flowrun("run", str(flow), *(inputs or ("-i", "topic=opening hours")), *options, "--json")
+    started = flowrun("run", str(flow), *inputs, *options, "--json")
     assert started.returncode == 4, started.stderr  # waiting
     ended = json.loads(started.stdout)
     assert ended["status"] == "waiting" and "flowrun runs answer" in ended["error"]
@@ -363,3 +364,139 @@ def test_eval_cases_answer_the_input_steps_of_their_runs(tmp_path: Path) -> None
     assert code == 0, out + err
     found = json.loads(out)["configurations"][0]
     assert {r["name"]: r["score"] for r in found["results"]} == {"approved": 1.0, "nobody answers": 0.0}
+
+
+MAP_ASKS = """\
+flowrun: 1
+name: Each
+steps:
+  each:
+    kind: map
+    items: "[1, 2, 3]"
+    steps:
+      ask: {kind: input, prompt: "Item {{ item }}?", next: said}
+      said: {kind: terminal, output: "{{ item }}={{ steps.ask.output }}"}
+    next: done
+  done: {kind: terminal, output: "{{ steps.each.output | join(', ') }}"}
+"""
+
+
+def test_questions_asked_at_once_are_answered_one_by_one_by_key_or_child_run(tmp_path: Path) -> None:
+    flow = tmp_path / "each.yaml"
+    flow.write_text(MAP_ASKS)
+    cassette = tmp_path / "none.cassette.yaml"
+    cassette.write_text("responses: []\n")
+    options = ["--backend", "scripted", "--cassette", str(cassette), "--db", str(tmp_path / "runs.db")]
+    started = flowrun("run", str(flow), *options, "--json")
+    assert started.returncode == 4, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    shown = flowrun("runs", "show", run_id, *options[-2:]).stdout
+    assert all(f"--step 'each[{n}].ask'" in shown for n in range(3)), shown
+    vague = flowrun("runs", "answer", run_id, "--text", "a", *options)
+    assert vague.returncode == 2 and "each[0].ask, each[1].ask, each[2].ask" in vague.stderr
+    # by key through the run a user started, recorded only; then by the child run's own id; then the last
+    assert flowrun("runs", "answer", run_id, "--step", "each[1].ask", "--text", "b", "--no-resume",
+                   *options).returncode == 0
+    [first] = [c for c in Storage(f"sqlite:///{tmp_path / 'runs.db'}").children([run_id]) if c.branch == "0"]
+    assert flowrun("runs", "answer", first.id, "--text", "a", *options).returncode == 4  # item 2 still waits
+    done = flowrun("runs", "answer", run_id, "--text", "c", *options, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["answer"] == "1=a, 2=b, 3=c"
+    exported = flowrun("runs", "export", run_id, *options[-2:])
+    assert exported.returncode == 0 and "responses: []" in exported.stdout  # a person's answers are no model's
+
+
+def test_an_answer_to_a_question_asked_before_does_not_answer_the_next(tmp_path: Path) -> None:
+    run_id, options = waiting_run(tmp_path)
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    [seen] = answering.waiting(storage, run_id)  # read, as an answer about to be given reads it
+    changes = flowrun("runs", "answer", run_id, "--value", '{"decision": "changes", "note": "No."}', *options)
+    assert changes.returncode == 4  # meanwhile: answered, drafted again, and it waits on the second draft
+    from engine.kernel.asking import Answer
+    assert not answering.settle(storage, seen, Answer({"decision": "approve"}))
+    [now] = answering.waiting(storage, run_id)
+    assert now.question.visit == 2 and "Second draft." in now.question.prompt
+
+
+def test_a_run_resumed_after_its_input_timed_out_takes_the_answer_given_then(tmp_path: Path) -> None:
+    flow = tmp_path / "ask.yaml"
+    flow.write_text("flowrun: 1\nname: Ask\nsteps:\n  ask: {kind: input, prompt: Name?, timeout: 2s, next: done}\n"
+                    "  done: {kind: terminal, output: \"hello {{ steps.ask.output }}\"}\n")
+    run_id, options = waiting_run(tmp_path, flow, ())
+    past_deadline(tmp_path, run_id)
+    failed = flowrun("runs", "resume", run_id, *options)
+    assert failed.returncode == 1 and "nobody answered within its timeout of 2 s" in failed.stderr
+    asked = flowrun("runs", "resume", run_id, *options)  # from failed: the step asks again
+    assert asked.returncode == 4, asked.stderr
+    answered = flowrun("runs", "answer", run_id, "--text", "bob", *options, "--json")
+    assert answered.returncode == 0 and json.loads(answered.stdout)["answer"] == "hello bob", answered.stderr
+
+
+def test_a_deadline_centuries_away_and_a_timeout_of_a_step_without_one_are_no_tracebacks(tmp_path: Path) -> None:
+    flow = tmp_path / "far.yaml"
+    flow.write_text("flowrun: 1\nname: Far\nsteps:\n  ask: {kind: input, prompt: Name?, timeout: 1e300, next: done}\n"
+                    "  done: {kind: terminal, output: x}\n")
+    run_id, options = waiting_run(tmp_path, flow, ())
+    shown = flowrun("runs", "show", run_id, *options[-2:])
+    assert shown.returncode == 0 and "until never" in shown.stdout
+    assert flowrun("runs", "resume", run_id, *options).returncode == 2
+    (tmp_path / "far.test.yaml").write_text("cases:\n  - name: too late\n    responses: []\n    timeouts: [ask]\n"
+                                            "    expect: {status: failed, error: nobody answered}\n")
+    flow.write_text(flow.read_text().replace(", timeout: 1e300", ""))
+    tested = flowrun("test", str(tmp_path / "far.test.yaml"))
+    assert tested.returncode == 0 and "Traceback" not in tested.stderr, tested.stdout + tested.stderr
+
+
+def test_the_servers_timeout_sweep_outlives_a_failing_look(tmp_path: Path) -> None:
+    from engine.kernel.storage import Busy
+    from engine.server.app import create_app
+    from engine.service import Service
+
+    kernel = kernel_for([], ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'r.db'}"))
+    service = Service(kernel)
+    looks: list[float] = []
+
+    async def time_out() -> list[Any]:
+        looks.append(time.time())
+        if len(looks) == 1:
+            raise Busy("the database is locked")
+        return []
+
+    service.time_out = time_out  # type: ignore[method-assign]
+    app = create_app(service, {}, {}, sweep=0.05)
+
+    async def serve_a_while() -> None:
+        async with app.router.lifespan_context(app):
+            await asyncio.sleep(0.4)
+
+    asyncio.run(serve_a_while())
+    assert len(looks) > 2
+
+
+def test_a_terminal_asks_questions_asked_at_once_one_after_the_other(tmp_path: Path) -> None:
+    flow = tmp_path / "each.yaml"
+    flow.write_text(MAP_ASKS)
+    cassette = tmp_path / "none.cassette.yaml"
+    cassette.write_text("responses: []\n")
+    terminal = Terminal("run", str(flow), "--backend", "scripted", "--cassette", str(cassette), "--db",
+                        str(tmp_path / "runs.db"))
+    for answer in ("a", "b", "c"):
+        terminal.read_until("> ")
+        terminal.seen = terminal.seen.replace("> ", "", 1)
+        terminal.type(answer)
+    code, out = terminal.end()
+    assert code == 0, terminal.seen
+    assert out.decode().strip() == "1=a, 2=b, 3=c"
+
+
+def test_eval_cases_answer_the_input_steps_of_their_child_runs(tmp_path: Path) -> None:
+    flow = tmp_path / "each.yaml"
+    flow.write_text(MAP_ASKS)
+    case = {"name": "all", "inputs": {}, "responses": [], "expect": {"equals": "1=a, 2=b, 3=c"},
+            "answers": {"each[0].ask": "a", "each[1].ask": "b", "each[2].ask": "c"}}
+    data = tmp_path / "each.jsonl"
+    data.write_text(json.dumps(case) + "\n")
+    code, out, err = cli("eval", str(flow), "--data", str(data), "--db", str(tmp_path / "r.db"), "--backend",
+                         "cassette", "--format", "json")
+    assert code == 0, out + err
+    assert json.loads(out)["configurations"][0]["accuracy"] == 1.0

@@ -17,6 +17,8 @@ from engine.kernel.storage import Storage
 from engine.kernel.syscall import SyscallKind, new_syscall_id
 from engine.kernel.tables import RunRow
 
+MAX_ANSWER = 65_536  # characters of JSON an answer may be: it is stored with the run, and shown
+
 
 class AnswerError(FlowrunError):
     """The answer cannot be taken (the run does not wait, it came too late, another came first); the run is left
@@ -39,16 +41,18 @@ class Waiting:
 
 
 def waiting(storage: Storage, run_id: str) -> list[Waiting]:
-    """The questions the run `run_id` (a start of its id; a child run's: its root's) waits on the answers of."""
+    """The questions the tree of the run `run_id` (a start of its id; a child run's: its root's) waits on the
+    answers of: those of its runs that wait (a parent already answered for one child may wait on others)."""
     root = root_of(storage, storage.find_run(run_id))
-    if root.status != RunStatus.WAITING:
+    if root.status not in (RunStatus.WAITING, RunStatus.PAUSED):
         return []
     found, level, above = [], [root], {root.id: ()}
     while level:
         for run in level:
             if run.asking is not None and run.status == RunStatus.WAITING:
                 found.append(Waiting(root, run, Question.of(run.asking), above[run.id]))
-        children = [c for c in storage.children([run.id for run in level]) if c.status == RunStatus.WAITING]
+        children = [c for c in storage.children([run.id for run in level])
+                    if c.status in (RunStatus.WAITING, RunStatus.PAUSED)]
         above.update({c.id: (c.parent or "", *above[c.parent or ""]) for c in children})
         level = children
     return found
@@ -60,25 +64,29 @@ def answer(storage: Storage, run_id: str, value: Any, *, step: str | None = None
     on several), and make the run resumable; the question answered. AnswerError, the run left waiting, when the
     run does not wait, the answer does not fit or it came past the question's deadline (then settled as timed
     out)."""
-    questions = waiting(storage, run_id)
+    given = storage.find_run(run_id)
+    questions = [q for q in waiting(storage, run_id) if given.parent is None or q.run.id == given.id]
     if not questions:
-        run = root_of(storage, storage.find_run(run_id))
-        raise AnswerError(f"run {run.id} waits for no answer: it is {status(run)}")
-    if step is not None:
-        questions = [q for q in questions if q.question.step == step]
-        if not questions:
+        run = root_of(storage, given)
+        raise AnswerError(f"run {given.id} waits for no answer: it is {status(given if given.parent else run)}")
+    if step is not None:  # a step's id, or a request key (`each[2].ask`: an item's)
+        named = [q for q in questions if step in (q.question.step, q.question.key)]
+        if not named:
             raise AnswerError(f"run {run_id} waits for no answer of step {step!r}: it waits for "
-                              f"{', '.join(q.question.step for q in waiting(storage, run_id))}")
+                              f"{', '.join(q.question.key for q in questions)}")
+        questions = named
     if len(questions) > 1:
-        steps = ", ".join(q.question.step for q in questions)
-        raise AnswerError(f"run {run_id} waits for answers of several steps ({steps}): name the one you answer "
-                          "with --step")
+        keys = ", ".join(q.question.key for q in questions)
+        raise AnswerError(f"run {run_id} waits for several answers ({keys}): name the one you answer with --step "
+                          "(one of these), or answer the child run that asks it")
     [asked] = questions
     if asked.question.expired(now):
         settle(storage, asked, Answer(timed_out=True))
         raise AnswerError(f"too late: step {asked.question.step} stopped waiting at {when(asked.question)}; the "
                           f"run goes on its timeout way when resumed (`flowrun runs resume {asked.root.id[:12]}`)")
     problems = asked.question.problems(value)
+    if len(Answer(value).text()) > MAX_ANSWER:
+        problems.append(f"it is longer than the {MAX_ANSWER:,} characters of JSON an answer may be")
     if problems:
         raise UnfitAnswer(f"that answer does not fit step {asked.question.step} ({'; '.join(problems)}); the run "
                           f"still waits. It asks: {asked.question.prompt}")
@@ -106,9 +114,12 @@ def settle(storage: Storage, asked: Waiting, given: Answer) -> bool:
                "text": given.text()}
     why = (f"step {asked.question.step} timed out: resume the run to go on its timeout way" if given.timed_out else
            f"step {asked.question.step} was answered: resume the run to go on")
-    return storage.settle_waiting(asked.run.id, syscall, why, asked.above)
+    return storage.settle_waiting(asked.run.id, asked.run.events, syscall, why, asked.above)
 
 
 def when(question: Question) -> str:
     """The question's deadline, as local time."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(question.deadline or 0))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(question.deadline or 0))
+    except (ValueError, OverflowError, OSError):  # past the calendar's years
+        return "never"

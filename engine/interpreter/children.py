@@ -181,9 +181,10 @@ async def _child_run(kernel: Kernel, run: RunState, step: Step, child: Child, st
                                     memory=memory)
     if journal is not None:  # a resumed run: its child may be stored already
         stored = stored_children.get(state.id)
-        # one that finished gives its answer; one that failed, its failure (tolerated, or the parent's own
-        # failure, when the parent goes again from failed: then the child goes again too)
-        if stored is not None and (stored.status == RunStatus.FINISHED or
+        # one that finished gives its answer; one that still waits for a person, its waiting (the parent waits
+        # again); one that failed, its failure (tolerated, or the parent's own failure, when the parent goes again
+        # from failed: then the child goes again too)
+        if stored is not None and (stored.status in (RunStatus.FINISHED, RunStatus.WAITING) or
                                    (stored.status == RunStatus.FAILED and not run.retrying)):
             return walk.RunOutcome(stored.id, RunStatus(stored.status), stored.answer, stored.error)
         if stored is not None:

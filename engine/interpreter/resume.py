@@ -13,7 +13,7 @@ from engine.interpreter import (
     answering,
     walk,  # the module: walk runs steps, whose child runs resume (children.py)
 )
-from engine.interpreter.runs import LLM_KINDS, RunRecord, alive, answer_stands, record, root_of, status
+from engine.interpreter.runs import ANSWER_KINDS, LLM_KINDS, RunRecord, alive, answer_stands, record, root_of, status
 from engine.interpreter.state import RunState
 from engine.kernel.asking import Answer
 from engine.kernel.journal import Journal, RecordedAnswer, RecordedTool
@@ -92,7 +92,7 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> S
     fresh = run.status == RunStatus.FAILED
     journal = journal_of([] if fresh else later, tools, strict=False)
     journal.supersede = lambda calls, tools: storage.later(storage.supersede, calls, tools)
-    stale = ([c.id for c in later if fresh and c.kind in LLM_KINDS], [t.id for t in tools if t.error and t.id])
+    stale = ([c.id for c in later if fresh and c.kind in ANSWER_KINDS], [t.id for t in tools if t.error and t.id])
     answered = {c.id for c in later}
     for snap in storage.of_runs(SnapshotRow, [run.id]):
         if snap.created >= since and snap.key is not None and snap.syscall_id not in answered:

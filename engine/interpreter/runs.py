@@ -98,7 +98,7 @@ def cassette(found: RunRecord) -> dict[str, Any]:
     """The run's model answers as a cassette for the scripted backend: each finished LLM syscall's text under its
     request key, in the order they were asked (its child runs' too: their keys start with their place in it), so
     that the flow replays the same way without a model."""
-    calls = [c for record in found.tree() for c in record.syscalls if answer_stands(c)]
+    calls = [c for record in found.tree() for c in record.syscalls if answer_stands(c) and c.kind in LLM_KINDS]
     return {"run": found.run.id, "flow": found.run.flow, "inputs": found.run.inputs,
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 

@@ -73,6 +73,7 @@ class RunState:
     origin: Origin | None = None
     scope: str = ""
     depth: int = 0
+    root: str = ""  # the run a user started, of whose tree it is (its own id, for that run)
     tally: Tally = field(default_factory=lambda: Tally(0))  # shared by the whole tree of runs
     budget: Budget = field(default_factory=Budget)  # what the tree of runs may spend on the model, and has
     retrying: bool = False  # resumed from failed: its failed step, and its failed child runs, go again
@@ -85,7 +86,7 @@ class RunState:
     @classmethod
     def new(cls, compiled: CompiledFlow, file: str, inputs: dict[str, Any], run_id: str) -> RunState:
         flow = compiled.flow
-        run = cls(compiled, file, inputs, run_id, run_options(flow))
+        run = cls(compiled, file, inputs, run_id, run_options(flow), root=run_id)
         run.visits.update(dict.fromkeys(flow.steps, 0))
         run.tally = Tally(flow.limits.max_child_runs)
         run.budget = Budget(flow.limits.max_model_calls, flow.limits.max_tokens)
@@ -97,7 +98,7 @@ class RunState:
         `inputs`; `inline`, a sub-flow of this run's flow, whose templates also see this run's steps, visits and
         memory as they are now, and `names`."""
         run = RunState.new(compiled, file, inputs, run_id)
-        run.origin, run.scope, run.depth = origin, self.scope + origin.path, self.depth + 1
+        run.origin, run.scope, run.depth, run.root = origin, self.scope + origin.path, self.depth + 1, self.root
         run.tally, run.budget = self.tally, self.budget
         if inline:
             run.steps, run.visits = dict(self.steps), {**self.visits, **run.visits}

@@ -106,7 +106,7 @@ def _open(kernel: Kernel, run: RunState, workspace: Path | None, journal: Journa
     compiled = run.compiled
     agents = [compiled.agents[name].compiled.flow.name for name in run.flow.agents if name in compiled.agents]
     kernel.open_run(run.id, run.agent, run.flow.tools, workspace=workspace, journal=journal, priority=priority,
-                    agents=agents, budget=run.budget)
+                    agents=agents, budget=run.budget, root=run.root)
 
 
 async def continue_run(kernel: Kernel, compiled: CompiledFlow, row: RunRow, steps: list[StepRow], *, file: str,

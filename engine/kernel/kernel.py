@@ -62,7 +62,7 @@ class Kernel:
         # How it waits before trying again (model calls, a step's `retry`): a test's fake clock stands in for it
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # Who answers what runs ask a person there and then (a terminal, a test's answers); None: the runs wait
-        # (called with the asking run's id and the question)
+        # (called with the id of the run a user started, whose tree asks, and the question)
         self.answerer: Callable[[str, Question], Awaitable[Answer | None]] | None = None
         self.max_result = max_result()  # bytes of a model answer or tool result kept (engine.kernel.bounds)
         self.workspaces = workspaces or Path(".flowrun") / "workspaces"  # a directory per run, for its tools' files
@@ -77,15 +77,15 @@ class Kernel:
 
     def open_run(self, run: str, agent: str, tools: Iterable[str] = (), *, workspace: Path | None = None,
                  journal: Journal | None = None, priority: int = 0, agents: Iterable[str] = (),
-                 budget: Budget | None = None) -> RunSession:
+                 budget: Budget | None = None, root: str | None = None) -> RunSession:
         """Open run `run` of `agent`, which may call `tools` and start runs of `agents`, in `workspace` (default:
         its own directory under `workspaces`), given back what `journal` holds before asking again; its model calls
-        have `priority` (under the priority policy) and spend `budget` (default: no bound). close_run releases
-        it."""
+        have `priority` (under the priority policy) and spend `budget` (default: no bound); `root`: the run a user
+        started, of whose tree it is (default: itself). close_run releases it."""
         if run in self.runs:
             raise KernelError(f"run {run} is open already")
         session = RunSession(run, agent, frozenset(tools), workspace or self.workspaces / run, journal, priority,
-                             frozenset(agents), budget or Budget())
+                             frozenset(agents), budget or Budget(), root=root or run)
         self.runs[run] = session
         return session
 
@@ -228,7 +228,9 @@ class Kernel:
             except ValueError:
                 raise KernelError(f"the answer recorded for {question.key!r} is not one an input step gives") from None
         syscall = Syscall(SyscallKind.INPUT, agent, run, Request([], key=question.key))
-        answer = await self.answerer(run, question) if self.answerer is not None else None
+        session = self.runs.get(run)
+        root = session.root if session is not None else run
+        answer = await self.answerer(root, question) if self.answerer is not None else None
         if answer is None and question.expired():
             answer = Answer(timed_out=True)
         if answer is not None:

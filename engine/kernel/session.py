@@ -71,6 +71,7 @@ class RunSession:
     priority: int = 0  # of its model calls, unless a call says otherwise
     agents: frozenset[str] = frozenset()  # the agents it may start child runs of (its flow's `agents`)
     budget: Budget = field(default_factory=Budget)  # what it may spend on the model (shared with its children)
+    root: str = ""  # the run a user started, of whose tree it is
     made: list[ToolCall] = field(default_factory=list)  # the calls its step's try made that gave a result
     again: deque[ToolCall] = field(default_factory=deque)  # those of the try before, which a retry gets back
 

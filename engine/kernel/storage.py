@@ -426,13 +426,16 @@ class Storage:
         with self._writing() as db:
             db.execute(table.update().where(table.c.id == run_id).values(asking=asking))
 
-    def settle_waiting(self, run_id: str, syscall: dict[str, Any], why: str, above: Iterable[str] = ()) -> bool:
-        """If run `run_id` still waits, record the answer to what it asks (or its timeout) as the input syscall
-        `syscall` and make it, and the runs `above` it that wait with it, resumable (paused, `why` saying so), in
-        one transaction: of two answers given at once, exactly one is recorded. Whether this one was."""
+    def settle_waiting(self, run_id: str, wait: int | None, syscall: dict[str, Any], why: str,
+                       above: Iterable[str] = ()) -> bool:
+        """If run `run_id` still waits where it did when its end event was number `wait` (not for a question it
+        asked since), record the answer to what it asks (or its timeout) as the input syscall `syscall` and make
+        it, and the runs `above` it that wait with it, resumable (paused, `why` saying so), in one transaction: of
+        two answers given at once, exactly one is recorded. Whether this one was."""
         runs, calls = RunRow.__table__, SyscallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
-            settled = db.execute(runs.update().where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING)
+            same = runs.c.events.is_(None) if wait is None else runs.c.events == wait
+            settled = db.execute(runs.update().where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING, same)
                                  .values(status=RunStatus.PAUSED, asking=None, error=why))
             if settled.rowcount == 1:
                 db.execute(calls.insert().values(**syscall))

@@ -105,7 +105,12 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     async def time_out() -> None:
         while True:
-            for asked in await service.time_out():
+            try:
+                settled = await service.time_out()
+            except FlowrunError as exc:  # a database busy for long, say: the next look tries again
+                print(f"flowrun serve: timeouts not applied this time: {exc}", file=sys.stderr)
+                settled = []
+            for asked in settled:
                 try:
                     await resume(asked.root.id)
                 except (FlowrunError, HTTPException) as exc:  # not offered here, say: resumed elsewhere
@@ -211,7 +216,10 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         run, stored = await service.progress(run_id)
         steps = [{"step": s.step, "visit": s.visit, "kind": s.kind, "branch": s.branch, "output": s.output}
                  for s in stored]
-        return {**_run_summary(run), "steps": steps}
+        # what it waits on the answers of: its own question, or its child runs' (to answer by `step`: the key)
+        questions = [{**asked.question.data(), "run": asked.run.id} for asked in await service.waiting(run.id)] \
+            if run.status in (RunStatus.WAITING, RunStatus.PAUSED) else []
+        return {**_run_summary(run), "steps": steps, "questions": questions}
 
     @app.post("/runs/{run_id}/cancel", responses=problems(404, 409))
     async def cancel_run(run_id: str = RUN_ID) -> dict[str, Any]:
@@ -239,7 +247,12 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         go on with the run. An answer that does not fit is refused (422) and the run still waits; a run that does
         not wait, or an answer that came too late or second, is refused (409)."""
         asked = await service.answer(run_id, body.value, body.step)
-        return {**await resume(asked.root.id), "step": asked.question.step}
+        answered = {"step": asked.question.step, "key": asked.question.key}
+        try:
+            return {**await resume(asked.root.id), **answered, "resumed": True}
+        except (FlowrunError, HTTPException) as exc:  # recorded all the same: resumable later, here or elsewhere
+            why = exc.detail if isinstance(exc, HTTPException) else str(exc)
+            return {"id": asked.root.id, **answered, "resumed": False, "why": why}
 
     @app.get("/runs/{run_id}/events", responses=problems(404))
     async def run_events(run_id: str = RUN_ID, last_event_id: str | None = Header(default=None)) -> StreamingResponse:

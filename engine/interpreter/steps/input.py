@@ -36,16 +36,17 @@ async def run_input(kernel: Kernel, run: RunState, step: Step) -> StepDone:
     if answer is None:
         question = replace(question, seq=kernel.events.next_seq(run.id))
         await kernel.storage.commit(kernel.storage.set_asking, run.id, question.data())
-        kernel.events.publish(InputRequired(run.id, step=step.id, visit=question.visit, prompt=prompt,
-                                            schema=question.schema, labels=list(question.labels),
-                                            deadline=question.deadline))
+        for stream in dict.fromkeys([run.id, run.root]):  # a child's question shows where its root is watched
+            kernel.events.publish(InputRequired(stream, step=step.id, visit=question.visit, key=question.key,
+                                                asker=run.id, prompt=prompt, schema=question.schema,
+                                                labels=list(question.labels), deadline=question.deadline))
         raise Waiting(f"it waits for an answer: give it with `flowrun runs answer {run.id[:12]} --value JSON` "
                       "(or --text TEXT)")
     if answer.timed_out:
         if TIMED_OUT in step.branches:
             return StepDone(prompt, None, branch=TIMED_OUT)
-        raise RunError(f"{run.file}: step {step.id}: nobody answered within its timeout of {step.timeout:g} s",
-                       kind=ErrorKind.INPUT_TIMEOUT)
+        within = "" if step.timeout is None else f" within its timeout of {step.timeout:g} s"
+        raise RunError(f"{run.file}: step {step.id}: nobody answered{within}", kind=ErrorKind.INPUT_TIMEOUT)
     problems = question.problems(answer.value)
     if problems:  # given in the run a replay replays, or a cassette's: an answer given now was checked
         raise RunError(f"{run.file}: step {step.id}: the answer does not fit: {'; '.join(problems)}",
