@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 import tempfile
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from engine.flow.compiler import CompiledFlow
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.kinds import ends_run
 from engine.flow.loader import Document, load_file
+from engine.flow.model import all_steps
 from engine.flow.schema import schema_diagnostics
 from engine.flow.validate import NOT_FLOWS, CheckedFlow, load_flow, yaml_below
 from engine.interpreter.inputs import InputError, resolve_inputs
@@ -186,6 +188,13 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
             problems.append(diagnostic("FR003", f"case {case.name!r}: {exc}", doc.file,
                                        doc.position((*at, "responses", *exc.at))))
     flow = checked.flow
+    asking = _input_keys(checked.compiled)
+    for key, where in [*((k, ("answers", k)) for k in case.answers), *((k, ("timeouts", i))
+                                                                      for i, k in enumerate(case.timeouts))]:
+        if _unkeyed(key) not in asking:  # a typo would leave the run waiting, or the step answered by nobody
+            problems.append(diagnostic("FR601", f"case {case.name!r}: no input step is asked as {key!r} (input "
+                                                f"steps: {', '.join(sorted(asking)) or 'none'})", doc.file,
+                                       doc.position((*at, *where), key=where[0] == "answers")))
     named = [(("expect", "path", i), s) for i, s in enumerate(case.expect.get("path", []))]
     named += [(("expect", key, s), s) for key in ("visits", "branches") for s in case.expect.get(key, {})]
     for where, step in named:
@@ -257,6 +266,17 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
     finally:
         storage.close()
     return CaseResult(case, outcome, steps, check(case.expect, outcome, steps), time.monotonic() - started, inner)
+
+
+def _input_keys(compiled: CompiledFlow) -> set[str]:
+    """The ids of the input steps of the flow `compiled`, its sub-flows and the flows it calls."""
+    flows = [compiled.flow, *(callee.compiled.flow for callee in compiled.callees())]
+    return {step.id for flow in flows for _, step in all_steps(flow) if step.kind == "input"}
+
+
+def _unkeyed(key: str) -> str:
+    """The step id a request key ends with (`each[2].ask`: ask)."""
+    return re.split(r"[.\]]", key)[-1]
 
 
 def _inner_steps(compiled: CompiledFlow, found: RunRecord, prefix: str = "") -> Iterator[tuple[str, StepRow]]:

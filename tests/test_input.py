@@ -500,3 +500,15 @@ def test_eval_cases_answer_the_input_steps_of_their_child_runs(tmp_path: Path) -
                          "cassette", "--format", "json")
     assert code == 0, out + err
     assert json.loads(out)["configurations"][0]["accuracy"] == 1.0
+
+
+def test_a_test_case_answering_no_input_step_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    flow = tmp_path / "approve_post.yaml"
+    flow.write_text(APPROVE.read_text())
+    cases = tmp_path / "approve_post.test.yaml"
+    cases.write_text("cases:\n  - name: a typo\n    responses: []\n    inputs: {topic: x}\n"
+                     "    answers: {revew: {decision: approve}}\n    timeouts: [draft]\n")
+    code, out, err = cli("test", str(cases))
+    assert code == 2
+    assert f"{cases}:5:15: error FR601" in out + err and "no input step is asked as 'revew'" in out + err
+    assert "no input step is asked as 'draft' (input steps: review)" in out + err
