@@ -34,6 +34,9 @@ _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\
                       r"|\x1b[ -/]*[0-~]?|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+_ASKING = asyncio.Lock()  # held while a person answers on this terminal (ask_person)
+
+
 def printable(text: str) -> str:
     """`text` (a model's or tool's, as stored) without what a terminal would act on instead of showing: every place
     that prints stored text passes it through here, so that a model cannot move the cursor, retitle the window,
@@ -77,7 +80,8 @@ async def watch(work: Awaitable[T], progress: Sequence[Progress], events: EventB
     started = time.monotonic()
     try:
         while live and not task.done():
-            click.echo(_CLEAR + status_line(progress, generated, time.monotonic() - started), nl=False, err=True)
+            if not _ASKING.locked():  # a person is typing an answer on this terminal: no line over theirs
+                click.echo(_CLEAR + status_line(progress, generated, time.monotonic() - started), nl=False, err=True)
             await asyncio.wait({task}, timeout=every)
         return await task
     finally:
@@ -246,10 +250,8 @@ async def ask_person(run: str, question: Question) -> Answer | None:
     timed out; None if stdin ends first (the run then waits). Reading stdin goes through the event loop, so the runs
     sharing the model go on meanwhile, and Ctrl-C leaves the run to resume (it asks again)."""
     async with _ASKING:  # runs (map items, say) asking at once are asked one after the other
+        click.echo(_CLEAR, nl=False, err=True)
         return await _ask(run, question)
-
-
-_ASKING = asyncio.Lock()
 
 
 async def _ask(run: str, question: Question) -> Answer | None:

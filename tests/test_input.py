@@ -261,6 +261,14 @@ class Terminal:
                 self.seen += os.read(self.main, 4096).decode(errors="replace")
         assert text in self.seen, self.seen
 
+    def drain(self, seconds: float) -> str:
+        """What it writes in the next `seconds`."""
+        before, deadline = len(self.seen), time.time() + seconds
+        while time.time() < deadline:
+            if select.select([self.main], [], [], 0.1)[0]:
+                self.seen += os.read(self.main, 4096).decode(errors="replace")
+        return self.seen[before:]
+
     def type(self, line: str) -> None:
         os.write(self.main, line.encode() + b"\n")
 
@@ -277,6 +285,7 @@ def test_a_terminal_answers_inline_asked_again_until_the_answer_fits(tmp_path: P
                         str(cassette), "--db", str(tmp_path / "runs.db"))
     terminal.read_until("> ")
     assert "Publish this post about hours?" in terminal.seen and "First draft." in terminal.seen
+    assert "tok/s" not in terminal.drain(0.8)  # the progress line does not redraw over the answer being typed
     terminal.type('{"decision": "maybe"}')
     terminal.read_until("does not fit")
     terminal.type('{"decision": "approve"}')
