@@ -535,7 +535,7 @@ def runs_list(limit: int, batch_id: str | None, as_json: bool, db: str | None) -
     with _user_errors():
         storage = Storage(db, reading=True)
         found = figures(storage, storage.find_runs(limit, batch_id))
-        if any(f.run.status == RunStatus.WAITING for f in found):  # time out what nobody answered in time
+        if any(f.run.status in (RunStatus.WAITING, RunStatus.PAUSED) for f in found):  # time out what is late
             with contextlib.suppress(StorageError):  # a database this user cannot write: shown as it is
                 if answering.time_out(Storage(db)):
                     found = figures(storage, storage.find_runs(limit, batch_id))

@@ -521,3 +521,20 @@ def test_a_test_case_answering_no_input_step_is_refused_where_it_is_written(tmp_
     assert code == 2
     assert f"{cases}:5:15: error FR601" in out + err and "no input step is asked as 'revew'" in out + err
     assert "no input step is asked as 'draft' (input steps: review)" in out + err
+
+
+def test_a_question_left_waiting_under_a_root_answered_for_another_still_times_out(tmp_path: Path) -> None:
+    flow = tmp_path / "each.yaml"
+    flow.write_text(MAP_ASKS.replace('ask: {kind: input, prompt: "Item {{ item }}?", next: said}',
+                                     'ask: {kind: input, prompt: "Item {{ item }}?", timeout: 3s, '
+                                     'branches: {ok: said, timeout: said}}').replace('"[1, 2, 3]"', '"[1, 2]"'))
+    run_id, options = waiting_run(tmp_path, flow, ())
+    assert flowrun("runs", "answer", run_id, "--step", "each[0].ask", "--text", "ok", "--no-resume",
+                   *options).returncode == 0
+    assert row(tmp_path, run_id).status == "paused"  # item 1 still waits under it
+    [late] = [c for c in Storage(f"sqlite:///{tmp_path / 'runs.db'}").children([run_id]) if c.branch == "1"]
+    time.sleep(max(0.0, late.asking["deadline"] - time.time()) + 0.1)
+    assert flowrun("runs", "list", *options[-2:]).returncode == 0  # it times item 1 out
+    done = flowrun("runs", "resume", run_id, *options, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["answer"] == "1=ok, 2=None"

@@ -98,7 +98,10 @@ def answer(storage: Storage, run_id: str, value: Any, *, step: str | None = None
 def time_out(storage: Storage, now: float | None = None) -> list[Waiting]:
     """Settle every question whose deadline passed as timed out (their runs resumable); those settled here."""
     settled = []
-    for root in storage.find_runs(limit=None, status=RunStatus.WAITING):
+    # a paused root may hold children that still wait: one of them answered, the run not resumed yet
+    roots = [*storage.find_runs(limit=None, status=RunStatus.WAITING),
+             *storage.find_runs(limit=None, status=RunStatus.PAUSED)]
+    for root in roots:
         for asked in waiting(storage, root.id):
             if asked.question.expired(now) and settle(storage, asked, Answer(timed_out=True)):
                 settled.append(asked)
