@@ -194,10 +194,16 @@ def tools() -> None:
 @tools.command("list")
 @_tools_option
 def tools_list(tool_paths: tuple[Path, ...]) -> None:
-    """List the bundled tools and those at --tools."""
+    """List the bundled tools and those at --tools: what each does, who serves what it reaches, the environment
+    variables it reads and the hosts it may reach."""
     found = load_tools(tool_paths)
     for manifest in sorted(found.tools.values(), key=lambda m: m.name):
         click.echo(f"{manifest.name:<22} {manifest.description.splitlines()[0]}")
+        reaches = [f"provider: {manifest.provider}" if manifest.provider else "",
+                   f"variables: {', '.join(manifest.variables)}" if manifest.variables else "",
+                   f"hosts: {', '.join(manifest.hosts)}" if manifest.hosts else ""]
+        if any(reaches):
+            click.echo(f"{'':<22} {' · '.join(r for r in reaches if r)}")
     if found.diagnostics:
         _print_problems(found.diagnostics, [])
         sys.exit(1)

@@ -28,6 +28,9 @@ class ToolManifest:
     idempotent: bool
     file: str
     position: tuple[int, int]  # of its name in `file`
+    provider: str = ""  # who serves what it reaches
+    variables: tuple[str, ...] = ()  # the environment variables it reads
+    hosts: tuple[str, ...] = ()  # the hosts it may reach (engine.kernel.network)
 
 
 @dataclass
@@ -67,6 +70,9 @@ def read_manifest(path: Path, file: str | None = None) -> tuple[ToolManifest | N
         idempotent=data["idempotent"],
         file=doc.file,
         position=doc.position(("name",)),
+        provider=data.get("provider", ""),
+        variables=tuple(data["variables"]),
+        hosts=tuple(data["hosts"]),
     )
     return manifest, []
 

@@ -36,6 +36,9 @@ workspace: contextvars.ContextVar[Path] = contextvars.ContextVar("workspace")
 # While a tool that is not idempotent runs: a key of the call, unique, and the same when a resumed run makes again
 # a call whose result was not stored. A tool that remembers the keys it has done can do each call only once.
 call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_key", default=None)
+# The tool running, and the hosts its manifest lets it reach over HTTP (engine.kernel.network enforces them).
+running: contextvars.ContextVar[str] = contextvars.ContextVar("running", default="")
+reachable: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("reachable", default=())
 
 
 class ToolError(RunFailure):
@@ -90,6 +93,8 @@ def _serve(call: dict[str, Any], loaded: Loaded) -> dict[str, Any]:
         if call["workspace"] is not None:
             context.run(workspace.set, Path(call["workspace"]))
         context.run(call_key.set, call["call_key"])
+        context.run(running.set, call.get("tool", ""))
+        context.run(reachable.set, tuple(call.get("hosts", ())))
         if inspect.iscoroutinefunction(function):
             result = context.run(asyncio.run, function(**call["arguments"]))
         else:

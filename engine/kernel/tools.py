@@ -57,6 +57,7 @@ class ManifestLike(Protocol):
     concurrency: int
     idempotent: bool
     file: str
+    hosts: tuple[str, ...]
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Tool:
     idempotent: bool = False  # a call may be repeated safely (after a failure, say)
     entry: str | None = None
     base: Path | None = None
+    hosts: tuple[str, ...] = ()  # the hosts its code may reach (engine.kernel.network)
     validator: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +97,8 @@ class Tool:
 def tool_from_manifest(manifest: ManifestLike) -> Tool:
     """The Tool a manifest describes; its code is loaded by the worker processes that run it."""
     return Tool(manifest.name, manifest.description, manifest.parameters, None, manifest.timeout,
-                manifest.concurrency, manifest.idempotent, entry=manifest.entry, base=Path(manifest.file).parent)
+                manifest.concurrency, manifest.idempotent, entry=manifest.entry, base=Path(manifest.file).parent,
+                hosts=manifest.hosts)
 
 
 class ToolManager:
@@ -187,7 +190,8 @@ class ToolManager:
         try:
             reply = await self._workers.call({"entry": tool.entry, "base": str(tool.base), "arguments": arguments,
                                               "workspace": None if folder is None else str(folder),
-                                              "call_key": call_key.get(), "limit": self.max_result}, tool.timeout)
+                                              "call_key": call_key.get(), "limit": self.max_result,
+                                              "hosts": list(tool.hosts), "tool": tool.name}, tool.timeout)
         except ToolError as exc:  # its worker ended in the call
             raise ToolError(f"tool {tool.name} failed: {exc}") from None
         if "error" in reply:

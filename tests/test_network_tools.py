@@ -1,0 +1,198 @@
+"""Tools that reach the network (engine.kernel.network, tools/wikipedia.py): against a fake MediaWiki server on
+loopback that answers in the Action API's documented format (formatversion=2), the tool succeeds, tries again
+after a 429, gives up on a 5xx that stays, times out, refuses an answer too large, a redirect to a host its
+manifest does not list, and a malformed answer: each a clear tool error, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from engine.flow.manifest import load_tools
+from engine.kernel import network
+from engine.kernel.kernel import Kernel
+from engine.kernel.storage import Storage
+from engine.kernel.tool_code import ToolError, ToolTimeout, load_entry, reachable, running
+from engine.kernel.tools import tool_from_manifest
+from engine.llm.scripted import ScriptedBackend
+from engine.resources import data_dir
+
+SEARCH = {"batchcomplete": True, "query": {"searchinfo": {"totalhits": 2}, "search": [
+    {"ns": 0, "title": "Austin, Texas", "pageid": 1},
+    {"ns": 0, "title": "Austin (given name)", "pageid": 2}]}}
+PAGES = {"batchcomplete": True, "query": {"pages": [
+    {"pageid": 1, "ns": 0, "title": "Austin, Texas", "extract": "Austin is the capital of the U.S. state of Texas. "
+                                                                 "It is the 10th-most populous city. " * 30},
+    {"pageid": 2, "ns": 0, "title": "Austin (given name)", "extract": "Austin is a given name."}]}}
+
+
+class Wiki(http.server.BaseHTTPRequestHandler):
+    """A MediaWiki Action API at /w/api.php, answering as `plan` says, one behaviour a request (then "ok")."""
+
+    plan: ClassVar[list[str]] = []
+    asked: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query, keep_blank_values=True))
+        Wiki.asked.append(query)
+        how = Wiki.plan.pop(0) if Wiki.plan else "ok"
+        if how == "429":
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif how == "503":
+            self.send_error(503, "Service Unavailable")
+        elif how == "slow":
+            time.sleep(1.5)
+            self.reply(SEARCH)
+        elif how == "big":
+            self.reply({"query": {"search": [], "padding": "x" * (network.MAX_RESPONSE + 10)}})
+        elif how == "redirect":
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_port}/w/api.php?{query}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif how == "malformed":
+            self.reply({"batchcomplete": True, "warnings": {"main": "Unrecognized value"}})
+        elif how == "refused":
+            self.reply({"error": {"code": "badvalue", "info": "Unrecognized value for parameter \"list\"."}})
+        elif query.get("prop") == "extracts":
+            self.reply(PAGES)
+        else:  # as many hits as srlimit asks
+            hits = SEARCH["query"]["search"][:int(query.get("srlimit", "10"))]
+            self.reply({**SEARCH, "query": {**SEARCH["query"], "search": hits}})
+
+    def reply(self, data: Any) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def wiki(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The fake API's URL, set as WIKIPEDIA_API; the wikipedia tool's hosts let the tool code reach it."""
+    Wiki.plan, Wiki.asked = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wiki)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/w/api.php"
+    monkeypatch.setenv("WIKIPEDIA_API", url)
+    monkeypatch.setattr(network, "WAIT", 0.01)
+    manifest = load_tools([]).tools["wikipedia"]
+    reached, named = reachable.set(manifest.hosts), running.set("wikipedia")
+    try:
+        yield url
+    finally:
+        reachable.reset(reached)
+        running.reset(named)
+        server.shutdown()
+
+
+def search(query: str = "Austin", **arguments: Any) -> Any:
+    return load_entry("wikipedia.py:wikipedia", data_dir("tools"))(query, **arguments)
+
+
+def test_wikipedia_finds_articles_with_their_urls_and_opening_cut_to_size(wiki: str) -> None:
+    found = search("Austin", results=2)
+    assert [r["title"] for r in found["results"]] == ["Austin, Texas", "Austin (given name)"]
+    assert found["results"][0]["url"] == "https://en.wikipedia.org/wiki/Austin%2C_Texas"
+    assert len(found["results"][0]["extract"]) <= 602 and found["results"][0]["extract"].endswith(" …")
+    assert Wiki.asked[0] == {"action": "query", "list": "search", "srsearch": "Austin", "srlimit": "2", "srprop": "",
+                             "format": "json", "formatversion": "2"}
+    assert Wiki.asked[1]["pageids"] == "1|2" and Wiki.asked[1]["exintro"] == "1"
+
+
+def test_a_429_is_tried_again_and_a_5xx_that_stays_is_a_tool_error(wiki: str) -> None:
+    Wiki.plan = ["429"]
+    assert search()["results"]
+    assert len(Wiki.asked) == 3  # the 429, then the search again, then the extracts
+    Wiki.plan, Wiki.asked = ["503"] * 3, []
+    with pytest.raises(ToolError, match=r"127\.0\.0\.1 answered 503 Service Unavailable after 3 tries"):
+        search()
+    assert len(Wiki.asked) == 3
+
+
+def test_a_slow_an_oversized_and_a_malformed_answer_are_tool_errors(wiki: str, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    monkeypatch.setattr(network, "TIMEOUT", 0.3)
+    Wiki.plan = ["slow"]
+    with pytest.raises(ToolTimeout, match=r"did not answer within 0\.3 s"):
+        search()
+    Wiki.plan = ["big"]
+    with pytest.raises(ToolError, match="answered more than 1,048,576 bytes"):
+        search()
+    Wiki.plan = ["malformed"]
+    with pytest.raises(ToolError, match="a form this tool does not know"):
+        search()
+    Wiki.plan = ["refused"]
+    with pytest.raises(ToolError, match='Wikipedia refused the query: Unrecognized value for parameter "list"'):
+        search()
+
+
+def test_a_redirect_to_a_host_the_manifest_does_not_list_is_refused(wiki: str) -> None:
+    Wiki.plan = ["redirect"]
+    with pytest.raises(ToolError, match=r"tool wikipedia may not reach localhost \(its manifest's hosts: "
+                                        r"\*\.wikipedia\.org, \$WIKIPEDIA_API\)"):
+        search()
+    assert len(Wiki.asked) == 1  # the redirect was not followed
+
+
+def test_hosts_match_names_subdomains_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_URL", "https://api.example.org:8443/v1")
+    hosts = ("*.wikipedia.org", "export.arxiv.org", "$SERVICE_URL", "$UNSET_URL")
+    assert [network.allowed(h, hosts) for h in ("en.wikipedia.org", "wikipedia.org", "evilwikipedia.org",
+                                                "export.arxiv.org", "arxiv.org", "API.example.org", "")] == \
+        [True, True, False, True, False, True, False]
+
+
+def test_through_the_kernel_a_tool_reaches_only_the_hosts_of_its_manifest(tmp_path: Path, wiki: str) -> None:
+    (tmp_path / "peek.py").write_text("from engine.kernel.network import get_json\n\n"
+                                      "def peek(url):\n    return get_json(url)\n")
+    (tmp_path / "peek.tool.yaml").write_text("name: peek\ndescription: GETs a URL.\nentry: peek.py:peek\n"
+                                             "parameters: {type: object, properties: {url: {type: string}}}\n"
+                                             "idempotent: true\n")
+    manifests = load_tools([tmp_path])
+    kernel = Kernel(ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(manifests.tools[name]) for name in ("peek", "wikipedia")],
+                    workspaces=tmp_path / "workspaces")
+
+    kernel.open_run("run", "agent", ["peek", "wikipedia"])
+
+    async def calls() -> tuple[Any, str]:
+        found = await kernel.call_tool("agent", "run", "wikipedia", {"query": "Austin", "results": 1})
+        try:
+            await kernel.call_tool("agent", "run", "peek", {"url": wiki})
+        except ToolError as exc:
+            return found.result, str(exc)
+        return found.result, ""
+
+    found, refused = asyncio.run(calls())
+    assert [r["title"] for r in found["results"]] == ["Austin, Texas"]
+    assert refused == "tool peek may not reach 127.0.0.1 (its manifest's hosts: none)"
+
+
+def test_a_tool_missing_its_variable_says_which_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RATES_URL", raising=False)
+    rate = load_entry("rates.py:exchange_rate", data_dir("tools"))
+    named = running.set("exchange_rate")
+    try:
+        with pytest.raises(ToolError, match=r"tool exchange_rate needs a rates service .*: set the environment "
+                                            r"variable RATES_URL"):
+            rate("EUR", "USD")
+    finally:
+        running.reset(named)
