@@ -133,8 +133,11 @@ def test_graph_of_an_invalid_flow_prints_diagnostics() -> None:
 
 def test_tools_list() -> None:
     code, out, _ = run("tools", "list")
-    names = [line.split()[0] for line in out.splitlines()]
+    names = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
     assert code == 0 and "calculator" in names and "flight_search" in names and names == sorted(names)
+    # a tool that reaches the network says who serves it, what it reads and where it may go
+    assert "provider: Wikipedia (MediaWiki Action API) · variables: WIKIPEDIA_API · hosts: *.wikipedia.org, " \
+           "$WIKIPEDIA_API" in out
 
 
 def test_console_script_from_another_directory(tmp_path: Path) -> None:
