@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +99,18 @@ def two_steps(tmp_path: Path) -> Path:
     flow = tmp_path / "two_steps.yaml"
     flow.write_text(TWO_STEPS)
     return flow
+
+
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+    """A fake service's request handler (http.server): `reply` sends JSON; requests are not logged."""
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -31,7 +31,7 @@ from engine.flow.render import render_graph
 from engine.flow.validate import check_flow_text, validate_paths
 from engine.flowtest import load_tests
 from engine.kernel.tools import Tool
-from tests.conftest import FLOWS, ROOT
+from tests.conftest import FLOWS, ROOT, JSONHandler
 
 FLOWRUN = str(Path(sys.executable).with_name("flowrun"))
 SCHEMAS = sorted((ROOT / "schemas").glob("*.schema.json"))
@@ -48,18 +48,10 @@ def schema_server() -> Iterator[tuple[str, list[str]]]:
     """A local HTTP server that serves a JSON Schema to anyone who asks: its URL, and the paths it was asked for."""
     asked: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JSONHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
-            body = b'{"type": "string"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+            self.reply({"type": "string"})
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import json
 import threading
 import time
 import urllib.parse
@@ -25,6 +24,7 @@ from engine.kernel.tool_code import ToolError, ToolTimeout, load_entry, reachabl
 from engine.kernel.tools import tool_from_manifest
 from engine.llm.scripted import ScriptedBackend
 from engine.resources import data_dir
+from tests.conftest import JSONHandler
 
 SEARCH = {"batchcomplete": True, "query": {"searchinfo": {"totalhits": 2}, "search": [
     {"ns": 0, "title": "Austin, Texas", "pageid": 1},
@@ -35,7 +35,7 @@ PAGES = {"batchcomplete": True, "query": {"pages": [
     {"pageid": 2, "ns": 0, "title": "Austin (given name)", "extract": "Austin is a given name."}]}}
 
 
-class Wiki(http.server.BaseHTTPRequestHandler):
+class Wiki(JSONHandler):
     """A MediaWiki Action API at /w/api.php, answering as `plan` says, one behaviour a request (then "ok")."""
 
     plan: ClassVar[list[str]] = []
@@ -71,17 +71,6 @@ class Wiki(http.server.BaseHTTPRequestHandler):
         else:  # as many hits as srlimit asks
             hits = SEARCH["query"]["search"][:int(query.get("srlimit", "10"))]
             self.reply({**SEARCH, "query": {**SEARCH["query"], "search": hits}})
-
-    def reply(self, data: Any) -> None:
-        body = json.dumps(data).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture

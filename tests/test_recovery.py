@@ -31,7 +31,7 @@ from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, SyscallRow, ToolCallRow
 from engine.llm.base import ModelUnavailable, Request, Result
 from engine.llm.scripted import ScriptedBackend
-from tests.conftest import FLOWS
+from tests.conftest import FLOWS, JSONHandler
 from tests.test_run_cli import cassette, cli
 
 TOOLS = {
@@ -493,7 +493,7 @@ steps:
     assert run.finished - run.created < 2
 
 
-class FlakyRates(http.server.BaseHTTPRequestHandler):
+class FlakyRates(JSONHandler):
     """A rates service that fails its first `failures` requests with 503, then answers."""
 
     failures = 2
@@ -504,15 +504,7 @@ class FlakyRates(http.server.BaseHTTPRequestHandler):
         if len(FlakyRates.asked) <= FlakyRates.failures:
             self.send_error(503, "Service Unavailable")
             return
-        body = json.dumps({"rate": 0.9, "date": "2026-11-30"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply({"rate": 0.9, "date": "2026-11-30"})
 
 
 @pytest.mark.parametrize("failures", [2, 5, 9], ids=["up on its third request", "up on the flow's retry", "down"])
