@@ -185,3 +185,80 @@ def test_a_tool_missing_its_variable_says_which_to_set(tmp_path: Path, monkeypat
             rate("EUR", "USD")
     finally:
         running.reset(named)
+
+
+ATOM_FEED = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"
+      xmlns:arxiv="http://arxiv.org/schemas/atom">
+  <title type="html">ArXiv Query: search_query=all:small models</title>
+  <id>http://arxiv.org/api/cHxbiOdZaP56ODnBPIenZhzg5f8</id>
+  <updated>2026-11-30T00:00:00-05:00</updated>
+  <opensearch:totalResults>2</opensearch:totalResults>
+  <entry>
+    <id>http://arxiv.org/abs/2401.00001v1</id>
+    <published>2024-01-02T18:00:00Z</published>
+    <title>Small Models,
+      Structured Outputs</title>
+    <summary>  We show that constrained decoding makes small models reliable. {words} </summary>
+    {authors}
+    <link href="http://arxiv.org/abs/2401.00001v1" rel="alternate" type="text/html"/>
+  </entry>
+  <entry>
+    <id>http://arxiv.org/abs/2402.00002v2</id>
+    <published>2024-02-03T18:00:00Z</published>
+    <title>Voting Helps</title>
+    <summary>Self-consistency for tiny models.</summary>
+    <author><name>A. Author</name></author>
+  </entry>
+</feed>""".format(words="More words. " * 80,
+                 authors="".join(f"<author><name>Author {n}</name></author>" for n in range(7)))
+ATOM_ERROR = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>http://arxiv.org/api/errors#incorrect_id_format</id>
+<title>Error</title><summary>incorrect id format for 1234.12345</summary></entry></feed>"""
+BOMB = """<?xml version="1.0"?><!DOCTYPE feed [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>
+<feed xmlns="http://www.w3.org/2005/Atom"><entry><title>&b;</title></entry></feed>"""
+
+
+class Arxiv(JSONHandler):
+    """The arXiv API at /api/query, answering the next body of `bodies` (Atom XML, or not)."""
+
+    bodies: ClassVar[list[str]] = []
+    asked: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        Arxiv.asked.append(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)))
+        body = Arxiv.bodies.pop(0).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/atom+xml; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_arxiv_search_reads_the_atom_feed_safely_and_says_what_went_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Arxiv)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ARXIV_API", f"http://127.0.0.1:{server.server_port}/api/query")
+    Arxiv.bodies, Arxiv.asked = [ATOM_FEED, ATOM_ERROR, "<html>busy</html>", "not XML at all", BOMB], []
+    search = load_entry("arxiv.py:arxiv_search", data_dir("tools"))
+    reached = reachable.set(load_tools([]).tools["arxiv_search"].hosts)
+    named = running.set("arxiv_search")
+    try:
+        found = search("small models", results=2)
+        assert Arxiv.asked[0] == {"search_query": "all:small models", "start": "0", "max_results": "2",
+                                  "sortBy": "relevance"}
+        first, second = found["results"]
+        assert (first["title"], first["published"], first["url"]) == (
+            "Small Models, Structured Outputs", "2024-01-02", "http://arxiv.org/abs/2401.00001v1")
+        assert first["authors"] == "Author 0, Author 1, Author 2, Author 3, Author 4 et al."
+        assert first["summary"].startswith("We show that constrained decoding") and len(first["summary"]) <= 602
+        assert (second["authors"], second["summary"]) == ("A. Author", "Self-consistency for tiny models.")
+        with pytest.raises(ToolError, match=r"arXiv refused the query: incorrect id format for 1234\.12345"):
+            search("id:1234.12345")
+        for _ in range(3):  # not a feed, not XML, a feed with an entity bomb (refused, not expanded)
+            with pytest.raises(ToolError, match="arXiv did not answer an Atom feed this tool can read"):
+                search("anything")
+    finally:
+        reachable.reset(reached)
+        running.reset(named)
+        server.shutdown()
