@@ -58,3 +58,17 @@ def test_travel_agent_asks_the_model_only_to_read_the_request() -> None:
 def test_readme_rule_table_matches_the_rules() -> None:
     rows = re.findall(r"^\| (FR\d{3}) \| ([a-z-]+) \| (error|warning) \|", (ROOT / "README.md").read_text(), re.M)
     assert rows == [(r.code, r.name, r.severity.value) for r in RULES.values()]
+
+
+def test_readme_tools_table_lists_every_bundled_tool_as_its_manifest_says() -> None:
+    from engine.flow.manifest import load_tools
+
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", (ROOT / "README.md").read_text(),
+                      re.M)
+    tools = load_tools([]).tools
+    assert [name for name, *_ in rows] == sorted(tools)
+    for name, provider, variables, hosts in rows:
+        manifest = tools[name]
+        assert provider.strip() == (manifest.provider or "flowrun (offline)")
+        assert variables.strip() == (", ".join(f"`{v}`" for v in manifest.variables) or "—")
+        assert hosts.strip() == (", ".join(f"`{h}`" for h in manifest.hosts) or "none")
