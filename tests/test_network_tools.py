@@ -262,3 +262,71 @@ def test_arxiv_search_reads_the_atom_feed_safely_and_says_what_went_wrong(monkey
         reachable.reset(reached)
         running.reset(named)
         server.shutdown()
+
+
+class Search(JSONHandler):
+    """SearXNG (/search?format=json), Brave (/res/v1/web/search) and Google (/customsearch/v1), as their documented
+    answers look; `asked` keeps each request's path, query and the Brave key sent."""
+
+    asked: ClassVar[list[tuple[str, dict[str, str], str | None]]] = []
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        Search.asked.append((url.path, query, self.headers.get("X-Subscription-Token")))
+        if query.get("q") == "broken":
+            self.reply({"unexpected": True})
+        elif url.path == "/search":
+            self.reply({"query": query["q"], "number_of_results": 2, "results": [
+                {"url": "https://example.org/a", "title": "A &amp; B", "content": "First <b>page</b>.",
+                 "engine": "duckduckgo"},
+                {"url": "https://example.org/b", "title": "B", "content": "x" * 500, "engine": "wikipedia"}]})
+        elif url.path == "/res/v1/web/search":
+            self.reply({"type": "search", "web": {"type": "search", "results": [
+                {"title": "Brave <strong>result</strong>", "url": "https://example.com/", "description":
+                 "The <strong>best</strong> match.", "language": "en"}]}})
+        elif query.get("q") == "nothing":
+            self.reply({"kind": "customsearch#search", "searchInformation": {"totalResults": "0"}})
+        else:
+            self.reply({"kind": "customsearch#search", "items": [
+                {"kind": "customsearch#result", "title": "Google result", "link": "https://example.net/",
+                 "snippet": "A snippet."}]})
+
+
+def test_web_search_asks_the_provider_configured_and_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Search)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    for name in ("SEARXNG_URL", "BRAVE_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CSE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BRAVE_SEARCH_API", f"{base}/res/v1/web/search")
+    monkeypatch.setenv("GOOGLE_SEARCH_API", f"{base}/customsearch/v1")
+    search = load_entry("web_search.py:web_search", data_dir("tools"))
+    reached = reachable.set(load_tools([]).tools["web_search"].hosts)
+    named = running.set("web_search")
+    Search.asked = []
+    try:
+        with pytest.raises(ToolError, match=r"set SEARXNG_URL .*, or BRAVE_API_KEY, or GOOGLE_API_KEY and "
+                                            r"GOOGLE_CSE_ID"):
+            search("flowrun")
+        monkeypatch.setenv("GOOGLE_API_KEY", "g-key")
+        monkeypatch.setenv("GOOGLE_CSE_ID", "engine-1")
+        assert search("flowrun", results=1) == {"query": "flowrun", "provider": "google", "results": [
+            {"title": "Google result", "url": "https://example.net/", "snippet": "A snippet."}]}
+        assert Search.asked[-1][1] == {"key": "g-key", "cx": "engine-1", "q": "flowrun", "num": "1"}
+        assert search("nothing")["results"] == []  # Google leaves `items` out when nothing matched
+        monkeypatch.setenv("BRAVE_API_KEY", "b-key")
+        assert search("flowrun")["results"] == [{"title": "Brave result", "url": "https://example.com/",
+                                                  "snippet": "The best match."}]
+        assert Search.asked[-1][2] == "b-key"  # the key goes in the header, never in the URL
+        monkeypatch.setenv("SEARXNG_URL", base)
+        found = search("flowrun", results=2)
+        assert found["provider"] == "searxng" and Search.asked[-1][1] == {"q": "flowrun", "format": "json"}
+        assert [r["title"] for r in found["results"]] == ["A & B", "B"]
+        assert found["results"][0]["snippet"] == "First page." and len(found["results"][1]["snippet"]) <= 302
+        with pytest.raises(ToolError, match="a form this tool does not know"):
+            search("broken")
+    finally:
+        reachable.reset(reached)
+        running.reset(named)
+        server.shutdown()
