@@ -6,6 +6,7 @@ graph checks still run on a file with schema errors and a user sees all problems
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +21,7 @@ ANY_ERROR = "any"  # in `catch`: an error of any kind the other keys do not name
 # What a `retry` rule without `on` tries again: the errors another try may not meet (not a limit, a denial, or a
 # person who did not answer)
 RETRIED = ("model_unavailable", "bad_output", "tool_error", "tool_timeout", "step_timeout", "child_failed")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 LONGEST_WAIT = 3600.0  # seconds a retry's backoff may wait at most (the schema's `wait`)
 
 
@@ -57,18 +58,12 @@ class Retry:
 
 
 def seconds(value: Any) -> float | None:
-    """The seconds of a duration as a flow writes it: a number of seconds, or text such as "500ms", "30s", "5m",
-    "2h", "1d" (the schema checks the form); None for anything else."""
+    """The seconds of a duration: a number of seconds, or text such as "500ms", "30s", "5m", "2h", "1d", "2w" (the
+    flow schema checks a flow's forms; `runs prune --older-than` takes these too); None for anything else."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, str):
-        return None
-    number = value.rstrip("msdh")
-    unit = value[len(number):]
-    try:
-        return float(number) * _DURATION_UNITS[unit] if number else None
-    except (KeyError, ValueError):
-        return None
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", value.strip()) if isinstance(value, str) else None
+    return float(found[1]) * _DURATION_UNITS[found[2]] if found else None
 
 
 @dataclass(slots=True)

@@ -4,18 +4,16 @@ one whose process runs on this machine, or whose process ran on another machine 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from engine.errors import RunStatus
+from engine.flow import model
 from engine.interpreter.runs import status
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, SnapshotRow
 from engine.llm.embedded import discard
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass
@@ -29,11 +27,11 @@ class Pruned:
 
 def seconds(duration: str) -> float:
     """`duration` (a number and a unit: 90s, 30m, 12h, 7d, 2w) in seconds; a ValueError saying what is expected."""
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", duration.strip())
+    found = model.seconds(duration)
     if found is None:
         raise ValueError(f"{duration!r} is not a duration: give a number and a unit (s, m, h, d or w), e.g. 12h "
                          "or 30d")
-    return float(found[1]) * _UNITS[found[2]]
+    return found
 
 
 def chosen(runs: list[RunRow], *, older_than: float | None = None, statuses: Collection[str] = (), keep: int = 0,
