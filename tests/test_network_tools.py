@@ -149,6 +149,16 @@ def test_hosts_match_names_subdomains_and_variables(monkeypatch: pytest.MonkeyPa
         [True, True, False, True, False, True, False]
 
 
+def test_a_variable_may_list_hosts_urls_and_subdomains(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SITES", " docs.python.org, https://API.example.org:8443/v1 ,*.gov.uk,127.0.0.1:8000,, ")
+    hosts = ("$SITES",)
+    assert [network.allowed(h, hosts) for h in ("docs.python.org", "python.org", "api.example.org", "example.org",
+                                                "www.gov.uk", "gov.uk", "evilgov.uk", "127.0.0.1", "")] == \
+        [True, False, True, False, True, True, False, True, False]
+    monkeypatch.setenv("SITES", "")
+    assert not network.allowed("docs.python.org", hosts)
+
+
 def test_through_the_kernel_a_tool_reaches_only_the_hosts_of_its_manifest(tmp_path: Path, wiki: str) -> None:
     (tmp_path / "peek.py").write_text("from engine.kernel.network import get_json\n\n"
                                       "def peek(url):\n    return get_json(url)\n")

@@ -12,6 +12,7 @@ import os
 import random
 import time
 import urllib.parse
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import httpx
@@ -36,32 +37,39 @@ def variable(name: str, what: str) -> str:
 
 def allowed(host: str, hosts: tuple[str, ...] | None = None) -> bool:
     """Whether `host` is one the running tool's manifest lists (a name, *.name for it and its subdomains, or
-    $VARIABLE for the host of the URL in that variable)."""
+    $VARIABLE for what that variable holds: a comma-separated list of URLs, each standing for its host, and of names
+    and *.names)."""
     host = host.lower().rstrip(".")
-    for entry in reachable.get() if hosts is None else hosts:
-        if entry.startswith("$"):
-            entry = urllib.parse.urlsplit(os.environ.get(entry[1:], "")).hostname or ""
-        entry = entry.lower()
-        if not entry:  # a variable that is not set allows nothing (not the empty host)
-            continue
+    for entry in _entries(reachable.get() if hosts is None else hosts):
         if host == entry.removeprefix("*.") or (entry.startswith("*.") and host.endswith(entry[1:])):
             return True
     return False
 
 
-def get(url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def _entries(hosts: tuple[str, ...]) -> Iterator[str]:
+    """The names and *.names that `hosts` stand for, each $VARIABLE read (one that is not set stands for none)."""
+    for entry in hosts:
+        for item in os.environ.get(entry[1:], "").split(",") if entry.startswith("$") else [entry]:
+            item = item.strip()  # a URL, or a name (a port or path after it is no part of the host)
+            if name := (urllib.parse.urlsplit(item if "://" in item else "//" + item).hostname or "").rstrip("."):
+                yield name  # never the empty host
+
+
+def get(url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None, *,
+        read: Collection[int] = ()) -> httpx.Response:
     """The answer to `GET url` (with `params`), read whole (at most MAX_RESPONSE bytes), once it is a success:
     tried again after a 429, a 5xx or a failed connection, a few times; ToolError when it stays a failure, or when
-    the URL or a redirect leads to a host the tool may not reach."""
+    the URL or a redirect leads to a host the tool may not reach. An error status in `read` is answered as it came
+    (neither tried again nor an error here), for a caller whose API explains its errors in the body."""
     for attempt in range(1, TRIES + 1):
         try:
             with httpx.Client(timeout=TIMEOUT, follow_redirects=True, max_redirects=5,
                               event_hooks={"request": [_check_host]}) as client, \
                     client.stream("GET", url, params=params, headers=headers) as response:
-                if response.status_code in RETRIED and attempt < TRIES:
+                if response.status_code in RETRIED and response.status_code not in read and attempt < TRIES:
                     time.sleep(_wait(attempt, response.headers.get("retry-after")))
                     continue
-                if response.is_error:
+                if response.is_error and response.status_code not in read:
                     raise ToolError(f"{_host(url)} answered {response.status_code} {response.reason_phrase}"
                                     + (f" after {attempt} tries" if attempt > 1 else ""))
                 body = b"".join(_capped(response))
