@@ -340,3 +340,185 @@ def test_web_search_asks_the_provider_configured_and_says_what_to_set(monkeypatc
         reachable.reset(reached)
         running.reset(named)
         server.shutdown()
+
+
+
+class Canned(http.server.BaseHTTPRequestHandler):
+    """Any service: answers each request with the next of `replies` (status, Content-Type, body, more headers);
+    `asked` keeps each request's path, query and headers."""
+
+    replies: ClassVar[list[tuple[int, str, bytes, dict[str, str]]]] = []
+    asked: ClassVar[list[tuple[str, dict[str, str], dict[str, str]]]] = []
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        Canned.asked.append((url.path, dict(urllib.parse.parse_qsl(url.query)), dict(self.headers)))
+        status, kind, body, headers = Canned.replies.pop(0)
+        self.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **({"Content-Type": kind} if kind else {}),
+                            **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def canned() -> Iterator[str]:
+    """The base URL of a Canned service on loopback."""
+    Canned.replies, Canned.asked = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # a short wait to shut down
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def as_tool(name: str, entry: str) -> Any:
+    """The bundled tool `name`'s function, called as a worker calls it (with its manifest's hosts)."""
+    function, hosts = load_entry(entry, data_dir("tools")), load_tools([]).tools[name].hosts
+
+    def call(*arguments: Any, **named: Any) -> Any:
+        reached, running_now = reachable.set(hosts), running.set(name)
+        try:
+            return function(*arguments, **named)
+        finally:
+            reachable.reset(reached)
+            running.reset(running_now)
+
+    return call
+
+
+# The LLM API's answer: sections of plain text, written for a language model (its documentation's example)
+DENSEST = """Query:
+"10 densest elemental metals"
+
+Input interpretation:
+10 densest metallic elements | by mass density
+
+Result:
+""" + "".join(f"{n} | metal number {n} | {40 - n} g/cm^3 |\n" for n in range(1, 200)) + """
+Wolfram|Alpha website result for "10 densest elemental metals":
+https://www.wolframalpha.com/input?i=10+densest+elemental+metals
+"""
+
+
+def test_wolfram_alpha_asks_the_llm_api_and_cuts_the_answer_at_a_line(canned: str, monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    monkeypatch.setenv("WOLFRAM_API", f"{canned}/api/v1/llm-api")
+    monkeypatch.setenv("WOLFRAM_APP_ID", "DEMO-APPID")
+    Canned.replies = [(200, "text/plain;charset=utf-8", DENSEST.encode(), {})]
+    found = as_tool("wolfram_alpha", "wolfram.py:wolfram_alpha")("10 densest elemental metals")
+    path, query, headers = Canned.asked[0]
+    assert (path, query) == ("/api/v1/llm-api", {"input": "10 densest elemental metals", "appid": "DEMO-APPID",
+                                                 "maxchars": "1500"})
+    assert headers["Accept"] == "text/plain"
+    answer = found["answer"]
+    assert answer.startswith('Query:\n"10 densest elemental metals"') and len(answer) <= 1500
+    assert answer.endswith(" g/cm^3 | …")  # a whole line, then the mark of the cut
+    assert DENSEST.startswith(answer.removesuffix(" …"))
+
+
+@pytest.mark.parametrize(("status", "body", "message"), [
+    pytest.param(501, "Wolfram|Alpha did not understand your input\nThings to try instead:\nintegrate x^2",
+                 r"Wolfram\|Alpha could not interpret the input: Wolfram\|Alpha did not understand your input\n"
+                 r"Things to try", id="not-understood"),
+    pytest.param(403, "Error 1: Invalid appid",
+                 r"Wolfram\|Alpha refused the AppID in WOLFRAM_APP_ID: Error 1: Invalid appid", id="invalid-appid"),
+    pytest.param(403, "Error 2: Appid missing",
+                 r"Wolfram\|Alpha refused the AppID in WOLFRAM_APP_ID: Error 2: Appid missing", id="appid-missing"),
+    pytest.param(400, "Error: input missing", r"Wolfram\|Alpha got no input: Error: input missing", id="no-input"),
+    pytest.param(200, "", r"Wolfram\|Alpha did not answer the plain text of its LLM API \(text/plain, empty\)",
+                 id="empty"),
+])
+def test_wolfram_alpha_says_what_the_api_explained_and_does_not_ask_again(
+        canned: str, monkeypatch: pytest.MonkeyPatch, status: int, body: str, message: str) -> None:
+    monkeypatch.setenv("WOLFRAM_API", f"{canned}/api/v1/llm-api")
+    monkeypatch.setenv("WOLFRAM_APP_ID", "DEMO-APPID")
+    Canned.replies = [(status, "text/plain;charset=utf-8", body.encode(), {})] * 3
+    with pytest.raises(ToolError, match=message):
+        as_tool("wolfram_alpha", "wolfram.py:wolfram_alpha")("x^2 == y^3 ??")
+    assert len(Canned.asked) == 1  # 501 is no 5xx to try again: the input stays what it is
+
+
+ARTICLE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="windows-1252"><title>Caf\xe9
+  culture</title><link rel="stylesheet" href="/s.css"><style>body { font: serif }</style>
+<script type="application/ld+json">{"@type": "Article"}</script></head>
+<body><nav><a href="/">Home</a> | <a href="/news">News</a></nav>
+<article><h1>Caf\xe9 culture</h1><p>Paris has   many caf\xe9s.<br>Vienna has more.</p>
+<template><p>Never shown</p></template><p>""" + "Long sentence here. " * 200 + """</p></article>
+<noscript>Enable JavaScript</noscript></body></html>"""
+
+
+def test_http_get_reads_the_text_a_reader_sees_cut_to_size(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", "127.0.0.1")
+    Canned.replies = [(301, "", b"", {"Location": "/articles/cafe"}),
+                      (200, "text/html", ARTICLE.encode("windows-1252"), {})]  # the charset in the markup only
+    page = as_tool("http_get", "http_get.py:http_get")(f"{canned}/cafe", characters=300)
+    assert page["url"] == f"{canned}/articles/cafe"  # where the redirect led
+    assert page["title"] == "Café culture"
+    assert page["text"].startswith("Home | News\nCafé culture\nParis has many cafés.\nVienna has more.\nLong sentence")
+    assert len(page["text"]) <= 300 and page["text"].endswith(" …")
+    assert page["text"].removesuffix(" …").rsplit(" ", 1)[1] in ("Long", "sentence", "here.")  # whole words
+    assert not any(word in page["text"] for word in ("font", "Article", "Never shown", "JavaScript"))
+    assert "text/html" in Canned.asked[0][2]["Accept"]
+
+
+def test_http_get_gives_plain_text_and_json_as_they_are(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", canned)
+    Canned.replies = [(200, "text/plain; charset=utf-8", b"  line one\n\n\tline  two \n", {}),
+                      (200, "application/json", b'{"rate": 0.92}', {})]
+    get = as_tool("http_get", "http_get.py:http_get")
+    assert get(f"{canned}/notes.txt") == {"url": f"{canned}/notes.txt", "title": "", "text": "line one\nline two"}
+    assert get(f"{canned}/rate")["text"] == '{"rate": 0.92}'
+
+
+@pytest.mark.parametrize("kind", ["image/png", "application/pdf", "application/octet-stream", ""])
+def test_http_get_refuses_what_is_not_text(canned: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", canned)
+    Canned.replies = [(200, kind, b"%PDF-1.7 \x00\x01", {})]
+    with pytest.raises(ToolError, match=rf"127\.0\.0\.1 answered {kind or 'no content type'}, which http_get does "
+                                        r"not read \(it reads HTML, plain text and JSON\)"):
+        as_tool("http_get", "http_get.py:http_get")(f"{canned}/file")
+
+
+def test_http_get_asks_only_hosts_http_get_hosts_lists(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", "docs.python.org,*.example.org")
+    get = as_tool("http_get", "http_get.py:http_get")
+    with pytest.raises(ToolError, match=r"127\.0\.0\.1 is not among the hosts HTTP_GET_HOSTS lists "
+                                        r"\(docs\.python\.org,\*\.example\.org\)"):
+        get(f"{canned}/page")
+    with pytest.raises(ToolError, match=r"http_get gets http:// and https:// URLs, not 'file:///etc/passwd'"):
+        get("file:///etc/passwd")
+    assert Canned.asked == []
+
+
+def test_through_the_kernel_http_get_and_wolfram_alpha_reach_what_their_variables_name(
+        tmp_path: Path, canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", f"example.org, {canned}")
+    monkeypatch.setenv("WOLFRAM_API", f"{canned}/api/v1/llm-api")
+    monkeypatch.setenv("WOLFRAM_APP_ID", "DEMO-APPID")
+    Canned.replies = [(200, "text/html", b"<title>Hi</title><p>Hello</p>", {}),
+                      (200, "text/plain", b"Result:\n42", {})]
+    manifests = load_tools([])
+    kernel = Kernel(ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(manifests.tools[name]) for name in ("http_get", "wolfram_alpha")],
+                    workspaces=tmp_path / "workspaces")
+    kernel.open_run("run", "agent", ["http_get", "wolfram_alpha"])
+
+    async def calls() -> tuple[Any, Any, str]:
+        page = await kernel.call_tool("agent", "run", "http_get", {"url": f"{canned}/hi"})
+        answer = await kernel.call_tool("agent", "run", "wolfram_alpha", {"query": "6 * 7"})
+        try:
+            await kernel.call_tool("agent", "run", "http_get", {"url": "http://localhost:1/"})
+        except ToolError as exc:
+            return page.result, answer.result, str(exc)
+        return page.result, answer.result, ""
+
+    page, answer, refused = asyncio.run(calls())
+    assert page == {"url": f"{canned}/hi", "title": "Hi", "text": "Hello"}
+    assert answer == {"query": "6 * 7", "answer": "Result:\n42"}
+    assert refused.startswith("localhost is not among the hosts HTTP_GET_HOSTS lists (example.org, http://127.0.0.1")
