@@ -31,6 +31,7 @@ from engine.flow.render import FORMATS as GRAPH_FORMATS
 from engine.flow.render import render_graph
 from engine.flow.report import FORMATS as REPORT_FORMATS
 from engine.flow.report import render_report
+from engine.flow.servers import listing_path, refresh, server_manifests
 from engine.flow.validate import CheckedFlow, Report, check_flow_text, load_flow, validate_paths
 from engine.interpreter import answering
 from engine.interpreter.budget import Unbounded, budget_problems, shares, worst_case
@@ -45,6 +46,7 @@ from engine.jsontext import parse_json
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
+from engine.kernel.tool_code import ToolError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.service import Service
 from engine.timeline import draw
@@ -199,7 +201,9 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
     found = load_tools(tool_paths)
     for manifest in sorted(found.tools.values(), key=lambda m: m.name):
         click.echo(f"{manifest.name:<22} {manifest.description.splitlines()[0]}")
-        reaches = [f"provider: {manifest.provider}" if manifest.provider else "",
+        server = manifest.server
+        reaches = [f"server: {server.name} ({server.url or ' '.join(server.command)})" if server else "",
+                   f"provider: {manifest.provider}" if manifest.provider else "",
                    f"variables: {', '.join(manifest.variables)}" if manifest.variables else "",
                    f"hosts: {', '.join(manifest.hosts)}" if manifest.hosts else ""]
         if any(reaches):
@@ -207,6 +211,30 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
     if found.diagnostics:
         _print_problems(found.diagnostics, [])
         sys.exit(1)
+
+
+@tools.command("refresh")
+@click.argument("paths", nargs=-1, required=True, type=_existing)
+def tools_refresh(paths: tuple[Path, ...]) -> None:
+    """Ask the MCP servers of the manifests at PATHS (*.mcp.yaml files, or directories holding them) for their
+    tools, and store each listing beside its manifest (NAME.mcp-tools.json), which `validate` and runs read."""
+    manifests = server_manifests(paths)
+    if not manifests:
+        raise click.UsageError(f"no MCP server manifest (*.mcp.yaml) at {', '.join(map(str, paths))}")
+    failed = False
+    for path in manifests:
+        try:
+            names, problems = refresh(path)
+        except ToolError as exc:
+            click.echo(f"error: {path}: {console.printable(str(exc))}", err=True)
+            failed = True
+            continue
+        if problems:
+            _print_problems(problems, [str(path)])
+            failed = True
+            continue
+        click.echo(f"{listing_path(path)}: {len(names)} tools: {', '.join(names)}")
+    sys.exit(1 if failed else 0)
 
 
 @contextlib.contextmanager

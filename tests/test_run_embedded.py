@@ -135,3 +135,28 @@ def test_approve_post_on_the_embedded_model_waits_for_a_person_across_processes(
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={**env, "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout + replayed.stderr
+
+
+def test_world_clock_calls_the_mcp_time_server_on_the_embedded_model(tmp_path: Path) -> None:
+    """The model reads the question, the bundled MCP time server (a real one, from PyPI) is asked for the time in
+    that city's zone, the answer is built from what it says; replayed with neither model nor server (PATH empty, so
+    that the server's program cannot be found there, and flowrun's Python's folder out of reach too)."""
+    db = tmp_path / "runs.db"
+    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(FLOWS / "world_clock.yaml"), "--backend", "auto", "--json",
+         "-i", "question=What time is it in Tokyo right now?", "--db", str(db)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=280, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"]["timezone"] == "Asia/Tokyo" and result["answer"]["time"][2] == ":"
+    storage = Storage(f"sqlite:///{db}")
+    [call] = storage.rows(ToolCallRow)
+    assert (call.tool, call.arguments, call.error) == ("get_current_time", {"timezone": "Asia/Tokyo"}, None)
+    assert call.result["datetime"].endswith("+09:00") and call.result["datetime"][11:16] == result["answer"]["time"]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "engine", "runs", "replay", result["run_id"], "--db", str(db), "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "PATH": "", "FLOWRUN_MODELS": str(tmp_path / "no-models"),
+             "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout + replayed.stderr

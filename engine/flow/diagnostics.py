@@ -122,6 +122,10 @@ RULES: dict[str, Rule] = {
              "Rename one of the tools or remove one manifest."),
         Rule("FR205", "tool-code-missing", _E, "A manifest's entry names a .py file that is not beside it.",
              "Put the file beside the manifest or fix `entry` (`file.py:function` or `package.module:function`)."),
+        Rule("FR206", "mcp-listing", _E, "An MCP server manifest has no listing of the server's tools beside it, "
+             "one of another server, or names a tool the listing lacks or whose inputSchema cannot be used.",
+             "Run `flowrun tools refresh MANIFEST` where the server can start and keep the listing with the manifest; "
+             "or fix the tool's name in `tools`."),
         Rule("FR301", "template-syntax", _E, "A Jinja2 template does not parse.",
              "Fix the template at the reported field: close `{{ }}` and `{% %}`, use only known filters and tests."),
         Rule("FR302", "undefined-name", _E, "A template uses an input, step, field or name that does not exist.",

@@ -1,4 +1,5 @@
-"""Tool manifests (`<name>.tool.yaml`): reading and checking them, and finding them in directories."""
+"""Tool manifests (`<name>.tool.yaml`, and `<server>.mcp.yaml` for an MCP server's tools: engine.flow.servers):
+reading and checking them, and finding them in directories."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 from engine.flow.diagnostics import Diagnostic, diagnostic
 from engine.flow.loader import load_file
 from engine.flow.schema import schema, schema_diagnostics
+from engine.kernel.mcp import McpServer
 from engine.resources import data_dir
 
-SUFFIXES = (".tool.yaml", ".tool.yml")
+SUFFIXES = (".tool.yaml", ".tool.yml", ".mcp.yaml", ".mcp.yml")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ToolManifest:
     provider: str = ""  # who serves what it reaches
     variables: tuple[str, ...] = ()  # the environment variables it reads
     hosts: tuple[str, ...] = ()  # the hosts it may reach (engine.kernel.network)
+    server: McpServer | None = None  # the MCP server whose tool it is (then it has no entry)
 
 
 @dataclass
@@ -46,8 +49,17 @@ def is_manifest(path: Path) -> bool:
     return path.name.endswith(SUFFIXES)
 
 
-def read_manifest(path: Path, file: str | None = None) -> tuple[ToolManifest | None, list[Diagnostic]]:
-    """The manifest at `path` (None when it has errors) and its diagnostics."""
+def read_manifest(path: Path, file: str | None = None) -> tuple[list[ToolManifest], list[Diagnostic]]:
+    """The tools of the manifest at `path` (a tool's, or an MCP server's) and its diagnostics."""
+    if not path.name.endswith((".tool.yaml", ".tool.yml")):
+        from engine.flow.servers import read_server  # not at the top: it builds this module's ToolManifests
+
+        return read_server(path, file)
+    manifest, problems = _read_tool(path, file)
+    return [manifest] if manifest else [], problems
+
+
+def _read_tool(path: Path, file: str | None = None) -> tuple[ToolManifest | None, list[Diagnostic]]:
     doc = load_file(path, file)
     if doc.diagnostics:
         return None, doc.diagnostics
@@ -92,27 +104,25 @@ def load_tools(paths: Iterable[Path], *, bundled: bool = True, known: Iterable[P
     found = ToolSet()
     if bundled:
         for path in manifest_files(data_dir("tools")):
-            manifest, problems = read_manifest(path)
+            manifests, problems = read_manifest(path)
             found.diagnostics.extend(problems)
-            if manifest:
-                found.tools[manifest.name] = manifest
+            found.tools.update((m.name, m) for m in manifests)
     given: dict[Path, Path] = {}  # each manifest once, however many of `paths` name it
     for path in (p for named in paths for p in (manifest_files(named) if named.is_dir() else [named])):
         given.setdefault(path.resolve(), path)
     for path in known:
         if path.resolve() not in given:
-            manifest, _ = read_manifest(path)
-            if manifest:
-                found.tools[manifest.name] = manifest
+            manifests, problems = read_manifest(path)
+            if not problems:
+                found.tools.update((m.name, m) for m in manifests)
     own: dict[str, ToolManifest] = {}
     for path in given.values():
-        manifest, problems = read_manifest(path)
+        manifests, problems = read_manifest(path)
         found.diagnostics.extend(problems)
-        if manifest is None:
-            continue
-        if manifest.name in own:
-            found.diagnostics.append(_duplicate(manifest, own[manifest.name]))
-        own[manifest.name] = manifest
+        for manifest in manifests:
+            if manifest.name in own:
+                found.diagnostics.append(_duplicate(manifest, own[manifest.name]))
+            own[manifest.name] = manifest
     found.tools.update(own)
     return found
 

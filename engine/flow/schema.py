@@ -83,8 +83,9 @@ def _embedded_validator() -> jsonschema_rs.Draft202012Validator:
 @functools.cache
 def _validator(name: str) -> jsonschema_rs.Draft202012Validator:
     published = schema(name)
-    embedded = {**published["$defs"]["jsonSchemaObject"], "$ref": _EMBEDDED["$id"], "compiles": True}
-    checked = {**published, "$defs": {**published["$defs"], "jsonSchemaObject": embedded, "embedded": _EMBEDDED}}
+    defs = published.get("$defs", {})  # an MCP server manifest embeds no schema
+    embedded = {**defs.get("jsonSchemaObject", {}), "$ref": _EMBEDDED["$id"], "compiles": True}
+    checked = {**published, "$defs": {**defs, "jsonSchemaObject": embedded, "embedded": _EMBEDDED}}
     # Formats asserted so that an embedded `pattern` that is no regular expression fails here, not in a run.
     return jsonschema_rs.Draft202012Validator(checked, validate_formats=True, offline=True,
                                               keywords={"compiles": _Compiles})

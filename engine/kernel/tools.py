@@ -2,7 +2,8 @@
 limit and timeout enforced (excess calls wait their turn, none is dropped), every call recorded.
 
 Tool calls never wait behind the model. A manifest's tool code runs in worker processes (engine.kernel.workers):
-a call past its timeout, or cancelled (Ctrl-C), is stopped by killing its worker.
+a call past its timeout, or cancelled (Ctrl-C), is stopped by killing its worker. A tool of an MCP server is
+called over the connection to that server (engine.kernel.mcp); a call past its timeout is cancelled there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from engine.errors import ErrorKind
 from engine.json_schema import compile_schema
 from engine.kernel.bounds import MAX_MESSAGE, cut
 from engine.kernel.journal import Journal
+from engine.kernel.mcp import McpClients, McpServer
 from engine.kernel.storage import Storage, through
 from engine.kernel.syscall import Syscall
 from engine.kernel.tables import ToolCallRow
@@ -58,6 +60,7 @@ class ManifestLike(Protocol):
     idempotent: bool
     file: str
     hosts: tuple[str, ...]
+    server: McpServer | None
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Tool:
     gives) runs in a worker process, which a timeout or a cancellation kills: nothing of the call runs on. A tool
     given only a `function` (a library user's callable) runs in this process: a coroutine function on the event
     loop, which a timeout cancels at its next await; any other function on a thread, which a timeout abandons but
-    cannot stop. Give code that may hang an entry.
+    cannot stop. Give code that may hang an entry. A tool of an MCP `server` is that server's tool of its name.
     """
 
     name: str
@@ -81,11 +84,12 @@ class Tool:
     entry: str | None = None
     base: Path | None = None
     hosts: tuple[str, ...] = ()  # the hosts its code may reach (engine.kernel.network)
+    server: McpServer | None = None
     validator: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.function is None and self.entry is None:
-            raise ValueError(f"tool {self.name} needs a function or an entry")
+        if self.function is None and self.entry is None and self.server is None:
+            raise ValueError(f"tool {self.name} needs a function, an entry or a server")
         self.validator = compile_schema(self.parameters)
 
     def problems(self, arguments: Any) -> list[str]:
@@ -95,10 +99,11 @@ class Tool:
 
 
 def tool_from_manifest(manifest: ManifestLike) -> Tool:
-    """The Tool a manifest describes; its code is loaded by the worker processes that run it."""
+    """The Tool a manifest describes; its code is loaded by the worker processes that run it (or its server
+    serves it)."""
     return Tool(manifest.name, manifest.description, manifest.parameters, None, manifest.timeout,
-                manifest.concurrency, manifest.idempotent, entry=manifest.entry, base=Path(manifest.file).parent,
-                hosts=manifest.hosts)
+                manifest.concurrency, manifest.idempotent, entry=manifest.entry or None,
+                base=Path(manifest.file).parent, hosts=manifest.hosts, server=manifest.server)
 
 
 class ToolManager:
@@ -114,6 +119,7 @@ class ToolManager:
         self._workers = WorkerPool([(t.entry, str(t.base)) for t in in_workers],
                                    calls=sum(t.concurrency for t in in_workers))
         weakref.finalize(self, self._workers.close)
+        self._servers = McpClients()  # their connections end with the event loop they were opened in
 
     async def call(self, syscall: Syscall, name: str, arguments: Any, journal: Journal | None = None) -> ToolCall:
         """Call tool `name` with `arguments` (checked first) within its concurrency limit and timeout, or give the
@@ -184,6 +190,8 @@ class ToolManager:
 
     async def _run(self, tool: Tool, arguments: dict[str, Any]) -> Any:
         """The tool's result, within its timeout (TimeoutError past it)."""
+        if tool.server is not None:
+            return await self._servers.call(tool.server, tool.name, arguments, tool.timeout)
         if tool.entry is None:
             return await asyncio.wait_for(self._run_here(tool, arguments), tool.timeout)
         folder = workspace.get(None)
