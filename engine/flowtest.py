@@ -57,6 +57,7 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
     tools: list[RecordedTool] = field(default_factory=list)  # tool calls answered instead of made, in order
+    child_tools: dict[str, list[RecordedTool]] = field(default_factory=dict)  # the same for child runs, by scope
     answers: dict[str, Any] = field(default_factory=dict)  # input steps' answers, by request key
     timeouts: list[str] = field(default_factory=list)  # input steps nobody answers in time, by request key
 
@@ -165,10 +166,14 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
     path = Path(doc.file)
     case = Case(item["name"], item.get("inputs", {}), responses=item.get("responses"),
                 files=item.get("files", {}), expect=item.get("expect", {}),
-                tools=[RecordedTool(call["tool"], call["arguments"], call.get("result"), call.get("error"),
-                                    kind=call.get("kind", ErrorKind.TOOL_ERROR) if "error" in call else None)
-                       for call in item.get("tools", [])],
                 answers=item.get("answers", {}), timeouts=item.get("timeouts", []))
+    for call in item.get("tools", []):
+        recorded = RecordedTool(call["tool"], call["arguments"], call.get("result"), call.get("error"),
+                                kind=call.get("kind", ErrorKind.TOOL_ERROR) if "error" in call else None)
+        if "run" in call:
+            case.child_tools.setdefault(call["run"] + ".", []).append(recorded)
+        else:
+            case.tools.append(recorded)
     if "cassette" in item:
         case.cassette = path.parent / item["cassette"]
         if not case.cassette.is_file():
@@ -258,8 +263,9 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
             return given.next(question)
 
         kernel.answerer = answer
-        # the case's tool calls are given back as a resumed run's journal gives them
-        journal = Journal(tools=deque(case.tools)) if case.tools else None
+        # the case's tool calls are given back as a resumed run's journal gives them (its child runs', to each)
+        journal = Journal(tools=deque(case.tools), given=case.child_tools) if case.tools or case.child_tools \
+            else None
         outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id, journal=journal)
         steps = steps_of(storage, outcome.run_id)
         inner = list(_inner_steps(checked.compiled, record(storage, outcome.run_id)))

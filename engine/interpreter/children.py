@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,7 +197,9 @@ async def _child_run(kernel: Kernel, run: RunState, step: Step, child: Child, st
             except resume.ResumeError as exc:
                 raise RunError(f"step {step.id}: {exc}") from None
     _count(run, step)
-    return await walk.start_run(kernel, state, workspace=workspace, priority=priority)
+    given = journal.given if journal is not None else {}
+    answered = Journal(tools=deque(given.get(state.scope, ())), given=given) if given else None
+    return await walk.start_run(kernel, state, workspace=workspace, priority=priority, journal=answered)
 
 
 def _count(run: RunState, step: Step) -> None:
