@@ -52,7 +52,7 @@ _EMBEDDED: dict[str, Any] = {
 
 @functools.cache
 def schema(name: str) -> dict[str, Any]:
-    """The published schema `name` ("flow", "tool", "flowtest" or "evalcase") from schemas/."""
+    """The published schema `name` ("flow", "tool", "mcp", "flowtest" or "evalcase") from schemas/."""
     return json.loads((data_dir("schemas") / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
