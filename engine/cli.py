@@ -200,9 +200,9 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
     variables it reads and the hosts it may reach."""
     found = load_tools(tool_paths)
     for manifest in sorted(found.tools.values(), key=lambda m: m.name):
-        click.echo(f"{manifest.name:<22} {manifest.description.splitlines()[0]}")
+        click.echo(f"{manifest.name:<22} {console.printable((manifest.description.strip().splitlines() or [''])[0])}")
         server = manifest.server
-        reaches = [f"server: {server.name} ({server.url or ' '.join(server.command)})" if server else "",
+        reaches = [f"server: {server.name} ({console.printable(server.shown())})" if server else "",
                    f"provider: {manifest.provider}" if manifest.provider else "",
                    f"variables: {', '.join(manifest.variables)}" if manifest.variables else "",
                    f"hosts: {', '.join(manifest.hosts)}" if manifest.hosts else ""]
@@ -225,7 +225,7 @@ def tools_refresh(paths: tuple[Path, ...]) -> None:
     for path in manifests:
         try:
             names, problems = refresh(path)
-        except ToolError as exc:
+        except (ToolError, OSError) as exc:  # a server that cannot be reached, a listing that cannot be written
             click.echo(f"error: {path}: {console.printable(str(exc))}", err=True)
             failed = True
             continue
@@ -233,7 +233,7 @@ def tools_refresh(paths: tuple[Path, ...]) -> None:
             _print_problems(problems, [str(path)])
             failed = True
             continue
-        click.echo(f"{listing_path(path)}: {len(names)} tools: {', '.join(names)}")
+        click.echo(f"{listing_path(path)}: {len(names)} tools: {console.printable(', '.join(names))}")
     sys.exit(1 if failed else 0)
 
 

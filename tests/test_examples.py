@@ -9,6 +9,7 @@ import networkx as nx
 import pytest
 
 from engine.flow.diagnostics import RULES
+from engine.flow.model import all_steps
 from engine.flow.validate import load_flow
 from tests.conftest import FLOW_FILES, FLOWS, ROOT
 
@@ -33,10 +34,11 @@ def test_the_aios_agents_and_at_least_two_more_are_there() -> None:
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in AIOS_AGENTS], ids=lambda p: p.stem)
 def test_own_agents_use_tools_and_repeat_work(path: Path) -> None:
-    """Each uses tools, its own or those of the agents it calls, and loops, maps over items or retries."""
+    """Each uses tools, its own (its sub-flows' too) or those of the agents it calls, and loops, maps over items or
+    retries."""
     checked = load_flow(path)
     flows = [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
-    assert any(step.used_tools() for flow in flows for step in flow.steps.values())
+    assert any(step.used_tools() for flow in flows for _, step in all_steps(flow))
     assert not nx.is_directed_acyclic_graph(checked.graph) or any(
         step.kind == "map" or step.retry for step in checked.flow.steps.values())
 

@@ -25,15 +25,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
 from engine.flow.manifest import load_tools
+from engine.json_schema import compile_schema
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
-from engine.kernel.tools import BadArguments, ToolError, ToolTimeout, tool_from_manifest
+from engine.kernel.tools import BadArguments, Tool, ToolError, ToolTimeout, tool_from_manifest
 from engine.llm.scripted import ScriptedBackend
+from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 CLOCK = """\
@@ -236,7 +239,7 @@ def test_a_server_that_dies_in_a_call_is_a_tool_error_and_the_next_call_starts_i
     assert len(starts(tmp_path, "fetch")) == 3  # the refresh, the call it died in, the next call
 
 
-def test_a_call_past_its_timeout_is_a_tool_timeout_and_the_server_serves_the_next(tmp_path: Path, pages: str) -> None:
+def test_a_call_past_its_timeout_is_a_tool_timeout_that_stops_the_server(tmp_path: Path, pages: str) -> None:
     server(tmp_path, "fetch", "mcp-server-fetch", "--ignore-robots-txt", "--allow-private-ips", tools=["fetch"],
            timeout=1)
     assert cli("tools", "refresh", str(tmp_path)).exit_code == 0
@@ -245,6 +248,8 @@ def test_a_call_past_its_timeout_is_a_tool_timeout_and_the_server_serves_the_nex
     async def calls() -> tuple[str, Any]:
         with pytest.raises(ToolTimeout) as late:
             await kernel.call_tool("agent", "run", "fetch", {"url": f"{pages}/slow"})
+        stopped = starts(tmp_path, "fetch")[-1]
+        assert not psutil.pid_exists(stopped) or psutil.Process(stopped).status() == psutil.STATUS_ZOMBIE
         kernel.tools.tools["fetch"].timeout = 30  # its first page takes the server a second on a fast machine
         again = await kernel.call_tool("agent", "run", "fetch", {"url": f"{pages}/fast"})
         return str(late.value), again.result
@@ -252,7 +257,7 @@ def test_a_call_past_its_timeout_is_a_tool_timeout_and_the_server_serves_the_nex
     late, again = asyncio.run(calls())
     assert late == "tool fetch took longer than its timeout of 1 s"
     assert "The page's text." in again
-    assert len(starts(tmp_path, "fetch")) == 2  # the refresh's, then one for both calls
+    assert len(starts(tmp_path, "fetch")) == 3  # the refresh's, the call stopped, the next call
 
 
 HTTP_SERVER = """\
@@ -296,3 +301,168 @@ def test_a_server_over_streamable_http(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+RAW = Path(__file__).with_name("raw_mcp_server.py")
+
+
+def raw(folder: Path, mode: str, *, listed: bool = True) -> Path:
+    """The manifest of tests/raw_mcp_server.py in `mode`, its tool `echo` (or `second`), listed unless not."""
+    wrapper = folder / "raw-server"
+    wrapper.write_text(f'#!/bin/sh\necho $$ >> "{folder / "raw"}.starts"\nexec "{sys.executable}" "{RAW}" "$@"\n')
+    wrapper.chmod(0o755)
+    manifest = folder / "raw.mcp.yaml"
+    manifest.write_text(json.dumps({"name": "raw", "command": [str(wrapper), mode], "tools": ["echo"]}))
+    if listed:
+        (folder / "raw.mcp-tools.json").write_text(json.dumps({"format": 1, "source": {"command": [str(wrapper), mode]},
+                                                               "tools": [{"name": "echo", "inputSchema": {
+                                                                   "type": "object", "properties": {
+                                                                       "text": {"type": "string"}}}}]}))
+    return manifest
+
+
+def echo(folder: Path, *texts: str) -> list[Any]:
+    """What the raw server answers each text, in one event loop: a result, or the message of its ToolError."""
+    kernel = kernel_for(folder, "echo")
+
+    async def calls() -> list[Any]:
+        said: list[Any] = []
+        for text in texts:
+            try:
+                said.append((await kernel.call_tool("agent", "run", "echo", {"text": text})).result)
+            except ToolError as exc:
+                said.append(str(exc))
+        return said
+
+    return asyncio.run(calls())
+
+
+def test_a_listing_in_pages_is_read_whole_and_ends_at_a_page_given_twice(tmp_path: Path) -> None:
+    raw(tmp_path, "pages", listed=False)
+    refreshed = cli("tools", "refresh", str(tmp_path))
+    assert refreshed.exit_code == 0, refreshed.output
+    assert refreshed.output.endswith(": 2 tools: echo, second\n")
+
+
+def test_a_servers_own_error_is_its_message_and_the_server_serves_on(tmp_path: Path) -> None:
+    raw(tmp_path, "rpcerror")
+    assert echo(tmp_path, "fail", "again") == ["MCP server raw refused the call: the echo chamber is full", "again"]
+    assert len(starts(tmp_path, "raw")) == 1
+
+
+def test_a_number_json_cannot_hold_is_a_tool_error(tmp_path: Path) -> None:
+    raw(tmp_path, "nan")
+    assert echo(tmp_path, "hi") == ["MCP server raw answered a number JSON cannot hold (NaN or Infinity)"]
+
+
+def test_a_server_that_exits_at_its_start_says_why(tmp_path: Path) -> None:
+    raw(tmp_path, "exit")
+    [said] = echo(tmp_path, "hi")
+    assert said.startswith(f"MCP server raw ({tmp_path / 'raw-server'} exit) ")
+    assert said.endswith("while starting; it said: cannot start: no configuration file")
+    assert "ExceptionGroup" not in said
+
+
+def test_what_the_sdk_logs_of_a_server_stays_off_stderr(tmp_path: Path) -> None:
+    raw(tmp_path, "garbage")
+    (tmp_path / "echo.yaml").write_text(textwrap.dedent("""\
+        flowrun: 1
+        name: Echo
+        inputs: {text: {type: string}}
+        tools: [echo]
+        steps:
+          say: {kind: process, tool: echo, arguments: {text: "{{ inputs.text }}"}, next: done}
+          done: {kind: terminal, output: "{{ steps.say.output }}"}
+        """))
+    (tmp_path / "none.cassette.yaml").write_text("responses: []\n")
+    done = subprocess.run([sys.executable, "-m", "engine", "run", str(tmp_path / "echo.yaml"), "--tools",
+                           str(tmp_path), "--backend", "scripted", "--cassette", str(tmp_path / "none.cassette.yaml"),
+                           "-i", "text=hello", "--db", str(tmp_path / "runs.db")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hello\n")
+    assert "Traceback" not in done.stderr and "JSONRPC" not in done.stderr
+
+
+def test_a_connection_of_an_event_loop_closed_without_ending_it_is_replaced(tmp_path: Path) -> None:
+    raw(tmp_path, "echo")
+    kernel = kernel_for(tmp_path, "echo")
+    loop = asyncio.new_event_loop()
+    first = loop.run_until_complete(kernel.call_tool("agent", "run", "echo", {"text": "one"}))
+    loop.close()  # its tasks, the connection's among them, never ended
+    second = asyncio.run(kernel.call_tool("agent", "run", "echo", {"text": "two"}))
+    assert (first.result, second.result) == ("one", "two")
+
+
+@pytest.mark.parametrize(("listed", "problem"), [
+    ({"name": "echo", "inputSchema": {"type": "object"}, "description": ["not", "text"]},
+     "its description is not text"),
+    ({"name": "echo", "inputSchema": "an object"}, "its inputSchema is not the JSON Schema of an object"),
+    ({"name": "echo", "inputSchema": {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}}},
+     "flowrun cannot check arguments with its inputSchema"),
+], ids=["description", "schema", "remote-ref"])
+def test_a_listed_tool_that_cannot_be_used_is_a_diagnostic(tmp_path: Path, listed: dict[str, Any], problem: str
+                                                           ) -> None:
+    manifest = raw(tmp_path, "echo")
+    listing = json.loads((tmp_path / "raw.mcp-tools.json").read_text())
+    (tmp_path / "raw.mcp-tools.json").write_text(json.dumps({**listing, "tools": [listed]}))
+    checked = cli("validate", str(manifest))
+    assert checked.exit_code == 1 and "Traceback" not in checked.output
+    assert f"FR206 mcp-listing: tool 'echo' of server raw cannot be used: {problem}" in checked.output
+
+
+def test_a_listing_nested_too_deep_or_naming_no_tool_is_a_diagnostic(tmp_path: Path) -> None:
+    manifest = raw(tmp_path, "echo")
+    (tmp_path / "raw.mcp-tools.json").write_text("[" * 100_000)
+    deep = cli("validate", str(manifest))
+    assert "FR206 mcp-listing: raw.mcp-tools.json cannot be read (it is nested too deeply to read)" in deep.output
+    source = {"command": json.loads(manifest.read_text())["command"]}
+    (tmp_path / "raw.mcp-tools.json").write_text(json.dumps({"format": 1, "source": source, "tools": [
+        {"name": "\x1b]0;owned\x07", "inputSchema": {}}]}))
+    unnamed = cli("validate", str(manifest))
+    assert "(it lists: none)" in unnamed.output and "\x1b" not in unnamed.output
+
+
+def test_a_whitespace_description_lists_the_tool_by_its_name(tmp_path: Path) -> None:
+    manifest = raw(tmp_path, "echo")
+    listing = json.loads((tmp_path / "raw.mcp-tools.json").read_text())
+    listing["tools"][0]["description"] = "  \n "
+    (tmp_path / "raw.mcp-tools.json").write_text(json.dumps(listing))
+    listed = cli("tools", "list", "--tools", str(manifest))
+    assert listed.exit_code == 0 and "\necho                   echo\n" in listed.output
+
+
+def test_refresh_takes_only_mcp_manifests_and_says_when_it_cannot_write(tmp_path: Path) -> None:
+    (tmp_path / "hello.yaml").write_text("name: hello\ndescription: Greets.\nentry: hello.py:hello\n"
+                                         "parameters: {type: object, properties: {name: {type: string}}}\n")
+    (tmp_path / "hello.py").write_text("def hello(name):\n    return 'hi ' + name\n")
+    assert cli("tools", "refresh", str(tmp_path / "hello.yaml")).exit_code == 2  # no MCP manifest: a usage error
+    flow = tmp_path / "greet.yaml"  # a tool manifest given by its path, whatever its name, is still one
+    flow.write_text("flowrun: 1\nname: Greet\ntools: [hello]\nsteps:\n"
+                    "  say: {kind: process, tool: hello, arguments: {name: Ann}, next: done}\n"
+                    "  done: {kind: terminal, output: '{{ steps.say.output }}'}\n")
+    assert cli("validate", str(flow), "--tools", str(tmp_path / "hello.yaml")).exit_code == 0
+    raw(tmp_path, "echo", listed=False)
+    (tmp_path / "raw.mcp-tools.json").mkdir()
+    failed = cli("tools", "refresh", str(tmp_path))
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert f"error: {tmp_path / 'raw.mcp.yaml'}: [Errno 21] Is a directory" in failed.output
+
+
+def test_a_tool_choice_among_tools_whose_schemas_have_defs_resolves_each(tmp_path: Path) -> None:
+    """Servers built on pydantic put nested models in `$defs`: in the schema of a choice of tools, each tool's
+    references must still reach its own."""
+    person = {"type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"],
+              "$defs": {"Person": {"type": "object", "required": ["name"],
+                                   "properties": {"name": {"type": "string"}}}}}
+    place = {"type": "object", "properties": {"at": {"$ref": "#/$defs/Person"}}, "required": ["at"],
+             "$defs": {"Person": {"type": "object", "required": ["city"],
+                                  "properties": {"city": {"type": "string"}}}}}
+    tools = [Tool("greet", "Greets.", person, function=lambda who: who),
+             Tool("visit", "Goes.", place, function=lambda at: at)]
+    kernel = Kernel(ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"), tools=tools)
+    _, schema = kernel._callable(["greet", "visit"])
+    check = compile_schema(schema)
+    assert check.is_valid({"tool": "greet", "arguments": {"who": {"name": "Ann"}}})
+    assert check.is_valid({"tool": "visit", "arguments": {"at": {"city": "Oslo"}}})
+    assert not check.is_valid({"tool": "greet", "arguments": {"who": {"city": "Oslo"}}})

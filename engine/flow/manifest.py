@@ -51,7 +51,7 @@ def is_manifest(path: Path) -> bool:
 
 def read_manifest(path: Path, file: str | None = None) -> tuple[list[ToolManifest], list[Diagnostic]]:
     """The tools of the manifest at `path` (a tool's, or an MCP server's) and its diagnostics."""
-    if not path.name.endswith((".tool.yaml", ".tool.yml")):
+    if path.name.endswith((".mcp.yaml", ".mcp.yml")):
         from engine.flow.servers import read_server  # not at the top: it builds this module's ToolManifests
 
         return read_server(path, file)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from engine.flow.loader import Document, load_file
 from engine.flow.manifest import ToolManifest
 from engine.flow.schema import schema, schema_diagnostics, suggest
 from engine.json_schema import compile_schema
+from engine.jsontext import parse_json
 from engine.kernel.mcp import McpServer, list_tools
 
 SUFFIXES = (".mcp.yaml", ".mcp.yml")
@@ -25,9 +28,14 @@ LISTING = ".mcp-tools.json"
 FORMAT = 1  # of the listing file
 
 
+def is_server(path: Path) -> bool:
+    """Whether `path` is named like an MCP server manifest."""
+    return path.name.endswith(SUFFIXES)
+
+
 def listing_path(manifest: Path) -> Path:
     """Where the listing of the tools of the server `manifest` names is stored: beside it."""
-    stem = next(manifest.name[:-len(s)] for s in SUFFIXES if manifest.name.endswith(s))
+    stem = next((manifest.name[:-len(s)] for s in SUFFIXES if manifest.name.endswith(s)), manifest.stem)
     return manifest.with_name(stem + LISTING)
 
 
@@ -40,7 +48,7 @@ def read_server(path: Path, file: str | None = None) -> tuple[list[ToolManifest]
     listing_file = listing_path(path)
     where = doc.position(("name",))
     try:
-        listing = json.loads(listing_file.read_text(encoding="utf-8"))
+        listing = parse_json(listing_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return [], [diagnostic("FR206", f"no listing of server {server.name}'s tools beside this manifest "
                                         f"({listing_file.name}): run `flowrun tools refresh {path}` where the "
@@ -61,30 +69,27 @@ def read_server(path: Path, file: str | None = None) -> tuple[list[ToolManifest]
         position = doc.position(("tools", index))
         tool = listed.get(name)
         if tool is None:
-            problems.append(diagnostic("FR206", f"server {server.name} lists no tool {name!r}{suggest(name, listed)}"
-                                                f" (it lists: {', '.join(listed) or 'none'}): fix the name, or "
+            names = [n for n in listed if n.isidentifier()]  # only names a flow could use, and safe to print
+            problems.append(diagnostic("FR206", f"server {server.name} lists no tool {name!r}{suggest(name, names)}"
+                                                f" (it lists: {', '.join(names) or 'none'}): fix the name, or "
                                                 f"`flowrun tools refresh {path}` if it has one now",
                                        doc.file, position))
             continue
-        parameters = tool.get("inputSchema")
-        try:
-            compile_schema(parameters)
-            if not isinstance(parameters, dict) or parameters.get("type") != "object":
-                raise ValueError("not an object's schema")
-        except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
-            problems.append(diagnostic("FR206", f"tool {name!r} of server {server.name} has an inputSchema flowrun "
-                                                f"cannot check arguments with ({exc}): leave it out of `tools`",
+        problem = _unusable(tool)
+        if problem:
+            problems.append(diagnostic("FR206", f"tool {name!r} of server {server.name} cannot be used: {problem}: "
+                                                f"leave it out of `tools`, or refresh the listing",
                                        doc.file, position))
             continue
-        hints = tool.get("annotations") or {}
+        description = str(tool.get("description") or tool.get("title") or "").strip()
         tools.append(ToolManifest(
             name=name,
-            description=str(tool.get("description") or tool.get("title") or name).strip(),
-            parameters=parameters,
+            description=description or name,
+            parameters=tool["inputSchema"],
             entry="",
             timeout=data["timeout"],
             concurrency=data["concurrency"],
-            idempotent=data.get("idempotent", bool(hints.get("readOnlyHint") or hints.get("idempotentHint"))),
+            idempotent=data["idempotent"],
             file=doc.file,
             position=position,
             provider=data.get("provider", f"MCP server {server.name}"),
@@ -104,14 +109,20 @@ def refresh(path: Path) -> tuple[list[str], list[Diagnostic]]:
     tools = asyncio.run(list_tools(server))
     listing = {"format": FORMAT, "source": server.source(),
                "refreshed": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "tools": tools}
-    listing_path(path).write_text(json.dumps(listing, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    target = listing_path(path)
+    # written whole or not at all: a listing cut short would read as a server with fewer tools
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
+                                     delete=False) as written:
+        written.write(json.dumps(listing, indent=1, ensure_ascii=False) + "\n")
+    os.replace(written.name, target)
     return [t["name"] for t in tools], []
 
 
 def server_manifests(paths: Iterable[Path]) -> list[Path]:
-    """The MCP server manifests at `paths`: files as given, and those below directories."""
+    """The MCP server manifests at `paths`: files named like one, and those below directories."""
     return [p for path in paths
-            for p in (sorted(f for s in SUFFIXES for f in path.rglob(f"*{s}")) if path.is_dir() else [path])]
+            for p in (sorted(f for s in SUFFIXES for f in path.rglob(f"*{s}")) if path.is_dir() else [path])
+            if is_server(p)]
 
 
 def _server(path: Path, file: str | None = None) -> tuple[Document, McpServer | None]:
@@ -123,7 +134,21 @@ def _server(path: Path, file: str | None = None) -> tuple[Document, McpServer | 
         return doc, None
     data = doc.data
     return doc, McpServer(data["name"], tuple(data.get("command", ())), data.get("url", ""),
-                          tuple(data.get("variables", ())))
+                          tuple(data.get("variables", ())), folder=str(Path(path).parent))
+
+
+def _unusable(tool: dict[str, Any]) -> str:
+    """What makes a listed tool unusable (a listing is a file anyone can edit), or ''."""
+    parameters = tool.get("inputSchema")
+    if not isinstance(parameters, dict) or parameters.get("type") != "object":
+        return "its inputSchema is not the JSON Schema of an object"
+    try:
+        compile_schema(parameters)
+    except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
+        return f"flowrun cannot check arguments with its inputSchema ({exc})"
+    if not isinstance(tool.get("description", ""), str) or not isinstance(tool.get("title", ""), str):
+        return "its description is not text"
+    return ""
 
 
 def _defaults() -> dict[str, Any]:

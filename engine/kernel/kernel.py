@@ -295,10 +295,13 @@ class Kernel:
         tools = {n: self.tools.tools[n] for n in names if n in self.tools.tools}
         if not tools:
             raise ToolError(f"none of the tools {', '.join(names)} is loaded")
-        schema = {"oneOf": [{"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                             "properties": {"tool": {"const": n}, "arguments": t.parameters}}
-                            for n, t in tools.items()]}
-        return tools, schema
+        calls, defs = [], {}
+        for n, t in tools.items():
+            parameters, own = _hoisted(n, t.parameters)
+            calls.append({"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
+                          "properties": {"tool": {"const": n}, "arguments": parameters}})
+            defs.update(own)
+        return tools, {"oneOf": calls, **({"$defs": defs} if defs else {})}
 
     async def remember(self, agent: str, run: str, *entries: tuple[str, str]) -> None:
         """Add interactions, (role, content) each, to the run's short-term memory (in process; what it evicts to
@@ -341,6 +344,24 @@ class Kernel:
                 return work(*args)
 
         return await asyncio.to_thread(serve)
+
+
+def _hoisted(name: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tool `name`'s `parameters` without their `$defs`, and those `$defs` renamed `name.X`, its references to them
+    renamed to match: in the schema of a call of one tool among several, `#/$defs/X` is read from that schema's root
+    (the schemas of servers built on pydantic refer to their nested models so)."""
+    if not isinstance(parameters.get("$defs"), dict):
+        return parameters, {}
+    local = "#/$defs/"
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: local + f"{name}." + v[len(local):] if k == "$ref" and isinstance(v, str) and
+                    v.startswith(local) else renamed(v) for k, v in node.items()}
+        return [renamed(v) for v in node] if isinstance(node, list) else node
+
+    moved = renamed(parameters)
+    return moved, {f"{name}.{k}": v for k, v in moved.pop("$defs").items()}
 
 
 def _tool_choice(text: str, tools: Mapping[str, Tool]) -> tuple[str, Any]:
