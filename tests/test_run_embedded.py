@@ -23,13 +23,21 @@ from tests.conftest import FLOWS, ROOT
 pytestmark = pytest.mark.slow
 
 
+def flowrun(tmp_path: Path, *args: str, timeout: float = 280, model: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+    """`flowrun ARGS` in a process of its own, in `tmp_path`, where no Ollama server answers (so on the embedded
+    model; with `model` False, where no model can be found or loaded either)."""
+    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
+    if not model:
+        env |= {"FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", str(FLOWS / "math_agent.yaml"), "--backend", "auto", "--json",
-         "-i", "problem=A train covers 180 km in 2.5 hours. What is its speed in m/s?", "--db", str(db)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=280,
-        env={**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)})
+    done = flowrun(tmp_path, "run", str(FLOWS / "math_agent.yaml"), "--backend", "auto", "--json",
+                   "-i", "problem=A train covers 180 km in 2.5 hours. What is its speed in m/s?", "--db", str(db))
     assert done.returncode == 0, done.stderr
     assert "no Ollama server at http://127.0.0.1:9: using the embedded model" in done.stderr
     result = json.loads(done.stdout)
@@ -50,11 +58,7 @@ def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> 
     assert sum(s.tokens for s in steps) > 0
 
     # The same run replayed from its record, where no model can be found or loaded: the same steps and answer.
-    replayed = subprocess.run(
-        [sys.executable, "-m", "engine", "runs", "replay", run.id, "--db", str(db), "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT),
-             "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    replayed = flowrun(tmp_path, "runs", "replay", run.id, "--db", str(db), "--json", timeout=120, model=False)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert json.loads(replayed.stdout) == {"run_id": run.id, "identical": True, "differences": [],
                                            "steps": len(steps)}
@@ -62,9 +66,7 @@ def test_math_agent_runs_to_its_answer_on_the_embedded_model(tmp_path: Path) -> 
 
 def test_route_contracts_on_the_embedded_model(tmp_path: Path) -> None:
     """The same cases as on cassettes, checking the real model's routing: each case runs on it and is reported."""
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "test", str(FLOWS / "rec_agent.yaml"), "--backend", "embedded", "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = flowrun(tmp_path, "test", str(FLOWS / "rec_agent.yaml"), "--backend", "embedded", "--json")
     report = json.loads(done.stdout)
     (found,) = report["files"]
     assert [c["name"] for c in found["cases"]] == [
@@ -80,11 +82,8 @@ def test_trip_team_on_the_embedded_model_replays_exactly_with_no_model(tmp_path:
     """A coordinator, the travel agent as its child run and the recommendation agent once per day (a map): the
     whole tree recorded, then replayed from the record where no model can be found or loaded."""
     db = tmp_path / "runs.db"
-    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", str(FLOWS / "trip_team.yaml"), "--backend", "auto", "--json",
-         "-i", "query=2 days from Seattle to Austin, leaving 2025-03-10", "--db", str(db)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    done = flowrun(tmp_path, "run", str(FLOWS / "trip_team.yaml"), "--backend", "auto", "--json",
+                   "-i", "query=2 days from Seattle to Austin, leaving 2025-03-10", "--db", str(db), timeout=400)
     result = json.loads(done.stdout.splitlines()[0])
     assert result["status"] in ("finished", "failed"), done.stderr
     storage = Storage(f"sqlite:///{db}")
@@ -95,10 +94,7 @@ def test_trip_team_on_the_embedded_model_replays_exactly_with_no_model(tmp_path:
         days = len(root.answer)
         assert [run.branch for run in children if run.parent_step == "dinners"] == [str(n) for n in range(days)]
 
-    replayed = subprocess.run(
-        [sys.executable, "-m", "engine", "runs", "replay", root.id, "--db", str(db), "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**env, "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    replayed = flowrun(tmp_path, "runs", "replay", root.id, "--db", str(db), "--json", timeout=120, model=False)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     report = json.loads(replayed.stdout)
     assert report["identical"] and report["differences"] == [], report
@@ -107,21 +103,17 @@ def test_trip_team_on_the_embedded_model_replays_exactly_with_no_model(tmp_path:
 def test_approve_post_on_the_embedded_model_waits_for_a_person_across_processes(tmp_path: Path) -> None:
     """The model drafts, the run waits with no process, a person answers from another process (changes, then
     approve), the model redrafts, the post is published by its tool; replayed with neither model nor person."""
-    db = tmp_path / "runs.db"
-    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
-
-    def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "engine", *args, "--db", str(db)], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=280, env=env)
-
-    started = flowrun("run", str(FLOWS / "approve_post.yaml"), "-i", "topic=our new opening hours", "--backend",
-                      "auto", "--json")
+    db = str(tmp_path / "runs.db")
+    started = flowrun(tmp_path, "run", str(FLOWS / "approve_post.yaml"), "-i", "topic=our new opening hours",
+                      "--backend", "auto", "--json", "--db", db)
     assert started.returncode == 4, started.stderr
     run_id = json.loads(started.stdout)["run_id"]
-    changes = flowrun("runs", "answer", run_id, "--value", '{"decision": "changes", "note": "Say it is from Monday."}',
-                      "--backend", "auto", "--json")
+    changes = flowrun(tmp_path, "runs", "answer", run_id, "--value",
+                      '{"decision": "changes", "note": "Say it is from Monday."}', "--backend", "auto", "--json",
+                      "--db", db)
     assert changes.returncode == 4, changes.stderr  # redrafted, it waits again
-    approved = flowrun("runs", "answer", run_id, "--value", '{"decision": "approve"}', "--backend", "auto", "--json")
+    approved = flowrun(tmp_path, "runs", "answer", run_id, "--value", '{"decision": "approve"}', "--backend", "auto",
+                       "--json", "--db", db)
     assert approved.returncode == 0, approved.stderr
     answer = json.loads(approved.stdout)["answer"]
     assert answer["status"] == "published" and answer["drafts"] == 2 and answer["post"]
@@ -130,33 +122,22 @@ def test_approve_post_on_the_embedded_model_waits_for_a_person_across_processes(
     assert call.tool == "write_file" and call.arguments == {"path": "post.md", "content": answer["post"]}
     assert [s.step for s in storage.rows(StepRow)] == ["draft", "review", "route", "draft", "review", "route",
                                                        "publish", "published"]
-    replayed = subprocess.run(
-        [sys.executable, "-m", "engine", "runs", "replay", run_id, "--db", str(db), "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**env, "FLOWRUN_MODELS": str(tmp_path / "no-models"), "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    replayed = flowrun(tmp_path, "runs", "replay", run_id, "--db", db, "--json", timeout=120, model=False)
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout + replayed.stderr
 
 
 def test_world_clock_calls_the_mcp_time_server_on_the_embedded_model(tmp_path: Path) -> None:
     """The model reads the question, the bundled MCP time server (a real one, from PyPI) is asked for the time in
-    that city's zone, the answer is built from what it says; replayed with neither model nor server (PATH empty, so
-    that the server's program cannot be found there, and flowrun's Python's folder out of reach too)."""
-    db = tmp_path / "runs.db"
-    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", str(FLOWS / "world_clock.yaml"), "--backend", "auto", "--json",
-         "-i", "question=What time is it in Tokyo right now?", "--db", str(db)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=280, env=env)
+    that city's zone, the answer is built from what it says; replayed where no model can be found (a replay calls
+    no tool: tests/test_mcp.py replays with the server gone)."""
+    db = str(tmp_path / "runs.db")
+    done = flowrun(tmp_path, "run", str(FLOWS / "world_clock.yaml"), "--backend", "auto", "--json",
+                   "-i", "question=What time is it in Tokyo right now?", "--db", db)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["answer"]["timezone"] == "Asia/Tokyo" and result["answer"]["time"][2] == ":"
-    storage = Storage(f"sqlite:///{db}")
-    [call] = storage.rows(ToolCallRow)
+    [call] = Storage(f"sqlite:///{db}").rows(ToolCallRow)
     assert (call.tool, call.arguments, call.error) == ("get_current_time", {"timezone": "Asia/Tokyo"}, None)
     assert call.result["datetime"].endswith("+09:00") and call.result["datetime"][11:16] == result["answer"]["time"]
-    replayed = subprocess.run(
-        [sys.executable, "-m", "engine", "runs", "replay", result["run_id"], "--db", str(db), "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**env, "PATH": "", "FLOWRUN_MODELS": str(tmp_path / "no-models"),
-             "XDG_CACHE_HOME": str(tmp_path / "no-cache")})
+    replayed = flowrun(tmp_path, "runs", "replay", result["run_id"], "--db", db, "--json", timeout=120, model=False)
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stdout + replayed.stderr
