@@ -415,6 +415,18 @@ def test_http_get_gives_plain_text_and_json_as_they_are(canned: str, monkeypatch
     assert get(f"{canned}/rate")["text"] == '{"rate": 0.92}'
 
 
+def test_http_get_reads_a_page_of_blocks_nested_deep_and_wide(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100,000 blocks nested, each but the innermost followed by a sibling: a walk that inserted line breaks in the
+    tree took time in its depth at each block (hours for this page, past pytest-timeout); the text comes in one
+    pass."""
+    monkeypatch.setenv("HTTP_GET_HOSTS", canned)
+    depth = 100_000
+    page = "<div>" * depth + "core" + "</div><p>x</p>" * depth
+    Canned.replies = [(200, "text/html; charset=utf-8", page.encode()[:network.MAX_RESPONSE], {})]
+    text = as_tool("http_get", "http_get.py:http_get")(f"{canned}/deep", characters=100)["text"]
+    assert text.startswith("core\nx\nx\n")
+
+
 @pytest.mark.parametrize("kind", ["image/png", "application/pdf", "application/octet-stream", ""])
 def test_http_get_refuses_what_is_not_text(canned: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     monkeypatch.setenv("HTTP_GET_HOSTS", canned)
