@@ -203,11 +203,10 @@ def tools_list(tool_paths: tuple[Path, ...]) -> None:
         click.echo(f"{manifest.name:<22} {console.printable((manifest.description.strip().splitlines() or [''])[0])}")
         server = manifest.server
         reaches = [f"server: {server.name} ({console.printable(server.shown())})" if server else "",
-                   f"provider: {manifest.provider}" if manifest.provider else "",
-                   f"variables: {', '.join(manifest.variables)}" if manifest.variables else "",
-                   f"hosts: {', '.join(manifest.hosts)}" if manifest.hosts else ""]
-        if any(reaches):
-            click.echo(f"{'':<22} {' · '.join(r for r in reaches if r)}")
+                   f"provider: {manifest.provider or 'flowrun (offline)'}",
+                   f"variables: {', '.join(manifest.variables) or 'none'}",
+                   "hosts: the server's own" if server else f"hosts: {', '.join(manifest.hosts) or 'none'}"]
+        click.echo(f"{'':<22} {' · '.join(r for r in reaches if r)}")
     if found.diagnostics:
         _print_problems(found.diagnostics, [])
         sys.exit(1)

@@ -138,6 +138,8 @@ def test_tools_list() -> None:
     # a tool that reaches the network says who serves it, what it reads and where it may go
     assert "provider: Wikipedia (MediaWiki Action API) · variables: WIKIPEDIA_API · hosts: *.wikipedia.org, " \
            "$WIKIPEDIA_API" in out
+    # and one that does not, that it does not
+    assert "\n                       provider: flowrun (offline) · variables: none · hosts: none\ncity_search" in out
 
 
 def test_console_script_from_another_directory(tmp_path: Path) -> None:

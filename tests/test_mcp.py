@@ -109,7 +109,8 @@ def test_refresh_lists_the_servers_tools_and_validation_then_needs_no_server(tmp
     assert valid.exit_code == 0, valid.output + valid.stderr
     listed = cli("tools", "list", "--tools", str(tmp_path)).output
     assert f"get_current_time       Get current time in a specific timezone\n{'':<23}server: time " \
-           f"({tmp_path / 'time-server'}) · provider: MCP server time\n" in listed
+           f"({tmp_path / 'time-server'}) · provider: MCP server time · variables: none · hosts: the server's own\n" \
+           in listed
     assert len(starts(tmp_path, "time")) == 1
 
     # what a flow's examples give a tool is checked against the inputSchema of the listing
