@@ -200,6 +200,16 @@ def _case(doc: Document, n: int, item: dict[str, Any], checked: CheckedFlow, pro
             problems.append(diagnostic("FR601", f"case {case.name!r}: no input step is asked as {key!r} (input "
                                                 f"steps: {', '.join(sorted(asking)) or 'none'})", doc.file,
                                        doc.position((*at, *where), key=where[0] == "answers")))
+    starting, branches, tools = _children(checked.compiled)
+    for i, call in enumerate(item.get("tools", [])):
+        names = re.findall(r"[A-Za-z_]\w*", call.get("run", ""))
+        if any(name not in starting and name not in branches for name in names):
+            problems.append(diagnostic("FR601", f"case {case.name!r}: no child run stands at {call['run']!r} (steps "
+                                                f"that start child runs: {', '.join(sorted(starting)) or 'none'})",
+                                       doc.file, doc.position((*at, "tools", i, "run"))))
+        elif call["tool"] not in tools:  # a typo would make the call for real
+            problems.append(diagnostic("FR601", f"case {case.name!r}: the flow and the flows it calls have no tool "
+                                                f"{call['tool']!r}", doc.file, doc.position((*at, "tools", i, "tool"))))
     named = [(("expect", "path", i), s) for i, s in enumerate(case.expect.get("path", []))]
     named += [(("expect", key, s), s) for key in ("visits", "branches") for s in case.expect.get(key, {})]
     for where, step in named:
@@ -264,8 +274,8 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
 
         kernel.answerer = answer
         # the case's tool calls are given back as a resumed run's journal gives them (its child runs', to each)
-        journal = Journal(tools=deque(case.tools), given=case.child_tools) if case.tools or case.child_tools \
-            else None
+        children = {scope: deque(calls) for scope, calls in case.child_tools.items()}  # each answer used once
+        journal = Journal(tools=deque(case.tools), given=children) if case.tools or children else None
         outcome = await run_flow(kernel, checked.compiled, inputs, file=file, run_id=run_id, journal=journal)
         steps = steps_of(storage, outcome.run_id)
         inner = list(_inner_steps(checked.compiled, record(storage, outcome.run_id)))
@@ -278,6 +288,15 @@ def _input_keys(compiled: CompiledFlow) -> set[str]:
     """The ids of the input steps of the flow `compiled`, its sub-flows and the flows it calls."""
     flows = [compiled.flow, *(callee.compiled.flow for callee in compiled.callees())]
     return {step.id for flow in flows for _, step in all_steps(flow) if step.kind == "input"}
+
+
+def _children(compiled: CompiledFlow) -> tuple[set[str], set[str], set[str]]:
+    """Of the flow `compiled`, its sub-flows and the flows it calls: the ids of the steps that start child runs, the
+    names of parallel branches, and the tools."""
+    flows = [compiled.flow, *(callee.compiled.flow for callee in compiled.callees())]
+    steps = [step for flow in flows for _, step in all_steps(flow)]
+    return ({s.id for s in steps if s.kind in ("agent", "map", "parallel")},
+            {name for s in steps for name in s.parallel}, {tool for flow in flows for tool in flow.tools})
 
 
 def _unkeyed(key: str) -> str:

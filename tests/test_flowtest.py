@@ -96,3 +96,56 @@ def test_a_flow_without_cases_and_a_case_without_answers(tmp_path: Path) -> None
     (tmp_path / "math.test.yaml").write_text("cases:\n  - name: on a model only\n    inputs: {problem: 1 + 1}\n")
     code, out, _ = cli("test", str(tmp_path))
     assert code == 1 and "FAIL  on a model only" in out and "has no cassette: run it on a model with --backend" in out
+
+
+FAN = """\
+flowrun: 1
+name: Fan
+description: A branch that asks a rates service, tried again when it fails.
+tools: [exchange_rate]
+steps:
+  fan:
+    kind: parallel
+    branches:
+      a:
+        steps:
+          call: {kind: process, tool: exchange_rate, arguments: {base: USD, quote: EUR}, next: done}
+          done: {kind: terminal, output: "{{ steps.call.output.rate }}"}
+    retry: {on: [child_failed], max_attempts: 2}
+    next: end
+  end: {kind: terminal, output: "{{ steps.fan.output.a }}"}
+"""
+
+
+def test_a_childs_answered_calls_are_used_once_across_its_tries(tmp_path: Path) -> None:
+    """The first try of branch `a` gets the error, the second the result: the answers of a child run tried again
+    go on from where its first try left them, as the run's own do."""
+    (tmp_path / "fan.yaml").write_text(FAN)
+    (tmp_path / "fan.test.yaml").write_text("""\
+cases:
+  - name: down, then up
+    responses: []
+    tools:
+      - {run: fan.a, tool: exchange_rate, arguments: {base: USD, quote: EUR}, error: the service is down}
+      - {run: fan.a, tool: exchange_rate, arguments: {base: USD, quote: EUR}, result: {rate: 0.92, date: "2026-11-30"}}
+    expect: {path: [fan, end], answer: {equals: 0.92}}
+""")
+    code, out, err = cli("test", str(tmp_path / "fan.test.yaml"))
+    assert code == 0, out + err
+
+
+def test_an_answered_call_of_a_child_that_does_not_stand_there_is_a_diagnostic(tmp_path: Path) -> None:
+    (tmp_path / "fan.yaml").write_text(FAN)
+    (tmp_path / "fan.test.yaml").write_text("""\
+cases:
+  - name: typos
+    tools:
+      - {run: fan.b, tool: exchange_rate, arguments: {base: USD, quote: EUR}, result: 1}
+      - {run: fan.a, tool: exchange_rates, arguments: {base: USD, quote: EUR}, result: 1}
+""")
+    code, _, err = cli("test", str(tmp_path / "fan.test.yaml"))
+    assert code == 2
+    assert "4:15: error FR601 test-unknown-step: case 'typos': no child run stands at 'fan.b' (steps that start " \
+           "child runs: fan)" in err
+    assert "5:28: error FR601 test-unknown-step: case 'typos': the flow and the flows it calls have no tool " \
+           "'exchange_rates'" in err

@@ -183,7 +183,7 @@ ROWS = [
         ("WOLFRAM_APP_ID", r"tool wolfram_alpha needs a Wolfram\|Alpha AppID .*: set the environment variable "
                            r"WOLFRAM_APP_ID")),
     Row("http_get", "http_get", "http_get.py:http_get",
-        lambda base: {"HTTP_GET_HOSTS": f"docs.python.org, {base}/"},
+        lambda base: {"HTTP_GET_HOSTS": "docs.python.org, 127.0.0.1"},
         {"url": "{base}/guide"}, lambda path, query: ("text/html; charset=utf-8", PAGE),
         lambda base: {"url": f"{base}/guide", "title": "The Guide",
                       "text": "Guide\nHello world!\nStep one\nStep two"},

@@ -6,9 +6,12 @@ test_network_failures.py's matrix."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.server
 import threading
+import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +22,7 @@ from engine.flow.manifest import load_tools
 from engine.kernel import network
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
-from engine.kernel.tool_code import ToolError, load_entry, reachable, running
+from engine.kernel.tool_code import ToolError, ToolTimeout, load_entry, reachable, running
 from engine.kernel.tools import tool_from_manifest
 from engine.llm.scripted import ScriptedBackend
 from engine.resources import data_dir
@@ -47,6 +50,8 @@ class Wiki(JSONHandler):
         how = Wiki.plan.pop(0) if Wiki.plan else "ok"
         if how == "refused":
             self.reply({"error": {"code": "badvalue", "info": "Unrecognized value for parameter \"list\"."}})
+        elif how == "many":  # more hits than asked for
+            self.reply(SEARCH)
         elif query.get("prop") == "extracts":
             self.reply(PAGES)
         else:  # as many hits as srlimit asks
@@ -101,14 +106,28 @@ def test_hosts_match_names_subdomains_and_variables(monkeypatch: pytest.MonkeyPa
         [True, True, False, True, False, True, False]
 
 
-def test_a_variable_may_list_hosts_urls_and_subdomains(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SITES", " docs.python.org, https://API.example.org:8443/v1 ,*.gov.uk,127.0.0.1:8000,, ")
+def test_a_variable_holds_one_url_or_a_list_of_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SITES", " docs.python.org, API.example.org:8443 ,*.gov.uk,127.0.0.1,[::1,, ")
     hosts = ("$SITES",)
     assert [network.allowed(h, hosts) for h in ("docs.python.org", "python.org", "api.example.org", "example.org",
                                                 "www.gov.uk", "gov.uk", "evilgov.uk", "127.0.0.1", "")] == \
-        [True, False, True, False, True, True, False, True, False]
+        [True, False, True, False, True, True, False, True, False]  # "[::1" is no host: left out, not an error
+    monkeypatch.setenv("SITES", "https://rates.example.org/latest?symbols=EUR,evil.example")  # one URL: no list
+    assert [network.allowed(h, hosts) for h in ("rates.example.org", "evil.example")] == [True, False]
     monkeypatch.setenv("SITES", "")
     assert not network.allowed("docs.python.org", hosts)
+
+
+def test_names_compare_in_their_ascii_form_and_an_address_only_as_itself() -> None:
+    assert network.allowed("xn--mnchen-3ya.de", ("münchen.de",))
+    assert network.allowed("münchen.de", ("xn--mnchen-3ya.de",))
+    assert network.allowed("www.xn--mnchen-3ya.de", ("*.münchen.de",))
+    assert not network.allowed("127.0.0.1", ("*.0.0.1",)) and network.allowed("127.0.0.1", ("127.0.0.1",))
+
+
+def test_a_retry_after_of_digits_that_are_not_ascii_waits_as_backoff_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network, "WAIT", 0.25)
+    assert 0 <= network._wait(1, "²") <= 0.25 and network._wait(1, " 3 ") == 3
 
 
 def test_through_the_kernel_a_tool_reaches_only_the_hosts_of_its_manifest(tmp_path: Path, wiki: str) -> None:
@@ -449,7 +468,7 @@ def test_http_get_asks_only_hosts_http_get_hosts_lists(canned: str, monkeypatch:
 
 def test_through_the_kernel_http_get_and_wolfram_alpha_reach_what_their_variables_name(
         tmp_path: Path, canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_GET_HOSTS", f"example.org, {canned}")
+    monkeypatch.setenv("HTTP_GET_HOSTS", "example.org, 127.0.0.1")
     monkeypatch.setenv("WOLFRAM_API", f"{canned}/api/v1/llm-api")
     monkeypatch.setenv("WOLFRAM_APP_ID", "DEMO-APPID")
     Canned.replies = [(200, "text/html", b"<title>Hi</title><p>Hello</p>", {}),
@@ -472,4 +491,120 @@ def test_through_the_kernel_http_get_and_wolfram_alpha_reach_what_their_variable
     page, answer, refused = asyncio.run(calls())
     assert page == {"url": f"{canned}/hi", "title": "Hi", "text": "Hello"}
     assert answer == {"query": "6 * 7", "answer": "Result:\n42"}
-    assert refused.startswith("localhost is not among the hosts HTTP_GET_HOSTS lists (example.org, http://127.0.0.1")
+    assert refused == "localhost is not among the hosts HTTP_GET_HOSTS lists (example.org, 127.0.0.1)"
+
+
+def test_an_answer_in_gzip_or_deflate_is_read_decoded_and_inflating_stops_at_the_cap(
+        canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every real server does when asked (httpx asks), and a bomb: 64 MiB of zeros in 64 KiB of gzip."""
+    monkeypatch.setenv("HTTP_GET_HOSTS", "127.0.0.1")
+    page = b"<html><title>Zipped</title><p>Hello</p></html>"
+    bomb = gzip.compress(b"\0" * (64 << 20))
+    Canned.replies = [(200, "text/html", gzip.compress(page), {"Content-Encoding": "gzip"}),
+                      (200, "text/plain", zlib.compress(b"deflated words"), {"Content-Encoding": "deflate"}),
+                      (200, "text/plain", bomb, {"Content-Encoding": "gzip"}),
+                      (200, "text/plain", gzip.compress(gzip.compress(b"twice")), {"Content-Encoding": "gzip, gzip"}),
+                      (200, "text/plain", b"not gzip at all", {"Content-Encoding": "gzip"})]
+    get = as_tool("http_get", "http_get.py:http_get")
+    assert get(f"{canned}/z")["text"] == "Hello" and get(f"{canned}/d")["text"] == "deflated words"
+    assert "gzip, deflate" in Canned.asked[0][2]["Accept-Encoding"]
+    with pytest.raises(ToolError, match=r"127\.0\.0\.1 answered more than 1,048,576 bytes"):
+        get(f"{canned}/bomb")
+    with pytest.raises(ToolError, match=r"answered in an encoding the tool does not read \(gzip, gzip\)"):
+        get(f"{canned}/twice")
+    with pytest.raises(ToolError, match="answered a body that does not decode as gzip"):
+        get(f"{canned}/bad")
+
+
+def test_a_charset_that_is_no_text_encoding_reads_as_utf8(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", "127.0.0.1")
+    Canned.replies = [(200, "text/plain; charset=hex", "café".encode(), {}),
+                      (200, "text/html; charset=base64", "<p>thé</p>".encode(), {})]
+    get = as_tool("http_get", "http_get.py:http_get")
+    assert get(f"{canned}/hex")["text"] == "café" and get(f"{canned}/b64")["text"] == "thé"
+
+
+def test_a_url_or_redirect_that_is_no_http_url_is_said_to_be_so(canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_GET_HOSTS", "127.0.0.1")
+    get = as_tool("http_get", "http_get.py:http_get")
+    with pytest.raises(ToolError, match=r"not a URL http_get can get: 'http://\[x/'"):
+        get("http://[x/")
+    Canned.replies = [(302, "", b"", {"Location": "file:///etc/passwd"})]
+    with pytest.raises(ToolError, match=r"tool http_get gets only http:// and https:// URLs, not 'file://127\.0\.0\.1/etc/passwd'"):
+        get(f"{canned}/away")
+
+
+def test_the_callers_headers_go_to_its_host_only_not_where_a_redirect_leads(
+        canned: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brave's key is a header: a redirect to another host the manifest allows must not carry it there."""
+    port = canned.rsplit(":", 1)[1]
+    Canned.replies = [(302, "", b"", {"Location": f"http://localhost:{port}/elsewhere"}),
+                      (200, "application/json", b'{"web": {"results": []}}', {})]
+    reached, named = reachable.set(("127.0.0.1", "localhost")), running.set("web_search")
+    try:
+        network.get_json(f"{canned}/search", {"q": "x"}, {"X-Subscription-Token": "secret"})
+    finally:
+        reachable.reset(reached)
+        running.reset(named)
+    assert Canned.asked[0][2].get("X-Subscription-Token") == "secret"
+    assert "X-Subscription-Token" not in Canned.asked[1][2]
+
+
+class Drip(http.server.BaseHTTPRequestHandler):
+    """An answer of 40 bytes, one every 50 ms: each read is quick, the whole is not."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "40")
+        self.end_headers()
+        for _ in range(40):
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_request_is_timed_whole_not_a_read_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(network, "TIMEOUT", 0.5)
+    reached, named = reachable.set(("127.0.0.1",)), running.set("peek")
+    try:
+        with pytest.raises(ToolTimeout, match=r"127\.0\.0\.1 did not answer within 0\.5 s"):
+            network.get(f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        reachable.reset(reached)
+        running.reset(named)
+        server.shutdown()
+
+
+def test_a_timeout_in_tool_code_keeps_its_kind_through_the_worker(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text("from engine.kernel.tool_code import ToolTimeout\n\n"
+                                      "def slow():\n    raise ToolTimeout('the service did not answer within 10 s')\n")
+    (tmp_path / "slow.tool.yaml").write_text("name: slow\ndescription: Times out.\nentry: slow.py:slow\n"
+                                             "parameters: {type: object}\nidempotent: true\n")
+    kernel = Kernel(ScriptedBackend([]), Storage(f"sqlite:///{tmp_path / 'runs.db'}"),
+                    tools=[tool_from_manifest(load_tools([tmp_path]).tools["slow"])], workspaces=tmp_path / "w")
+    kernel.open_run("run", "agent", ["slow"])
+    with pytest.raises(ToolTimeout, match=r"^the service did not answer within 10 s$"):
+        asyncio.run(kernel.call_tool("agent", "run", "slow", {}))
+
+
+def test_search_tools_give_at_most_the_results_asked_for(wiki: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Wiki.plan = ["many"]
+    assert len(search("Austin", results=1)["results"]) == 1
+
+
+def test_a_rate_json_cannot_hold_or_a_date_that_is_no_date_is_malformed(canned: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATES_URL", f"{canned}/latest")
+    Canned.replies = [(200, "application/json", b'{"rate": Infinity, "date": "2026-11-30"}', {}),
+                      (200, "application/json", b'{"rate": 0.92, "date": "x"}', {})]
+    rate = as_tool("exchange_rate", "rates.py:exchange_rate")
+    with pytest.raises(ToolError, match=r"127\.0\.0\.1 did not answer JSON"):
+        rate("USD", "EUR")
+    with pytest.raises(ToolError, match="the rates service did not answer"):
+        rate("USD", "EUR")

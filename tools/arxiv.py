@@ -16,7 +16,7 @@ from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
 from engine.kernel.network import get
-from engine.kernel.tools import ToolError
+from engine.kernel.tool_code import ToolError, fitted
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 SUMMARY = 600  # characters of an abstract kept
@@ -35,7 +35,7 @@ def arxiv_search(query: str, results: int = 3) -> dict[str, Any]:
     if feed.tag != f"{ATOM}feed":
         raise ToolError("arXiv did not answer an Atom feed this tool can read (no feed)")
     papers = []
-    for entry in feed.findall(f"{ATOM}entry"):
+    for entry in feed.findall(f"{ATOM}entry")[:results]:  # a feed may hold more than asked
         title = _text(entry, "title")
         if title == "Error":  # how the API says a query is wrong: an entry whose summary says why
             raise ToolError(f"arXiv refused the query: {_text(entry, 'summary')}")
@@ -43,7 +43,7 @@ def arxiv_search(query: str, results: int = 3) -> dict[str, Any]:
         papers.append({"title": title, "authors": ", ".join(authors[:AUTHORS]) + (" et al." if len(authors) >
                                                                                       AUTHORS else ""),
                        "published": _text(entry, "published")[:10], "url": _text(entry, "id"),
-                       "summary": _trim(_text(entry, "summary"))})
+                       "summary": fitted(_text(entry, "summary"), SUMMARY)})
     return {"query": query, "results": papers}
 
 
@@ -51,6 +51,3 @@ def _text(element: Element, name: str) -> str:
     found = element.find(f"{ATOM}{name}")
     return re.sub(r"\s+", " ", found.text or "").strip() if found is not None else ""
 
-
-def _trim(text: str) -> str:
-    return text if len(text) <= SUMMARY else text[:SUMMARY].rsplit(" ", 1)[0] + " …"

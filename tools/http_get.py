@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from bs4 import BeautifulSoup, CData, NavigableString, PageElement, Tag
 
-from engine.kernel.network import allowed, get, variable
-from engine.kernel.tools import ToolError
+from engine.kernel.network import allowed, get, text, text_encoding, variable
+from engine.kernel.tool_code import ToolError, fitted
 
 LONGEST = 8000  # characters of text a call may ask for
 HTML = frozenset({"text/html", "application/xhtml+xml"})
@@ -29,29 +29,33 @@ BLOCKS = {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", 
 def http_get(url: str, characters: int = 2000) -> dict[str, Any]:
     """The page at `url` (http or https, on a host HTTP_GET_HOSTS lists): the URL it ended at after redirects, its
     title and its text, cut to `characters`."""
-    hosts = variable("HTTP_GET_HOSTS", "the hosts it may get pages from (a comma-separated list of names, "
-                                       "*.names or URLs)")
-    parts = urllib.parse.urlsplit(url)
+    hosts = variable("HTTP_GET_HOSTS", "the hosts it may get pages from (a comma-separated list of names and "
+                                       "*.names)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (a port that is no number raises here, not later)
+    except ValueError:
+        raise ToolError(f"not a URL http_get can get: {fitted(url, 200)!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ToolError(f"http_get gets http:// and https:// URLs, not {_cut(url, 200)!r}")
+        raise ToolError(f"http_get gets http:// and https:// URLs, not {fitted(url, 200)!r}")
     if not allowed(parts.hostname, ("$HTTP_GET_HOSTS",)):  # said with the list (a redirect's refusal names none)
-        raise ToolError(f"{parts.hostname} is not among the hosts HTTP_GET_HOSTS lists ({_cut(hosts, 200)})")
+        raise ToolError(f"{parts.hostname} is not among the hosts HTTP_GET_HOSTS lists ({fitted(hosts, 200)})")
     page = get(url, headers={"Accept": ACCEPT})
     kind = page.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind in HTML or kind.startswith("text/") or kind == "application/json" or kind.endswith("+json"):
-        wide = (page.charset_encoding or "").lower().startswith(("utf-16", "utf-32"))  # NUL bytes in its text
+        wide = (text_encoding(page) or "").startswith(("utf-16", "utf-32"))  # NUL bytes in its text
         if b"\0" in page.content and not wide:  # text has none: binary data under a text type
             raise ToolError(f"{page.url.host} answered binary data labelled {kind}")
-        title, text = _html(page) if kind in HTML else ("", _fold(page.text))
+        title, words = _html(page) if kind in HTML else ("", _fold(text(page)))
     else:
         raise ToolError(f"{page.url.host} answered {kind or 'no content type'}, which http_get does not read "
                         "(it reads HTML, plain text and JSON)")
-    return {"url": str(page.url), "title": title, "text": _cut(text, min(characters, LONGEST))}
+    return {"url": str(page.url), "title": title, "text": fitted(words, min(characters, LONGEST))}
 
 
 def _html(page: httpx.Response) -> tuple[str, str]:
     """The title and the text a reader sees of an HTML page (in the charset its header or markup declares)."""
-    soup = BeautifulSoup(page.content, "html.parser", from_encoding=page.charset_encoding)
+    soup = BeautifulSoup(page.content, "html.parser", from_encoding=text_encoding(page))
     title = re.sub(r"\s+", " ", soup.title.get_text()).strip() if soup.title else ""
     return title, _fold("".join(_text(soup)))
 
@@ -74,18 +78,7 @@ def _text(soup: BeautifulSoup) -> Iterator[str]:
             pending.extend((child, False) for child in reversed(node.contents))
 
 
-def _fold(text: str) -> str:
-    """`text` with each line's spaces folded into one, and no empty lines."""
-    lines = (re.sub(r"\s+", " ", line).strip() for line in text.splitlines())
+def _fold(words: str) -> str:
+    """`words` with each line's spaces folded into one, and no empty lines."""
+    lines = (re.sub(r"\s+", " ", line).strip() for line in words.splitlines())
     return "\n".join(line for line in lines if line)
-
-
-def _cut(text: str, size: int) -> str:
-    """`text` within `size` characters: cut at the last line break past its middle, or else the last space."""
-    if len(text) <= size:
-        return text
-    head = text[:max(size - 2, 0)]
-    for mark in ("\n", " "):
-        if (at := head.rfind(mark)) > size // 2:
-            return head[:at].rstrip() + " …"
-    return head + " …"

@@ -9,6 +9,7 @@ an answer that is not that JSON) is a ToolError, so that a flow's `retry` and `c
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from engine.kernel.network import get_json, variable
@@ -25,7 +26,8 @@ def exchange_rate(base: str, quote: str) -> dict[str, Any]:
     url = variable("RATES_URL", "a rates service (see tools/rates.py for what it answers)")
     data = get_json(url, {"base": base, "quote": quote})
     rate, day = (data.get("rate"), data.get("date")) if isinstance(data, dict) else (None, None)
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0 or not isinstance(day, str):
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0 or not isinstance(day, str) \
+            or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
         raise ToolError('the rates service did not answer {"rate": a number above 0, "date": "YYYY-MM-DD"}')
     return {"base": base, "quote": quote, "rate": rate, "date": day}
 

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from engine.kernel.network import get_json
-from engine.kernel.tools import ToolError
+from engine.kernel.tool_code import ToolError, fitted
 
 SNIPPET = 300  # characters of a result's snippet kept
 BRAVE = "https://api.search.brave.com/res/v1/web/search"
@@ -60,4 +60,4 @@ def _clean(text: Any) -> str:
     """Text of a title or snippet: tags (Brave marks matches with <strong>) and entities gone, spaces folded."""
     text = html.unescape(re.sub(r"<[^>]*>", "", str(text or "")))
     text = re.sub(r"\s+", " ", text).strip()
-    return text if len(text) <= SNIPPET else text[:SNIPPET].rsplit(" ", 1)[0] + " …"
+    return fitted(text, SNIPPET)

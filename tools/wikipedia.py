@@ -12,7 +12,7 @@ import urllib.parse
 from typing import Any
 
 from engine.kernel.network import get_json
-from engine.kernel.tools import ToolError
+from engine.kernel.tool_code import ToolError, fitted
 
 EXTRACT = 600  # characters of a page's opening kept
 
@@ -23,7 +23,7 @@ def wikipedia(query: str, language: str = "en", results: int = 3) -> dict[str, A
     found = get_json(api, {"action": "query", "list": "search", "srsearch": query, "srlimit": results,
                            "srprop": "", "format": "json", "formatversion": 2})
     try:
-        hits = [(int(hit["pageid"]), str(hit["title"])) for hit in found["query"]["search"]]
+        hits = [(int(hit["pageid"]), str(hit["title"])) for hit in found["query"]["search"]][:results]
     except (KeyError, TypeError, ValueError):
         raise ToolError(_unexpected(found)) from None
     if not hits:
@@ -38,12 +38,7 @@ def wikipedia(query: str, language: str = "en", results: int = 3) -> dict[str, A
     base = f"https://{language}.wikipedia.org/wiki/"
     return {"query": query, "results": [
         {"title": title, "url": base + urllib.parse.quote(title.replace(" ", "_")),
-         "extract": _trim(extracts.get(page, ""))} for page, title in hits]}
-
-
-def _trim(text: str) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    return text if len(text) <= EXTRACT else text[:EXTRACT].rsplit(" ", 1)[0] + " …"
+         "extract": fitted(re.sub(r"\s+", " ", extracts.get(page, "")).strip(), EXTRACT)} for page, title in hits]}
 
 
 def _unexpected(answer: Any) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine.kernel.network import get, variable
-from engine.kernel.tools import ToolError
+from engine.kernel.network import get, text, variable
+from engine.kernel.tool_code import ToolError, fitted
 
 API = "https://www.wolframalpha.com/api/v1/llm-api"
 ANSWER = 1500  # characters of an answer kept: asked of the API (maxchars), and held here if it gives more
@@ -25,26 +25,15 @@ def wolfram_alpha(query: str) -> dict[str, Any]:
     api = os.environ.get("WOLFRAM_API", "").strip() or API
     answer = get(api, {"input": query, "appid": appid, "maxchars": ANSWER}, {"Accept": "text/plain"},
                  read=(400, 403, 501))
-    text = answer.text.strip()
+    said = text(answer).strip()
     if answer.status_code == 501:
-        raise ToolError(f"Wolfram|Alpha could not interpret the input: {_cut(text, EXPLANATION)}")
+        raise ToolError(f"Wolfram|Alpha could not interpret the input: {fitted(said, EXPLANATION)}")
     if answer.status_code == 403:
-        raise ToolError(f"Wolfram|Alpha refused the AppID in WOLFRAM_APP_ID: {_cut(text, EXPLANATION)}")
+        raise ToolError(f"Wolfram|Alpha refused the AppID in WOLFRAM_APP_ID: {fitted(said, EXPLANATION)}")
     if answer.status_code == 400:
-        raise ToolError(f"Wolfram|Alpha got no input: {_cut(text, EXPLANATION)}")
+        raise ToolError(f"Wolfram|Alpha got no input: {fitted(said, EXPLANATION)}")
     kind = answer.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind != "text/plain" or not text:
+    if kind != "text/plain" or not said:
         raise ToolError(f"Wolfram|Alpha did not answer the plain text of its LLM API ({kind or 'no type'}"
-                        f"{', empty' if not text else ''})")
-    return {"query": query, "answer": _cut(text, ANSWER)}
-
-
-def _cut(text: str, size: int) -> str:
-    """`text` within `size` characters: cut at the last line break past its middle, or else the last space."""
-    if len(text) <= size:
-        return text
-    head = text[:size - 2]
-    for mark in ("\n", " "):
-        if (at := head.rfind(mark)) > size // 2:
-            return head[:at].rstrip() + " …"
-    return head + " …"
+                        f"{', empty' if not said else ''})")
+    return {"query": query, "answer": fitted(said, ANSWER)}

@@ -198,7 +198,7 @@ async def _child_run(kernel: Kernel, run: RunState, step: Step, child: Child, st
                 raise RunError(f"step {step.id}: {exc}") from None
     _count(run, step)
     given = journal.given if journal is not None else {}
-    answered = Journal(tools=deque(given.get(state.scope, ())), given=given) if given else None
+    answered = Journal(tools=given.get(state.scope, deque()), given=given) if given else None
     return await walk.start_run(kernel, state, workspace=workspace, priority=priority, journal=answered)
 
 

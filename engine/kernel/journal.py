@@ -59,8 +59,9 @@ class Journal:
     strict: bool = False
     children: dict[str, Journal] = field(default_factory=dict)  # a replay's: each child run's, by its place
     memory: dict[str, Any] | None = None  # a replay's: what the recorded run read of its flow's memory
-    # a test case's: the tool calls answered for child runs, by their scope (`search.web.`, `each[2].`), handed down
-    given: dict[str, list[RecordedTool]] = field(default_factory=dict)
+    # a test case's: the tool calls answered for child runs, by their scope (`search.web.`, `each[2].`), handed down;
+    # a child's journal takes its scope's deque itself, so that a child run again (a retry) goes on from what is left
+    given: dict[str, deque[RecordedTool]] = field(default_factory=dict)
     supersede: Callable[[list[str], list[int]], None] = lambda calls, tools: None
 
     def answer(self, key: str) -> str | None:

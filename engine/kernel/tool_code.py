@@ -71,6 +71,18 @@ def load_entry(entry: str, base: Path) -> Callable[..., Any]:
     return found
 
 
+def fitted(text: str, size: int) -> str:
+    """`text` within `size` characters, for a small model's window: cut at the last line break past its middle, or
+    else the last space, and marked " …"."""
+    if len(text) <= size:
+        return text
+    head = text[:max(size - 2, 0)]
+    for mark in ("\n", " "):
+        if (at := head.rfind(mark)) > size // 2:
+            return head[:at].rstrip() + " …"
+    return head + " …"
+
+
 Loaded = dict[tuple[str, str], Callable[..., Any] | Exception]  # entry, base -> its function, or why it has none
 
 

@@ -202,10 +202,10 @@ class ToolManager:
                                               "hosts": list(tool.hosts), "tool": tool.name}, tool.timeout)
         except ToolError as exc:  # its worker ended in the call
             raise ToolError(f"tool {tool.name} failed: {exc}") from None
-        if "error" in reply:
-            error = reply["error"] if reply["type"] == "ToolError" else \
-                f"tool {tool.name} failed: {reply['type']}: {reply['error']}"
-            raise ToolError(error)
+        if "error" in reply:  # a tool's own error (its kind kept: a request that timed out), or any other
+            own = {"ToolError": ToolError, "ToolTimeout": ToolTimeout}.get(reply["type"])
+            raise own(reply["error"]) if own else ToolError(f"tool {tool.name} failed: {reply['type']}: "
+                                                            f"{reply['error']}")
         return reply["result"]
 
     @staticmethod
