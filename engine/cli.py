@@ -49,6 +49,7 @@ from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tool_code import ToolError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.service import Service
+from engine.spans import otlp_json, spans
 from engine.timeline import draw
 
 _existing = click.Path(exists=True, path_type=Path)
@@ -734,6 +735,24 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> None:
     with _user_errors():
         found = record(Storage(db, reading=True), run_id)
         text = yaml.safe_dump(cassette(found), sort_keys=False, allow_unicode=True, width=120)
+    _write(text, output)
+
+
+@runs.command("trace")
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+@_db_option
+def runs_trace(run_id: str, output: Path | None, db: str | None) -> None:
+    """Write run RUN_ID's spans, its child runs' with them, as an OTLP/JSON trace (OpenTelemetry's GenAI semantic
+    conventions), for a trace viewer to load."""
+    with _user_errors():
+        found = record(Storage(db, reading=True), run_id)
+        text = json.dumps(otlp_json(found.run.id, spans(found)), indent=1, ensure_ascii=False) + "\n"
+    _write(text, output)
+
+
+def _write(text: str, output: Path | None) -> None:
+    """`text` on stdout, or into the file `output`."""
     if output is None:
         click.echo(text, nl=False)
         return

@@ -1,0 +1,175 @@
+"""A run's spans, after OpenTelemetry's GenAI semantic conventions (semconv 1.38, whose gen_ai attributes are still
+"Development": the names they have there), built from what storage holds of the run and its child runs, and their
+OTLP/JSON form (`flowrun runs trace`).
+
+The tree: `invoke_agent {agent}` for a run; under it `step {id}` for each step it took (kind, visit, branch taken);
+under a step `chat {model}` for each model call (output tokens; its queue wait and each preemption as events) and
+`execute_tool {name}` for each tool call; a child run's `invoke_agent` under the step that started it. Span ids are
+derived from what they stand for, so a run's trace is the same each time it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine import __version__
+from engine.interpreter.runs import RunRecord
+from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
+from engine.llm.base import sampled
+
+SEMCONV = "1.38.0"  # the version of the semantic conventions whose attribute names these are
+MODEL_CALLS = ("generate", "choose", "call_tool")  # engine.kernel.syscall.SyscallKind's that ask the model
+_KIND = {"INTERNAL": 1, "CLIENT": 3}  # OTLP's SpanKind numbers
+_OK, _ERROR = 1, 2  # OTLP's status codes
+
+
+@dataclass
+class Span:
+    """One span: times in seconds since the epoch, ids as hex."""
+
+    name: str
+    id: str
+    parent: str | None
+    start: float
+    end: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    kind: str = "INTERNAL"
+
+
+def trace_id(run_id: str) -> str:
+    """The trace id of the run `run_id` a user started (its child runs share it)."""
+    return hashlib.sha256(f"flowrun-trace/{run_id}".encode()).hexdigest()[:32]
+
+
+def spans(found: RunRecord, parent: str | None = None) -> list[Span]:
+    """The spans of the run `found` and its child runs, under span `parent` (None: the run is the trace's root)."""
+    run = found.run
+    ran = Span(f"invoke_agent {run.agent}", _id(run.id), parent, run.created,
+               run.finished or max([run.created, *(s.finished for s in found.steps)]),
+               {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.agent, "gen_ai.agent.id": run.id,
+                "flowrun.flow": run.flow, "flowrun.run.status": run.status},
+               error=run.error if run.status == "failed" else None)
+    made = [ran]
+    steps = {(s.step, s.visit): _step(run, s, ran.id) for s in found.steps}
+    made += steps.values()
+    model = _model(run)
+    for call in found.syscalls:
+        if call.kind in MODEL_CALLS and call.superseded is None:
+            made.append(_chat(call, model, _within(steps, found.steps, call.key, call.created, ran.id)))
+    for tool in found.tools:
+        if tool.superseded is None:
+            made.append(_tool(tool, _within(steps, found.steps, None, tool.started, ran.id)))
+    for child in found.children:
+        under = steps.get((child.run.parent_step or "", child.run.parent_visit or 0))
+        made += spans(child, under.id if under else ran.id)
+    return made
+
+
+def otlp_json(root: str, made: list[Span]) -> dict[str, Any]:
+    """`made`, the spans of the run `root` and its children, as an OTLP/JSON trace (ids hex, times in nanoseconds
+    as strings, as OTLP/JSON writes them)."""
+    trace = trace_id(root)
+    return {"resourceSpans": [{
+        "resource": {"attributes": _attributes({"service.name": "flowrun", "service.version": __version__})},
+        "scopeSpans": [{"scope": {"name": "flowrun", "version": __version__},
+                        "schemaUrl": f"https://opentelemetry.io/schemas/{SEMCONV}",
+                        "spans": [_otlp(trace, span) for span in made]}]}]}
+
+
+def _step(run: RunRow, step: StepRow, parent: str) -> Span:
+    attributes = {"flowrun.step.id": step.step, "flowrun.step.kind": step.kind, "flowrun.step.visit": step.visit,
+                  "gen_ai.usage.output_tokens": step.tokens}
+    if step.branch is not None:
+        attributes["flowrun.step.branch"] = step.branch
+    error = step.error.get("message") if isinstance(step.error, dict) else None  # failed, caught by `catch`
+    return Span(f"step {step.step}", _id(run.id, "step", step.step, step.visit), parent, step.started, step.finished,
+                attributes, error=error)
+
+
+def _chat(call: SyscallRow, model: str | None, parent: str) -> Span:
+    attributes: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.usage.output_tokens": call.tokens,
+                                  "flowrun.syscall.id": call.id, "flowrun.syscall.kind": call.kind}
+    if model:
+        attributes["gen_ai.request.model"] = model
+    if call.key:
+        attributes["flowrun.request.key"] = call.key
+    events = [("flowrun.queued", call.created)]
+    slices = call.slices or ([[call.started, call.finished]] if call.started and call.finished else [])
+    for n, (start, end) in enumerate(slices):
+        events.append(("flowrun.started" if n == 0 else "flowrun.resumed", start))
+        if n < len(slices) - 1:
+            events.append(("flowrun.preempted", end))
+    return Span(f"chat {model}" if model else "chat", _id(call.id), parent, call.created,
+                call.finished or call.started or call.created, attributes, events, call.error, "CLIENT")
+
+
+def _tool(call: ToolCallRow, parent: str) -> Span:
+    attributes: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
+                                  "gen_ai.tool.call.id": str(call.id)}
+    if call.error is not None:
+        attributes["error.type"] = call.error_kind or "tool_error"
+    return Span(f"execute_tool {call.tool}", _id(call.run_id, "tool", call.id), parent, call.started,
+                call.finished, attributes, error=call.error)
+
+
+def _within(spans_of: dict[tuple[str, int], Span], steps: list[StepRow], key: str | None, at: float,
+            fallback: str) -> str:
+    """The id of the span of the step that was running at `at` (and, given a request key, whose id it ends with)."""
+    for step in steps:
+        if step.started <= at <= step.finished and (key is None or _step_of(key) == step.step):
+            return spans_of[step.step, step.visit].id
+    return fallback
+
+
+def _step_of(key: str) -> str:
+    """The step id a request key names: after its scope, before a sample's number (`plan.each[2].pick#3`: pick)."""
+    return (sampled(key) or key).rsplit(".", 1)[-1]
+
+
+def _model(run: RunRow) -> str | None:
+    """The model the run's flow names, if its file is still there to say (a run may have been given another)."""
+    try:
+        flow = yaml.safe_load(Path(run.flow).read_text(encoding="utf-8"))
+        name = flow.get("model", {}).get("name") if isinstance(flow, dict) else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _id(*parts: Any) -> str:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _otlp(trace: str, span: Span) -> dict[str, Any]:
+    out: dict[str, Any] = {"traceId": trace, "spanId": span.id, "name": span.name, "kind": _KIND[span.kind],
+                           "startTimeUnixNano": _nanos(span.start), "endTimeUnixNano": _nanos(span.end),
+                           "attributes": _attributes(span.attributes),
+                           "events": [{"name": name, "timeUnixNano": _nanos(at)} for name, at in span.events],
+                           "status": {"code": _ERROR, "message": span.error} if span.error else {"code": _OK}}
+    if span.parent:
+        out["parentSpanId"] = span.parent
+    return out
+
+
+def _attributes(values: dict[str, Any]) -> list[dict[str, Any]]:
+    def value(v: Any) -> dict[str, Any]:
+        if isinstance(v, bool):
+            return {"boolValue": v}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        if isinstance(v, float):
+            return {"doubleValue": v}
+        return {"stringValue": str(v)}
+
+    return [{"key": k, "value": value(v)} for k, v in values.items()]
+
+
+def _nanos(seconds: float) -> str:
+    return str(round(seconds * 1e9))
