@@ -11,6 +11,7 @@ derived from what they stand for, so a run's trace is the same each time it is w
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,28 +49,45 @@ def trace_id(run_id: str) -> str:
     return hashlib.sha256(f"flowrun-trace/{run_id}".encode()).hexdigest()[:32]
 
 
-def spans(found: RunRecord, parent: str | None = None) -> list[Span]:
-    """The spans of the run `found` and its child runs, under span `parent` (None: the run is the trace's root)."""
+def spans(found: RunRecord, parent: str | None = None, *, content: bool = False) -> list[Span]:
+    """The spans of the run `found` and its child runs, under span `parent` (None: the run is the trace's root);
+    with `content`, the prompts and answers of model calls too."""
+    made = run_spans(found, parent, content=content)
+    known = {span.id for span in made}
+    for child in found.children:  # under its step, or the run where that step was not stored (it failed)
+        under = child_parent(child.run)
+        made += spans(child, under if under in known else made[0].id, content=content)
+    return made
+
+
+def run_spans(found: RunRecord, parent: str | None, *, content: bool = False) -> list[Span]:
+    """The spans of the run `found` itself (not its child runs'), under span `parent`."""
     run = found.run
     ran = Span(f"invoke_agent {run.agent}", _id(run.id), parent, run.created,
                run.finished or max([run.created, *(s.finished for s in found.steps)]),
                {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.agent, "gen_ai.agent.id": run.id,
                 "flowrun.flow": run.flow, "flowrun.run.status": run.status},
                error=run.error if run.status == "failed" else None)
-    made = [ran]
     steps = {(s.step, s.visit): _step(run, s, ran.id) for s in found.steps}
-    made += steps.values()
+    made = [ran, *steps.values()]
     model = _model(run)
     for call in found.syscalls:
         if call.kind in MODEL_CALLS and call.superseded is None:
-            made.append(_chat(call, model, _within(steps, found.steps, call.key, call.created, ran.id)))
+            step = _within(found.steps, call.key, call.created)
+            chat = _chat(call, model, steps[step.step, step.visit].id if step else ran.id)
+            if content:
+                chat.attributes.update(_content(call, step))
+            made.append(chat)
     for tool in found.tools:
         if tool.superseded is None:
-            made.append(_tool(tool, _within(steps, found.steps, None, tool.started, ran.id)))
-    for child in found.children:
-        under = steps.get((child.run.parent_step or "", child.run.parent_visit or 0))
-        made += spans(child, under.id if under else ran.id)
+            step = _within(found.steps, None, tool.started)
+            made.append(_tool(tool, steps[step.step, step.visit].id if step else ran.id))
     return made
+
+
+def child_parent(run: RunRow) -> str | None:
+    """The span a child run's span is under: that of the step of its parent that started it (None: a root run)."""
+    return _id(run.parent, "step", run.parent_step, run.parent_visit) if run.parent else None
 
 
 def otlp_json(root: str, made: list[Span]) -> dict[str, Any]:
@@ -119,13 +137,25 @@ def _tool(call: ToolCallRow, parent: str) -> Span:
                 call.finished, attributes, error=call.error)
 
 
-def _within(spans_of: dict[tuple[str, int], Span], steps: list[StepRow], key: str | None, at: float,
-            fallback: str) -> str:
-    """The id of the span of the step that was running at `at` (and, given a request key, whose id it ends with)."""
+def _within(steps: list[StepRow], key: str | None, at: float) -> StepRow | None:
+    """The step that was running at `at` (and, given a request key, whose id it names), if one was."""
     for step in steps:
         if step.started <= at <= step.finished and (key is None or _step_of(key) == step.step):
-            return spans_of[step.step, step.visit].id
-    return fallback
+            return step
+    return None
+
+
+def _content(call: SyscallRow, step: StepRow | None) -> dict[str, str]:
+    """What a model call was asked and answered, as the conventions' message lists (JSON text)."""
+    said: dict[str, str] = {}
+    if step is not None and isinstance(step.prompt, list):
+        said["gen_ai.input.messages"] = json.dumps(
+            [{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content")}]}
+             for m in step.prompt if isinstance(m, dict)], ensure_ascii=False)
+    if call.text is not None:
+        said["gen_ai.output.messages"] = json.dumps(
+            [{"role": "assistant", "parts": [{"type": "text", "content": call.text}]}], ensure_ascii=False)
+    return said
 
 
 def _step_of(key: str) -> str:

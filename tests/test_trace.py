@@ -5,10 +5,16 @@ against storage."""
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +22,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.interpreter.runs import record
 from engine.kernel.storage import Storage
+from tests.conftest import ROOT
 
 HERE = Path(__file__).with_name("flows")
 
@@ -78,3 +85,75 @@ def test_a_run_with_children_is_one_trace_of_agent_step_chat_and_tool_spans(tmp_
 def test_a_run_that_is_not_there_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     traced = CliRunner().invoke(main, ["runs", "trace", "nosuchrun", "--db", str(tmp_path / "runs.db")])
     assert traced.exit_code != 0 and "Traceback" not in traced.output and "nosuchrun" in traced.output
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP traces endpoint (POST /v1/traces, protobuf): keeps each request's body."""
+
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.bodies.append(gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def received() -> list[Any]:
+    """The resource spans the receiver got, decoded with OpenTelemetry's own protobuf definitions."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    return [found for body in Receiver.bodies for found in ExportTraceServiceRequest.FromString(body).resource_spans]
+
+
+def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_them(tmp_path: Path) -> None:
+    """The run with its map, parallel step and agents, exported over OTLP/HTTP to a receiver on loopback as each
+    run ends: the same spans, links and token counts as `runs trace` reads from storage; prompts and answers only
+    with FLOWRUN_TRACE_CONTENT=1."""
+    Receiver.bodies = []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    db = str(tmp_path / "runs.db")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT":
+           f"http://127.0.0.1:{receiver.server_port}", "OTEL_SERVICE_NAME": "ledger-team", "FLOWRUN_TRACE_CONTENT": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "engine", "run", str(HERE / "team_ledger.yaml"), "-i",
+                               "purchases=apples 3, bread 2 and milk 1.5", "--tools", str(HERE), "--backend",
+                               "scripted", "--cassette", str(HERE / "team_ledger.cassette.yaml"), "--db", db,
+                               "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        receiver.shutdown()
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    resources = received()
+    exported = [span for found in resources for scope in found.scope_spans for span in scope.spans]
+    traced = CliRunner().invoke(main, ["runs", "trace", run_id, "--db", db])
+    written = json.loads(traced.stdout)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert sorted((s.name, s.span_id.hex(), s.parent_span_id.hex()) for s in exported) == \
+        sorted((s["name"], s["spanId"], s.get("parentSpanId", "")) for s in written)
+    assert {s.trace_id.hex() for s in exported} == {written[0]["traceId"]}
+    tokens = {s.span_id.hex(): [a.value.int_value for a in s.attributes if a.key == "gen_ai.usage.output_tokens"]
+              for s in exported}
+    assert tokens == {s["spanId"]: [int(attributes(s)["gen_ai.usage.output_tokens"])]
+                      if "gen_ai.usage.output_tokens" in attributes(s) else [] for s in written}
+    chats = [s for s in exported if s.name.startswith("chat")]
+    assert chats and all(any(a.key == "gen_ai.output.messages" for a in s.attributes) for s in chats)
+    assert not any(key.startswith("gen_ai.output") for s in written for key in attributes(s))  # not asked for
+    assert {a.value.string_value for found in resources for a in found.resource.attributes
+            if a.key == "service.name"} == {"ledger-team"}
+
+
+def test_without_an_endpoint_the_sdk_is_not_even_imported(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom engine.cli import main\n"
+                           "try:\n    main(['run', sys.argv[1], '-i', 'purchases=tea 1', '--tools', sys.argv[2], "
+                           "'--backend', 'scripted', '--cassette', sys.argv[3], '--db', 'runs.db'])\n"
+                           "except SystemExit:\n    pass\nprint('opentelemetry.sdk' in sys.modules)",
+                           str(HERE / "team_ledger.yaml"), str(HERE), str(HERE / "team_ledger.cassette.yaml")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr

@@ -1,0 +1,110 @@
+"""Exporting runs' spans over OTLP, configured by OpenTelemetry's standard variables: OTEL_EXPORTER_OTLP_ENDPOINT
+(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, the default, or grpc),
+OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; OTEL_SDK_DISABLED=true or
+OTEL_TRACES_EXPORTER=none turn it off. With no endpoint nothing is imported or sent.
+
+A listener on the kernel's event bus: when a run ends (a child run too), its own spans (engine.spans, read from
+storage) go to a batch processor, which sends them in the background and the rest at exit. A child's spans name
+the span of the step that started it as their parent, and share its root's trace: the parent's are sent when the
+parent ends. FLOWRUN_TRACE_CONTENT=1 adds what model calls were asked and answered. Needs the `otel` extra.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable
+from typing import Any
+
+from engine import __version__
+from engine.errors import FlowrunError
+from engine.events import Event, RunEnded
+from engine.interpreter.runs import RunRecord
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
+from engine.spans import SEMCONV, Span, child_parent, run_spans, trace_id
+
+
+class TelemetryError(FlowrunError):
+    """Tracing is asked for (an OTEL_* endpoint) but cannot be done: the message says what to install or set."""
+
+
+def configured() -> bool:
+    """Whether the environment asks for spans to be exported."""
+    off = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or \
+        os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "none"
+    return not off and any(os.environ.get(name) for name in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                                             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def listener(storage: Storage) -> Callable[[Event], None]:
+    """An event bus listener exporting each run's spans when it ends. TelemetryError when the SDK is missing."""
+    processor = _processor()
+    content = os.environ.get("FLOWRUN_TRACE_CONTENT", "") == "1"
+
+    def ended(event: Event) -> None:
+        if isinstance(event, RunEnded):
+            for span in _spans_of(storage, event.run, content):
+                processor.on_end(span)
+
+    return ended
+
+
+def _spans_of(storage: Storage, run_id: str, content: bool) -> list[Any]:
+    """The SDK's spans of run `run_id` (its own, from storage), in its root's trace."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event as SpanEvent
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    run = storage.find_run(run_id)
+    found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow)))
+    trace = int(trace_id(_root(storage, run)), 16)
+    scope = InstrumentationScope("flowrun", __version__, f"https://opentelemetry.io/schemas/{SEMCONV}")
+    resource = Resource.create({"service.version": __version__})  # with OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "flowrun"}))
+
+    def context(span_id: str) -> SpanContext:
+        return SpanContext(trace, int(span_id, 16), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    def readable(span: Span) -> ReadableSpan:
+        return ReadableSpan(
+            span.name, context(span.id), context(span.parent) if span.parent else None, resource, span.attributes,
+            [SpanEvent(name, timestamp=round(at * 1e9)) for name, at in span.events],
+            kind=SpanKind.CLIENT if span.kind == "CLIENT" else SpanKind.INTERNAL,
+            status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
+            start_time=round(span.start * 1e9), end_time=round(span.end * 1e9), instrumentation_scope=scope)
+
+    return [readable(span) for span in run_spans(found, child_parent(run), content=content)]
+
+
+def _root(storage: Storage, run: RunRow) -> str:
+    """The id of the run a user started that `run` belongs to."""
+    while run.parent:
+        run = storage.find_run(run.parent)
+    return run.id
+
+
+def _processor() -> Any:
+    """A batch span processor sending to the exporter the environment names, flushed at exit."""
+    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or
+                os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
+    try:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        elif protocol == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        else:
+            raise TelemetryError(f"OTEL_EXPORTER_OTLP_PROTOCOL is {protocol!r}: flowrun exports http/protobuf or "
+                                 "grpc")
+    except ImportError as exc:
+        raise TelemetryError(f"an OTEL_EXPORTER_OTLP endpoint is set, but OpenTelemetry's SDK and its {protocol} "
+                             f"exporter are not installed ({exc.name}): pip install 'flowrun[otel]', or unset "
+                             "OTEL_EXPORTER_OTLP_ENDPOINT") from None
+    processor = BatchSpanProcessor(OTLPSpanExporter())
+    atexit.register(processor.shutdown)
+    return processor
