@@ -7,19 +7,26 @@ to SQLite (durably: every step is committed before the next one starts), and wal
 Baselines measured in the same run: the backend's own time per call (subtracted: it is not overhead), and the
 cost of one bare SQLite INSERT + COMMIT (sqlite3, same pragmas), the floor of any durable per-step record.
 
-    python bench/overhead_bench.py [--steps 1000] [--repeat 3]
+With --trace, each repeat runs twice: without tracing, and exporting its spans over OTLP/HTTP to a receiver on
+loopback (the otel extra): the per-step figures of both, and what the export adds to the run's wall time.
+
+    python bench/overhead_bench.py [--steps 1000] [--repeat 3] [--trace]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import itertools
+import os
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from engine.errors import RunStatus
 from engine.flow.validate import check_flow_text
@@ -58,6 +65,33 @@ def run_once(steps: int, folder: Path) -> tuple[float, list[float]]:
     return wall, [b - a for a, b in itertools.pairwise(starts)]
 
 
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that takes every request and counts its bytes."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        Receiver.received += len(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def traced(steps: int, folder: Path) -> tuple[float, list[float]]:
+    """run_once, its spans exported to a receiver on loopback (in the background, by the batch processor)."""
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.server_port}"
+    try:
+        return run_once(steps, folder)
+    finally:
+        del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        receiver.shutdown()
+
+
 def backend_per_call(calls: int) -> float:
     """Median seconds of one bare call of the scripted backend (no kernel, no storage)."""
     backend = ScriptedBackend.from_responses([{"text": "ok", "times": calls}])
@@ -94,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--trace", action="store_true", help="Also run each repeat exporting its spans over OTLP.")
     args = parser.parse_args()
     backend = backend_per_call(args.steps)
     for n in range(args.repeat):
@@ -106,6 +141,13 @@ def main() -> None:
         print(f"run {n + 1}: {args.steps} steps in {wall:.2f} s; per step median {median * 1e3:.3f} ms, "
               f"p90 {p90 * 1e3:.3f} ms; backend {backend * 1e3:.3f} ms; overhead {overhead * 1e3:.3f} ms "
               f"(goal <= 1 ms); bare SQLite commit {commit * 1e3:.3f} ms: overhead/commit = {overhead / commit:.1f}x")
+        if args.trace:
+            with tempfile.TemporaryDirectory() as tmp:
+                traced_wall, traced_steps = traced(args.steps, Path(tmp))
+            on = statistics.median(traced_steps)
+            print(f"      traced: {args.steps} steps in {traced_wall:.2f} s; per step median {on * 1e3:.3f} ms "
+                  f"({on / median:.2f}x untraced); the export at the run's end added "
+                  f"{(traced_wall - wall) * 1e3:.0f} ms ({Receiver.received:,} bytes of OTLP received so far)")
 
 
 if __name__ == "__main__":

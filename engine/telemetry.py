@@ -37,21 +37,27 @@ def configured() -> bool:
                                                              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def listener(storage: Storage) -> Callable[[Event], None]:
-    """An event bus listener exporting each run's spans when it ends. TelemetryError when the SDK is missing."""
+PROVIDERS = {"ollama": "ollama", "embedded": "llama.cpp"}  # gen_ai.provider.name of each backend (engine.llm)
+
+
+def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
+    """An event bus listener exporting each run's spans when it ends (their model calls made on `backend`, a
+    Backend's name). TelemetryError when the SDK is missing."""
     processor = _processor()
     content = os.environ.get("FLOWRUN_TRACE_CONTENT", "") == "1"
+    provider = PROVIDERS.get(backend, f"flowrun.{backend}")
 
     def ended(event: Event) -> None:
         if isinstance(event, RunEnded):
-            for span in _spans_of(storage, event.run, content):
+            for span in _spans_of(storage, event.run, content, provider):
                 processor.on_end(span)
 
     return ended
 
 
-def _spans_of(storage: Storage, run_id: str, content: bool) -> list[Any]:
-    """The SDK's spans of run `run_id` (its own, from storage), in its root's trace."""
+def _spans_of(storage: Storage, run_id: str, content: bool, provider: str) -> list[Any]:
+    """The SDK's spans of run `run_id` (its own, from storage), in its root's trace; its model calls' made by
+    `provider`."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event as SpanEvent
     from opentelemetry.sdk.trace import ReadableSpan
@@ -77,7 +83,11 @@ def _spans_of(storage: Storage, run_id: str, content: bool) -> list[Any]:
             status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
             start_time=round(span.start * 1e9), end_time=round(span.end * 1e9), instrumentation_scope=scope)
 
-    return [readable(span) for span in run_spans(found, child_parent(run), content=content)]
+    made = run_spans(found, child_parent(run), content=content)
+    for span in made:
+        if span.attributes.get("gen_ai.operation.name") == "chat":  # storage does not keep which backend ran
+            span.attributes["gen_ai.provider.name"] = provider
+    return [readable(span) for span in made]
 
 
 def _root(storage: Storage, run: RunRow) -> str:
@@ -105,6 +115,8 @@ def _processor() -> Any:
         raise TelemetryError(f"an OTEL_EXPORTER_OTLP endpoint is set, but OpenTelemetry's SDK and its {protocol} "
                              f"exporter are not installed ({exc.name}): pip install 'flowrun[otel]', or unset "
                              "OTEL_EXPORTER_OTLP_ENDPOINT") from None
-    processor = BatchSpanProcessor(OTLPSpanExporter())
+    # a run of 5,000 steps ends with 10,000 spans at once: the SDK's default queue (2,048) would drop most
+    queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
+    processor = BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue)
     atexit.register(processor.shutdown)
     return processor

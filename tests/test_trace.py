@@ -143,6 +143,8 @@ def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_t
                       if "gen_ai.usage.output_tokens" in attributes(s) else [] for s in written}
     chats = [s for s in exported if s.name.startswith("chat")]
     assert chats and all(any(a.key == "gen_ai.output.messages" for a in s.attributes) for s in chats)
+    assert {a.value.string_value for s in chats for a in s.attributes if a.key == "gen_ai.provider.name"} == \
+        {"flowrun.scripted"}
     assert not any(key.startswith("gen_ai.output") for s in written for key in attributes(s))  # not asked for
     assert {a.value.string_value for found in resources for a in found.resource.attributes
             if a.key == "service.name"} == {"ledger-team"}

@@ -27,7 +27,7 @@ def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage,
              for name in flow.tools}
     kernel = Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
     if telemetry.configured():  # an OTEL_* endpoint: each run's spans are exported when it ends
-        kernel.events.listeners.append(telemetry.listener(storage))
+        kernel.events.listeners.append(telemetry.listener(storage, backend.name))
     return kernel
 
 
