@@ -333,3 +333,45 @@ def test_a_real_server_stopped_by_sigterm_resumes_its_runs_after_a_restart(flows
     record = Storage(str(db), reading=True)
     calls = [c for c in record.rows(ToolCallRow) if c.run_id == second and not c.superseded]
     assert len(calls) == 1  # the calculator was not called again
+
+
+def test_metrics_follow_a_batch_of_runs_on_a_real_server(flows: Path, tmp_path: Path) -> None:
+    """GET /metrics, parsed with prometheus-client's own parser while 6 runs share the model's slot: calls queue
+    and the slot fills, then both empty; at the end the runs, steps, tokens, tool calls and commits are counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cassette = tmp_path / "answers.cassette.yaml"
+    cassette.write_text(json.dumps({"token_delay": 0.02, "responses": [
+        {"key": "add", "text": CALL, "times": 6}, {"key": "say", "text": " ".join(["five"] * 40), "times": 6}]}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def scraped() -> dict[str, float]:
+        text = httpx.get(f"{base}/metrics").text
+        return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    server = serving(port, flows, cassette, tmp_path / "served.db")
+    try:
+        ids = [httpx.post(f"{base}/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}}).json()["id"]
+               for _ in range(6)]
+        seen = []
+        while any(httpx.get(f"{base}/runs/{run}").json()["status"] == "running" for run in ids):
+            seen.append(scraped())
+            time.sleep(0.05)
+        last = scraped()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    scheduler = '{"backend": "scripted"}'
+    queued = [s[f"flowrun_scheduler_queued{scheduler}"] for s in seen]
+    in_use = [s[f"flowrun_scheduler_slots_in_use{scheduler}"] for s in seen]
+    slots = last[f"flowrun_scheduler_slots{scheduler}"]
+    assert max(queued) > 0 and last[f"flowrun_scheduler_queued{scheduler}"] == 0
+    assert max(in_use) == slots == 1 and last[f"flowrun_scheduler_slots_in_use{scheduler}"] == 0
+    assert last['flowrun_runs_total{"status": "finished"}'] == 6
+    assert last['flowrun_steps_total{"kind": "process"}'] == 12
+    assert last['flowrun_tool_call_seconds_count{"tool": "calculator"}'] == 6
+    assert last[f"flowrun_generated_tokens_total{scheduler}"] > 6 * 40
+    assert last[f"flowrun_model_call_waiting_seconds_count{scheduler}"] == 12
+    assert last["flowrun_storage_commit_seconds_count{}"] >= 6 * 4  # each run's start, steps and end

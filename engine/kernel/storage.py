@@ -129,6 +129,7 @@ class Storage:
         self._pending: list[_Row] = []  # rows queued to be written (see _write_pending)
         self._pending_lock = threading.Lock()
         self._draining = False  # a job writing the queued rows is on the writer's queue or running
+        self.timed: list[Callable[[float], None]] = []  # told the seconds each awaited row took to commit (metrics)
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
@@ -221,8 +222,11 @@ class Storage:
     async def _committed(self, statement: Executable, values: dict[str, Any]) -> None:
         """Queue the write of a row and wait until it is committed (a StorageError if it could not be)."""
         committed: Future[None] = Future()
+        started = time.perf_counter()
         self._queue(statement, values, committed)
         await asyncio.wrap_future(committed)
+        for told in self.timed:
+            told(time.perf_counter() - started)
 
     async def commit(self, write: Callable[..., Any], *args: Any) -> Any:
         """Do `write(*args)` after every write queued before it, and return once it is committed."""

@@ -38,6 +38,8 @@ from engine.interpreter.answering import AnswerError, UnfitAnswer
 from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.resume import ResumeError
 from engine.kernel.storage import NoSuchRun
+from engine.metrics import CONTENT_TYPE as METRICS_TYPE
+from engine.metrics import Metrics
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
 
@@ -170,6 +172,13 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     # what some load balancers' health checks send; a HEAD of every GET route would double the OpenAPI document
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+    measured = Metrics(service.kernel, service.kernel.scheduler.backend.name)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {METRICS_TYPE: {}}}})
+    async def metrics() -> Response:
+        """The kernel's metrics, in Prometheus's text format."""
+        return Response(measured.text(), media_type=METRICS_TYPE)
 
     @app.get("/flows")
     async def list_flows() -> list[dict[str, Any]]:
