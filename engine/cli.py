@@ -747,7 +747,7 @@ def runs_trace(run_id: str, output: Path | None, db: str | None) -> None:
     conventions), for a trace viewer to load."""
     with _user_errors():
         found = record(Storage(db, reading=True), run_id)
-        text = json.dumps(otlp_json(found.run.id, spans(found)), indent=1, ensure_ascii=False) + "\n"
+        text = json.dumps(otlp_json(found.run, spans(found)), indent=1, ensure_ascii=False) + "\n"
     _write(text, output)
 
 

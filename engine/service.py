@@ -97,12 +97,14 @@ class Service:
         return True
 
     async def start(self, checked: CheckedFlow, inputs: dict[str, Any], *, file: str, priority: int = 0,
-                    workspace: Path | None = None, batch: str | None = None, run_id: str | None = None) -> Started:
+                    workspace: Path | None = None, batch: str | None = None, run_id: str | None = None,
+                    traceparent: str | None = None) -> Started:
         """Start a run of the valid flow `checked` (from `file`) with `inputs` (resolved: engine.interpreter.inputs)
-        as a task on the running event loop, once the run is stored (or ended, if it could not be)."""
+        as a task on the running event loop, once the run is stored (or ended, if it could not be); in the trace
+        `traceparent` names, if given."""
         run_id = run_id or new_run_id()
         work = run_flow(self.kernel, checked.compiled, inputs, file=file, run_id=run_id, batch=batch,
-                        workspace=workspace, priority=priority)
+                        workspace=workspace, priority=priority, traceparent=traceparent)
         if run_id not in self._in_flight:
             self._live[run_id] = _Live(RunRow(id=run_id, agent=checked.flow.name, flow=file,
                                               status=RunStatus.RUNNING, batch=batch, inputs=inputs, created=0.0))

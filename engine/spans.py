@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,19 +45,45 @@ class Span:
     kind: str = "INTERNAL"
 
 
-def trace_id(run_id: str) -> str:
-    """The trace id of the run `run_id` a user started (its child runs share it)."""
-    return hashlib.sha256(f"flowrun-trace/{run_id}".encode()).hexdigest()[:32]
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")  # W3C Trace Context, version 00
 
 
-def spans(found: RunRecord, parent: str | None = None, *, content: bool = False) -> list[Span]:
-    """The spans of the run `found` and its child runs, under span `parent` (None: the run is the trace's root);
-    with `content`, the prompts and answers of model calls too."""
+def caller(traceparent: str | None) -> tuple[str, str] | None:
+    """The trace id and span id a W3C `traceparent` names; None for one that is malformed (which W3C says to
+    ignore) or absent."""
+    found = TRACEPARENT.fullmatch((traceparent or "").strip().lower())
+    if found is None or set(found[1]) == {"0"} or set(found[2]) == {"0"}:
+        return None
+    return found[1], found[2]
+
+
+def trace_id(root: RunRow) -> str:
+    """The trace id of the run `root` a user started (its child runs share it): its caller's, else its own."""
+    given = caller(root.traceparent)
+    return given[0] if given else hashlib.sha256(f"flowrun-trace/{root.id}".encode()).hexdigest()[:32]
+
+
+def parent_of(run: RunRow) -> str | None:
+    """The span the run's span is under: for a child run, that of the step of its parent that started it; for a
+    run a user started, its caller's span, if it had one."""
+    if run.parent:
+        return _id(run.parent, "step", run.parent_step, run.parent_visit)
+    given = caller(run.traceparent)
+    return given[1] if given else None
+
+
+def spans(found: RunRecord, *, content: bool = False) -> list[Span]:
+    """The spans of the run `found` and its child runs; with `content`, the prompts and answers of model calls
+    too."""
+    return _tree(found, parent_of(found.run), content)
+
+
+def _tree(found: RunRecord, parent: str | None, content: bool) -> list[Span]:
     made = run_spans(found, parent, content=content)
     known = {span.id for span in made}
     for child in found.children:  # under its step, or the run where that step was not stored (it failed)
-        under = child_parent(child.run)
-        made += spans(child, under if under in known else made[0].id, content=content)
+        under = parent_of(child.run)
+        made += _tree(child, under if under in known else made[0].id, content)
     return made
 
 
@@ -85,12 +112,7 @@ def run_spans(found: RunRecord, parent: str | None, *, content: bool = False) ->
     return made
 
 
-def child_parent(run: RunRow) -> str | None:
-    """The span a child run's span is under: that of the step of its parent that started it (None: a root run)."""
-    return _id(run.parent, "step", run.parent_step, run.parent_visit) if run.parent else None
-
-
-def otlp_json(root: str, made: list[Span]) -> dict[str, Any]:
+def otlp_json(root: RunRow, made: list[Span]) -> dict[str, Any]:
     """`made`, the spans of the run `root` and its children, as an OTLP/JSON trace (ids hex, times in nanoseconds
     as strings, as OTLP/JSON writes them)."""
     trace = trace_id(root)

@@ -22,7 +22,7 @@ from engine.events import Event, RunEnded
 from engine.interpreter.runs import RunRecord
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
-from engine.spans import SEMCONV, Span, child_parent, run_spans, trace_id
+from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id
 
 
 class TelemetryError(FlowrunError):
@@ -83,18 +83,18 @@ def _spans_of(storage: Storage, run_id: str, content: bool, provider: str) -> li
             status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
             start_time=round(span.start * 1e9), end_time=round(span.end * 1e9), instrumentation_scope=scope)
 
-    made = run_spans(found, child_parent(run), content=content)
+    made = run_spans(found, parent_of(run), content=content)
     for span in made:
         if span.attributes.get("gen_ai.operation.name") == "chat":  # storage does not keep which backend ran
             span.attributes["gen_ai.provider.name"] = provider
     return [readable(span) for span in made]
 
 
-def _root(storage: Storage, run: RunRow) -> str:
-    """The id of the run a user started that `run` belongs to."""
+def _root(storage: Storage, run: RunRow) -> RunRow:
+    """The run a user started that `run` belongs to."""
     while run.parent:
         run = storage.find_run(run.parent)
-    return run.id
+    return run
 
 
 def _processor() -> Any:

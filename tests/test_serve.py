@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import main as main_cli
 from engine.flow.manifest import load_tools
 from engine.interpreter.setup import kernel_for
 from engine.kernel.storage import Storage
@@ -375,3 +377,31 @@ def test_metrics_follow_a_batch_of_runs_on_a_real_server(flows: Path, tmp_path: 
     assert last[f"flowrun_generated_tokens_total{scheduler}"] > 6 * 40
     assert last[f"flowrun_model_call_waiting_seconds_count{scheduler}"] == 12
     assert last["flowrun_storage_commit_seconds_count{}"] >= 6 * 4  # each run's start, steps and end
+
+
+def test_a_traceparent_on_post_runs_puts_the_runs_spans_in_the_callers_trace(flows: Path, tmp_path: Path) -> None:
+    """W3C Trace Context: a run started with a valid traceparent is a span of that trace, under the caller's span
+    (stored with the run, so `runs trace` writes it so too); a malformed one is ignored."""
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    async def main() -> list[str]:
+        async with client_for(flows, tmp_path, [{"key": "add", "text": CALL, "times": 2},
+                                                {"key": "say", "text": "five", "times": 2}]) as client:
+            ids = []
+            for header in (f"00-{caller_trace}-{caller_span}-01", "00-not-a-trace-context-01"):
+                created = await client.post("/runs", json={"flow": "Adder", "inputs": {"a": 2, "b": 3}},
+                                            headers={"traceparent": header})
+                ids.append(created.json()["id"])
+                await client.get(f"/runs/{ids[-1]}/events")  # to its end
+            return ids
+
+    continued, fresh = asyncio.run(main())
+
+    def root(run_id: str) -> dict:
+        traced = CliRunner().invoke(main_cli, ["runs", "trace", run_id, "--db", str(tmp_path / "r.db")])
+        [span] = [s for s in json.loads(traced.stdout)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                  if s["name"] == "invoke_agent Adder"]
+        return span
+
+    assert (root(continued)["traceId"], root(continued)["parentSpanId"]) == (caller_trace, caller_span)
+    assert root(fresh)["traceId"] != caller_trace and "parentSpanId" not in root(fresh)

@@ -56,12 +56,13 @@ class RunOutcome:
 
 async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any], *, file: str,
                    run_id: str | None = None, batch: str | None = None, workspace: Path | None = None,
-                   journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None
-                   ) -> RunOutcome:
+                   journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None,
+                   traceparent: str | None = None) -> RunOutcome:
     """Run the flow `compiled` (from file `file`) once with `inputs` (already resolved) on `kernel`, as run
     `run_id` (default: a new id), its tools in `workspace` (default: a directory of the run's own), given back the
     answers `journal` holds (a replay), its model calls at `priority`, its templates' `memory` as `memory` gives
-    it (a replay gives the recorded run's; default: as the agent's storage holds it now, stored with the run).
+    it (a replay gives the recorded run's; default: as the agent's storage holds it now, stored with the run), in
+    the trace `traceparent` names (a W3C trace context; default: a trace of its own).
 
     A failure ends the run as failed, with a message naming the step; a model still unavailable after the
     kernel's retries, as paused (to be resumed); cancelling (Ctrl-C), as interrupted, and re-raises. Whatever the
@@ -69,12 +70,12 @@ async def run_flow(kernel: Kernel, compiled: CompiledFlow, inputs: dict[str, Any
     """
     run = RunState.new(compiled, file, inputs, run_id or new_run_id())
     return await start_run(kernel, run, batch=batch, workspace=workspace, journal=journal, priority=priority,
-                           memory=memory)
+                           memory=memory, traceparent=traceparent)
 
 
 async def start_run(kernel: Kernel, run: RunState, *, batch: str | None = None, workspace: Path | None = None,
-                    journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None
-                    ) -> RunOutcome:
+                    journal: Journal | None = None, priority: int = 0, memory: dict[str, Any] | None = None,
+                    traceparent: str | None = None) -> RunOutcome:
     """Store and walk the run `run` as it starts (a new run's state, or a child run's: RunState.child); the rest
     as run_flow has it. A child run's templates see the memory its parent gave it, unless its flow remembers."""
     origin = run.origin
@@ -83,7 +84,7 @@ async def start_run(kernel: Kernel, run: RunState, *, batch: str | None = None, 
                  workspace=None if workspace is None else str(workspace.resolve()), **process_id(),
                  parent=origin and origin.run, parent_step=origin and origin.step,
                  parent_visit=origin and origin.visit, branch=origin and origin.branch,
-                 attempt=origin.attempt if origin and origin.attempt > 1 else None)
+                 attempt=origin.attempt if origin and origin.attempt > 1 else None, traceparent=traceparent)
     _open(kernel, run, workspace, journal, priority)
 
     async def start() -> Any:

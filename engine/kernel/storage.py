@@ -57,7 +57,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -76,6 +76,7 @@ _ADDED_COLUMNS = {
          ("runs", "branch", "VARCHAR")),
     12: (("steps", "error", "JSON"), ("runs", "attempt", "INTEGER"), ("tool_calls", "error_kind", "VARCHAR"),
          ("runs", "asking", "JSON")),
+    13: (("runs", "traceparent", "VARCHAR"),),
 }
 
 

@@ -74,6 +74,7 @@ class RunRow(SQLModel, table=True):
     branch: str | None = None
     attempt: int | None = None  # the try of its step that started it, when a `retry` tried it again (None: the first)
     asking: Any = Field(default=None, sa_column=Column(JSON))  # while waiting: the Question (engine.kernel.asking)
+    traceparent: str | None = None  # the W3C trace context its starter gave (a POST /runs): its trace goes on there
 
 
 class StepRow(SQLModel, table=True):

@@ -42,6 +42,7 @@ from engine.metrics import CONTENT_TYPE as METRICS_TYPE
 from engine.metrics import Metrics
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
+from engine.spans import caller
 
 MAX_BODY = 1 << 20  # bytes of a request body
 HEX = "^[0-9a-f]{1,64}$"  # a run's or batch's id, or the start of one (as `flowrun runs` takes it)
@@ -191,7 +192,11 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
                 "mermaid": render_graph(found.checked.compiled, "mermaid")}
 
     @app.post("/runs", status_code=201, response_model=None, responses=problems(404, 429))
-    async def start_run(body: RunRequest, response: Response) -> dict[str, Any] | JSONResponse:
+    async def start_run(body: RunRequest, response: Response,
+                        traceparent: str | None = Header(None, description="A W3C trace context: the run's spans go "
+                                                         "on in that trace, under that span (one malformed is "
+                                                         "ignored, as W3C says).")
+                        ) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
         inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs", how='"inputs": {{"{name}": ...}}')
         if not await service.admit(max_queued):
@@ -199,7 +204,8 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
                                                      "wait: try again later")
             busy.headers["Retry-After"] = "1"
             return busy
-        started = await service.start(found.checked, inputs, file=str(found.path), priority=body.priority)
+        started = await service.start(found.checked, inputs, file=str(found.path), priority=body.priority,
+                                      traceparent=traceparent if caller(traceparent) else None)
         response.headers["Location"] = f"/runs/{started.id}"
         return {"id": started.id, "flow": body.flow, "events": f"/runs/{started.id}/events"}
 
