@@ -15,6 +15,16 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # as engine.cli says it of a Ctrl-C no run handled
         sys.exit(130)
+    finally:
+        _send_spans()
+
+
+def _send_spans() -> None:
+    """Send the spans of the runs that ended (engine.telemetry, when an OTLP endpoint is set) now, while threads
+    can still hand work over: at exit, once the interpreter is shutting down, they no longer can."""
+    telemetry = sys.modules.get("engine.telemetry")
+    if telemetry is not None:
+        telemetry.flush()
 
 
 def _as_ctrl_c(*_: object) -> None:

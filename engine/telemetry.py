@@ -3,17 +3,21 @@
 OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; OTEL_SDK_DISABLED=true or
 OTEL_TRACES_EXPORTER=none turn it off. With no endpoint nothing is imported or sent.
 
-A listener on the kernel's event bus: when a run ends (a child run too), its own spans (engine.spans, read from
-storage) go to a batch processor, which sends them in the background and the rest at exit. A child's spans name
-the span of the step that started it as their parent, and share its root's trace: the parent's are sent when the
-parent ends. FLOWRUN_TRACE_CONTENT=1 adds what model calls were asked and answered. Needs the `otel` extra.
+A listener on the kernel's event bus: when a run ends (a child run too), its records are read from storage and its
+own spans (engine.spans) built from them on a thread of its own, for a batch processor, which sends them in the
+background and the rest at exit.
+A child's spans name the span of the step that started it as their parent, and share its root's trace: the
+parent's are sent when the parent ends. FLOWRUN_TRACE_CONTENT=1 adds what model calls were asked and answered.
+Needs the `otel` extra.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine import __version__
@@ -23,6 +27,9 @@ from engine.interpreter.runs import RunRecord
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
 from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id
+
+_processors: list[Any] = []  # every batch processor made, flushed by `flush` (and each at exit)
+_workers: list[ThreadPoolExecutor] = []  # the threads building spans, waited for by `flush`
 
 
 class TelemetryError(FlowrunError):
@@ -42,31 +49,42 @@ PROVIDERS = {"ollama": "ollama", "embedded": "llama.cpp"}  # gen_ai.provider.nam
 
 def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
     """An event bus listener exporting each run's spans when it ends (their model calls made on `backend`, a
-    Backend's name). TelemetryError when the SDK is missing."""
+    Backend's name): its records read then, its spans built on a thread of its own, off the event loop (a long
+    run's end is thousands of spans), for the batch processor. TelemetryError when the SDK is missing."""
     processor = _processor()
     content = os.environ.get("FLOWRUN_TRACE_CONTENT", "") == "1"
     provider = PROVIDERS.get(backend, f"flowrun.{backend}")
+    # one thread: the runs' spans go in the order they ended; its work is done before the processor's exit flush
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-telemetry")
+    _workers.append(worker)
+
+    def export(found: RunRecord, root: RunRow) -> None:
+        try:
+            for span in _spans_of(found, root, content, provider):
+                processor.on_end(span)
+        except Exception as exc:  # a bug: the run is stored all the same, its spans are lost
+            print(f"flowrun: the spans of run {found.run.id} were not exported: {exc}", file=sys.stderr)
 
     def ended(event: Event) -> None:
-        if isinstance(event, RunEnded):
-            for span in _spans_of(storage, event.run, content, provider):
-                processor.on_end(span)
+        if isinstance(event, RunEnded):  # read here, where the kernel's queued records are written first
+            run = storage.find_run(event.run)
+            found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow,
+                                                                                     ToolCallRow)))
+            worker.submit(export, found, _root(storage, run))
 
     return ended
 
 
-def _spans_of(storage: Storage, run_id: str, content: bool, provider: str) -> list[Any]:
-    """The SDK's spans of run `run_id` (its own, from storage), in its root's trace; its model calls' made by
-    `provider`."""
+def _spans_of(found: RunRecord, root: RunRow, content: bool, provider: str) -> list[Any]:
+    """The SDK's spans of the run `found` (its own), in the trace of `root`, the run a user started; its model
+    calls' made by `provider`."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event as SpanEvent
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-    run = storage.find_run(run_id)
-    found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow, ToolCallRow)))
-    trace = int(trace_id(_root(storage, run)), 16)
+    trace = int(trace_id(root), 16)
     scope = InstrumentationScope("flowrun", __version__, f"https://opentelemetry.io/schemas/{SEMCONV}")
     resource = Resource.create({"service.version": __version__})  # with OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
@@ -83,7 +101,7 @@ def _spans_of(storage: Storage, run_id: str, content: bool, provider: str) -> li
             status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
             start_time=round(span.start * 1e9), end_time=round(span.end * 1e9), instrumentation_scope=scope)
 
-    made = run_spans(found, parent_of(run), content=content)
+    made = run_spans(found, parent_of(found.run), content=content)
     for span in made:
         if span.attributes.get("gen_ai.operation.name") == "chat":  # storage does not keep which backend ran
             span.attributes["gen_ai.provider.name"] = provider
@@ -119,4 +137,13 @@ def _processor() -> Any:
     queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
     processor = BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue)
     atexit.register(processor.shutdown)
+    _processors.append(processor)
     return processor
+
+
+def flush() -> None:
+    """Send the spans of every run ended so far, now."""
+    for worker in _workers:
+        worker.submit(lambda: None).result()  # after what was queued before it: one thread
+    for processor in _processors:
+        processor.force_flush()
