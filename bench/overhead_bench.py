@@ -49,13 +49,16 @@ def linear_flow(steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_once(steps: int, folder: Path) -> tuple[float, list[float]]:
-    """Wall time of one run, and each step's time (from its start to the next step's start)."""
+def run_once(steps: int, folder: Path, *, trace: bool = False) -> tuple[float, list[float]]:
+    """Wall time of one run, and each step's time (from its start to the next step's start); with `trace`, its
+    spans exported as OTEL_EXPORTER_OTLP_ENDPOINT says."""
     checked = check_flow_text(linear_flow(steps), "linear.yaml", {})
     assert checked.ok, checked.diagnostics
     backend = ScriptedBackend.from_responses([{"text": "ok", "times": steps + 1}])
     storage = Storage(f"sqlite:///{folder / 'bench.db'}")
     kernel = kernel_for([checked], backend, storage)
+    if trace:
+        telemetry.install(kernel, backend.name)
     started = time.perf_counter()
     outcome = asyncio.run(run_flow(kernel, checked.compiled, {"topic": "x"}, file="linear.yaml"))
     wall = time.perf_counter() - started
@@ -88,7 +91,7 @@ def traced(steps: int, folder: Path) -> tuple[float, list[float], float]:
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.server_port}"
     try:
-        wall, per_step = run_once(steps, folder)
+        wall, per_step = run_once(steps, folder, trace=True)
         started = time.perf_counter()
         telemetry.flush()
         return wall, per_step, time.perf_counter() - started

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import yaml
 
-from engine import __version__, console, flowtest
+from engine import __version__, console, flowtest, telemetry
 from engine.console import Progress
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_USAGE, EXIT_WAITING, FlowrunError, RunStatus
 from engine.evaluation.dataset import read_dataset
@@ -289,6 +289,7 @@ def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path |
     backend = open_backend_for(kind, name, cassette, slots=slots, say=lambda line: click.echo(line, err=True),
                                answered=answered)
     kernel = kernel_for([checked], backend, storage, policy=Policy(scheduler))
+    telemetry.install(kernel, backend.name)  # when an OTEL_* endpoint is set
     if ask and sys.stdin.isatty() and sys.stderr.isatty():
         kernel.answerer = console.ask_person
     return kernel
@@ -454,6 +455,7 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
         flows = load_catalog(flow_dirs, tool_paths)
         backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
         kernel = kernel_for([f.checked for f in flows.values()], backend, Storage(db), policy=Policy(scheduler))
+        telemetry.install(kernel, backend.name)
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
                      resume_interrupted=resume_interrupted, sweep=sweep)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)

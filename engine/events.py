@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -199,7 +200,11 @@ class EventBus:
         if waiters:
             _wake(waiters)
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:  # an observer's failure (metrics, say) must not end the run it observes
+                print(f"flowrun: a listener of run events failed on {event.type}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
         return event
 
     def forget(self, run: str) -> None:

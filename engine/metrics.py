@@ -28,7 +28,8 @@ class Metrics:
 
     def __init__(self, kernel: Kernel, backend: str) -> None:
         self.registry = CollectorRegistry()
-        self.runs = Counter("flowrun_runs", "Runs ended, by status.", ["status"], registry=self.registry)
+        self.runs = Counter("flowrun_runs", "Runs that stopped, by status (one waiting, paused or interrupted stops "
+                            "again when resumed).", ["status"], registry=self.registry)
         self.steps = Counter("flowrun_steps", "Steps ended, by kind.", ["kind"], registry=self.registry)
         self.tokens = Counter("flowrun_generated_tokens", "Tokens the model generated.", ["backend"],
                               registry=self.registry)
@@ -56,7 +57,7 @@ class Metrics:
         elif isinstance(event, StepEnded):
             self.steps.labels(event.kind).inc()
         elif isinstance(event, SyscallQueued) and event.kind in MODEL_CALLS:
-            self._queued[event.syscall] = event.at
+            self._queued.setdefault(event.syscall, event.at)  # queued again after the model was unavailable
         elif isinstance(event, SyscallEnded) and event.kind in MODEL_CALLS:
             self.tokens.labels(self.backend).inc(event.tokens)
             queued = self._queued.pop(event.syscall, None)

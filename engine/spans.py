@@ -27,7 +27,7 @@ from engine.llm.base import sampled
 SEMCONV = "1.38.0"  # the version of the semantic conventions whose attribute names these are
 MODEL_CALLS = ("generate", "choose", "call_tool")  # engine.kernel.syscall.SyscallKind's that ask the model
 _KIND = {"INTERNAL": 1, "CLIENT": 3}  # OTLP's SpanKind numbers
-_OK, _ERROR = 1, 2  # OTLP's status codes
+_ERROR = 2  # OTLP's status code for an error (a span without one is left unset, as the spec asks)
 
 
 @dataclass
@@ -45,16 +45,28 @@ class Span:
     kind: str = "INTERNAL"
 
 
-TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")  # W3C Trace Context, version 00
+# W3C Trace Context: version, trace id, parent span id, flags (a later version may add fields after them)
+TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
-def caller(traceparent: str | None) -> tuple[str, str] | None:
-    """The trace id and span id a W3C `traceparent` names; None for one that is malformed (which W3C says to
-    ignore) or absent."""
-    found = TRACEPARENT.fullmatch((traceparent or "").strip().lower())
-    if found is None or set(found[1]) == {"0"} or set(found[2]) == {"0"}:
+def traceparent(header: str | None) -> str | None:
+    """The W3C `traceparent` header as kept (version 00 fields, lowercase); None for one that is absent or
+    malformed, which W3C says to ignore (version ff, all-zero ids, extra fields after version 00)."""
+    found = TRACEPARENT.fullmatch((header or "").strip())
+    if found is None or found[1] == "ff" or (found[1] == "00" and found[5]) or set(found[2]) == {"0"} or \
+            set(found[3]) == {"0"}:
         return None
-    return found[1], found[2]
+    return f"00-{found[2]}-{found[3]}-{found[4]}"
+
+
+def caller(kept: str | None) -> tuple[str, str] | None:
+    """The trace id and span id of a kept traceparent."""
+    return (kept[3:35], kept[36:52]) if kept else None
+
+
+def traced(kept: str | None) -> bool:
+    """Whether a run with the kept traceparent (None: none) is to be traced: its caller's sampled flag says."""
+    return kept is None or int(kept[-2:], 16) & 1 == 1
 
 
 def trace_id(root: RunRow) -> str:
@@ -129,6 +141,8 @@ def _step(run: RunRow, step: StepRow, parent: str) -> Span:
     if step.branch is not None:
         attributes["flowrun.step.branch"] = step.branch
     error = step.error.get("message") if isinstance(step.error, dict) else None  # failed, caught by `catch`
+    if error is not None:
+        attributes["error.type"] = step.error.get("kind") or "_OTHER"
     return Span(f"step {step.step}", _id(run.id, "step", step.step, step.visit), parent, step.started, step.finished,
                 attributes, error=error)
 
@@ -140,6 +154,8 @@ def _chat(call: SyscallRow, model: str | None, parent: str) -> Span:
         attributes["gen_ai.request.model"] = model
     if call.key:
         attributes["flowrun.request.key"] = call.key
+    if call.error is not None:
+        attributes["error.type"] = "_OTHER"  # the kernel keeps the message, not a kind
     events = [("flowrun.queued", call.created)]
     slices = call.slices or ([[call.started, call.finished]] if call.started and call.finished else [])
     for n, (start, end) in enumerate(slices):
@@ -204,7 +220,7 @@ def _otlp(trace: str, span: Span) -> dict[str, Any]:
                            "startTimeUnixNano": _nanos(span.start), "endTimeUnixNano": _nanos(span.end),
                            "attributes": _attributes(span.attributes),
                            "events": [{"name": name, "timeUnixNano": _nanos(at)} for name, at in span.events],
-                           "status": {"code": _ERROR, "message": span.error} if span.error else {"code": _OK}}
+                           "status": {"code": _ERROR, "message": span.error} if span.error else {}}
     if span.parent:
         out["parentSpanId"] = span.parent
     return out

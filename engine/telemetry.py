@@ -21,15 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine import __version__
-from engine.errors import FlowrunError
+from engine.errors import FlowrunError, RunStatus
 from engine.events import Event, RunEnded
 from engine.interpreter.runs import RunRecord
+from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
-from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id
+from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id, traced
 
-_processors: list[Any] = []  # every batch processor made, flushed by `flush` (and each at exit)
-_workers: list[ThreadPoolExecutor] = []  # the threads building spans, waited for by `flush`
+_shared: dict[str, Any] = {}  # the process's one batch processor and one thread building spans, made when needed
 
 
 class TelemetryError(FlowrunError):
@@ -47,16 +47,21 @@ def configured() -> bool:
 PROVIDERS = {"ollama": "ollama", "embedded": "llama.cpp"}  # gen_ai.provider.name of each backend (engine.llm)
 
 
+def install(kernel: Kernel, backend: str) -> None:
+    """Export the spans of the kernel's runs (their model calls made on `backend`, a Backend's name), when the
+    environment asks for it (`configured`). TelemetryError when the SDK is missing."""
+    if configured():
+        kernel.events.listeners.append(listener(kernel.storage, backend))
+
+
 def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
-    """An event bus listener exporting each run's spans when it ends (their model calls made on `backend`, a
-    Backend's name): its records read then, its spans built on a thread of its own, off the event loop (a long
-    run's end is thousands of spans), for the batch processor. TelemetryError when the SDK is missing."""
-    processor = _processor()
+    """An event bus listener exporting each run's spans when it finishes or fails: its records read then, its
+    spans built on telemetry's thread, off the event loop (a long run's end is thousands of spans), for the batch
+    processor. A run that stops otherwise (waiting, paused, interrupted) is sent when it ends so, resumed: once,
+    with its spans as they were in the end. TelemetryError when the SDK is missing."""
+    processor, worker = _processor(), _worker()
     content = os.environ.get("FLOWRUN_TRACE_CONTENT", "") == "1"
     provider = PROVIDERS.get(backend, f"flowrun.{backend}")
-    # one thread: the runs' spans go in the order they ended; its work is done before the processor's exit flush
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-telemetry")
-    _workers.append(worker)
 
     def export(found: RunRecord, root: RunRow) -> None:
         try:
@@ -66,11 +71,17 @@ def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
             print(f"flowrun: the spans of run {found.run.id} were not exported: {exc}", file=sys.stderr)
 
     def ended(event: Event) -> None:
-        if isinstance(event, RunEnded):  # read here, where the kernel's queued records are written first
-            run = storage.find_run(event.run)
-            found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow,
-                                                                                     ToolCallRow)))
-            worker.submit(export, found, _root(storage, run))
+        if isinstance(event, RunEnded) and event.status in (RunStatus.FINISHED, RunStatus.FAILED):
+            try:  # read here, where the kernel's queued records are written first
+                run = storage.find_run(event.run)
+                root = _root(storage, run)
+                found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow,
+                                                                                         ToolCallRow)))
+            except FlowrunError as exc:  # storage failing: the run's own end says so
+                print(f"flowrun: the spans of run {event.run} were not exported: {exc}", file=sys.stderr)
+                return
+            if traced(root.traceparent):
+                worker.submit(export, found, root)
 
     return ended
 
@@ -98,7 +109,7 @@ def _spans_of(found: RunRecord, root: RunRow, content: bool, provider: str) -> l
             span.name, context(span.id), context(span.parent) if span.parent else None, resource, span.attributes,
             [SpanEvent(name, timestamp=round(at * 1e9)) for name, at in span.events],
             kind=SpanKind.CLIENT if span.kind == "CLIENT" else SpanKind.INTERNAL,
-            status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
+            status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.UNSET),
             start_time=round(span.start * 1e9), end_time=round(span.end * 1e9), instrumentation_scope=scope)
 
     made = run_spans(found, parent_of(found.run), content=content)
@@ -115,8 +126,17 @@ def _root(storage: Storage, run: RunRow) -> RunRow:
     return run
 
 
+def _worker() -> ThreadPoolExecutor:
+    """The thread building spans: one, so that runs' spans go in the order they ended."""
+    if "worker" not in _shared:
+        _shared["worker"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-telemetry")
+    return _shared["worker"]
+
+
 def _processor() -> Any:
-    """A batch span processor sending to the exporter the environment names, flushed at exit."""
+    """The process's batch span processor, sending to the exporter the environment names, flushed at exit."""
+    if "processor" in _shared:
+        return _shared["processor"]
     protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or
                 os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
     try:
@@ -135,15 +155,14 @@ def _processor() -> Any:
                              "OTEL_EXPORTER_OTLP_ENDPOINT") from None
     # a run of 5,000 steps ends with 10,000 spans at once: the SDK's default queue (2,048) would drop most
     queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
-    processor = BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue)
+    processor = _shared["processor"] = BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue)
     atexit.register(processor.shutdown)
-    _processors.append(processor)
     return processor
 
 
 def flush() -> None:
     """Send the spans of every run ended so far, now."""
-    for worker in _workers:
-        worker.submit(lambda: None).result()  # after what was queued before it: one thread
-    for processor in _processors:
-        processor.force_flush()
+    if "worker" in _shared:
+        _shared["worker"].submit(lambda: None).result()  # after what was queued before it: one thread
+    if "processor" in _shared:
+        _shared["processor"].force_flush()

@@ -134,3 +134,16 @@ def test_a_run_the_bus_does_not_keep_has_no_events() -> None:
         return [e async for e in EventBus().subscribe("nobody")]
 
     assert asyncio.run(main()) == []
+
+
+def test_a_listener_that_fails_does_not_stop_the_event_or_the_others(capsys) -> None:
+    bus, heard = EventBus(), []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("the metrics backend is gone")
+
+    bus.listeners += [broken, heard.append]
+    published = bus.publish(RunEnded("run", status="finished"))
+    assert heard == [published] and published.seq == 1
+    assert "flowrun: a listener of run events failed on run.ended: RuntimeError: the metrics backend is gone" in \
+        capsys.readouterr().err

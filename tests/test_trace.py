@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.interpreter.runs import record
 from engine.kernel.storage import Storage
+from engine.spans import traced, traceparent
 from tests.conftest import ROOT
 
 HERE = Path(__file__).with_name("flows")
@@ -76,7 +77,7 @@ def test_a_run_with_children_is_one_trace_of_agent_step_chat_and_tool_spans(tmp_
     assert all(parent(span).startswith("step ") for span in chats)
     assert all([e["name"] for e in span["events"]][:2] == ["flowrun.queued", "flowrun.started"] for span in chats)
     for span in spans:
-        assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"]) and span["status"] == {"code": 1}
+        assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"]) and span["status"] == {}
 
     again = CliRunner().invoke(main, ["runs", "trace", run_id, "--db", db])
     assert json.loads(again.stdout) == trace  # ids are derived, not drawn: the same trace each time
@@ -159,3 +160,58 @@ def test_without_an_endpoint_the_sdk_is_not_even_imported(tmp_path: Path) -> Non
                            str(HERE / "team_ledger.yaml"), str(HERE), str(HERE / "team_ledger.cassette.yaml")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+
+
+ASKER = """\
+flowrun: 1
+name: Asker
+description: Asks whether to go on, then says the answer.
+steps:
+  ask: {kind: input, prompt: Go on?, branches: {"yes": done, "no": done}}
+  done: {kind: terminal, output: "{{ steps.ask.output }}"}
+"""
+
+
+def test_a_run_resumed_is_exported_once_when_it_ends_and_replays_and_tests_not_at_all(tmp_path: Path) -> None:
+    """The run waits for a person in one process (not exported: it has not ended), is answered in another
+    (exported, whole); replaying it and running its test cases, with the endpoint still set, send nothing."""
+    Receiver.bodies = []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    (tmp_path / "asker.yaml").write_text(ASKER)
+    (tmp_path / "asker.test.yaml").write_text("cases:\n  - name: yes\n    responses: []\n    answers: {ask: \"yes\"}"
+                                              "\n    expect: {answer: {equals: \"yes\"}}\n")
+    (tmp_path / "none.cassette.yaml").write_text("responses: []\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT":
+           f"http://127.0.0.1:{receiver.server_port}"}
+
+    def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    try:
+        waiting = flowrun("run", "asker.yaml", "--backend", "scripted", "--cassette", "none.cassette.yaml",
+                          "--db", "runs.db", "--json")
+        assert waiting.returncode == 4, waiting.stderr
+        assert Receiver.bodies == []
+        run_id = json.loads(waiting.stdout)["run_id"]
+        answered = flowrun("runs", "answer", run_id, "--text", "yes", "--backend", "scripted", "--cassette",
+                           "none.cassette.yaml", "--db", "runs.db")
+        assert answered.returncode == 0, answered.stderr
+        sent = len(Receiver.bodies)
+        assert flowrun("runs", "replay", run_id, "--db", "runs.db").returncode == 0
+        assert flowrun("test", "asker.test.yaml").returncode == 0
+    finally:
+        receiver.shutdown()
+    names = Counter(span.name for found in received() for scope in found.scope_spans for span in scope.spans)
+    assert names == {"invoke_agent Asker": 1, "step ask": 1, "step done": 1} and len(Receiver.bodies) == sent
+
+
+def test_a_traceparent_is_kept_as_w3c_says() -> None:
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert traceparent(f" 00-{trace}-{span}-01 ") == f"00-{trace}-{span}-01"
+    assert traceparent(f"01-{trace}-{span}-00-what-comes-later") == f"00-{trace}-{span}-00"  # a later version
+    for bad in (f"00-{trace.upper()}-{span}-01", f"ff-{trace}-{span}-01", f"00-{'0' * 32}-{span}-01",
+                f"00-{trace}-{'0' * 16}-01", f"00-{trace}-{span}-01-extra", "garbage", None):
+        assert traceparent(bad) is None, bad
+    assert traced(None) and traced(f"00-{trace}-{span}-01") and not traced(f"00-{trace}-{span}-00")

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engine import telemetry
 from engine.flow.loader import load_file
 from engine.flow.validate import CheckedFlow
 from engine.kernel.kernel import Kernel
@@ -25,10 +24,7 @@ def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage,
     tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows
              for flow in [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
              for name in flow.tools}
-    kernel = Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
-    if telemetry.configured():  # an OTEL_* endpoint: each run's spans are exported when it ends
-        kernel.events.listeners.append(telemetry.listener(storage, backend.name))
-    return kernel
+    return Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
 
 
 def read_cassette(path: Path) -> ScriptedBackend:

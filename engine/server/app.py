@@ -42,7 +42,7 @@ from engine.metrics import CONTENT_TYPE as METRICS_TYPE
 from engine.metrics import Metrics
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
-from engine.spans import caller
+from engine.spans import traceparent as kept_traceparent
 
 MAX_BODY = 1 << 20  # bytes of a request body
 HEX = "^[0-9a-f]{1,64}$"  # a run's or batch's id, or the start of one (as `flowrun runs` takes it)
@@ -194,8 +194,8 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     @app.post("/runs", status_code=201, response_model=None, responses=problems(404, 429))
     async def start_run(body: RunRequest, response: Response,
                         traceparent: str | None = Header(None, description="A W3C trace context: the run's spans go "
-                                                         "on in that trace, under that span (one malformed is "
-                                                         "ignored, as W3C says).")
+                                                         "on in that trace, under that span, if it is sampled (one "
+                                                         "malformed is ignored, as W3C says).")
                         ) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
         inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs", how='"inputs": {{"{name}": ...}}')
@@ -205,7 +205,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
             busy.headers["Retry-After"] = "1"
             return busy
         started = await service.start(found.checked, inputs, file=str(found.path), priority=body.priority,
-                                      traceparent=traceparent if caller(traceparent) else None)
+                                      traceparent=kept_traceparent(traceparent))
         response.headers["Location"] = f"/runs/{started.id}"
         return {"id": started.id, "flow": body.flow, "events": f"/runs/{started.id}/events"}
 
