@@ -286,14 +286,13 @@ async def run_case(checked: CheckedFlow, case: Case, backend: Backend, scratch: 
 
 def _input_keys(compiled: CompiledFlow) -> set[str]:
     """The ids of the input steps of the flow `compiled`, its sub-flows and the flows it calls."""
-    flows = [compiled.flow, *(callee.compiled.flow for callee in compiled.callees())]
-    return {step.id for flow in flows for _, step in all_steps(flow) if step.kind == "input"}
+    return {step.id for flow in compiled.flows() for _, step in all_steps(flow) if step.kind == "input"}
 
 
 def _children(compiled: CompiledFlow) -> tuple[set[str], set[str], set[str]]:
     """Of the flow `compiled`, its sub-flows and the flows it calls: the ids of the steps that start child runs, the
     names of parallel branches, and the tools."""
-    flows = [compiled.flow, *(callee.compiled.flow for callee in compiled.callees())]
+    flows = compiled.flows()
     steps = [step for flow in flows for _, step in all_steps(flow)]
     return ({s.id for s in steps if s.kind in ("agent", "map", "parallel")},
             {name for s in steps for name in s.parallel}, {tool for flow in flows for tool in flow.tools})

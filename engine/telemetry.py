@@ -23,10 +23,10 @@ from typing import Any
 from engine import __version__
 from engine.errors import FlowrunError, RunStatus
 from engine.events import Event, RunEnded
-from engine.interpreter.runs import RunRecord
+from engine.interpreter.runs import RunRecord, record, root_of
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
-from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
+from engine.kernel.tables import RunRow
 from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id, traced
 
 _shared: dict[str, Any] = {}  # the process's one batch processor and one thread building spans, made when needed
@@ -73,10 +73,8 @@ def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
     def ended(event: Event) -> None:
         if isinstance(event, RunEnded) and event.status in (RunStatus.FINISHED, RunStatus.FAILED):
             try:  # read here, where the kernel's queued records are written first
-                run = storage.find_run(event.run)
-                root = _root(storage, run)
-                found = RunRecord(run, *(storage.of_runs(table, [run.id]) for table in (StepRow, SyscallRow,
-                                                                                         ToolCallRow)))
+                found = record(storage, event.run, children=False)
+                root = root_of(storage, found.run)
             except FlowrunError as exc:  # storage failing: the run's own end says so
                 print(f"flowrun: the spans of run {event.run} were not exported: {exc}", file=sys.stderr)
                 return
@@ -117,13 +115,6 @@ def _spans_of(found: RunRecord, root: RunRow, content: bool, provider: str) -> l
         if span.attributes.get("gen_ai.operation.name") == "chat":  # storage does not keep which backend ran
             span.attributes["gen_ai.provider.name"] = provider
     return [readable(span) for span in made]
-
-
-def _root(storage: Storage, run: RunRow) -> RunRow:
-    """The run a user started that `run` belongs to."""
-    while run.parent:
-        run = storage.find_run(run.parent)
-    return run
 
 
 def _worker() -> ThreadPoolExecutor:

@@ -37,7 +37,7 @@ def test_own_agents_use_tools_and_repeat_work(path: Path) -> None:
     """Each uses tools, its own (its sub-flows' too) or those of the agents it calls, and loops, maps over items or
     retries."""
     checked = load_flow(path)
-    flows = [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
+    flows = checked.compiled.flows()
     assert any(step.used_tools() for flow in flows for _, step in all_steps(flow))
     assert not nx.is_directed_acyclic_graph(checked.graph) or any(
         step.kind == "map" or step.retry for step in checked.flow.steps.values())

@@ -53,6 +53,10 @@ class CompiledFlow:
                     todo.append(callee.compiled)
         return list(found.values())
 
+    def flows(self) -> list[Flow]:
+        """This flow and those it calls (callees), each once."""
+        return [self.flow, *(callee.compiled.flow for callee in self.callees())]
+
     def next(self, step_id: str, label: str) -> str | None:
         """The step that `step_id`'s way out labelled `label` ("next" for a process) leads to; None if none."""
         return next((target for _, target, key in self.graph.out_edges(step_id, keys=True) if key == label), None)

@@ -103,11 +103,11 @@ def cassette(found: RunRecord) -> dict[str, Any]:
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
-def record(storage: Storage, run_id: str) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it (read a level of
-    child runs at a time, each table once for them all)."""
+def record(storage: Storage, run_id: str, *, children: bool = True) -> RunRecord:
+    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it unless not
+    `children` (read a level of child runs at a time, each table once for them all)."""
     root = storage.find_run(run_id)
-    runs, below = [root], storage.children([root.id])
+    runs, below = [root], storage.children([root.id]) if children else []
     while below:
         runs += below
         below = storage.children([run.id for run in below])

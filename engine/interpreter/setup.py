@@ -22,7 +22,7 @@ def kernel_for(flows: Iterable[CheckedFlow], backend: Backend, storage: Storage,
     """A kernel on `backend` and `storage` with the tools `flows` use, and the flows they call (a valid flow names
     only tools it knows)."""
     tools = {name: tool_from_manifest(checked.tools[name]) for checked in flows
-             for flow in [checked.flow, *(callee.compiled.flow for callee in checked.compiled.callees())]
+             for flow in checked.compiled.flows()
              for name in flow.tools}
     return Kernel(backend, storage, policy=policy, tools=tools.values(), workspaces=workspaces)
 
