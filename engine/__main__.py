@@ -16,12 +16,12 @@ def main() -> None:
         print("interrupted", file=sys.stderr)  # as engine.cli says it of a Ctrl-C no run handled
         sys.exit(130)
     finally:
-        _send_spans()
+        _send_telemetry()
 
 
-def _send_spans() -> None:
-    """Send the spans of the runs that ended (engine.telemetry, when an OTLP endpoint is set) now, while threads
-    can still hand work over: at exit, once the interpreter is shutting down, they no longer can."""
+def _send_telemetry() -> None:
+    """Send the spans of the runs that ended and the metrics (engine.telemetry, when an OTLP endpoint is set) now,
+    while threads can still hand work over: at exit, once the interpreter is shutting down, they no longer can."""
     telemetry = sys.modules.get("engine.telemetry")
     if telemetry is not None:
         telemetry.flush()

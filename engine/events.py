@@ -131,6 +131,8 @@ class SyscallEnded(Event):
     waiting: float | None = None  # seconds from queued to first started
     running: float = 0.0  # seconds it held a model slot (or ran, for tool, memory and storage syscalls)
     tokens: int = 0
+    input_tokens: int | None = None  # a model call's prompt, where its backend counted it
+    first_token: float | None = None  # seconds from a model call's first start to its first token
     error: str | None = None
 
 

@@ -152,6 +152,10 @@ def _chat(call: SyscallRow, model: str | None, parent: str) -> Span:
                                   "flowrun.syscall.id": call.id, "flowrun.syscall.kind": call.kind}
     if model:
         attributes["gen_ai.request.model"] = model
+    if call.input_tokens is not None:
+        attributes["gen_ai.usage.input_tokens"] = call.input_tokens
+    if call.first_token is not None and call.started is not None:  # from when the call had a slot
+        attributes["gen_ai.response.time_to_first_chunk"] = call.first_token - call.started
     if call.key:
         attributes["flowrun.request.key"] = call.key
     if call.error is not None:
@@ -162,6 +166,9 @@ def _chat(call: SyscallRow, model: str | None, parent: str) -> Span:
         events.append(("flowrun.started" if n == 0 else "flowrun.resumed", start))
         if n < len(slices) - 1:
             events.append(("flowrun.preempted", end))
+    if call.first_token is not None:
+        events.append(("flowrun.first_token", call.first_token))
+    events.sort(key=lambda event: event[1])
     return Span(f"chat {model}" if model else "chat", _id(call.id), parent, call.created,
                 call.finished or call.started or call.created, attributes, events, call.error, "CLIENT")
 

@@ -1,19 +1,22 @@
-"""Exporting runs' spans over OTLP, configured by OpenTelemetry's standard variables: OTEL_EXPORTER_OTLP_ENDPOINT
-(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, the default, or grpc),
-OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; OTEL_SDK_DISABLED=true or
-OTEL_TRACES_EXPORTER=none turn it off. With no endpoint nothing is imported or sent.
+"""Exporting runs' spans and the kernel's metrics over OTLP, configured by OpenTelemetry's standard variables:
+OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, _METRICS_ENDPOINT), OTEL_EXPORTER_OTLP_PROTOCOL
+(http/protobuf, the default, or grpc; or _TRACES_PROTOCOL, _METRICS_PROTOCOL), OTEL_EXPORTER_OTLP_HEADERS,
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_METRIC_EXPORT_INTERVAL; OTEL_SDK_DISABLED=true turns both off,
+OTEL_TRACES_EXPORTER=none or OTEL_METRICS_EXPORTER=none one of them. With no endpoint nothing is imported or sent.
 
-A listener on the kernel's event bus: when a run ends (a child run too), its records are read from storage and its
-own spans (engine.spans) built from them on a thread of its own, for a batch processor, which sends them in the
-background and the rest at exit.
+Spans: a listener on the kernel's event bus; when a run ends (a child run too), its records are read from storage
+and its own spans (engine.spans) built from them on a thread of its own, for a batch processor, which sends them in
+the background and the rest at exit.
 A child's spans name the span of the step that started it as their parent, and share its root's trace: the
 parent's are sent when the parent ends. FLOWRUN_TRACE_CONTENT=1 adds what model calls were asked and answered.
+Metrics: engine.metrics' instruments, recorded into OpenTelemetry's, sent every export interval and at exit.
 Needs the `otel` extra.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -29,29 +32,34 @@ from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow
 from engine.spans import SEMCONV, Span, parent_of, run_spans, trace_id, traced
 
-_shared: dict[str, Any] = {}  # the process's one batch processor and one thread building spans, made when needed
+_shared: dict[str, Any] = {}  # the process's one batch processor, thread building spans and meter, made when needed
+SCHEMA = f"https://opentelemetry.io/schemas/{SEMCONV}"
 
 
 class TelemetryError(FlowrunError):
     """Tracing is asked for (an OTEL_* endpoint) but cannot be done: the message says what to install or set."""
 
 
-def configured() -> bool:
-    """Whether the environment asks for spans to be exported."""
+def configured(signal: str) -> bool:
+    """Whether the environment asks for `signal` (traces, metrics) to be exported."""
     off = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or \
-        os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "none"
+        os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").lower() == "none"
     return not off and any(os.environ.get(name) for name in ("OTEL_EXPORTER_OTLP_ENDPOINT",
-                                                             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+                                                             f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"))
 
 
 PROVIDERS = {"ollama": "ollama", "embedded": "llama.cpp"}  # gen_ai.provider.name of each backend (engine.llm)
 
 
 def install(kernel: Kernel, backend: str) -> None:
-    """Export the spans of the kernel's runs (their model calls made on `backend`, a Backend's name), when the
-    environment asks for it (`configured`). TelemetryError when the SDK is missing."""
-    if configured():
+    """Export the spans of the kernel's runs (their model calls made on `backend`, a Backend's name) and its
+    metrics, each when the environment asks for it (`configured`). TelemetryError when the SDK is missing."""
+    if configured("traces"):
         kernel.events.listeners.append(listener(kernel.storage, backend))
+    if configured("metrics"):
+        from engine.metrics import Metrics
+
+        Metrics(kernel, backend, _meter())
 
 
 def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
@@ -87,17 +95,14 @@ def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
 def _spans_of(found: RunRecord, root: RunRow, content: bool, provider: str) -> list[Any]:
     """The SDK's spans of the run `found` (its own), in the trace of `root`, the run a user started; its model
     calls' made by `provider`."""
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event as SpanEvent
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
     trace = int(trace_id(root), 16)
-    scope = InstrumentationScope("flowrun", __version__, f"https://opentelemetry.io/schemas/{SEMCONV}")
-    resource = Resource.create({"service.version": __version__})  # with OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": "flowrun"}))
+    scope = InstrumentationScope("flowrun", __version__, SCHEMA)
+    resource = _resource()
 
     def context(span_id: str) -> SpanContext:
         return SpanContext(trace, int(span_id, 16), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
@@ -126,34 +131,64 @@ def _worker() -> ThreadPoolExecutor:
 
 def _processor() -> Any:
     """The process's batch span processor, sending to the exporter the environment names, flushed at exit."""
-    if "processor" in _shared:
-        return _shared["processor"]
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or
-                os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
-    try:
+    if "processor" not in _shared:
+        exporter = _exporter("traces")  # first: it says what to install when the SDK is missing
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        elif protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        else:
-            raise TelemetryError(f"OTEL_EXPORTER_OTLP_PROTOCOL is {protocol!r}: flowrun exports http/protobuf or "
-                                 "grpc")
+        # a run of 5,000 steps ends with 10,000 spans at once: the SDK's default queue (2,048) would drop most
+        queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
+        processor = _shared["processor"] = BatchSpanProcessor(exporter, max_queue_size=queue)
+        atexit.register(processor.shutdown)
+    return _shared["processor"]
+
+
+def _meter() -> Any:
+    """The process's sink of metrics (engine.metrics.OpenTelemetry), exported every OTEL_METRIC_EXPORT_INTERVAL (60
+    s by default) and at exit."""
+    if "meter" not in _shared:
+        exporter = _exporter("metrics")
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        from engine.metrics import OpenTelemetry
+
+        provider = _shared["provider"] = MeterProvider([PeriodicExportingMetricReader(exporter)], _resource())
+        atexit.register(provider.shutdown)
+        _shared["meter"] = OpenTelemetry(provider.get_meter("flowrun", __version__, SCHEMA))
+    return _shared["meter"]
+
+
+def _exporter(signal: str) -> Any:
+    """The OTLP exporter of `signal` (traces, metrics) over the protocol the environment names."""
+    protocol = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or
+                os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
+    if protocol not in ("grpc", "http/protobuf"):
+        raise TelemetryError(f"OTEL_EXPORTER_OTLP_PROTOCOL is {protocol!r}: flowrun exports http/protobuf or grpc")
+    name = f"opentelemetry.exporter.otlp.proto.{protocol.split('/')[0]}.{signal.rstrip('s')}_exporter"
+    try:
+        found = importlib.import_module(name)
     except ImportError as exc:
         raise TelemetryError(f"an OTEL_EXPORTER_OTLP endpoint is set, but OpenTelemetry's SDK and its {protocol} "
                              f"exporter are not installed ({exc.name}): pip install 'flowrun[otel]', or unset "
                              "OTEL_EXPORTER_OTLP_ENDPOINT") from None
-    # a run of 5,000 steps ends with 10,000 spans at once: the SDK's default queue (2,048) would drop most
-    queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
-    processor = _shared["processor"] = BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue)
-    atexit.register(processor.shutdown)
-    return processor
+    return found.OTLPMetricExporter() if signal == "metrics" else found.OTLPSpanExporter()
+
+
+def _resource() -> Any:
+    """What exports say they come from: OTEL_SERVICE_NAME (else flowrun) and OTEL_RESOURCE_ATTRIBUTES."""
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource.create({"service.version": __version__})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "flowrun"}))
+    return resource
 
 
 def flush() -> None:
-    """Send the spans of every run ended so far, now."""
+    """Send the spans of every run ended so far, and the metrics as they are, now."""
     if "worker" in _shared:
         _shared["worker"].submit(lambda: None).result()  # after what was queued before it: one thread
     if "processor" in _shared:
         _shared["processor"].force_flush()
+    if "provider" in _shared:
+        _shared["provider"].force_flush()

@@ -49,6 +49,8 @@ def test_preempted_every_8_tokens_gives_exactly_the_uninterrupted_text(backend: 
         assert second.result.text == first.result.text
         assert second.result.finish == first.result.finish
         assert second.tokens == first.tokens > 0
+        # the prompt it was asked, counted by the model, though its later slices' prompts held the text so far
+        assert second.input_tokens == first.input_tokens == backend.count_tokens(first.request.messages)
 
 
 def test_a_decision_constrained_to_its_labels_always_returns_one(backend: EmbeddedBackend) -> None:

@@ -137,6 +137,35 @@ def test_metrics_are_recorded_for_every_syscall() -> None:
         assert 0 <= c.waiting <= c.turnaround
         assert c.tokens == len(tokenize(text))
         assert c.result is not None and c.result.text == text
+        assert c.input_tokens == 2  # "request mN"
+        assert c.slices[0][0] < c.first_token <= c.slices[0][1]  # within its first time on the model
+
+
+@dataclass
+class CountsWhenDone:
+    """A backend that says how long the prompt was only at a generation's end, of the prompt it was sent: Ollama's
+    way (its last chunk counts the prompt), where a resumed generation's prompt ends with the text so far."""
+
+    inner: ScriptedBackend
+    name: str = "counts-when-done"
+
+    @property
+    def slots(self) -> int:
+        return self.inner.slots
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        result = await self.inner.generate(request, on_token, resume)
+        result.prompt_tokens = 0 if result.finish == "suspended" else \
+            result.prompt_tokens + (resume.tokens if resume else 0)
+        return result
+
+
+def test_a_preempted_call_counts_the_prompt_it_was_asked_not_the_text_it_resumed_with() -> None:
+    texts = {"a": words(9, "a"), "b": words(9, "b")}
+    model = CountsWhenDone(ScriptedBackend.from_responses([{"key": k, "text": t} for k, t in texts.items()]))
+    calls = [call(k) for k in texts]
+    asyncio.run(run_all(Scheduler(model, Policy.RR, slice_tokens=2), calls))  # type: ignore[arg-type]
+    assert all(c.preemptions >= 3 and c.input_tokens == 2 for c in calls)
 
 
 def test_a_failing_generation_fails_its_caller_only() -> None:

@@ -373,10 +373,12 @@ def test_metrics_follow_a_batch_of_runs_on_a_real_server(flows: Path, tmp_path: 
     assert max(in_use) == slots == 1 and last[f"flowrun_scheduler_slots_in_use{scheduler}"] == 0
     assert last['flowrun_runs_total{"status": "finished"}'] == 6
     assert last['flowrun_steps_total{"kind": "process"}'] == 12
-    assert last['flowrun_tool_call_seconds_count{"tool": "calculator"}'] == 6
+    assert last['flowrun_tool_call_duration_seconds_count{"tool": "calculator"}'] == 6
     assert last[f"flowrun_generated_tokens_total{scheduler}"] > 6 * 40
     assert last[f"flowrun_model_call_waiting_seconds_count{scheduler}"] == 12
-    assert last["flowrun_storage_commit_seconds_count{}"] >= 6 * 4  # each run's start, steps and end
+    assert last[f"flowrun_model_call_time_to_first_token_seconds_count{scheduler}"] == 12
+    assert last[f"flowrun_input_tokens_total{scheduler}"] > 12  # the scripted backend counts prompts' words
+    assert last["flowrun_storage_commit_duration_seconds_count{}"] >= 6 * 4  # each run's start, steps and end
 
 
 def test_a_traceparent_on_post_runs_puts_the_runs_spans_in_the_callers_trace(flows: Path, tmp_path: Path) -> None:

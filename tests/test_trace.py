@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.interpreter.runs import record
 from engine.kernel.storage import Storage
-from engine.spans import traced, traceparent
+from engine.metrics import INSTRUMENTS
+from engine.spans import MODEL_CALLS, traced, traceparent
 from tests.conftest import ROOT
 
 HERE = Path(__file__).with_name("flows")
@@ -74,6 +75,8 @@ def test_a_run_with_children_is_one_trace_of_agent_step_chat_and_tool_spans(tmp_
     assert len(chats) == len(model_calls)
     assert sum(int(attributes(span)["gen_ai.usage.output_tokens"]) for span in chats) == \
         sum(call.tokens for call in model_calls) > 0
+    assert sum(int(attributes(span)["gen_ai.usage.input_tokens"]) for span in chats) == \
+        sum(call.input_tokens for call in model_calls) > 0
     assert all(parent(span).startswith("step ") for span in chats)
     assert all([e["name"] for e in span["events"]][:2] == ["flowrun.queued", "flowrun.started"] for span in chats)
     for span in spans:
@@ -89,13 +92,14 @@ def test_a_run_that_is_not_there_is_an_error_not_a_traceback(tmp_path: Path) -> 
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP traces endpoint (POST /v1/traces, protobuf): keeps each request's body."""
+    """An OTLP/HTTP endpoint (POST /v1/traces and /v1/metrics, protobuf): keeps each request's body, by path."""
 
-    bodies: ClassVar[list[bytes]] = []
+    bodies: ClassVar[dict[str, list[bytes]]] = {}
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        Receiver.bodies.append(gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body)
+        body = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
+        Receiver.bodies.setdefault(self.path, []).append(body)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -109,14 +113,34 @@ def received() -> list[Any]:
     """The resource spans the receiver got, decoded with OpenTelemetry's own protobuf definitions."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    return [found for body in Receiver.bodies for found in ExportTraceServiceRequest.FromString(body).resource_spans]
+    return [found for body in Receiver.bodies.get("/v1/traces", [])
+            for found in ExportTraceServiceRequest.FromString(body).resource_spans]
+
+
+def metrics_received() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Each metric the receiver got last: its points' values (a histogram's: its count), by their attributes."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    last: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for body in Receiver.bodies.get("/v1/metrics", []):
+        for resource in ExportMetricsServiceRequest.FromString(body).resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    last[metric.name] = {
+                        tuple(sorted((a.key, a.value.string_value) for a in point.attributes)):
+                        point.count if kind == "histogram" else
+                        point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
+                        for point in getattr(metric, kind).data_points}
+    return last
 
 
 def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_them(tmp_path: Path) -> None:
     """The run with its map, parallel step and agents, exported over OTLP/HTTP to a receiver on loopback as each
-    run ends: the same spans, links and token counts as `runs trace` reads from storage; prompts and answers only
-    with FLOWRUN_TRACE_CONTENT=1."""
-    Receiver.bodies = []
+    run ends: the same spans, links and token counts as `runs trace` reads from storage (input tokens and time to
+    first token too); prompts and answers only with FLOWRUN_TRACE_CONTENT=1. Its metrics go to the same endpoint,
+    at exit, and count what storage holds."""
+    Receiver.bodies = {}
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     db = str(tmp_path / "runs.db")
@@ -150,6 +174,28 @@ def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_t
     assert {a.value.string_value for found in resources for a in found.resource.attributes
             if a.key == "service.name"} == {"ledger-team"}
 
+    stored = record(Storage(f"sqlite:///{db}"), run_id).tree()
+    calls = {call.id: call for found in stored for call in found.syscalls if call.kind in MODEL_CALLS}
+    for span in chats:
+        said = {a.key: a.value for a in span.attributes}
+        call = calls[said["flowrun.syscall.id"].string_value]
+        assert said["gen_ai.usage.input_tokens"].int_value == call.input_tokens > 0
+        assert said["gen_ai.response.time_to_first_chunk"].double_value == pytest.approx(call.first_token -
+                                                                                          call.started)
+    # the same run's metrics, through OpenTelemetry's: what storage holds of it, counted as it ran
+    exported_metrics = metrics_received()
+    assert {i.name for i in INSTRUMENTS} - exported_metrics.keys() == {"flowrun.tool_call.errors"}  # none failed
+    assert exported_metrics["flowrun.runs"] == {(("status", "finished"),): len(stored)}
+    assert sum(exported_metrics["flowrun.steps"].values()) == sum(len(found.steps) for found in stored)
+    assert exported_metrics["flowrun.generated_tokens"] == {(("backend", "scripted"),):
+                                                            sum(call.tokens for call in calls.values())}
+    assert exported_metrics["flowrun.input_tokens"] == {(("backend", "scripted"),):
+                                                        sum(call.input_tokens for call in calls.values())}
+    assert exported_metrics["flowrun.model_call.waiting"] == {(("backend", "scripted"),): len(calls)}
+    assert exported_metrics["flowrun.tool_call.duration"] == {
+        (("tool", tool),): n for tool, n in Counter(call.tool for found in stored for call in found.tools).items()}
+    assert exported_metrics["flowrun.scheduler.slots"] == {(("backend", "scripted"),): 1}
+
 
 def test_without_an_endpoint_the_sdk_is_not_even_imported(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}
@@ -175,7 +221,7 @@ steps:
 def test_a_run_resumed_is_exported_once_when_it_ends_and_replays_and_tests_not_at_all(tmp_path: Path) -> None:
     """The run waits for a person in one process (not exported: it has not ended), is answered in another
     (exported, whole); replaying it and running its test cases, with the endpoint still set, send nothing."""
-    Receiver.bodies = []
+    Receiver.bodies = {}
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     (tmp_path / "asker.yaml").write_text(ASKER)
@@ -193,18 +239,19 @@ def test_a_run_resumed_is_exported_once_when_it_ends_and_replays_and_tests_not_a
         waiting = flowrun("run", "asker.yaml", "--backend", "scripted", "--cassette", "none.cassette.yaml",
                           "--db", "runs.db", "--json")
         assert waiting.returncode == 4, waiting.stderr
-        assert Receiver.bodies == []
+        assert "/v1/traces" not in Receiver.bodies
         run_id = json.loads(waiting.stdout)["run_id"]
         answered = flowrun("runs", "answer", run_id, "--text", "yes", "--backend", "scripted", "--cassette",
                            "none.cassette.yaml", "--db", "runs.db")
         assert answered.returncode == 0, answered.stderr
-        sent = len(Receiver.bodies)
+        sent = len(Receiver.bodies["/v1/traces"])
         assert flowrun("runs", "replay", run_id, "--db", "runs.db").returncode == 0
         assert flowrun("test", "asker.test.yaml").returncode == 0
     finally:
         receiver.shutdown()
     names = Counter(span.name for found in received() for scope in found.scope_spans for span in scope.spans)
-    assert names == {"invoke_agent Asker": 1, "step ask": 1, "step done": 1} and len(Receiver.bodies) == sent
+    assert names == {"invoke_agent Asker": 1, "step ask": 1, "step done": 1}
+    assert len(Receiver.bodies["/v1/traces"]) == sent
 
 
 def test_a_traceparent_is_kept_as_w3c_says() -> None:

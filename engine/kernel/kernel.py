@@ -152,9 +152,10 @@ class Kernel:
             self.storage.record_syscall(syscall, error)
             running = sum(end - start for start, end in syscall.slices) if syscall.slices else \
                 (syscall.finished or time.time()) - (syscall.started or syscall.created)
+            first = syscall.first_token - syscall.started if syscall.first_token and syscall.started else None
             self.events.publish(SyscallEnded(syscall.run, syscall=syscall.id, kind=syscall.kind,
                                              waiting=syscall.waiting, running=running, tokens=syscall.tokens,
-                                             error=error))
+                                             input_tokens=syscall.input_tokens, first_token=first, error=error))
 
     async def _submit(self, syscall: Syscall) -> Result:
         """`syscall` through the scheduler, tried again after a backoff while the model is unavailable."""

@@ -114,6 +114,8 @@ class Scheduler:
             nonlocal used
             used += 1
             syscall.tokens += 1
+            if syscall.first_token is None:
+                syscall.first_token = time.time()
             if waiting.done.cancelled():  # nobody waits for it any more (its run stopped, its step timed out)
                 return True
             self.generated[syscall.run] += 1
@@ -121,7 +123,8 @@ class Scheduler:
 
         try:
             assert syscall.request is not None, "an LLM syscall carries a request"
-            result = await self.backend.generate(syscall.request, on_token, self.context.restore(syscall))
+            resume = self.context.restore(syscall)
+            result = await self.backend.generate(syscall.request, on_token, resume)
         except Exception as exc:  # the caller gets the error; the slot goes to the next syscall
             syscall.finished = time.time()
             syscall.slices.append((began, syscall.finished))
@@ -129,6 +132,9 @@ class Scheduler:
                 waiting.done.set_exception(exc)
         else:
             syscall.slices.append((began, time.time()))
+            if syscall.input_tokens is None and result.prompt_tokens:  # a slice stopped early may not say
+                # a resumed slice's prompt ends with the text generated before it
+                syscall.input_tokens = max(result.prompt_tokens - (resume.tokens if resume else 0), 0)
             if result.finish == "suspended" and result.snapshot is not None:
                 syscall.preemptions += 1
                 await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage

@@ -57,7 +57,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -77,6 +77,7 @@ _ADDED_COLUMNS = {
     12: (("steps", "error", "JSON"), ("runs", "attempt", "INTEGER"), ("tool_calls", "error_kind", "VARCHAR"),
          ("runs", "asking", "JSON")),
     13: (("runs", "traceparent", "VARCHAR"),),
+    14: (("syscalls", "input_tokens", "INTEGER"), ("syscalls", "first_token", "FLOAT")),
 }
 
 
@@ -379,7 +380,8 @@ class Storage:
             "id": syscall.id, "run_id": syscall.run, "agent": syscall.agent, "kind": syscall.kind.value,
             "priority": syscall.priority, "created": syscall.created, "started": syscall.started,
             "finished": syscall.finished, "waiting": syscall.waiting, "turnaround": syscall.turnaround,
-            "tokens": syscall.tokens, "preemptions": syscall.preemptions, "slices": syscall.slices or None,
+            "tokens": syscall.tokens, "input_tokens": syscall.input_tokens, "first_token": syscall.first_token,
+            "preemptions": syscall.preemptions, "slices": syscall.slices or None,
             "key": syscall.request.key if syscall.request else None,
             "text": syscall.result.text if syscall.result else None, "error": error})
 

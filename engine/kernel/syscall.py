@@ -51,6 +51,8 @@ class Syscall:
     preemptions: int = 0
     slices: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each time on the model
     tokens: int = 0
+    input_tokens: int | None = None  # the prompt's tokens, as the backend counted them (see Scheduler._run)
+    first_token: float | None = None  # when the first token came
     result: Result | None = None
 
     @property

@@ -146,6 +146,8 @@ class SyscallRow(SQLModel, table=True):
     waiting: float | None
     turnaround: float | None
     tokens: int
+    input_tokens: int | None = None  # an LLM syscall's prompt, in tokens, as its backend counted them
+    first_token: float | None = None  # when its first token came
     preemptions: int
     slices: Any = Field(default=None, sa_column=Column(ExactJSON))  # [start, end] of each time an LLM syscall ran
     key: str | None = None  # an LLM syscall's request key (the interpreter's step id)

@@ -70,7 +70,10 @@ class EmbeddedBackend:
         self._lock = threading.Lock()
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
-        prompt = self._post("/apply-template", {"messages": messages})["prompt"]
+        return self._count(self._post("/apply-template", {"messages": messages})["prompt"])
+
+    def _count(self, prompt: str) -> int:
+        """The tokens of a templated prompt."""
         return len(self._post("/tokenize", {"content": prompt, "add_special": True})["tokens"])
 
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
@@ -153,7 +156,9 @@ class EmbeddedBackend:
             self._post(f"/slots/{slot}?action=save", {"filename": kv})
             done = (resume.tokens if resume else 0) + state["new"]
             snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv, "dir": str(self._state_dir)})
-            return Result(text, "suspended", state["prompt_tokens"], state["new"], snapshot)
+            # llama.cpp counts the prompt in its last chunk only, which a generation stopped midway never gets
+            prompt_tokens = state["prompt_tokens"] or self._count(prompt) + len(resume.state["ids"] if resume else [])
+            return Result(text, "suspended", prompt_tokens, state["new"], snapshot)
         return Result(text, state["finish"], state["prompt_tokens"], state["new"])
 
     def _restore(self, slot: int, kv: str) -> None:

@@ -39,7 +39,7 @@ from engine.interpreter.inputs import InputError, resolve_inputs
 from engine.interpreter.resume import ResumeError
 from engine.kernel.storage import NoSuchRun
 from engine.metrics import CONTENT_TYPE as METRICS_TYPE
-from engine.metrics import Metrics
+from engine.metrics import Metrics, Prometheus
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, NotInFlight, Service
 from engine.spans import traceparent as kept_traceparent
@@ -174,7 +174,8 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
     # what some load balancers' health checks send; a HEAD of every GET route would double the OpenAPI document
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
 
-    measured = Metrics(service.kernel, service.kernel.scheduler.backend.name)
+    measured = Prometheus()
+    Metrics(service.kernel, service.kernel.scheduler.backend.name, measured)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {METRICS_TYPE: {}}}})
     async def metrics() -> Response:
