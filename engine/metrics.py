@@ -164,11 +164,13 @@ class _Gauge(Collector):
 
 
 class OpenTelemetry:
-    """A sink recording into OpenTelemetry instruments of `meter` (an SDK Meter)."""
+    """A sink recording into OpenTelemetry instruments of `meter` (an SDK Meter); one per process, whatever
+    kernels it has (a meter keeps the first instrument of a name)."""
 
     def __init__(self, meter: Any) -> None:
         self.meter = meter
         self._made: dict[Instrument, Any] = {}
+        self._readings: dict[Instrument, list[Reading]] = {}
         for instrument in INSTRUMENTS:
             if instrument.kind == "counter":
                 self._made[instrument] = meter.create_counter(instrument.name, instrument.unit,
@@ -185,7 +187,11 @@ class OpenTelemetry:
     def read(self, instrument: Instrument, reading: Reading) -> None:
         from opentelemetry.metrics import Observation
 
-        def observe(_: Any) -> list[Any]:
-            return [Observation(value, labels) for labels, value in reading()]
+        if instrument not in self._readings:
+            readings = self._readings[instrument] = []
 
-        self.meter.create_observable_gauge(instrument.name, [observe], instrument.unit, instrument.description)
+            def observe(_: Any) -> list[Any]:
+                return [Observation(value, labels) for read in readings for labels, value in read()]
+
+            self.meter.create_observable_gauge(instrument.name, [observe], instrument.unit, instrument.description)
+        self._readings[instrument].append(reading)

@@ -63,31 +63,27 @@ def install(kernel: Kernel, backend: str) -> None:
 
 
 def listener(storage: Storage, backend: str) -> Callable[[Event], None]:
-    """An event bus listener exporting each run's spans when it finishes or fails: its records read then, its
-    spans built on telemetry's thread, off the event loop (a long run's end is thousands of spans), for the batch
-    processor. A run that stops otherwise (waiting, paused, interrupted) is sent when it ends so, resumed: once,
-    with its spans as they were in the end. TelemetryError when the SDK is missing."""
+    """An event bus listener exporting each run's spans when it finishes or fails: its records read and its spans
+    built on telemetry's thread, off the event loop (a long run's end is thousands of rows and spans), for the
+    batch processor. A run that stops otherwise (waiting, paused, interrupted) is sent when it ends so, resumed:
+    once, with its spans as they were in the end. TelemetryError when the SDK is missing."""
     processor, worker = _processor(), _worker()
     content = os.environ.get("FLOWRUN_TRACE_CONTENT", "") == "1"
     provider = PROVIDERS.get(backend, f"flowrun.{backend}")
 
-    def export(found: RunRecord, root: RunRow) -> None:
-        try:
-            for span in _spans_of(found, root, content, provider):
-                processor.on_end(span)
-        except Exception as exc:  # a bug: the run is stored all the same, its spans are lost
-            print(f"flowrun: the spans of run {found.run.id} were not exported: {exc}", file=sys.stderr)
+    def export(run_id: str) -> None:
+        try:  # the read waits for the writes queued before it: the run's last records among them
+            found = record(storage, run_id, children=False)
+            root = root_of(storage, found.run)
+            if traced(root.traceparent):
+                for span in _spans_of(found, root, content, provider):
+                    processor.on_end(span)
+        except Exception as exc:  # storage failing (the run's own end says so), or a bug: the run is stored
+            print(f"flowrun: the spans of run {run_id} were not exported: {exc}", file=sys.stderr)
 
     def ended(event: Event) -> None:
         if isinstance(event, RunEnded) and event.status in (RunStatus.FINISHED, RunStatus.FAILED):
-            try:  # read here, where the kernel's queued records are written first
-                found = record(storage, event.run, children=False)
-                root = root_of(storage, found.run)
-            except FlowrunError as exc:  # storage failing: the run's own end says so
-                print(f"flowrun: the spans of run {event.run} were not exported: {exc}", file=sys.stderr)
-                return
-            if traced(root.traceparent):
-                worker.submit(export, found, root)
+            worker.submit(export, event.run)
 
     return ended
 
