@@ -7,8 +7,9 @@ to SQLite (durably: every step is committed before the next one starts), and wal
 Baselines measured in the same run: the backend's own time per call (subtracted: it is not overhead), and the
 cost of one bare SQLite INSERT + COMMIT (sqlite3, same pragmas), the floor of any durable per-step record.
 
-With --trace, each repeat runs twice: without tracing, and exporting its spans over OTLP/HTTP to a receiver on
-loopback (the otel extra): the per-step figures of both, and what the export adds to the run's wall time.
+With --trace, each repeat runs twice: without telemetry, and exporting its spans and metrics over OTLP/HTTP to a
+receiver on loopback (the otel extra): the per-step figures of both, and what the export adds to the run's wall
+time.
 
     python bench/overhead_bench.py [--steps 1000] [--repeat 3] [--trace]
 """
@@ -85,19 +86,12 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 
 
 def traced(steps: int, folder: Path) -> tuple[float, list[float], float]:
-    """run_once, its spans exported to a receiver on loopback; and the seconds building and sending them took
-    after the run's end."""
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.server_port}"
-    try:
-        wall, per_step = run_once(steps, folder, trace=True)
-        started = time.perf_counter()
-        telemetry.flush()
-        return wall, per_step, time.perf_counter() - started
-    finally:
-        del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
-        receiver.shutdown()
+    """run_once, its spans and metrics exported (to the receiver `main` starts); and the seconds building and
+    sending them took after the run's end."""
+    wall, per_step = run_once(steps, folder, trace=True)
+    started = time.perf_counter()
+    telemetry.flush()
+    return wall, per_step, time.perf_counter() - started
 
 
 def backend_per_call(calls: int) -> float:
@@ -136,9 +130,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--trace", action="store_true", help="Also run each repeat exporting its spans over OTLP.")
+    parser.add_argument("--trace", action="store_true",
+                        help="Also run each repeat exporting its spans and metrics over OTLP.")
     args = parser.parse_args()
     backend = backend_per_call(args.steps)
+    if args.trace:  # one receiver for every repeat: the process's exporters are made once, for one endpoint
+        receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{receiver.server_port}"
     for n in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             wall, per_step = run_once(args.steps, Path(tmp))
@@ -150,13 +149,17 @@ def main() -> None:
               f"p90 {p90 * 1e3:.3f} ms; backend {backend * 1e3:.3f} ms; overhead {overhead * 1e3:.3f} ms "
               f"(goal <= 1 ms); bare SQLite commit {commit * 1e3:.3f} ms: overhead/commit = {overhead / commit:.1f}x")
         if args.trace:
-            with tempfile.TemporaryDirectory() as tmp:
-                traced_wall, traced_steps, sending = traced(args.steps, Path(tmp))
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint  # only while traced runs go
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    traced_wall, traced_steps, sending = traced(args.steps, Path(tmp))
+            finally:
+                del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
             on = statistics.median(traced_steps)
             print(f"      traced: {args.steps} steps in {traced_wall:.2f} s ({traced_wall / wall:.2f}x untraced); "
-                  f"per step median {on * 1e3:.3f} ms ({on / median:.2f}x); building and sending the spans after "
-                  f"the run's end took {sending:.2f} s more, off the event loop ({Receiver.received:,} bytes of "
-                  f"OTLP received so far)")
+                  f"per step median {on * 1e3:.3f} ms ({on / median:.2f}x); building and sending the spans and "
+                  f"metrics after the run's end took {sending:.2f} s more, off the event loop "
+                  f"({Receiver.received:,} bytes of OTLP received so far)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from engine.events import SyscallEnded, SyscallQueued, ToolEnded, ToolStarted
 from engine.kernel.kernel import Kernel
 from engine.kernel.storage import Storage
 from engine.llm.scripted import ScriptedBackend
-from engine.metrics import Metrics, Prometheus
+from engine.metrics import INSTRUMENTS, Metrics, Prometheus
 
 
 def test_a_model_call_queued_again_counts_its_turnaround_from_its_first_queueing(tmp_path: Path) -> None:
@@ -26,3 +26,12 @@ def test_a_model_call_queued_again_counts_its_turnaround_from_its_first_queueing
     assert value("flowrun_generated_tokens_total", {"backend": "scripted"}) == 7
     assert value("flowrun_tool_call_duration_seconds_sum", {"tool": "calculator"}) == 0.5
     assert value("flowrun_tool_call_errors_total", {"tool": "calculator"}) == 1
+
+
+def test_the_readme_names_every_instrument_both_ways() -> None:
+    """README's table of metrics is held to engine.metrics: each instrument's OpenTelemetry and Prometheus names."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in readme.splitlines()
+            if line.startswith("| `flowrun.")}
+    assert {name.split("{")[0].strip("`"): prometheus.strip("`") for name, prometheus in rows.items()} == {
+        i.name: i.prometheus + ("_total" if i.kind == "counter" else "") for i in INSTRUMENTS}
