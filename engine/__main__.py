@@ -24,7 +24,7 @@ def _send_telemetry() -> None:
     while threads can still hand work over: at exit, once the interpreter is shutting down, they no longer can."""
     telemetry = sys.modules.get("engine.telemetry")
     if telemetry is not None:
-        telemetry.flush()
+        telemetry.close()
 
 
 def _as_ctrl_c(*_: object) -> None:

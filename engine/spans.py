@@ -21,6 +21,7 @@ import yaml
 
 from engine import __version__
 from engine.interpreter.runs import RunRecord
+from engine.kernel.syscall import to_first_token
 from engine.kernel.tables import RunRow, StepRow, SyscallRow, ToolCallRow
 from engine.llm.base import sampled
 
@@ -154,8 +155,9 @@ def _chat(call: SyscallRow, model: str | None, parent: str) -> Span:
         attributes["gen_ai.request.model"] = model
     if call.input_tokens is not None:
         attributes["gen_ai.usage.input_tokens"] = call.input_tokens
-    if call.first_token is not None and call.started is not None:  # from when the call had a slot
-        attributes["gen_ai.response.time_to_first_chunk"] = call.first_token - call.started
+    first = to_first_token(call.first_token, call.slices or [])
+    if first is not None:
+        attributes["gen_ai.response.time_to_first_chunk"] = first
     if call.key:
         attributes["flowrun.request.key"] = call.key
     if call.error is not None:

@@ -19,6 +19,7 @@ import atexit
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -126,21 +127,21 @@ def _worker() -> ThreadPoolExecutor:
 
 
 def _processor() -> Any:
-    """The process's batch span processor, sending to the exporter the environment names, flushed at exit."""
+    """The process's batch span processor, sending to the exporter the environment names (the rest at `close`)."""
     if "processor" not in _shared:
         exporter = _exporter("traces")  # first: it says what to install when the SDK is missing
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         # a run of 5,000 steps ends with 10,000 spans at once: the SDK's default queue (2,048) would drop most
-        queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 65536)
-        processor = _shared["processor"] = BatchSpanProcessor(exporter, max_queue_size=queue)
-        atexit.register(processor.shutdown)
+        queue = _setting("OTEL_BSP_MAX_QUEUE_SIZE", "65536", int)
+        _shared["processor"] = BatchSpanProcessor(exporter, max_queue_size=queue)
+        atexit.register(close)
     return _shared["processor"]
 
 
 def _meter() -> Any:
     """The process's sink of metrics (engine.metrics.OpenTelemetry), exported every OTEL_METRIC_EXPORT_INTERVAL (60
-    s by default) and at exit."""
+    s by default) and at `close`."""
     if "meter" not in _shared:
         exporter = _exporter("metrics")
         from opentelemetry.sdk.metrics import MeterProvider
@@ -148,25 +149,43 @@ def _meter() -> Any:
 
         from engine.metrics import OpenTelemetry
 
-        provider = _shared["provider"] = MeterProvider([PeriodicExportingMetricReader(exporter)], _resource())
-        atexit.register(provider.shutdown)
+        interval = _setting("OTEL_METRIC_EXPORT_INTERVAL", "60000", float)
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval)
+        provider = _shared["provider"] = MeterProvider([reader], _resource())
+        atexit.register(close)
         _shared["meter"] = OpenTelemetry(provider.get_meter("flowrun", __version__, SCHEMA))
     return _shared["meter"]
 
 
+def _setting(name: str, default: str, kind: Callable[[str], Any]) -> Any:
+    """The positive number the variable `name` holds (`default` where it is unset)."""
+    given = os.environ.get(name) or default
+    try:
+        value = kind(given)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise TelemetryError(f"{name} is {given!r}: give a number above 0, or unset it")
+    return value
+
+
 def _exporter(signal: str) -> Any:
     """The OTLP exporter of `signal` (traces, metrics) over the protocol the environment names."""
-    protocol = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or
-                os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
+    variable = next((name for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+                     if os.environ.get(name)), None)
+    protocol = os.environ[variable].strip().lower() if variable else "http/protobuf"
     if protocol not in ("grpc", "http/protobuf"):
-        raise TelemetryError(f"OTEL_EXPORTER_OTLP_PROTOCOL is {protocol!r}: flowrun exports http/protobuf or grpc")
+        raise TelemetryError(f"{variable} is {protocol!r}: flowrun exports http/protobuf or grpc")
     name = f"opentelemetry.exporter.otlp.proto.{protocol.split('/')[0]}.{signal.rstrip('s')}_exporter"
     try:
         found = importlib.import_module(name)
     except ImportError as exc:
-        raise TelemetryError(f"an OTEL_EXPORTER_OTLP endpoint is set, but OpenTelemetry's SDK and its {protocol} "
-                             f"exporter are not installed ({exc.name}): pip install 'flowrun[otel]', or unset "
-                             "OTEL_EXPORTER_OTLP_ENDPOINT") from None
+        endpoints = " and ".join(name for name in ("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                                   f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+                                 if os.environ.get(name))
+        raise TelemetryError(f"{endpoints} asks for {signal} to be exported, but OpenTelemetry's SDK and its "
+                             f"{protocol} exporter are not installed ({exc.name}): pip install 'flowrun[otel]', or "
+                             f"unset {endpoints}") from None
     return found.OTLPMetricExporter() if signal == "metrics" else found.OTLPSpanExporter()
 
 
@@ -188,3 +207,23 @@ def flush() -> None:
         _shared["processor"].force_flush()
     if "provider" in _shared:
         _shared["provider"].force_flush()
+
+
+def close() -> None:
+    """Send what is left (the spans of every run ended so far, the metrics as they are) and stop exporting: both
+    signals at once, so that a collector that does not answer holds this for one OTEL_EXPORTER_OTLP_TIMEOUT."""
+    if "worker" in _shared:
+        _shared.pop("worker").shutdown()  # after what was queued before it: one thread
+    ends = [_shared.pop(name).shutdown for name in ("processor", "provider") if name in _shared]
+    _shared.pop("meter", None)
+    closing = []
+    for end in ends:
+        thread = threading.Thread(target=end, name="flowrun-telemetry-close")
+        try:
+            thread.start()
+        except RuntimeError:  # at exit, once the interpreter shuts down, no thread starts: this one waits
+            end()
+        else:
+            closing.append(thread)
+    for thread in closing:
+        thread.join()

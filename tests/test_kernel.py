@@ -350,3 +350,30 @@ def test_json_values_read_back_exactly_on_sqlite(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "runs.db") as db:  # as an older flowrun stored it: SQLite made it an INTEGER
         db.execute("UPDATE steps SET output = 20 WHERE step = 's0'")
     assert Storage(f"sqlite:///{tmp_path / 'runs.db'}").of_runs(StepRow, ["r1"])[0].output == 20
+
+
+def test_time_to_first_token_runs_from_the_try_that_gave_it_not_from_one_the_model_failed(storage: Storage) -> None:
+    """A model unavailable at first is tried again after a backoff: the wait for the first token is counted from
+    the try that got it (the backoff is the call's, not the model's)."""
+    from engine.events import SyscallEnded
+    from engine.llm.base import ModelUnavailable
+
+    class UnavailableOnce(ScriptedBackend):
+        failed = False
+
+        async def generate(self, request, on_token, resume=None):
+            if not self.failed:
+                self.failed = True
+                raise ModelUnavailable("restarting")
+            return await super().generate(request, on_token, resume)
+
+    backoff = 0.3
+    kernel = Kernel(UnavailableOnce.from_responses([{"key": "a", "text": "one two three"}]), storage)
+    kernel.sleep = lambda _: asyncio.sleep(backoff)
+    ended: list[SyscallEnded] = []
+    kernel.events.listeners.append(lambda event: isinstance(event, SyscallEnded) and ended.append(event))
+    kernel.open_run("r", "agent")
+    asyncio.run(kernel.generate("agent", "r", ask("a")))
+    [call] = storage.rows(SyscallRow)
+    assert len(call.slices) == 2 and ended[0].first_token is not None
+    assert 0 <= ended[0].first_token < backoff <= call.first_token - call.started

@@ -155,8 +155,8 @@ class CountsWhenDone:
 
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         result = await self.inner.generate(request, on_token, resume)
-        result.prompt_tokens = 0 if result.finish == "suspended" else \
-            result.prompt_tokens + (resume.tokens if resume else 0)
+        if result.finish == "suspended":
+            result.prompt_tokens = 0
         return result
 
 
@@ -200,3 +200,14 @@ def test_a_queued_call_whose_caller_is_cancelled_is_never_generated() -> None:
 
     asyncio.run(main())
     assert set(backend.trace) == {"a"}
+
+
+def test_a_call_resumed_from_a_stored_snapshot_counts_the_prompt_it_was_asked() -> None:
+    """A run resumed in a new process goes on with its generation's snapshot: its first slice here is a resumed
+    one, whose prompt ends with the text so far."""
+    text = words(9, "a")
+    scheduler = Scheduler(ScriptedBackend.from_responses([{"key": "a", "text": text}]), Policy.FIFO)
+    resumed = call("a")
+    scheduler.context.suspend(resumed, Snapshot("".join(tokenize(text)[:5]), 5, text), store=False)
+    asyncio.run(scheduler.submit(resumed))
+    assert resumed.input_tokens == 2 and resumed.result is not None and resumed.result.text == text

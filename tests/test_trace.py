@@ -184,6 +184,7 @@ def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_t
                                                                                           call.started)
     # the same run's metrics, through OpenTelemetry's: what storage holds of it, counted as it ran
     exported_metrics = metrics_received()
+    assert len(Receiver.bodies["/v1/metrics"]) == 1  # sent once, at exit (the run is shorter than the interval)
     assert {i.name for i in INSTRUMENTS} - exported_metrics.keys() == {"flowrun.tool_call.errors"}  # none failed
     assert exported_metrics["flowrun.runs"] == {(("status", "finished"),): len(stored)}
     assert sum(exported_metrics["flowrun.steps"].values()) == sum(len(found.steps) for found in stored)
@@ -262,3 +263,18 @@ def test_a_traceparent_is_kept_as_w3c_says() -> None:
                 f"00-{trace}-{'0' * 16}-01", f"00-{trace}-{span}-01-extra", "garbage", None):
         assert traceparent(bad) is None, bad
     assert traced(None) and traced(f"00-{trace}-{span}-01") and not traced(f"00-{trace}-{span}-00")
+
+
+@pytest.mark.parametrize(("variables", "named"), [
+    ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL is '0'"),
+    ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE is 'lots'"),
+    ({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL is 'http/json'")])
+def test_an_otel_variable_flowrun_cannot_use_is_named_in_a_message_not_a_traceback(
+        tmp_path: Path, variables: dict[str, str], named: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {
+        "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **variables}
+    done = subprocess.run([sys.executable, "-m", "engine", "run", str(HERE / "team_ledger.yaml"), "-i",
+                           "purchases=tea 1", "--tools", str(HERE), "--backend", "scripted", "--cassette",
+                           str(HERE / "team_ledger.cassette.yaml"), "--db", "runs.db"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr

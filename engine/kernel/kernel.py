@@ -35,7 +35,7 @@ from engine.kernel.retry import Backoff
 from engine.kernel.scheduler import Policy, Scheduler
 from engine.kernel.session import Budget, RunSession
 from engine.kernel.storage import Storage
-from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.syscall import Syscall, SyscallKind, to_first_token
 from engine.kernel.tables import MemoryRow
 from engine.kernel.tools import BadArguments, Tool, ToolCall, ToolError, ToolManager, workspace
 from engine.llm.base import Backend, ModelUnavailable, Request, Result
@@ -152,7 +152,7 @@ class Kernel:
             self.storage.record_syscall(syscall, error)
             running = sum(end - start for start, end in syscall.slices) if syscall.slices else \
                 (syscall.finished or time.time()) - (syscall.started or syscall.created)
-            first = syscall.first_token - syscall.started if syscall.first_token and syscall.started else None
+            first = to_first_token(syscall.first_token, syscall.slices)
             self.events.publish(SyscallEnded(syscall.run, syscall=syscall.id, kind=syscall.kind,
                                              waiting=syscall.waiting, running=running, tokens=syscall.tokens,
                                              input_tokens=syscall.input_tokens, first_token=first, error=error))

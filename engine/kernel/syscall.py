@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -20,6 +21,13 @@ os.register_at_fork(after_in_child=_IDS.seed)
 def new_syscall_id() -> str:
     """A syscall's id: 128 random bits, unique across processes sharing a database as a uuid4 is."""
     return f"{_IDS.getrandbits(128):032x}"
+
+
+def to_first_token(first: float | None, slices: Sequence[Sequence[float]]) -> float | None:
+    """Seconds a model call waited for its first token (which came at `first`): from the start of its time on the
+    model (`slices`, each a start and an end) in which that token came, not from an earlier try that failed."""
+    began = [start for start, _ in slices if first is not None and start <= first]
+    return first - max(began) if began and first is not None else None
 
 
 class SyscallKind(StrEnum):

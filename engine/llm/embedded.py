@@ -152,12 +152,13 @@ class EmbeddedBackend:
             raise BackendError(f"generation failed: {state['error']}")
         text = "".join(pieces)
         if state["stopped"]:
+            # llama.cpp counts the prompt in its last chunk only, which a generation stopped midway never gets: a
+            # first slice says it (the scheduler keeps the first count it is given)
+            prompt_tokens = state["prompt_tokens"] or (0 if resume else self._count(prompt))
             kv = f"{uuid.uuid4().hex}.bin"
             self._post(f"/slots/{slot}?action=save", {"filename": kv})
             done = (resume.tokens if resume else 0) + state["new"]
             snapshot = Snapshot(text, done, {"ids": list(ids), "kv": kv, "dir": str(self._state_dir)})
-            # llama.cpp counts the prompt in its last chunk only, which a generation stopped midway never gets
-            prompt_tokens = state["prompt_tokens"] or self._count(prompt) + len(resume.state["ids"] if resume else [])
             return Result(text, "suspended", prompt_tokens, state["new"], snapshot)
         return Result(text, state["finish"], state["prompt_tokens"], state["new"])
 

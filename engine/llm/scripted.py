@@ -124,7 +124,8 @@ class ScriptedBackend:
         tokens = tokenize(text)
         limit = request.options.get("max_tokens")
         done = start = resume.tokens if resume else 0
-        prompt_tokens = self.count_tokens(request.messages)
+        # as a model server counts it, whose prompt ends with the text a resumed generation had so far
+        prompt_tokens = self.count_tokens(request.messages) + start
         while done < len(tokens):
             if limit is not None and done >= limit:
                 return Result("".join(tokens[:done]), "length", prompt_tokens, done - start)
