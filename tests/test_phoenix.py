@@ -21,8 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
-from tests.conftest import ROOT
-from tests.test_trace import HERE
+from tests.test_trace import HERE, flowrun_env
 
 pytestmark = pytest.mark.slow
 PHOENIX = "arize-phoenix==20.26.1"
@@ -109,14 +108,15 @@ def _spans_in(base: str, project: str, count: int) -> list[dict[str, Any]]:
         time.sleep(0.5)
 
 
+@pytest.mark.timeout(900)  # Phoenix's first install (a minute here) is part of it
 def test_a_run_exported_over_http_and_over_grpc_is_read_back_from_phoenix(phoenix: tuple[str, str],
                                                                            tmp_path: Path) -> None:
     base, grpc = phoenix
     for protocol, endpoint in (("http/protobuf", base), ("grpc", grpc)):
         project = f"flowrun-{protocol.split('/')[0]}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-               "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_METRICS_EXPORTER": "none",  # Phoenix takes no metrics
-               "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+        env = flowrun_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+                          OTEL_METRICS_EXPORTER="none",  # Phoenix takes traces only
+                          OTEL_RESOURCE_ATTRIBUTES=f"openinference.project.name={project}")
         db = str(tmp_path / f"{project}.db")
         done = subprocess.run([sys.executable, "-m", "engine", "run", str(HERE / "team_ledger.yaml"), "-i",
                                "purchases=apples 3, bread 2 and milk 1.5", "--tools", str(HERE), "--backend",

@@ -29,6 +29,11 @@ from tests.conftest import ROOT
 HERE = Path(__file__).with_name("flows")
 
 
+def flowrun_env(**variables: str) -> dict[str, str]:
+    """The environment of a flowrun process under test: this one's without its OTEL_* variables, and `variables`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT), **variables}
+
+
 def attributes(span: dict[str, Any]) -> dict[str, Any]:
     return {a["key"]: next(iter(a["value"].values())) for a in span["attributes"]}
 
@@ -144,8 +149,8 @@ def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_t
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     db = str(tmp_path / "runs.db")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT":
-           f"http://127.0.0.1:{receiver.server_port}", "OTEL_SERVICE_NAME": "ledger-team", "FLOWRUN_TRACE_CONTENT": "1"}
+    env = flowrun_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.server_port}",
+                      OTEL_SERVICE_NAME="ledger-team", FLOWRUN_TRACE_CONTENT="1")
     try:
         done = subprocess.run([sys.executable, "-m", "engine", "run", str(HERE / "team_ledger.yaml"), "-i",
                                "purchases=apples 3, bread 2 and milk 1.5", "--tools", str(HERE), "--backend",
@@ -199,7 +204,7 @@ def test_with_an_otlp_endpoint_each_run_exports_its_spans_as_runs_trace_writes_t
 
 
 def test_without_an_endpoint_the_sdk_is_not_even_imported(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"PYTHONPATH": str(ROOT)}
+    env = flowrun_env()
     done = subprocess.run([sys.executable, "-c", "import sys\nfrom engine.cli import main\n"
                            "try:\n    main(['run', sys.argv[1], '-i', 'purchases=tea 1', '--tools', sys.argv[2], "
                            "'--backend', 'scripted', '--cassette', sys.argv[3], '--db', 'runs.db'])\n"
@@ -229,8 +234,7 @@ def test_a_run_resumed_is_exported_once_when_it_ends_and_replays_and_tests_not_a
     (tmp_path / "asker.test.yaml").write_text("cases:\n  - name: yes\n    responses: []\n    answers: {ask: \"yes\"}"
                                               "\n    expect: {answer: {equals: \"yes\"}}\n")
     (tmp_path / "none.cassette.yaml").write_text("responses: []\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT":
-           f"http://127.0.0.1:{receiver.server_port}"}
+    env = flowrun_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.server_port}")
 
     def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "engine", *args], cwd=tmp_path, capture_output=True, text=True,
@@ -271,8 +275,7 @@ def test_a_traceparent_is_kept_as_w3c_says() -> None:
     ({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL is 'http/json'")])
 def test_an_otel_variable_flowrun_cannot_use_is_named_in_a_message_not_a_traceback(
         tmp_path: Path, variables: dict[str, str], named: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {
-        "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **variables}
+    env = flowrun_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", **variables)
     done = subprocess.run([sys.executable, "-m", "engine", "run", str(HERE / "team_ledger.yaml"), "-i",
                            "purchases=tea 1", "--tools", str(HERE), "--backend", "scripted", "--cassette",
                            str(HERE / "team_ledger.cassette.yaml"), "--db", "runs.db"], cwd=tmp_path,
