@@ -8,7 +8,9 @@ import functools
 import ipaddress
 import json
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -258,6 +260,9 @@ def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:
     return checked
 
 
+_queue_option = click.option("--queue", is_flag=True,
+                             help="Store the runs queued for `flowrun worker` processes (--db: a PostgreSQL "
+                                  "database) instead of running them here, and print their ids.")
 _db_option = click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
                                        ".flowrun/flowrun.db].")
 
@@ -302,9 +307,10 @@ def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path |
 @click.option("--input-file", type=_existing, help="Inputs as a JSON object.")
 @click.option("--workspace", type=click.Path(file_okay=False, path_type=Path),
               help="The directory read_file and write_file work in [default: .flowrun/workspaces/RUN].")
+@_queue_option
 @_run_options
-def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: Path | None, kind: str,
-        model: str | None, cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
+def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: Path | None, queue: bool,
+        kind: str, model: str | None, cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
         as_json: bool, tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once and print its answer.
 
@@ -318,12 +324,28 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         given = read_inputs(input_file) if input_file else {}
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow),
                                 how="-i {name}=... (or in --input-file)")
+        if queue:
+            _queued(checked, [inputs], str(flow), Storage(db), as_json)
+            return
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db), ask=not as_json)
         service = Service(kernel)
         work = service.to_end(service.start(checked, inputs, file=str(flow), run_id=progress.run_id,
                                               workspace=workspace))
         (outcome,) = _run_live(work, [progress], kernel, as_json)
     _end_run(outcome, kernel, as_json)
+
+
+def _queued(checked: CheckedFlow, inputs: list[dict[str, Any]], file: str, storage: Storage, as_json: bool,
+            batch: str | None = None) -> None:
+    """Queue runs of `checked` for workers, and say their ids."""
+    from engine.worker.queue import enqueue  # here, so that other commands do not load the job queue
+
+    ids = asyncio.run(enqueue(storage, checked, inputs, file=file, batch=batch))
+    if as_json:
+        click.echo(json.dumps([{"run_id": run_id, "status": RunStatus.QUEUED} for run_id in ids] if batch else
+                              {"run_id": ids[0], "status": RunStatus.QUEUED, "db": storage.url}))
+    for run_id in ids:
+        click.echo(f"run {run_id} queued for `flowrun worker` (`flowrun runs show {run_id[:12]}`)", err=True)
 
 
 def _end_run(outcome: RunOutcome, kernel: Kernel, as_json: bool) -> None:
@@ -354,9 +376,11 @@ def _exit_status(outcomes: list[RunOutcome]) -> int:
 @click.option("--inputs", "inputs_file", type=_existing, required=True,
               help="JSON Lines: one object of inputs per run.")
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Runs at once.")
+@_queue_option
 @_run_options
-def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str | None, cassette: Path | None,
-          scheduler: str, slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
+def batch(flow: Path, inputs_file: Path, concurrency: int, queue: bool, kind: str, model: str | None,
+          cassette: Path | None, scheduler: str, slots: int | None, db: str | None, as_json: bool,
+          tool_paths: tuple[Path, ...]) -> None:
     """Run FLOW once per line of --inputs, sharing one model, and print a summary.
 
     Exit status: 0 all runs finished, 1 some failed, 2 bad input or setup, 3 some paused or waiting (none failed), 4
@@ -366,6 +390,9 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, kind: str, model: str
     with _user_errors():
         lines = read_input_lines(inputs_file)
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
+        if queue:
+            _queued(checked, inputs, str(flow), Storage(db), as_json, batch=uuid.uuid4().hex)
+            return
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))
         progress = [Progress(new_run_id()) for _ in inputs]
         work = Service(kernel).batch(checked, inputs, file=str(flow), concurrency=concurrency,
@@ -460,6 +487,45 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
                      resume_interrupted=resume_interrupted, sweep=sweep)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
     serve_app(app, host, port)
+
+
+@main.command()
+@click.option("--flows", "flow_dirs", type=_existing, multiple=True, required=True,
+              help="A directory of flow files whose queued runs to take (each by its name). Repeatable.")
+@click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Runs at once.")
+@click.option("--stall", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Seconds without a worker's heartbeat after which its runs are taken over.")
+@click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]), default="auto",
+              show_default=True, help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The one model every run shares.")
+@click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives.")
+@click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
+              help="How runs share the model.")
+@click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@_db_option
+@_tools_option
+def worker(flow_dirs: tuple[Path, ...], concurrency: int, stall: float, kind: str, model: str,
+           cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
+           tool_paths: tuple[Path, ...]) -> None:
+    """Take runs queued (`flowrun run --queue`, `flowrun batch --queue`) in a PostgreSQL database and run them,
+    with any number of workers on any number of machines. SIGTERM or Ctrl-C stops it: its runs end interrupted and
+    are queued again for the other workers."""
+    from engine.server.catalog import load_catalog  # here, so that other commands do not load them
+    from engine.worker.worker import work
+
+    with _user_errors():
+        flows = load_catalog(flow_dirs, tool_paths)
+        storage = Storage(db)
+        backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
+        kernel = kernel_for([f.checked for f in flows.values()], backend, storage, policy=Policy(scheduler))
+        telemetry.install(kernel, backend.name)
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        click.echo(f"worker {name} takes runs of {', '.join(sorted(flows))} from {storage.url}", err=True)
+        try:
+            asyncio.run(work(Service(kernel), flows, concurrency=concurrency, stall=stall, name=name))
+        except KeyboardInterrupt:
+            click.echo(f"worker {name} stopped", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from enum import StrEnum
 class RunStatus(StrEnum):
     """Where a run stands. Stored as its text, so a value read back from storage compares equal to its member."""
 
-    QUEUED = "queued"  # in a batch, not started yet (progress displays only: never stored)
+    QUEUED = "queued"  # not started yet: in a batch (progress displays), or stored for a worker to take
     RUNNING = "running"
     WAITING = "waiting"  # for a person's answer to an input step: `flowrun runs answer`, or its timeout
     FINISHED = "finished"
@@ -23,11 +23,13 @@ class RunStatus(StrEnum):
     PAUSED = "paused"  # the model was unavailable: resume it when it is back
     FAILED = "failed"
     CRASHED = "crashed"  # stored as running, but the process that ran it is gone (never stored: runs.status says it)
+    LOST = "lost"  # another process took the run over (engine.kernel.fencing): this one stopped it (never stored)
 
     @property
     def resumable(self) -> bool:
-        """Whether `flowrun resume` continues a run in this status (a failed one from its failed step)."""
-        return self in (RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED)
+        """Whether `flowrun resume` continues a run in this status (a failed one from its failed step, a queued one
+        from its start)."""
+        return self in (RunStatus.QUEUED, RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED)
 
     @property
     def ended(self) -> bool:

@@ -160,11 +160,13 @@ class Service:
             del self._live[event.run]
 
     async def resume(self, checked: CheckedFlow, found: Stopped, *, file: str, force: bool = False,
-                     rerun: bool = False) -> Started:
+                     rerun: bool = False, fence: bool = False) -> Started:
         """Go on with the stopped run `found` (engine.interpreter.resume.stopped) with the flow `checked` (from
-        `file`), as a task on the running event loop, once claimed. A ResumeError where it cannot."""
+        `file`), as a task on the running event loop, once claimed (with `fence`, written only while that claim
+        holds: engine.kernel.fencing). A ResumeError where it cannot."""
         check_flow_for(found, checked.compiled, force=force, rerun=rerun)
-        return await self._track(found.run.id, resume_run(self.kernel, checked.compiled, found, file=file))
+        return await self._track(found.run.id, resume_run(self.kernel, checked.compiled, found, file=file,
+                                                          fence=fence))
 
     async def _track(self, run_id: str, work: Coroutine[Any, Any, RunOutcome]) -> Started:
         """Run `work` as a task until the run has started (its events can then be followed) or it has ended."""
@@ -290,10 +292,10 @@ class Service:
             return live.run, list(live.steps)
         return await self._read(progress, self.kernel.storage, run_id)
 
-    async def stopped(self, run_id: str) -> Stopped:
+    async def stopped(self, run_id: str, *, stalled: bool = False) -> Stopped:
         """The stored run whose id is or starts with `run_id`, read back to be resumed (a ResumeError where it
-        cannot be: engine.interpreter.resume.stopped)."""
-        return await self._read(stopped, self.kernel.storage, run_id)
+        cannot be: engine.interpreter.resume.stopped; `stalled`: a running run whose worker stalled is taken)."""
+        return await self._read(functools.partial(stopped, stalled=stalled), self.kernel.storage, run_id)
 
     async def answer(self, run_id: str, value: Any, step: str | None = None) -> answering.Waiting:
         """Record `value` as the answer to what run `run_id` waits for (its step `step`'s question, where it waits on

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from engine.errors import RunStatus
-from engine.kernel.storage import SCHEMA_VERSION, NoSuchRun, Storage, StorageError
+from engine.kernel.storage import SCHEMA_VERSION, Fenced, NoSuchRun, Storage, StorageError
 from engine.kernel.syscall import Syscall, SyscallKind
 from engine.kernel.tables import (
     AgentDataRow,
@@ -248,11 +248,45 @@ def test_of_two_claims_of_a_stopped_run_only_one_wins(url: str) -> None:
         first.flush()
         seen = (RunStatus.INTERRUPTED, 41)
         mine = {"host": "here", "pid": 42, "pid_started": 5.0}
-        assert first.claim_run("b" * 32, seen, mine, ([call.id], [])) is True
-        assert second.claim_run("b" * 32, seen, {**mine, "pid": 43}) is False
+        assert first.claim_run("b" * 32, seen, mine, ([call.id], [])) == 1  # its epoch
+        assert second.claim_run("b" * 32, seen, {**mine, "pid": 43}) is None
         claimed = second.find_run("b")
         assert (claimed.status, claimed.pid, claimed.host, claimed.error) == (RunStatus.RUNNING, 42, "here", None)
         assert second.of_runs(SyscallRow, ["b" * 32])[0].superseded is True
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_fenced_run_is_written_only_until_another_process_claims_it(url: str) -> None:
+    """A worker that claimed a run fences it with the claim's epoch: once another worker claimed it (the first one
+    froze past the stall time), the first one's steps, calls, child runs, tool calls and end are not stored."""
+    first, second = Storage(url), Storage(url)
+    root, child = "f" * 32, "c" * 32
+    try:
+        first.start_run(run(root, status=RunStatus.QUEUED))
+        epoch = first.claim_run(root, (RunStatus.QUEUED, None), {"host": "a", "pid": 1, "pid_started": 1.0})
+        first.fences.fence(root, epoch)
+        asyncio.run(first.commit_step(step(root, 1)))  # held: written
+        assert second.claim_run(root, (RunStatus.RUNNING, 1), {"host": "b", "pid": 2, "pid_started": 2.0}) == 2
+
+        with pytest.raises(Fenced, match="taken over by another process"):
+            asyncio.run(first.commit_step(step(root, 2)))
+        first.record_syscall(Syscall(SyscallKind.GENERATE, "MathAgent", root))
+        with pytest.raises(Fenced):
+            asyncio.run(first.commit_start_run(run(child, status=RunStatus.RUNNING, parent=root)))
+        with pytest.raises(Fenced):  # a call that may have an effect is not even begun
+            first.start_tool_call(ToolCallRow(run_id=root, agent="MathAgent", tool="send", arguments={},
+                                              started=time.time(), finished=time.time(), pending=True))
+        with pytest.raises(Fenced):
+            asyncio.run(first.commit_finish_run(root, RunStatus.FINISHED, "done"))
+        first.flush()
+        taken = second.find_run(root)
+        assert (taken.status, taken.host, taken.epoch) == (RunStatus.RUNNING, "b", 2)
+        assert [s.visit for s in second.of_runs(StepRow, [root])] == [1]
+        assert second.of_runs(SyscallRow, [root]) == second.of_runs(ToolCallRow, [root]) == []
+        with pytest.raises(NoSuchRun):
+            second.find_run(child)
     finally:
         first.close()
         second.close()

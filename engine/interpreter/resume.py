@@ -52,9 +52,10 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
     return Journal(answers, recorded, strict=strict)
 
 
-def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
+def stopped(storage: Storage, run_id: str, *, force: bool = False, stalled: bool = False) -> Stopped:
     """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
-    stored as running on another machine, which cannot be checked; never one whose process runs on this one).
+    stored as running on another machine, which cannot be checked; never one whose process runs on this one; with
+    `stalled`, one stored as running whose worker the job queue found stalled, whatever its process looks like).
 
     A child run is resumed through the run a user started (runs.root_of), which continues its unfinished child
     runs: a child of a map item needs its parent's state to go on. A run that waits for an answer can be resumed
@@ -69,14 +70,14 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False) -> Stopped:
             until = "" if asked.deadline is None else f" (it times out at {answering.when(asked)})"
             raise ResumeError(f"run {root.id} waits for an answer to step {asked.step}{until}: give it with `flowrun "
                               f"runs answer {root.id[:12]} --value JSON` (or --text TEXT). It asks: {asked.prompt}")
-    return stopped_run(storage, record(storage, root.id), force=force)
+    return stopped_run(storage, record(storage, root.id), force=force, stalled=stalled)
 
 
-def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False) -> Stopped:
+def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False, stalled: bool = False) -> Stopped:
     """The stored run `found` as `stopped` gives it (a child run's: to be continued by its parent)."""
     run = found.run
     now = status(run)
-    if not now.resumable and not (now == RunStatus.RUNNING and force and not alive(run)):
+    if not now.resumable and not (now == RunStatus.RUNNING and (stalled or (force and not alive(run)))):
         why = {RunStatus.FINISHED: "it finished: there is nothing to resume",
                RunStatus.RUNNING: f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
                           "resume it with --force"}.get(now, f"it is {now}")
@@ -145,21 +146,25 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
 
 
 async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, file: str,
-                     run: RunState | None = None, priority: int = 0) -> walk.RunOutcome:
+                     run: RunState | None = None, priority: int = 0, fence: bool = False) -> walk.RunOutcome:
     """Claim the stopped run `found` for this process (a ResumeError if another one claimed it first) and go on
     with it on `kernel`: its journal given back first, its tools in its own workspace (a child run: with the state
-    `run` its parent gives it, its model calls at its parent's `priority`)."""
+    `run` its parent gives it, its model calls at its parent's `priority`). With `fence` (a worker's), it is
+    written only while this claim holds (engine.kernel.fencing)."""
     stored, this = found.run, walk.process_id()
     claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, stored.id,
-                                                        (stored.status, stored.pid), this, found.stale))
+                                                        (stored.status, stored.pid), this, found.stale,
+                                                        stored.parent))
     if await through(claim):  # the claim is written whatever happens: a run claimed and left stayed "running"
         if claim.result():
             await kernel.storage.commit(kernel.storage.finish_run, stored.id, RunStatus.INTERRUPTED, None,
                                         "interrupted as it was resumed, before it went on")
         raise asyncio.CancelledError
     claimed = claim.result()
-    if not claimed:
+    if claimed is None:
         raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
+    if fence:
+        kernel.storage.fences.fence(stored.id, claimed)
     if run is None:  # a run a user started: its tree of child runs counts what it started before
         run = RunState.new(compiled, file, stored.inputs or {}, stored.id)
         run.tally.started = len(found.descendants)

@@ -31,7 +31,7 @@ from engine.interpreter.prompts import progress_entries
 from engine.interpreter.state import RunError, RunState
 from engine.kernel.journal import Journal
 from engine.kernel.kernel import Kernel
-from engine.kernel.storage import StorageError, through
+from engine.kernel.storage import Fenced, StorageError, through
 from engine.kernel.tables import RunRow, StepRow
 
 REMEMBERED_ROOM = 65_536  # characters of JSON a remembered value may be
@@ -179,6 +179,8 @@ async def _end(kernel: Kernel, run: RunState, status: RunStatus, answer: Any = N
         session.journal.drop_unused()
     try:  # with the number of its run.ended, published next
         await kernel.storage.commit_finish_run(run.id, status, answer, error, kernel.events.next_seq(run.id))
+    except Fenced as exc:  # another worker has it: how it ends is that one's to store
+        status, error = RunStatus.LOST, str(exc)
     except StorageError as exc:
         status, error = RunStatus.FAILED, f"{error or 'the run finished'}; and its end could not be stored: {exc}"
     kernel.events.publish(RunEnded(run.id, status=status, error=error, tokens=tokens))

@@ -37,6 +37,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
 
 from engine.errors import RunFailure, RunStatus
 from engine.jsontext import is_text
+from engine.kernel.fencing import Fences
 from engine.kernel.retry import Backoff
 from engine.kernel.syscall import Syscall
 from engine.kernel.tables import (
@@ -57,7 +58,7 @@ from engine.settings import number
 
 _BUSY = Backoff(base=0.01, cap=0.5)  # waits between writes tried again on a busy database
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 _SCHEMA_LOCK = 0x466C6F77  # the PostgreSQL advisory lock held while a database's tables are made or migrated
 # The columns each version added to the one before (an older database gets those it lacks; nothing is dropped).
 _ADDED_COLUMNS = {
@@ -78,6 +79,7 @@ _ADDED_COLUMNS = {
          ("runs", "asking", "JSON")),
     13: (("runs", "traceparent", "VARCHAR"),),
     14: (("syscalls", "input_tokens", "INTEGER"), ("syscalls", "first_token", "FLOAT")),
+    15: (("runs", "epoch", "INTEGER"),),
 }
 
 
@@ -91,6 +93,13 @@ class StorageError(RunFailure):
 
 class NoSuchRun(StorageError):
     """No stored run has the id asked for (or more than one starts with it)."""
+
+
+class Fenced(StorageError):
+    """Another process claimed the run since this one did (engine.kernel.fencing): this one writes nothing more of
+    it, and stops it."""
+
+    ends_run = RunStatus.LOST
 
 
 class Busy(StorageError):
@@ -132,6 +141,7 @@ class Storage:
         self._pending_lock = threading.Lock()
         self._draining = False  # a job writing the queued rows is on the writer's queue or running
         self.timed: list[Callable[[float], None]] = []  # told the seconds each awaited row took to commit (metrics)
+        self.fences = Fences()  # the runs a worker claimed, written only while it holds them
         # How long a write waits for another process's lock before it fails (FLOWRUN_DB_TIMEOUT seconds).
         self.timeout = number("FLOWRUN_DB_TIMEOUT", 30)
         try:
@@ -276,6 +286,7 @@ class Storage:
         """`start_run`, awaited: committed with the other rows queued meanwhile. With `remembered`, the run's
         `memory` is what its agent has stored under those keys, read in the transaction that stores the run: one
         snapshot of them all, and a run stored whatever stops it next."""
+        self.fences.adopt(run.id, run.parent)
         if remembered:
             await self.commit(self._start_remembering, run, remembered)
         else:
@@ -284,6 +295,7 @@ class Storage:
     def _start_remembering(self, run: RunRow, keys: tuple[str, ...]) -> None:
         data = AgentDataRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
+            self._hold(db, run.id)
             stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == run.agent,
                                                                         data.c.key.in_(keys)))
             run.memory = dict.fromkeys(keys) | {key: value for key, value in stored}
@@ -317,6 +329,7 @@ class Storage:
 
     def _finish_alone(self, values: dict[str, Any]) -> None:
         with self._errors(), self.engine.begin() as db:  # not the writer's connection: that one may be what failed
+            self._hold(db, values["run"])
             self._finish(db, values)
 
     def _finish(self, db: Connection, values: dict[str, Any]) -> None:
@@ -400,6 +413,7 @@ class Storage:
         self._write_pending()
         table = ToolCallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
+            self._hold(db, row.run_id)  # a call that may have an effect is not made for a run another process holds
             values = {k: v for k, v in row.model_dump().items() if v is not None}
             return db.execute(table.insert().values(**values)).inserted_primary_key[0]
 
@@ -408,24 +422,36 @@ class Storage:
         happened (it stays pending)."""
         table = ToolCallRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
+            self._hold(db, row.run_id)
             db.execute(table.update().where(table.c.id == row.id).values(
                 result=row.result, error=row.error, error_kind=row.error_kind, finished=row.finished,
                 pending=True if unknown else None))
 
     def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
-                  stale: tuple[list[str], list[int]] = ([], [])) -> bool:
+                  stale: tuple[list[str], list[int]] = ([], []), parent: str | None = None) -> int | None:
         """Mark run `run_id` running in `process` (its host, pid and pid_started), if its (status, pid) is still
-        `seen`: two processes resuming one run cannot both have it. In the same transaction, supersede the `stale`
-        syscalls and tool calls, which the resumed run will not use."""
+        `seen`: two processes resuming one run cannot both have it. The claim bumps the run's epoch, which it
+        returns (None: not claimed), for a worker to fence the run with (engine.kernel.fencing); a child run of
+        `parent` is claimed only while its root's fence holds, and is fenced with it. In the same transaction,
+        supersede the `stale` syscalls and tool calls, which the resumed run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
+        self.fences.adopt(run_id, parent)
         with self._writing() as db:
+            self._hold(db, run_id)
             claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
-                                 .values(status=RunStatus.RUNNING, error=None, finished=None, **process))
-            if claimed.rowcount == 1:
-                self._supersede(db, *stale)
-            return claimed.rowcount == 1
+                                 .values(status=RunStatus.RUNNING, error=None, finished=None,
+                                         epoch=func.coalesce(table.c.epoch, 0) + 1, **process))
+            if claimed.rowcount != 1:
+                return None
+            self._supersede(db, *stale)
+            return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one()
+
+    def _hold(self, db: Connection, run_id: str | None) -> None:
+        """Fenced, where run `run_id` belongs to a run this process fenced and another one claimed since."""
+        if self.fences.lost(db, [run_id]):
+            raise Fenced(f"run {run_id} was taken over by another process: this one stopped it")
 
     def set_asking(self, run_id: str, asking: dict[str, Any]) -> None:
         """Keep what run `run_id` asks a person, while it waits (runs.asking)."""
@@ -676,14 +702,21 @@ class Storage:
             raise error
 
     def _write_rows(self, rows: list[_Row]) -> None:
-        groups: list[tuple[Executable, tuple[str, ...], list[dict[str, Any]]]] = []
-        for statement, values, _ in rows:  # consecutive rows of one shape go in one executemany, in order
-            present = {k: v for k, v in values.items() if v is not None} if statement is not _FINISH else values
-            if groups and groups[-1][0] is statement and groups[-1][1] == tuple(present):
-                groups[-1][2].append(present)
-            else:
-                groups.append((statement, tuple(present), [present]))
         with self._writing() as db:
+            lost = self.fences.lost(db, {_run_of(values) for _, values, _ in rows})
+            if lost:  # rows of runs another process took over are not written: those who wait for them are told
+                for _, values, done in rows:
+                    if done is not None and _run_of(values) in lost:
+                        _settle(done, Fenced(f"run {_run_of(values)} was taken over by another process: this one "
+                                             "stopped it"))
+                rows = [row for row in rows if _run_of(row[1]) not in lost]
+            groups: list[tuple[Executable, tuple[str, ...], list[dict[str, Any]]]] = []
+            for statement, values, _ in rows:  # consecutive rows of one shape go in one executemany, in order
+                present = {k: v for k, v in values.items() if v is not None} if statement is not _FINISH else values
+                if groups and groups[-1][0] is statement and groups[-1][1] == tuple(present):
+                    groups[-1][2].append(present)
+                else:
+                    groups.append((statement, tuple(present), [present]))
             for statement, _, group in groups:
                 if statement is _FINISH:  # one at a time, each finding its run
                     for values in group:
@@ -840,6 +873,11 @@ def _fields(step: StepRecord) -> dict[str, Any]:
 
 def _values(row: SQLModel) -> dict[str, Any]:
     return {c.name: getattr(row, c.name) for c in row.__table__.columns}  # type: ignore[attr-defined]
+
+
+def _run_of(values: dict[str, Any]) -> str | None:
+    """The run a queued row is of: a step's, call's or memory's run_id, an end's run, a run's own id."""
+    return values.get("run_id") or values.get("run") or values.get("id")
 
 
 def _settle(done: Future[None], error: BaseException | None) -> None:

@@ -52,7 +52,7 @@ class RunRow(SQLModel, table=True):
     id: str = Field(primary_key=True)
     agent: str = Field(index=True)
     flow: str
-    status: str  # running, finished, failed, interrupted, paused
+    status: str  # queued, running, waiting, finished, failed, interrupted, paused
     batch: str | None = None  # the `flowrun batch` it belongs to
     flow_sha256: str | None = None  # of the flow file's text when the run started
     workspace: str | None = None  # the directory its tools work in, when not the default
@@ -75,6 +75,7 @@ class RunRow(SQLModel, table=True):
     attempt: int | None = None  # the try of its step that started it, when a `retry` tried it again (None: the first)
     asking: Any = Field(default=None, sa_column=Column(JSON))  # while waiting: the Question (engine.kernel.asking)
     traceparent: str | None = None  # the W3C trace context its starter gave (a POST /runs): its trace goes on there
+    epoch: int | None = None  # bumped by each claim (a resume, a worker taking it): see engine.kernel.fencing
 
 
 class StepRow(SQLModel, table=True):

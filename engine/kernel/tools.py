@@ -22,7 +22,7 @@ from engine.json_schema import compile_schema
 from engine.kernel.bounds import MAX_MESSAGE, cut
 from engine.kernel.journal import Journal
 from engine.kernel.mcp import McpClients, McpServer
-from engine.kernel.storage import Storage, through
+from engine.kernel.storage import Fenced, Storage, through
 from engine.kernel.syscall import Syscall
 from engine.kernel.tables import ToolCallRow
 from engine.kernel.tool_code import ToolError, ToolTimeout, call_key
@@ -169,6 +169,9 @@ class ToolManager:
             # what may or may not have happened stays pending; an idempotent call is left out of what a resumed
             # or replayed run is given back, which then calls it again
             stopped, row.superseded = True, None if row.pending else True
+            raise
+        except Fenced:  # the run is another process's now: nothing was called, and nothing more is stored
+            row.pending = None
             raise
         except ToolError as exc:
             row.error, row.error_kind = cut(str(exc), MAX_MESSAGE), exc.kind

@@ -1,0 +1,76 @@
+"""The queue of runs for workers: Procrastinate's job queue in the run database (PostgreSQL), one job per run.
+
+A queued run is stored first, with status `queued`, its flow file, the flow's sha256 and its inputs; then a job
+naming it is deferred. The run's row, not the job, is the truth: a worker that takes the job claims the run (its
+epoch bumped, engine.kernel.fencing) and starts or resumes it from its last committed step, so a job run twice
+(a worker that stalled and came back) does a run's work once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from engine.errors import FlowrunError, RunStatus
+from engine.flow.validate import CheckedFlow
+from engine.interpreter.walk import new_run_id
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow
+
+TASK = "flowrun.run"  # the job of a run: its argument is the run's id
+QUEUE = "flowrun"
+_SCHEMA_LOCK = 0x466C6F78  # the advisory lock held while the queue's tables are made
+
+
+class QueueError(FlowrunError):
+    """The job queue cannot be used as asked; the message says why and what to do."""
+
+
+def conninfo(storage: Storage) -> str:
+    """The libpq connection string of the PostgreSQL database `storage` uses (a QueueError for any other)."""
+    url = storage.engine.url
+    if url.get_backend_name() != "postgresql":
+        raise QueueError(f"workers share runs through PostgreSQL, and {storage.url} is not a PostgreSQL database: "
+                         "give --db postgresql+psycopg://USER@HOST/DB (pip install 'flowrun[postgres]')")
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def app_for(storage: Storage) -> Any:
+    """A Procrastinate app on the database `storage` uses (to be opened: `async with app.open_async()`)."""
+    try:
+        from procrastinate import App, PsycopgConnector
+    except ImportError:
+        raise QueueError("workers need Procrastinate: pip install 'flowrun[postgres]'") from None
+    return App(connector=PsycopgConnector(conninfo=conninfo(storage)))
+
+
+async def ready(app: Any) -> None:
+    """Make the queue's tables if the database has none yet (one process at a time)."""
+    async with app.connector.pool.connection() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        found = await (await connection.execute("SELECT to_regclass('procrastinate_jobs')")).fetchone()
+        if found[0] is None:
+            await connection.execute(app.schema_manager.get_schema())
+
+
+async def enqueue(storage: Storage, checked: CheckedFlow, runs: list[dict[str, Any]], *, file: str,
+                  batch: str | None = None) -> list[str]:
+    """Store a queued run of the valid flow `checked` (from `file`) for each inputs in `runs`, and defer its job;
+    their ids."""
+    rows = [RunRow(id=new_run_id(), agent=checked.flow.name, flow=file, status=RunStatus.QUEUED, batch=batch,
+                   inputs=inputs, created=time.time(), flow_sha256=checked.compiled.sha256, epoch=0)
+            for inputs in runs]
+    app = app_for(storage)
+    async with app.open_async():
+        await ready(app)
+        for row in rows:
+            await storage.commit_start_run(row)
+        await defer(app, [row.id for row in rows])
+    return [row.id for row in rows]
+
+
+async def defer(app: Any, run_ids: list[str]) -> None:
+    """Defer the jobs of the stored runs `run_ids`, for a worker to take."""
+    task = app.configure_task(TASK, queue=QUEUE)
+    for run_id in run_ids:
+        await task.defer_async(run_id=run_id)

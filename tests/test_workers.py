@@ -1,0 +1,152 @@
+"""Workers on the real PostgreSQL server tests/test_postgres.py starts: runs queued with `flowrun batch --queue`
+and taken by three `flowrun worker` processes. A worker killed mid-run (SIGKILL) has its runs finished by the
+others, from their last committed step; a worker frozen past the stall time (SIGSTOP) and woken again (SIGCONT)
+finds its runs taken over and writes nothing more of them (fencing). Each step is committed once, and the tool
+that is not idempotent is called once per call."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.kernel.storage import Storage
+from engine.kernel.tables import RunRow, StepRow
+from tests.conftest import ROOT
+from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent / "flows"  # append_entry, the tool that is not idempotent
+STALL = 3  # seconds without a heartbeat after which a worker's runs are taken over
+RELAY = """\
+flowrun: 1
+name: Relay
+description: You think about a number and note it in the ledger.
+inputs:
+  n: {type: integer}
+tools: [append_entry]
+steps:
+  think: {kind: process, instruction: "Think about {{ inputs.n }}.", next: note}
+  note: {kind: process, instruction: "Note {{ inputs.n }} in the ledger.", tool: append_entry, next: again}
+  again: {kind: process, instruction: Think again., next: more}
+  more: {kind: process, instruction: Think more., next: done}
+  done: {kind: terminal, instruction: Say what you noted.}
+"""
+WORDS = " ".join(["thinking"] * 16)
+ANSWERS = {"token_delay": 0.03, "responses": [
+    {"key": "think", "times": 1000, "text": WORDS},
+    {"key": "note", "times": 1000, "text": '{"tool": "append_entry", "arguments": {"text": "noted"}}'},
+    {"key": "again", "times": 1000, "text": WORDS},
+    {"key": "more", "times": 1000, "text": WORDS},
+    {"key": "done", "times": 1000, "text": "I noted it."}]}
+
+
+@pytest.fixture
+def queued(postgres: str, tmp_path: Path) -> Callable[[int], list[str]]:  # noqa: F811 (the fixture)
+    """Queue `n` runs of Relay; their ids."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "relay.yaml").write_text(RELAY)
+    (tmp_path / "answers.cassette.yaml").write_text(json.dumps(ANSWERS))
+
+    def queue(n: int) -> list[str]:
+        (tmp_path / "inputs.jsonl").write_text("".join(json.dumps({"n": k}) + "\n" for k in range(n)))
+        done = subprocess.run([sys.executable, "-m", "engine", "batch", str(tmp_path / "flows" / "relay.yaml"),
+                               "--inputs", str(tmp_path / "inputs.jsonl"), "--queue", "--tools", str(HERE),
+                               "--db", postgres, "--json"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        return [run["run_id"] for run in json.loads(done.stdout)]
+
+    return queue
+
+
+@pytest.fixture
+def workers(postgres: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:  # noqa: F811 (the fixture)
+    """Three `flowrun worker` processes on the database, two runs at a time each, their stderr kept."""
+    started = [subprocess.Popen(
+        [sys.executable, "-m", "engine", "worker", "--flows", str(tmp_path / "flows"), "--tools", str(HERE),
+         "--backend", "scripted", "--cassette", str(tmp_path / "answers.cassette.yaml"), "--concurrency", "2",
+         "--stall", str(STALL), "--db", postgres], cwd=tmp_path, text=True,
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / f"worker{n}.log").open("w"),
+        env={**os.environ, "PYTHONPATH": str(ROOT)}) for n in range(3)]
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+    for process in started:
+        process.wait(timeout=60)
+
+
+def until(what: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def mid_run(storage: Storage, worker: subprocess.Popen[str]) -> list[RunRow]:
+    """The runs `worker` holds that have committed a step, once it has one."""
+    found: list[RunRow] = []
+
+    def some() -> bool:
+        held = [r for r in storage.rows(RunRow) if r.pid == worker.pid and r.status == RunStatus.RUNNING]
+        stepped = {s.run_id for s in storage.of_runs(StepRow, [r.id for r in held])}
+        found[:] = [r for r in held if r.id in stepped]
+        return bool(found)
+
+    until(some)
+    return found
+
+
+def check_each_done_once(storage: Storage, run_ids: list[str], tmp_path: Path) -> None:
+    """Every run finished; each step is stored once; append_entry did each call once."""
+    runs = {r.id: r for r in storage.rows(RunRow)}
+    assert {runs[run].status for run in run_ids} == {RunStatus.FINISHED}, [runs[run].error for run in run_ids]
+    steps = Counter((s.run_id, s.step, s.visit) for s in storage.rows(StepRow))
+    assert set(steps.values()) == {1} and Counter(run for run, _, _ in steps) == dict.fromkeys(run_ids, 5)
+    for run in run_ids:
+        workspace = tmp_path / ".flowrun" / "workspaces" / run
+        assert len((workspace / "ledger.txt").read_text().splitlines()) == 1
+        assert set(Counter((workspace / "calls.log").read_text().split()).values()) == {1}, "a call made twice"
+
+
+def test_a_killed_workers_runs_finish_on_the_others(postgres: str, queued: Callable[[int], list[str]],  # noqa: F811
+                                                    workers: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    run_ids = queued(12)
+    storage = Storage(postgres)
+    victim = workers[0]
+    held = mid_run(storage, victim)
+    victim.kill()
+    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
+    check_each_done_once(storage, run_ids, tmp_path)
+    taken = {r.id: r for r in storage.rows(RunRow)}
+    for run in held:  # taken over: claimed again (its epoch bumped), by another worker
+        assert taken[run.id].epoch > run.epoch and taken[run.id].pid in {w.pid for w in workers[1:]}
+
+
+def test_a_frozen_worker_woken_again_writes_nothing_more_of_its_runs(
+        postgres: str, queued: Callable[[int], list[str]], workers: list[subprocess.Popen[str]],  # noqa: F811
+        tmp_path: Path) -> None:
+    run_ids = queued(8)
+    storage = Storage(postgres)
+    frozen = workers[0]
+    held = mid_run(storage, frozen)
+    frozen.send_signal(signal.SIGSTOP)
+    until(lambda: all(r.pid != frozen.pid for r in storage.rows(RunRow) if r.id in {h.id for h in held}),
+          timeout=60)
+    frozen.send_signal(signal.SIGCONT)  # it goes on where it froze: its next write is refused
+    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
+    check_each_done_once(storage, run_ids, tmp_path)
+    log = tmp_path / "worker0.log"
+    until(lambda: all(f"run {run.id} was taken over" in log.read_text() for run in held), timeout=30)
+    assert "holds already" not in log.read_text()  # refused by its fence, not by a unique index
