@@ -150,3 +150,18 @@ def test_a_frozen_worker_woken_again_writes_nothing_more_of_its_runs(
     log = tmp_path / "worker0.log"
     until(lambda: all(f"run {run.id} was taken over" in log.read_text() for run in held), timeout=30)
     assert "holds already" not in log.read_text()  # refused by its fence, not by a unique index
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_runs_to_the_others(
+        postgres: str, queued: Callable[[int], list[str]], workers: list[subprocess.Popen[str]],  # noqa: F811
+        tmp_path: Path) -> None:
+    run_ids = queued(8)
+    storage = Storage(postgres)
+    leaving = workers[0]
+    held = mid_run(storage, leaving)
+    leaving.terminate()
+    assert leaving.wait(timeout=60) == 130
+    stored = {r.id: r for r in storage.rows(RunRow)}
+    assert all(stored[run.id].status != RunStatus.RUNNING or stored[run.id].pid != leaving.pid for run in held)
+    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
+    check_each_done_once(storage, run_ids, tmp_path)

@@ -30,6 +30,7 @@ async def work(service: Service, catalog: dict[str, Offered], *, concurrency: in
     """Take queued runs of the flows in `catalog` (by name), `concurrency` at a time, until cancelled; take over
     the runs of workers whose heartbeat is `stall` seconds old."""
     app = app_for(service.kernel.storage)
+    asyncio.get_running_loop().set_exception_handler(_quiet_queue)
     async with app.open_async():
         await ready(app)
 
@@ -52,6 +53,19 @@ async def work(service: Service, catalog: dict[str, Offered], *, concurrency: in
             sweeping.cancel()
 
 
+def _quiet_queue(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """One line, not a traceback, where Procrastinate could not store how a job ended: a job this worker held when
+    it stalled or stopped, which was ended and queued again meanwhile (see `sweep`)."""
+    from procrastinate.exceptions import ConnectorException
+
+    error = context.get("exception")
+    if isinstance(error, ConnectorException):
+        print(f"flowrun worker: a job's end was not stored: {error.__cause__ or error}".splitlines()[0],
+              file=sys.stderr)
+    else:
+        loop.default_exception_handler(context)
+
+
 async def run(service: Service, catalog: dict[str, Offered], run_id: str) -> RunStatus | None:
     """Start or go on with the queued, stopped or stalled run `run_id`, to its end here; how it ended (None: it
     was not this worker's to run: ended already, or claimed by another)."""
@@ -64,14 +78,12 @@ async def run(service: Service, catalog: dict[str, Offered], run_id: str) -> Run
     if offered is None:
         return await _give_up(service, found, RunStatus.FAILED, f"no worker offers flow {found.run.agent!r}: start "
                               "workers with --flows naming a directory that holds it, then resume the run")
-    try:
-        started = await service.resume(offered.checked, found, file=str(offered.path), fence=True)
+    try:  # cancelled (the worker stops), the run is stored interrupted first
+        outcome = await service.to_end(service.resume(offered.checked, found, file=str(offered.path), fence=True))
     except ResumeError as exc:
         if "another process" in str(exc):  # claimed first by another worker
             return None
         return await _give_up(service, found, RunStatus.INTERRUPTED, str(exc))  # a person decides
-    try:
-        outcome = await started.outcome()
     finally:
         service.kernel.storage.fences.release(run_id)
     if outcome.status == RunStatus.LOST:
