@@ -42,7 +42,7 @@ from engine.interpreter.prune import prune, seconds
 from engine.interpreter.replay import replay_run
 from engine.interpreter.resume import check_flow_for, stopped
 from engine.interpreter.runs import RunRecord, cassette, figures, flow_file, record, status
-from engine.interpreter.setup import kernel_for, open_backend_for
+from engine.interpreter.setup import kernel_for, open_backend_for, pool_backend
 from engine.interpreter.walk import RunOutcome, new_run_id
 from engine.jsontext import parse_json
 from engine.kernel.kernel import Kernel
@@ -502,10 +502,12 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
 @click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
               help="How runs share the model.")
 @click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@click.option("--hosts", "hosts_file", type=_existing,
+              help="A hosts file: the Ollama servers all workers share, each with its slots (instead of --backend).")
 @_db_option
 @_tools_option
 def worker(flow_dirs: tuple[Path, ...], concurrency: int, stall: float, kind: str, model: str,
-           cassette: Path | None, scheduler: str, slots: int | None, db: str | None,
+           cassette: Path | None, scheduler: str, slots: int | None, hosts_file: Path | None, db: str | None,
            tool_paths: tuple[Path, ...]) -> None:
     """Take runs queued (`flowrun run --queue`, `flowrun batch --queue`) in a PostgreSQL database and run them,
     with any number of workers on any number of machines. SIGTERM or Ctrl-C stops it: its runs end interrupted and
@@ -516,7 +518,8 @@ def worker(flow_dirs: tuple[Path, ...], concurrency: int, stall: float, kind: st
     with _user_errors():
         flows = load_catalog(flow_dirs, tool_paths)
         storage = Storage(db)
-        backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
+        backend = pool_backend(hosts_file, model, storage) if hosts_file else \
+            open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
         kernel = kernel_for([f.checked for f in flows.values()], backend, storage, policy=Policy(scheduler))
         telemetry.install(kernel, backend.name)
         name = f"{socket.gethostname()}:{os.getpid()}"

@@ -12,15 +12,23 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class FakeOllama:
-    def __init__(self, answers: dict[str, str]) -> None:
+    """`answers` by model name (or `answer`, given a request's body, decides); `slots` (its OLLAMA_NUM_PARALLEL):
+    the generations it runs at once, which it counts (`peak`: the most at once); `token_delay` seconds a token."""
+
+    def __init__(self, answers: dict[str, str], *, answer: Callable[[dict[str, Any]], str] | None = None,
+                 slots: int | None = None, token_delay: float = 0.0) -> None:
         self.answers = answers
+        self.answer, self.slots, self.token_delay = answer, slots, token_delay
         self.requests: list[dict[str, Any]] = []
         self.faults: list[str] = []
+        self.generating = self.peak = 0
+        self._count = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,7 +50,17 @@ class FakeOllama:
                 if fault == "stall":
                     time.sleep(60)
                     return None
-                answer = fake.answers.get(model, "")
+                with fake._count:
+                    fake.generating += 1
+                    fake.peak = max(fake.peak, fake.generating)
+                try:
+                    return self._generate(body, model, fault)
+                finally:
+                    with fake._count:
+                        fake.generating -= 1
+
+            def _generate(self, body: dict[str, Any], model: str, fault: str) -> None:
+                answer = fake.answer(body) if fake.answer else fake.answers.get(model, "")
                 last = body["messages"][-1]
                 done_before = last["content"] if last["role"] == "assistant" else ""
                 tokens = re.findall(r"\s*\S+", answer[len(done_before):])
@@ -58,6 +76,7 @@ class FakeOllama:
                         self.connection.close()
                         return None
                     self._line(model, token)
+                    time.sleep(fake.token_delay)
                 return self._line(model, "", done=True, reason="stop", count=len(tokens))
 
             def _line(self, model: str, content: str, done: bool = False, reason: str = "",

@@ -22,6 +22,7 @@ from engine.errors import RunStatus
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow, StepRow
 from tests.conftest import ROOT
+from tests.fake_ollama import FakeOllama
 from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
 
 pytestmark = pytest.mark.slow
@@ -69,22 +70,32 @@ def queued(postgres: str, tmp_path: Path) -> Callable[[int], list[str]]:  # noqa
     return queue
 
 
-@pytest.fixture
-def workers(postgres: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:  # noqa: F811 (the fixture)
-    """Three `flowrun worker` processes on the database, two runs at a time each, their stderr kept."""
-    started = [subprocess.Popen(
-        [sys.executable, "-m", "engine", "worker", "--flows", str(tmp_path / "flows"), "--tools", str(HERE),
-         "--backend", "scripted", "--cassette", str(tmp_path / "answers.cassette.yaml"), "--concurrency", "2",
-         "--stall", str(STALL), "--db", postgres], cwd=tmp_path, text=True,
+def start_workers(postgres: str, tmp_path: Path, *model: str) -> list[subprocess.Popen[str]]:  # noqa: F811
+    """Three `flowrun worker` processes on the database, two runs at a time each, on `model` (options), their
+    stderr kept."""
+    return [subprocess.Popen(
+        [sys.executable, "-m", "engine", "worker", "--flows", str(tmp_path / "flows"), "--tools", str(HERE), *model,
+         "--concurrency", "2", "--stall", str(STALL), "--db", postgres], cwd=tmp_path, text=True,
         stdout=subprocess.DEVNULL, stderr=(tmp_path / f"worker{n}.log").open("w"),
         env={**os.environ, "PYTHONPATH": str(ROOT)}) for n in range(3)]
-    yield started
-    for process in started:
+
+
+def stop(workers: list[subprocess.Popen[str]]) -> None:
+    for process in workers:
         if process.poll() is None:
             process.send_signal(signal.SIGCONT)
             process.terminate()
-    for process in started:
+    for process in workers:
         process.wait(timeout=60)
+
+
+@pytest.fixture
+def workers(postgres: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:  # noqa: F811 (the fixture)
+    """Three workers on the scripted backend."""
+    started = start_workers(postgres, tmp_path, "--backend", "scripted", "--cassette",
+                            str(tmp_path / "answers.cassette.yaml"))
+    yield started
+    stop(started)
 
 
 def until(what: Callable[[], bool], timeout: float = 120) -> None:
@@ -165,3 +176,30 @@ def test_a_worker_stopped_with_sigterm_hands_its_runs_to_the_others(
     assert all(stored[run.id].status != RunStatus.RUNNING or stored[run.id].pid != leaving.pid for run in held)
     until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     check_each_done_once(storage, run_ids, tmp_path)
+
+
+def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
+        postgres: str, queued: Callable[[int], list[str]], tmp_path: Path) -> None:  # noqa: F811
+    """Three workers, two runs at a time each, on two Ollama hosts of 2 and 1 slots (fakes that count what they
+    run at once): every generation gets a slot of the least-loaded host, never more than its slots across the
+    workers, also when a worker is killed holding one (its lease runs out)."""
+    def answer(body: dict) -> str:  # the tool step asks for JSON, the others for words
+        return '{"tool": "append_entry", "arguments": {"text": "noted"}}' if body.get("format") else WORDS
+
+    fakes = [FakeOllama({}, answer=answer, slots=2, token_delay=0.03),
+             FakeOllama({}, answer=answer, slots=1, token_delay=0.03)]
+    (tmp_path / "hosts.yaml").write_text("lease: 3\nhosts:\n" + "".join(
+        f"  - {{url: '{fake.url}', slots: {fake.slots}}}\n" for fake in fakes))
+    run_ids = queued(12)
+    started = start_workers(postgres, tmp_path, "--hosts", str(tmp_path / "hosts.yaml"), "--model", "m")
+    try:
+        storage = Storage(postgres)
+        mid_run(storage, started[0])
+        started[0].kill()
+        until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
+        check_each_done_once(storage, run_ids, tmp_path)
+        assert [fake.peak for fake in fakes] == [2, 1]
+    finally:
+        stop(started)
+        for fake in fakes:
+            fake.close()

@@ -6,14 +6,18 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from engine.flow.hosts import read_hosts
 from engine.flow.loader import load_file
 from engine.flow.validate import CheckedFlow
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
+from engine.kernel.slots import SlotLeases
 from engine.kernel.storage import Storage
 from engine.kernel.tools import tool_from_manifest
 from engine.llm.auto import open_backend
 from engine.llm.base import Backend
+from engine.llm.models import CATALOG
+from engine.llm.pool import PoolBackend
 from engine.llm.scripted import CassetteError, ScriptedBackend
 
 
@@ -63,3 +67,12 @@ def open_backend_for(kind: str, model: str, cassette: Path | None, *, slots: int
         backend.skip(answered or [])
         return backend
     return open_backend(kind, model, slots=slots, say=say)
+
+
+def pool_backend(path: Path, model: str, storage: Storage) -> PoolBackend:
+    """Model `model` (a catalog name, or an Ollama model's) on the hosts the hosts file at `path` lists, their
+    slots leased through `storage`'s database (engine.kernel.slots)."""
+    found = read_hosts(path)
+    leases = SlotLeases(storage, found.hosts, lease=found.lease)
+    return PoolBackend(CATALOG[model].ollama if model in CATALOG else model, found.hosts, leases,
+                       retry_after=found.retry_after)

@@ -134,6 +134,16 @@ class AgentDataRow(SQLModel, table=True):
     updated: float
 
 
+class ModelSlotRow(SQLModel, table=True):
+    """A slot of a model host (engine.kernel.slots): free, or held by a process until `expires`."""
+
+    __tablename__ = "model_slots"
+    host: str = Field(primary_key=True)
+    slot: int = Field(primary_key=True)
+    holder: str | None = None
+    expires: float | None = None
+
+
 class SyscallRow(SQLModel, table=True):
     __tablename__ = "syscalls"
     id: str = Field(primary_key=True)

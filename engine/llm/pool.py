@@ -1,0 +1,65 @@
+"""A pool of Ollama hosts behind one backend: each generation goes to the least-loaded host with a free slot, held
+through `Leases` (engine.kernel.slots keeps them in the database all workers share, so that no host runs more
+generations than its slots whatever the number of workers). A host that fails is left out for `retry_after`
+seconds, and the generation goes to another; a suspended generation resumes on whichever host has a slot (Ollama
+resumes from the text so far, on any host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.llm.base import ModelUnavailable, OnToken, Request, Result, Snapshot
+from engine.llm.ollama import OllamaBackend
+
+
+@dataclass(frozen=True)
+class Host:
+    """An Ollama server and the generations it runs at once (its OLLAMA_NUM_PARALLEL)."""
+
+    url: str
+    slots: int
+
+
+class Leases(Protocol):
+    """Slots of hosts, held one at a time."""
+
+    def hold(self, hosts: Sequence[Host]) -> contextlib.AbstractAsyncContextManager[str]:
+        """Wait for a slot of the least-loaded of `hosts` that has one free; hold it in the block (the host's url)."""
+        ...
+
+
+class PoolBackend:
+    """Model `model` on the Ollama servers `hosts`, whose slots `leases` hands out."""
+
+    name = "ollama"
+
+    def __init__(self, model: str, hosts: Sequence[Host], leases: Leases, *, retry_after: float = 30.0,
+                 context: int = 4096) -> None:
+        self.hosts, self.leases, self.retry_after, self.context = list(hosts), leases, retry_after, context
+        self.slots = sum(host.slots for host in self.hosts)  # at most this many here; the leases bound them all
+        self._backends = {host.url: OllamaBackend(model, server=host.url, slots=host.slots, context=context)
+                          for host in self.hosts}
+        self._down: dict[str, float] = {}  # a host that failed: when it may be tried again
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return next(iter(self._backends.values())).count_tokens(messages)
+
+    async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
+        failed: ModelUnavailable | None = None
+        while True:
+            now = time.monotonic()
+            up = [host for host in self.hosts if self._down.get(host.url, 0) <= now]
+            if not up:  # the kernel tries again after a backoff, and pauses the run in the end
+                raise ModelUnavailable(f"every model host failed in the last {self.retry_after:g} s"
+                                       + (f", the last one so: {failed}" if failed else ""))
+            async with self.leases.hold(up) as url:
+                try:
+                    return await self._backends[url].generate(request, on_token, resume)
+                except ModelUnavailable as exc:
+                    self._down[url] = time.monotonic() + self.retry_after
+                    failed = exc

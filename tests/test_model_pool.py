@@ -1,0 +1,104 @@
+"""A pool of model hosts (engine.llm.pool) whose slots are leased through the run database (engine.kernel.slots),
+against fake Ollama servers speaking its wire format that count the generations they run at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.flow.hosts import HostsError, read_hosts
+from engine.kernel.slots import SlotLeases
+from engine.kernel.storage import Storage
+from engine.kernel.tables import ModelSlotRow
+from engine.llm.base import ModelUnavailable, Request
+from engine.llm.pool import Host, PoolBackend
+from tests.fake_ollama import FakeOllama
+
+ANSWER = "one two three four five six"
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeOllama]]:
+    """Two Ollama servers: one running 2 generations at once, one running 1."""
+    made = [FakeOllama({"m": ANSWER}, slots=2, token_delay=0.01), FakeOllama({"m": ANSWER}, slots=1, token_delay=0.01)]
+    yield made
+    for fake in made:
+        fake.close()
+
+
+def pool(storage: Storage, fakes: list[FakeOllama], **options: float) -> PoolBackend:
+    hosts = [Host(fake.url, fake.slots or 1) for fake in fakes]
+    return PoolBackend("m", hosts, SlotLeases(storage, hosts, lease=options.pop("lease", 30.0)), **options)
+
+
+def ask() -> Request:
+    return Request([{"role": "user", "content": "count"}])
+
+
+def test_no_host_runs_more_than_its_slots_for_all_workers_and_the_least_loaded_gets_work(
+        tmp_path: Path, fakes: list[FakeOllama]) -> None:
+    """Two workers' pools (each its own leases, as in two processes) share the slots through one database."""
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    workers = [pool(storage, fakes), pool(storage, fakes)]
+
+    async def main() -> list[str]:
+        calls = [worker.generate(ask(), lambda _: False) for worker in workers for _ in range(9)]
+        return [result.text for result in await asyncio.gather(*calls)]
+
+    assert asyncio.run(main()) == [ANSWER] * 18
+    assert [fake.peak for fake in fakes] == [2, 1]  # each used to its slots, never past them
+    assert {row.holder for row in storage.rows(ModelSlotRow)} == {None}  # every slot given back
+
+
+def test_a_failing_host_is_left_out_then_tried_again(tmp_path: Path, fakes: list[FakeOllama]) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    backend = pool(storage, fakes, retry_after=0.5)
+    fakes[0].faults = ["500"] * 5  # the least-loaded host, first asked, fails
+    first = asyncio.run(backend.generate(ask(), lambda _: False))
+    assert first.text == ANSWER and len(fakes[0].requests) == 1 and len(fakes[1].requests) == 1
+    asyncio.run(backend.generate(ask(), lambda _: False))
+    assert len(fakes[0].requests) == 1  # left out
+    time.sleep(0.6)
+    asyncio.run(backend.generate(ask(), lambda _: False))
+    assert len(fakes[0].requests) == 2  # tried again (it fails again: the other one answers)
+    fakes[1].faults = ["500"] * 5
+    with pytest.raises(ModelUnavailable, match="every model host failed"):
+        asyncio.run(backend.generate(ask(), lambda _: False))
+
+
+def test_a_slot_held_by_a_process_that_died_is_taken_once_its_lease_ran_out(tmp_path: Path,
+                                                                               fakes: list[FakeOllama]) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    backend = pool(storage, fakes[1:], lease=30.0)  # the host with one slot
+    with storage.engine.begin() as db:  # held by a worker killed mid-generation, for one more second
+        db.execute(ModelSlotRow.__table__.update().values(holder="dead:1", expires=time.time() + 1))
+    started = time.monotonic()
+    assert asyncio.run(backend.generate(ask(), lambda _: False)).text == ANSWER
+    assert time.monotonic() - started >= 0.9
+
+
+def test_a_generation_suspended_on_a_host_that_is_gone_resumes_on_another(tmp_path: Path,
+                                                                          fakes: list[FakeOllama]) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    backend = pool(storage, fakes)
+    seen: list[str] = []
+    first = asyncio.run(backend.generate(ask(), lambda token: seen.append(token) or len(seen) == 2))
+    assert first.finish == "suspended" and first.snapshot is not None and len(fakes[0].requests) == 1
+    fakes[0].close()  # its host is gone
+    rest = asyncio.run(backend.generate(ask(), lambda _: False, first.snapshot))
+    assert rest.text == ANSWER and fakes[1].requests[-1]["messages"][-1] == {"role": "assistant",
+                                                                             "content": first.text}
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("hosts: []\n", "1:1"),
+    ("hosts:\n  - {url: http://a:11434, slots: 0}\n", "2:34"),
+    ("hosts:\n  - {url: http://a:11434, slots: 2}\n  - {url: 'http://a:11434/', slots: 1}\n", "3:11")])
+def test_a_hosts_file_with_a_problem_is_refused_at_its_line(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "hosts.yaml").write_text(text)
+    with pytest.raises(HostsError, match=f"hosts.yaml:{where}: "):
+        read_hosts(tmp_path / "hosts.yaml")
