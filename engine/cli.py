@@ -325,7 +325,8 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
         inputs = resolve_inputs(checked.flow, given | parse_pairs(checked.flow, pairs), str(flow),
                                 how="-i {name}=... (or in --input-file)")
         if queue:
-            _queued(checked, [inputs], str(flow), Storage(db), as_json)
+            _queue_only(kind, model, cassette, slots)
+            _queued(checked, [inputs], str(flow), Storage(db), as_json, workspace=workspace)
             return
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db), ask=not as_json)
         service = Service(kernel)
@@ -335,12 +336,21 @@ def run(flow: Path, pairs: tuple[str, ...], input_file: Path | None, workspace: 
     _end_run(outcome, kernel, as_json)
 
 
+def _queue_only(kind: str, model: str | None, cassette: Path | None, slots: int | None) -> None:
+    """Refuse the model's options with --queue: the workers run the runs on theirs."""
+    given = [name for name, value in (("--backend", kind != "auto"), ("--model", model), ("--cassette", cassette),
+                                      ("--slots", slots)) if value]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} and --queue: queued runs run on the model their workers were "
+                               "started with (`flowrun worker --model ...`): drop them")
+
+
 def _queued(checked: CheckedFlow, inputs: list[dict[str, Any]], file: str, storage: Storage, as_json: bool,
-            batch: str | None = None) -> None:
+            batch: str | None = None, workspace: Path | None = None) -> None:
     """Queue runs of `checked` for workers, and say their ids."""
     from engine.worker.queue import enqueue  # here, so that other commands do not load the job queue
 
-    ids = asyncio.run(enqueue(storage, checked, inputs, file=file, batch=batch))
+    ids = asyncio.run(enqueue(storage, checked, inputs, file=file, batch=batch, workspace=workspace))
     if as_json:
         click.echo(json.dumps([{"run_id": run_id, "status": RunStatus.QUEUED} for run_id in ids] if batch else
                               {"run_id": ids[0], "status": RunStatus.QUEUED, "db": storage.url}))
@@ -391,6 +401,7 @@ def batch(flow: Path, inputs_file: Path, concurrency: int, queue: bool, kind: st
         lines = read_input_lines(inputs_file)
         inputs = [resolve_inputs(checked.flow, given, f"{inputs_file}:{n}") for n, given in lines]
         if queue:
+            _queue_only(kind, model, cassette, slots)
             _queued(checked, inputs, str(flow), Storage(db), as_json, batch=uuid.uuid4().hex)
             return
         kernel = _kernel(checked, kind, model, cassette, scheduler, slots, Storage(db))

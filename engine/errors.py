@@ -27,9 +27,9 @@ class RunStatus(StrEnum):
 
     @property
     def resumable(self) -> bool:
-        """Whether `flowrun resume` continues a run in this status (a failed one from its failed step, a queued one
-        from its start)."""
-        return self in (RunStatus.QUEUED, RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED)
+        """Whether `flowrun resume` continues a run in this status (a failed one from its failed step). A queued run
+        is a worker's to start."""
+        return self in (RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED)
 
     @property
     def ended(self) -> bool:

@@ -292,10 +292,10 @@ class Service:
             return live.run, list(live.steps)
         return await self._read(progress, self.kernel.storage, run_id)
 
-    async def stopped(self, run_id: str, *, stalled: bool = False) -> Stopped:
+    async def stopped(self, run_id: str, *, worker: bool = False) -> Stopped:
         """The stored run whose id is or starts with `run_id`, read back to be resumed (a ResumeError where it
-        cannot be: engine.interpreter.resume.stopped; `stalled`: a running run whose worker stalled is taken)."""
-        return await self._read(functools.partial(stopped, stalled=stalled), self.kernel.storage, run_id)
+        cannot be: engine.interpreter.resume.stopped; `worker`: for a worker that took its job)."""
+        return await self._read(functools.partial(stopped, worker=worker), self.kernel.storage, run_id)
 
     async def answer(self, run_id: str, value: Any, step: str | None = None) -> answering.Waiting:
         """Record `value` as the answer to what run `run_id` waits for (its step `step`'s question, where it waits on

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
 
 
 def bench(*args: str) -> str:
@@ -33,3 +36,10 @@ def test_serve_bench_runs() -> None:
 def test_map_bench_runs() -> None:
     out = bench("bench/map_bench.py", "--items", "4", "--seconds", "0.01", "--slots", "1", "2", "--no-model")
     assert out.count("x ideal") == 2 and "5 runs stored" in out
+
+
+@pytest.mark.slow
+def test_scale_bench_runs(postgres: str) -> None:  # noqa: F811 (the fixture)
+    out = bench("bench/scale_bench.py", "--db", postgres, "--runs", "12", "--steps", "2", "--ms", "20",
+                "--workers", "1", "2", "--concurrency", "4", "--stall", "2")
+    assert "1 worker: 12 runs" in out and "2 workers: 12 runs" in out and "every run finished" in out

@@ -248,7 +248,7 @@ def test_of_two_claims_of_a_stopped_run_only_one_wins(url: str) -> None:
         first.flush()
         seen = (RunStatus.INTERRUPTED, 41)
         mine = {"host": "here", "pid": 42, "pid_started": 5.0}
-        assert first.claim_run("b" * 32, seen, mine, ([call.id], [])) == 1  # its epoch
+        assert first.claim_run("b" * 32, seen, mine, ([call.id], [])) == 0  # claimed (not a run of the queue)
         assert second.claim_run("b" * 32, seen, {**mine, "pid": 43}) is None
         claimed = second.find_run("b")
         assert (claimed.status, claimed.pid, claimed.host, claimed.error) == (RunStatus.RUNNING, 42, "here", None)
@@ -264,7 +264,7 @@ def test_a_fenced_run_is_written_only_until_another_process_claims_it(url: str) 
     first, second = Storage(url), Storage(url)
     root, child = "f" * 32, "c" * 32
     try:
-        first.start_run(run(root, status=RunStatus.QUEUED))
+        first.start_run(run(root, status=RunStatus.QUEUED, epoch=0))
         epoch = first.claim_run(root, (RunStatus.QUEUED, None), {"host": "a", "pid": 1, "pid_started": 1.0})
         first.fences.fence(root, epoch)
         asyncio.run(first.commit_step(step(root, 1)))  # held: written

@@ -191,7 +191,7 @@ async def _child_run(kernel: Kernel, run: RunState, step: Step, child: Child, st
         if stored is not None:
             try:
                 found = resume.stopped_run(kernel.storage, await asyncio.to_thread(record, kernel.storage, stored.id),
-                                           force=True)
+                                           force=True, worker=kernel.storage.fences.holds(run.id))
                 return await resume.resume_run(kernel, child.compiled, found, file=child.file, run=state,
                                                priority=priority)
             except resume.ResumeError as exc:

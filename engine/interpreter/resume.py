@@ -52,10 +52,11 @@ def journal_of(calls: list[SyscallRow], tools: list[ToolCallRow], *, strict: boo
     return Journal(answers, recorded, strict=strict)
 
 
-def stopped(storage: Storage, run_id: str, *, force: bool = False, stalled: bool = False) -> Stopped:
+def stopped(storage: Storage, run_id: str, *, force: bool = False, worker: bool = False) -> Stopped:
     """Run `run_id` (or an unambiguous start of it) as it was stored, if it can be resumed (with `force`, also one
-    stored as running on another machine, which cannot be checked; never one whose process runs on this one; with
-    `stalled`, one stored as running whose worker the job queue found stalled, whatever its process looks like).
+    stored as running on another machine, which cannot be checked; never one whose process runs on this one). With
+    `worker`, for a worker that took its job: also a queued run, and one stored as running by a worker that
+    stalled (engine.worker.worker checks), whatever its process looks like.
 
     A child run is resumed through the run a user started (runs.root_of), which continues its unfinished child
     runs: a child of a map item needs its parent's state to go on. A run that waits for an answer can be resumed
@@ -70,15 +71,17 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False, stalled: bool
             until = "" if asked.deadline is None else f" (it times out at {answering.when(asked)})"
             raise ResumeError(f"run {root.id} waits for an answer to step {asked.step}{until}: give it with `flowrun "
                               f"runs answer {root.id[:12]} --value JSON` (or --text TEXT). It asks: {asked.prompt}")
-    return stopped_run(storage, record(storage, root.id), force=force, stalled=stalled)
+    return stopped_run(storage, record(storage, root.id), force=force, worker=worker)
 
 
-def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False, stalled: bool = False) -> Stopped:
+def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False, worker: bool = False) -> Stopped:
     """The stored run `found` as `stopped` gives it (a child run's: to be continued by its parent)."""
     run = found.run
     now = status(run)
-    if not now.resumable and not (now == RunStatus.RUNNING and (stalled or (force and not alive(run)))):
+    taken = worker and now in (RunStatus.QUEUED, RunStatus.RUNNING)
+    if not now.resumable and not taken and not (now == RunStatus.RUNNING and force and not alive(run)):
         why = {RunStatus.FINISHED: "it finished: there is nothing to resume",
+               RunStatus.QUEUED: "it is queued: a worker starts it (`flowrun worker`)",
                RunStatus.RUNNING: f"it is still running (process {run.pid} on {run.host}); if that process is gone, "
                           "resume it with --force"}.get(now, f"it is {now}")
         if now == RunStatus.RUNNING and alive(run):  # resuming it would run it twice at once
@@ -92,7 +95,7 @@ def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False, stal
     # A tool's error is not given back either: the call is made again.
     fresh = run.status == RunStatus.FAILED
     journal = journal_of([] if fresh else later, tools, strict=False)
-    journal.supersede = lambda calls, tools: storage.later(storage.supersede, calls, tools)
+    journal.supersede = lambda calls, tools: storage.later(storage.supersede, calls, tools, run.id)
     stale = ([c.id for c in later if fresh and c.kind in ANSWER_KINDS], [t.id for t in tools if t.error and t.id])
     answered = {c.id for c in later}
     for snap in storage.of_runs(SnapshotRow, [run.id]):
@@ -131,10 +134,12 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
     if run.flow_sha256 and compiled.sha256 != run.flow_sha256 and not force:
         raise ResumeError(f"{run.flow} changed since run {run.id} started: resume with --force to go on with "
                           "the flow as it is now, or run it anew")
-    now = {callee.file: callee.compiled.sha256 for callee in compiled.callees()}
+    # by name: the same flows may be at other paths where the run goes on (a worker on another machine)
+    now = {callee.compiled.flow.name: callee.compiled.sha256 for callee in compiled.callees()}
+    now[compiled.flow.name] = compiled.sha256
     for child in found.descendants:  # a called flow that changed would go on with steps it did not take
-        if child.status != RunStatus.FINISHED and child.flow != run.flow and not force and (
-                child.flow not in now or (child.flow_sha256 and now[child.flow] != child.flow_sha256)):
+        if child.status != RunStatus.FINISHED and not force and (
+                child.agent not in now or (child.flow_sha256 and now[child.agent] != child.flow_sha256)):
             raise ResumeError(f"{child.flow}, which run {run.id} called as child run {child.id[:12]}, changed since "
                               "(or the flow no longer calls it): resume with --force to go on with the flows as "
                               "they are now, or run it anew")
@@ -165,6 +170,9 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
         raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
     if fence:
         kernel.storage.fences.fence(stored.id, claimed)
+    if stored.status == RunStatus.QUEUED and compiled.flow.remembered:  # it starts now: what it remembers is read
+        stored.memory = await kernel.storage.commit(kernel.storage.remember_at_start, stored.id, stored.agent,
+                                                    compiled.flow.remembered)
     if run is None:  # a run a user started: its tree of child runs counts what it started before
         run = RunState.new(compiled, file, stored.inputs or {}, stored.id)
         run.tally.started = len(found.descendants)

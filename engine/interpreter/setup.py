@@ -65,6 +65,7 @@ def open_backend_for(kind: str, model: str, cassette: Path | None, *, slots: int
             raise CassetteError("--backend scripted answers from a cassette: give it with --cassette FILE")
         backend = read_cassette(cassette)
         backend.skip(answered or [])
+        backend.slots = slots or backend.slots
         return backend
     return open_backend(kind, model, slots=slots, say=say)
 

@@ -38,6 +38,11 @@ class Fences:
             if parent in self._roots:
                 self._roots[run_id] = self._roots[parent]
 
+    def holds(self, run_id: str) -> bool:
+        """Whether run `run_id` (or its root) is fenced here."""
+        with self._lock:
+            return run_id in self._roots
+
     def release(self, run_id: str) -> None:
         """Forget the root run `run_id` and its children (its run ended here, or was lost)."""
         with self._lock:

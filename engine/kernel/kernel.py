@@ -324,7 +324,7 @@ class Kernel:
 
     async def store(self, agent: str, run: str, key: str, value: Any) -> None:
         """Keep `value` (JSON) under `key` in `agent`'s own storage, across runs."""
-        await self._serve(SyscallKind.STORAGE, agent, run, self.storage.put, agent, key, value)
+        await self._serve(SyscallKind.STORAGE, agent, run, self.storage.put, agent, key, value, run)
 
     async def load(self, agent: str, run: str, key: str, owner: str | None = None) -> Any:
         """The value under `key` in the storage of `owner` (default: `agent`), if the access manager allows."""

@@ -137,7 +137,13 @@ class Scheduler:
                 syscall.input_tokens = max(result.prompt_tokens - (resume.tokens if resume else 0), 0)
             if result.finish == "suspended" and result.snapshot is not None:
                 syscall.preemptions += 1
-                await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
+                try:
+                    await asyncio.to_thread(self.context.suspend, syscall, result.snapshot)  # may write to storage
+                except Exception as exc:  # not stored (storage failed, or the run was taken over): its caller hears
+                    syscall.finished = time.time()
+                    if not waiting.done.cancelled():
+                        waiting.done.set_exception(exc)
+                    return
                 self.events.publish(SyscallSuspended(syscall.run, syscall=syscall.id, tokens=syscall.tokens))
                 if waiting.done.cancelled():  # stored (prune removes its KV file), not queued again
                     self.context.restore(syscall)

@@ -270,6 +270,8 @@ class Storage:
     def _noting_failure(self, write: Callable[..., Any], *args: Any) -> None:
         try:
             write(*args)
+        except Fenced:  # a write of a run another process took over: that run stops, the others go on
+            pass
         except StorageError as exc:
             self._failure = self._failure or exc
 
@@ -430,10 +432,11 @@ class Storage:
     def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
                   stale: tuple[list[str], list[int]] = ([], []), parent: str | None = None) -> int | None:
         """Mark run `run_id` running in `process` (its host, pid and pid_started), if its (status, pid) is still
-        `seen`: two processes resuming one run cannot both have it. The claim bumps the run's epoch, which it
-        returns (None: not claimed), for a worker to fence the run with (engine.kernel.fencing); a child run of
-        `parent` is claimed only while its root's fence holds, and is fenced with it. In the same transaction,
-        supersede the `stale` syscalls and tool calls, which the resumed run will not use."""
+        `seen`: two processes resuming one run cannot both have it. The claim of a run of the queue bumps its
+        epoch, which it returns (0 for any other run; None: not claimed), for a worker to fence the run with
+        (engine.kernel.fencing); a child run of `parent` is claimed only while its root's fence holds, and is
+        fenced with it. In the same transaction, supersede the `stale` syscalls and tool calls, which the resumed
+        run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         self.fences.adopt(run_id, parent)
         with self._writing() as db:
@@ -442,11 +445,35 @@ class Storage:
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
                                  .values(status=RunStatus.RUNNING, error=None, finished=None,
-                                         epoch=func.coalesce(table.c.epoch, 0) + 1, **process))
+                                         epoch=table.c.epoch + 1, **process))  # NULL stays NULL: not a queue's
             if claimed.rowcount != 1:
                 return None
             self._supersede(db, *stale)
-            return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one()
+            return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one() or 0
+
+    def remember_at_start(self, run_id: str, agent: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        """What `agent` has stored under `keys`, read as run `run_id` (queued, claimed now) starts, and kept with
+        it (runs.memory), as a run started at once keeps it (commit_start_run)."""
+        data, runs = AgentDataRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            self._hold(db, run_id)
+            stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == agent, data.c.key.in_(keys)))
+            memory = dict.fromkeys(keys) | {key: value for key, value in stored}
+            db.execute(runs.update().where(runs.c.id == run_id).values(memory=memory))
+        return memory
+
+    def leave_queue(self, run_id: str) -> None:
+        """Run `run_id` is no longer the queue's (a person resumes it): workers leave it alone."""
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            db.execute(table.update().where(table.c.id == run_id).values(epoch=None))
+
+    def end_idle_transactions(self, seconds: float) -> None:
+        """Have PostgreSQL end this process's sessions that sit in a transaction for `seconds` (a worker frozen
+        midway through a write, whose row locks would hold its runs' next owner up)."""
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", lambda connection, _: _idle_timeout(connection, seconds))
+            self.engine.dispose()
 
     def _hold(self, db: Connection, run_id: str | None) -> None:
         """Fenced, where run `run_id` belongs to a run this process fenced and another one claimed since."""
@@ -457,6 +484,7 @@ class Storage:
         """Keep what run `run_id` asks a person, while it waits (runs.asking)."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
+            self._hold(db, run_id)
             db.execute(table.update().where(table.c.id == run_id).values(asking=asking))
 
     def settle_waiting(self, run_id: str, wait: int | None, syscall: dict[str, Any], why: str,
@@ -477,9 +505,10 @@ class Storage:
                                .values(status=RunStatus.PAUSED, error=why))
             return settled.rowcount == 1
 
-    def supersede(self, calls: list[str], tools: list[int]) -> None:
-        """Mark syscalls `calls` and tool calls `tools` as gone past by a resumed run."""
+    def supersede(self, calls: list[str], tools: list[int], run: str | None = None) -> None:
+        """Mark syscalls `calls` and tool calls `tools` (of run `run`) as gone past by a resumed run."""
         with self._writing() as db:
+            self._hold(db, run)
             self._supersede(db, calls, tools)
 
     @staticmethod
@@ -526,18 +555,20 @@ class Storage:
         self._add(AuditRow(agent=agent, run_id=run, action=action, target=target, allowed=allowed, reason=reason,
                            created=time.time()))
 
-    def put(self, agent: str, key: str, value: Any) -> None:
-        """Set `agent`'s stored `key` to `value` (JSON): the last of writers at once wins (an upsert: a read, then
-        an insert, failed the second of two runs storing a new key at once)."""
+    def put(self, agent: str, key: str, value: Any, run: str | None = None) -> None:
+        """Set `agent`'s stored `key` to `value` (JSON), for run `run` (not if its fence is lost): the last of
+        writers at once wins (an upsert: a read, then an insert, failed the second of two runs storing a new key at
+        once)."""
         table = AgentDataRow.__table__  # type: ignore[attr-defined]
         insert = (sqlite_insert if self.sqlite else postgresql_insert)(table).values(
             agent=agent, key=key, value=value, updated=time.time())
         upsert = insert.on_conflict_do_update(index_elements=["agent", "key"],
                                               set_={"value": insert.excluded.value, "updated": insert.excluded.updated})
-        self._retrying(self._execute, upsert)
+        self._retrying(self._execute, upsert, run)
 
-    def _execute(self, statement: Executable) -> None:
+    def _execute(self, statement: Executable, run: str | None = None) -> None:
         with self._writing() as db:
+            self._hold(db, run)
             db.execute(statement)
 
     def get(self, agent: str, key: str) -> Any:
@@ -873,6 +904,12 @@ def _fields(step: StepRecord) -> dict[str, Any]:
 
 def _values(row: SQLModel) -> dict[str, Any]:
     return {c.name: getattr(row, c.name) for c in row.__table__.columns}  # type: ignore[attr-defined]
+
+
+def _idle_timeout(connection: Any, seconds: float) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}")
+    connection.commit()
 
 
 def _run_of(values: dict[str, Any]) -> str | None:

@@ -9,6 +9,7 @@ epoch bumped, engine.kernel.fencing) and starts or resumes it from its last comm
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.errors import FlowrunError, RunStatus
@@ -54,11 +55,13 @@ async def ready(app: Any) -> None:
 
 
 async def enqueue(storage: Storage, checked: CheckedFlow, runs: list[dict[str, Any]], *, file: str,
-                  batch: str | None = None) -> list[str]:
-    """Store a queued run of the valid flow `checked` (from `file`) for each inputs in `runs`, and defer its job;
-    their ids."""
+                  batch: str | None = None, workspace: Path | None = None) -> list[str]:
+    """Store a queued run of the valid flow `checked` (from `file`) for each inputs in `runs` (its tools working in
+    `workspace`, if given), and defer its job; their ids. A run stored whose job was not deferred (the process
+    stopped between) is queued by the workers' sweep (engine.worker.worker)."""
     rows = [RunRow(id=new_run_id(), agent=checked.flow.name, flow=file, status=RunStatus.QUEUED, batch=batch,
-                   inputs=inputs, created=time.time(), flow_sha256=checked.compiled.sha256, epoch=0)
+                   inputs=inputs, created=time.time(), flow_sha256=checked.compiled.sha256, epoch=0,
+                   workspace=None if workspace is None else str(workspace.resolve()))
             for inputs in runs]
     app = app_for(storage)
     async with app.open_async():

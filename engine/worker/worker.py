@@ -4,7 +4,8 @@ and running them on a Service, any number of them on any number of machines shar
 A run is started or resumed through the same code as `flowrun runs resume`, from its last committed step, and
 fenced (engine.kernel.fencing): claimed with a new epoch, written only while that epoch holds. Procrastinate keeps
 each worker's heartbeat; every worker looks for the jobs of workers whose heartbeat is older than `stall` seconds
-(killed, frozen, cut off) and queues their runs again, so that they go on elsewhere.
+(killed, frozen, cut off), ends them and queues their runs again, so that they go on elsewhere; and for runs of the
+queue that have no job left (a process stopped between storing a run and queueing its job), which it queues.
 """
 
 from __future__ import annotations
@@ -15,35 +16,45 @@ import logging
 import sys
 from typing import Any
 
+from sqlalchemy import text
+
 from engine.errors import RunStatus
 from engine.interpreter.resume import ResumeError, Stopped
 from engine.interpreter.walk import process_id
+from engine.kernel.storage import NoSuchRun
 from engine.server.catalog import Offered
-from engine.service import Service
+from engine.service import AlreadyInFlight, Service
 from engine.worker.queue import QUEUE, TASK, app_for, defer, ready
 
 log = logging.getLogger("flowrun.worker")
+RETRIES = 10  # tries of a job whose run could not be read or claimed (the database away): 5, 10, 15... s apart
 
 
 async def work(service: Service, catalog: dict[str, Offered], *, concurrency: int, stall: float,
                name: str) -> None:
     """Take queued runs of the flows in `catalog` (by name), `concurrency` at a time, until cancelled; take over
     the runs of workers whose heartbeat is `stall` seconds old."""
-    app = app_for(service.kernel.storage)
+    from procrastinate import RetryStrategy
+
+    storage = service.kernel.storage
+    storage.end_idle_transactions(stall)  # frozen midway through a write, this worker holds no one up for long
+    app = app_for(storage)
     asyncio.get_running_loop().set_exception_handler(_quiet_queue)
     async with app.open_async():
         await ready(app)
 
-        @app.task(name=TASK, queue=QUEUE)
-        async def take(run_id: str) -> None:
+        @app.task(name=TASK, queue=QUEUE, pass_context=True,
+                  retry=RetryStrategy(max_attempts=RETRIES, linear_wait=5))
+        async def take(context: Any, run_id: str) -> None:
             try:
-                await run(service, catalog, run_id)
+                await run(service, catalog, run_id, live=lambda: _held_elsewhere(storage, run_id, context.job.id,
+                                                                                 stall))
             except asyncio.CancelledError:  # this worker stops: the run (stored interrupted) goes on elsewhere
                 with contextlib.suppress(Exception):
                     await asyncio.shield(defer(app, [run_id]))
                 raise
 
-        sweeping = asyncio.ensure_future(sweep(app, stall))
+        sweeping = asyncio.ensure_future(sweep(app, storage, stall))
         try:
             await app.run_worker_async(queues=[QUEUE], concurrency=concurrency, name=name,
                                        update_heartbeat_interval=stall / 4, stalled_worker_timeout=stall,
@@ -66,13 +77,21 @@ def _quiet_queue(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
         loop.default_exception_handler(context)
 
 
-async def run(service: Service, catalog: dict[str, Offered], run_id: str) -> RunStatus | None:
+async def run(service: Service, catalog: dict[str, Offered], run_id: str,
+              live: Any = None) -> RunStatus | None:
     """Start or go on with the queued, stopped or stalled run `run_id`, to its end here; how it ended (None: it
-    was not this worker's to run: ended already, or claimed by another)."""
+    was not this worker's to run: ended already, another worker's, or its own already). `live`, awaited, says
+    whether a live worker other than this one holds the run (then it is that one's)."""
+    if service.running(run_id) == run_id:  # a job of a run this worker runs, queued again while it stalled
+        return None
     try:
-        found = await service.stopped(run_id, stalled=True)
-    except ResumeError as exc:  # ended already (its job done twice), or waiting for a person
+        found = await service.stopped(run_id, worker=True)
+    except (ResumeError, NoSuchRun) as exc:  # ended already (its job done twice), waiting for a person, deleted
         log.info("run %s: %s", run_id, exc)
+        return None
+    if found.run.epoch is None:  # a person resumes it: not the queue's any more
+        return None
+    if found.run.status == RunStatus.RUNNING and live is not None and await live():
         return None
     offered = catalog.get(found.run.agent)
     if offered is None:
@@ -80,46 +99,81 @@ async def run(service: Service, catalog: dict[str, Offered], run_id: str) -> Run
                               "workers with --flows naming a directory that holds it, then resume the run")
     try:  # cancelled (the worker stops), the run is stored interrupted first
         outcome = await service.to_end(service.resume(offered.checked, found, file=str(offered.path), fence=True))
+    except AlreadyInFlight:  # this worker took it meanwhile, on another job
+        return None
     except ResumeError as exc:
+        service.kernel.storage.fences.release(run_id)
         if "another process" in str(exc):  # claimed first by another worker
             return None
         return await _give_up(service, found, RunStatus.INTERRUPTED, str(exc))  # a person decides
-    finally:
+    except BaseException:
         service.kernel.storage.fences.release(run_id)
+        raise
+    service.kernel.storage.fences.release(run_id)
     if outcome.status == RunStatus.LOST:
         print(f"flowrun worker: run {run_id} was taken over by another worker: this one stopped it, storing "
               "nothing more of it", file=sys.stderr)
     return outcome.status
 
 
+async def _held_elsewhere(storage: Any, run_id: str, job: int, stall: float) -> bool:
+    """Whether a job of run `run_id` other than `job` is being done by a worker whose heartbeat is fresh."""
+    def read() -> bool:
+        with storage.engine.connect() as db:
+            return db.execute(text(
+                "SELECT 1 FROM procrastinate_jobs j JOIN procrastinate_workers w ON w.id = j.worker_id "
+                "WHERE j.args->>'run_id' = :run AND j.status = 'doing' AND j.id <> :job "
+                "AND w.last_heartbeat > NOW() - make_interval(secs => :stall)"),
+                {"run": run_id, "job": job, "stall": stall}).first() is not None
+    return await asyncio.to_thread(read)
+
+
 async def _give_up(service: Service, found: Stopped, status: RunStatus, why: str) -> RunStatus | None:
-    """Store run `found` as `status` with `why`, where this worker could not run it (a person resumes it)."""
+    """Store run `found` as `status` with `why`, out of the queue, where this worker could not run it (a person
+    resumes it)."""
     storage, run = service.kernel.storage, found.run
     if await storage.commit(storage.claim_run, run.id, (run.status, run.pid), process_id()) is None:
         return None
     await storage.commit_finish_run(run.id, status, error=why)
+    await storage.commit(storage.leave_queue, run.id)
     print(f"flowrun worker: run {run.id} {status}: {why}", file=sys.stderr)
     return status
 
 
-async def sweep(app: Any, stall: float) -> None:
-    """Every half `stall`, end the jobs of workers whose heartbeat is `stall` seconds old as failed, and queue
-    their runs again in new jobs: a stalled worker that comes back finds its job ended, not one another worker
-    took on (its runs it finds taken over: engine.kernel.fencing)."""
-    from procrastinate.exceptions import ConnectorException
-    from procrastinate.jobs import Status
-
+async def sweep(app: Any, storage: Any, stall: float) -> None:
+    """Every half `stall`: end the jobs of workers whose heartbeat is `stall` seconds old as failed, and queue
+    their runs again in new jobs (a stalled worker that comes back finds its job ended, not one another worker
+    took on; its runs it finds taken over: engine.kernel.fencing); and queue the runs of the queue, older than
+    `stall`, that are queued, running or interrupted with no job to do them (a process stopped between the two)."""
     while True:
         await asyncio.sleep(stall / 2)
         try:
-            stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stall, queue=QUEUE)
-        except ConnectorException as exc:  # the database is away: the next look may find it
+            await _sweep_once(app, storage, stall)
+        except Exception as exc:  # the database away, say: the next look may find it
             log.warning("looking for stalled jobs failed: %s", exc)
+
+
+async def _sweep_once(app: Any, storage: Any, stall: float) -> None:
+    from procrastinate.exceptions import ConnectorException
+    from procrastinate.jobs import Status
+
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stall, queue=QUEUE):
+        try:
+            await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
+        except ConnectorException:  # another worker ended it first, and queues its run
             continue
-        for job in stalled:
-            try:
-                await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
-            except ConnectorException:  # another worker ended it first, and queues its run
-                continue
-            await defer(app, [job.task_kwargs["run_id"]])
-            log.info("run %s of a stalled worker is queued again", job.task_kwargs["run_id"])
+        await defer(app, [job.task_kwargs["run_id"]])
+        log.info("run %s of a stalled worker is queued again", job.task_kwargs["run_id"])
+
+    def orphans() -> list[str]:
+        with storage.engine.connect() as db:
+            return list(db.execute(text(
+                "SELECT r.id FROM runs r WHERE r.epoch IS NOT NULL AND r.parent IS NULL "
+                "AND r.status IN ('queued', 'running', 'interrupted') "
+                "AND r.created < EXTRACT(EPOCH FROM NOW()) - :stall AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+                "WHERE j.args->>'run_id' = r.id AND j.status IN ('todo', 'doing'))"), {"stall": stall}).scalars())
+
+    left = await asyncio.to_thread(orphans)
+    if left:
+        await defer(app, left)
+        log.info("runs of the queue with no job, queued again: %s", ", ".join(left))

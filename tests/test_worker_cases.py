@@ -1,0 +1,294 @@
+"""Workers, case by case, on the real PostgreSQL server tests/test_postgres.py starts: a worker's take of a run
+(engine.worker.worker.run) in this process, against what another process holds or did. Each case is one an
+adversarial review found wrong: a queued run behaves as `flowrun run`'s, nothing a worker that lost its run writes
+is stored, no run is left with no job to do it, and no worker takes a run another one is running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from engine.errors import RunStatus
+from engine.flow.validate import load_flow
+from engine.interpreter.setup import kernel_for, read_cassette
+from engine.kernel.kernel import Kernel
+from engine.kernel.scheduler import Policy
+from engine.kernel.storage import Fenced, Storage
+from engine.kernel.syscall import Syscall, SyscallKind
+from engine.kernel.tables import RunRow, StepRow
+from engine.llm.base import Request
+from engine.llm.scripted import ScriptedBackend
+from engine.server.catalog import Offered, load_catalog
+from engine.service import Service
+from engine.worker import worker
+from engine.worker.queue import enqueue
+from tests.conftest import ROOT
+from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
+from tests.test_run_cli import cli
+from tests.test_workers import ANSWERS, HERE, RELAY
+
+pytestmark = pytest.mark.slow
+COUNTER = """\
+flowrun: 1
+name: Counter
+description: You count visits.
+inputs:
+  city: {type: string}
+steps:
+  count:
+    kind: process
+    output: "{{ (memory.visits or 0) + 1 }}"
+    remember: {visits: "{{ steps.count.output }}", last_city: "{{ inputs.city }}"}
+    next: done
+  done: {kind: terminal, output: "visit {{ memory.visits }}; {{ memory.last_city }}"}
+"""
+MINE = {"host": "a", "pid": 1, "pid_started": 1.0}
+THEIRS = {"host": "b", "pid": 2, "pid_started": 2.0}
+
+
+def offered(folder: Path, text: str, name: str) -> Offered:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    checked = load_flow(path, (HERE,))
+    assert checked.ok, checked.diagnostics
+    return Offered(path, checked)
+
+
+def taken_over(storage: Storage, other: Storage, run_id: str) -> None:
+    """`storage`'s process claims and fences the queued run `run_id`; then `other`'s takes it over."""
+    storage.fences.fence(run_id, storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE))
+    assert other.claim_run(run_id, (RunStatus.RUNNING, 1), THEIRS) == 2
+
+
+def test_a_queued_run_reads_what_its_flow_remembers_as_it_starts(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+    service = Service(kernel_for([flow.checked], ScriptedBackend([]), storage))
+
+    async def two_visits() -> list[object]:
+        answers = []
+        for city in ("Paris", "Rome"):
+            (run_id,) = await enqueue(storage, flow.checked, [{"city": city}], file=str(flow.path))
+            assert await worker.run(service, {"Counter": flow}, run_id) == RunStatus.FINISHED
+            answers.append(storage.find_run(run_id).answer)
+        return answers
+
+    assert asyncio.run(two_visits()) == ["visit 1; Paris", "visit 2; Rome"]
+
+
+def test_a_queued_run_keeps_its_workspace_and_refuses_model_options(postgres: str, tmp_path: Path,  # noqa: F811
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("run", str(HERE / "adder.yaml"), "-i", "a=1", "-i", "b=2", "--queue", "--workspace",
+                         str(tmp_path / "ws"), "--db", postgres, "--json")
+    assert code == 0, err
+    assert Storage(postgres).find_run(json.loads(out)["run_id"]).workspace == str((tmp_path / "ws").resolve())
+    code, _, err = cli("run", str(HERE / "adder.yaml"), "-i", "a=1", "-i", "b=2", "--queue", "--model", "big",
+                       "--db", postgres)
+    assert code == 2 and "--model and --queue" in err and "Traceback" not in err
+
+
+def test_a_worker_that_lost_its_run_stores_nothing_of_it_not_even_agent_data_or_a_question(
+        postgres: str) -> None:  # noqa: F811
+    first, second = Storage(postgres), Storage(postgres)
+    root = "f" * 32
+    first.start_run(RunRow(id=root, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(), epoch=0))
+    taken_over(first, second, root)
+    second.put("A", "k", "by-the-new-owner")
+    with pytest.raises(Fenced):  # a `remember` of the run in the worker that lost it
+        asyncio.run(Kernel(ScriptedBackend([]), first).store("A", root, "k", "by-the-worker-that-lost-it"))
+    with pytest.raises(Fenced):
+        first.set_asking(root, {"step": "ask", "prompt": "stale"})
+    first.later(first.supersede, [], [], root)  # queued: dropped, and no other run's write fails for it
+    first.flush()
+    assert second.get("A", "k") == "by-the-new-owner" and second.find_run(root).asking is None
+
+
+def test_a_preempted_model_call_of_a_run_taken_over_fails_its_caller_instead_of_hanging(
+        postgres: str) -> None:  # noqa: F811
+    first, second = Storage(postgres), Storage(postgres)
+    lost, kept = "f" * 32, "e" * 32
+    for run_id in (lost, kept):
+        first.start_run(RunRow(id=run_id, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(),
+                               epoch=0))
+        first.fences.fence(run_id, first.claim_run(run_id, (RunStatus.QUEUED, None), MINE))
+    assert second.claim_run(lost, (RunStatus.RUNNING, 1), THEIRS) == 2
+    backend = ScriptedBackend.from_responses([{"key": "a", "times": 10, "text": " ".join(["w"] * 40)}],
+                                             token_delay=0.001)
+    kernel = Kernel(backend, first, policy=Policy.RR, slice_tokens=2)  # its snapshot is stored when preempted
+
+    async def both() -> list[object]:
+        calls = [kernel.generate("A", run_id, Request([{"role": "user", "content": "x"}], key="a"))
+                 for run_id in (lost, kept)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 15)
+
+    failed, answered = asyncio.run(both())
+    assert isinstance(failed, Fenced) and answered.text == " ".join(["w"] * 40)
+
+
+def test_a_second_job_of_a_run_this_worker_runs_leaves_it_fenced(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage, other = Storage(postgres), Storage(postgres)
+    service = Service(kernel_for([relay.checked], read_cassette(tmp_path / "answers.yaml"), storage,
+                                 workspaces=tmp_path / "ws"))
+
+    async def go() -> object:
+        (run_id,) = await enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path))
+        first = asyncio.ensure_future(worker.run(service, {"Relay": relay}, run_id))
+        while not other.of_runs(StepRow, [run_id]):
+            await asyncio.sleep(0.02)
+        assert await worker.run(service, {"Relay": relay}, run_id) is None  # its job queued again: not taken twice
+        row = other.find_run(run_id)  # then this worker stalls, and another one takes the run over
+        assert other.claim_run(run_id, (row.status, row.pid), THEIRS)
+        return await first
+
+    assert asyncio.run(go()) == RunStatus.LOST
+
+
+def test_a_queued_run_is_a_workers_and_a_live_worker_keeps_its_run(postgres: str, tmp_path: Path,  # noqa: F811
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("run", str(HERE / "adder.yaml"), "-i", "a=1", "-i", "b=2", "--queue", "--db", postgres,
+                         "--json")
+    run_id = json.loads(out)["run_id"]
+    code, _, err = cli("runs", "resume", run_id, "--backend", "scripted", "--cassette",
+                       str(HERE / "ledger.cassette.yaml"), "--db", postgres)
+    assert code != 0 and "queued: a worker starts it" in err
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+    (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Oslo"}], file=str(flow.path)))
+    storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE)  # a worker runs it, and its heartbeat is fresh
+
+    async def alive() -> bool:
+        return True
+
+    service = Service(kernel_for([flow.checked], ScriptedBackend([]), storage))
+    assert asyncio.run(worker.run(service, {"Counter": flow}, run_id, live=alive)) is None
+    assert storage.find_run(run_id).host == "a"
+
+
+def test_a_run_of_the_queue_with_no_job_is_queued_again_by_the_sweep(postgres: str, tmp_path: Path,  # noqa: F811
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process stopped between storing a run and queueing its job (or a database error between a stalled job's
+    end and its run's new job): the run is queued again, and a worker finishes it."""
+    from engine.worker import queue
+
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+
+    async def nothing(app: object, run_ids: list[str]) -> None:
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "defer", nothing)
+        (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Lima"}], file=str(flow.path)))
+    service = Service(kernel_for([flow.checked], ScriptedBackend([]), storage))
+
+    async def work_a_while() -> None:
+        task = asyncio.ensure_future(worker.work(service, {"Counter": flow}, concurrency=2, stall=1, name="w"))
+        deadline = time.monotonic() + 30
+        while storage.find_run(run_id).status != RunStatus.FINISHED and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(work_a_while())
+    assert storage.find_run(run_id).status == RunStatus.FINISHED
+
+
+def test_the_sweep_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[int] = []
+
+    async def failing(app: object, storage: object, stall: float) -> None:
+        looks.append(1)
+        raise ConnectionError("the database went away for a moment")
+
+    monkeypatch.setattr(worker, "_sweep_once", failing)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(worker.sweep(SimpleNamespace(), None, 0.2))
+        await asyncio.sleep(0.7)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(go())
+    assert len(looks) >= 3
+
+
+def test_a_worker_frozen_in_a_write_holds_the_next_owner_up_for_the_stall_time_only(
+        postgres: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    frozen, taker = Storage(postgres), Storage(postgres)
+    frozen.end_idle_transactions(1.0)
+    root = "f" * 32
+    frozen.start_run(RunRow(id=root, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(), epoch=0))
+    frozen.fences.fence(root, frozen.claim_run(root, (RunStatus.QUEUED, None), MINE))
+    thaw, real = threading.Event(), frozen.fences.lost
+
+    def freezing(db: object, run_ids: object) -> set[str]:  # SIGSTOP inside its transaction, the row locked
+        found = real(db, run_ids)
+        thaw.wait(30)
+        return found
+
+    monkeypatch.setattr(frozen.fences, "lost", freezing)
+    frozen.record_syscall(Syscall(SyscallKind.GENERATE, "A", root))
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert taker.claim_run(root, (RunStatus.RUNNING, 1), THEIRS) == 2  # once PostgreSQL ended the frozen session
+    assert time.monotonic() - started < 10
+    thaw.set()
+
+
+def _copy(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in ("team_ledger.yaml", "tally.yaml"):
+        shutil.copy(HERE / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_run_with_child_runs_is_taken_over_from_a_worker_elsewhere_killed_or_frozen_here(
+        postgres: str, tmp_path: Path, how: signal.Signals) -> None:  # noqa: F811
+    """team_ledger (a map, a parallel step, agents), queued from one folder and run by workers whose flows are in
+    another: a worker killed, or frozen on this machine, while a child run goes on."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    queued_from, flows = _copy(tmp_path / "a"), _copy(tmp_path / "b")
+    done = subprocess.run([sys.executable, "-m", "engine", "run", str(queued_from / "team_ledger.yaml"), "--tools",
+                           str(HERE), "-i", "purchases=apples 3, bread 2 and milk 1.5", "--queue", "--db", postgres,
+                           "--json"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    root = json.loads(done.stdout)["run_id"]
+    first = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--flows", str(flows), "--tools", str(HERE),
+                              "--backend", "scripted", "--cassette", str(HERE / "team_ledger.cassette.yaml"),
+                              "--stall", "3", "--db", postgres], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    storage = Storage(postgres)
+    try:
+        deadline = time.monotonic() + 90
+        while not [r for r in storage.rows(RunRow) if r.parent == root and r.status == RunStatus.RUNNING]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        first.send_signal(how)
+        catalog = load_catalog([flows], [HERE])
+        kernel = kernel_for([f.checked for f in catalog.values()], read_cassette(HERE / "team_ledger.cassette.yaml"),
+                            Storage(postgres), workspaces=tmp_path / ".flowrun" / "workspaces")
+        assert asyncio.run(worker.run(Service(kernel), catalog, root)) == RunStatus.FINISHED
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        first.wait()
+    assert Storage(postgres).find_run(root).status == RunStatus.FINISHED
