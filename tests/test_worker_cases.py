@@ -292,3 +292,50 @@ def test_a_run_with_child_runs_is_taken_over_from_a_worker_elsewhere_killed_or_f
         first.kill()
         first.wait()
     assert Storage(postgres).find_run(root).status == RunStatus.FINISHED
+
+
+def test_a_worker_that_lost_its_run_calls_not_even_an_idempotent_tool(postgres: str) -> None:  # noqa: F811
+    from engine.kernel.tools import Tool
+
+    first, second = Storage(postgres), Storage(postgres)
+    root = "f" * 32
+    first.start_run(RunRow(id=root, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(), epoch=0))
+    taken_over(first, second, root)
+    called: list[str] = []
+    writes = Tool("write", "writes a file", {"type": "object"}, lambda: called.append("written"), idempotent=True)
+    kernel = Kernel(ScriptedBackend([]), first, tools=[writes])
+    kernel.open_run(root, "A", ["write"])
+    with pytest.raises(Fenced):
+        asyncio.run(kernel.call_tool("A", root, "write", {}))
+    assert called == []
+
+
+def test_a_run_paused_on_a_worker_has_its_job_tried_again(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """Its model stayed away past the kernel's retries: the job fails, for Procrastinate to try it later."""
+    from sqlalchemy import text
+
+    from engine.kernel.retry import Backoff
+    from engine.llm.base import ModelUnavailable
+
+    class Away(ScriptedBackend):
+        async def generate(self, request, on_token, resume=None):
+            raise ModelUnavailable("the model server is down")
+
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage = Storage(postgres)
+    kernel = kernel_for([relay.checked], Away([]), storage)
+    kernel.retry = Backoff(attempts=1)
+    (run_id,) = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path)))
+
+    async def work_a_while() -> None:
+        task = asyncio.ensure_future(worker.work(Service(kernel), {"Relay": relay}, concurrency=1, stall=5, name="w"))
+        await asyncio.sleep(8)  # the first try, and the second one 5 s later
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(work_a_while())
+    with storage.engine.connect() as db:
+        attempts = db.execute(text("SELECT attempts FROM procrastinate_jobs WHERE args->>'run_id' = :run"),
+                              {"run": run_id}).scalar()
+    assert attempts >= 2 and storage.find_run(run_id).status == RunStatus.PAUSED

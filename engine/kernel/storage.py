@@ -475,6 +475,12 @@ class Storage:
             event.listen(self.engine, "connect", lambda connection, _: _idle_timeout(connection, seconds))
             self.engine.dispose()
 
+    def hold(self, run_id: str) -> None:
+        """Fenced, where run `run_id` belongs to a run this process fenced and another one claimed since (after the
+        writes queued before)."""
+        with self._writing() as db:
+            self._hold(db, run_id)
+
     def _hold(self, db: Connection, run_id: str | None) -> None:
         """Fenced, where run `run_id` belongs to a run this process fenced and another one claimed since."""
         if self.fences.lost(db, [run_id]):

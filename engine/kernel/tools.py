@@ -149,6 +149,8 @@ class ToolManager:
                 raise BadArguments(f"arguments for {name}: " + "; ".join(problems))
             async with self._slots[name]:
                 syscall.started = row.started = time.time()
+                if tool.idempotent and self.storage.fences.holds(syscall.run):  # a worker's run: still its own?
+                    await self.storage.commit(self.storage.hold, syscall.run)
                 if not tool.idempotent:
                     row.pending = True
                     row.id = journal.unrecorded(name, arguments) if journal is not None else None

@@ -27,7 +27,13 @@ from engine.service import AlreadyInFlight, Service
 from engine.worker.queue import QUEUE, TASK, app_for, defer, ready
 
 log = logging.getLogger("flowrun.worker")
-RETRIES = 10  # tries of a job whose run could not be read or claimed (the database away): 5, 10, 15... s apart
+
+
+class ModelAway(Exception):
+    """A run paused on a worker, its model unavailable: its job is tried again later."""
+# tries of a job whose run could not be read or claimed (the database away), or paused (its model away): 5, 10,
+# 15... s apart, 3.75 minutes in all; then a person resumes it
+RETRIES = 10
 
 
 async def work(service: Service, catalog: dict[str, Offered], *, concurrency: int, stall: float,
@@ -47,12 +53,14 @@ async def work(service: Service, catalog: dict[str, Offered], *, concurrency: in
                   retry=RetryStrategy(max_attempts=RETRIES, linear_wait=5))
         async def take(context: Any, run_id: str) -> None:
             try:
-                await run(service, catalog, run_id, live=lambda: _held_elsewhere(storage, run_id, context.job.id,
-                                                                                 stall))
+                ended = await run(service, catalog, run_id,
+                                  live=lambda: _held_elsewhere(storage, run_id, context.job.id, stall))
             except asyncio.CancelledError:  # this worker stops: the run (stored interrupted) goes on elsewhere
                 with contextlib.suppress(Exception):
                     await asyncio.shield(defer(app, [run_id]))
                 raise
+            if ended == RunStatus.PAUSED:  # the model stayed away: the job is tried again later (RETRIES)
+                raise ModelAway(f"run {run_id} paused: its model stayed unavailable")
 
         sweeping = asyncio.ensure_future(sweep(app, storage, stall))
         try:
