@@ -261,8 +261,8 @@ def _valid_flow(flow: Path, tool_paths: tuple[Path, ...]) -> CheckedFlow:
 
 
 _queue_option = click.option("--queue", is_flag=True,
-                             help="Store the runs queued for `flowrun worker` processes (--db: a PostgreSQL "
-                                  "database) instead of running them here, and print their ids.")
+                             help="Queue the runs for `flowrun worker` processes (--db: a PostgreSQL database) "
+                                  "instead of running them here.")
 _db_option = click.option("--db", help="Database: an SQLAlchemy URL or an SQLite file [default: FLOWRUN_DB, else "
                                        ".flowrun/flowrun.db].")
 
@@ -470,11 +470,12 @@ def _say_end(outcome: RunOutcome) -> None:
               help="At start, go on with the stored runs of these flows that were interrupted (a stop, SIGTERM).")
 @click.option("--timeouts-every", "sweep", type=click.FloatRange(0.05, 3600), default=5.0, show_default=True,
               help="Seconds between looks for waiting runs whose input timed out (they then go on).")
+@_queue_option
 @_db_option
 @_tools_option
 def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: str, cassette: Path | None,
           scheduler: str, slots: int | None, max_runs: int | None, resume_interrupted: bool, sweep: float,
-          db: str | None, tool_paths: tuple[Path, ...]) -> None:
+          queue: bool, db: str | None, tool_paths: tuple[Path, ...]) -> None:
     """Serve runs of the flows under --flows over HTTP, all on one kernel and one model (see GET /docs).
 
     With FLOWRUN_TOKEN set, every request but GET /healthz needs `Authorization: Bearer TOKEN`. SIGTERM or Ctrl-C
@@ -491,11 +492,16 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
         sys.exit(EXIT_USAGE)
     with _user_errors():
         flows = load_catalog(flow_dirs, tool_paths)
+        storage = Storage(db)
+        if queue:
+            from engine.worker.queue import conninfo
+
+            conninfo(storage)  # a QueueError for a database that is not PostgreSQL
         backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
-        kernel = kernel_for([f.checked for f in flows.values()], backend, Storage(db), policy=Policy(scheduler))
+        kernel = kernel_for([f.checked for f in flows.values()], backend, storage, policy=Policy(scheduler))
         telemetry.install(kernel, backend.name)
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,
-                     resume_interrupted=resume_interrupted, sweep=sweep)
+                     resume_interrupted=resume_interrupted, sweep=sweep, queue=queue)
     click.echo(f"serving {len(flows)} flows ({', '.join(sorted(flows))}) at http://{host}:{port}", err=True)
     serve_app(app, host, port)
 

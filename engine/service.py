@@ -25,13 +25,14 @@ from engine.flow.validate import CheckedFlow
 from engine.interpreter import answering
 from engine.interpreter.replay import Replay, replay_run
 from engine.interpreter.resume import Stopped, check_flow_for, resume_run, stopped
-from engine.interpreter.runs import RunRecord, progress, record
+from engine.interpreter.runs import RunRecord, progress, record, status
 from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.asking import Question
 from engine.kernel.kernel import Kernel
 from engine.kernel.tables import RunRow, StepRow
 
 READS_AT_ONCE = 2  # storage reads on worker threads at once
+FOLLOW_EVERY = 0.5  # seconds between looks at a run another process runs, while its events are followed
 T = TypeVar("T")
 
 
@@ -242,12 +243,14 @@ class Service:
         longer keeps (the run ended, or they came before it was resumed) are rebuilt from storage: its step.ended
         and run.ended events, with their numbers; a run ended before it came to this process has no others."""
         first = self.kernel.events.first_seq(run_id)
-        if first is None or after + 1 < first:
+        if first is None:  # not this process's: what storage keeps, looked at again until the run stops
+            async for event in self._followed(run_id, after):
+                yield event
+            return
+        if after + 1 < first:
             for event in await self._stored_events(run_id, after, first):
                 after = event.seq
                 yield event
-        if first is None:
-            return
         ended = False
         async for event in self.kernel.events.subscribe(run_id, after):
             after, ended = event.seq, isinstance(event, RunEnded)
@@ -255,6 +258,20 @@ class Service:
         if not ended:  # it ended and the bus forgot it between first_seq and subscribe: storage has its end
             for event in await self._stored_events(run_id, after, None):
                 yield event
+
+    async def _followed(self, run_id: str, after: int) -> AsyncIterator[Event]:
+        """The stored events of run `run_id` numbered above `after`, read every FOLLOW_EVERY seconds while it is
+        queued or runs in another process (a worker's), until its run.ended."""
+        while True:
+            for event in await self._stored_events(run_id, after, None):
+                after = event.seq
+                yield event
+                if isinstance(event, RunEnded):
+                    return
+            run, _ = await self.progress(run_id)
+            if status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):  # crashed, or stored before events were
+                return
+            await asyncio.sleep(FOLLOW_EVERY)
 
     async def _stored_events(self, run_id: str, after: int, before: int | None) -> list[Event]:
         """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""

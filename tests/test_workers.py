@@ -203,3 +203,31 @@ def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         stop(started)
         for fake in fakes:
             fake.close()
+
+
+def test_serve_queue_hands_runs_to_the_workers_and_follows_their_events(
+        postgres: str, queued: Callable[[int], list[str]], workers: list[subprocess.Popen[str]],  # noqa: F811
+        tmp_path: Path) -> None:
+    """`flowrun serve --queue`: POST /runs stores a queued run for the workers; its events are followed in
+    storage while a worker runs it, to its end."""
+    import httpx
+
+    from tests.test_serve import free_port, serving
+
+    port = free_port()
+    serve = serving(port, tmp_path / "flows", tmp_path / "answers.cassette.yaml", postgres, "--queue", "--tools",
+                    str(HERE))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        created = httpx.post(f"{base}/runs", json={"flow": "Relay", "inputs": {"n": 7}})
+        assert created.status_code == 201 and created.json()["status"] == RunStatus.QUEUED
+        run_id = created.json()["id"]
+        with httpx.stream("GET", f"{base}/runs/{run_id}/events", timeout=120) as events:
+            kinds = [line.removeprefix("event: ") for line in events.iter_lines() if line.startswith("event: ")]
+        assert kinds == ["step.ended"] * 5 + ["run.ended"]
+        shown = httpx.get(f"{base}/runs/{run_id}").json()
+        assert shown["status"] == RunStatus.FINISHED
+        assert Storage(postgres).find_run(run_id).pid in {w.pid for w in workers}  # a worker ran it
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=30)

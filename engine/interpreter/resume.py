@@ -161,7 +161,7 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
                                                         (stored.status, stored.pid), this, found.stale,
                                                         stored.parent))
     if await through(claim):  # the claim is written whatever happens: a run claimed and left stayed "running"
-        if claim.result():
+        if claim.result() is not None:
             await kernel.storage.commit(kernel.storage.finish_run, stored.id, RunStatus.INTERRUPTED, None,
                                         "interrupted as it was resumed, before it went on")
         raise asyncio.CancelledError

@@ -468,6 +468,12 @@ class Storage:
         with self._writing() as db:
             db.execute(table.update().where(table.c.id == run_id).values(epoch=None))
 
+    def join_queue(self, run_id: str) -> None:
+        """Run `run_id` is the queue's (again): workers take its jobs."""
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            db.execute(table.update().where(table.c.id == run_id).values(epoch=func.coalesce(table.c.epoch, 0)))
+
     def end_idle_transactions(self, seconds: float) -> None:
         """Have PostgreSQL end this process's sessions that sit in a transaction for `seconds` (a worker frozen
         midway through a write, whose row locks would hold its runs' next owner up)."""

@@ -99,12 +99,15 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[str, ToolManifest], *,
                token: str | None = None, max_body: int = MAX_BODY, resume_interrupted: bool = False,
-               max_queued: int = 100, sweep: float = 5.0) -> FastAPI:
+               max_queued: int = 100, sweep: float = 5.0, queue: bool = False) -> FastAPI:
     """The API over `service`, running the `flows` offered (flow files are checked against `tools`), guarded by
     `token` if given; with `resume_interrupted`, the stored runs of those flows that were interrupted go on at
     start. Past the service's max_runs runs in flight a POST /runs waits its turn, and past `max_queued` waiting
     ones it is answered 429. Every `sweep` seconds, the questions of waiting runs whose deadline passed time out,
-    and their runs go on (even those that began waiting under another process)."""
+    and their runs go on (even those that began waiting under another process). With `queue`, runs are queued
+    for workers (engine.worker) instead of run here, and resumed or answered runs queued again; their events are
+    followed in storage."""
+    jobs: list[Any] = []  # with `queue`: the job queue's app, open while the server runs
 
     async def time_out() -> None:
         while True:
@@ -122,8 +125,19 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if queue:
+                from engine.worker.queue import app_for, ready
+
+                jobs.append(await stack.enter_async_context(app_for(service.kernel.storage).open_async()))
+                await ready(jobs[0])
+            async with serving():
+                yield
+
+    @asynccontextmanager
+    async def serving() -> AsyncIterator[None]:
         sweeping = asyncio.create_task(time_out())
-        if resume_interrupted:
+        if resume_interrupted and not queue:
             for run in await service.runs(limit=None, status=RunStatus.INTERRUPTED):
                 if run.agent in flows:
                     try:
@@ -200,6 +214,13 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
                         ) -> dict[str, Any] | JSONResponse:
         found = offered(body.flow)
         inputs = resolve_inputs(found.checked.flow, body.inputs, "inputs", how='"inputs": {{"{name}": ...}}')
+        if queue:
+            from engine.worker.queue import enqueue
+
+            (run_id,) = await enqueue(service.kernel.storage, found.checked, [inputs], file=str(found.path),
+                                      traceparent=kept_traceparent(traceparent), app=jobs[0])
+            response.headers["Location"] = f"/runs/{run_id}"
+            return {"id": run_id, "flow": body.flow, "events": f"/runs/{run_id}/events", "status": RunStatus.QUEUED}
         if not await service.admit(max_queued):
             busy = problem(429, "Too Many Requests", f"{service.max_runs} runs are in flight and {max_queued} more "
                                                      "wait: try again later")
@@ -247,6 +268,14 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         offer = flows.get(found.run.agent)
         if offer is None:
             raise HTTPException(409, f"run {run_id} ran flow {found.run.agent!r}, which this server does not offer")
+        if queue:  # a worker goes on with it
+            from engine.worker.queue import defer
+
+            storage = service.kernel.storage
+            await storage.commit(storage.join_queue, found.run.id)
+            await defer(jobs[0], [found.run.id])
+            return {"id": found.run.id, "flow": found.run.agent, "events": f"/runs/{found.run.id}/events",
+                    "status": RunStatus.QUEUED}
         if not await service.admit(max_queued):
             raise HTTPException(429, f"{service.max_runs} runs are in flight and {max_queued} more wait")
         started = await service.resume(offer.checked, found, file=str(offer.path))

@@ -55,20 +55,24 @@ async def ready(app: Any) -> None:
 
 
 async def enqueue(storage: Storage, checked: CheckedFlow, runs: list[dict[str, Any]], *, file: str,
-                  batch: str | None = None, workspace: Path | None = None) -> list[str]:
+                  batch: str | None = None, workspace: Path | None = None, traceparent: str | None = None,
+                  app: Any = None) -> list[str]:
     """Store a queued run of the valid flow `checked` (from `file`) for each inputs in `runs` (its tools working in
-    `workspace`, if given), and defer its job; their ids. A run stored whose job was not deferred (the process
+    `workspace`, in the trace `traceparent` names, if given), and defer its job through `app` (an open app: a
+    server's; default: one opened for this); their ids. A run stored whose job was not deferred (the process
     stopped between) is queued by the workers' sweep (engine.worker.worker)."""
+    if app is None:
+        async with (opened := app_for(storage)).open_async():
+            await ready(opened)
+            return await enqueue(storage, checked, runs, file=file, batch=batch, workspace=workspace,
+                                 traceparent=traceparent, app=opened)
     rows = [RunRow(id=new_run_id(), agent=checked.flow.name, flow=file, status=RunStatus.QUEUED, batch=batch,
                    inputs=inputs, created=time.time(), flow_sha256=checked.compiled.sha256, epoch=0,
-                   workspace=None if workspace is None else str(workspace.resolve()))
+                   workspace=None if workspace is None else str(workspace.resolve()), traceparent=traceparent)
             for inputs in runs]
-    app = app_for(storage)
-    async with app.open_async():
-        await ready(app)
-        for row in rows:
-            await storage.commit_start_run(row)
-        await defer(app, [row.id for row in rows])
+    for row in rows:
+        await storage.commit_start_run(row)
+    await defer(app, [row.id for row in rows])
     return [row.id for row in rows]
 
 
