@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -181,15 +182,19 @@ def test_a_worker_stopped_with_sigterm_hands_its_runs_to_the_others(
 def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         postgres: str, queued: Callable[[int], list[str]], tmp_path: Path) -> None:  # noqa: F811
     """Three workers, two runs at a time each, on two Ollama hosts of 2 and 1 slots (fakes that count what they
-    run at once): every generation gets a slot of the least-loaded host, never more than its slots across the
-    workers, also when a worker is killed holding one (its lease runs out)."""
+    run at once) and one that is down: every generation gets a slot of the least-loaded host, never more than its
+    slots across the workers, also when a worker is killed holding one (its lease runs out); the host that is down
+    is routed around."""
     def answer(body: dict) -> str:  # the tool step asks for JSON, the others for words
         return '{"tool": "append_entry", "arguments": {"text": "noted"}}' if body.get("format") else WORDS
 
     fakes = [FakeOllama({}, answer=answer, slots=2, token_delay=0.03),
              FakeOllama({}, answer=answer, slots=1, token_delay=0.03)]
-    (tmp_path / "hosts.yaml").write_text("lease: 3\nhosts:\n" + "".join(
-        f"  - {{url: '{fake.url}', slots: {fake.slots}}}\n" for fake in fakes))
+    with socket.socket() as probe:  # a host that is down: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    (tmp_path / "hosts.yaml").write_text("lease: 3\nretry_after: 60\nhosts:\n" + "".join(
+        f"  - {{url: '{fake.url}', slots: {fake.slots}}}\n" for fake in fakes) + f"  - {{url: '{down}', slots: 4}}\n")
     run_ids = queued(12)
     started = start_workers(postgres, tmp_path, "--hosts", str(tmp_path / "hosts.yaml"), "--model", "m")
     try:
