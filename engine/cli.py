@@ -50,6 +50,7 @@ from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
 from engine.kernel.tool_code import ToolError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
+from engine.llm.scripted import ScriptedBackend
 from engine.service import Service
 from engine.spans import otlp_json, spans
 from engine.timeline import draw
@@ -497,7 +498,8 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
             from engine.worker.queue import conninfo
 
             conninfo(storage)  # a QueueError for a database that is not PostgreSQL
-        backend = open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
+        backend = ScriptedBackend([]) if queue else \
+            open_backend_for(kind, model, cassette, slots=slots, say=lambda line: click.echo(line, err=True))
         kernel = kernel_for([f.checked for f in flows.values()], backend, storage, policy=Policy(scheduler))
         telemetry.install(kernel, backend.name)
     app = create_app(Service(kernel, max_runs=max_runs), flows, load_tools(tool_paths).tools, token=token,

@@ -260,8 +260,8 @@ class Service:
                 yield event
 
     async def _followed(self, run_id: str, after: int) -> AsyncIterator[Event]:
-        """The stored events of run `run_id` numbered above `after`, read every FOLLOW_EVERY seconds while it is
-        queued or runs in another process (a worker's), until its run.ended."""
+        """The stored events of run `run_id` numbered above `after`; of a run of the queue, read again every
+        FOLLOW_EVERY seconds while it is queued or a worker runs it, until its run.ended."""
         while True:
             for event in await self._stored_events(run_id, after, None):
                 after = event.seq
@@ -269,7 +269,9 @@ class Service:
                 if isinstance(event, RunEnded):
                     return
             run, _ = await self.progress(run_id)
-            if status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):  # crashed, or stored before events were
+            # followed while a worker may run it; a run of another process that is not the queue's ends here (it
+            # may have crashed on another machine, which nothing here can tell)
+            if run.epoch is None or status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):
                 return
             await asyncio.sleep(FOLLOW_EVERY)
 
@@ -280,7 +282,7 @@ class Service:
                                           output=short(s.output), tokens=s.tokens, kind=s.kind, error=s.error,
                                           value=s.output)
                                 for s in steps if s.seq]
-        if run.events and run.status != RunStatus.RUNNING:
+        if run.events and run.status not in (RunStatus.RUNNING, RunStatus.QUEUED):  # queued again: not its end
             rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,
                                     error=run.error, tokens=sum(s.tokens for s in steps)))
         if run.asking is not None and run.status == RunStatus.WAITING:  # what it asked before it stopped

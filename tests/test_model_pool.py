@@ -66,7 +66,7 @@ def test_a_failing_host_is_left_out_then_tried_again(tmp_path: Path, fakes: list
     asyncio.run(backend.generate(ask(), lambda _: False))
     assert len(fakes[0].requests) == 2  # tried again (it fails again: the other one answers)
     fakes[1].faults = ["500"] * 5
-    with pytest.raises(ModelUnavailable, match="every model host failed"):
+    with pytest.raises(ModelUnavailable, match="answered 500"):  # each host tried once: the kernel backs off
         asyncio.run(backend.generate(ask(), lambda _: False))
 
 
@@ -92,6 +92,85 @@ def test_a_generation_suspended_on_a_host_that_is_gone_resumes_on_another(tmp_pa
     rest = asyncio.run(backend.generate(ask(), lambda _: False, first.snapshot))
     assert rest.text == ANSWER and fakes[1].requests[-1]["messages"][-1] == {"role": "assistant",
                                                                              "content": first.text}
+
+
+def test_a_one_host_pool_is_asked_again_after_a_passing_fault(tmp_path: Path, fakes: list[FakeOllama]) -> None:
+    """Every host failed lately: none is left out (the kernel's backoff paces the tries), so the next try reaches
+    the host again."""
+    backend = pool(Storage(f"sqlite:///{tmp_path / 'runs.db'}"), fakes[1:])
+    fakes[1].faults = ["500"]
+    with pytest.raises(ModelUnavailable):
+        asyncio.run(backend.generate(ask(), lambda _: False))
+    assert asyncio.run(backend.generate(ask(), lambda _: False)).text == ANSWER
+
+
+def test_a_generation_waiting_for_a_slot_goes_to_no_host_that_failed_meanwhile(tmp_path: Path,
+                                                                              fakes: list[FakeOllama]) -> None:
+    fakes[0].slots = 1
+    backend = pool(Storage(f"sqlite:///{tmp_path / 'runs.db'}"), fakes)
+    fakes[0].faults = ["", "500"]  # its first generation is fine, its second fails: it is left out
+
+    async def three() -> list[str]:
+        return [r.text for r in await asyncio.gather(*(backend.generate(ask(), lambda _: False) for _ in range(3)))]
+
+    assert asyncio.run(three()) == [ANSWER] * 3
+    assert len(fakes[0].requests) <= 2  # no third request within retry_after
+
+
+def test_a_lease_not_renewed_stops_its_generation_and_a_release_frees_only_its_own_slot(
+        tmp_path: Path, fakes: list[FakeOllama]) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    hosts = [Host(fakes[0].url, 2)]
+    leases = SlotLeases(storage, hosts, lease=0.6)
+
+    async def main() -> None:  # one process, two generations: no third slot
+        async with leases.hold(lambda: hosts), leases.hold(lambda: hosts), leases.hold(lambda: hosts):
+            raise AssertionError("a third slot")
+
+    async def first_released_second_kept() -> list[object]:
+        held: list[object] = []
+        async with leases.hold(lambda: hosts):
+            async with leases.hold(lambda: hosts):
+                pass  # the second generation gives its slot back
+            held = [r.holder for r in storage.rows(ModelSlotRow) if r.holder]
+        return held
+
+    assert len(asyncio.run(first_released_second_kept())) == 1
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(main(), 1.0))
+
+    async def renewal_lost() -> None:
+        async with leases.hold(lambda: hosts):
+            with storage.engine.begin() as db:  # another process took it once it ran out (a renewal failed)
+                db.execute(ModelSlotRow.__table__.update().values(holder="other:1", expires=time.time() + 60))
+            await asyncio.sleep(2)
+
+    with pytest.raises(ModelUnavailable, match="could not be renewed"):
+        asyncio.run(renewal_lost())
+
+
+def test_a_slot_taken_while_its_caller_was_cancelled_is_given_back(tmp_path: Path, fakes: list[FakeOllama],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = Storage(f"sqlite:///{tmp_path / 'runs.db'}")
+    hosts = [Host(fakes[0].url, 2)]
+    leases = SlotLeases(storage, hosts)
+    real = leases._take_now
+
+    def slow(holder: str, urls: list[str]) -> object:
+        time.sleep(0.3)
+        return real(holder, urls)
+
+    monkeypatch.setattr(leases, "_take_now", slow)
+
+    async def cancelled() -> None:
+        waiting = asyncio.ensure_future(leases.hold(lambda: hosts).__aenter__())
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancelled())
+    assert {row.holder for row in storage.rows(ModelSlotRow)} == {None}
 
 
 @pytest.mark.parametrize(("text", "where"), [

@@ -170,3 +170,26 @@ def test_a_call_made_again_keeps_its_key_so_the_tool_does_it_once(tmp_path: Path
     assert (ledger.parent / "calls.log").read_text().splitlines()[0] == f"{run.id}/{started}"  # the same key
     (again,) = [c for c in storage.rows(ToolCallRow) if c.id == started]
     assert again.pending is None and again.result == {"entries": 1}
+
+
+def test_a_run_whose_flow_calls_two_flows_of_one_name_resumes(tmp_path: Path) -> None:
+    """Child runs are checked against the flows called by their content (sha256), not by path nor by name alone."""
+    from engine.flow.validate import load_flow
+    from engine.interpreter.resume import Stopped, check_flow_for
+    from engine.kernel.journal import Journal
+
+    for name, text in (("h1", "helped 1"), ("h2", "helped 2")):
+        (tmp_path / f"{name}.yaml").write_text(f"flowrun: 1\nname: Helper\ndescription: You help.\nsteps:\n"
+                                               f"  done: {{kind: terminal, output: \"{text}\"}}\n")
+    (tmp_path / "main.yaml").write_text("flowrun: 1\nname: Main\ndescription: You call two helpers.\n"
+                                        "agents: [h1, h2]\nsteps:\n  a: {kind: agent, flow: h1, next: b}\n"
+                                        "  b: {kind: agent, flow: h2, next: done}\n  done: {kind: terminal, "
+                                        "output: ok}\n")
+    main = load_flow(tmp_path / "main.yaml")
+    assert main.ok, main.diagnostics
+    first = next(c.compiled for c in main.compiled.callees() if c.file.endswith("h1.yaml"))
+    root = RunRow(id="r" * 32, agent="Main", flow="main.yaml", status="interrupted", created=1.0,
+                  flow_sha256=main.compiled.sha256)
+    child = RunRow(id="c" * 32, agent="Helper", flow=str(tmp_path / "h1.yaml"), status="interrupted", created=1.0,
+                   flow_sha256=first.sha256, parent=root.id)
+    check_flow_for(Stopped(root, [], Journal(), descendants=[child]), main.compiled, force=False, rerun=False)

@@ -210,3 +210,16 @@ def test_a_resume_cancelled_while_it_claims_the_run_leaves_it_interrupted_to_res
 
     resumed = asyncio.run(resume())
     assert (resumed.status, resumed.answer) == (RunStatus.FINISHED, 5)
+
+
+def test_the_events_of_a_run_of_another_process_end_with_what_storage_keeps(tmp_path: Path, tools) -> None:
+    """Stored as running by a process elsewhere (it may have crashed there): what storage keeps, then the end of
+    the stream, not a wait for an end that may never come; only a run of the queue is followed."""
+    service, _, _ = service_on(tmp_path, tools, [])
+    service.kernel.storage.start_run(RunRow(id="e" * 32, agent="Adder", flow="adder.yaml", status=RunStatus.RUNNING,
+                                            host="another-machine", pid=1, created=time.time()))
+
+    async def events() -> list[object]:
+        return [event async for event in service.events("e" * 32)]
+
+    assert asyncio.run(asyncio.wait_for(events(), 5)) == []

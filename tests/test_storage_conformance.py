@@ -265,10 +265,12 @@ def test_a_fenced_run_is_written_only_until_another_process_claims_it(url: str) 
     root, child = "f" * 32, "c" * 32
     try:
         first.start_run(run(root, status=RunStatus.QUEUED, epoch=0))
-        epoch = first.claim_run(root, (RunStatus.QUEUED, None), {"host": "a", "pid": 1, "pid_started": 1.0})
+        epoch = first.claim_run(root, (RunStatus.QUEUED, None), {"host": "a", "pid": 1, "pid_started": 1.0},
+                                queue=True)
         first.fences.fence(root, epoch)
         asyncio.run(first.commit_step(step(root, 1)))  # held: written
-        assert second.claim_run(root, (RunStatus.RUNNING, 1), {"host": "b", "pid": 2, "pid_started": 2.0}) == 2
+        assert second.claim_run(root, (RunStatus.RUNNING, 1), {"host": "b", "pid": 2, "pid_started": 2.0},
+                                queue=True) == 2
 
         with pytest.raises(Fenced, match="taken over by another process"):
             asyncio.run(first.commit_step(step(root, 2)))

@@ -69,8 +69,8 @@ def offered(folder: Path, text: str, name: str) -> Offered:
 
 def taken_over(storage: Storage, other: Storage, run_id: str) -> None:
     """`storage`'s process claims and fences the queued run `run_id`; then `other`'s takes it over."""
-    storage.fences.fence(run_id, storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE))
-    assert other.claim_run(run_id, (RunStatus.RUNNING, 1), THEIRS) == 2
+    storage.fences.fence(run_id, storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE, queue=True))
+    assert other.claim_run(run_id, (RunStatus.RUNNING, 1), THEIRS, queue=True) == 2
 
 
 def test_a_queued_run_reads_what_its_flow_remembers_as_it_starts(postgres: str, tmp_path: Path) -> None:  # noqa: F811
@@ -124,8 +124,8 @@ def test_a_preempted_model_call_of_a_run_taken_over_fails_its_caller_instead_of_
     for run_id in (lost, kept):
         first.start_run(RunRow(id=run_id, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(),
                                epoch=0))
-        first.fences.fence(run_id, first.claim_run(run_id, (RunStatus.QUEUED, None), MINE))
-    assert second.claim_run(lost, (RunStatus.RUNNING, 1), THEIRS) == 2
+        first.fences.fence(run_id, first.claim_run(run_id, (RunStatus.QUEUED, None), MINE, queue=True))
+    assert second.claim_run(lost, (RunStatus.RUNNING, 1), THEIRS, queue=True) == 2
     backend = ScriptedBackend.from_responses([{"key": "a", "times": 10, "text": " ".join(["w"] * 40)}],
                                              token_delay=0.001)
     kernel = Kernel(backend, first, policy=Policy.RR, slice_tokens=2)  # its snapshot is stored when preempted
@@ -153,7 +153,7 @@ def test_a_second_job_of_a_run_this_worker_runs_leaves_it_fenced(postgres: str, 
             await asyncio.sleep(0.02)
         assert await worker.run(service, {"Relay": relay}, run_id) is None  # its job queued again: not taken twice
         row = other.find_run(run_id)  # then this worker stalls, and another one takes the run over
-        assert other.claim_run(run_id, (row.status, row.pid), THEIRS)
+        assert other.claim_run(run_id, (row.status, row.pid), THEIRS, queue=True)
         return await first
 
     assert asyncio.run(go()) == RunStatus.LOST
@@ -171,7 +171,7 @@ def test_a_queued_run_is_a_workers_and_a_live_worker_keeps_its_run(postgres: str
     flow = offered(tmp_path, COUNTER, "counter")
     storage = Storage(postgres)
     (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Oslo"}], file=str(flow.path)))
-    storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE)  # a worker runs it, and its heartbeat is fresh
+    storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE, queue=True)  # a worker runs it, heartbeat fresh
 
     async def alive() -> bool:
         return True
@@ -236,7 +236,7 @@ def test_a_worker_frozen_in_a_write_holds_the_next_owner_up_for_the_stall_time_o
     frozen.end_idle_transactions(1.0)
     root = "f" * 32
     frozen.start_run(RunRow(id=root, agent="A", flow="a.yaml", status=RunStatus.QUEUED, created=time.time(), epoch=0))
-    frozen.fences.fence(root, frozen.claim_run(root, (RunStatus.QUEUED, None), MINE))
+    frozen.fences.fence(root, frozen.claim_run(root, (RunStatus.QUEUED, None), MINE, queue=True))
     thaw, real = threading.Event(), frozen.fences.lost
 
     def freezing(db: object, run_ids: object) -> set[str]:  # SIGSTOP inside its transaction, the row locked
@@ -248,7 +248,7 @@ def test_a_worker_frozen_in_a_write_holds_the_next_owner_up_for_the_stall_time_o
     frozen.record_syscall(Syscall(SyscallKind.GENERATE, "A", root))
     time.sleep(0.3)
     started = time.monotonic()
-    assert taker.claim_run(root, (RunStatus.RUNNING, 1), THEIRS) == 2  # once PostgreSQL ended the frozen session
+    assert taker.claim_run(root, (RunStatus.RUNNING, 1), THEIRS, queue=True) == 2  # its session ended by the server
     assert time.monotonic() - started < 10
     thaw.set()
 
@@ -339,3 +339,56 @@ def test_a_run_paused_on_a_worker_has_its_job_tried_again(postgres: str, tmp_pat
         attempts = db.execute(text("SELECT attempts FROM procrastinate_jobs WHERE args->>'run_id' = :run"),
                               {"run": run_id}).scalar()
     assert attempts >= 2 and storage.find_run(run_id).status == RunStatus.PAUSED
+
+
+def test_a_run_of_the_queue_a_person_resumes_leaves_the_queue(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """Paused on a worker, resumed by hand (`flowrun runs resume`): the workers leave it alone from then on."""
+    from engine.interpreter.resume import stopped
+    from engine.kernel.retry import Backoff
+    from engine.llm.base import ModelUnavailable
+
+    class Away(ScriptedBackend):
+        async def generate(self, request, on_token, resume=None):
+            raise ModelUnavailable("the model server is down")
+
+    (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage = Storage(postgres)
+    away = kernel_for([relay.checked], Away([]), storage)
+    away.retry = Backoff(attempts=1)
+    (run_id,) = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path)))
+    assert asyncio.run(worker.run(Service(away), {"Relay": relay}, run_id)) == RunStatus.PAUSED
+    by_hand = Service(kernel_for([relay.checked], read_cassette(tmp_path / "answers.yaml"), storage,
+                                 workspaces=tmp_path / "ws"))
+
+    async def resumed() -> object:
+        return await by_hand.to_end(by_hand.resume(relay.checked, stopped(storage, run_id), file=str(relay.path)))
+
+    assert asyncio.run(resumed()).status == RunStatus.FINISHED
+    assert storage.find_run(run_id).epoch is None
+    assert asyncio.run(worker.run(Service(away), {"Relay": relay}, run_id)) is None
+
+
+def test_the_events_of_a_run_queued_again_go_on_to_its_new_end(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """A stopped run of the queue, queued again (serve --queue's resume): its old end is not the stream's end."""
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+    service = Service(kernel_for([flow.checked], ScriptedBackend([]), storage))
+    (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Oslo"}], file=str(flow.path)))
+    storage.claim_run(run_id, (RunStatus.QUEUED, None), MINE, queue=True)
+    asyncio.run(storage.commit_finish_run(run_id, RunStatus.INTERRUPTED, error="stopped", events=1))
+    storage.join_queue(run_id)
+
+    async def follow_while_a_worker_runs_it() -> list[str]:
+        following = asyncio.ensure_future(_kinds(service, run_id))
+        await asyncio.sleep(1)
+        assert not following.done()
+        assert await worker.run(service, {"Counter": flow}, run_id) == RunStatus.FINISHED
+        return await asyncio.wait_for(following, 10)
+
+    assert asyncio.run(follow_while_a_worker_runs_it())[-1] == "run.ended"
+    assert storage.find_run(run_id).status == RunStatus.FINISHED
+
+
+async def _kinds(service: Service, run_id: str) -> list[str]:
+    return [event.type async for event in service.events(run_id)]

@@ -134,12 +134,12 @@ def check_flow_for(found: Stopped, compiled: CompiledFlow, *, force: bool, rerun
     if run.flow_sha256 and compiled.sha256 != run.flow_sha256 and not force:
         raise ResumeError(f"{run.flow} changed since run {run.id} started: resume with --force to go on with "
                           "the flow as it is now, or run it anew")
-    # by name: the same flows may be at other paths where the run goes on (a worker on another machine)
-    now = {callee.compiled.flow.name: callee.compiled.sha256 for callee in compiled.callees()}
-    now[compiled.flow.name] = compiled.sha256
+    # by content, not path: the same flows may be at other paths where the run goes on (a worker elsewhere)
+    flows = [callee.compiled for callee in compiled.callees()] + [compiled]
+    names, shas = {flow.flow.name for flow in flows}, {flow.sha256 for flow in flows}
     for child in found.descendants:  # a called flow that changed would go on with steps it did not take
         if child.status != RunStatus.FINISHED and not force and (
-                child.agent not in now or (child.flow_sha256 and now[child.agent] != child.flow_sha256)):
+                child.agent not in names or (child.flow_sha256 and child.flow_sha256 not in shas)):
             raise ResumeError(f"{child.flow}, which run {run.id} called as child run {child.id[:12]}, changed since "
                               "(or the flow no longer calls it): resume with --force to go on with the flows as "
                               "they are now, or run it anew")
@@ -159,7 +159,7 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
     stored, this = found.run, walk.process_id()
     claim = asyncio.ensure_future(kernel.storage.commit(kernel.storage.claim_run, stored.id,
                                                         (stored.status, stored.pid), this, found.stale,
-                                                        stored.parent))
+                                                        stored.parent, fence))
     if await through(claim):  # the claim is written whatever happens: a run claimed and left stayed "running"
         if claim.result() is not None:
             await kernel.storage.commit(kernel.storage.finish_run, stored.id, RunStatus.INTERRUPTED, None,
@@ -170,7 +170,7 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
         raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
     if fence:
         kernel.storage.fences.fence(stored.id, claimed)
-    if stored.status == RunStatus.QUEUED and compiled.flow.remembered:  # it starts now: what it remembers is read
+    if stored.memory is None and stored.status == RunStatus.QUEUED and compiled.flow.remembered:  # it starts now
         stored.memory = await kernel.storage.commit(kernel.storage.remember_at_start, stored.id, stored.agent,
                                                     compiled.flow.remembered)
     if run is None:  # a run a user started: its tree of child runs counts what it started before

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Executable, bindparam, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session, SQLModel, col, create_engine, func, or_, select
+from sqlmodel import Session, SQLModel, case, col, create_engine, func, or_, select
 
 from engine.errors import RunFailure, RunStatus
 from engine.jsontext import is_text
@@ -430,11 +430,13 @@ class Storage:
                 pending=True if unknown else None))
 
     def claim_run(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any],
-                  stale: tuple[list[str], list[int]] = ([], []), parent: str | None = None) -> int | None:
+                  stale: tuple[list[str], list[int]] = ([], []), parent: str | None = None,
+                  queue: bool = False) -> int | None:
         """Mark run `run_id` running in `process` (its host, pid and pid_started), if its (status, pid) is still
-        `seen`: two processes resuming one run cannot both have it. The claim of a run of the queue bumps its
-        epoch, which it returns (0 for any other run; None: not claimed), for a worker to fence the run with
-        (engine.kernel.fencing); a child run of `parent` is claimed only while its root's fence holds, and is
+        `seen`: two processes resuming one run cannot both have it. A worker's claim (`queue`) of a run of the
+        queue bumps its epoch, which it returns (0 for any other claim; None: not claimed), for the worker to fence
+        the run with (engine.kernel.fencing); any other claim takes the run out of the queue (a person resumes
+        it: workers leave it alone). A child run of `parent` is claimed only while its root's fence holds, and is
         fenced with it. In the same transaction, supersede the `stale` syscalls and tool calls, which the resumed
         run will not use."""
         table = RunRow.__table__  # type: ignore[attr-defined]
@@ -445,7 +447,7 @@ class Storage:
                                                       table.c.pid.is_(None) if seen[1] is None else
                                                       table.c.pid == seen[1])
                                  .values(status=RunStatus.RUNNING, error=None, finished=None,
-                                         epoch=table.c.epoch + 1, **process))  # NULL stays NULL: not a queue's
+                                         epoch=table.c.epoch + 1 if queue else None, **process))
             if claimed.rowcount != 1:
                 return None
             self._supersede(db, *stale)
@@ -462,17 +464,13 @@ class Storage:
             db.execute(runs.update().where(runs.c.id == run_id).values(memory=memory))
         return memory
 
-    def leave_queue(self, run_id: str) -> None:
-        """Run `run_id` is no longer the queue's (a person resumes it): workers leave it alone."""
-        table = RunRow.__table__  # type: ignore[attr-defined]
-        with self._writing() as db:
-            db.execute(table.update().where(table.c.id == run_id).values(epoch=None))
-
     def join_queue(self, run_id: str) -> None:
-        """Run `run_id` is the queue's (again): workers take its jobs."""
+        """Run `run_id` (stopped) is the queue's again: queued, for workers to go on with."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
-            db.execute(table.update().where(table.c.id == run_id).values(epoch=func.coalesce(table.c.epoch, 0)))
+            db.execute(table.update().where(table.c.id == run_id).values(
+                epoch=func.coalesce(table.c.epoch, 0),
+                status=case((table.c.status == RunStatus.FAILED, table.c.status), else_=RunStatus.QUEUED)))
 
     def end_idle_transactions(self, seconds: float) -> None:
         """Have PostgreSQL end this process's sessions that sit in a transaction for `seconds` (a worker frozen

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +28,9 @@ class Host:
 class Leases(Protocol):
     """Slots of hosts, held one at a time."""
 
-    def hold(self, hosts: Sequence[Host]) -> contextlib.AbstractAsyncContextManager[str]:
-        """Wait for a slot of the least-loaded of `hosts` that has one free; hold it in the block (the host's url)."""
+    def hold(self, hosts: Callable[[], Sequence[Host]]) -> contextlib.AbstractAsyncContextManager[str]:
+        """Wait for a slot of the least-loaded of the hosts `hosts()` gives that has one free; hold it in the
+        block (the host's url)."""
         ...
 
 
@@ -49,17 +50,20 @@ class PoolBackend:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return next(iter(self._backends.values())).count_tokens(messages)
 
+    def _up(self) -> list[Host]:
+        """The hosts that did not fail lately; all of them when every one did (the kernel's backoff paces the
+        tries then: a host that failed once is not left out for longer than that)."""
+        now = time.monotonic()
+        return [host for host in self.hosts if self._down.get(host.url, 0) <= now] or self.hosts
+
     async def generate(self, request: Request, on_token: OnToken, resume: Snapshot | None = None) -> Result:
         failed: ModelUnavailable | None = None
-        while True:
-            now = time.monotonic()
-            up = [host for host in self.hosts if self._down.get(host.url, 0) <= now]
-            if not up:  # the kernel tries again after a backoff, and pauses the run in the end
-                raise ModelUnavailable(f"every model host failed in the last {self.retry_after:g} s"
-                                       + (f", the last one so: {failed}" if failed else ""))
-            async with self.leases.hold(up) as url:
+        for _ in self.hosts:  # each host at most once a call: then the kernel backs off and asks again
+            async with self.leases.hold(self._up) as url:
                 try:
                     return await self._backends[url].generate(request, on_token, resume)
                 except ModelUnavailable as exc:
                     self._down[url] = time.monotonic() + self.retry_after
                     failed = exc
+        assert failed is not None
+        raise failed

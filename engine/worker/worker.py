@@ -50,7 +50,7 @@ async def work(service: Service, catalog: dict[str, Offered], *, concurrency: in
         await ready(app)
 
         @app.task(name=TASK, queue=QUEUE, pass_context=True,
-                  retry=RetryStrategy(max_attempts=RETRIES, linear_wait=5))
+                  retry=RetryStrategy(max_attempts=RETRIES, linear_wait=5, retry_exceptions={Exception}))
         async def take(context: Any, run_id: str) -> None:
             try:
                 ended = await run(service, catalog, run_id,
@@ -67,6 +67,7 @@ async def work(service: Service, catalog: dict[str, Offered], *, concurrency: in
             await app.run_worker_async(queues=[QUEUE], concurrency=concurrency, name=name,
                                        update_heartbeat_interval=stall / 4, stalled_worker_timeout=stall,
                                        fetch_job_polling_interval=min(5.0, stall / 2),
+                                       shutdown_graceful_timeout=0.1,  # its runs stop (stored interrupted) at once
                                        install_signal_handlers=False)
         finally:
             sweeping.cancel()
@@ -137,13 +138,12 @@ async def _held_elsewhere(storage: Any, run_id: str, job: int, stall: float) -> 
 
 
 async def _give_up(service: Service, found: Stopped, status: RunStatus, why: str) -> RunStatus | None:
-    """Store run `found` as `status` with `why`, out of the queue, where this worker could not run it (a person
-    resumes it)."""
+    """Store run `found` as `status` with `why`, out of the queue (claimed as a person would, not as a worker),
+    where this worker could not run it (a person resumes it)."""
     storage, run = service.kernel.storage, found.run
     if await storage.commit(storage.claim_run, run.id, (run.status, run.pid), process_id()) is None:
         return None
     await storage.commit_finish_run(run.id, status, error=why)
-    await storage.commit(storage.leave_queue, run.id)
     print(f"flowrun worker: run {run.id} {status}: {why}", file=sys.stderr)
     return status
 
