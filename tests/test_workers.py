@@ -183,8 +183,8 @@ def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         postgres: str, queued: Callable[[int], list[str]], tmp_path: Path) -> None:  # noqa: F811
     """Three workers, two runs at a time each, on two Ollama hosts of 2 and 1 slots (fakes that count what they
     run at once) and one that is down: every generation gets a slot of the least-loaded host, never more than its
-    slots across the workers, also when a worker is killed holding one (its lease runs out); the host that is down
-    is routed around."""
+    slots across the workers, also when a worker is killed holding one (its lease runs out) and when one freezes
+    past the stall time and comes back; the host that is down is routed around."""
     def answer(body: dict) -> str:  # the tool step asks for JSON, the others for words
         return '{"tool": "append_entry", "arguments": {"text": "noted"}}' if body.get("format") else WORDS
 
@@ -201,6 +201,11 @@ def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         storage = Storage(postgres)
         mid_run(storage, started[0])
         started[0].kill()
+        held = mid_run(storage, started[1])  # then another one freezes past the stall time, and comes back
+        started[1].send_signal(signal.SIGSTOP)
+        until(lambda: all(r.pid != started[1].pid for r in storage.rows(RunRow) if r.id in {h.id for h in held}),
+              timeout=60)
+        started[1].send_signal(signal.SIGCONT)
         until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
         check_each_done_once(storage, run_ids, tmp_path)
         assert [fake.peak for fake in fakes] == [2, 1]
