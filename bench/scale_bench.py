@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lines import line_of_steps  # beside this file
+
 from engine.errors import RunStatus
 from engine.flow.validate import load_flow
 from engine.kernel.storage import Storage
@@ -35,15 +37,6 @@ from engine.kernel.tables import StepRow
 from engine.worker.queue import enqueue
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def flow(steps: int) -> str:
-    lines = ["flowrun: 1", "name: Steps", "description: A line of model steps.", f"limits: {{max_steps: {steps + 1}}}",
-             "steps:"]
-    for n in range(steps):
-        lines += [f"  s{n}:", "    kind: process", f"    instruction: Step {n}.", f"    next: s{n + 1}"]
-    lines += [f"  s{steps}:", "    kind: terminal", "    output: done"]  # built from data: no model call
-    return "\n".join(lines) + "\n"
 
 
 def clear(storage: Storage) -> None:
@@ -132,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "flows").mkdir()
-        (folder / "flows" / "steps.yaml").write_text(flow(args.steps))
+        (folder / "flows" / "steps.yaml").write_text(line_of_steps(args.steps))
         (folder / "answers.yaml").write_text(json.dumps({"token_delay": args.ms / 1000, "responses": [
             {"text": "ok", "times": args.runs * args.steps * 2}]}))
         one = None

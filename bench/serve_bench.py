@@ -37,16 +37,7 @@ from typing import Any
 
 import httpx
 import psutil
-
-
-def flow(steps: int) -> str:
-    lines = ["flowrun: 1", "name: Steps", "description: A line of model steps.", f"limits: {{max_steps: {steps + 1}}}",
-             "steps:"]
-    for n in range(steps):
-        lines += [f"  s{n}:", "    kind: process", f"    instruction: Step {n}.", f"    next: s{n + 1}"]
-    lines += [f"  s{steps}:", "    kind: terminal", "    output: done"]  # built from data: no model call
-    return "\n".join(lines) + "\n"
-
+from lines import line_of_steps  # beside this file
 
 PROBE = "flowrun: 1\nname: Probe\ndescription: No model step.\nsteps:\n  done: {kind: terminal, output: done}\n"
 
@@ -183,7 +174,7 @@ def main() -> None:
         port = free.getsockname()[1]
         free.close()
         (Path(tmp) / "flows").mkdir()
-        (Path(tmp) / "flows" / "steps.yaml").write_text(flow(args.steps))
+        (Path(tmp) / "flows" / "steps.yaml").write_text(line_of_steps(args.steps))
         (Path(tmp) / "flows" / "probe.yaml").write_text(PROBE)
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--folder", tmp,
                                    "--slots", str(args.slots), "--ms", str(args.ms)])

@@ -288,6 +288,23 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _shared_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of the one model a long-lived process's runs share (serve, worker)."""
+    options = [
+        click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]),
+                     default="auto", show_default=True,
+                     help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model."),
+        click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The one model every run shares."),
+        click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives."),
+        click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
+                     help="How runs share the model."),
+        click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _kernel(checked: CheckedFlow, kind: str, model: str | None, cassette: Path | None, scheduler: str,
             slots: int | None, storage: Storage, answered: list[str] | None = None, *, ask: bool = False) -> Kernel:
     """The kernel of a command's runs; with `ask`, on a terminal, it asks their input steps' questions there."""
@@ -458,13 +475,7 @@ def _say_end(outcome: RunOutcome) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--flows", "flow_dirs", type=_existing, multiple=True, required=True,
               help="A directory of flow files to offer (each by its name). Repeatable.")
-@click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]), default="auto",
-              show_default=True, help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The one model every run shares.")
-@click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives.")
-@click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
-              help="How runs share the model.")
-@click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@_shared_model_options
 @click.option("--max-runs", type=click.IntRange(1), help="Runs in flight at most; a POST /runs past it waits its "
                                                           "turn, and past 100 waiting it is answered 429.")
 @click.option("--resume-interrupted", is_flag=True,
@@ -514,13 +525,7 @@ def serve(host: str, port: int, flow_dirs: tuple[Path, ...], kind: str, model: s
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Runs at once.")
 @click.option("--stall", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds without a worker's heartbeat after which its runs are taken over.")
-@click.option("--backend", "kind", type=click.Choice(["auto", "ollama", "embedded", "scripted"]), default="auto",
-              show_default=True, help="auto: an Ollama server if one answers at OLLAMA_HOST, else the embedded model.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The one model every run shares.")
-@click.option("--cassette", type=_existing, help="The recorded answers the scripted backend gives.")
-@click.option("--scheduler", type=click.Choice([p.value for p in Policy]), default="fifo", show_default=True,
-              help="How runs share the model.")
-@click.option("--slots", type=click.IntRange(1), help="Generations the model runs at once.")
+@_shared_model_options
 @click.option("--hosts", "hosts_file", type=_existing,
               help="A hosts file: the Ollama servers all workers share, each with its slots (instead of --backend).")
 @_db_option

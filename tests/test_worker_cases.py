@@ -35,25 +35,12 @@ from engine.service import Service
 from engine.worker import worker
 from engine.worker.queue import enqueue
 from tests.conftest import ROOT
+from tests.test_flow_memory import COUNTER
 from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
 from tests.test_run_cli import cli
 from tests.test_workers import ANSWERS, HERE, RELAY
 
 pytestmark = pytest.mark.slow
-COUNTER = """\
-flowrun: 1
-name: Counter
-description: You count visits.
-inputs:
-  city: {type: string}
-steps:
-  count:
-    kind: process
-    output: "{{ (memory.visits or 0) + 1 }}"
-    remember: {visits: "{{ steps.count.output }}", last_city: "{{ inputs.city }}"}
-    next: done
-  done: {kind: terminal, output: "visit {{ memory.visits }}; {{ memory.last_city }}"}
-"""
 MINE = {"host": "a", "pid": 1, "pid_started": 1.0}
 THEIRS = {"host": "b", "pid": 2, "pid_started": 2.0}
 
