@@ -19,7 +19,8 @@ from typing import Any
 
 class FakeOllama:
     """`answers` by model name (or `answer`, given a request's body, decides); `slots` (its OLLAMA_NUM_PARALLEL):
-    the generations it runs at once, which it counts (`peak`: the most at once); `token_delay` seconds a token."""
+    the generations it runs at once, which it counts (`peak`: the most at once) and holds to (one more is refused
+    with 503 and counted in `overrun`); `token_delay` seconds a token."""
 
     def __init__(self, answers: dict[str, str], *, answer: Callable[[dict[str, Any]], str] | None = None,
                  slots: int | None = None, token_delay: float = 0.0) -> None:
@@ -27,7 +28,7 @@ class FakeOllama:
         self.answer, self.slots, self.token_delay = answer, slots, token_delay
         self.requests: list[dict[str, Any]] = []
         self.faults: list[str] = []
-        self.generating = self.peak = 0
+        self.generating = self.peak = self.overrun = 0  # overrun: requests past its slots, refused
         self._count = threading.Lock()
         fake = self
 
@@ -53,6 +54,12 @@ class FakeOllama:
                 with fake._count:
                     fake.generating += 1
                     fake.peak = max(fake.peak, fake.generating)
+                    over = fake.slots is not None and fake.generating > fake.slots
+                    fake.overrun += over
+                if over:  # more than it runs at once: a real server would queue it; this one says so
+                    with fake._count:
+                        fake.generating -= 1
+                    return self._json(503, {"error": f"more than {fake.slots} generations at once"})
                 try:
                     return self._generate(body, model, fault)
                 finally:

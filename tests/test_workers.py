@@ -208,7 +208,7 @@ def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         started[1].send_signal(signal.SIGCONT)
         until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
         check_each_done_once(storage, run_ids, tmp_path)
-        assert [fake.peak for fake in fakes] == [2, 1]
+        assert [(fake.peak, fake.overrun) for fake in fakes] == [(2, 0), (1, 0)]
     finally:
         stop(started)
         for fake in fakes:
