@@ -751,11 +751,12 @@ def _resume(storage: Storage, run_id: str, flow_path: Path | None, force: bool, 
 def runs_answer(run_id: str, value_json: str | None, text: str | None, step: str | None, no_resume: bool,
                 flow_path: Path | None, kind: str, model: str | None, cassette: Path | None, scheduler: str,
                 slots: int | None, db: str | None, as_json: bool, tool_paths: tuple[Path, ...]) -> None:
-    """Answer what run RUN_ID waits for (its input step's question), then go on with it as `runs resume` does.
+    """Answer what run RUN_ID waits for (its input step's question), then go on with it as `runs resume` does (a
+    run of the workers' queue is queued again for them).
 
     The answer is checked against the question (its labels or its schema): one that does not fit is refused, and
     the run still waits. Of two answers at once, one counts. Exit status: 2 the answer is refused, else as for
-    `flowrun run` (0 with --no-resume).
+    `flowrun run` (0 with --no-resume, or for a run queued again).
     """
     if (value_json is None) == (text is None):
         raise click.UsageError("give the answer with --value JSON or --text TEXT (one of the two)")
@@ -767,7 +768,13 @@ def runs_answer(run_id: str, value_json: str | None, text: str | None, step: str
         storage = Storage(db)
         asked = answering.answer(storage, run_id, value, step=step)
     click.echo(f"run {asked.root.id}: step {asked.question.step} answered", err=True)
-    if not no_resume:
+    if asked.root.epoch is not None and not no_resume:  # a run of the queue: the workers go on with it
+        from engine.worker.queue import queue_again  # here, so that other commands do not load the job queue
+
+        with _user_errors():
+            asyncio.run(queue_again(storage, asked.root.id))
+        click.echo(f"run {asked.root.id} queued again for `flowrun worker`", err=True)
+    elif not no_resume:
         _resume(storage, asked.root.id, flow_path, False, False, kind, model, cassette, scheduler, slots, as_json,
                 tool_paths)
 

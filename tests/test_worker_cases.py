@@ -379,3 +379,19 @@ def test_the_events_of_a_run_queued_again_go_on_to_its_new_end(postgres: str, tm
 
 async def _kinds(service: Service, run_id: str) -> list[str]:
     return [event.type async for event in service.events(run_id)]
+
+
+def test_a_run_of_the_queue_answered_goes_back_to_the_workers(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """It waits for a person on a worker; `flowrun runs answer` queues it again instead of running it there."""
+    from tests.test_trace import ASKER
+
+    asker = offered(tmp_path / "flows", ASKER, "asker")
+    storage = Storage(postgres)
+    service = Service(kernel_for([asker.checked], ScriptedBackend([]), storage))
+    (run_id,) = asyncio.run(enqueue(storage, asker.checked, [{}], file=str(asker.path)))
+    assert asyncio.run(worker.run(service, {"Asker": asker}, run_id)) == RunStatus.WAITING
+    code, _, err = cli("runs", "answer", run_id, "--text", "yes", "--db", postgres)
+    assert code == 0 and "queued again for `flowrun worker`" in err, err
+    assert storage.find_run(run_id).status == RunStatus.QUEUED
+    assert asyncio.run(worker.run(service, {"Asker": asker}, run_id)) == RunStatus.FINISHED
+    assert storage.find_run(run_id).answer == "yes"

@@ -269,11 +269,9 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         if offer is None:
             raise HTTPException(409, f"run {run_id} ran flow {found.run.agent!r}, which this server does not offer")
         if queue:  # a worker goes on with it
-            from engine.worker.queue import defer
+            from engine.worker.queue import queue_again
 
-            storage = service.kernel.storage
-            await storage.commit(storage.join_queue, found.run.id)
-            await defer(jobs[0], [found.run.id])
+            await queue_again(service.kernel.storage, found.run.id, jobs[0])
             return {"id": found.run.id, "flow": found.run.agent, "events": f"/runs/{found.run.id}/events",
                     "status": RunStatus.QUEUED}
         if not await service.admit(max_queued):

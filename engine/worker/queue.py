@@ -81,3 +81,14 @@ async def defer(app: Any, run_ids: list[str]) -> None:
     task = app.configure_task(TASK, queue=QUEUE)
     for run_id in run_ids:
         await task.defer_async(run_id=run_id)
+
+
+async def queue_again(storage: Storage, run_id: str, app: Any = None) -> None:
+    """Queue the stopped run `run_id` again for workers (an answered run of the queue, say), through `app` (an open
+    app: a server's; default: one opened for this)."""
+    if app is None:
+        async with (opened := app_for(storage)).open_async():
+            await ready(opened)
+            return await queue_again(storage, run_id, opened)
+    await storage.commit(storage.join_queue, run_id)
+    await defer(app, [run_id])
