@@ -263,12 +263,12 @@ class Service:
         """The stored events of run `run_id` numbered above `after`; of a run of the queue, read again every
         FOLLOW_EVERY seconds while it is queued or a worker runs it, until its run.ended."""
         while True:
-            for event in await self._stored_events(run_id, after, None):
+            run, steps = await self.progress(run_id)
+            for event in _rebuilt(run, steps, after, None):
                 after = event.seq
                 yield event
                 if isinstance(event, RunEnded):
                     return
-            run, _ = await self.progress(run_id)
             # followed while a worker may run it; a run of another process that is not the queue's ends here (it
             # may have crashed on another machine, which nothing here can tell)
             if run.epoch is None or status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):
@@ -277,21 +277,7 @@ class Service:
 
     async def _stored_events(self, run_id: str, after: int, before: int | None) -> list[Event]:
         """The events of run `run_id` that storage keeps, numbered above `after` (and below `before`)."""
-        run, steps = await self.progress(run_id)
-        rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
-                                          output=short(s.output), tokens=s.tokens, kind=s.kind, error=s.error,
-                                          value=s.output)
-                                for s in steps if s.seq]
-        if run.events and run.status not in (RunStatus.RUNNING, RunStatus.QUEUED):  # queued again: not its end
-            rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,
-                                    error=run.error, tokens=sum(s.tokens for s in steps)))
-        if run.asking is not None and run.status == RunStatus.WAITING:  # what it asked before it stopped
-            asked = Question.of(run.asking)
-            rebuilt.append(InputRequired(run.id, asked.seq, run.finished or run.created, step=asked.step,
-                                         visit=asked.visit, key=asked.key, asker=run.id, prompt=asked.prompt,
-                                         schema=asked.schema, labels=list(asked.labels), deadline=asked.deadline))
-        return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
-                      key=lambda e: e.seq)
+        return _rebuilt(*await self.progress(run_id), after, before)
 
     async def runs(self, limit: int | None = 20, batch: str | None = None, status: RunStatus | None = None,
                    flow: str | None = None) -> list[RunRow]:
@@ -347,3 +333,22 @@ async def _stopped(task: asyncio.Task[RunOutcome]) -> None:
     """Cancel the task of a run and wait until it has ended (interrupted, stored so)."""
     task.cancel()
     await asyncio.wait({task})
+
+
+def _rebuilt(run: RunRow, steps: list[StepRow], after: int, before: int | None) -> list[Event]:
+    """The events storage keeps of `run` (its `steps` stored), numbered above `after` (and below `before`): its
+    step.ended and run.ended events, and what it asked if it waits."""
+    rebuilt: list[Event] = [StepEnded(run.id, s.seq, s.finished, step=s.step, visit=s.visit, branch=s.branch,
+                                      output=short(s.output), tokens=s.tokens, kind=s.kind, error=s.error,
+                                      value=s.output)
+                            for s in steps if s.seq]
+    if run.events and run.status not in (RunStatus.RUNNING, RunStatus.QUEUED):  # queued again: not its end
+        rebuilt.append(RunEnded(run.id, run.events, run.finished or run.created, status=run.status,
+                                error=run.error, tokens=sum(s.tokens for s in steps)))
+    if run.asking is not None and run.status == RunStatus.WAITING:  # what it asked before it stopped
+        asked = Question.of(run.asking)
+        rebuilt.append(InputRequired(run.id, asked.seq, run.finished or run.created, step=asked.step,
+                                     visit=asked.visit, key=asked.key, asker=run.id, prompt=asked.prompt,
+                                     schema=asked.schema, labels=list(asked.labels), deadline=asked.deadline))
+    return sorted((e for e in rebuilt if after < e.seq and (before is None or e.seq < before)),
+                  key=lambda e: e.seq)

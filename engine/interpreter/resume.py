@@ -27,6 +27,10 @@ class ResumeError(FlowrunError):
     """The run cannot be resumed (or not without --force); the message says why and what to do."""
 
 
+class ClaimedElsewhere(ResumeError):
+    """Another process claimed the run first: it goes on there."""
+
+
 @dataclass
 class Stopped:
     """A stored run as resuming finds it: its steps, what its unfinished step already got (the journal), the calls
@@ -167,7 +171,7 @@ async def resume_run(kernel: Kernel, compiled: CompiledFlow, found: Stopped, *, 
         raise asyncio.CancelledError
     claimed = claim.result()
     if claimed is None:
-        raise ResumeError(f"run {stored.id} was resumed by another process meanwhile")
+        raise ClaimedElsewhere(f"run {stored.id} was resumed by another process meanwhile")
     if fence:
         kernel.storage.fences.fence(stored.id, claimed)
     if stored.memory is None and stored.status == RunStatus.QUEUED and compiled.flow.remembered:  # it starts now

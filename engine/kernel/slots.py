@@ -39,8 +39,8 @@ class SlotLeases:
         self.engine, self.lease = storage.engine, lease
         self.process = f"{socket.gethostname()}:{os.getpid()}"
         with self.engine.begin() as db:  # the hosts file is the truth: slots it no longer lists go once free
+            insert = postgresql_insert if db.dialect.name == "postgresql" else sqlite_insert
             for host in hosts:
-                insert = postgresql_insert if db.dialect.name == "postgresql" else sqlite_insert
                 # workers starting at once insert the same rows: the first one's stand
                 db.execute(insert(_SLOTS).on_conflict_do_nothing(),
                            [{"host": host.url, "slot": n} for n in range(host.slots)])

@@ -14,14 +14,15 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
 
 from engine.errors import RunStatus
-from engine.interpreter.resume import ResumeError, Stopped
+from engine.interpreter.resume import ClaimedElsewhere, ResumeError, Stopped
 from engine.interpreter.walk import process_id
-from engine.kernel.storage import NoSuchRun
+from engine.kernel.storage import NoSuchRun, Storage
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, Service
 from engine.worker.queue import QUEUE, TASK, app_for, defer, ready
@@ -87,7 +88,7 @@ def _quiet_queue(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
 
 
 async def run(service: Service, catalog: dict[str, Offered], run_id: str,
-              live: Any = None) -> RunStatus | None:
+              live: Callable[[], Awaitable[bool]] | None = None) -> RunStatus | None:
     """Start or go on with the queued, stopped or stalled run `run_id`, to its end here; how it ended (None: it
     was not this worker's to run: ended already, another worker's, or its own already). `live`, awaited, says
     whether a live worker other than this one holds the run (then it is that one's)."""
@@ -106,26 +107,26 @@ async def run(service: Service, catalog: dict[str, Offered], run_id: str,
     if offered is None:
         return await _give_up(service, found, RunStatus.FAILED, f"no worker offers flow {found.run.agent!r}: start "
                               "workers with --flows naming a directory that holds it, then resume the run")
+    mine = True  # whether the run's fence, if any, is this take's to drop at its end
     try:  # cancelled (the worker stops), the run is stored interrupted first
         outcome = await service.to_end(service.resume(offered.checked, found, file=str(offered.path), fence=True))
-    except AlreadyInFlight:  # this worker took it meanwhile, on another job
+    except AlreadyInFlight:  # this worker took it meanwhile, on another job: that one's fence stands
+        mine = False
+        return None
+    except ClaimedElsewhere:  # by another worker, first
         return None
     except ResumeError as exc:
-        service.kernel.storage.fences.release(run_id)
-        if "another process" in str(exc):  # claimed first by another worker
-            return None
         return await _give_up(service, found, RunStatus.INTERRUPTED, str(exc))  # a person decides
-    except BaseException:
-        service.kernel.storage.fences.release(run_id)
-        raise
-    service.kernel.storage.fences.release(run_id)
+    finally:
+        if mine:
+            service.kernel.storage.fences.release(run_id)
     if outcome.status == RunStatus.LOST:
         print(f"flowrun worker: run {run_id} was taken over by another worker: this one stopped it, storing "
               "nothing more of it", file=sys.stderr)
     return outcome.status
 
 
-async def _held_elsewhere(storage: Any, run_id: str, job: int, stall: float) -> bool:
+async def _held_elsewhere(storage: Storage, run_id: str, job: int, stall: float) -> bool:
     """Whether a job of run `run_id` other than `job` is being done by a worker whose heartbeat is fresh."""
     def read() -> bool:
         with storage.engine.connect() as db:
@@ -148,7 +149,7 @@ async def _give_up(service: Service, found: Stopped, status: RunStatus, why: str
     return status
 
 
-async def sweep(app: Any, storage: Any, stall: float) -> None:
+async def sweep(app: Any, storage: Storage, stall: float) -> None:
     """Every half `stall`: end the jobs of workers whose heartbeat is `stall` seconds old as failed, and queue
     their runs again in new jobs (a stalled worker that comes back finds its job ended, not one another worker
     took on; its runs it finds taken over: engine.kernel.fencing); and queue the runs of the queue, older than
@@ -161,7 +162,7 @@ async def sweep(app: Any, storage: Any, stall: float) -> None:
             log.warning("looking for stalled jobs failed: %s", exc)
 
 
-async def _sweep_once(app: Any, storage: Any, stall: float) -> None:
+async def _sweep_once(app: Any, storage: Storage, stall: float) -> None:
     from procrastinate.exceptions import ConnectorException
     from procrastinate.jobs import Status
 
