@@ -75,7 +75,8 @@ def stopped(storage: Storage, run_id: str, *, force: bool = False, worker: bool 
             until = "" if asked.deadline is None else f" (it times out at {answering.when(asked)})"
             raise ResumeError(f"run {root.id} waits for an answer to step {asked.step}{until}: give it with `flowrun "
                               f"runs answer {root.id[:12]} --value JSON` (or --text TEXT). It asks: {asked.prompt}")
-    return stopped_run(storage, record(storage, root.id), force=force, worker=worker)
+        root = storage.find_run(root.id)  # as the timeout settled it
+    return stopped_run(storage, record(storage, root), force=force, worker=worker)
 
 
 def stopped_run(storage: Storage, found: RunRecord, *, force: bool = False, worker: bool = False) -> Stopped:

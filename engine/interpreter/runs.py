@@ -103,19 +103,19 @@ def cassette(found: RunRecord) -> dict[str, Any]:
             "responses": [{"key": c.key, "text": c.text} for c in sorted(calls, key=lambda c: c.created)]}
 
 
-def record(storage: Storage, run_id: str, *, children: bool = True) -> RunRecord:
-    """The stored record of the run whose id is or starts with `run_id`, its child runs' with it unless not
-    `children` (read a level of child runs at a time, each table once for them all)."""
-    root = storage.find_run(run_id)
+def record(storage: Storage, run: str | RunRow, *, children: bool = True) -> RunRecord:
+    """The stored record of run `run` (a row read already, or an id or the start of one), its child runs' with it
+    unless not `children` (read a level of child runs at a time, each table once for them all)."""
+    root = storage.find_run(run) if isinstance(run, str) else run
     runs, below = [root], storage.children([root.id]) if children else []
     while below:
         runs += below
         below = storage.children([run.id for run in below])
     ids = [run.id for run in runs]
     rows: dict[type, dict[str, list[Any]]] = {}
-    for table in (StepRow, SyscallRow, ToolCallRow):
+    for table, read in storage.rows_of_runs((StepRow, SyscallRow, ToolCallRow), ids).items():
         rows[table] = {run_id: [] for run_id in ids}
-        for row in storage.of_runs(table, ids):
+        for row in read:
             rows[table][row.run_id].append(row)
     found = {run.id: RunRecord(run, with_calls(rows[StepRow][run.id], rows[ToolCallRow][run.id]),
                                rows[SyscallRow][run.id], rows[ToolCallRow][run.id]) for run in runs}

@@ -13,9 +13,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from engine.kernel.tables import RunRow
+
+_RUNS = RunRow.__table__  # type: ignore[attr-defined]
+# Built once: this runs in every transaction of a worker's writes, and building it each time cost as much as the
+# rows it fences (its compiled form is cached by SQLAlchemy either way)
+_EPOCHS = select(_RUNS.c.id, _RUNS.c.epoch).where(_RUNS.c.id.in_(bindparam("roots", expanding=True))).with_for_update()
 
 
 class Fences:
@@ -57,7 +62,6 @@ class Fences:
             epochs = {root: self._epochs[root] for root in roots.values()}
         if not roots:
             return set()
-        runs = RunRow.__table__  # type: ignore[attr-defined]
-        held = dict(db.execute(select(runs.c.id, runs.c.epoch).where(runs.c.id.in_(epochs)).with_for_update()).all())
+        held = dict(db.execute(_EPOCHS, {"roots": list(epochs)}).all())
         gone = {root for root, epoch in epochs.items() if held.get(root) != epoch}
         return {run for run, root in roots.items() if root in gone}

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -377,16 +377,23 @@ class Storage:
         """The rows of `table` belonging to runs `run_ids`, in the order they were stored: after the writes queued
         before (`wait`), or those committed so far, which hold every step that ended with the tool calls it made
         (a step is committed after the records queued before it)."""
-        if wait and table in _QUEUED:
+        return self.rows_of_runs((table,), run_ids, wait=wait)[table]
+
+    def rows_of_runs(self, tables: Sequence[type[SQLModel]], run_ids: list[str], *,
+                     wait: bool = True) -> dict[type[SQLModel], list[Any]]:
+        """`of_runs` for each of `tables`, read in one transaction (a worker reads them for each run it takes)."""
+        if wait and any(table in _QUEUED for table in tables):
             self.flush()
-        column = col(table.run_id)  # type: ignore[attr-defined]
-        order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
-        found: list[Any] = []
+        found: dict[type[SQLModel], list[Any]] = {}
         with self._session() as db:
-            for start in range(0, len(run_ids), 500):  # within every database's limit on bound values
-                found += db.exec(select(table).where(column.in_(run_ids[start:start + 500])).order_by(order))
-        if len(run_ids) > 500:
-            found.sort(key=lambda row: row.created if table is SyscallRow else row.id)
+            for table in tables:
+                column = col(table.run_id)  # type: ignore[attr-defined]
+                order = col(table.id) if table is not SyscallRow else col(SyscallRow.created)  # type: ignore[attr-defined]
+                rows = found[table] = []
+                for start in range(0, len(run_ids), 500):  # within every database's limit on bound values
+                    rows += db.exec(select(table).where(column.in_(run_ids[start:start + 500])).order_by(order))
+                if len(run_ids) > 500:
+                    rows.sort(key=lambda row: row.created if table is SyscallRow else row.id)
         return found
 
     def record_syscall(self, syscall: Syscall, error: str | None = None) -> None:
