@@ -3,10 +3,13 @@ by 1, 2 and 4 `flowrun worker` processes, on a simulated model pool with enough 
 backend, one slot per run it takes at once) where every model call takes a fixed time (default 200 ms).
 
 For each number of workers: runs per second, from the first run queued to the last finished, and the scaling
-against one worker measured in the same run (goal: 4 workers >= 3.5x one; the workers, PostgreSQL and this process
-share the machine's cores, so a small machine bounds it). Then, with the most workers, one is killed (SIGKILL)
-midway: how long until its runs move on (from the kill to each one's next step stored by another worker: the
-stall time, `--stall`, is most of it) and that every run still finishes.
+against one worker measured in the same run (goal: 4 workers >= 3.5x one). The workers, PostgreSQL and this
+process share the machine's cores, so a small machine bounds it: each line also says the workers' CPU time per run
+and how busy the machine's cores were (a figure near 100% says the machine, not the workers, set the pace).
+
+Then, with the most workers, one is killed (SIGKILL) midway: how long until its runs move on (from the kill to each
+one's next step stored by another worker: the stall time, `--stall`, is most of it) and that every run still
+finishes.
 
     python bench/scale_bench.py --db postgresql+psycopg://USER@HOST/DB [--runs 500] [--steps 10] [--ms 200]
         [--workers 1 2 4] [--concurrency 32] [--stall 5]
@@ -26,8 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 from lines import line_of_steps  # beside this file
 
 from engine.errors import RunStatus
@@ -72,15 +78,44 @@ def stop(workers: list[subprocess.Popen[str]]) -> None:
         process.wait(timeout=120)
 
 
+@dataclass
+class Measured:
+    rate: float  # runs per second
+    cpu: float  # the workers' CPU seconds per run
+    busy: float  # the share of the machine's cores busy, from the first run queued to the last finished
+    moved: list[float]  # with a worker killed: the seconds each run it held took to move on
+
+
+def cpu_of(workers: list[subprocess.Popen[str]]) -> float:
+    """The CPU seconds the live `workers` used so far."""
+    total = 0.0
+    for process in workers:
+        try:
+            used = psutil.Process(process.pid).cpu_times()
+        except psutil.NoSuchProcess:  # the one killed: its time is not counted
+            continue
+        total += used.user + used.system
+    return total
+
+
+def busy_since(then: Any) -> float:
+    """The share of the machine's CPU time busy since `then` (psutil.cpu_times())."""
+    now = psutil.cpu_times()
+    idle = (now.idle + now.iowait) - (then.idle + then.iowait)
+    total = sum(now) - sum(then)
+    return 1 - idle / total if total else 0.0
+
+
 def measure(count: int, runs: int, folder: Path, db: str, args: argparse.Namespace,
-            kill_after: float | None = None) -> tuple[float, list[float]]:
-    """Runs per second with `count` workers; with `kill_after` (a share of the runs finished), the seconds each
-    run of the worker killed then took to move on."""
+            kill_after: float | None = None) -> Measured:
+    """Runs per second with `count` workers, their CPU time and the machine's; with `kill_after` (a share of the
+    runs finished), the seconds each run of the worker killed then took to move on."""
     storage = Storage(db)
     clear(storage)
     workers = start(count, folder, db, args.concurrency, args.stall)
     checked = load_flow(folder / "flows" / "steps.yaml")
     try:
+        cpu, machine = cpu_of(workers), psutil.cpu_times()
         began = time.time()
         ids = asyncio.run(enqueue(storage, checked, [{}] * runs, file=str(folder / "flows" / "steps.yaml")))
         moved: list[float] = []
@@ -94,6 +129,7 @@ def measure(count: int, runs: int, folder: Path, db: str, args: argparse.Namespa
                 victim.send_signal(signal.SIGKILL)
                 killed = (time.time(), held)
             if done == len(ids):
+                cpu, busy = cpu_of(workers) - cpu, busy_since(machine)
                 break
             if any(r.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.FINISHED) for r in rows):
                 raise SystemExit(f"a run ended otherwise: {[(r.id, r.status, r.error) for r in rows][:3]}")
@@ -104,7 +140,7 @@ def measure(count: int, runs: int, folder: Path, db: str, args: argparse.Namespa
             steps = storage.of_runs(StepRow, held)
             moved = [min(s.finished for s in steps if s.run_id == run and s.finished > at) - at for run in held
                      if any(s.run_id == run and s.finished > at for s in steps)]
-        return runs / (ended - began), moved
+        return Measured(runs / (ended - began), cpu / runs, busy, moved)
     finally:
         stop(workers)
         storage.close()
@@ -129,19 +165,21 @@ def main() -> None:
         (folder / "answers.yaml").write_text(json.dumps({"token_delay": args.ms / 1000, "responses": [
             {"text": "ok", "times": args.runs * args.steps * 2}]}))
         one = None
+        print(f"{psutil.cpu_count()} cores")
         for count in args.workers:
-            rate, _ = measure(count, args.runs, folder, args.db, args)
-            one = one or rate
+            got = measure(count, args.runs, folder, args.db, args)
+            one = one or got.rate
             ideal = min(args.runs, count * args.concurrency) / (args.steps * args.ms / 1000)
-            print(f"{count} worker{'s' * (count > 1)}: {args.runs} runs of {args.steps} steps, {rate:.1f} runs/s "
-                  f"({rate / ideal:.2f}x the model's ideal {ideal:.1f}); {rate / one:.2f}x one worker, efficiency "
-                  f"{rate / one / count:.0%}")
+            print(f"{count} worker{'s' * (count > 1)}: {args.runs} runs of {args.steps} steps, {got.rate:.1f} runs/s "
+                  f"({got.rate / ideal:.2f}x the model's ideal {ideal:.1f}); {got.rate / one:.2f}x one worker, "
+                  f"efficiency {got.rate / one / count:.0%}; workers' CPU {got.cpu * 1000:.1f} ms a run, machine "
+                  f"{got.busy:.0%} busy")
         most = max(args.workers)
         if most > 1:
-            rate, moved = measure(most, args.runs, folder, args.db, args, kill_after=0.3)
-            print(f"{most} workers, one killed at 30%: {rate:.1f} runs/s; its {len(moved)} runs in flight moved on "
-                  f"after median {statistics.median(moved) if moved else 0:.1f} s, at most "
-                  f"{max(moved, default=0):.1f} s (stall {args.stall:g} s); every run finished")
+            got = measure(most, args.runs, folder, args.db, args, kill_after=0.3)
+            print(f"{most} workers, one killed at 30%: {got.rate:.1f} runs/s; its {len(got.moved)} runs in flight "
+                  f"moved on after median {statistics.median(got.moved) if got.moved else 0:.1f} s, at most "
+                  f"{max(got.moved, default=0):.1f} s (stall {args.stall:g} s); every run finished")
 
 
 if __name__ == "__main__":

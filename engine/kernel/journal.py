@@ -100,8 +100,9 @@ class Journal:
 
     def drop_unused(self) -> None:
         """Supersede what is left (the run ended without needing it)."""
-        self.supersede([a.id for a in self.answers if a.id is not None],
-                       [t.id for t in self.tools if t.id is not None])
+        calls, tools = [a.id for a in self.answers if a.id is not None], [t.id for t in self.tools if t.id is not None]
+        if calls or tools:  # most runs: nothing, and a write with nothing in it still cost a transaction
+            self.supersede(calls, tools)
         self.answers.clear()
         self.tools.clear()
 
