@@ -5,7 +5,9 @@ backend, one slot per run it takes at once) where every model call takes a fixed
 For each number of workers: runs per second, from the first run queued to the last finished, and the scaling
 against one worker measured in the same run (goal: 4 workers >= 3.5x one). The workers, PostgreSQL and this
 process share the machine's cores, so a small machine bounds it: each line also says the workers' CPU time per run
-and how busy the machine's cores were (a figure near 100% says the machine, not the workers, set the pace).
+and how busy the machine's cores were (on 2 cores, waits for a turn on one slow every step down well before 100%).
+Then, as a control, the most workers take one worker's load between them (each --concurrency / N runs at once): about 1x
+one worker says that runs split among processes cost nothing more, so what the series loses is the machine's.
 
 Then, with the most workers, one is killed (SIGKILL) midway: how long until its runs move on (from the kill to each
 one's next step stored by another worker: the stall time, `--stall`, is most of it) and that every run still
@@ -107,12 +109,13 @@ def busy_since(then: Any) -> float:
 
 
 def measure(count: int, runs: int, folder: Path, db: str, args: argparse.Namespace,
-            kill_after: float | None = None) -> Measured:
-    """Runs per second with `count` workers, their CPU time and the machine's; with `kill_after` (a share of the
-    runs finished), the seconds each run of the worker killed then took to move on."""
+            kill_after: float | None = None, concurrency: int | None = None) -> Measured:
+    """Runs per second with `count` workers (each taking `concurrency` runs at once, default --concurrency), their
+    CPU time and the machine's; with `kill_after` (a share of the runs finished), the seconds each run of the worker
+    killed then took to move on."""
     storage = Storage(db)
     clear(storage)
-    workers = start(count, folder, db, args.concurrency, args.stall)
+    workers = start(count, folder, db, concurrency or args.concurrency, args.stall)
     checked = load_flow(folder / "flows" / "steps.yaml")
     try:
         cpu, machine = cpu_of(workers), psutil.cpu_times()
@@ -175,6 +178,12 @@ def main() -> None:
                   f"efficiency {got.rate / one / count:.0%}; workers' CPU {got.cpu * 1000:.1f} ms a run, machine "
                   f"{got.busy:.0%} busy")
         most = max(args.workers)
+        if one is not None and args.workers[0] == 1 and most > 1 and args.concurrency % most == 0:
+            share = args.concurrency // most
+            got = measure(most, args.runs, folder, args.db, args, concurrency=share)
+            print(f"{most} workers taking {share} runs at once each (one worker's {args.concurrency} in all): "
+                  f"{got.rate:.1f} runs/s, {got.rate / one:.2f}x one worker; workers' CPU {got.cpu * 1000:.1f} ms "
+                  f"a run, machine {got.busy:.0%} busy")
         if most > 1:
             got = measure(most, args.runs, folder, args.db, args, kill_after=0.3)
             print(f"{most} workers, one killed at 30%: {got.rate:.1f} runs/s; its {len(got.moved)} runs in flight "

@@ -30,6 +30,7 @@ from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.asking import Question
 from engine.kernel.kernel import Kernel
 from engine.kernel.tables import RunRow, StepRow
+from engine.worker.queue import take_out
 
 READS_AT_ONCE = 2  # storage reads on worker threads at once
 FOLLOW_EVERY = 0.5  # seconds between looks at a run another process runs, while its events are followed
@@ -231,12 +232,26 @@ class Service:
 
     async def cancel(self, run_id: str) -> RunOutcome:
         """Stop run `run_id` (or the one in flight whose id starts with it): it ends interrupted (resumable),
-        keeping the steps it finished; how it ended."""
+        keeping the steps it finished; how it ended. A run of the queue that no worker took yet, or that a worker
+        runs, is taken out of the queue: that worker stops it at its next write (engine.kernel.fencing)."""
         found = self.running(run_id)
         if found is None:
-            raise NotInFlight(f"run {run_id} is not running in this process: nothing to cancel")
+            return await self._cancel_queued(run_id)
         self._in_flight[found].cancel()
         return await self.wait(found)
+
+    async def _cancel_queued(self, run_id: str) -> RunOutcome:
+        storage = self.kernel.storage
+        run = await self._read(storage.find_run, run_id)
+        # stored so, workers run it (again): the sweep queues an interrupted one again, a paused one is retried
+        if run.epoch is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED,
+                                                   RunStatus.PAUSED):
+            raise NotInFlight(f"run {run.id} is not running in this process, nor one of the queue's: nothing to "
+                              "cancel")
+        why = f"cancelled while {run.status}"
+        if not await take_out(storage, run, RunStatus.INTERRUPTED, why):
+            raise NotInFlight(f"run {run.id} changed as it was cancelled: look at it again (`flowrun runs show`)")
+        return RunOutcome(run.id, RunStatus.INTERRUPTED, error=why)
 
     async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The events of run `run_id` numbered above `after`, then as they come, until its end. Those the bus no

@@ -177,7 +177,7 @@ def test_a_run_of_the_queue_with_no_job_is_queued_again_by_the_sweep(postgres: s
     flow = offered(tmp_path, COUNTER, "counter")
     storage = Storage(postgres)
 
-    async def nothing(app: object, run_ids: list[str]) -> None:
+    async def nothing(app: object, run_ids: list[str], *, again: bool = True) -> None:
         return None
 
     with monkeypatch.context() as patched:
@@ -395,3 +395,59 @@ def test_a_run_of_the_queue_answered_goes_back_to_the_workers(postgres: str, tmp
     assert storage.find_run(run_id).status == RunStatus.QUEUED
     assert asyncio.run(worker.run(service, {"Asker": asker}, run_id)) == RunStatus.FINISHED
     assert storage.find_run(run_id).answer == "yes"
+
+
+def test_a_run_of_the_queue_is_cancelled_from_another_process_queued_or_on_a_worker(
+        postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """serve --queue's cancel: a queued run leaves the queue; one a worker runs stops there at its next write (the
+    worker is fenced out); both end interrupted, left to a person, and a job of theirs does nothing."""
+    from engine.service import NotInFlight
+
+    (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage = Storage(postgres)
+    on_worker = Service(kernel_for([relay.checked], read_cassette(tmp_path / "answers.yaml"), storage,
+                                   workspaces=tmp_path / "ws"))
+    serving = Service(kernel_for([relay.checked], ScriptedBackend([]), Storage(postgres)))
+    running, waiting = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}, {"n": 2}], file=str(relay.path)))
+
+    async def cancel_both() -> tuple[object, ...]:
+        taken = asyncio.ensure_future(worker.run(on_worker, {"Relay": relay}, running))
+        while not storage.of_runs(StepRow, [running]):  # a step in
+            await asyncio.sleep(0.05)
+        on, queued = await serving.cancel(running), await serving.cancel(waiting)
+        cancelled = time.time()
+        return on, queued, await asyncio.wait_for(taken, 30), cancelled
+
+    on, queued, ended, cancelled = asyncio.run(cancel_both())
+    assert (on.status, on.error, queued.status, queued.error) == (
+        RunStatus.INTERRUPTED, "cancelled while running", RunStatus.INTERRUPTED, "cancelled while queued")
+    assert ended == RunStatus.LOST  # on the worker: it stopped, storing nothing more
+    assert all(step.finished < cancelled for step in storage.of_runs(StepRow, [running]))
+    for run_id in (running, waiting):
+        stored = storage.find_run(run_id)
+        assert (stored.status, stored.epoch) == (RunStatus.INTERRUPTED, None)
+        assert asyncio.run(worker.run(on_worker, {"Relay": relay}, run_id)) is None  # its job, if it comes
+    with pytest.raises(NotInFlight, match="nothing to cancel"):
+        asyncio.run(serving.cancel(running))
+
+
+def test_a_run_queued_again_goes_ahead_of_the_runs_not_started(postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """A run taken over from a worker that died (queued again by the sweep) is the next one a worker takes, not
+    the last of a long queue: behind one, it waited for the whole queue to start first."""
+    from engine.worker.queue import QUEUE, app_for, defer
+
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+
+    async def taken_in_turn() -> tuple[list[str], list[str]]:
+        ids = await enqueue(storage, flow.checked, [{"city": city} for city in ("Oslo", "Rome", "Lima")],
+                            file=str(flow.path))
+        async with (app := app_for(storage)).open_async():
+            await defer(app, [ids[2]])  # as the sweep does
+            worker_id = await app.job_manager.register_worker()
+            jobs = [await app.job_manager.fetch_job([QUEUE], worker_id) for _ in range(4)]
+        return ids, [job.task_kwargs["run_id"] for job in jobs]
+
+    ids, taken = asyncio.run(taken_in_turn())
+    assert taken == [ids[2], ids[0], ids[1], ids[2]]

@@ -21,11 +21,10 @@ from sqlalchemy import text
 
 from engine.errors import RunStatus
 from engine.interpreter.resume import ClaimedElsewhere, ResumeError, Stopped
-from engine.interpreter.walk import process_id
 from engine.kernel.storage import NoSuchRun, Storage
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, Service
-from engine.worker.queue import QUEUE, TASK, app_for, defer, ready
+from engine.worker.queue import QUEUE, TASK, app_for, defer, ready, take_out
 
 log = logging.getLogger("flowrun.worker")
 
@@ -141,11 +140,9 @@ async def _held_elsewhere(storage: Storage, run_id: str, job: int, stall: float)
 async def _give_up(service: Service, found: Stopped, status: RunStatus, why: str) -> RunStatus | None:
     """Store run `found` as `status` with `why`, out of the queue (claimed as a person would, not as a worker),
     where this worker could not run it (a person resumes it)."""
-    storage, run = service.kernel.storage, found.run
-    if await storage.commit(storage.claim_run, run.id, (run.status, run.pid), process_id()) is None:
+    if not await take_out(service.kernel.storage, found.run, status, why):
         return None
-    await storage.commit_finish_run(run.id, status, error=why)
-    print(f"flowrun worker: run {run.id} {status}: {why}", file=sys.stderr)
+    print(f"flowrun worker: run {found.run.id} {status}: {why}", file=sys.stderr)
     return status
 
 
