@@ -133,7 +133,7 @@ def test_client_errors_are_problem_details(flows: Path, tmp_path: Path) -> None:
                 (await client.get("/runs", params={"limit": 2**63}), 422, "limit"),
                 (await client.get("/runs", params={"limit": -1}), 422, "limit"),
                 (await client.get("/runs/feedbeef"), 404, "no run"),
-                (await client.post("/runs/feedbeef/cancel"), 409, "not running"),
+                (await client.post("/runs/feedbeef/cancel"), 404, "no run"),
                 (await client.post("/runs", content=chunked()), 411, "Content-Length"),
                 (await client.get("/nowhere"), 404, "Not Found"),
                 (await client.get("/runs/NOT-AN-ID"), 422, "pattern"),
