@@ -94,6 +94,18 @@ def test_a_generation_suspended_on_a_host_that_is_gone_resumes_on_another(tmp_pa
                                                                              "content": first.text}
 
 
+def test_a_generation_cut_off_midway_goes_on_from_its_text_on_another_host(tmp_path: Path,
+                                                                          fakes: list[FakeOllama]) -> None:
+    """Its host broke the stream off after two tokens: the next host goes on from them, not from nothing, and the
+    caller hears each token once (it heard the first two again, and counted them twice)."""
+    backend = pool(Storage(f"sqlite:///{tmp_path / 'runs.db'}"), fakes)
+    fakes[0].faults = ["drop"]
+    heard: list[str] = []
+    result = asyncio.run(backend.generate(ask(), lambda token: heard.append(token) or False))
+    assert (result.text, "".join(heard), result.completion_tokens) == (ANSWER, ANSWER, 6)
+    assert fakes[1].requests[-1]["messages"][-1] == {"role": "assistant", "content": "one two"}
+
+
 def test_a_one_host_pool_is_asked_again_after_a_passing_fault(tmp_path: Path, fakes: list[FakeOllama]) -> None:
     """Every host failed lately: none is left out (the kernel's backoff paces the tries), so the next try reaches
     the host again."""
