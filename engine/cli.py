@@ -768,9 +768,9 @@ def runs_answer(run_id: str, value_json: str | None, text: str | None, step: str
         storage = Storage(db)
         asked = answering.answer(storage, run_id, value, step=step)
     click.echo(f"run {asked.root.id}: step {asked.question.step} answered", err=True)
-    if asked.root.epoch is not None and not no_resume:  # a run of the queue: the workers go on with it
-        from engine.worker.queue import queue_again  # here, so that other commands do not load the job queue
+    from engine.worker.queue import of_queue, queue_again
 
+    if of_queue(asked.root) and not no_resume:  # a run of the queue: the workers go on with it
         with _user_errors():
             asyncio.run(queue_again(storage, asked.root.id))
         click.echo(f"run {asked.root.id} queued again for `flowrun worker`", err=True)

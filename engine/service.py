@@ -30,7 +30,7 @@ from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
 from engine.kernel.asking import Question
 from engine.kernel.kernel import Kernel
 from engine.kernel.tables import RunRow, StepRow
-from engine.worker.queue import take_out
+from engine.worker.queue import of_queue, take_out
 
 READS_AT_ONCE = 2  # storage reads on worker threads at once
 FOLLOW_EVERY = 0.5  # seconds between looks at a run another process runs, while its events are followed
@@ -237,17 +237,26 @@ class Service:
         found = self.running(run_id)
         if found is None:
             return await self._cancel_queued(run_id)
-        self._in_flight[found].cancel()
-        return await self.wait(found)
+        return await self._interrupt(found)
+
+    async def interrupt_all(self) -> None:
+        """Stop every run in flight here (the process stops): each ends interrupted, to be resumed."""
+        for run_id in self.in_flight:
+            if self.running(run_id) == run_id:  # not ended meanwhile
+                await self._interrupt(run_id)
+
+    async def _interrupt(self, run_id: str) -> RunOutcome:
+        self._in_flight[run_id].cancel()
+        return await self.wait(run_id)
 
     async def _cancel_queued(self, run_id: str) -> RunOutcome:
         storage = self.kernel.storage
         run = await self._read(storage.find_run, run_id)
         # stored so, workers run it (again): the sweep queues an interrupted one again, a paused one is retried
-        if run.epoch is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED,
+        if not of_queue(run) or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED,
                                                    RunStatus.PAUSED):
-            raise NotInFlight(f"run {run.id} is not running in this process, nor one of the queue's: nothing to "
-                              "cancel")
+            raise NotInFlight(f"run {run.id} is {run.status}: not running in this process, nor queued for workers "
+                              "or run by one: nothing to cancel")
         why = f"cancelled while {run.status}"
         if not await take_out(storage, run, RunStatus.INTERRUPTED, why):
             raise NotInFlight(f"run {run.id} changed as it was cancelled: look at it again (`flowrun runs show`)")
@@ -286,7 +295,7 @@ class Service:
                     return
             # followed while a worker may run it; a run of another process that is not the queue's ends here (it
             # may have crashed on another machine, which nothing here can tell)
-            if run.epoch is None or status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            if not of_queue(run) or status(run) not in (RunStatus.QUEUED, RunStatus.RUNNING):
                 return
             await asyncio.sleep(FOLLOW_EVERY)
 

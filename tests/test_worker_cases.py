@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import text
 
 from engine.errors import RunStatus
 from engine.flow.validate import load_flow
@@ -31,9 +32,9 @@ from engine.kernel.tables import RunRow, StepRow
 from engine.llm.base import Request
 from engine.llm.scripted import ScriptedBackend
 from engine.server.catalog import Offered, load_catalog
-from engine.service import Service
+from engine.service import NotInFlight, Service
 from engine.worker import worker
-from engine.worker.queue import enqueue
+from engine.worker.queue import enqueue, of_queue, queue_again
 from tests.conftest import ROOT
 from tests.test_flow_memory import COUNTER
 from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)
@@ -352,7 +353,7 @@ def test_a_run_of_the_queue_a_person_resumes_leaves_the_queue(postgres: str, tmp
         return await by_hand.to_end(by_hand.resume(relay.checked, stopped(storage, run_id), file=str(relay.path)))
 
     assert asyncio.run(resumed()).status == RunStatus.FINISHED
-    assert storage.find_run(run_id).epoch is None
+    assert not of_queue(storage.find_run(run_id))
     assert asyncio.run(worker.run(Service(away), {"Relay": relay}, run_id)) is None
 
 
@@ -401,8 +402,6 @@ def test_a_run_of_the_queue_is_cancelled_from_another_process_queued_or_on_a_wor
         postgres: str, tmp_path: Path) -> None:  # noqa: F811
     """serve --queue's cancel: a queued run leaves the queue; one a worker runs stops there at its next write (the
     worker is fenced out); both end interrupted, left to a person, and a job of theirs does nothing."""
-    from engine.service import NotInFlight
-
     (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
     relay = offered(tmp_path / "flows", RELAY, "relay")
     storage = Storage(postgres)
@@ -426,7 +425,7 @@ def test_a_run_of_the_queue_is_cancelled_from_another_process_queued_or_on_a_wor
     assert all(step.finished < cancelled for step in storage.of_runs(StepRow, [running]))
     for run_id in (running, waiting):
         stored = storage.find_run(run_id)
-        assert (stored.status, stored.epoch) == (RunStatus.INTERRUPTED, None)
+        assert stored.status == RunStatus.INTERRUPTED and not of_queue(stored)
         assert asyncio.run(worker.run(on_worker, {"Relay": relay}, run_id)) is None  # its job, if it comes
     with pytest.raises(NotInFlight, match="nothing to cancel"):
         asyncio.run(serving.cancel(running))
@@ -451,3 +450,194 @@ def test_a_run_queued_again_goes_ahead_of_the_runs_not_started(postgres: str, tm
 
     ids, taken = asyncio.run(taken_in_turn())
     assert taken == [ids[2], ids[0], ids[1], ids[2]]
+
+
+def queued_row(storage: Storage, run_id: str, status: RunStatus = RunStatus.QUEUED, epoch: int = 0) -> None:
+    storage.start_run(RunRow(id=run_id, agent="A", flow="a.yaml", status=status, created=time.time(), epoch=epoch))
+
+
+def test_cancel_then_resume_through_the_queue_hands_the_cancelled_worker_its_epoch_back(
+        postgres: str) -> None:  # noqa: F811
+    """Worker 1 runs a run (epoch 1), in a long model call; serve --queue cancels it, then a person resumes it
+    through serve --queue (queue_again) and worker 2 claims it: with a new epoch, not 1 again (a cancel cleared the
+    epoch, and queueing it again set it to 0). Worker 1, whose next write comes now, is still fenced out."""
+    first, serving_db, second = Storage(postgres), Storage(postgres), Storage(postgres)
+    run_id = "c1" * 16
+    queued_row(first, run_id)
+    first.fences.fence(run_id, first.claim_run(run_id, (RunStatus.QUEUED, None), MINE, queue=True))
+    serving = Service(Kernel(ScriptedBackend([]), serving_db))
+    assert asyncio.run(serving.cancel(run_id)).status == RunStatus.INTERRUPTED
+    with pytest.raises(Fenced):
+        first.hold(run_id)  # fenced out by the cancel: fine so far
+    asyncio.run(queue_again(serving_db, run_id))  # POST /runs/{id}/resume on serve --queue
+    row = second.find_run(run_id)
+    assert row.status == RunStatus.QUEUED
+    assert second.claim_run(run_id, (row.status, row.pid), THEIRS, queue=True) == 3  # 1, taken out (-2), 3
+    with pytest.raises(Fenced):
+        first.hold(run_id)  # worker 1 writes on beside worker 2
+
+
+def test_events_of_a_cancelled_run_of_the_queue_end_with_its_run_ended(postgres: str) -> None:  # noqa: F811
+    """GET /runs/{id}/events of serve --queue follows a run 'to its run.ended'; a follower that was waiting when
+    the run was cancelled, and one that comes after, should both get it."""
+    storage = Storage(postgres)
+    run_id = "c2" * 16
+    queued_row(storage, run_id)
+    serving = Service(Kernel(ScriptedBackend([]), storage))
+
+    async def follow_and_cancel() -> tuple[list[object], list[object]]:
+        async def follow() -> list[object]:
+            return [event async for event in serving.events(run_id)]
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.2)
+        await serving.cancel(run_id)
+        during = await asyncio.wait_for(following, 10)
+        return during, await follow()
+
+    during, after = asyncio.run(follow_and_cancel())
+    assert storage.find_run(run_id).status == RunStatus.INTERRUPTED
+    assert [type(e).__name__ for e in during] == ["RunEnded"]
+    assert [type(e).__name__ for e in after] == ["RunEnded"]
+
+
+def test_the_sweep_queues_a_run_never_started_behind_the_runs_queued_again(
+        postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A run whose job was never deferred (the process stopped between) was not started: it waits its turn behind
+    the runs queued again (priority 0), as a run queued at once does."""
+    from engine.worker import queue
+
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+
+    async def nothing(app: object, run_ids: list[str], *, again: bool = True) -> None:
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "defer", nothing)
+        (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Lima"}], file=str(flow.path)))
+    time.sleep(1.2)
+
+    async def sweep_once() -> None:
+        async with (app := queue.app_for(storage)).open_async():
+            await worker._sweep_once(app, storage, 1.0)
+
+    asyncio.run(sweep_once())
+    with storage.engine.connect() as db:
+        priorities = db.execute(text("SELECT priority FROM procrastinate_jobs WHERE args->>'run_id' = :run"),
+                                {"run": run_id}).scalars().all()
+    assert storage.find_run(run_id).status == RunStatus.QUEUED and priorities == [0]
+
+
+def test_a_worker_fenced_out_by_a_cancel_does_not_say_another_worker_took_the_run(
+        postgres: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage = Storage(postgres)
+    on_worker = Service(kernel_for([relay.checked], read_cassette(tmp_path / "answers.yaml"), storage,
+                                   workspaces=tmp_path / "ws"))
+    serving = Service(kernel_for([relay.checked], ScriptedBackend([]), Storage(postgres)))
+    (running,) = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path)))
+
+    async def cancel_it() -> object:
+        taken = asyncio.ensure_future(worker.run(on_worker, {"Relay": relay}, running))
+        while not storage.of_runs(StepRow, [running]):
+            await asyncio.sleep(0.05)
+        await serving.cancel(running)
+        return await asyncio.wait_for(taken, 30)
+
+    assert asyncio.run(cancel_it()) == RunStatus.LOST
+    assert "or a person cancelled or resumed it" in capfd.readouterr().err
+
+
+def test_cancel_of_a_waiting_run_of_the_queue_says_what_is_true(postgres: str) -> None:  # noqa: F811
+    """A run of the queue waiting for a person (its question's timeout, or an answer, sends it back to the
+    workers) is refused, saying why (not that it is not the queue's)."""
+    storage = Storage(postgres)
+    run_id = "c5" * 16
+    queued_row(storage, run_id, RunStatus.WAITING, epoch=1)
+    serving = Service(Kernel(ScriptedBackend([]), storage))
+    with pytest.raises(NotInFlight) as refused:
+        asyncio.run(serving.cancel(run_id))
+    assert "is waiting: not running in this process, nor queued for workers" in str(refused.value)
+
+
+def test_a_worker_cancelled_then_resumed_through_the_queue_runs_on_beside_the_next_worker(
+        postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """End to end: worker 1 is in a model call when serve --queue cancels its run; a person resumes it through
+    serve --queue (queue_again) and worker 2 takes it. Worker 1 is fenced out (LOST, nothing more written): the
+    ledger tool, not idempotent, is called once, and the run finished (worker 1 stored it failed over it)."""
+    slow, fast = dict(ANSWERS, token_delay=0.15), dict(ANSWERS, token_delay=0.0)
+    (tmp_path / "slow.yaml").write_text(json.dumps(slow))
+    (tmp_path / "fast.yaml").write_text(json.dumps(fast))
+    relay = offered(tmp_path / "flows", RELAY, "relay")
+    storage, other, serving_db = Storage(postgres), Storage(postgres), Storage(postgres)
+    first = Service(kernel_for([relay.checked], read_cassette(tmp_path / "slow.yaml"), storage,
+                               workspaces=tmp_path / "ws"))
+    second = Service(kernel_for([relay.checked], read_cassette(tmp_path / "fast.yaml"), other,
+                                workspaces=tmp_path / "ws"))
+    serving = Service(kernel_for([relay.checked], ScriptedBackend([]), serving_db))
+    (run_id,) = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path)))
+
+    async def both() -> tuple[object, object]:
+        one = asyncio.ensure_future(worker.run(first, {"Relay": relay}, run_id))
+        while not storage.of_runs(StepRow, [run_id]):  # step `think` stored: worker 1 asks for `note`
+            await asyncio.sleep(0.02)
+        await serving.cancel(run_id)
+        await serving_db.commit(serving_db.join_queue, run_id)  # what queue_again stores (its job aside)
+        two = await worker.run(second, {"Relay": relay}, run_id)
+        return await asyncio.wait_for(one, 60), two
+
+    one, two = asyncio.run(both())
+    calls = (tmp_path / "ws" / run_id / "calls.log")
+    logged = calls.read_text().splitlines() if calls.exists() else []
+    stored = storage.find_run(run_id)
+    assert (one, two, stored.status, len(logged)) == (RunStatus.LOST, RunStatus.FINISHED, RunStatus.FINISHED, 1), \
+        (stored.error, logged)
+
+
+MAPPER = """\
+flowrun: 1
+name: Mapper
+inputs:
+  xs: {type: array, items: {type: integer}}
+steps:
+  each:
+    kind: map
+    items: "{{ inputs.xs }}"
+    steps:
+      solve: {kind: process, instruction: "Solve {{ item }}.", next: said}
+      said: {kind: terminal, output: "{{ steps.solve.output }}"}
+    next: done
+  done: {kind: terminal, output: "{{ steps.each.output }}"}
+"""
+
+
+def test_a_cancelled_run_of_the_queue_can_be_resumed_by_a_person_on_the_workers_machine(
+        postgres: str, tmp_path: Path) -> None:  # noqa: F811
+    """A cancel leaves the run stored interrupted for a person to resume, its child runs too: the fenced-out worker
+    could not end them, and left `running` under its (live) pid they failed a person's resume on its machine."""
+
+    mapper = offered(tmp_path / "flows", MAPPER, "mapper")
+    storage = Storage(postgres)
+    answers = [{"text": " ".join(["w"] * 30), "times": 100}]
+    on_worker = Service(kernel_for([mapper.checked], ScriptedBackend.from_responses(answers, token_delay=0.05),
+                                   storage))
+    person = Service(kernel_for([mapper.checked], ScriptedBackend.from_responses(answers), Storage(postgres)))
+    serving = Service(kernel_for([mapper.checked], ScriptedBackend([]), Storage(postgres)))
+    (run_id,) = asyncio.run(enqueue(storage, mapper.checked, [{"xs": [1, 2]}], file=str(mapper.path)))
+
+    async def cancel_then_resume() -> tuple[object, list[tuple[str, int | None]], object]:
+        taken = asyncio.ensure_future(worker.run(on_worker, {"Mapper": mapper}, run_id))
+        while not storage.children([run_id]):
+            assert not taken.done(), (taken.result(), storage.find_run(run_id).error)
+            await asyncio.sleep(0.02)
+        await serving.cancel(run_id)
+        lost = await asyncio.wait_for(taken, 30)
+        left = [(child.status, child.pid) for child in storage.children([run_id])]
+        found = await person.stopped(run_id)
+        ended = await person.to_end(person.resume(mapper.checked, found, file=str(mapper.path)))
+        return lost, left, ended
+
+    lost, left, ended = asyncio.run(cancel_then_resume())
+    assert lost == RunStatus.LOST and [status for status, _ in left] == ["interrupted", "interrupted"]
+    assert ended.status == RunStatus.FINISHED, ended.error

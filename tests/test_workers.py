@@ -160,7 +160,7 @@ def test_a_frozen_worker_woken_again_writes_nothing_more_of_its_runs(
     until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     check_each_done_once(storage, run_ids, tmp_path)
     log = tmp_path / "worker0.log"
-    until(lambda: all(f"run {run.id} was taken over" in log.read_text() for run in held), timeout=30)
+    until(lambda: all(f"run {run.id} was taken from this worker" in log.read_text() for run in held), timeout=30)
     assert "holds already" not in log.read_text()  # refused by its fence, not by a unique index
 
 

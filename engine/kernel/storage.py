@@ -450,15 +450,49 @@ class Storage:
         self.fences.adopt(run_id, parent)
         with self._writing() as db:
             self._hold(db, run_id)
-            claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
-                                                      table.c.pid.is_(None) if seen[1] is None else
-                                                      table.c.pid == seen[1])
-                                 .values(status=RunStatus.RUNNING, error=None, finished=None,
-                                         epoch=table.c.epoch + 1 if queue else None, **process))
-            if claimed.rowcount != 1:
+            if not self._claim(db, run_id, seen, process, queue=queue):
                 return None
             self._supersede(db, *stale)
+            if not queue:
+                return 0
             return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one() or 0
+
+    @staticmethod
+    def _claim(db: Connection, run_id: str, seen: tuple[str, int | None], process: dict[str, Any], *,
+               queue: bool) -> bool:
+        """`claim_run`'s update: whether it claimed the run."""
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        epoch = table.c.epoch
+        claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
+                                                  table.c.pid.is_(None) if seen[1] is None else table.c.pid == seen[1])
+                             .values(status=RunStatus.RUNNING, error=None, finished=None, **process,
+                                     epoch=func.abs(epoch) + 1 if queue else -(func.abs(epoch) + 1)))
+        return claimed.rowcount == 1
+
+    def take_out(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any], status: str,
+                 why: str) -> bool:
+        """Claim run `run_id` of the queue as a person would (`claim_run`), if its (status, pid) is still `seen`,
+        and end it `status` with `why`, in one transaction; its child runs (and theirs) stored running end
+        interrupted: the worker that held it, fenced out, can store neither. Its end is numbered after the events
+        it stored (a follower of the run sees it end)."""
+        runs, steps = RunRow.__table__, StepRow.__table__  # type: ignore[attr-defined]
+        with self._writing() as db:
+            events = db.execute(select(runs.c.events).where(runs.c.id == run_id)).scalar()
+            if not self._claim(db, run_id, seen, process, queue=False):
+                return False
+            level = [run_id]
+            while level:
+                below = []
+                for start in range(0, len(level), 500):  # within every database's limit on bound values
+                    below += db.execute(select(runs.c.id).where(runs.c.parent.in_(level[start:start + 500]))).scalars()
+                for start in range(0, len(below), 500):
+                    db.execute(runs.update().where(runs.c.id.in_(below[start:start + 500]),
+                                                   runs.c.status == RunStatus.RUNNING)
+                               .values(status=RunStatus.INTERRUPTED, error=why, finished=time.time()))
+                level = below
+            last = db.execute(select(func.max(steps.c.seq)).where(steps.c.run_id == run_id)).scalar()
+            self._finish(db, _finished(run_id, status, None, why, max(events or 0, last or 0) + 1))
+        return True
 
     def remember_at_start(self, run_id: str, agent: str, keys: tuple[str, ...]) -> dict[str, Any]:
         """What `agent` has stored under `keys`, read as run `run_id` (queued, claimed now) starts, and kept with
@@ -476,7 +510,7 @@ class Storage:
         table = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             db.execute(table.update().where(table.c.id == run_id).values(
-                epoch=func.coalesce(table.c.epoch, 0),
+                epoch=func.coalesce(func.abs(table.c.epoch), 0),  # above any a worker held
                 status=case((table.c.status == RunStatus.FAILED, table.c.status), else_=RunStatus.QUEUED)))
 
     def end_idle_transactions(self, seconds: float) -> None:

@@ -148,9 +148,7 @@ def create_app(service: Service, flows: Mapping[str, Offered], tools: Mapping[st
         sweeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
-        for run_id in service.in_flight:  # shutting down (SIGTERM): they end interrupted, to be resumed
-            with contextlib.suppress(NotInFlight):  # it ended meanwhile
-                await service.cancel(run_id)
+        await service.interrupt_all()  # shutting down (SIGTERM): they end interrupted, to be resumed
 
     app = FastAPI(title="flowrun", summary="Runs of declarative LLM agent flows on one shared kernel.",
                   lifespan=lifespan, responses=ANY_ROUTE)

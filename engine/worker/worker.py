@@ -24,7 +24,7 @@ from engine.interpreter.resume import ClaimedElsewhere, ResumeError, Stopped
 from engine.kernel.storage import NoSuchRun, Storage
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, Service
-from engine.worker.queue import QUEUE, TASK, app_for, defer, ready, take_out
+from engine.worker.queue import QUEUE, TASK, app_for, defer, of_queue, ready, take_out
 
 log = logging.getLogger("flowrun.worker")
 
@@ -98,7 +98,7 @@ async def run(service: Service, catalog: dict[str, Offered], run_id: str,
     except (ResumeError, NoSuchRun) as exc:  # ended already (its job done twice), waiting for a person, deleted
         log.info("run %s: %s", run_id, exc)
         return None
-    if found.run.epoch is None:  # a person resumes it: not the queue's any more
+    if not of_queue(found.run):  # a person resumed or cancelled it: not the queue's any more
         return None
     if found.run.status == RunStatus.RUNNING and live is not None and await live():
         return None
@@ -120,8 +120,8 @@ async def run(service: Service, catalog: dict[str, Offered], run_id: str,
         if mine:
             service.kernel.storage.fences.release(run_id)
     if outcome.status == RunStatus.LOST:
-        print(f"flowrun worker: run {run_id} was taken over by another worker: this one stopped it, storing "
-              "nothing more of it", file=sys.stderr)
+        print(f"flowrun worker: run {run_id} was taken from this worker (another one took it over, or a person "
+              "cancelled or resumed it): this one stopped it, storing nothing more of it", file=sys.stderr)
     return outcome.status
 
 
@@ -171,15 +171,18 @@ async def _sweep_once(app: Any, storage: Storage, stall: float) -> None:
         await defer(app, [job.task_kwargs["run_id"]])
         log.info("run %s of a stalled worker is queued again", job.task_kwargs["run_id"])
 
-    def orphans() -> list[str]:
+    def orphans() -> list[tuple[str, bool]]:
+        """Each run of the queue left with no job, and whether it started once (a process claimed it)."""
         with storage.engine.connect() as db:
-            return list(db.execute(text(
-                "SELECT r.id FROM runs r WHERE r.epoch IS NOT NULL AND r.parent IS NULL "
+            return [(run, started) for run, started in db.execute(text(
+                "SELECT r.id, r.pid IS NOT NULL FROM runs r WHERE r.epoch >= 0 AND r.parent IS NULL "
                 "AND r.status IN ('queued', 'running', 'interrupted') "
                 "AND r.created < EXTRACT(EPOCH FROM NOW()) - :stall AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
-                "WHERE j.args->>'run_id' = r.id AND j.status IN ('todo', 'doing'))"), {"stall": stall}).scalars())
+                "WHERE j.args->>'run_id' = r.id AND j.status IN ('todo', 'doing'))"), {"stall": stall})]
 
     left = await asyncio.to_thread(orphans)
-    if left:
-        await defer(app, left)
-        log.info("runs of the queue with no job, queued again: %s", ", ".join(left))
+    for again in (True, False):  # one that never started waits its turn behind the others not started
+        runs = [run for run, started in left if started == again]
+        if runs:
+            await defer(app, runs, again=again)
+            log.info("runs of the queue with no job, queued again: %s", ", ".join(runs))
