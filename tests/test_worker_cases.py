@@ -634,10 +634,28 @@ def test_a_cancelled_run_of_the_queue_can_be_resumed_by_a_person_on_the_workers_
         await serving.cancel(run_id)
         lost = await asyncio.wait_for(taken, 30)
         left = [(child.status, child.pid) for child in storage.children([run_id])]
+        followed = [[event.type async for event in serving.events(child.id)] for child in storage.children([run_id])]
         found = await person.stopped(run_id)
         ended = await person.to_end(person.resume(mapper.checked, found, file=str(mapper.path)))
-        return lost, left, ended
+        return lost, left, followed, ended
 
-    lost, left, ended = asyncio.run(cancel_then_resume())
+    lost, left, followed, ended = asyncio.run(cancel_then_resume())
     assert lost == RunStatus.LOST and [status for status, _ in left] == ["interrupted", "interrupted"]
+    assert [events[-1:] for events in followed] == [["run.ended"]] * 2  # their streams end, as the run's does
     assert ended.status == RunStatus.FINISHED, ended.error
+
+
+def test_a_worker_does_not_claim_a_run_taken_out_of_the_queue_that_looks_as_it_read_it(
+        postgres: str) -> None:  # noqa: F811
+    """A worker read a run of the queue (interrupted, pid 1); serve --queue, pid 1 on another host (containers),
+    cancels it, leaving status and pid as they were: the worker's claim, on (status, pid), must not undo that."""
+    storage, serving_db, other = Storage(postgres), Storage(postgres), Storage(postgres)
+    run_id = "d2" * 16
+    storage.start_run(RunRow(id=run_id, agent="A", flow="a.yaml", status=RunStatus.INTERRUPTED, created=time.time(),
+                             epoch=2, host="w1", pid=1, pid_started=1.0))
+    read = other.find_run(run_id)
+    assert serving_db.take_out(run_id, (read.status, read.pid), {"host": "s", "pid": 1, "pid_started": 5.0},
+                               RunStatus.INTERRUPTED, "cancelled while interrupted")
+    assert other.claim_run(run_id, (read.status, read.pid), {"host": "w2", "pid": 1, "pid_started": 6.0},
+                           queue=True) is None
+    assert not of_queue(storage.find_run(run_id))

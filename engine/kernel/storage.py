@@ -458,40 +458,45 @@ class Storage:
             return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one() or 0
 
     @staticmethod
+    @staticmethod
     def _claim(db: Connection, run_id: str, seen: tuple[str, int | None], process: dict[str, Any], *,
                queue: bool) -> bool:
-        """`claim_run`'s update: whether it claimed the run."""
+        """`claim_run`'s update: whether it claimed the run (a worker's, only while the run is the queue's)."""
         table = RunRow.__table__  # type: ignore[attr-defined]
         epoch = table.c.epoch
         claimed = db.execute(table.update().where(table.c.id == run_id, table.c.status == seen[0],
-                                                  table.c.pid.is_(None) if seen[1] is None else table.c.pid == seen[1])
+                                                  table.c.pid.is_(None) if seen[1] is None else table.c.pid == seen[1],
+                                                  *([epoch >= 0] if queue else []))
                              .values(status=RunStatus.RUNNING, error=None, finished=None, **process,
-                                     epoch=func.abs(epoch) + 1 if queue else -(func.abs(epoch) + 1)))
+                                     epoch=epoch + 1 if queue else -(func.abs(epoch) + 1)))
         return claimed.rowcount == 1
 
     def take_out(self, run_id: str, seen: tuple[str, int | None], process: dict[str, Any], status: str,
                  why: str) -> bool:
         """Claim run `run_id` of the queue as a person would (`claim_run`), if its (status, pid) is still `seen`,
         and end it `status` with `why`, in one transaction; its child runs (and theirs) stored running end
-        interrupted: the worker that held it, fenced out, can store neither. Its end is numbered after the events
-        it stored (a follower of the run sees it end)."""
+        interrupted: the worker that held it, fenced out, can store none of them. Each end is numbered after the
+        events its run stored (a follower of the run sees it end)."""
         runs, steps = RunRow.__table__, StepRow.__table__  # type: ignore[attr-defined]
+        last = select(func.max(steps.c.seq)).where(steps.c.run_id == runs.c.id).scalar_subquery()
+
+        def end(run: str, events: int | None, seq: int | None, ended: str) -> None:
+            self._finish(db, _finished(run, ended, None, why, max(events or 0, seq or 0) + 1))
+
         with self._writing() as db:
-            events = db.execute(select(runs.c.events).where(runs.c.id == run_id)).scalar()
             if not self._claim(db, run_id, seen, process, queue=False):
                 return False
             level = [run_id]
             while level:
                 below = []
                 for start in range(0, len(level), 500):  # within every database's limit on bound values
-                    below += db.execute(select(runs.c.id).where(runs.c.parent.in_(level[start:start + 500]))).scalars()
-                for start in range(0, len(below), 500):
-                    db.execute(runs.update().where(runs.c.id.in_(below[start:start + 500]),
-                                                   runs.c.status == RunStatus.RUNNING)
-                               .values(status=RunStatus.INTERRUPTED, error=why, finished=time.time()))
-                level = below
-            last = db.execute(select(func.max(steps.c.seq)).where(steps.c.run_id == run_id)).scalar()
-            self._finish(db, _finished(run_id, status, None, why, max(events or 0, last or 0) + 1))
+                    below += db.execute(select(runs.c.id, runs.c.status, runs.c.events, last)
+                                        .where(runs.c.parent.in_(level[start:start + 500]))).all()
+                for child, stored, events, seq in below:
+                    if stored == RunStatus.RUNNING:
+                        end(child, events, seq, RunStatus.INTERRUPTED)
+                level = [child for child, *_ in below]
+            end(run_id, *db.execute(select(runs.c.events, last).where(runs.c.id == run_id)).one(), status)
         return True
 
     def remember_at_start(self, run_id: str, agent: str, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -75,9 +75,9 @@ class RunRow(SQLModel, table=True):
     attempt: int | None = None  # the try of its step that started it, when a `retry` tried it again (None: the first)
     asking: Any = Field(default=None, sa_column=Column(JSON))  # while waiting: the Question (engine.kernel.asking)
     traceparent: str | None = None  # the W3C trace context its starter gave (a POST /runs): its trace goes on there
-    # A run of the workers' queue: its epoch, bumped by each worker's claim (engine.kernel.fencing); negative once a
-    # person took it out (resumed or cancelled it), still growing, so that no epoch a worker held comes back if it
-    # is queued again; None: never the queue's
+    # A run of the workers' queue: its epoch, bumped by each worker's claim (engine.kernel.fencing); negative once
+    # taken out of the queue (a person resumed or cancelled it, or a worker gave it up), still growing, so that no
+    # epoch a worker held comes back if it is queued again; None: never the queue's (or taken out before 2026-11-30)
     epoch: int | None = None
 
 
