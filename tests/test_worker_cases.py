@@ -1,7 +1,8 @@
 """Workers, case by case, on the real PostgreSQL server tests/test_postgres.py starts: a worker's take of a run
 (engine.worker.worker.run) in this process, against what another process holds or did. Each case is one an
 adversarial review found wrong: a queued run behaves as `flowrun run`'s, nothing a worker that lost its run writes
-is stored, no run is left with no job to do it, and no worker takes a run another one is running."""
+is stored, no run is left with no job to do it, no worker takes a run another one is running, and a run taken
+out of the queue (cancelled, resumed by a person) stays out, with nothing left running."""
 
 from __future__ import annotations
 
@@ -169,14 +170,9 @@ def test_a_queued_run_is_a_workers_and_a_live_worker_keeps_its_run(postgres: str
     assert storage.find_run(run_id).host == "a"
 
 
-def test_a_run_of_the_queue_with_no_job_is_queued_again_by_the_sweep(postgres: str, tmp_path: Path,  # noqa: F811
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process stopped between storing a run and queueing its job (or a database error between a stalled job's
-    end and its run's new job): the run is queued again, and a worker finishes it."""
+def queued_with_no_job(storage: Storage, flow: Offered, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A run of `flow` stored queued whose job was never deferred (its process stopped between the two)."""
     from engine.worker import queue
-
-    flow = offered(tmp_path, COUNTER, "counter")
-    storage = Storage(postgres)
 
     async def nothing(app: object, run_ids: list[str], *, again: bool = True) -> None:
         return None
@@ -184,6 +180,16 @@ def test_a_run_of_the_queue_with_no_job_is_queued_again_by_the_sweep(postgres: s
     with monkeypatch.context() as patched:
         patched.setattr(queue, "defer", nothing)
         (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Lima"}], file=str(flow.path)))
+    return run_id
+
+
+def test_a_run_of_the_queue_with_no_job_is_queued_again_by_the_sweep(postgres: str, tmp_path: Path,  # noqa: F811
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process stopped between storing a run and queueing its job (or a database error between a stalled job's
+    end and its run's new job): the run is queued again, and a worker finishes it."""
+    flow = offered(tmp_path, COUNTER, "counter")
+    storage = Storage(postgres)
+    run_id = queued_with_no_job(storage, flow, monkeypatch)
     service = Service(kernel_for([flow.checked], ScriptedBackend([]), storage))
 
     async def work_a_while() -> None:
@@ -399,9 +405,10 @@ def test_a_run_of_the_queue_answered_goes_back_to_the_workers(postgres: str, tmp
 
 
 def test_a_run_of_the_queue_is_cancelled_from_another_process_queued_or_on_a_worker(
-        postgres: str, tmp_path: Path) -> None:  # noqa: F811
+        postgres: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """serve --queue's cancel: a queued run leaves the queue; one a worker runs stops there at its next write (the
-    worker is fenced out); both end interrupted, left to a person, and a job of theirs does nothing."""
+    worker is fenced out, and says a person may have cancelled it); both end interrupted, left to a person, and a
+    job of theirs does nothing."""
     (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
     relay = offered(tmp_path / "flows", RELAY, "relay")
     storage = Storage(postgres)
@@ -422,6 +429,7 @@ def test_a_run_of_the_queue_is_cancelled_from_another_process_queued_or_on_a_wor
     assert (on.status, on.error, queued.status, queued.error) == (
         RunStatus.INTERRUPTED, "cancelled while running", RunStatus.INTERRUPTED, "cancelled while queued")
     assert ended == RunStatus.LOST  # on the worker: it stopped, storing nothing more
+    assert "or a person cancelled or resumed it" in capfd.readouterr().err
     assert all(step.finished < cancelled for step in storage.of_runs(StepRow, [running]))
     for run_id in (running, waiting):
         stored = storage.find_run(run_id)
@@ -456,7 +464,7 @@ def queued_row(storage: Storage, run_id: str, status: RunStatus = RunStatus.QUEU
     storage.start_run(RunRow(id=run_id, agent="A", flow="a.yaml", status=status, created=time.time(), epoch=epoch))
 
 
-def test_cancel_then_resume_through_the_queue_hands_the_cancelled_worker_its_epoch_back(
+def test_a_run_cancelled_then_queued_again_keeps_the_cancelled_worker_fenced_out(
         postgres: str) -> None:  # noqa: F811
     """Worker 1 runs a run (epoch 1), in a long model call; serve --queue cancels it, then a person resumes it
     through serve --queue (queue_again) and worker 2 claims it: with a new epoch, not 1 again (a cancel cleared the
@@ -506,15 +514,8 @@ def test_the_sweep_queues_a_run_never_started_behind_the_runs_queued_again(
     the runs queued again (priority 0), as a run queued at once does."""
     from engine.worker import queue
 
-    flow = offered(tmp_path, COUNTER, "counter")
     storage = Storage(postgres)
-
-    async def nothing(app: object, run_ids: list[str], *, again: bool = True) -> None:
-        return None
-
-    with monkeypatch.context() as patched:
-        patched.setattr(queue, "defer", nothing)
-        (run_id,) = asyncio.run(enqueue(storage, flow.checked, [{"city": "Lima"}], file=str(flow.path)))
+    run_id = queued_with_no_job(storage, offered(tmp_path, COUNTER, "counter"), monkeypatch)
     time.sleep(1.2)
 
     async def sweep_once() -> None:
@@ -526,27 +527,6 @@ def test_the_sweep_queues_a_run_never_started_behind_the_runs_queued_again(
         priorities = db.execute(text("SELECT priority FROM procrastinate_jobs WHERE args->>'run_id' = :run"),
                                 {"run": run_id}).scalars().all()
     assert storage.find_run(run_id).status == RunStatus.QUEUED and priorities == [0]
-
-
-def test_a_worker_fenced_out_by_a_cancel_does_not_say_another_worker_took_the_run(
-        postgres: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    (tmp_path / "answers.yaml").write_text(json.dumps(ANSWERS))
-    relay = offered(tmp_path / "flows", RELAY, "relay")
-    storage = Storage(postgres)
-    on_worker = Service(kernel_for([relay.checked], read_cassette(tmp_path / "answers.yaml"), storage,
-                                   workspaces=tmp_path / "ws"))
-    serving = Service(kernel_for([relay.checked], ScriptedBackend([]), Storage(postgres)))
-    (running,) = asyncio.run(enqueue(storage, relay.checked, [{"n": 1}], file=str(relay.path)))
-
-    async def cancel_it() -> object:
-        taken = asyncio.ensure_future(worker.run(on_worker, {"Relay": relay}, running))
-        while not storage.of_runs(StepRow, [running]):
-            await asyncio.sleep(0.05)
-        await serving.cancel(running)
-        return await asyncio.wait_for(taken, 30)
-
-    assert asyncio.run(cancel_it()) == RunStatus.LOST
-    assert "or a person cancelled or resumed it" in capfd.readouterr().err
 
 
 def test_cancel_of_a_waiting_run_of_the_queue_says_what_is_true(postgres: str) -> None:  # noqa: F811
@@ -561,7 +541,7 @@ def test_cancel_of_a_waiting_run_of_the_queue_says_what_is_true(postgres: str) -
     assert "is waiting: not running in this process, nor queued for workers" in str(refused.value)
 
 
-def test_a_worker_cancelled_then_resumed_through_the_queue_runs_on_beside_the_next_worker(
+def test_a_worker_whose_run_was_cancelled_then_queued_again_stops_for_the_next_one(
         postgres: str, tmp_path: Path) -> None:  # noqa: F811
     """End to end: worker 1 is in a model call when serve --queue cancels its run; a person resumes it through
     serve --queue (queue_again) and worker 2 takes it. Worker 1 is fenced out (LOST, nothing more written): the
