@@ -121,7 +121,8 @@ def mid_run(storage: Storage, worker: subprocess.Popen[str]) -> list[RunRow]:
 
 
 def check_each_done_once(storage: Storage, run_ids: list[str], tmp_path: Path) -> None:
-    """Every run finished; each step is stored once; append_entry did each call once."""
+    """Once every run has ended: every run finished; each step is stored once; append_entry did each call once."""
+    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     runs = {r.id: r for r in storage.rows(RunRow)}
     assert {runs[run].status for run in run_ids} == {RunStatus.FINISHED}, [runs[run].error for run in run_ids]
     steps = Counter((s.run_id, s.step, s.visit) for s in storage.rows(StepRow))
@@ -139,7 +140,6 @@ def test_a_killed_workers_runs_finish_on_the_others(postgres: str, queued: Calla
     victim = workers[0]
     held = mid_run(storage, victim)
     victim.kill()
-    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     check_each_done_once(storage, run_ids, tmp_path)
     taken = {r.id: r for r in storage.rows(RunRow)}
     for run in held:  # taken over: claimed again (its epoch bumped), by another worker
@@ -157,7 +157,6 @@ def test_a_frozen_worker_woken_again_writes_nothing_more_of_its_runs(
     until(lambda: all(r.pid != frozen.pid for r in storage.rows(RunRow) if r.id in {h.id for h in held}),
           timeout=60)
     frozen.send_signal(signal.SIGCONT)  # it goes on where it froze: its next write is refused
-    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     check_each_done_once(storage, run_ids, tmp_path)
     log = tmp_path / "worker0.log"
     until(lambda: all(f"run {run.id} was taken from this worker" in log.read_text() for run in held), timeout=30)
@@ -175,7 +174,6 @@ def test_a_worker_stopped_with_sigterm_hands_its_runs_to_the_others(
     assert leaving.wait(timeout=60) == 130
     stored = {r.id: r for r in storage.rows(RunRow)}
     assert all(stored[run.id].status != RunStatus.RUNNING or stored[run.id].pid != leaving.pid for run in held)
-    until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
     check_each_done_once(storage, run_ids, tmp_path)
 
 
@@ -206,7 +204,6 @@ def test_workers_share_a_pool_of_model_hosts_never_past_their_slots(
         until(lambda: all(r.pid != started[1].pid for r in storage.rows(RunRow) if r.id in {h.id for h in held}),
               timeout=60)
         started[1].send_signal(signal.SIGCONT)
-        until(lambda: {r.status for r in storage.rows(RunRow)} == {RunStatus.FINISHED}, timeout=180)
         check_each_done_once(storage, run_ids, tmp_path)
         assert [(fake.peak, fake.overrun) for fake in fakes] == [(2, 0), (1, 0)]
     finally:
