@@ -48,6 +48,7 @@ from engine.jsontext import parse_json
 from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Storage, StorageError
+from engine.kernel.tables import of_queue
 from engine.kernel.tool_code import ToolError
 from engine.llm.models import CATALOG, DEFAULT_MODEL, ModelError, cached, pull
 from engine.llm.scripted import ScriptedBackend
@@ -768,9 +769,9 @@ def runs_answer(run_id: str, value_json: str | None, text: str | None, step: str
         storage = Storage(db)
         asked = answering.answer(storage, run_id, value, step=step)
     click.echo(f"run {asked.root.id}: step {asked.question.step} answered", err=True)
-    from engine.worker.queue import of_queue, queue_again
-
     if of_queue(asked.root) and not no_resume:  # a run of the queue: the workers go on with it
+        from engine.worker.queue import queue_again  # here, so that other commands do not load the job queue
+
         with _user_errors():
             asyncio.run(queue_again(storage, asked.root.id))
         click.echo(f"run {asked.root.id} queued again for `flowrun worker`", err=True)

@@ -26,11 +26,10 @@ from engine.interpreter import answering
 from engine.interpreter.replay import Replay, replay_run
 from engine.interpreter.resume import Stopped, check_flow_for, resume_run, stopped
 from engine.interpreter.runs import RunRecord, progress, record, status
-from engine.interpreter.walk import RunOutcome, new_run_id, run_flow
+from engine.interpreter.walk import RunOutcome, new_run_id, process_id, run_flow
 from engine.kernel.asking import Question
 from engine.kernel.kernel import Kernel
-from engine.kernel.tables import RunRow, StepRow
-from engine.worker.queue import of_queue, take_out
+from engine.kernel.tables import RunRow, StepRow, of_queue
 
 READS_AT_ONCE = 2  # storage reads on worker threads at once
 FOLLOW_EVERY = 0.5  # seconds between looks at a run another process runs, while its events are followed
@@ -249,6 +248,13 @@ class Service:
         self._in_flight[run_id].cancel()
         return await self.wait(run_id)
 
+    async def take_out(self, run: RunRow, status: RunStatus, why: str) -> bool:
+        """Store run `run` of the queue (as it was read) ended `status` with `why`, out of the queue (Storage.take_out):
+        a worker holding it writes nothing more of it (engine.kernel.fencing), and the workers leave it alone. False
+        where it changed since it was read (nothing is stored)."""
+        storage = self.kernel.storage
+        return await storage.commit(storage.take_out, run.id, (run.status, run.pid), process_id(), status, why)
+
     async def _cancel_queued(self, run_id: str) -> RunOutcome:
         storage = self.kernel.storage
         run = await self._read(storage.find_run, run_id)
@@ -258,7 +264,7 @@ class Service:
             raise NotInFlight(f"run {run.id} is {run.status}: not running in this process, nor queued for workers "
                               "or run by one: nothing to cancel")
         why = f"cancelled while {run.status}"
-        if not await take_out(storage, run, RunStatus.INTERRUPTED, why):
+        if not await self.take_out(run, RunStatus.INTERRUPTED, why):
             raise NotInFlight(f"run {run.id} changed as it was cancelled: look at it again (`flowrun runs show`)")
         return RunOutcome(run.id, RunStatus.INTERRUPTED, error=why)
 

@@ -29,13 +29,13 @@ from engine.kernel.kernel import Kernel
 from engine.kernel.scheduler import Policy
 from engine.kernel.storage import Fenced, Storage
 from engine.kernel.syscall import Syscall, SyscallKind
-from engine.kernel.tables import RunRow, StepRow
+from engine.kernel.tables import RunRow, StepRow, of_queue
 from engine.llm.base import Request
 from engine.llm.scripted import ScriptedBackend
 from engine.server.catalog import Offered, load_catalog
 from engine.service import NotInFlight, Service
 from engine.worker import worker
-from engine.worker.queue import enqueue, of_queue, queue_again
+from engine.worker.queue import enqueue, queue_again
 from tests.conftest import ROOT
 from tests.test_flow_memory import COUNTER
 from tests.test_postgres import postgres, server  # noqa: F401 (fixtures: a PostgreSQL server on loopback)

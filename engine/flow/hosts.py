@@ -34,13 +34,12 @@ def read_hosts(path: Path) -> Hosts:
         first = doc.diagnostics[0]
         raise HostsError(f"{first.file}:{first.line}:{first.column}: {first.message}")
     data = doc.data
+    hosts = [Host(host["url"].rstrip("/"), host["slots"]) for host in data["hosts"]]
     seen: set[str] = set()
-    for n, host in enumerate(data["hosts"]):
-        url = host["url"].rstrip("/")
-        if url in seen:
+    for n, host in enumerate(hosts):
+        if host.url in seen:
             line, column = doc.position(("hosts", n, "url"))
-            raise HostsError(f"{doc.file}:{line}:{column}: host {url} is listed twice: list each once, with all its "
-                             "slots")
-        seen.add(url)
-    return Hosts([Host(host["url"].rstrip("/"), host["slots"]) for host in data["hosts"]],
-                 float(data.get("lease", 30)), float(data.get("retry_after", 30)))
+            raise HostsError(f"{doc.file}:{line}:{column}: host {host.url} is listed twice: list each once, with all "
+                             "its slots")
+        seen.add(host.url)
+    return Hosts(hosts, float(data.get("lease", 30)), float(data.get("retry_after", 30)))

@@ -295,12 +295,9 @@ class Storage:
             await self._commit_write(_insert_into(RunRow), _values(run))
 
     def _start_remembering(self, run: RunRow, keys: tuple[str, ...]) -> None:
-        data = AgentDataRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             self._hold(db, run.id)
-            stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == run.agent,
-                                                                        data.c.key.in_(keys)))
-            run.memory = dict.fromkeys(keys) | {key: value for key, value in stored}
+            run.memory = _remembered(db, run.agent, keys)
             db.execute(_insert_into(RunRow), _values(run))
 
     def record_step(self, step: StepRecord) -> None:
@@ -455,9 +452,8 @@ class Storage:
             self._supersede(db, *stale)
             if not queue:
                 return 0
-            return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one() or 0
+            return db.execute(select(table.c.epoch).where(table.c.id == run_id)).scalar_one()
 
-    @staticmethod
     @staticmethod
     def _claim(db: Connection, run_id: str, seen: tuple[str, int | None], process: dict[str, Any], *,
                queue: bool) -> bool:
@@ -502,11 +498,10 @@ class Storage:
     def remember_at_start(self, run_id: str, agent: str, keys: tuple[str, ...]) -> dict[str, Any]:
         """What `agent` has stored under `keys`, read as run `run_id` (queued, claimed now) starts, and kept with
         it (runs.memory), as a run started at once keeps it (commit_start_run)."""
-        data, runs = AgentDataRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
+        runs = RunRow.__table__  # type: ignore[attr-defined]
         with self._writing() as db:
             self._hold(db, run_id)
-            stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == agent, data.c.key.in_(keys)))
-            memory = dict.fromkeys(keys) | {key: value for key, value in stored}
+            memory = _remembered(db, agent, keys)
             db.execute(runs.update().where(runs.c.id == run_id).values(memory=memory))
         return memory
 
@@ -947,6 +942,13 @@ _FINISH = _RUNS.update().where(_RUNS.c.id == bindparam("run"))  # SET: the colum
 def _insert_into(table: type[SQLModel]) -> Executable:
     """The insert of a row of `table`: one statement each, so that the rows of a table group in one executemany."""
     return table.__table__.insert()  # type: ignore[attr-defined]
+
+
+def _remembered(db: Connection, agent: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """What `agent` has stored under `keys` (None for a key it has not)."""
+    data = AgentDataRow.__table__  # type: ignore[attr-defined]
+    stored = db.execute(select(data.c.key, data.c.value).where(data.c.agent == agent, data.c.key.in_(keys)))
+    return dict.fromkeys(keys) | {key: value for key, value in stored}
 
 
 def _finished(run_id: str, status: str, answer: Any, error: str | None, events: int | None) -> dict[str, Any]:

@@ -219,3 +219,8 @@ class AuditRow(SQLModel, table=True):
     allowed: bool
     reason: str
     created: float
+
+
+def of_queue(run: RunRow) -> bool:
+    """Whether `run` is the workers' (queued, or a worker's), not taken out of the queue (RunRow.epoch)."""
+    return run.epoch is not None and run.epoch >= 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.errors import FlowrunError, RunStatus
 from engine.flow.validate import CheckedFlow
-from engine.interpreter.walk import new_run_id, process_id
+from engine.interpreter.walk import new_run_id
 from engine.kernel.storage import Storage
 from engine.kernel.tables import RunRow
 
@@ -75,18 +75,6 @@ async def enqueue(storage: Storage, checked: CheckedFlow, runs: list[dict[str, A
     await asyncio.gather(*(storage.commit_start_run(row) for row in rows))
     await defer(app, [row.id for row in rows], again=False)
     return [row.id for row in rows]
-
-
-def of_queue(run: RunRow) -> bool:
-    """Whether `run` is the workers' (queued, or a worker's), not taken out by a person (tables.RunRow.epoch)."""
-    return run.epoch is not None and run.epoch >= 0
-
-
-async def take_out(storage: Storage, run: RunRow, status: RunStatus, why: str) -> bool:
-    """Store run `run` of the queue (as it was read) ended `status` with `why`, out of the queue (Storage.take_out):
-    a worker holding it writes nothing more of it (engine.kernel.fencing), and the workers leave it alone. False
-    where it changed since it was read (nothing is stored)."""
-    return await storage.commit(storage.take_out, run.id, (run.status, run.pid), process_id(), status, why)
 
 
 async def defer(app: Any, run_ids: list[str], *, again: bool = True) -> None:

@@ -22,9 +22,10 @@ from sqlalchemy import text
 from engine.errors import RunStatus
 from engine.interpreter.resume import ClaimedElsewhere, ResumeError, Stopped
 from engine.kernel.storage import NoSuchRun, Storage
+from engine.kernel.tables import of_queue
 from engine.server.catalog import Offered
 from engine.service import AlreadyInFlight, Service
-from engine.worker.queue import QUEUE, TASK, app_for, defer, of_queue, ready, take_out
+from engine.worker.queue import QUEUE, TASK, app_for, defer, ready
 
 log = logging.getLogger("flowrun.worker")
 
@@ -140,7 +141,7 @@ async def _held_elsewhere(storage: Storage, run_id: str, job: int, stall: float)
 async def _give_up(service: Service, found: Stopped, status: RunStatus, why: str) -> RunStatus | None:
     """Store run `found` as `status` with `why`, out of the queue (claimed as a person would, not as a worker),
     where this worker could not run it (a person resumes it)."""
-    if not await take_out(service.kernel.storage, found.run, status, why):
+    if not await service.take_out(found.run, status, why):
         return None
     print(f"flowrun worker: run {found.run.id} {status}: {why}", file=sys.stderr)
     return status
